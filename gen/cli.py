@@ -1,0 +1,160 @@
+"""Command line: argument parsing and exit codes only; the work is done by the public API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gen import __version__
+
+EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gen", description="Synthetic data for distillation, from prompt files."
+    )
+    parser.add_argument("--version", action="version", version=f"gen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="generate a dataset from a prompt file")
+    r.add_argument("prompt_file", type=Path)
+    r.add_argument("--provider", help="openai | sim (default: the prompt file's, else sim)")
+    r.add_argument(
+        "--base-url", help="the server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
+    )
+    r.add_argument("--model", help="the teacher model name")
+    r.add_argument(
+        "--license", help="licence id of the teacher's outputs (Hugging Face ids: apache-2.0, llama3.1, ...)"
+    )
+    r.add_argument(
+        "--api-key-env", metavar="VAR", help="name of the environment variable holding the API key"
+    )
+    r.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight (default 64)")
+    r.add_argument("--samples", type=int, metavar="K", help="completions per input")
+    r.add_argument("--limit", type=int, metavar="N", help="stop after the first N tasks")
+    r.add_argument("--output", type=Path, metavar="DIR", help="output directory (default outputs/NAME)")
+    r.add_argument("--shard-rows", type=int, default=50_000, metavar="N", help="rows per Parquet shard")
+    r.add_argument(
+        "--max-retries", type=int, default=6, metavar="N", help="retries per request on 429/5xx/timeouts"
+    )
+    r.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
+    r.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sim", help="serve the simulated teacher (OpenAI protocol) on loopback")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--model", default="gen-sim-1")
+    s.add_argument("--latency-ms", type=float, default=0.0)
+    s.add_argument("--latency-jitter-ms", type=float, default=0.0)
+    s.add_argument("--rate-429", type=float, default=0.0, help="fraction of requests answered 429")
+    s.add_argument("--retry-after", type=float, default=1.0, dest="retry_after_s", help="Retry-After seconds")
+    s.add_argument("--rate-500", type=float, default=0.0)
+    s.add_argument("--rate-503", type=float, default=0.0)
+    s.add_argument("--rate-invalid-json", type=float, default=0.0)
+    s.add_argument("--rate-fenced-json", type=float, default=0.0)
+    s.add_argument("--rate-drop", type=float, default=0.0, help="fraction of connections dropped unanswered")
+    s.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit (429 beyond it)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    return parser
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        from gen.errors import ConfigError
+
+        raise ConfigError(None, f"{name} must be at least 1")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gen.config import RunOptions
+    from gen.pipeline import Run, prepare, summary
+
+    for flag in ("max_concurrency", "samples", "limit", "shard_rows"):
+        _positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    opts = RunOptions(
+        provider=args.provider,
+        base_url=args.base_url,
+        model=args.model,
+        license=args.license,
+        api_key_env=args.api_key_env,
+        max_concurrency=args.max_concurrency,
+        samples=args.samples,
+        limit=args.limit,
+        output=args.output,
+        shard_rows=args.shard_rows,
+        max_retries=args.max_retries,
+        request_timeout_s=args.request_timeout,
+        connect_timeout_s=args.connect_timeout,
+        progress=not args.no_progress,
+    )
+    import asyncio
+
+    prepared = prepare(args.prompt_file, opts)
+    result = asyncio.run(Run(prepared).execute())
+    print(summary(result), file=sys.stderr)
+    return EXIT_OK
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from gen.teachers.sim import SimConfig, serve
+
+    fields = (
+        "model",
+        "latency_ms",
+        "latency_jitter_ms",
+        "rate_429",
+        "retry_after_s",
+        "rate_500",
+        "rate_503",
+        "rate_invalid_json",
+        "rate_fenced_json",
+        "rate_drop",
+        "rpm",
+        "seed",
+    )
+    try:
+        config = SimConfig(**{f: getattr(args, f) for f in fields})
+    except ValueError as e:
+        from gen.errors import ConfigError
+
+        raise ConfigError("gen sim", str(e)) from None
+    serve(config, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gen` console script; returns the exit status."""
+    from gen.errors import ConfigError, FatalTeacherError, GenError
+
+    args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("GEN_DEBUG") == "1"
+    try:
+        return {"run": _run, "sim": _sim}[args.command](args)
+    except ConfigError as e:
+        if debug:
+            raise
+        print(f"gen: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FatalTeacherError as e:
+        if debug:
+            raise
+        print(f"gen: run aborted, the teacher refused: {e}", file=sys.stderr)
+        return EXIT_ABORTED
+    except GenError as e:
+        if debug:
+            raise
+        print(f"gen: run aborted: {e}", file=sys.stderr)
+        return EXIT_ABORTED
+    except KeyboardInterrupt:
+        print("gen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Prompt files (`prompts/*.toml`) and run options: loading, validation, path resolution.
+
+A prompt file is validated with pydantic and forbids unknown keys, so a typo is an error naming the
+file, not a silent default. Relative paths inside it resolve against the prompt file's directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gen.errors import ConfigError
+
+PROVIDERS = ("openai", "sim")
+Provider = Literal["openai", "sim"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherSpec(_Strict):
+    """The prompt file's default teacher; every field can be overridden on the command line."""
+
+    provider: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    license: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+
+class Messages(_Strict):
+    system: str | None = None
+    user: str
+
+
+class FileVariable(_Strict):
+    file: str
+
+
+class SeedSpec(_Strict):
+    path: str
+    license: str | None = None
+
+
+class SimSpec(_Strict):
+    """Settings of the built-in simulated teacher (provider "sim"): see gen.teachers.sim.SimConfig."""
+
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rate_429: float = 0.0
+    retry_after_s: float = 1.0
+    rate_500: float = 0.0
+    rate_503: float = 0.0
+    rate_invalid_json: float = 0.0
+    rate_fenced_json: float = 0.0
+    rate_drop: float = 0.0
+    rpm: int | None = None
+    seed: int = 0
+
+
+class PromptSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str
+    description: str | None = None
+    samples: int = Field(default=1, ge=1)
+    schema_: str | None = Field(default=None, alias="schema")
+    strict: bool = True
+    eval_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    max_attempts: int = Field(default=3, ge=1)
+    teacher: TeacherSpec = TeacherSpec()
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    messages: Messages
+    variables: dict[str, list[Any] | FileVariable] = Field(default_factory=dict)
+    seed: SeedSpec | None = None
+    sim: SimSpec = SimSpec()
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) else v
+
+    @field_validator("variables")
+    @classmethod
+    def _non_empty_lists(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name, values in v.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"variable {name!r} has an empty list")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFile:
+    """A loaded prompt file: the validated spec, where it lives, and the hash of its bytes."""
+
+    path: Path
+    spec: PromptSpec
+    sha256: str
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {loc!r}"
+    if first["type"] == "missing":
+        return f"missing key {loc!r}"
+    return f"{loc}: {first['msg']}"
+
+
+def load_prompt_file(path: str | Path) -> PromptFile:
+    """Read and validate a prompt file. Raises ConfigError naming the file and the first problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(p, "no such prompt file") from None
+    except OSError as e:
+        raise ConfigError(p, f"cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(p, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(p, f"invalid TOML: {e}") from None
+    try:
+        spec = PromptSpec.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(p, _describe(e)) from None
+    return PromptFile(path=p, spec=spec, sha256=hashlib.sha256(raw).hexdigest())
+
+
+@dataclass(kw_only=True, slots=True)
+class RunOptions:
+    """What `gen run` is asked to do. None means: take the prompt file's value, then the default."""
+
+    provider: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    license: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int | None = None
+    samples: int | None = None
+    limit: int | None = None
+    output: Path | None = None
+    shard_rows: int = 50_000
+    max_retries: int = 6
+    request_timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Teacher:
+    """The teacher a run resolved to, after flags override the prompt file."""
+
+    provider: str
+    model: str
+    base_url: str | None
+    license: str
+    api_key_env: str | None
+    max_concurrency: int
+
+
+DEFAULT_MAX_CONCURRENCY = 64
+
+
+def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
+    """Merge flags over the prompt file's teacher, and check the result is usable."""
+    t = prompt.spec.teacher
+    provider = opts.provider or t.provider or "sim"
+    if provider not in PROVIDERS:
+        raise ConfigError(prompt.path, f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
+    model = opts.model or t.model or ("gen-sim-1" if provider == "sim" else None)
+    if not model:
+        raise ConfigError(prompt.path, "no teacher model: set [teacher] model or pass --model")
+    base_url = opts.base_url or t.base_url
+    if provider == "openai" and not base_url:
+        raise ConfigError(
+            prompt.path, "provider 'openai' needs a base URL: set [teacher] base_url or --base-url"
+        )
+    license_id = opts.license or t.license
+    if not license_id:
+        raise ConfigError(
+            prompt.path, "the teacher's licence is unknown: set [teacher] license or pass --license"
+        )
+    return Teacher(
+        provider=provider,
+        model=model,
+        base_url=base_url.rstrip("/") if base_url else None,
+        license=license_id,
+        api_key_env=opts.api_key_env or t.api_key_env,
+        max_concurrency=opts.max_concurrency or t.max_concurrency or DEFAULT_MAX_CONCURRENCY,
+    )

@@ -1,0 +1,27 @@
+"""What every teacher speaks: a chat request in, a Completion out. Teachers never sleep or count rates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    model: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Teacher(Protocol):
+    """A chat-completion client. Errors are raised as gen.errors.TeacherError (or FatalTeacherError)."""
+
+    async def complete(
+        self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]
+    ) -> Completion: ...
+
+    async def close(self) -> None: ...

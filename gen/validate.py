@@ -1,0 +1,75 @@
+"""Turning a teacher's reply into validated output: JSON extraction, schema validation, repair prompts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gen.schema import Schema, SchemaMismatch
+
+_FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str) -> str | None:
+    """The JSON text inside a reply: the whole reply, a ```json fence, or the outermost {...} / [...]."""
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        return stripped
+    m = _FENCE.search(text)
+    if m:
+        return m.group(1).strip()
+    for open_, close in (("{", "}"), ("[", "]")):
+        start, end = text.find(open_), text.rfind(close)
+        if start != -1 and end > start:
+            return text[start : end + 1]
+    return None
+
+
+@dataclass(slots=True)
+class Verdict:
+    """Either `output` (validated JSON data) and its canonical text, or a reason and an error message."""
+
+    output: Any = None
+    output_json: str | None = None
+    reason: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def check(text: str, schema: Schema | None) -> Verdict:
+    """Validate one reply. Without a schema, any non-empty text is a valid answer."""
+    if schema is None:
+        if not text.strip():
+            return Verdict(reason="empty", error="the reply is empty")
+        return Verdict()
+    json_text = extract_json(text)
+    if json_text is None:
+        return Verdict(reason="invalid_json", error="the reply contains no JSON object")
+    try:
+        value = schema.validate(json_text)
+    except orjson.JSONDecodeError as e:
+        return Verdict(reason="invalid_json", error=f"the reply is not valid JSON: {e}")
+    except SchemaMismatch as e:
+        # pydantic reports JSON syntax errors as validation errors of type json_invalid
+        reason = "invalid_json" if "Invalid JSON" in str(e) else "schema_validation"
+        return Verdict(reason=reason, error=str(e))
+    return Verdict(output=value, output_json=orjson.dumps(value).decode())
+
+
+def repair_messages(messages: list[dict[str, str]], reply: str, error: str) -> list[dict[str, str]]:
+    """The conversation for a re-ask: the bad reply and what was wrong with it."""
+    return [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {
+            "role": "user",
+            "content": f"Your reply was not valid: {error}\n"
+            "Answer again with only the corrected JSON object, no other text.",
+        },
+    ]

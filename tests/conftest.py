@@ -1,0 +1,29 @@
+"""Shared fixtures: the teacher simulator as a real server on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gen.teachers.sim import SimConfig, SimThread
+
+
+@pytest.fixture
+def sim_server() -> Iterator[Callable[..., SimThread]]:
+    """A factory: `sim_server(rate_429=0.1)` starts a SimThread with those SimConfig fields.
+
+    The returned server has `base_url`, `port` and `stats()`; every one started is stopped at teardown.
+    """
+    started: list[SimThread] = []
+
+    def start(**config: Any) -> SimThread:
+        server = SimThread(SimConfig(**config))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
