@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gen import __version__
 
-EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_BUDGET = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +45,28 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
     r.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--rpm", type=float, metavar="R", help="requests per minute, paced smoothly")
+    r.add_argument("--tpm", type=float, metavar="T", help="tokens per minute (prompt + completion)")
+    r.add_argument("--max-usd", type=float, metavar="USD", help="stop once the dataset has cost this much")
+    r.add_argument(
+        "--max-tokens", type=int, metavar="N", help="stop once the dataset has used this many tokens"
+    )
+    r.add_argument(
+        "--price-in", type=float, metavar="USD", help="USD per million prompt tokens (overrides table)"
+    )
+    r.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
+    r.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on Ctrl-C or SIGTERM, seconds to let in-flight requests finish (default 30)",
+    )
+    r.add_argument(
+        "--new-version",
+        action="store_true",
+        help="the recipe changed: write a new version of the dataset beside the old one",
+    )
 
     s = sub.add_parser("sim", help="serve the simulated teacher (OpenAI protocol) on loopback")
     s.add_argument("--host", default="127.0.0.1")
@@ -75,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     from gen.config import RunOptions
     from gen.pipeline import Run, prepare, summary
 
-    for flag in ("max_concurrency", "samples", "limit", "shard_rows"):
+    for flag in ("max_concurrency", "samples", "limit", "shard_rows", "max_tokens"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag))
     opts = RunOptions(
         provider=args.provider,
@@ -92,13 +114,31 @@ def _run(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout,
         connect_timeout_s=args.connect_timeout,
         progress=not args.no_progress,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_usd=args.max_usd,
+        max_tokens=args.max_tokens,
+        price_in=args.price_in,
+        price_out=args.price_out,
+        grace_s=args.grace_period,
+        new_version=args.new_version,
     )
     import asyncio
 
     prepared = prepare(args.prompt_file, opts)
     result = asyncio.run(Run(prepared).execute())
     print(summary(result), file=sys.stderr)
-    return EXIT_OK
+    if result.status == "complete":
+        return EXIT_OK
+    resume = f"gen run {args.prompt_file} --output {result.output_dir}"
+    if result.status == "budget":
+        print(
+            f"gen: {result.message}. Committed. Raise the limit and run `{resume}` to continue.",
+            file=sys.stderr,
+        )
+        return EXIT_BUDGET
+    print(f"gen: {result.message or result.status}. Committed; run `{resume}` to resume.", file=sys.stderr)
+    return 128 + result.signal if result.signal else EXIT_ABORTED
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -151,9 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"gen: run aborted: {e}", file=sys.stderr)
         return EXIT_ABORTED
-    except KeyboardInterrupt:
+    except OSError as e:  # the output could not be prepared or written; nothing committed was touched
+        if debug:
+            raise
+        print(f"gen: run aborted: {e}", file=sys.stderr)
+        return EXIT_ABORTED
+    except KeyboardInterrupt:  # before the run installed its own handler
         print("gen: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,7 +162,14 @@ class RunOptions:
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    rpm: float | None = None
+    tpm: float | None = None
+    max_usd: float | None = None
+    max_tokens: int | None = None
+    price_in: float | None = None  # USD per million prompt tokens, overrides the shipped table
+    price_out: float | None = None
+    grace_s: float = 30.0  # on Ctrl-C / SIGTERM, how long in-flight requests may finish
+    new_version: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""The async producer: prompt file -> tasks -> teacher -> validation -> dedup -> shards.
+"""The async producer: prompt file -> tasks -> teacher -> validation -> dedup -> journal -> shards.
 
 All task management lives here: a fixed pool of workers pulls from the lazy task stream (no task list
 is ever built), each keeps one request in flight, and finished rows go to the shard writer in batches.
+Every answer is journaled on arrival, so a crash at any instant costs at most the requests in flight.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,22 +20,39 @@ from pathlib import Path
 from typing import Any
 
 from gen import __version__
+from gen.budget import Budget, Price, price_for
 from gen.card import write_card
 from gen.config import PromptFile, RunOptions, Teacher, load_prompt_file, resolve_teacher
 from gen.dedup import ExactDedup
-from gen.errors import ConfigError, FatalTeacherError, TeacherError
+from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError
+from gen.ledger import Journal, id_key, journal_segments, load_manifest, read_journal
+from gen.limits import LimitedTeacher, Limiter
+from gen.manifest import FORMAT, check_compatible, next_version_dir, recipe_fingerprint, totals
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
 from gen.schema import Schema, load_schema
-from gen.shards import ShardInfo, ShardWriter, write_json
+from gen.shards import (
+    ShardInfo,
+    ShardWriter,
+    committed_shards,
+    describe_shard,
+    read_columns,
+    remove_partial_files,
+    write_json,
+)
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Expansion, Task, canonical_json
 from gen.validate import check, repair_messages
+
+# How a run ended; the CLI maps these to exit statuses.
+COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
 
 
 @dataclass(slots=True)
 class RunStats:
     tasks: int = 0
+    skipped: int = 0  # already done in an earlier run
+    replayed: int = 0  # answers recovered from the journal, not asked again
     rows: int = 0
     train: int = 0
     eval: int = 0
@@ -41,6 +60,7 @@ class RunStats:
     duplicates: int = 0
     requests: int = 0
     retries: int = 0
+    throttled: int = 0
     repairs: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -49,14 +69,17 @@ class RunStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "tasks": self.tasks,
+            "skipped": self.skipped,
+            "replayed": self.replayed,
             "rows": self.rows,
-            "train": self.train,
-            "eval": self.eval,
             "rejects": self.rejects,
             "duplicates": self.duplicates,
             "requests": self.requests,
             "retries": self.retries,
+            "throttled": self.throttled,
             "repairs": self.repairs,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
             "reject_reasons": dict(self.reject_reasons),
         }
 
@@ -68,6 +91,9 @@ class RunResult:
     stats: RunStats
     wall_s: float
     status: str
+    message: str = ""
+    signal: int | None = None
+    spent_usd: float = 0.0
 
 
 @dataclass(slots=True)
@@ -82,6 +108,9 @@ class Prepared:
     out_dir: Path
     opts: RunOptions
     sampling: dict[str, Any]
+    price: Price | None
+    previous: dict[str, Any] | None  # the manifest of the output being resumed
+    lineage: dict[str, Any] | None  # the dataset this one is a new version of
 
 
 def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
@@ -98,12 +127,68 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             raise ConfigError(
                 prompt.path, f"environment variable {teacher.api_key_env} (the API key) is not set"
             )
+    price = price_for(teacher.model)
+    if opts.price_in is not None or opts.price_out is not None:
+        price = Price(opts.price_in or 0.0, opts.price_out or 0.0)
+    if opts.max_usd is not None and price is None:
+        raise ConfigError(
+            prompt.path,
+            f"--max-usd needs a price for model {teacher.model!r}: pass --price-in and --price-out",
+        )
+
     out_dir = Path(opts.output) if opts.output else Path("outputs") / spec.name
-    if (out_dir / "manifest.json").exists():
-        raise ConfigError(out_dir, "already holds a dataset; choose another --output")
-    if opts.limit is not None and opts.limit < 1:
-        raise ConfigError(prompt.path, "--limit must be at least 1")
-    return Prepared(prompt, schema, expansion, teacher, api_key, out_dir, opts, dict(spec.sampling))
+    previous = load_manifest_or_fail(out_dir)
+    lineage = None
+    if previous is not None:
+        fingerprint = recipe_fingerprint(_recipe(prompt, expansion, schema, teacher))
+        if opts.new_version and fingerprint != recipe_fingerprint(previous):
+            lineage = {"previous": str(out_dir), "previous_run_id": previous.get("run_id")}
+            out_dir = next_version_dir(out_dir)
+            previous = None
+        else:
+            check_compatible(out_dir, previous, _recipe(prompt, expansion, schema, teacher))
+    _check_writable(out_dir)
+    return Prepared(
+        prompt,
+        schema,
+        expansion,
+        teacher,
+        api_key,
+        out_dir,
+        opts,
+        dict(spec.sampling),
+        price,
+        previous,
+        lineage,
+    )
+
+
+def load_manifest_or_fail(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return load_manifest(out_dir)
+    except (OSError, ValueError) as e:
+        raise ConfigError(out_dir / "manifest.json", f"unreadable: {e}") from None
+
+
+def _recipe(
+    prompt: PromptFile, expansion: Expansion, schema: Schema | None, teacher: Teacher
+) -> dict[str, Any]:
+    return {
+        "prompt_file": {"sha256": prompt.sha256},
+        "template": {"sha256": expansion.template_sha256},
+        "schema": {"sha256": schema.sha256} if schema else None,
+        "teacher": {"provider": teacher.provider, "model": teacher.model, "license": teacher.license},
+    }
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".gen-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(out_dir, f"output directory is not writable: {e.strerror or e}") from None
 
 
 def _now_ms() -> int:
@@ -121,7 +206,7 @@ def _take(it: Iterator[Task], limit: int | None) -> Iterator[Task]:
 
 
 class Run:
-    """One execution of a prepared run against one teacher."""
+    """One execution of a prepared run: resumes what the output directory holds, then produces the rest."""
 
     def __init__(self, p: Prepared) -> None:
         self.p = p
@@ -129,29 +214,55 @@ class Run:
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
         self.stats = RunStats()
         self.dedup = ExactDedup()
+        self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries)
-        self.teacher_model = p.teacher.model
+        prev_usage = (p.previous or {}).get("usage", {})
+        self.budget = Budget(
+            max_usd=p.opts.max_usd,
+            max_tokens=p.opts.max_tokens,
+            price=p.price,
+            spent_usd=float((p.previous or {}).get("cost_usd") or 0.0),
+            spent_tokens=int(prev_usage.get("total_tokens") or 0),
+        )
+        self._prev_usage = (
+            int(prev_usage.get("prompt_tokens") or 0),
+            int(prev_usage.get("completion_tokens") or 0),
+        )
         self.served_models: list[str] = []
         self.started = time.monotonic()
-        self.created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.created_at = (p.previous or {}).get("created_at") or datetime.now(UTC).isoformat(
+            timespec="seconds"
+        )
         self.base_url: str | None = p.teacher.base_url
         self.status = "running"
+        self.stop_reason: str | None = None
+        self.signal: int | None = None
         self._sampling_json = canonical_json(p.sampling)
-        self.writer = ShardWriter(p.out_dir, rows_per_shard=p.opts.shard_rows, on_commit=self._write_manifest)
+        self._workers: list[asyncio.Task[None]] = []
+        self.limiter = Limiter(max_concurrency=p.teacher.max_concurrency, rpm=p.opts.rpm, tpm=p.opts.tpm)
+        self.writer: ShardWriter | None = None
+        self.journal: Journal | None = None
 
-    # --- the manifest: rewritten after every shard commit, from the writer thread ---
+    # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
     def manifest(self, shards: list[ShardInfo]) -> dict[str, Any]:
         t = self.p.teacher
         prompt = self.p.prompt
-        per_split = Counter[str]()
-        for s in shards:
-            per_split[s.split] += s.rows
+        prompt_tokens = self._prev_usage[0] + self.stats.prompt_tokens
+        completion_tokens = self._prev_usage[1] + self.stats.completion_tokens
+        this_run = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "generator_version": __version__,
+            "wall_time_s": round(time.monotonic() - self.started, 3),
+            **self.stats.as_dict(),
+        }
         return {
-            "format": "gen-manifest/1",
+            "format": FORMAT,
             "run_id": self.run_id,
             "status": self.status,
             "created_at": self.created_at,
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "generator_version": __version__,
             "prompt_file": {"path": str(prompt.path), "sha256": prompt.sha256},
             "template": {
@@ -180,31 +291,81 @@ class Run:
             "sampling": self.p.sampling,
             "samples": self.p.expansion.samples,
             "eval_fraction": self.spec.eval_fraction,
+            "lineage": self.p.lineage or (self.p.previous or {}).get("lineage"),
             "shards": [s.as_dict() for s in shards],
-            "totals": {
-                "train": per_split["train"],
-                "eval": per_split["eval"],
-                "rows": per_split["train"] + per_split["eval"],
-                "rejects": per_split["rejects"],
-                "duplicates": self.stats.duplicates,
-            },
-            "stats": self.stats.as_dict(),
+            "totals": totals(shards),
             "usage": {
-                "prompt_tokens": self.stats.prompt_tokens,
-                "completion_tokens": self.stats.completion_tokens,
-                "total_tokens": self.stats.prompt_tokens + self.stats.completion_tokens,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
             },
-            "wall_time_s": round(time.monotonic() - self.started, 3),
+            "cost_usd": round(self.budget.spent_usd, 6) if self.p.price is not None else None,
+            "runs": [r for r in (self.p.previous or {}).get("runs", []) if r.get("run_id") != self.run_id]
+            + [this_run],
         }
 
-    def _write_manifest(self, shards: list[ShardInfo]) -> None:
-        write_json(self.p.out_dir / "manifest.json", self.manifest(shards))
+    def _on_checkpoint(self, shards: list[ShardInfo], done_segments: list[Path] | None) -> None:
+        manifest = self.manifest(shards)
+        write_json(self.p.out_dir / "manifest.json", manifest)
+        write_card(self.p.out_dir, manifest)
+        for segment in done_segments or []:  # their entries are in shards now
+            segment.unlink(missing_ok=True)
+
+    # --- resume ---
+
+    def _load_committed(self) -> list[ShardInfo]:
+        """Index what earlier runs committed: ids (to skip) and kept outputs (to dedup against)."""
+        out = self.p.out_dir
+        remove_partial_files(out)
+        listed = {s["path"]: s for s in (self.p.previous or {}).get("shards", [])}
+        shards = []
+        for rel in committed_shards(out):
+            info = listed.get(rel)
+            # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
+            # crash between rename and manifest write can leave, is read back and listed now.
+            shards.append(
+                ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"])
+                if info
+                else describe_shard(out, rel)
+            )
+            if shards[-1].split in ("train", "eval"):
+                cols = read_columns(out, rel, ["id", "output", "response"])
+                for tid, output, response in zip(cols["id"], cols["output"], cols["response"], strict=True):
+                    key = id_key(tid)
+                    self.claimed.add(key)
+                    self.dedup.add(output if output is not None else response, key)
+            else:
+                self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
+        return shards
+
+    def _replay_journal(self) -> list[Path]:
+        """Put answers that reached the journal but not a shard back into the buffers."""
+        assert self.writer is not None
+        segments = journal_segments(self.p.out_dir)
+        for split, row in read_journal(self.p.out_dir):
+            key = id_key(row["id"])
+            if key in self.claimed:
+                continue
+            self.claimed.add(key)
+            if split in ("train", "eval"):
+                self.dedup.add(row["output"] if row["output"] is not None else row["response"], key)
+            self.stats.replayed += 1
+            self.writer.add(split, row)
+        return segments
 
     # --- the producer ---
 
     async def execute(self) -> RunResult:
         p = self.p
         p.out_dir.mkdir(parents=True, exist_ok=True)
+        shards = await asyncio.to_thread(self._load_committed)
+        self.writer = ShardWriter(
+            p.out_dir, rows_per_shard=p.opts.shard_rows, shards=shards, on_checkpoint=self._on_checkpoint
+        )
+        old_segments = self._replay_journal()
+        self.journal = Journal(p.out_dir, self.run_id)
+        await self.writer.checkpoint(old_segments)  # commits replayed answers, then drops the old journal
+
         sim = None
         if p.teacher.provider == "sim":
             from gen.teachers.sim import SimConfig, SimServer
@@ -223,35 +384,100 @@ class Run:
             request_timeout_s=p.opts.request_timeout_s,
             connect_timeout_s=p.opts.connect_timeout_s,
         )
+        teacher = LimitedTeacher(client, self.limiter)
         progress = Progress(self.stats, enabled=p.opts.progress, desc=self.spec.name)
         counter = asyncio.create_task(self._count_total(progress))
+        self._install_signal_handlers()
+        error: BaseException | None = None
         try:
             self.served_models = await client.list_models()
             tasks = _take(p.expansion.tasks(), p.opts.limit)
-            workers = [
-                asyncio.create_task(self._worker(tasks, client, progress))
+            self._workers = [
+                asyncio.create_task(self._worker(tasks, teacher, progress))
                 for _ in range(p.teacher.max_concurrency)
             ]
             try:
-                await asyncio.gather(*workers)
-                self.status = "complete"
-            except BaseException:
-                for w in workers:
+                await asyncio.gather(*self._workers)
+            except BaseException as e:
+                error = e
+                for w in self._workers:
                     w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                self.status = "aborted"
-                raise
-            finally:
-                await self.writer.close()
-                self._write_manifest(self.writer.shards)
-                write_card(p.out_dir, self.manifest(self.writer.shards))
+                await asyncio.gather(*self._workers, return_exceptions=True)
+            self.status = self._final_status(error)
         finally:
+            self._remove_signal_handlers()
             counter.cancel()
             progress.close()
             await client.close()
             if sim is not None:
                 await sim.stop()
-        return RunResult(p.out_dir, self.run_id, self.stats, time.monotonic() - self.started, self.status)
+            await self._commit_all()
+        if error is not None and not isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
+            if isinstance(error, GenError):
+                raise error
+            if isinstance(error, OSError):
+                raise OutputError(p.out_dir, error) from error
+            raise error
+        return RunResult(
+            p.out_dir,
+            self.run_id,
+            self.stats,
+            time.monotonic() - self.started,
+            self.status,
+            self.stop_reason or "",
+            self.signal,
+            self.budget.spent_usd,
+        )
+
+    def _final_status(self, error: BaseException | None) -> str:
+        if isinstance(error, OSError):
+            return FAILED
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            return ABORTED
+        if self.signal is not None:
+            return INTERRUPTED
+        if self.stop_reason is not None:
+            return BUDGET
+        return COMPLETE
+
+    async def _commit_all(self) -> None:
+        """Last checkpoint: everything answered goes into shards and the journal segment is dropped."""
+        assert self.writer is not None and self.journal is not None
+        if self.writer.failed is not None:  # the disk refused; keep the journal for the next run
+            self.journal.close()
+            await self.writer.close()
+            return
+        closed = self.journal.rotate()
+        self.journal.close()
+        await self.writer.close([closed])
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+            pass
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (ValueError, RuntimeError, NotImplementedError):
+                pass
+
+    def _on_signal(self, sig: int) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop waiting for in-flight requests
+            self._cancel_workers()
+            return
+        self.signal = sig
+        self.stop_reason = f"stopped by {signal.Signals(sig).name}"
+        asyncio.get_running_loop().call_later(self.p.opts.grace_s, self._cancel_workers)
+
+    def _cancel_workers(self) -> None:
+        for w in self._workers:
+            w.cancel()
 
     async def _count_total(self, progress: Progress) -> None:
         total = await asyncio.to_thread(self.p.expansion.count)
@@ -259,19 +485,46 @@ class Run:
             total = min(total, self.p.opts.limit)
         progress.set_total(total)
 
-    async def _worker(self, tasks: Iterator[Task], client: OpenAIChat, progress: Progress) -> None:
+    async def _worker(self, tasks: Iterator[Task], teacher: LimitedTeacher, progress: Progress) -> None:
         # Several workers share one generator: safe, since next() never awaits and the loop is one thread.
-        for task in tasks:
-            await self._process(task, client)
+        while self.stop_reason is None:
+            task = next(tasks, None)
+            if task is None:
+                return
+            key = id_key(task.id)
+            if key in self.claimed:
+                self.stats.skipped += 1
+                progress.tick()
+                continue
+            reason = self.budget.exhausted(reserved_tokens=self._in_flight_tokens())
+            if reason is not None:
+                self.stop_reason = reason
+                return
+            self.claimed.add(key)
+            try:
+                await self._process(task, key, teacher)
+            except asyncio.CancelledError:
+                self.claimed.discard(key)  # not answered: a resumed run asks again
+                raise
             self.stats.tasks += 1
             progress.tick()
 
-    def _on_retry(self, _: TeacherError) -> None:
-        self.stats.retries += 1
+    def _in_flight_tokens(self) -> int:
+        if not self.stats.requests:
+            return 0
+        per_request = (self.stats.prompt_tokens + self.stats.completion_tokens) // self.stats.requests
+        return per_request * self.limiter.concurrency.in_flight
 
-    async def _process(self, task: Task, client: OpenAIChat) -> None:
+    def _on_retry(self, e: TeacherError) -> None:
+        self.stats.retries += 1
+        if e.status == 429:
+            self.stats.throttled += 1
+
+    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> None:
         if task.messages is None:
-            await self._reject(task, "render_error", task.render_error or "", None, 0)
+            await self._finish(
+                task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
+            )
             return
         seed = int(task.id[:8], 16) & 0x7FFFFFFF  # per task: a rerun asks the same question the same way
         messages = task.messages
@@ -281,34 +534,47 @@ class Run:
             attempts += 1
             try:
                 comp = await with_retries(
-                    lambda m=messages: client.complete(m, seed=seed, sampling=self.p.sampling),
+                    lambda m=messages: teacher.complete(m, seed=seed, sampling=self.p.sampling),
                     self.retry_policy,
                     on_retry=self._on_retry,
                 )
             except FatalTeacherError:
                 raise
             except TeacherError as e:
-                await self._reject(task, "teacher_error", str(e), None, attempts)
+                row = self._reject_row(task, "teacher_error", str(e), None, attempts)
+                await self._finish(task, "rejects", row)
                 return
             self.stats.requests += 1
             self.stats.prompt_tokens += comp.prompt_tokens
             self.stats.completion_tokens += comp.completion_tokens
+            self.budget.charge(comp.prompt_tokens, comp.completion_tokens)
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
             verdict = check(comp.text, self.p.schema)
             if verdict.ok:
                 break
             if attempts >= self.spec.max_attempts:
-                await self._reject(
+                row = self._reject_row(
                     task, verdict.reason or "invalid", verdict.error or "", comp.text, attempts
                 )
+                await self._finish(task, "rejects", row)
                 return
             self.stats.repairs += 1
             messages = repair_messages(task.messages, comp.text, verdict.error or "")
 
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        if not self.dedup.add(answer):
-            self.stats.duplicates += 1
+        kept = self.dedup.add(answer, key)
+        if kept is not None:
+            dup = {
+                "id": task.id,
+                "duplicate_of": f"{kept:016x}",
+                "kind": "exact",
+                "output": answer,
+                "vars": task.vars_json,
+                "created_at": _now_ms(),
+                "run_id": self.run_id,
+            }
+            await self._finish(task, "duplicates", dup)
             return
         t = self.p.teacher
         row = {
@@ -335,18 +601,12 @@ class Run:
             "run_id": self.run_id,
             "generator_version": __version__,
         }
-        self.stats.rows += 1
-        if task.split == "eval":
-            self.stats.eval += 1
-        else:
-            self.stats.train += 1
-        if self.writer.add(task.split, row):
-            await self.writer.flush(task.split)
+        await self._finish(task, task.split, row)
 
-    async def _reject(self, task: Task, reason: str, error: str, response: str | None, attempts: int) -> None:
-        self.stats.rejects += 1
-        self.stats.reject_reasons[reason] += 1
-        row = {
+    def _reject_row(
+        self, task: Task, reason: str, error: str, response: str | None, attempts: int
+    ) -> dict[str, Any]:
+        return {
             "id": task.id,
             "reason": reason,
             "error": error,
@@ -359,8 +619,37 @@ class Run:
             "created_at": _now_ms(),
             "run_id": self.run_id,
         }
-        if self.writer.add("rejects", row):
-            await self.writer.flush("rejects")
+
+    async def _finish(self, task: Task, split: str, row: dict[str, Any]) -> None:
+        """Journal the outcome at once, then buffer it; checkpoint when a shard is full."""
+        assert self.journal is not None and self.writer is not None
+        self.journal.append(split, row)
+        s = self.stats
+        if split == "rejects":
+            s.rejects += 1
+            s.reject_reasons[row["reason"]] += 1
+        elif split == "duplicates":
+            s.duplicates += 1
+        else:
+            s.rows += 1
+            if split == "eval":
+                s.eval += 1
+            else:
+                s.train += 1
+        if self.writer.add(split, row):
+            closed = self.journal.rotate()
+            await self.writer.checkpoint([closed])
+
+
+class OutputError(GenError):
+    """Writing the output failed (disk full, permissions): committed shards are intact."""
+
+    def __init__(self, out_dir: Path, error: OSError) -> None:
+        self.out_dir = out_dir
+        super().__init__(
+            f"cannot write to {out_dir}: {error.strerror or error}. Committed shards are intact and every "
+            "answer received is in the journal; free space and run the same command again to resume"
+        )
 
 
 def _public_url(url: str | None) -> str | None:
@@ -377,7 +666,7 @@ def _public_url(url: str | None) -> str | None:
 
 
 async def run_async(prompt_file: str | Path, options: RunOptions | None = None) -> RunResult:
-    """Run a prompt file to completion. Raises ConfigError before sending anything if the input is bad."""
+    """Run a prompt file to completion (or resume it). Raises ConfigError before sending anything."""
     prepared = prepare(prompt_file, options or RunOptions())
     return await Run(prepared).execute()
 
@@ -392,11 +681,14 @@ def summary(result: RunResult) -> str:
     s = result.stats
     tokens = s.prompt_tokens + s.completion_tokens
     rate = s.rows / result.wall_s if result.wall_s > 0 else 0.0
+    extra = ""
+    if s.skipped or s.replayed:
+        extra = f" (resumed: {s.skipped:,} already done, {s.replayed:,} recovered from the journal)"
     return (
         f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {s.rejects:,} rejects, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "
-        f"in {result.wall_s:.1f} s ({rate:,.0f} rows/s) -> {result.output_dir}"
+        f"in {result.wall_s:.1f} s ({rate:,.0f} rows/s) -> {result.output_dir}{extra}"
     )
 
 
-__all__ = ["RunOptions", "RunResult", "RunStats", "prepare", "run", "run_async", "summary"]
+__all__ = ["OutputError", "RunOptions", "RunResult", "RunStats", "prepare", "run", "run_async", "summary"]

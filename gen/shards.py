@@ -66,7 +66,26 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
-SPLITS = ("train", "eval", "rejects")
+DUPLICATE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("duplicate_of", pa.string()),  # the first 16 hex digits of the kept row's id
+        ("kind", pa.string()),  # "exact" or "near"
+        ("output", pa.string()),
+        ("vars", pa.string()),
+        ("created_at", pa.timestamp("ms", tz="UTC")),
+        ("run_id", pa.string()),
+    ]
+)
+
+SPLITS = ("train", "eval", "rejects", "duplicates")
+SCHEMAS = {
+    "train": DATA_SCHEMA,
+    "eval": DATA_SCHEMA,
+    "rejects": REJECT_SCHEMA,
+    "duplicates": DUPLICATE_SCHEMA,
+}
+FOLDERS = {"train": "data", "eval": "data", "rejects": "rejects", "duplicates": "duplicates"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,22 +134,51 @@ def sha256_file(path: Path) -> str:
 
 
 def shard_name(split: str, number: int) -> str:
-    folder = "rejects" if split == "rejects" else "data"
-    return f"{folder}/{split}-{number:05d}.parquet"
+    return f"{FOLDERS[split]}/{split}-{number:05d}.parquet"
+
+
+def split_of_path(rel_path: str) -> str:
+    return Path(rel_path).stem.rsplit("-", 1)[0]
+
+
+def committed_shards(out_dir: Path) -> list[str]:
+    """Relative paths of every shard on disk under its final name, in a stable order."""
+    found = []
+    for folder in sorted(set(FOLDERS.values())):
+        for p in sorted((out_dir / folder).glob("*.parquet")):
+            if split_of_path(p.name) in SPLITS and not p.name.startswith("."):
+                found.append(f"{folder}/{p.name}")
+    return found
+
+
+def remove_partial_files(out_dir: Path) -> None:
+    """Delete temporaries a crash left behind mid-write; they never held a committed shard."""
+    for folder in set(FOLDERS.values()) | {"."}:
+        for p in (out_dir / folder).glob(".*.tmp-*"):
+            p.unlink(missing_ok=True)
 
 
 def next_shard_numbers(out_dir: Path) -> dict[str, int]:
     """The first free shard number per split, so a new run never overwrites a committed shard."""
-    numbers = {}
-    for split in SPLITS:
-        folder = out_dir / ("rejects" if split == "rejects" else "data")
-        used = [
-            int(p.stem.rsplit("-", 1)[1])
-            for p in folder.glob(f"{split}-*.parquet")
-            if p.stem.rsplit("-", 1)[1].isdigit()
-        ]
-        numbers[split] = max(used, default=-1) + 1
+    numbers = dict.fromkeys(SPLITS, 0)
+    for rel in committed_shards(out_dir):
+        split, _, number = Path(rel).stem.rpartition("-")
+        if number.isdigit():
+            numbers[split] = max(numbers[split], int(number) + 1)
     return numbers
+
+
+def describe_shard(out_dir: Path, rel_path: str) -> ShardInfo:
+    """A committed shard's row count and checksum, read back from disk."""
+    path = out_dir / rel_path
+    rows = pq.ParquetFile(path).metadata.num_rows
+    return ShardInfo(rel_path, split_of_path(rel_path), rows, sha256_file(path), path.stat().st_size)
+
+
+def read_columns(out_dir: Path, rel_path: str, columns: list[str]) -> dict[str, list[Any]]:
+    """Some columns of a shard as Python lists (used to rebuild the resume and dedup indexes)."""
+    table = pq.read_table(out_dir / rel_path, columns=columns)
+    return {name: table.column(name).to_pylist() for name in columns}
 
 
 def write_shard(out_dir: Path, rel_path: str, schema: pa.Schema, columns: dict[str, list[Any]]) -> ShardInfo:
@@ -141,15 +189,17 @@ def write_shard(out_dir: Path, rel_path: str, schema: pa.Schema, columns: dict[s
     data = sink.getvalue().to_pybytes()
     path = out_dir / rel_path
     atomic_write_bytes(path, data)
-    split = Path(rel_path).stem.rsplit("-", 1)[0]
-    return ShardInfo(rel_path, split, table.num_rows, hashlib.sha256(data).hexdigest(), len(data))
+    return ShardInfo(
+        rel_path, split_of_path(rel_path), table.num_rows, hashlib.sha256(data).hexdigest(), len(data)
+    )
 
 
 class ShardWriter:
-    """Buffers rows per split and commits shards from one background thread, in order.
+    """Buffers rows per split and commits them from one background thread, in order, at checkpoints.
 
-    `on_commit(shards)` is called in the writer thread after each shard lands, with every shard committed
-    so far: the manifest is rewritten there, so the manifest on disk always matches the shards on disk.
+    A checkpoint turns every non-empty buffer into a shard, then calls `on_checkpoint(shards, token)` in
+    the writer thread, with every shard committed so far and the caller's token: the manifest is
+    rewritten there, so the manifest on disk always matches the shards on disk.
     """
 
     def __init__(
@@ -157,60 +207,85 @@ class ShardWriter:
         out_dir: Path,
         *,
         rows_per_shard: int = 50_000,
-        on_commit: Callable[[list[ShardInfo]], None] | None = None,
+        shards: list[ShardInfo] | None = None,
+        on_checkpoint: Callable[[list[ShardInfo], Any], None] | None = None,
         max_pending: int = 2,
     ) -> None:
         self.out_dir = out_dir
         self.rows_per_shard = rows_per_shard
-        (out_dir / "data").mkdir(parents=True, exist_ok=True)
-        (out_dir / "rejects").mkdir(parents=True, exist_ok=True)
+        for folder in set(FOLDERS.values()):
+            (out_dir / folder).mkdir(parents=True, exist_ok=True)
         self._next = next_shard_numbers(out_dir)
-        self._schemas = {"train": DATA_SCHEMA, "eval": DATA_SCHEMA, "rejects": REJECT_SCHEMA}
         self._buffers: dict[str, dict[str, list[Any]]] = {s: self._empty(s) for s in SPLITS}
         self._counts = dict.fromkeys(SPLITS, 0)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gen-shards")
-        self._pending: list[Future[ShardInfo]] = []
+        self._pending: list[Future[None]] = []
         self._max_pending = max_pending
-        self.shards: list[ShardInfo] = []
-        self._on_commit = on_commit
+        self.shards: list[ShardInfo] = list(shards or [])
+        self._on_checkpoint = on_checkpoint
+        self.failed: BaseException | None = None
 
-    def _empty(self, split: str) -> dict[str, list[Any]]:
-        return {name: [] for name in self._schemas[split].names}
+    @staticmethod
+    def _empty(split: str) -> dict[str, list[Any]]:
+        return {name: [] for name in SCHEMAS[split].names}
+
+    @property
+    def buffered(self) -> int:
+        return sum(self._counts.values())
 
     def add(self, split: str, row: dict[str, Any]) -> bool:
-        """Buffer a row; True when the split's buffer is full and `flush(split)` should be awaited."""
+        """Buffer a row; True when a buffer is full and `checkpoint()` should be awaited."""
         buf = self._buffers[split]
         for name, column in buf.items():
             column.append(row[name])
         self._counts[split] += 1
         return self._counts[split] >= self.rows_per_shard
 
-    async def flush(self, split: str) -> None:
-        """Hand the split's buffer to the writer thread; waits only when too many shards are queued."""
-        if self._counts[split] == 0:
-            return
-        columns, self._buffers[split], self._counts[split] = self._buffers[split], self._empty(split), 0
-        rel = shard_name(split, self._next[split])
-        self._next[split] += 1
-        self._pending.append(self._pool.submit(self._commit, rel, self._schemas[split], columns))
-        while len(self._pending) > self._max_pending:
-            await asyncio.wrap_future(self._pending.pop(0))
-        self._pending = [f for f in self._pending if not f.done() or f.result() is None]
-
-    def _commit(self, rel: str, schema: pa.Schema, columns: dict[str, list[Any]]) -> ShardInfo:
-        info = write_shard(self.out_dir, rel, schema, columns)
-        self.shards.append(info)
-        if self._on_commit is not None:
-            self._on_commit(list(self.shards))
-        return info
-
-    async def close(self) -> None:
-        """Flush every split and wait until all shards are committed. Errors of the writer surface here."""
+    async def checkpoint(self, token: Any = None) -> None:
+        """Hand every buffer to the writer thread; waits only when too many checkpoints are queued."""
+        if self.failed is not None:
+            raise self.failed
+        jobs = []
         for split in SPLITS:
-            await self.flush(split)
+            if self._counts[split]:
+                jobs.append((shard_name(split, self._next[split]), SCHEMAS[split], self._buffers[split]))
+                self._next[split] += 1
+                self._buffers[split], self._counts[split] = self._empty(split), 0
+        if not jobs and token is None:
+            return
+        self._pending.append(self._pool.submit(self._commit, jobs, token))
+        while len(self._pending) > self._max_pending:
+            await self._wait(self._pending.pop(0))
+        for fut in [f for f in self._pending if f.done()]:
+            self._pending.remove(fut)
+            await self._wait(fut)
+
+    async def _wait(self, fut: Future[None]) -> None:
         try:
+            await asyncio.wrap_future(fut)
+        except BaseException as e:
+            self.failed = e
+            raise
+
+    def _commit(self, jobs: list[tuple[str, pa.Schema, dict[str, list[Any]]]], token: Any) -> None:
+        if self.failed is not None:  # after one failed write nothing more is written: the state is known
+            raise self.failed
+        try:
+            for rel, schema, columns in jobs:
+                self.shards.append(write_shard(self.out_dir, rel, schema, columns))
+            if self._on_checkpoint is not None:
+                self._on_checkpoint(list(self.shards), token)
+        except BaseException as e:
+            self.failed = e
+            raise
+
+    async def close(self, token: Any = None) -> None:
+        """A last checkpoint, then wait until every shard is committed. Writer errors surface here."""
+        try:
+            if self.failed is None:
+                await self.checkpoint(token)
             for fut in self._pending:
-                await asyncio.wrap_future(fut)
+                await self._wait(fut)
         finally:
             self._pending.clear()
             self._pool.shutdown(wait=True)

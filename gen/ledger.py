@@ -1,0 +1,107 @@
+"""Resume state: what an output directory already holds, and the journal of answers not yet in a shard.
+
+Every finished task (a row, a reject or a duplicate) is appended to the journal the moment its answer
+arrives, with one unbuffered write, so a SIGKILL loses nothing the teacher was paid for: the page cache
+keeps it even if the process dies mid-run. At each checkpoint all buffers become shards, the manifest is
+rewritten, and the journal segments they covered are deleted. A resumed run reads the shards' ids,
+replays the journal entries that are not in a shard yet, and asks the teacher only for the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+JOURNAL_DIR = "journal"
+
+
+def id_key(task_id: str) -> int:
+    """The 64-bit prefix of an id, as the resume and dedup indexes keep it (8 bytes, not a string)."""
+    return int(task_id[:16], 16)
+
+
+class Journal:
+    """Append-only JSON-lines segments under OUTPUT/journal/, one open at a time."""
+
+    def __init__(self, out_dir: Path, run_id: str) -> None:
+        self.dir = out_dir / JOURNAL_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id
+        self._segment = 0
+        self._fd: int | None = None
+        self.path: Path | None = None
+        self._open()
+
+    def _open(self) -> None:
+        self.path = self.dir / f"{self.run_id}-{self._segment:05d}.jsonl"
+        # O_APPEND and one os.write per entry: no user-space buffer to lose in a crash.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def append(self, split: str, row: dict[str, Any]) -> None:
+        assert self._fd is not None
+        data = orjson.dumps({"s": split, "r": row}) + b"\n"
+        written = os.write(self._fd, data)
+        if written != len(data):  # a short write means the disk filled up mid-entry
+            raise OSError(28, "short write to the journal (disk full?)", str(self.path))
+
+    def rotate(self) -> Path:
+        """Close the current segment and start the next; returns the closed segment's path."""
+        assert self._fd is not None and self.path is not None
+        os.close(self._fd)
+        closed = self.path
+        self._segment += 1
+        self._open()
+        return closed
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.path is not None and self.path.exists() and self.path.stat().st_size == 0:
+            self.path.unlink()
+
+
+def read_journal(out_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every entry of every segment, oldest first. A torn last line (killed mid-write) is skipped."""
+    folder = out_dir / JOURNAL_DIR
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime_ns):
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a torn line: the process died inside this os.write
+                yield entry["s"], entry["r"]
+
+
+def journal_segments(out_dir: Path) -> list[Path]:
+    folder = out_dir / JOURNAL_DIR
+    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+@dataclass(slots=True)
+class OutputState:
+    """What is already committed in an output directory."""
+
+    manifest: dict[str, Any] | None = None
+    done: set[int] = field(default_factory=set)  # id keys of rows, rejects and duplicates in shards
+    kept_outputs: list[tuple[str, str]] = field(default_factory=list)  # (id, dedup text) of data rows
+    shard_paths: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.manifest is None and not self.shard_paths
+
+
+def load_manifest(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / "manifest.json"
+    if not path.exists():
+        return None
+    return orjson.loads(path.read_bytes())
