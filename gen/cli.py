@@ -63,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
         help="on Ctrl-C or SIGTERM, seconds to let in-flight requests finish (default 30)",
     )
     r.add_argument(
+        "--intended-use",
+        choices=["research", "internal", "commercial-model", "competing-model"],
+        help="what the data is for; checked against the teacher's licence before any request",
+    )
+    r.add_argument(
+        "--acknowledge-licence-conflict",
+        action="store_true",
+        help="go ahead although the licence review found a conflict (recorded in the manifest)",
+    )
+    r.add_argument("--licences", type=Path, metavar="FILE", help="your licence registry, consulted first")
+    r.add_argument(
         "--new-version",
         action="store_true",
         help="the recipe changed: write a new version of the dataset beside the old one",
@@ -122,6 +133,9 @@ def _run(args: argparse.Namespace) -> int:
         price_out=args.price_out,
         grace_s=args.grace_period,
         new_version=args.new_version,
+        intended_use=args.intended_use,
+        acknowledge_licence=args.acknowledge_licence_conflict,
+        licences=args.licences,
     )
     import asyncio
 

@@ -73,6 +73,7 @@ class PromptSpec(_Strict):
     schema_: str | None = Field(default=None, alias="schema")
     strict: bool = True
     eval_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    intended_use: str | None = None  # research | internal | commercial-model | competing-model
     max_attempts: int = Field(default=3, ge=1)
     teacher: TeacherSpec = TeacherSpec()
     sampling: dict[str, Any] = Field(default_factory=dict)
@@ -170,6 +171,9 @@ class RunOptions:
     price_out: float | None = None
     grace_s: float = 30.0  # on Ctrl-C / SIGTERM, how long in-flight requests may finish
     new_version: bool = False
+    intended_use: str | None = None
+    acknowledge_licence: bool = False  # go ahead despite a licence conflict; recorded in the manifest
+    licences: Path | None = None  # a user licence registry, consulted before the shipped one
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +183,7 @@ class Teacher:
     provider: str
     model: str
     base_url: str | None
-    license: str
+    license: str | None  # as given; the licence review settles the id that is recorded
     api_key_env: str | None
     max_concurrency: int
 

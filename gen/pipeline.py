@@ -8,6 +8,7 @@ Every answer is journaled on arrival, so a crash at any instant costs at most th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import signal
@@ -29,6 +30,7 @@ from gen.ledger import Journal, id_key, journal_segments, load_manifest, read_jo
 from gen.limits import LimitedTeacher, Limiter
 from gen.manifest import FORMAT, check_compatible, next_version_dir, recipe_fingerprint, totals
 from gen.progress import Progress
+from gen.provenance import INTENDED_USES, Review, load_registry, review_teacher
 from gen.retry import RetryPolicy, with_retries
 from gen.schema import Schema, load_schema
 from gen.shards import (
@@ -111,6 +113,8 @@ class Prepared:
     price: Price | None
     previous: dict[str, Any] | None  # the manifest of the output being resumed
     lineage: dict[str, Any] | None  # the dataset this one is a new version of
+    review: Review
+    registry_sources: list[dict[str, Any]]  # which licence registries (and versions) decided
 
 
 def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
@@ -118,6 +122,8 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     prompt = load_prompt_file(prompt_path)
     spec = prompt.spec
     teacher = resolve_teacher(prompt, opts)
+    review, registry_sources = licence_review(prompt, teacher, opts)
+    teacher = dataclasses.replace(teacher, license=review.licence_id)
     schema = load_schema(spec.schema_, base_dir=prompt.base_dir, where=prompt.path) if spec.schema_ else None
     expansion = Expansion(prompt, schema, samples=opts.samples)
     api_key = None
@@ -160,7 +166,34 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         price,
         previous,
         lineage,
+        review,
+        registry_sources,
     )
+
+
+def licence_review(
+    prompt: PromptFile, teacher: Teacher, opts: RunOptions
+) -> tuple[Review, list[dict[str, Any]]]:
+    """The review a run cannot skip: a known licence, compatible with the declared use, or acknowledged."""
+    use = opts.intended_use or prompt.spec.intended_use
+    if not use:
+        raise ConfigError(
+            prompt.path,
+            "declare the intended use of the data: set intended_use in the prompt file or pass --intended-use"
+            f" ({', '.join(INTENDED_USES)})",
+        )
+    if use not in INTENDED_USES:
+        raise ConfigError(prompt.path, f"unknown intended use {use!r} (known: {', '.join(INTENDED_USES)})")
+    registry = load_registry(opts.licences)
+    review = review_teacher(registry, teacher.model, teacher.license, use, opts.acknowledge_licence)
+    if review.blocked:
+        raise ConfigError(
+            prompt.path,
+            "licence review stopped the run: "
+            + "; ".join(review.reasons)
+            + ". To go ahead anyway, pass --acknowledge-licence-conflict (it is recorded in the manifest)",
+        )
+    return review, [src.as_dict() for src in registry.sources]
 
 
 def load_manifest_or_fail(out_dir: Path) -> dict[str, Any] | None:
@@ -288,6 +321,8 @@ class Run:
                 if self.spec.seed
                 else None
             ),
+            "intended_use": self.p.review.intended_use,
+            "licence_review": {**self.p.review.as_dict(), "registries": self.p.registry_sources},
             "sampling": self.p.sampling,
             "samples": self.p.expansion.samples,
             "eval_fraction": self.spec.eval_fraction,

@@ -13,6 +13,7 @@ from gen.cli import main
 GOOD = """
 name = "t"
 version = "1"
+intended_use = "research"
 schema = "fact.py:Fact"
 
 [teacher]
@@ -114,7 +115,7 @@ def test_missing_prompt_file(tmp_path: Path, capsys) -> None:
 def test_seed_row_without_a_column_is_a_reject_not_a_crash(tmp_path: Path, capsys) -> None:
     (tmp_path / "rows.jsonl").write_text('{"topic": "a"}\n{"other": "b"}\n{"topic": "c"}\n')
     (tmp_path / "p.toml").write_text(
-        'name = "t"\nversion = "1"\n[teacher]\nlicense = "mit"\n'
+        'name = "t"\nversion = "1"\nintended_use = "research"\n[teacher]\nlicense = "mit"\n'
         '[messages]\nuser = "About {{ topic }}"\n[seed]\npath = "rows.jsonl"\n'
     )
     code, err = _run(

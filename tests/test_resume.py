@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import resource
 import signal
@@ -31,7 +30,8 @@ SCHEMA = {
 def _recipe(tmp_path: Path, n: int = 400, samples: int = 1) -> Path:
     (tmp_path / "answer.json").write_text(json.dumps(SCHEMA))
     (tmp_path / "p.toml").write_text(
-        f'name = "crash"\nversion = "1"\nschema = "answer.json"\nsamples = {samples}\neval_fraction = 0.1\n'
+        f'name = "crash"\nversion = "1"\nintended_use = "research"\nschema = "answer.json"\n'
+        f"samples = {samples}\neval_fraction = 0.1\n"
         '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
         '[messages]\nuser = "Explain item {{ n }} in detail."\n'
         f"[variables]\nn = {list(range(n))}\n"
@@ -46,17 +46,36 @@ def _all_ids(prompt: Path) -> set[str]:
 
 
 def _ids(out: Path, folder: str) -> list[str]:
-    return [i for f in sorted((out / folder).glob("*.parquet")) for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
+    return [
+        i
+        for f in sorted((out / folder).glob("*.parquet"))
+        for i in pq.read_table(f, columns=["id"])["id"].to_pylist()
+    ]
 
 
 def _gen(prompt: Path, out: Path, base_url: str, *extra: str, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", base_url, "--output", str(out),
-           "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gen",
+        "run",
+        str(prompt),
+        "--base-url",
+        base_url,
+        "--output",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def _journal_lines(out: Path) -> int:
-    return sum(len(p.read_bytes().splitlines()) for p in (out / "journal").glob("*.jsonl")) if (out / "journal").exists() else 0
+    return (
+        sum(len(p.read_bytes().splitlines()) for p in (out / "journal").glob("*.jsonl"))
+        if (out / "journal").exists()
+        else 0
+    )
 
 
 def _done(out: Path) -> int:
@@ -166,13 +185,30 @@ def test_changed_recipe_is_refused_and_new_version_goes_beside(tmp_path: Path, s
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "different recipe" in err and "prompt file" in err and "--new-version" in err
-    assert main(["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--model", "other",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(prompt),
+                "--base-url",
+                sim.base_url,
+                "--output",
+                str(out),
+                "--model",
+                "other",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "teacher model (gen-sim-1 -> other)" in capsys.readouterr().err
     assert main([*argv, "--new-version"]) == 0
     v2 = json.loads((tmp_path / "o-v2" / "manifest.json").read_text())
     assert v2["lineage"]["previous"] == str(out) and v2["totals"]["rows"] + v2["totals"]["duplicates"] == 20
-    assert json.loads((out / "manifest.json").read_text())["prompt_file"]["sha256"] != v2["prompt_file"]["sha256"]
+    assert (
+        json.loads((out / "manifest.json").read_text())["prompt_file"]["sha256"]
+        != v2["prompt_file"]["sha256"]
+    )
 
 
 def test_rerun_of_a_finished_dataset_asks_nothing(tmp_path: Path, sim_server) -> None:
@@ -191,8 +227,17 @@ def test_token_budget_stops_commits_and_a_later_run_continues(tmp_path: Path, si
     prompt = _recipe(tmp_path, n=200)
     sim = sim_server()
     out = tmp_path / "o"
-    argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--no-progress",
-            "--max-concurrency", "4"]
+    argv = [
+        "run",
+        str(prompt),
+        "--base-url",
+        sim.base_url,
+        "--output",
+        str(out),
+        "--no-progress",
+        "--max-concurrency",
+        "4",
+    ]
     assert main([*argv, "--max-tokens", "5000"]) == 3
     err = capsys.readouterr().err
     assert "token budget reached" in err and "continue" in err
@@ -208,13 +253,43 @@ def test_usd_budget_uses_prices(tmp_path: Path, sim_server, capsys) -> None:
 
     prompt = _recipe(tmp_path, n=100)
     sim = sim_server()
-    argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(tmp_path / "o"), "--no-progress",
-            "--max-concurrency", "2", "--max-usd", "0.5", "--price-in", "100", "--price-out", "100"]
+    argv = [
+        "run",
+        str(prompt),
+        "--base-url",
+        sim.base_url,
+        "--output",
+        str(tmp_path / "o"),
+        "--no-progress",
+        "--max-concurrency",
+        "2",
+        "--max-usd",
+        "0.5",
+        "--price-in",
+        "100",
+        "--price-out",
+        "100",
+    ]
     assert main(argv) == 3
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert 0.5 <= manifest["cost_usd"] < 0.5 + 0.05
-    assert main(["run", str(prompt), "--base-url", sim.base_url, "--model", "unpriced-model",
-                 "--output", str(tmp_path / "p"), "--max-usd", "1"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(prompt),
+                "--base-url",
+                sim.base_url,
+                "--model",
+                "unpriced-model",
+                "--output",
+                str(tmp_path / "p"),
+                "--max-usd",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "--price-in" in capsys.readouterr().err
 
 

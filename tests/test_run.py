@@ -169,7 +169,8 @@ def test_exact_duplicates_are_dropped_and_counted(tmp_path: Path, sim_server) ->
         )
     )
     (tmp_path / "p.toml").write_text(
-        'name = "yn"\nversion = "1"\nschema = "yn.json"\nsamples = 5\n[teacher]\nlicense = "mit"\n'
+        'name = "yn"\nversion = "1"\nintended_use = "research"\nschema = "yn.json"\nsamples = 5\n'
+        '[teacher]\nlicense = "mit"\n'
         '[messages]\nuser = "Is {{ n }} even?"\n[variables]\nn = [1, 2, 3, 4]\n'
     )
     result = run(tmp_path / "p.toml", RunOptions(output=tmp_path / "o", progress=False))

@@ -78,7 +78,9 @@ def test_repair_conversation_keeps_the_original_and_adds_the_error() -> None:
     assert "difficulty" in out[2]["content"] and msgs == [{"role": "user", "content": "q"}]
 
 
-_TEXT = st.text(st.characters(blacklist_characters="`"), max_size=10)  # a ``` inside a value ends any fence
+_TEXT = st.text(
+    st.characters(blacklist_characters="`", blacklist_categories=("Cs",)), max_size=10
+)  # a ``` inside a value ends any fence
 
 
 @given(st.dictionaries(_TEXT, st.integers(-(2**63), 2**63 - 1) | _TEXT, max_size=5))
