@@ -11,6 +11,56 @@ from pathlib import Path
 from gen import __version__
 
 EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_BUDGET = 0, 1, 2, 3
+INTENDED_USES = ("research", "internal", "commercial-model", "competing-model")
+
+
+def _teacher_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `run` and `refresh`: the teacher, limits, budgets, licence review, output."""
+    p.add_argument("--provider", help="openai | sim (default: the prompt file's, else sim)")
+    p.add_argument(
+        "--base-url", help="the server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
+    )
+    p.add_argument(
+        "--license", help="licence id of the teacher's outputs (Hugging Face ids: apache-2.0, llama3.1)"
+    )
+    p.add_argument(
+        "--api-key-env", metavar="VAR", help="name of the environment variable holding the API key"
+    )
+    p.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight (default 64)")
+    p.add_argument("--output", type=Path, metavar="DIR", help="output directory")
+    p.add_argument("--shard-rows", type=int, default=50_000, metavar="N", help="rows per Parquet shard")
+    p.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries per request on 429/5xx")
+    p.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--rpm", type=float, metavar="R", help="requests per minute, paced smoothly")
+    p.add_argument("--tpm", type=float, metavar="T", help="tokens per minute (prompt + completion)")
+    p.add_argument("--max-usd", type=float, metavar="USD", help="stop once the dataset has cost this much")
+    p.add_argument(
+        "--max-tokens", type=int, metavar="N", help="stop once the dataset has used this many tokens"
+    )
+    p.add_argument(
+        "--price-in", type=float, metavar="USD", help="USD per million prompt tokens (overrides table)"
+    )
+    p.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
+    p.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on Ctrl-C or SIGTERM, seconds to let in-flight requests finish (default 30)",
+    )
+    p.add_argument(
+        "--intended-use",
+        choices=INTENDED_USES,
+        help="what the data is for; checked against the teacher's licence before any request",
+    )
+    p.add_argument(
+        "--acknowledge-licence-conflict",
+        action="store_true",
+        help="go ahead although the licence review found a conflict (recorded in the manifest)",
+    )
+    p.add_argument("--licences", type=Path, metavar="FILE", help="your licence registry, consulted first")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,63 +71,33 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="generate a dataset from a prompt file")
+    r = sub.add_parser("run", help="generate (or resume) a dataset from a prompt file")
     r.add_argument("prompt_file", type=Path)
-    r.add_argument("--provider", help="openai | sim (default: the prompt file's, else sim)")
-    r.add_argument(
-        "--base-url", help="the server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
-    )
     r.add_argument("--model", help="the teacher model name")
-    r.add_argument(
-        "--license", help="licence id of the teacher's outputs (Hugging Face ids: apache-2.0, llama3.1, ...)"
-    )
-    r.add_argument(
-        "--api-key-env", metavar="VAR", help="name of the environment variable holding the API key"
-    )
-    r.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight (default 64)")
     r.add_argument("--samples", type=int, metavar="K", help="completions per input")
-    r.add_argument("--limit", type=int, metavar="N", help="stop after the first N tasks")
-    r.add_argument("--output", type=Path, metavar="DIR", help="output directory (default outputs/NAME)")
-    r.add_argument("--shard-rows", type=int, default=50_000, metavar="N", help="rows per Parquet shard")
-    r.add_argument(
-        "--max-retries", type=int, default=6, metavar="N", help="retries per request on 429/5xx/timeouts"
-    )
-    r.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
-    r.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("--rpm", type=float, metavar="R", help="requests per minute, paced smoothly")
-    r.add_argument("--tpm", type=float, metavar="T", help="tokens per minute (prompt + completion)")
-    r.add_argument("--max-usd", type=float, metavar="USD", help="stop once the dataset has cost this much")
-    r.add_argument(
-        "--max-tokens", type=int, metavar="N", help="stop once the dataset has used this many tokens"
-    )
-    r.add_argument(
-        "--price-in", type=float, metavar="USD", help="USD per million prompt tokens (overrides table)"
-    )
-    r.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
-    r.add_argument(
-        "--grace-period",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="on Ctrl-C or SIGTERM, seconds to let in-flight requests finish (default 30)",
-    )
-    r.add_argument(
-        "--intended-use",
-        choices=["research", "internal", "commercial-model", "competing-model"],
-        help="what the data is for; checked against the teacher's licence before any request",
-    )
-    r.add_argument(
-        "--acknowledge-licence-conflict",
-        action="store_true",
-        help="go ahead although the licence review found a conflict (recorded in the manifest)",
-    )
-    r.add_argument("--licences", type=Path, metavar="FILE", help="your licence registry, consulted first")
+    r.add_argument("--limit", type=int, metavar="N", help="only the first N tasks")
     r.add_argument(
         "--new-version",
         action="store_true",
         help="the recipe changed: write a new version of the dataset beside the old one",
     )
+    _teacher_flags(r)
+
+    f = sub.add_parser("refresh", help="regenerate a dataset's inputs with a new teacher, as a new version")
+    f.add_argument("dataset", type=Path, metavar="OUTPUT")
+    f.add_argument("--model", required=True, help="the new teacher model")
+    _teacher_flags(f)
+
+    a = sub.add_parser(
+        "audit", help="verify an output directory: checksums, provenance, ids, licence decision"
+    )
+    a.add_argument("dataset", type=Path, metavar="OUTPUT")
+    a.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    d = sub.add_parser("diff", help="compare two versions of a dataset")
+    d.add_argument("old", type=Path)
+    d.add_argument("new", type=Path)
+    d.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
     s = sub.add_parser("sim", help="serve the simulated teacher (OpenAI protocol) on loopback")
     s.add_argument("--host", default="127.0.0.1")
@@ -94,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rate-drop", type=float, default=0.0, help="fraction of connections dropped unanswered")
     s.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit (429 beyond it)")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    s.add_argument(
+        "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
+    )
     return parser
 
 
@@ -104,21 +127,20 @@ def _positive(name: str, value: int | None) -> None:
         raise ConfigError(None, f"{name} must be at least 1")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps `gen --help` fast)
     from gen.config import RunOptions
-    from gen.pipeline import Run, prepare, summary
 
     for flag in ("max_concurrency", "samples", "limit", "shard_rows", "max_tokens"):
-        _positive("--" + flag.replace("_", "-"), getattr(args, flag))
-    opts = RunOptions(
+        _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
+    return RunOptions(
         provider=args.provider,
         base_url=args.base_url,
         model=args.model,
         license=args.license,
         api_key_env=args.api_key_env,
         max_concurrency=args.max_concurrency,
-        samples=args.samples,
-        limit=args.limit,
+        samples=getattr(args, "samples", None),
+        limit=getattr(args, "limit", None),
         output=args.output,
         shard_rows=args.shard_rows,
         max_retries=args.max_retries,
@@ -132,30 +154,69 @@ def _run(args: argparse.Namespace) -> int:
         price_in=args.price_in,
         price_out=args.price_out,
         grace_s=args.grace_period,
-        new_version=args.new_version,
+        new_version=getattr(args, "new_version", False),
         intended_use=args.intended_use,
         acknowledge_licence=args.acknowledge_licence_conflict,
         licences=args.licences,
     )
+
+
+def _execute(prepared, again: str) -> int:
     import asyncio
 
-    prepared = prepare(args.prompt_file, opts)
+    from gen.pipeline import Run, summary
+
     result = asyncio.run(Run(prepared).execute())
     print(summary(result), file=sys.stderr)
     if result.status == "complete":
         return EXIT_OK
-    resume = f"gen run {args.prompt_file} --output {result.output_dir}"
     if result.status == "budget":
         print(
-            f"gen: {result.message}. Committed. Raise the limit and run `{resume}` to continue.",
+            f"gen: {result.message}. Committed. Raise the limit and run `{again}` to continue.",
             file=sys.stderr,
         )
         return EXIT_BUDGET
-    print(f"gen: {result.message or result.status}. Committed; run `{resume}` to resume.", file=sys.stderr)
+    print(f"gen: {result.message or result.status}. Committed; run `{again}` to resume.", file=sys.stderr)
     return 128 + result.signal if result.signal else EXIT_ABORTED
 
 
+def _run(args: argparse.Namespace) -> int:
+    from gen.pipeline import prepare
+
+    prepared = prepare(args.prompt_file, _options(args))
+    return _execute(prepared, f"gen run {args.prompt_file} --output {prepared.out_dir}")
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    from gen.pipeline import prepare_refresh
+
+    prepared = prepare_refresh(args.dataset, _options(args))
+    again = f"gen run {prepared.prompt.path} --output {prepared.out_dir} --model {args.model}"
+    return _execute(prepared, again)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import json
+
+    from gen.audit import audit
+
+    report = audit(args.dataset)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return EXIT_OK if report.clean else EXIT_ABORTED
+
+
+def _diff(args: argparse.Namespace) -> int:
+    import json
+
+    from gen.compare import diff, render
+
+    d = diff(args.old, args.new)
+    print(json.dumps(d, indent=2) if args.json else render(d))
+    return EXIT_OK
+
+
 def _sim(args: argparse.Namespace) -> int:
+    from gen.errors import ConfigError
     from gen.teachers.sim import SimConfig, serve
 
     fields = (
@@ -172,14 +233,20 @@ def _sim(args: argparse.Namespace) -> int:
         "rpm",
         "seed",
     )
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ConfigError("gen sim", f"environment variable {args.api_key_env} is not set")
     try:
-        config = SimConfig(**{f: getattr(args, f) for f in fields})
+        config = SimConfig(**{f: getattr(args, f) for f in fields}, api_key=api_key)
     except ValueError as e:
-        from gen.errors import ConfigError
-
         raise ConfigError("gen sim", str(e)) from None
     serve(config, host=args.host, port=args.port)
     return EXIT_OK
+
+
+COMMANDS = {"run": _run, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = args.debug or os.environ.get("GEN_DEBUG") == "1"
     try:
-        return {"run": _run, "sim": _sim}[args.command](args)
+        return COMMANDS[args.command](args)
     except ConfigError as e:
         if debug:
             raise

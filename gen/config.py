@@ -174,6 +174,8 @@ class RunOptions:
     intended_use: str | None = None
     acknowledge_licence: bool = False  # go ahead despite a licence conflict; recorded in the manifest
     licences: Path | None = None  # a user licence registry, consulted before the shipped one
+    only_ids: frozenset[int] | None = None  # id keys to produce, no others (refresh: the same inputs)
+    lineage: dict[str, Any] | None = None  # the dataset this run is a new version of
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +208,6 @@ def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
             prompt.path, "provider 'openai' needs a base URL: set [teacher] base_url or --base-url"
         )
     license_id = opts.license or t.license
-    if not license_id:
-        raise ConfigError(
-            prompt.path, "the teacher's licence is unknown: set [teacher] license or pass --license"
-        )
     return Teacher(
         provider=provider,
         model=model,

@@ -144,7 +144,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
 
     out_dir = Path(opts.output) if opts.output else Path("outputs") / spec.name
     previous = load_manifest_or_fail(out_dir)
-    lineage = None
+    lineage = opts.lineage
     if previous is not None:
         fingerprint = recipe_fingerprint(_recipe(prompt, expansion, schema, teacher))
         if opts.new_version and fingerprint != recipe_fingerprint(previous):
@@ -515,6 +515,9 @@ class Run:
             w.cancel()
 
     async def _count_total(self, progress: Progress) -> None:
+        if self.p.opts.only_ids is not None:
+            progress.set_total(len(self.p.opts.only_ids))
+            return
         total = await asyncio.to_thread(self.p.expansion.count)
         if self.p.opts.limit is not None:
             total = min(total, self.p.opts.limit)
@@ -527,6 +530,8 @@ class Run:
             if task is None:
                 return
             key = id_key(task.id)
+            if self.p.opts.only_ids is not None and key not in self.p.opts.only_ids:
+                continue
             if key in self.claimed:
                 self.stats.skipped += 1
                 progress.tick()
@@ -700,6 +705,39 @@ def _public_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def prepare_refresh(old_dir: str | Path, opts: RunOptions) -> Prepared:
+    """Regenerate the inputs of an existing dataset with another teacher, as a new version beside it."""
+    old = Path(old_dir)
+    manifest = load_manifest_or_fail(old)
+    if manifest is None:
+        raise ConfigError(old, "no manifest.json: not a gen output directory")
+    prompt_path = Path(manifest["prompt_file"]["path"])
+    prompt = load_prompt_file(prompt_path)
+    if prompt.sha256 != manifest["prompt_file"]["sha256"]:
+        raise ConfigError(
+            prompt_path,
+            f"changed since {old} was made, so refresh cannot ask the same questions; restore it, "
+            "or use gen run --new-version for a new recipe",
+        )
+    ids: set[int] = set()
+    for shard in manifest["shards"]:
+        ids.update(id_key(t) for t in read_columns(old, shard["path"], ["id"])["id"])
+    opts = dataclasses.replace(
+        opts,
+        output=opts.output or next_version_dir(old),
+        samples=opts.samples or manifest.get("samples"),
+        intended_use=opts.intended_use or manifest.get("intended_use"),
+        only_ids=frozenset(ids),
+        lineage={
+            "kind": "refresh",
+            "previous": str(old),
+            "previous_run_id": manifest.get("run_id"),
+            "previous_teacher": manifest.get("teacher"),
+        },
+    )
+    return prepare(prompt_path, opts)
+
+
 async def run_async(prompt_file: str | Path, options: RunOptions | None = None) -> RunResult:
     """Run a prompt file to completion (or resume it). Raises ConfigError before sending anything."""
     prepared = prepare(prompt_file, options or RunOptions())
@@ -726,4 +764,14 @@ def summary(result: RunResult) -> str:
     )
 
 
-__all__ = ["OutputError", "RunOptions", "RunResult", "RunStats", "prepare", "run", "run_async", "summary"]
+__all__ = [
+    "OutputError",
+    "RunOptions",
+    "RunResult",
+    "RunStats",
+    "prepare",
+    "prepare_refresh",
+    "run",
+    "run_async",
+    "summary",
+]

@@ -1,0 +1,269 @@
+"""`gen audit OUTPUT`: verify an output directory against its manifest, row by row.
+
+Checks: every shard's sha256 and row count; no shard missing and none unlisted; every row's provenance
+complete and consistent with the manifest; no id twice; ids and splits reproducible from the recorded
+inputs; the licence decision consistent with the intended use. It then breaks the data down by teacher,
+licence, template and split, and lists the obligations the user must honour when publishing a student.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+
+from gen.errors import ConfigError
+from gen.ledger import load_manifest
+from gen.manifest import FORMAT
+from gen.provenance import load_registry, review_teacher
+from gen.shards import DATA_SCHEMA, SCHEMAS, committed_shards, sha256_file, split_of_path
+from gen.templates import split_of, task_id
+
+PROVENANCE = (
+    "id", "vars", "template", "template_version", "template_sha256", "prompt_sha256", "teacher_provider",
+    "teacher_model", "teacher_license", "sampling", "created_at", "run_id", "generator_version",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Finding:
+    shard: str | None
+    row: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = self.shard or "manifest"
+        if self.row is not None:
+            where += f" row {self.row}"
+        return f"{where}: {self.problem}"
+
+
+@dataclass(slots=True)
+class AuditReport:
+    out_dir: Path
+    findings: list[Finding] = field(default_factory=list)
+    rows: Counter[tuple[str, str, str, str, str]] = field(default_factory=Counter)
+    rejects: int = 0
+    duplicates: int = 0
+    review: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def add(self, shard: str | None, row: int | None, problem: str, *, limit: int = 1000) -> None:
+        if len(self.findings) < limit:  # a wholly rewritten dataset must not print a million lines
+            self.findings.append(Finding(shard, row, problem))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.out_dir),
+            "clean": self.clean,
+            "findings": [{"shard": f.shard, "row": f.row, "problem": f.problem} for f in self.findings],
+            "breakdown": [
+                {"teacher_provider": k[0], "teacher_model": k[1], "teacher_license": k[2], "template": k[3],
+                 "split": k[4], "rows": n}
+                for k, n in sorted(self.rows.items())
+            ],
+            "rejects": self.rejects,
+            "duplicates": self.duplicates,
+            "licence_review": self.review,
+        }  # fmt: skip
+
+    def render(self) -> str:
+        lines = [f"gen audit {self.out_dir}"]
+        lines.append("| teacher | model | licence | template | split | rows |")
+        lines.append("| --- | --- | --- | --- | --- | --- |")
+        for (prov, model, lic, tpl, split), n in sorted(self.rows.items()):
+            lines.append(f"| {prov} | {model} | {lic} | {tpl} | {split} | {n} |")
+        lines.append(f"rejects: {self.rejects}, duplicates removed: {self.duplicates}")
+        r = self.review
+        if r:
+            lines.append(
+                f"licence review: {r.get('decision')} for intended use {r.get('intended_use')!r}"
+                + (" (conflict acknowledged by the user)" if r.get("acknowledged") else "")
+            )
+            for reason in r.get("reasons", []):
+                lines.append(f"  reason: {reason}")
+            obligations = r.get("obligations") or []
+            if obligations:
+                lines.append("obligations when you publish a student trained on this data:")
+                lines += [f"  - {o}" for o in obligations]
+            attribution = (r.get("licence") or {}).get("attribution")
+            if attribution:
+                lines.append(f"  - display: {attribution}")
+        if self.clean:
+            lines.append("clean: every shard, row, id and licence decision checks out")
+        else:
+            lines.append(f"{len(self.findings)} finding(s):")
+            lines += [f"  {f}" for f in self.findings]
+        return "\n".join(lines)
+
+
+def audit(out_dir: str | Path) -> AuditReport:
+    """Verify an output directory. Raises ConfigError when there is no manifest to verify against."""
+    out = Path(out_dir)
+    try:
+        manifest = load_manifest(out)
+    except (OSError, ValueError) as e:
+        raise ConfigError(out / "manifest.json", f"unreadable: {e}") from None
+    if manifest is None:
+        raise ConfigError(out, "no manifest.json: not a gen output directory")
+    report = AuditReport(out)
+    if manifest.get("format") != FORMAT:
+        report.add(None, None, f"manifest format is {manifest.get('format')!r}, expected {FORMAT!r}")
+        return report
+
+    listed = {s["path"]: s for s in manifest.get("shards", [])}
+    on_disk = set(committed_shards(out))
+    for rel in sorted(on_disk - set(listed)):
+        report.add(rel, None, "shard on disk is not listed in the manifest (added after the fact?)")
+    seen_ids: dict[str, str] = {}
+    # Unlisted shards are read too: a Parquet reader pointed at data/ would load them with the rest.
+    for rel in [*listed, *sorted(on_disk - set(listed))]:
+        entry = listed.get(rel)
+        path = out / rel
+        if rel not in on_disk or not path.is_file():
+            report.add(rel, None, "shard listed in the manifest is missing")
+            continue
+        if entry is not None and sha256_file(path) != entry.get("sha256"):
+            report.add(rel, None, "sha256 differs from the manifest: changed after it was written")
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # a corrupt file: report it as a finding, keep auditing the rest
+            report.add(rel, None, f"unreadable Parquet: {e}")
+            continue
+        if entry is not None and table.num_rows != entry.get("rows"):
+            report.add(rel, None, f"{table.num_rows} rows, the manifest says {entry.get('rows')}")
+        split = split_of_path(rel)
+        expected = SCHEMAS.get(split)
+        if expected is None or not set(expected.names) <= set(table.column_names):
+            report.add(rel, None, "columns differ from gen's schema for this folder")
+            continue
+        _audit_rows(report, manifest, rel, split, table.to_pylist(), seen_ids)
+
+    _audit_totals(report, manifest, listed)
+    _audit_licence(report, manifest)
+    return report
+
+
+def _audit_rows(
+    report: AuditReport,
+    m: dict[str, Any],
+    rel: str,
+    split: str,
+    rows: list[dict[str, Any]],
+    seen_ids: dict[str, str],
+) -> None:
+    template = m["template"]
+    teacher = m["teacher"]
+    models = {teacher["model"], *teacher.get("served_models", [])}
+    run_ids = {r["run_id"] for r in m.get("runs", [])} | {m.get("run_id")}
+    prompt_sha = m["prompt_file"]["sha256"]
+    fraction = m.get("eval_fraction", 0.05)
+    for i, row in enumerate(rows):
+        tid = row.get("id")
+        if not isinstance(tid, str):
+            report.add(rel, i, "row without an id")
+            continue
+        if tid in seen_ids:
+            report.add(rel, i, f"id {tid} appears twice (also in {seen_ids[tid]})")
+        seen_ids[tid] = rel
+        if split == "rejects":
+            report.rejects += 1
+            continue
+        if split == "duplicates":
+            report.duplicates += 1
+            continue
+        missing = [c for c in PROVENANCE if row.get(c) is None]
+        if missing:
+            report.add(rel, i, f"provenance incomplete: {', '.join(missing)} missing")
+            continue
+        checks = (
+            ("template", template["name"]),
+            ("template_version", template["version"]),
+            ("template_sha256", template["sha256"]),
+            ("prompt_sha256", prompt_sha),
+            ("teacher_provider", teacher["provider"]),
+            ("teacher_license", teacher["license"]),
+        )
+        for column, want in checks:
+            if row[column] != want:
+                report.add(rel, i, f"{column} is {row[column]!r}, the manifest says {want!r}")
+        if row["teacher_model"] not in models:
+            report.add(rel, i, f"teacher_model {row['teacher_model']!r} is not the manifest's teacher")
+        if row["run_id"] not in run_ids:
+            report.add(rel, i, f"run_id {row['run_id']!r} is not a run of this dataset")
+        if task_id(prompt_sha, row["template"], row["vars"], row["sample"]) != tid:
+            report.add(rel, i, "id does not match its inputs (vars, sample, template, prompt file)")
+        if row["split"] != split or split_of(row["vars"], fraction) != split:
+            report.add(rel, i, f"split {row['split']!r} does not follow from its inputs")
+        try:
+            output = orjson.loads(row["output"]) if row["output"] is not None else None
+        except orjson.JSONDecodeError:
+            report.add(rel, i, "output is not valid JSON")
+            output = None
+        if output is not None and m.get("schema") and row["messages"][-1]["content"] != row["output"]:
+            report.add(rel, i, "the assistant message differs from the validated output")
+        report.rows[
+            (row["teacher_provider"], row["teacher_model"], row["teacher_license"], row["template"], split)
+        ] += 1
+
+
+def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]) -> None:
+    per_split = Counter[str]()
+    for entry in listed.values():
+        per_split[entry["split"]] += entry["rows"]
+    totals = m.get("totals", {})
+    for key, value in (
+        ("train", per_split["train"]),
+        ("eval", per_split["eval"]),
+        ("rejects", per_split["rejects"]),
+    ):
+        if totals.get(key) != value:
+            report.add(None, None, f"totals.{key} is {totals.get(key)}, the shards hold {value}")
+
+
+def _audit_licence(report: AuditReport, m: dict[str, Any]) -> None:
+    recorded = m.get("licence_review")
+    if not recorded:
+        report.add(None, None, "no licence review recorded: the run's licence was never checked")
+        return
+    report.review = recorded
+    user_registries = [
+        Path(src["path"])
+        for src in recorded.get("registries", [])
+        if src.get("path") and not str(src["path"]).endswith("gen/licences.toml")
+    ]
+    try:
+        registry = load_registry(
+            user_registries[0] if user_registries and user_registries[0].exists() else None
+        )
+        now = review_teacher(
+            registry,
+            m["teacher"]["model"],
+            m["teacher"]["license"],
+            recorded["intended_use"],
+            recorded["acknowledged"],
+        )
+    except (ConfigError, ValueError, KeyError) as e:
+        report.add(None, None, f"licence review cannot be repeated: {e}")
+        return
+    if recorded.get("decision") == "blocked":
+        report.add(None, None, "the licence review blocked this run, yet it has data")
+    if now.decision != recorded.get("decision"):
+        report.add(
+            None,
+            None,
+            f"licence decision was {recorded.get('decision')!r}, the registry now says {now.decision!r}"
+            + (f": {'; '.join(now.reasons)}" if now.reasons else ""),
+        )
+    if recorded.get("intended_use") != m.get("intended_use"):
+        report.add(None, None, "the intended use in the licence review differs from the manifest's")
+
+
+__all__ = ["DATA_SCHEMA", "AuditReport", "Finding", "audit"]

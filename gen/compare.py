@@ -1,0 +1,96 @@
+"""`gen diff OLD NEW`: what changed between two versions of a dataset (a refresh with a new teacher, say)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+
+from gen.errors import ConfigError
+from gen.ledger import load_manifest
+
+
+def _load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    manifest = load_manifest(out)
+    if manifest is None:
+        raise ConfigError(out, "no manifest.json: not a gen output directory")
+    outputs: dict[str, Any] = {}
+    for shard in manifest["shards"]:
+        if shard["split"] not in ("train", "eval"):
+            continue
+        table = pq.read_table(out / shard["path"], columns=["id", "output", "response"])
+        for tid, output, response in zip(
+            *(table.column(c).to_pylist() for c in ("id", "output", "response")), strict=True
+        ):
+            outputs[tid] = orjson.loads(output) if output is not None else response
+    return manifest, outputs
+
+
+def _length(value: Any) -> int:
+    return len(value) if isinstance(value, str) else len(orjson.dumps(value))
+
+
+def diff(old_dir: str | Path, new_dir: str | Path) -> dict[str, Any]:
+    """Rows, reject rates, output lengths and field-by-field agreement on the inputs both versions share."""
+    old_m, old = _load(Path(old_dir))
+    new_m, new = _load(Path(new_dir))
+    common = sorted(old.keys() & new.keys())
+    fields: dict[str, list[int]] = {}
+    exact = 0
+    for tid in common:
+        a, b = old[tid], new[tid]
+        exact += a == b
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in a.keys() | b.keys():
+                agree = fields.setdefault(key, [0, 0])
+                agree[0] += a.get(key) == b.get(key)
+                agree[1] += 1
+
+    def side(m: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        t = m["totals"]
+        asked = t["rows"] + t["rejects"] + t["duplicates"]
+        lengths = [_length(v) for v in outputs.values()]
+        return {
+            "teacher": f"{m['teacher']['provider']}:{m['teacher']['model']}",
+            "licence": m["teacher"]["license"],
+            "rows": t["rows"],
+            "rejects": t["rejects"],
+            "reject_rate": round(t["rejects"] / asked, 4) if asked else 0.0,
+            "duplicates": t["duplicates"],
+            "output_chars_mean": round(statistics.fmean(lengths), 1) if lengths else 0.0,
+            "output_chars_median": statistics.median(lengths) if lengths else 0,
+        }
+
+    return {
+        "old": {"path": str(old_dir), **side(old_m, old)},
+        "new": {"path": str(new_dir), **side(new_m, new)},
+        "lineage": new_m.get("lineage"),
+        "common_inputs": len(common),
+        "only_old": len(old.keys() - new.keys()),
+        "only_new": len(new.keys() - old.keys()),
+        "identical_outputs": round(exact / len(common), 4) if common else None,
+        "field_agreement": {k: round(v[0] / v[1], 4) for k, v in sorted(fields.items())},
+    }
+
+
+def render(d: dict[str, Any]) -> str:
+    o, n = d["old"], d["new"]
+    lines = [
+        f"gen diff {o['path']} -> {n['path']}",
+        "| | old | new |",
+        "| --- | --- | --- |",
+    ]
+    for key in ("teacher", "licence", "rows", "rejects", "reject_rate", "duplicates", "output_chars_mean",
+                "output_chars_median"):  # fmt: skip
+        lines.append(f"| {key} | {o[key]} | {n[key]} |")
+    lines.append(
+        f"shared inputs: {d['common_inputs']} (only old: {d['only_old']}, only new: {d['only_new']}); "
+        f"identical outputs: {d['identical_outputs']}"
+    )
+    if d["field_agreement"]:
+        lines.append("agreement by field (share of shared inputs with the same value):")
+        lines += [f"  {k}: {v:.1%}" for k, v in d["field_agreement"].items()]
+    return "\n".join(lines)
