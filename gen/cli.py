@@ -16,9 +16,29 @@ INTENDED_USES = ("research", "internal", "commercial-model", "competing-model")
 
 def _teacher_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `run` and `refresh`: the teacher, limits, budgets, licence review, output."""
-    p.add_argument("--provider", help="openai | sim (default: the prompt file's, else sim)")
     p.add_argument(
-        "--base-url", help="the server's OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
+        "--provider", help="openai | anthropic | vllm | sim (default: the prompt file's, else sim)"
+    )
+    p.add_argument(
+        "--base-url",
+        action="append",
+        metavar="URL",
+        help="the server's base URL, e.g. http://localhost:8000/v1; repeat it for several replicas",
+    )
+    p.add_argument("--tensor-parallel-size", type=int, metavar="N", help="vllm: GPUs per replica")
+    p.add_argument(
+        "--data-parallel-size", type=int, metavar="N", help="vllm: engine copies inside one server"
+    )
+    p.add_argument("--replicas", type=int, metavar="N", help="vllm: servers to launch, each on its own GPUs")
+    p.add_argument("--max-model-len", type=int, metavar="N", help="vllm: context length")
+    p.add_argument("--gpu-memory-utilization", type=float, metavar="F", help="vllm: share of GPU memory")
+    p.add_argument("--dtype", help="vllm: weights dtype (auto, bfloat16, ...)")
+    p.add_argument(
+        "--vllm-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="vllm: an extra argument for `vllm serve`, verbatim (repeatable; write --vllm-arg=--flag)",
     )
     p.add_argument(
         "--license", help="licence id of the teacher's outputs (Hugging Face ids: apache-2.0, llama3.1)"
@@ -158,6 +178,19 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         intended_use=args.intended_use,
         acknowledge_licence=args.acknowledge_licence_conflict,
         licences=args.licences,
+        vllm={
+            k: v
+            for k, v in {
+                "tensor_parallel_size": args.tensor_parallel_size,
+                "data_parallel_size": args.data_parallel_size,
+                "replicas": args.replicas,
+                "max_model_len": args.max_model_len,
+                "gpu_memory_utilization": args.gpu_memory_utilization,
+                "dtype": args.dtype,
+                "extra_args": args.vllm_arg or None,
+            }.items()
+            if v is not None
+        },
     )
 
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gen.errors import ConfigError
 
-PROVIDERS = ("openai", "sim")
-Provider = Literal["openai", "sim"]
+PROVIDERS = ("openai", "anthropic", "vllm", "sim")
 
 
 class _Strict(BaseModel):
@@ -29,10 +28,24 @@ class TeacherSpec(_Strict):
 
     provider: str | None = None
     model: str | None = None
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # several: one replica each, balanced
     license: str | None = None
     api_key_env: str | None = None
     max_concurrency: int | None = Field(default=None, ge=1)
+
+
+class VLLMSpec(_Strict):
+    """How gen launches `vllm serve` for provider "vllm" (see gen.teachers.vllm.VLLMSettings)."""
+
+    replicas: int = Field(default=1, ge=1)  # one server per group of tensor_parallel_size GPUs
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    data_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    dtype: str | None = None
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: float = Field(default=900.0, gt=0)
 
 
 class Messages(_Strict):
@@ -81,6 +94,7 @@ class PromptSpec(_Strict):
     variables: dict[str, list[Any] | FileVariable] = Field(default_factory=dict)
     seed: SeedSpec | None = None
     sim: SimSpec = SimSpec()
+    vllm: VLLMSpec = VLLMSpec()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -150,7 +164,7 @@ class RunOptions:
     """What `gen run` is asked to do. None means: take the prompt file's value, then the default."""
 
     provider: str | None = None
-    base_url: str | None = None
+    base_url: str | list[str] | None = None
     model: str | None = None
     license: str | None = None
     api_key_env: str | None = None
@@ -176,6 +190,7 @@ class RunOptions:
     licences: Path | None = None  # a user licence registry, consulted before the shipped one
     only_ids: frozenset[int] | None = None  # id keys to produce, no others (refresh: the same inputs)
     lineage: dict[str, Any] | None = None  # the dataset this run is a new version of
+    vllm: dict[str, Any] = field(default_factory=dict)  # overrides of the prompt file's [vllm] table
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +199,7 @@ class Teacher:
 
     provider: str
     model: str
-    base_url: str | None
+    base_urls: tuple[str, ...]  # empty: gen starts the server itself (sim, vllm)
     license: str | None  # as given; the licence review settles the id that is recorded
     api_key_env: str | None
     max_concurrency: int
@@ -202,8 +217,11 @@ def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
     model = opts.model or t.model or ("gen-sim-1" if provider == "sim" else None)
     if not model:
         raise ConfigError(prompt.path, "no teacher model: set [teacher] model or pass --model")
-    base_url = opts.base_url or t.base_url
-    if provider == "openai" and not base_url:
+    given = opts.base_url or t.base_url or []
+    base_urls = tuple(u.rstrip("/") for u in ([given] if isinstance(given, str) else given))
+    if provider == "anthropic" and not base_urls:
+        base_urls = ("https://api.anthropic.com/v1",)
+    if provider == "openai" and not base_urls:
         raise ConfigError(
             prompt.path, "provider 'openai' needs a base URL: set [teacher] base_url or --base-url"
         )
@@ -211,7 +229,7 @@ def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
     return Teacher(
         provider=provider,
         model=model,
-        base_url=base_url.rstrip("/") if base_url else None,
+        base_urls=base_urls,
         license=license_id,
         api_key_env=opts.api_key_env or t.api_key_env,
         max_concurrency=opts.max_concurrency or t.max_concurrency or DEFAULT_MAX_CONCURRENCY,

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import secrets
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -266,7 +267,8 @@ class Run:
         self.created_at = (p.previous or {}).get("created_at") or datetime.now(UTC).isoformat(
             timespec="seconds"
         )
-        self.base_url: str | None = p.teacher.base_url
+        self.base_urls: list[str] = list(p.teacher.base_urls)
+        self.served: list[dict[str, Any]] = []  # what launched vLLM servers report (model path, revision)
         self.status = "running"
         self.stop_reason: str | None = None
         self.signal: int | None = None
@@ -314,7 +316,10 @@ class Run:
                 "model": t.model,
                 "served_models": self.served_models,
                 "license": t.license,
-                "base_url": _public_url(self.base_url) if t.provider != "sim" else None,
+                "base_urls": [_public_url(u) for u in self.base_urls]
+                if t.provider in ("openai", "anthropic")
+                else [],
+                "launched": self.served,
             },
             "seed": (
                 {"path": str(self.p.prompt.resolve(self.spec.seed.path)), "license": self.spec.seed.license}
@@ -401,24 +406,7 @@ class Run:
         self.journal = Journal(p.out_dir, self.run_id)
         await self.writer.checkpoint(old_segments)  # commits replayed answers, then drops the old journal
 
-        sim = None
-        if p.teacher.provider == "sim":
-            from gen.teachers.sim import SimConfig, SimServer
-
-            sim = SimServer(SimConfig(model=p.teacher.model, **self.spec.sim.model_dump()))
-            await sim.start()
-            self.base_url = sim.base_url
-        assert self.base_url is not None
-        client = OpenAIChat(
-            self.base_url,
-            p.teacher.model,
-            api_key=p.api_key,
-            schema=p.schema,
-            strict=self.spec.strict,
-            max_connections=p.teacher.max_concurrency,
-            request_timeout_s=p.opts.request_timeout_s,
-            connect_timeout_s=p.opts.connect_timeout_s,
-        )
+        client, servers = await self._open_teacher()
         teacher = LimitedTeacher(client, self.limiter)
         progress = Progress(self.stats, enabled=p.opts.progress, desc=self.spec.name)
         counter = asyncio.create_task(self._count_total(progress))
@@ -426,6 +414,11 @@ class Run:
         error: BaseException | None = None
         try:
             self.served_models = await client.list_models()
+            if not self.served and isinstance(client, OpenAIChat):
+                self.served = [
+                    {k: m.get(k) for k in ("id", "root", "max_model_len") if m.get(k) is not None}
+                    for m in await client.models()
+                ]
             tasks = _take(p.expansion.tasks(), p.opts.limit)
             self._workers = [
                 asyncio.create_task(self._worker(tasks, teacher, progress))
@@ -444,8 +437,8 @@ class Run:
             counter.cancel()
             progress.close()
             await client.close()
-            if sim is not None:
-                await sim.stop()
+            for server in reversed(servers):
+                await server.stop()
             await self._commit_all()
         if error is not None and not isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
             if isinstance(error, GenError):
@@ -463,6 +456,86 @@ class Run:
             self.signal,
             self.budget.spent_usd,
         )
+
+    async def _open_teacher(self) -> tuple[Any, list[Any]]:
+        """The client for the run, and the servers gen started for it (stopped when the run ends)."""
+        p = self.p
+        t = p.teacher
+        servers: list[Any] = []
+        urls = list(t.base_urls)
+        try:
+            if t.provider == "sim":
+                from gen.teachers.sim import SimConfig, SimServer
+
+                sim = SimServer(SimConfig(model=t.model, **self.spec.sim.model_dump()))
+                await sim.start()
+                servers.append(sim)
+                urls = [sim.base_url]
+            elif t.provider == "vllm" and not urls:
+                urls = await self._launch_vllm(servers)
+        except BaseException:
+            for server in reversed(servers):
+                await server.stop()
+            raise
+        if t.provider in ("openai", "anthropic"):
+            self.base_urls = urls
+
+        def client(url: str) -> Any:
+            kwargs = dict(
+                api_key=p.api_key,
+                schema=p.schema,
+                strict=self.spec.strict,
+                max_connections=t.max_concurrency,
+                request_timeout_s=p.opts.request_timeout_s,
+                connect_timeout_s=p.opts.connect_timeout_s,
+            )
+            if t.provider == "anthropic":
+                from gen.teachers.anthropic import AnthropicMessages
+
+                return AnthropicMessages(url, t.model, **kwargs)
+            return OpenAIChat(url, t.model, **kwargs)
+
+        if len(urls) == 1:
+            return client(urls[0]), servers
+        from gen.teachers.pool import EndpointPool
+
+        return EndpointPool([(_public_url(u) or u, client(u)) for u in urls], log=self._say), servers
+
+    async def _launch_vllm(self, servers: list[Any]) -> list[str]:
+        """Start `vllm serve` (once per replica, each on its own GPUs) and wait until every one is ready."""
+        from gen.teachers.vllm import VLLMServer, VLLMSettings
+
+        spec = self.spec.vllm.model_copy(update=self.p.opts.vllm)
+        urls = []
+        for i in range(spec.replicas):
+            gpus = range(i * spec.tensor_parallel_size * spec.data_parallel_size,
+                         (i + 1) * spec.tensor_parallel_size * spec.data_parallel_size)  # fmt: skip
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if spec.replicas > 1 else {}
+            server = VLLMServer(
+                VLLMSettings(
+                    model=self.p.teacher.model,
+                    tensor_parallel_size=spec.tensor_parallel_size,
+                    data_parallel_size=spec.data_parallel_size,
+                    max_model_len=spec.max_model_len,
+                    gpu_memory_utilization=spec.gpu_memory_utilization,
+                    dtype=spec.dtype,
+                    max_num_seqs=spec.max_num_seqs,
+                    extra_args=list(spec.extra_args),
+                    startup_timeout_s=spec.startup_timeout_s,
+                    env=env,
+                )
+            )
+            servers.append(server)
+        # Replicas load in parallel: a cold start of a large model takes minutes each.
+        urls = list(await asyncio.gather(*(s.start() for s in servers)))
+        for s in servers:
+            self.served.append(await s.served_model())
+        return urls
+
+    def _say(self, message: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"gen: {message}", file=sys.stderr)
 
     def _final_status(self, error: BaseException | None) -> str:
         if isinstance(error, OSError):

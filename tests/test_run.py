@@ -213,7 +213,7 @@ def test_many_shards_with_limit_samples_and_concurrency_flags(tmp_path: Path, si
     assert len([s for s in manifest["shards"] if s["split"] == "train"]) >= 4
     assert {r["sample"] for r in rows} == {0} and {r["teacher_license"] for r in rows} == {"mit"}
     assert manifest["teacher"]["served_models"] == ["gen-sim-1"]
-    assert "127.0.0.1" in manifest["teacher"]["base_url"]
+    assert "127.0.0.1" in manifest["teacher"]["base_urls"][0]
 
 
 def test_unauthorised_teacher_aborts_at_once_without_a_retry_storm(

@@ -153,8 +153,8 @@ class OpenAIChat:
             headers=headers,
         )
 
-    async def list_models(self) -> list[str]:
-        """Model ids the server reports at /v1/models (empty when it does not answer)."""
+    async def models(self) -> list[dict[str, Any]]:
+        """The model entries the server reports at /v1/models (vLLM adds `root`: the weights' path)."""
         url = self.url.rsplit("/chat/completions", 1)[0] + "/models"
         try:
             async with self._session_().get(url, headers=self._headers) as resp:
@@ -163,7 +163,12 @@ class OpenAIChat:
                 doc = orjson.loads(await resp.read())
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
             return []
-        return [str(m.get("id")) for m in doc.get("data", []) if isinstance(m, dict)]
+        data = doc.get("data") if isinstance(doc, dict) else None
+        return [m for m in data or [] if isinstance(m, dict) and m.get("id")]
+
+    async def list_models(self) -> list[str]:
+        """Model ids the server reports (empty when it does not answer)."""
+        return [str(m["id"]) for m in await self.models()]
 
     async def close(self) -> None:
         if self._session is not None:
