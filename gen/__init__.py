@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from gen.config import RunOptions  # noqa: E402
-from gen.pipeline import RunResult, run, run_async  # noqa: E402
+if TYPE_CHECKING:
+    from gen.config import RunOptions
+    from gen.pipeline import RunResult, run, run_async
 
 __all__ = ["RunOptions", "RunResult", "__version__", "run", "run_async"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `gen sim` and `gen --help` should not pay for pyarrow, pydantic and jinja2 at start-up.
+    if name == "RunOptions":
+        from gen.config import RunOptions
+
+        return RunOptions
+    if name in ("RunResult", "run", "run_async"):
+        from gen import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'gen' has no attribute {name!r}")

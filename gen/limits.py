@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -57,7 +58,11 @@ class Pacer:
 
 
 class AdaptiveLimit:
-    """In-flight requests allowed right now: halved on throttling, recovered additively (AIMD)."""
+    """In-flight requests allowed right now: halved on throttling, recovered additively (AIMD).
+
+    Hand-written rather than an asyncio.Condition: acquiring a free slot is a comparison and an
+    increment, with no lock round trip, since it happens on every request.
+    """
 
     def __init__(
         self, maximum: int, *, minimum: int = 1, cooldown_s: float = 1.0, clock: Clock = time.monotonic
@@ -70,17 +75,33 @@ class AdaptiveLimit:
         self._cooldown = cooldown_s
         self._last_cut = -1e18
         self._clock = clock
-        self._cond = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def _allowed(self) -> int:
+        return max(self.minimum, int(self.limit))
 
     async def acquire(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < max(self.minimum, int(self.limit)))
+        if self.in_flight < self._allowed() and not self._waiters:
             self.in_flight += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the slot was handed over by release(): in_flight already counts it
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot while being cancelled: give it back
+            else:
+                self._waiters.remove(fut)
+            raise
 
-    async def release(self) -> None:
-        async with self._cond:
-            self.in_flight -= 1
-            self._cond.notify()
+    def release(self) -> None:
+        self.in_flight -= 1
+        while self._waiters and self.in_flight < self._allowed():
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
 
     def on_success(self) -> None:
         if self.limit < self.maximum:
@@ -158,6 +179,8 @@ class Limiter:
     async def before(self, tokens: int) -> None:
         await self.concurrency.acquire()
         try:
+            if self.rpm is None and self.tpm is None and self._paused_until == 0.0:
+                return  # the common case for a local server: no pacing at all
             while (wait := self._paused_until - self._clock()) > 0:
                 await self._sleep(wait)
             if self.rpm is not None:
@@ -165,13 +188,11 @@ class Limiter:
             if self.tpm is not None:
                 await self.tpm.acquire(tokens)
         except BaseException:
-            await self.concurrency.release()
+            self.concurrency.release()
             raise
 
-    async def after(
-        self, *, estimated: int, used: int | None, headers: Mapping[str, str], throttled: bool
-    ) -> None:
-        await self.concurrency.release()
+    def after(self, *, estimated: int, used: int | None, headers: Mapping[str, str], throttled: bool) -> None:
+        self.concurrency.release()
         if throttled:
             self.throttled += 1
             self.concurrency.on_throttle()
@@ -210,12 +231,12 @@ class LimitedTeacher:
             throttled = e.status == 429
             if throttled and e.retry_after:
                 self.limiter.pause(e.retry_after)
-            await self.limiter.after(estimated=estimated, used=None, headers=e.headers, throttled=throttled)
+            self.limiter.after(estimated=estimated, used=None, headers=e.headers, throttled=throttled)
             raise
         except BaseException:
-            await self.limiter.after(estimated=estimated, used=None, headers={}, throttled=False)
+            self.limiter.after(estimated=estimated, used=None, headers={}, throttled=False)
             raise
-        await self.limiter.after(
+        self.limiter.after(
             estimated=estimated,
             used=comp.prompt_tokens + comp.completion_tokens,
             headers=comp.headers,
