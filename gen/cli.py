@@ -195,11 +195,9 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
 
 
 def _execute(prepared, again: str) -> int:
-    import asyncio
+    from gen.pipeline import Run, run_loop, summary
 
-    from gen.pipeline import Run, summary
-
-    result = asyncio.run(Run(prepared).execute())
+    result = run_loop(Run(prepared).execute())
     print(summary(result), file=sys.stderr)
     if result.status == "complete":
         return EXIT_OK

@@ -36,12 +36,12 @@ class Schema:
             cls = jsonschema.validators.validator_for(json_schema)
             self._validator = cls(json_schema)
 
-    def validate(self, json_text: str) -> Any:
-        """Validate JSON text; return the validated value as plain JSON data. Raises SchemaMismatch."""
+    def validate(self, json_text: str) -> str:
+        """Validate JSON text; return the validated value as compact JSON text. Raises SchemaMismatch."""
         if self.model is not None:
             try:
-                # pydantic parses and validates in one pass from the text: no second json.loads.
-                return self.model.model_validate_json(json_text).model_dump(mode="json")
+                # pydantic parses, validates and serialises in Rust: no Python dict in between.
+                return self.model.model_validate_json(json_text).model_dump_json()
             except ValidationError as e:
                 raise SchemaMismatch(_pydantic_summary(e)) from None
         value = orjson.loads(json_text)
@@ -52,7 +52,7 @@ class Schema:
             best = jsonschema.exceptions.best_match(self._validator.iter_errors(value)) or error
             path = "/".join(str(p) for p in best.absolute_path) or "(root)"
             raise SchemaMismatch(f"{path}: {best.message}")
-        return value
+        return orjson.dumps(value).decode()
 
 
 def _pydantic_summary(e: ValidationError) -> str:

@@ -181,9 +181,11 @@ def read_columns(out_dir: Path, rel_path: str, columns: list[str]) -> dict[str, 
     return {name: table.column(name).to_pylist() for name in columns}
 
 
-def write_shard(out_dir: Path, rel_path: str, schema: pa.Schema, columns: dict[str, list[Any]]) -> ShardInfo:
+def write_shard(out_dir: Path, rel_path: str, schema: pa.Schema, rows: list[dict[str, Any]]) -> ShardInfo:
     """Build, compress, checksum and atomically commit one shard (runs in the writer thread)."""
-    table = pa.Table.from_pydict(columns, schema=schema)
+    # Rows stay dicts until here: appending a dict on the event loop is the cheapest hand-off, and
+    # Arrow's C++ converter builds the columns in the writer thread.
+    table = pa.Table.from_pylist(rows, schema=schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", write_statistics=True)
     data = sink.getvalue().to_pybytes()
@@ -216,8 +218,7 @@ class ShardWriter:
         for folder in set(FOLDERS.values()):
             (out_dir / folder).mkdir(parents=True, exist_ok=True)
         self._next = next_shard_numbers(out_dir)
-        self._buffers: dict[str, dict[str, list[Any]]] = {s: self._empty(s) for s in SPLITS}
-        self._counts = dict.fromkeys(SPLITS, 0)
+        self._buffers: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gen-shards")
         self._pending: list[Future[None]] = []
         self._max_pending = max_pending
@@ -225,21 +226,15 @@ class ShardWriter:
         self._on_checkpoint = on_checkpoint
         self.failed: BaseException | None = None
 
-    @staticmethod
-    def _empty(split: str) -> dict[str, list[Any]]:
-        return {name: [] for name in SCHEMAS[split].names}
-
     @property
     def buffered(self) -> int:
-        return sum(self._counts.values())
+        return sum(len(b) for b in self._buffers.values())
 
     def add(self, split: str, row: dict[str, Any]) -> bool:
         """Buffer a row; True when a buffer is full and `checkpoint()` should be awaited."""
         buf = self._buffers[split]
-        for name, column in buf.items():
-            column.append(row[name])
-        self._counts[split] += 1
-        return self._counts[split] >= self.rows_per_shard
+        buf.append(row)
+        return len(buf) >= self.rows_per_shard
 
     async def checkpoint(self, token: Any = None) -> None:
         """Hand every buffer to the writer thread; waits only when too many checkpoints are queued."""
@@ -247,10 +242,10 @@ class ShardWriter:
             raise self.failed
         jobs = []
         for split in SPLITS:
-            if self._counts[split]:
+            if self._buffers[split]:
                 jobs.append((shard_name(split, self._next[split]), SCHEMAS[split], self._buffers[split]))
                 self._next[split] += 1
-                self._buffers[split], self._counts[split] = self._empty(split), 0
+                self._buffers[split] = []
         if not jobs and token is None:
             return
         self._pending.append(self._pool.submit(self._commit, jobs, token))
@@ -267,7 +262,7 @@ class ShardWriter:
             self.failed = e
             raise
 
-    def _commit(self, jobs: list[tuple[str, pa.Schema, dict[str, list[Any]]]], token: Any) -> None:
+    def _commit(self, jobs: list[tuple[str, pa.Schema, list[dict[str, Any]]]], token: Any) -> None:
         if self.failed is not None:  # after one failed write nothing more is written: the state is known
             raise self.failed
         try:

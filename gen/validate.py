@@ -30,9 +30,8 @@ def extract_json(text: str) -> str | None:
 
 @dataclass(slots=True)
 class Verdict:
-    """Either `output` (validated JSON data) and its canonical text, or a reason and an error message."""
+    """Either the validated output as compact JSON text, or a reason and an error message."""
 
-    output: Any = None
     output_json: str | None = None
     reason: str | None = None
     error: str | None = None
@@ -40,6 +39,10 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    @property
+    def output(self) -> Any:
+        return orjson.loads(self.output_json) if self.output_json is not None else None
 
 
 def check(text: str, schema: Schema | None) -> Verdict:
@@ -52,14 +55,14 @@ def check(text: str, schema: Schema | None) -> Verdict:
     if json_text is None:
         return Verdict(reason="invalid_json", error="the reply contains no JSON object")
     try:
-        value = schema.validate(json_text)
+        output_json = schema.validate(json_text)
     except orjson.JSONDecodeError as e:
         return Verdict(reason="invalid_json", error=f"the reply is not valid JSON: {e}")
     except SchemaMismatch as e:
         # pydantic reports JSON syntax errors as validation errors of type json_invalid
         reason = "invalid_json" if "Invalid JSON" in str(e) else "schema_validation"
         return Verdict(reason=reason, error=str(e))
-    return Verdict(output=value, output_json=orjson.dumps(value).decode())
+    return Verdict(output_json=output_json)
 
 
 def repair_messages(messages: list[dict[str, str]], reply: str, error: str) -> list[dict[str, str]]:
