@@ -81,6 +81,18 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         help="go ahead although the licence review found a conflict (recorded in the manifest)",
     )
     p.add_argument("--licences", type=Path, metavar="FILE", help="your licence registry, consulted first")
+    p.add_argument("--no-near-dedup", action="store_true", help="remove exact duplicates only")
+    p.add_argument(
+        "--near-threshold", type=float, metavar="J", help="Jaccard above which rows are near duplicates"
+    )
+    p.add_argument(
+        "--dedup-against",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also drop rows that duplicate this other output's rows (repeatable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -178,6 +190,9 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         intended_use=args.intended_use,
         acknowledge_licence=args.acknowledge_licence_conflict,
         licences=args.licences,
+        no_near_dedup=args.no_near_dedup,
+        near_threshold=args.near_threshold,
+        dedup_against=args.dedup_against,
         vllm={
             k: v
             for k, v in {

@@ -78,6 +78,14 @@ class SimSpec(_Strict):
     seed: int = 0
 
 
+class DedupSpec(_Strict):
+    """Near-duplicate removal (exact duplicates are always removed)."""
+
+    near: bool = True
+    threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # Jaccard of word 3-grams
+    field: str | None = None  # compare one top-level field of the output instead of all its text
+
+
 class PromptSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str
@@ -95,6 +103,7 @@ class PromptSpec(_Strict):
     seed: SeedSpec | None = None
     sim: SimSpec = SimSpec()
     vllm: VLLMSpec = VLLMSpec()
+    dedup: DedupSpec = DedupSpec()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -191,6 +200,9 @@ class RunOptions:
     only_ids: frozenset[int] | None = None  # id keys to produce, no others (refresh: the same inputs)
     lineage: dict[str, Any] | None = None  # the dataset this run is a new version of
     vllm: dict[str, Any] = field(default_factory=dict)  # overrides of the prompt file's [vllm] table
+    no_near_dedup: bool = False
+    near_threshold: float | None = None
+    dedup_against: list[Path] = field(default_factory=list)  # other outputs whose rows count as kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from gen import __version__
 from gen.budget import Budget, Price, price_for
 from gen.card import write_card
 from gen.config import PromptFile, RunOptions, Teacher, load_prompt_file, resolve_teacher
-from gen.dedup import ExactDedup
+from gen.dedup import Deduplicator
 from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError
 from gen.ledger import Journal, id_key, journal_segments, load_manifest, read_journal
 from gen.limits import LimitedTeacher, Limiter
@@ -41,6 +41,7 @@ from gen.shards import (
     describe_shard,
     read_columns,
     remove_partial_files,
+    split_of_path,
     write_json,
 )
 from gen.teachers.openai import OpenAIChat
@@ -247,7 +248,12 @@ class Run:
         self.spec = p.prompt.spec
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
         self.stats = RunStats()
-        self.dedup = ExactDedup()
+        d = self.spec.dedup
+        self.dedup = Deduplicator(
+            near=d.near and not p.opts.no_near_dedup,
+            threshold=p.opts.near_threshold or d.threshold,
+            field=d.field,
+        )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries)
         prev_usage = (p.previous or {}).get("usage", {})
@@ -334,6 +340,7 @@ class Run:
             "lineage": self.p.lineage or (self.p.previous or {}).get("lineage"),
             "shards": [s.as_dict() for s in shards],
             "totals": totals(shards),
+            "dedup": self.dedup.as_dict(),
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -370,12 +377,15 @@ class Run:
             )
             if shards[-1].split in ("train", "eval"):
                 cols = read_columns(out, rel, ["id", "output", "response"])
-                for tid, output, response in zip(cols["id"], cols["output"], cols["response"], strict=True):
-                    key = id_key(tid)
-                    self.claimed.add(key)
-                    self.dedup.add(output if output is not None else response, key)
+                self.claimed.update(id_key(tid) for tid in cols["id"])
+                self.dedup.remember(zip(cols["id"], cols["output"], cols["response"], strict=True))
             else:
                 self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
+        for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
+            for rel in committed_shards(other):
+                if split_of_path(rel) in ("train", "eval"):
+                    cols = read_columns(other, rel, ["id", "output", "response"])
+                    self.dedup.remember(zip(cols["id"], cols["output"], cols["response"], strict=True))
         return shards
 
     def _replay_journal(self) -> list[Path]:
@@ -387,10 +397,14 @@ class Run:
             if key in self.claimed:
                 continue
             self.claimed.add(key)
-            if split in ("train", "eval"):
-                self.dedup.add(row["output"] if row["output"] is not None else row["response"], key)
             self.stats.replayed += 1
-            self.writer.add(split, row)
+            if split in ("train", "eval"):
+                # The journal holds rows that passed the exact check; near checks are redone in order.
+                self.dedup.check_exact(row["output"] if row["output"] is not None else row["response"], key)
+                self.dedup.offer(split, row)
+            else:
+                self._accept(split, row)
+        self._drain()
         return segments
 
     # --- the producer ---
@@ -558,6 +572,7 @@ class Run:
             self.journal.close()
             await self.writer.close()
             return
+        self._drain()
         try:
             closed: Path | None = self.journal.rotate()
         except OSError:  # the journal's last write failed; the answers are still in the buffers
@@ -682,18 +697,15 @@ class Run:
             messages = repair_messages(task.messages, comp.text, verdict.error or "")
 
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.add(answer, key)
+        kept = self.dedup.check_exact(answer, key)
         if kept is not None:
             dup = {
                 "id": task.id,
-                "duplicate_of": f"{kept:016x}",
-                "kind": "exact",
-                "output": answer,
+                "output": verdict.output_json,
+                "response": comp.text,
                 "vars": task.vars_json,
-                "created_at": _now_ms(),
-                "run_id": self.run_id,
             }
-            await self._finish(task, "duplicates", dup)
+            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"))
             return
         t = self.p.teacher
         row = {
@@ -739,10 +751,42 @@ class Run:
             "run_id": self.run_id,
         }
 
+    def _duplicate_row(self, row: dict[str, Any], kept: str, kind: str) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "duplicate_of": kept,
+            "kind": kind,
+            "output": row["output"] if row["output"] is not None else row["response"],
+            "vars": row["vars"],
+            "created_at": _now_ms(),
+            "run_id": self.run_id,
+        }
+
     async def _finish(self, task: Task, split: str, row: dict[str, Any]) -> None:
         """Journal the outcome at once, then buffer it; checkpoint when a shard is full."""
-        assert self.journal is not None and self.writer is not None
+        assert self.journal is not None
         self.journal.append(split, row)
+        if split in ("train", "eval") and self.dedup.near is not None:
+            self.dedup.offer(split, row)
+            full = self.dedup.pending >= Deduplicator.BATCH and self._drain()
+        else:
+            full = self._accept(split, row)
+        if full:
+            await self._checkpoint()
+
+    def _drain(self) -> bool:
+        """Decide the rows waiting for the near-duplicate check; True when a checkpoint is due."""
+        full = False
+        for split, row, match in self.dedup.drain():
+            if match is not None:
+                full |= self._accept("duplicates", self._duplicate_row(row, match, "near"))
+            else:
+                full |= self._accept(split, row)
+        return full
+
+    def _accept(self, split: str, row: dict[str, Any]) -> bool:
+        """Count and buffer a decided row; True when a buffer is full."""
+        assert self.writer is not None
         s = self.stats
         if split == "rejects":
             s.rejects += 1
@@ -755,9 +799,14 @@ class Run:
                 s.eval += 1
             else:
                 s.train += 1
-        if self.writer.add(split, row):
-            closed = self.journal.rotate()
-            await self.writer.checkpoint([closed])
+        return self.writer.add(split, row)
+
+    async def _checkpoint(self) -> None:
+        """Every answer journaled so far goes into shards; the journal segment they were in is dropped."""
+        assert self.journal is not None and self.writer is not None
+        self._drain()  # a row still waiting for its near check must not lose its journal entry
+        closed = self.journal.rotate()
+        await self.writer.checkpoint([closed])
 
 
 class OutputError(GenError):

@@ -242,10 +242,11 @@ class ShardWriter:
             raise self.failed
         jobs = []
         for split in SPLITS:
-            if self._buffers[split]:
-                jobs.append((shard_name(split, self._next[split]), SCHEMAS[split], self._buffers[split]))
+            rows, self._buffers[split] = self._buffers[split], []
+            for start in range(0, len(rows), self.rows_per_shard):  # no shard over rows_per_shard
+                chunk = rows[start : start + self.rows_per_shard]
+                jobs.append((shard_name(split, self._next[split]), SCHEMAS[split], chunk))
                 self._next[split] += 1
-                self._buffers[split] = []
         if not jobs and token is None:
             return
         self._pending.append(self._pool.submit(self._commit, jobs, token))

@@ -1,0 +1,546 @@
+"""Near-duplicate removal: MinHash LSH over word 3-gram shingles of normalised output text.
+
+Text -> shingles -> signature
+    Texts are normalised as `gen.dedup.normalise` does (casefold, whitespace collapsed) and split into
+    words; every run of three consecutive words is a shingle, and a text of fewer than three words is one
+    shingle (the whole normalised text). Shingles are hashed to 64 bits in numpy for a whole batch at
+    once, and rensa's R-MinHash turns each row's shingle hashes into a signature of num_perm uint32.
+
+LSH, then confirmation
+    The signature is cut into `bands` bands of `rows` values; two texts become candidates when a whole
+    band agrees, which for Jaccard s happens with P(s) = 1 - (1 - s**rows)**bands. `choose_bands` picks
+    the shape: P(threshold + 0.05) >= 99.9% within a num_perm budget (21 x 12 = 252 at 0.85: P(0.5) =
+    0.5%, P(0.7) = 25%). Candidates are then confirmed by the MinHash estimate over the whole signature
+    (see NearDedup._add for why).
+
+Library, measured (bench/dedup_bench.py): 50,000 synthetic ~100-word texts for NearDedup and 10,000
+for the others, 10% of them 1-3 word edits of an earlier text; streaming (each text checked against all
+kept earlier ones, indexed if new); 252 values (21 x 12); one core (taskset, RAYON_NUM_THREADS=1) of a
+2-vCPU AMD EPYC KVM guest that other jobs shared, so rows/s are per CPU-second of the process.
+
+                                      rows/s   recall J>=0.85   J>=0.90   bytes/row (RSS)
+    NearDedup.add_batch (this)        29,300   0.970            1.000     3,400
+    NearDedup.add (this)               7,900   0.970            1.000     3,100
+    rensa, its documented usage       14,700   0.962            0.997     3,200
+    datasketch 2.0                     1,900   0.952            1.000     8,800
+    numpy hand-rolled                  4,400   0.933            1.000     6,400
+    with 104 values (13 x 8, num_perm=128): add_batch 42,200, add 10,500, rensa 29,800 rows/s;
+    recall J>=0.85 0.941 (the estimate is noisier), J>=0.90 1.000, ~2,100 bytes/row.
+
+rensa (MIT, Rust, SIMD) is the choice: the only one near the 50,000 rows/s target, and it reaches it
+on a quiet core only at ~100 values. The rest of the cost is Python around it, so: shingles are hashed
+in numpy (building ~100 shingle strings a row in Python costs more than rensa's MinHash), handed to
+rensa as 8-byte tokens to build RMinHash objects for a whole batch, and rensa's RMinHashLSH and
+RMinHash.jaccard do the index and the confirmation, so a signature never becomes Python ints.
+Alternatives measured and dropped: extracting the digests to numpy (RMinHashDigestMatrix.to_rows is the
+only way out, ~20 us a row at 252 values) for a numpy open-addressing band index halves the memory
+(~1,900 bytes a row) but costs 41 us a row against 26 here (interleaved A/B, best of 6). A numpy
+MinHash evaluates num_perm x shingles hashes (~25,000 a row) and cannot get under ~30 us a row even
+vectorised; datasketch does that per row in numpy plus Python dicts for its LSH.
+
+Per-call overhead: add() pays numpy's fixed cost per call (~20 calls for one text), which is why it
+is ~4x slower per row than add_batch(); give add_batch chunks where the caller has them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import rensa
+
+from gen.dedup import normalise
+
+__all__ = ["NearDedup", "candidate_probability", "choose_bands"]
+
+DEFAULT_THRESHOLD = 0.85
+# num_perm budget when the caller gives neither num_perm nor bands; see choose_bands.
+DEFAULT_MAX_PERM = 256
+
+_U64 = np.uint64
+_MASK64 = (1 << 64) - 1
+
+# ---------------------------------------------------------------------------------------------------------
+# choosing bands x rows
+
+
+def candidate_probability(s: float, bands: int, rows: int) -> float:
+    """P(two texts of Jaccard s share at least one band) = 1 - (1 - s**rows)**bands."""
+    if s >= 1.0:
+        return 1.0
+    if s <= 0.0:
+        return 0.0
+    # -expm1(b * log1p(-s^r)) keeps precision when the answer is close to 1 or to 0.
+    return -math.expm1(bands * math.log1p(-(s**rows)))
+
+
+def _min_bands(s: float, rows: int, target: float) -> int:
+    """Fewest bands of `rows` rows that make candidate_probability(s) >= target."""
+    p = s**rows
+    if p >= 1.0:
+        return 1
+    if p <= 0.0:
+        return 1 << 62
+    b = max(1, math.ceil(math.log1p(-target) / math.log1p(-p)))
+    if b > 1 << 20:
+        return b  # far beyond any budget; no point in polishing the rounding
+    while candidate_probability(s, b, rows) < target:  # float rounding in the ceil above
+        b += 1
+    while b > 1 and candidate_probability(s, b - 1, rows) >= target:
+        b -= 1
+    return b
+
+
+def _catch_similarity(threshold: float, margin: float) -> float:
+    """The similarity that must become a candidate: threshold + margin, or halfway to 1 when that is >= 1.
+
+    (Capping at 1 would make the bound hold for any shape, since identical texts collide in every band.)
+    """
+    s = threshold + margin
+    return s if s < 1.0 else (threshold + 1.0) / 2
+
+
+def _false_candidate_area(threshold: float, bands: int, rows: int) -> float:
+    """Integral of P(s) over s in [0, threshold]: the false-candidate weight (trapezoid, 2001 points)."""
+    s = np.linspace(0.0, threshold, 2001)
+    p = -np.expm1(bands * np.log1p(-np.minimum(s**rows, 1.0 - 1e-16)))
+    return float(np.sum((p[1:] + p[:-1]) * 0.5) * (s[1] - s[0]))
+
+
+@lru_cache(maxsize=256)
+def choose_bands(
+    threshold: float, margin: float = 0.05, target: float = 0.999, max_perm: int = 256
+) -> tuple[int, int]:
+    """(bands, rows) for MinHash LSH at `threshold`, with bands * rows <= max_perm.
+
+    Constraint: a pair of Jaccard s = threshold + margin (halfway to 1 if that is >= 1) becomes a
+    candidate with probability >= target: 1 - (1 - s**rows)**bands >= target. Each rows value is taken
+    with the fewest bands that meet it. Among the shapes that fit the budget, pick the least
+    false-candidate area, the integral of P(s) over s in [0, threshold]. That favours the largest rows
+    the budget allows: the steepest S-curve, so pairs at 0.5-0.7 rarely become candidates, and the most
+    values, so the confirming estimate (sd ~ sqrt(s(1-s)/num_perm)) is the sharpest. Compute cost is
+    linear in num_perm and bounded by max_perm, which is the knob.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must be in (0, 1), got {target}")
+    if margin < 0.0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if max_perm < 1:
+        raise ValueError(f"max_perm must be >= 1, got {max_perm}")
+    s = _catch_similarity(threshold, margin)
+    best: tuple[float, int, int, int] | None = None
+    for rows in range(1, max_perm + 1):
+        bands = _min_bands(s, rows, target)
+        if bands * rows > max_perm:
+            continue
+        key = (round(_false_candidate_area(threshold, bands, rows), 12), bands * rows, bands, rows)
+        if best is None or key < best:
+            best = key
+    if best is None:
+        raise ValueError(
+            f"no bands x rows <= {max_perm} catches Jaccard {s:.3f} with probability {target}; "
+            "raise max_perm or lower the target"
+        )
+    return best[2], best[3]
+
+
+def _rows_for_bands(s: float, bands: int, target: float, cap: int) -> int:
+    """Largest rows (<= cap) with which `bands` bands still catch similarity s with probability target."""
+    rows = 1
+    for r in range(1, cap + 1):
+        if candidate_probability(s, bands, r) >= target:
+            rows = r
+        else:
+            break
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shingle hashing, vectorised over a batch of texts
+
+
+def _splitmix64(seed: int, n: int) -> list[int]:
+    out = []
+    x = seed & _MASK64
+    for _ in range(n):
+        x = (x + 0x9E3779B97F4A7C15) & _MASK64
+        z = x
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        out.append(z ^ (z >> 31))
+    return out
+
+
+# Fixed constants: they are part of the signature format (SIGNATURE_VERSION), so never derive them from
+# anything that can change between runs.
+_C = _splitmix64(0x6E6561725F646564, 8)
+_BASE = _C[0] | 1  # odd, so invertible mod 2**64
+_BASE_INV = pow(_BASE, -1, 1 << 64)
+_K1, _K2, _K3, _TAG_SHORT = (_U64(c | 1) for c in _C[1:5])
+_F1 = _U64(0xFF51AFD7ED558CCD)
+_F2 = _U64(0xC4CEB9FE1A85EC53)
+
+
+def _fmix_(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, in place on a uint64 array (numpy arrays wrap silently)."""
+    h ^= h >> _U64(33)
+    h *= _F1
+    h ^= h >> _U64(33)
+    h *= _F2
+    h ^= h >> _U64(33)
+    return h
+
+
+def _fmix_int(x: int) -> int:
+    x &= _MASK64
+    x ^= x >> 33
+    x = (x * int(_F1)) & _MASK64
+    x ^= x >> 33
+    x = (x * int(_F2)) & _MASK64
+    return x ^ (x >> 33)
+
+
+class _Powers:
+    """BASE**(i+1) and BASE**-(i+1) mod 2**64 for i < n, grown on demand.
+
+    Kept for up to 2**20 bytes of text a chunk (16 MB of tables); longer chunks get temporary tables.
+    """
+
+    _CACHE_CAP = 1 << 20
+
+    def __init__(self) -> None:
+        self.pw = np.empty(0, _U64)
+        self.ipw = np.empty(0, _U64)
+
+    def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n > self.pw.size:
+            size = max(n, min(max(2 * self.pw.size, 4096), self._CACHE_CAP))
+            pw = np.cumprod(np.full(size, _BASE, _U64))
+            ipw = np.cumprod(np.full(size, _BASE_INV, _U64))
+            if size > self._CACHE_CAP:
+                return pw, ipw  # one huge text: not worth keeping
+            self.pw, self.ipw = pw, ipw
+        return self.pw[:n], self.ipw[:n]
+
+
+_POWERS = _Powers()
+
+# str.split() splits on str.isspace(); outside ASCII that is exactly these (a test checks all of Unicode).
+_NON_ASCII_SPACE = (
+    "\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+)
+_HAS_NON_ASCII_SPACE = re.compile("[" + _NON_ASCII_SPACE + "]")
+# Byte classes for the scan: ASCII whitespace (what str.split() splits on in ASCII: \t \n \v \f \r,
+# \x1c-\x1f and space) is 1, NUL (the separator between texts of a batch) is 2, all else 0.
+_SPACE = np.zeros(256, np.uint8)
+_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = 1
+_SPACE_ONE = _SPACE.copy()  # one text, NUL is an ordinary character
+_SPACE[0] = 2
+_CHUNK_TEXTS = 256  # texts hashed per numpy pass: keeps the working set in cache
+
+
+def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of the word 3-gram shingles of each normalised text, flat, with row offsets.
+
+    Returns (hashes uint64, offsets uint64 of len(texts) + 1): text i's shingles are
+    hashes[offsets[i]:offsets[i + 1]]; every text has at least one. Equal normalised texts get equal
+    hashes. Shingles repeated within a text appear repeatedly (MinHash ignores repeats).
+    """
+    if len(texts) == 1:
+        flat, _ = _shingle_chunk(texts)
+        return flat, np.array([0, flat.size], _U64)
+    if len(texts) <= _CHUNK_TEXTS:
+        flat, count = _shingle_chunk(texts)
+        offsets = np.zeros(len(texts) + 1, _U64)
+        np.cumsum(count, out=offsets[1:])
+        return flat, offsets
+    flats: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    for i in range(0, len(texts), _CHUNK_TEXTS):
+        flat, count = _shingle_chunk(texts[i : i + _CHUNK_TEXTS])
+        flats.append(flat)
+        counts.append(count)
+    offsets = np.zeros(len(texts) + 1, _U64)
+    if texts:
+        np.cumsum(np.concatenate(counts), out=offsets[1:])
+    flat = np.concatenate(flats) if flats else np.empty(0, _U64)
+    return flat, offsets
+
+
+def _shingle_chunk(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    n = len(texts)
+    joined = "\x00".join(texts)
+    if joined.count("\x00") != n - 1:
+        # A text holds NUL, which is the batch separator here: hash such texts one at a time.
+        parts = [_shingle_one(t) for t in texts]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if not joined.isascii() and _HAS_NON_ASCII_SPACE.search(joined):
+        # Fold the non-ASCII spaces with the reference normalise(); the byte scan below knows only ASCII.
+        joined = "\x00".join(normalise(t) for t in texts)
+    return _hash_bytes(np.frombuffer(joined.casefold().encode(), np.uint8), n, separated=n > 1)
+
+
+def _shingle_one(text: str) -> tuple[np.ndarray, np.ndarray]:
+    return _hash_bytes(np.frombuffer(normalise(text).encode(), np.uint8), 1, separated=False)
+
+
+def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle hashes of n texts whose casefolded UTF-8 bytes are `a`, NUL-separated when `separated`.
+
+    Written for few numpy calls (each costs microseconds whatever its size), since one call does one text.
+    """
+    size = a.size
+    space = (_SPACE if separated else _SPACE_ONE)[a]  # 0 word byte, 1 whitespace, 2 separator
+    edges = np.zeros(size + 2, np.int8)
+    np.equal(space, 0, out=edges[1:-1].view(np.bool_))
+    # Padded with non-words at both ends, the changes alternate: word start, word end, start, end...
+    bounds = np.flatnonzero(np.diff(edges))
+    starts = bounds[0::2]
+    ends = bounds[1::2]
+    # Word hash: the polynomial sum(byte_j * BASE**(j+1)) over the word via prefix sums, shifted back by
+    # BASE**-(start+1) so it does not depend on where the word is, plus its length, then mixed so that
+    # the linear combination of three words below is not linear in the bytes.
+    pw, ipw = _POWERS.get(size)
+    prefix = np.zeros(size + 1, _U64)
+    np.cumsum(a * pw, out=prefix[1:])
+    words = prefix[ends]
+    words -= prefix[starts]
+    words *= ipw[starts]
+    words += (ends - starts).view(_U64)
+    _fmix_(words)
+    if separated:
+        doc = np.searchsorted(np.flatnonzero(space == 2), starts)
+        per_doc = np.bincount(doc, minlength=n)
+        short = np.flatnonzero(per_doc < 3).tolist()
+    else:
+        doc = None
+        per_doc = np.array([words.size])
+        short = [0] if words.size < 3 else []
+    if words.size >= 3:
+        # A shingle is three consecutive words of one text: a different odd multiplier per position.
+        sh = words[:-2] * _K1
+        sh += words[1:-1] * _K2
+        sh += words[2:] * _K3
+        if doc is not None:
+            valid = doc[:-2] == doc[2:]
+            sh = sh[valid]
+            sh_doc = doc[:-2][valid]
+        else:
+            sh_doc = np.zeros(sh.size, np.intp)
+    else:
+        sh = np.empty(0, _U64)
+        sh_doc = np.empty(0, np.intp)
+    if short:
+        # Fewer than three words: the whole text is one shingle, hashed from its (0-2) word hashes.
+        first = np.concatenate(([0], np.cumsum(per_doc)[:-1])).tolist()
+        counts = per_doc.tolist()
+        extra = []
+        for d in short:
+            h = int(_TAG_SHORT) + counts[d]
+            for w in words[first[d] : first[d] + counts[d]].tolist():
+                h = (h * _BASE + w) & _MASK64
+            extra.append(_fmix_int(h))
+        sh = np.concatenate((sh, np.array(extra, _U64)))
+        sh_doc = np.concatenate((sh_doc, np.array(short, np.intp)))
+        order = np.argsort(sh_doc, kind="stable")
+        sh, sh_doc = sh[order], sh_doc[order]
+    if doc is None:
+        return sh, np.array([sh.size], _U64)
+    return sh, np.bincount(sh_doc, minlength=n).astype(_U64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the deduplicator
+
+SIGNATURE_MAGIC = b"ND"
+SIGNATURE_VERSION = 1  # bump when shingling or shingle hashing above changes
+_HEADER = struct.Struct("<2sBBHQ")  # magic, our version, rensa ALGORITHM_VERSION, num_perm, seed
+
+# Memory model for bytes_per_row, from RSS growth with rensa 0.5 (bench/dedup_bench.py checks it):
+# an RMinHash is its num_perm uint32 plus ~160 bytes; RMinHashLSH keeps ~100 bytes per band per key
+# (a Rust HashMap entry with a Vec of keys per band, plus the key's band-hash list); 8 for our key slot.
+_BYTES_PER_MINHASH = 160
+_BYTES_PER_BAND = 100
+
+
+class NearDedup:
+    """Streaming near-duplicate filter: each text is checked against every kept earlier one.
+
+    `add(text)` returns None when the text is new (it is then indexed) or the key of the kept earlier
+    text it near-duplicates: Jaccard similarity of the word 3-gram shingle sets of the normalised texts
+    >= threshold, as estimated by MinHash. Duplicates are not indexed, so a chain a ~ b ~ c with a !~ c
+    keeps a and c.
+
+    Shape: with neither num_perm nor bands, (bands, rows) = choose_bands(threshold) and num_perm =
+    bands * rows (21 x 12 = 252 at 0.85). With num_perm only, rows come from choose_bands(threshold,
+    max_perm=num_perm) and bands = num_perm // rows, at least choose_bands' count, so the bound holds
+    and the whole signature is banded (rensa's LSH needs bands * rows == num_perm). With bands only,
+    rows is the largest that still meets the bound. With both, rows = num_perm // bands.
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        num_perm: int | None = None,
+        bands: int | None = None,
+        seed: int = 1,
+        margin: float = 0.05,
+        target: float = 0.999,
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if not 0 <= seed < 1 << 64:
+            raise ValueError("seed must fit in 64 bits unsigned")
+        s = _catch_similarity(threshold, margin)
+        if num_perm is None and bands is None:
+            bands, rows = choose_bands(threshold, margin, target, DEFAULT_MAX_PERM)
+        elif bands is None:
+            assert num_perm is not None
+            _, rows = choose_bands(threshold, margin, target, num_perm)
+            bands = num_perm // rows
+        elif num_perm is None:
+            rows = _rows_for_bands(s, bands, target, max(1, DEFAULT_MAX_PERM // bands))
+        else:
+            if bands < 1 or num_perm % bands:
+                raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
+            rows = num_perm // bands
+        if bands < 1 or rows < 1 or bands * rows > 0xFFFF:
+            raise ValueError(f"bad LSH shape: bands={bands}, rows={rows}")
+        self.threshold = threshold
+        self.bands = bands
+        self.rows = rows
+        self.num_perm = bands * rows
+        self.seed = seed
+        # Confirmation cut as a count of equal signature values, so no float rounding at the boundary.
+        self._min_equal = math.ceil(threshold * self.num_perm - 1e-9)
+        self._header = _HEADER.pack(
+            SIGNATURE_MAGIC, SIGNATURE_VERSION, rensa.RMinHash.ALGORITHM_VERSION, self.num_perm, seed
+        )
+        self._lsh = rensa.RMinHashLSH(threshold, self.num_perm, bands)
+        self._minhashes: list[rensa.RMinHash] = []  # kept rows, by LSH key
+        self._keys: list[str] = []
+        self._offered = 0
+
+    # -- public API --------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return (
+            f"NearDedup(threshold={self.threshold}, num_perm={self.num_perm}, bands={self.bands}, "
+            f"rows={self.rows}, indexed={len(self)})"
+        )
+
+    def add(self, text: str, key: str | None = None) -> str | None:
+        """None if `text` is new (and now indexed under `key`), else the key of the kept near-duplicate.
+
+        `key` defaults to the text's 0-based position among all texts offered to this NearDedup.
+        """
+        return self._add(self._minhash_list([text]), None if key is None else [key])[0]
+
+    def add_batch(self, texts: Sequence[str], keys: Sequence[str] | None = None) -> list[str | None]:
+        """`add` for each text in order (later texts are checked against kept earlier ones of the batch).
+
+        Same answers as calling add on each, at about half the cost per row: shingles are hashed and
+        signatures computed for the whole batch at once.
+        """
+        if keys is not None and len(keys) != len(texts):
+            raise ValueError("texts and keys differ in length")
+        if not texts:
+            return []
+        return self._add(self._minhash_list(texts), keys)
+
+    def signature(self, text: str) -> bytes:
+        """The text's signature: a 14-byte header, then rensa's serialised MinHash (~5 bytes a value)."""
+        return self._header + self._minhash_list([text])[0].__getstate__()
+
+    def signatures(self, texts: Sequence[str]) -> list[bytes]:
+        return [self._header + m.__getstate__() for m in self._minhash_list(texts)]
+
+    def add_signature(self, sig: bytes, key: str) -> str | None:
+        """`add` for a stored signature: how a resumed run re-indexes the rows it already wrote."""
+        if sig[: _HEADER.size] != self._header:
+            raise ValueError(
+                "signature was made with other settings (num_perm, seed, rensa algorithm or format "
+                "version); recompute it from the text"
+            )
+        m = rensa.RMinHash(self.num_perm, self.seed)
+        # rensa's own pickle state (postcard), decoded and validated by rensa: no pickle.loads involved.
+        m.__setstate__(sig[_HEADER.size :])
+        return self._add([m], [key])[0]
+
+    @property
+    def bytes_per_row(self) -> int:
+        """Approximate memory per indexed row (rensa's structures are not introspectable; see the model)."""
+        return 4 * self.num_perm + _BYTES_PER_MINHASH + _BYTES_PER_BAND * self.bands + 8
+
+    def candidate_probability(self, s: float) -> float:
+        return candidate_probability(s, self.bands, self.rows)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _minhash_list(self, texts: Sequence[str]) -> list[rensa.RMinHash]:
+        flat, offsets = shingle_hashes(texts)
+        # Each shingle hash goes to rensa as an 8-byte token. 'S8' drops trailing NUL bytes, i.e. the
+        # high zero bytes of a little-endian integer, so distinct hashes stay distinct tokens.
+        tokens = flat.astype("<u8", copy=False).view("S8").tolist()
+        if len(texts) == 1:
+            m = rensa.RMinHash(self.num_perm, self.seed)  # cheaper than from_token_sets for one row
+            m.update(tokens)
+            return [m]
+        bounds = offsets.tolist()
+        rows = [tokens[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
+        return rensa.RMinHash.from_token_sets(rows, self.num_perm, self.seed)
+
+    def _add(self, minhashes: list[rensa.RMinHash], keys: Sequence[str] | None) -> list[str | None]:
+        if keys is None:
+            keys = [str(self._offered + i) for i in range(len(minhashes))]
+        self._offered += len(minhashes)
+        out: list[str | None] = []
+        lsh, kept, kept_keys, num_perm, need = (
+            self._lsh,
+            self._minhashes,
+            self._keys,
+            self.num_perm,
+            self._min_equal,
+        )
+        for m, key in zip(minhashes, keys, strict=True):
+            # Confirmation: LSH returns every kept row that agrees with this one on some whole band,
+            # which also happens for pairs well below the threshold (P(0.7) is ~25% with 21 x 12). The
+            # share of all num_perm values that agree is the MinHash estimate of their Jaccard
+            # similarity, so a candidate counts as a duplicate only when that estimate reaches the
+            # threshold: LSH false positives cost one signature compare and are never reported.
+            best, best_equal = -1, need - 1
+            for c in sorted(lsh.query(m)):
+                equal = round(m.jaccard(kept[c]) * num_perm)
+                if equal > best_equal:  # ties keep the earliest kept row
+                    best, best_equal = c, equal
+            if best >= 0:
+                out.append(kept_keys[best])
+                continue
+            lsh.insert(len(kept), m)
+            kept.append(m)
+            kept_keys.append(key)
+            out.append(None)
+        return out
+
+
+def describe(threshold: float = DEFAULT_THRESHOLD, max_perm: int = DEFAULT_MAX_PERM) -> str:
+    """One line per interesting similarity: the chosen (bands, rows) and P(candidate) there."""
+    bands, rows = choose_bands(threshold, max_perm=max_perm)
+    lines = [f"threshold={threshold} max_perm={max_perm}: bands={bands} rows={rows} num_perm={bands * rows}"]
+    for s in (0.3, 0.5, 0.7, threshold, _catch_similarity(threshold, 0.05)):
+        lines.append(f"  P(candidate | J={s:.2f}) = {candidate_probability(s, bands, rows):.6f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(describe())
