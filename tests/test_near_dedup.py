@@ -174,8 +174,9 @@ def test_choose_bands_default_and_false_candidates() -> None:
     assert candidate_probability(0.9, 21, 12) >= 0.999
     assert candidate_probability(0.5, 21, 12) < 0.01
     assert candidate_probability(0.7, 21, 12) < 0.3
-    d = NearDedup()
-    assert (d.bands, d.rows, d.num_perm) == (21, 12, 252)
+    d = NearDedup()  # the LSH stage gets half the 0.1% miss budget, the confirmation the other half
+    assert (d.bands, d.rows, d.num_perm) == (21, 11, 231)
+    assert candidate_probability(0.9, 21, 11) >= 0.9995
 
 
 @settings(max_examples=50, deadline=None)
@@ -258,3 +259,14 @@ def test_shingle_hashes_follow_normalise_and_batching(texts: list[str]) -> None:
         assert np.array_equal(normal, mine)  # only the normalised text matters
         n_words = len(normalise(text).split())
         assert mine.size == max(1, n_words - 2)
+
+
+def test_end_to_end_removal_probability_meets_the_bound() -> None:
+    """A pair must become an LSH candidate and then pass the confirmation cut: both together >= 99.9%."""
+    from gen.near_dedup import confirm_probability
+
+    d = NearDedup()
+    p = candidate_probability(0.90, d.bands, d.rows) * confirm_probability(d.num_perm, 0.90, d._min_equal)
+    assert p >= 0.999
+    low = candidate_probability(0.75, d.bands, d.rows) * confirm_probability(d.num_perm, 0.75, d._min_equal)
+    assert low < 0.01  # pairs well below the threshold are kept
