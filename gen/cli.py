@@ -295,10 +295,24 @@ def _sim(args: argparse.Namespace) -> int:
 COMMANDS = {"run": _run, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
 
 
+def _limit_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own 64 MiB malloc arena; gen's few threads (the shard
+    writer, the seed counter) then hold memory the main thread freed. Two arenas keep RSS flat at no
+    measurable cost. Must run before any thread starts; does nothing off glibc."""
+    if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+        except (OSError, AttributeError):
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gen` console script; returns the exit status."""
     from gen.errors import ConfigError, FatalTeacherError, GenError
 
+    _limit_malloc_arenas()
     args = _parser().parse_args(argv)
     debug = args.debug or os.environ.get("GEN_DEBUG") == "1"
     try:

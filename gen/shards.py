@@ -21,6 +21,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Arrow's default pool (jemalloc or mimalloc) keeps freed memory for reuse: tens of megabytes of RSS on a
+# run that builds a few tables. The system allocator gives it back; shard building is not allocation-bound.
+pa.set_memory_pool(pa.system_memory_pool())
+
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
 DATA_SCHEMA = pa.schema(
@@ -106,7 +110,7 @@ class ShardInfo:
         }
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes | pa.Buffer) -> None:
     """Write a file so that a crash leaves the old version or the new one, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -181,27 +185,25 @@ def read_columns(out_dir: Path, rel_path: str, columns: list[str]) -> dict[str, 
     return {name: table.column(name).to_pylist() for name in columns}
 
 
-def write_shard(out_dir: Path, rel_path: str, schema: pa.Schema, rows: list[dict[str, Any]]) -> ShardInfo:
-    """Build, compress, checksum and atomically commit one shard (runs in the writer thread)."""
-    # Rows stay dicts until here: appending a dict on the event loop is the cheapest hand-off, and
-    # Arrow's C++ converter builds the columns in the writer thread.
-    table = pa.Table.from_pylist(rows, schema=schema)
+def write_table(out_dir: Path, rel_path: str, table: pa.Table) -> ShardInfo:
+    """Compress, checksum and atomically commit one shard (runs in the writer thread)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", write_statistics=True)
-    data = sink.getvalue().to_pybytes()
-    path = out_dir / rel_path
-    atomic_write_bytes(path, data)
+    data = sink.getvalue()  # an Arrow buffer: hashed and written without a copy into Python bytes
+    atomic_write_bytes(out_dir / rel_path, data)
     return ShardInfo(
-        rel_path, split_of_path(rel_path), table.num_rows, hashlib.sha256(data).hexdigest(), len(data)
+        rel_path, split_of_path(rel_path), table.num_rows, hashlib.sha256(data).hexdigest(), data.size
     )
 
 
 class ShardWriter:
     """Buffers rows per split and commits them from one background thread, in order, at checkpoints.
 
-    A checkpoint turns every non-empty buffer into a shard, then calls `on_checkpoint(shards, token)` in
-    the writer thread, with every shard committed so far and the caller's token: the manifest is
-    rewritten there, so the manifest on disk always matches the shards on disk.
+    Every `batch_rows` rows of a split are handed to the writer thread, which turns them into an Arrow
+    record batch: the event loop only appends dicts, and a buffered row costs its bytes in Arrow rather
+    than a few kilobytes of Python objects. A checkpoint turns every split's batches into shards of at
+    most `rows_per_shard` rows, then calls `on_checkpoint(shards, token)` in the writer thread with every
+    shard committed so far: the manifest is rewritten there, so it always matches the shards on disk.
     """
 
     def __init__(
@@ -209,16 +211,20 @@ class ShardWriter:
         out_dir: Path,
         *,
         rows_per_shard: int = 50_000,
+        batch_rows: int = 1024,
         shards: list[ShardInfo] | None = None,
         on_checkpoint: Callable[[list[ShardInfo], Any], None] | None = None,
         max_pending: int = 2,
     ) -> None:
         self.out_dir = out_dir
         self.rows_per_shard = rows_per_shard
+        self.batch_rows = batch_rows
         for folder in set(FOLDERS.values()):
             (out_dir / folder).mkdir(parents=True, exist_ok=True)
         self._next = next_shard_numbers(out_dir)
-        self._buffers: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        self._rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}  # not yet converted
+        self._batches: dict[str, list[Future[pa.RecordBatch]]] = {s: [] for s in SPLITS}
+        self._counts = dict.fromkeys(SPLITS, 0)  # rows buffered per split since the last checkpoint
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gen-shards")
         self._pending: list[Future[None]] = []
         self._max_pending = max_pending
@@ -228,13 +234,17 @@ class ShardWriter:
 
     @property
     def buffered(self) -> int:
-        return sum(len(b) for b in self._buffers.values())
+        return sum(self._counts.values())
 
     def add(self, split: str, row: dict[str, Any]) -> bool:
-        """Buffer a row; True when a buffer is full and `checkpoint()` should be awaited."""
-        buf = self._buffers[split]
-        buf.append(row)
-        return len(buf) >= self.rows_per_shard
+        """Buffer a row; True when a split holds a shard's worth and `checkpoint()` should be awaited."""
+        rows = self._rows[split]
+        rows.append(row)
+        if len(rows) >= self.batch_rows:
+            self._rows[split] = []
+            self._batches[split].append(self._pool.submit(_to_batch, rows, SCHEMAS[split]))
+        self._counts[split] += 1
+        return self._counts[split] >= self.rows_per_shard
 
     async def checkpoint(self, token: Any = None) -> None:
         """Hand every buffer to the writer thread; waits only when too many checkpoints are queued."""
@@ -242,11 +252,12 @@ class ShardWriter:
             raise self.failed
         jobs = []
         for split in SPLITS:
-            rows, self._buffers[split] = self._buffers[split], []
-            for start in range(0, len(rows), self.rows_per_shard):  # no shard over rows_per_shard
-                chunk = rows[start : start + self.rows_per_shard]
-                jobs.append((shard_name(split, self._next[split]), SCHEMAS[split], chunk))
-                self._next[split] += 1
+            if not self._counts[split]:
+                continue
+            if self._rows[split]:
+                self._batches[split].append(self._pool.submit(_to_batch, self._rows[split], SCHEMAS[split]))
+            jobs.append((split, self._batches[split]))
+            self._rows[split], self._batches[split], self._counts[split] = [], [], 0
         if not jobs and token is None:
             return
         self._pending.append(self._pool.submit(self._commit, jobs, token))
@@ -263,17 +274,27 @@ class ShardWriter:
             self.failed = e
             raise
 
-    def _commit(self, jobs: list[tuple[str, pa.Schema, list[dict[str, Any]]]], token: Any) -> None:
+    def _commit(self, jobs: list[tuple[str, list[Future[pa.RecordBatch]]]], token: Any) -> None:
+        """In the writer thread, after the conversions it needs (the pool runs jobs first in, first out)."""
         if self.failed is not None:  # after one failed write nothing more is written: the state is known
             raise self.failed
         try:
-            for rel, schema, columns in jobs:
-                self.shards.append(write_shard(self.out_dir, rel, schema, columns))
+            for split, batches in jobs:
+                table = pa.Table.from_batches([b.result() for b in batches], schema=SCHEMAS[split])
+                for start in range(0, table.num_rows, self.rows_per_shard):
+                    rel = shard_name(split, self._next_number(split))
+                    chunk = table.slice(start, self.rows_per_shard)
+                    self.shards.append(write_table(self.out_dir, rel, chunk))
             if self._on_checkpoint is not None:
                 self._on_checkpoint(list(self.shards), token)
         except BaseException as e:
             self.failed = e
             raise
+
+    def _next_number(self, split: str) -> int:
+        number = self._next[split]
+        self._next[split] += 1
+        return number
 
     async def close(self, token: Any = None) -> None:
         """A last checkpoint, then wait until every shard is committed. Writer errors surface here."""
@@ -285,6 +306,11 @@ class ShardWriter:
         finally:
             self._pending.clear()
             self._pool.shutdown(wait=True)
+
+
+def _to_batch(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
+    # Arrow's C++ converter builds the columns; this runs in the writer thread, off the event loop.
+    return pa.RecordBatch.from_pylist(rows, schema=schema)
 
 
 def write_json(path: Path, value: Any) -> None:
