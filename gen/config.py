@@ -75,6 +75,7 @@ class SimSpec(_Strict):
     rate_fenced_json: float = 0.0
     rate_drop: float = 0.0
     rpm: int | None = None
+    rpm_window_s: float = 60.0
     seed: int = 0
 
 

@@ -24,6 +24,7 @@ from gen.errors import TeacherError
 from gen.teachers.base import Completion, Teacher
 
 Clock = Callable[[], float]
+RPM_HEADROOM = 0.97
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -165,7 +166,9 @@ class Limiter:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.concurrency = AdaptiveLimit(max_concurrency, clock=clock)
-        self.rpm = Pacer(rpm / 60.0, clock=clock, sleep=sleep) if rpm else None
+        # Paced 3% under the limit: requests leave evenly, but network jitter can bunch two of them at
+        # the server, and a server that counts per second would refuse the one that lands early.
+        self.rpm = Pacer(rpm / 60.0 * RPM_HEADROOM, clock=clock, sleep=sleep) if rpm else None
         # A token bucket that admits one second's worth at once, and never less than one large request.
         self.tpm = Pacer(tpm / 60.0, burst=tpm / 60.0, clock=clock, sleep=sleep) if tpm else None
         self._paused_until = 0.0

@@ -282,3 +282,24 @@ def test_api_key_reaches_the_server_but_never_the_disk(tmp_path: Path, sim_serve
     for path in out.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_anthropic_provider_end_to_end(tmp_path: Path, sim_server, monkeypatch) -> None:
+    secret = "sk-ant-test-" + "q" * 24
+    sim = sim_server(api_key=secret, rate_503=0.1, retry_after_s=0.01, seed=3)  # 529s on this protocol
+    monkeypatch.setenv("GEN_TEST_ANTHROPIC", secret)
+    out = tmp_path / "o"
+    opts = RunOptions(provider="anthropic", base_url=sim.base_url, api_key_env="GEN_TEST_ANTHROPIC", output=out,
+                      progress=False, limit=40)  # fmt: skip
+    result = run(QUICKSTART, opts)
+    assert result.stats.rows + result.stats.duplicates == 40 and result.stats.retries > 0
+    assert sim.stats()["status_529"] > 0
+    row = _rows(out)[0]
+    assert row["teacher_provider"] == "anthropic" and set(json.loads(row["output"])) == {
+        "topic",
+        "fact",
+        "difficulty",
+    }
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes()

@@ -1,10 +1,15 @@
-"""The teacher simulator: a real OpenAI chat-completions server on loopback, with injectable faults.
+"""The teacher simulator: real OpenAI and Anthropic servers on loopback, with injectable faults.
 
 `gen sim` serves it so users can dry-run recipes and load-test settings; the tests point the real
-aiohttp client at it. Answers are deterministic (a sha256 of the messages and the request's `seed`
-picks them) and JSON-schema answers validate against the requested schema. Faults (429, 500, 503,
-dropped connections, broken or fenced JSON) are drawn from a seeded RNG owned by the server, and an
-optional requests-per-minute limit answers 429 with OpenAI's rate-limit headers.
+aiohttp client (and the official SDKs) at it. One server speaks both protocols: OpenAI chat
+completions at `POST /v1/chat/completions` and Anthropic Messages at `POST /v1/messages`, with
+`GET /v1/models` answering in the shape of whichever protocol asks (Anthropic's clients send
+`anthropic-version`). Answers are deterministic (a sha256 of the messages and the request's `seed`,
+or on the Anthropic path of the messages and the `system` prompt, picks them), and JSON-schema
+answers (`response_format`, or a forced `tool_use` whose `input` fits the tool's `input_schema`)
+validate against the requested schema. Faults (429, 500, 503 or Anthropic's 529, dropped
+connections, broken or fenced JSON) are drawn from a seeded RNG owned by the server, and an optional
+requests-per-minute limit answers 429 with the protocol's rate-limit headers.
 
     async with SimServer(SimConfig(rate_429=0.1)) as server:   # on the current event loop
         ...  # point a client at server.base_url
@@ -15,6 +20,7 @@ optional requests-per-minute limit answers 429 with OpenAI's rate-limit headers.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import math
 import random
@@ -40,8 +46,13 @@ class SimConfig:
     """How the simulator behaves. Rates are fractions of chat requests, drawn per request.
 
     At most one fault hits a request. Checks run in a real gateway's order, each answered at once
-    without the added latency: `api_key` (401 unless `Authorization: Bearer <api_key>`), then `rpm`
+    without the added latency: `api_key` (401 unless `Authorization: Bearer <api_key>`; on the
+    Anthropic path `x-api-key: <api_key>` too, and then a 400 without `anthropic-version`), then `rpm`
     (429), then the body (400) and the model (404 when a `model` other than ours is asked for).
+
+    On the Anthropic path `rate_503` answers 529 `overloaded_error`, `rate_invalid_json` breaks a
+    tool_use `input` against its schema (a required key left out) and `rate_fenced_json` puts a line
+    of text before the tool_use block; text answers break as on the OpenAI path.
     """
 
     model: str = "gen-sim-1"
@@ -55,6 +66,7 @@ class SimConfig:
     rate_fenced_json: float = 0.0
     rate_drop: float = 0.0
     rpm: int | None = None
+    rpm_window_s: float = 60.0  # the window the rpm limit is checked over (1.0: a per-second limit)
     seed: int = 0
     api_key: str | None = None
 
@@ -71,13 +83,15 @@ class SimConfig:
             raise ValueError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
         if self.rpm is not None and self.rpm < 1:
             raise ValueError(f"rpm must be >= 1 or None, got {self.rpm}")
+        if not 0 < self.rpm_window_s <= 60.0:
+            raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
 
 
 # Fault field names in the order their probability bands are laid out on [0, 1).
 _FAULTS = ("rate_429", "rate_500", "rate_503", "rate_drop", "rate_invalid_json", "rate_fenced_json")
 
 
-# --------------------------------------------------------------------------- the server
+# --------------------------------------------------------------------------- requests
 
 
 class _BadRequest(Exception):
@@ -92,10 +106,23 @@ class _Chat:
     messages: list[Any]
     model: str | None
     prompt_tokens: int
-    seed: int | None
+    # With the messages, what picks the answer: the seed (OpenAI) or the system prompt (Anthropic).
+    salt: bytes
     max_tokens: int | None
-    mode: str  # "text", "json_object" or "json_schema"
+    mode: str  # "text", "json_object", "json_schema" or "tool" (Anthropic's forced tool_use)
     schema: Gen | None
+    tool: str | None = None  # "tool" mode: the tool's name and its input_schema
+    tool_schema: dict[str, Any] | None = None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _BadRequest("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise _BadRequest("The request body must be a JSON object.")
+    return body
 
 
 def _positive_int(body: dict[str, Any], name: str) -> int | None:
@@ -105,13 +132,16 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def _parse_chat(raw: bytes) -> _Chat:
+def _sampler(schema: Any) -> Gen:
+    """The compiled sampler of a schema sent in a request; ValueError for one it cannot read."""
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _BadRequest("We could not parse the JSON body of your request.") from None
-    if not isinstance(body, dict):
-        raise _BadRequest("The request body must be a JSON object.")
+        return compiled_sampler(orjson.dumps(schema))
+    except (TypeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _parse_chat(raw: bytes) -> _Chat:
+    body = _json_object(raw)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _BadRequest("'messages' must be a non-empty array.", "messages")
@@ -141,8 +171,8 @@ def _parse_chat(raw: bytes) -> _Chat:
             if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict | bool):
                 raise _BadRequest("Missing 'response_format.json_schema.schema'.", "response_format")
             try:
-                schema = compiled_sampler(orjson.dumps(spec["schema"]))
-            except (ValueError, TypeError, RecursionError) as exc:
+                schema = _sampler(spec["schema"])
+            except ValueError as exc:
                 raise _BadRequest(f"Invalid schema for response_format: {exc}", "response_format") from None
             mode = "json_schema"
         elif kind in ("json_object", "text"):
@@ -152,7 +182,129 @@ def _parse_chat(raw: bytes) -> _Chat:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _BadRequest(f"Invalid 'model': expected a string, got {model!r}.", "model")
-    return _Chat(messages, model, chars // 4 + 4 * len(messages), seed, max_tokens, mode, schema)
+    prompt_tokens = chars // 4 + 4 * len(messages)
+    return _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+
+
+def _block_chars(content: Any, where: str) -> int:
+    """Characters of text in an Anthropic `content` or `system`: a string or a list of blocks."""
+    if isinstance(content, str):
+        return len(content)
+    if not isinstance(content, list):
+        raise _BadRequest(f"{where}: Input should be a valid string or a list of content blocks.")
+    chars = 0
+    for j, block in enumerate(content):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise _BadRequest(f"{where}.{j}: Input should be a content block with a 'type'.")
+        text = block.get("text")
+        if isinstance(text, str):
+            chars += len(text)
+    return chars
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _BadRequest(f"{name}: Input should be a number between {lo:g} and {hi:g}.")
+
+
+def _forced_tool(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The (name, input_schema) the request makes the model call, or None for a text answer."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if tools is None:
+        if choice is not None:
+            raise _BadRequest("tool_choice: may only be specified while providing tools.")
+        return None
+    if not isinstance(tools, list):
+        raise _BadRequest("tools: Input should be a valid list.")
+    custom: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        name = tool.get("name") if isinstance(tool, dict) else None
+        if not isinstance(name, str) or not name:
+            raise _BadRequest(f"tools.{i}.name: Field required.")
+        if tool.get("type") not in (None, "custom"):  # a server tool (web search, ...): never called here
+            continue
+        schema = tool.get("input_schema")
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            raise _BadRequest(
+                f"tools.{i}.custom.input_schema: Input should be a JSON schema of type 'object'."
+            )
+        custom[name] = schema
+    if choice is None:
+        return None
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind in ("auto", "none"):
+        return None  # the model may answer in text, and here it always does
+    if kind == "any":
+        if not custom:
+            raise _BadRequest("tool_choice: 'any' needs at least one custom tool.")
+        name = next(iter(custom))
+        return name, custom[name]
+    if kind == "tool":
+        name = choice.get("name")
+        if name not in custom:
+            raise _BadRequest(f"tool_choice.name: Tool {name!r} not found in 'tools'.")
+        return name, custom[name]
+    raise _BadRequest(f"tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none', got {kind!r}.")
+
+
+def _parse_messages(raw: bytes) -> _Chat:
+    """An Anthropic Messages request; errors in the API's `field: problem` style."""
+    body = _json_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest("model: Field required." if model is None else "model: Input should be a string.")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise _BadRequest("max_tokens: Field required.")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise _BadRequest(f"max_tokens: Input should be a positive integer, got {max_tokens!r}.")
+    if body.get("stream"):
+        raise _BadRequest("stream: the simulator does not stream; send 'stream': false.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("messages: Input should be a non-empty list.")
+    chars = 0
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("user", "assistant"):
+            if role == "system":
+                raise _BadRequest(
+                    f'messages.{i}.role: Unexpected role "system". The Messages API accepts a top-level '
+                    '`system` parameter, not "system" as an input message role.'
+                )
+            raise _BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'.")
+        chars += _block_chars(m.get("content"), f"messages.{i}.content")
+    system = body.get("system")
+    n_turns = len(messages)
+    if system is not None:
+        chars += _block_chars(system, "system")
+        n_turns += 1  # counted as the OpenAI path counts a system message
+    _number(body, "temperature", 0, 1)
+    _number(body, "top_p", 0, 1)
+    top_k = body.get("top_k")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise _BadRequest("top_k: Input should be a non-negative integer.")
+    stop = body.get("stop_sequences")
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise _BadRequest("stop_sequences: Input should be a list of strings.")
+    forced = _forced_tool(body)
+    salt = orjson.dumps(system)
+    prompt_tokens = chars // 4 + 4 * n_turns
+    if forced is None:
+        return _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
+    name, input_schema = forced
+    try:
+        sampler = _sampler(input_schema)
+    except ValueError as exc:
+        raise _BadRequest(f"tools: input_schema of {name!r} is not a valid JSON schema: {exc}") from None
+    return _Chat(messages, model, prompt_tokens, salt, max_tokens, "tool", sampler, name, input_schema)
+
+
+# --------------------------------------------------------------------------- answers
 
 
 def _content(chat: _Chat, rng: random.Random) -> str:
@@ -179,7 +331,70 @@ def _broken(content: str) -> str:
     return content + "}"  # a bare scalar's prefix may still parse (`42` -> `4`)
 
 
-def _error(
+def _text_answer(
+    chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]
+) -> tuple[str, bool, int]:
+    """(content with its fault applied, whether max_tokens cut it, completion tokens)."""
+    content = _content(chat, rng)
+    if fault == "rate_invalid_json":
+        stats["invalid_json"] += 1
+        content = _broken(content)
+    elif fault == "rate_fenced_json":
+        stats["fenced_json"] += 1
+        content = f"{rng.choice(FENCE_INTROS)}\n\n```json\n{content}\n```"
+    completion_tokens = max(1, len(content) // 4)
+    if chat.max_tokens is not None and completion_tokens > chat.max_tokens:
+        return content[: chat.max_tokens * 4], True, chat.max_tokens
+    return content, False, completion_tokens
+
+
+# One value of each JSON type, with the schema types that admit it.
+_WRONG_VALUES: tuple[tuple[Any, frozenset[str]], ...] = (
+    (None, frozenset({"null"})),
+    ("not-a-valid-value", frozenset({"string"})),
+    (0.5, frozenset({"number"})),
+    ([], frozenset({"array"})),
+    ({}, frozenset({"object"})),
+    (True, frozenset({"boolean"})),
+)
+
+
+def _violate(value: Any, schema: dict[str, Any], rng: random.Random) -> Any:
+    """A tool input that breaks `schema`: a required key dropped, else a property of a wrong type.
+
+    Only the top level is looked at; where that admits any object the input is returned as it is.
+    """
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):  # a root that points into its own $defs
+        node: Any = schema
+        for part in ref[2:].split("/"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            schema = node
+    if not isinstance(value, dict):
+        return value
+    required = [k for k in schema.get("required") or () if k in value]
+    if required:
+        broken = dict(value)
+        del broken[rng.choice(required)]
+        return broken
+    for key, prop in (schema.get("properties") or {}).items():
+        types = prop.get("type") if isinstance(prop, dict) else None
+        if not types:
+            continue
+        allowed = frozenset([types] if isinstance(types, str) else types)
+        for wrong, admitted_by in _WRONG_VALUES:
+            if not admitted_by & allowed:
+                return {**value, key: wrong}
+    if schema.get("additionalProperties") is False:
+        return {**value, "unexpected_field": True}
+    return value
+
+
+# --------------------------------------------------------------------------- the two dialects
+
+
+def _openai_error(
     status: int,
     message: str,
     kind: str,
@@ -194,13 +409,233 @@ def _error(
     )
 
 
+def _anthropic_error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
 def _seconds(s: float) -> str:
     """OpenAI's duration style, to the millisecond: `1s`, `12.5s`."""
     return f"{max(0.0, s):.3f}".rstrip("0").rstrip(".") + "s"
 
 
+def _rfc3339(seconds_from_now: float) -> str:
+    """Anthropic's reset-time style: an RFC 3339 UTC timestamp, `2025-05-20T17:42:01Z`."""
+    when = datetime.datetime.fromtimestamp(time.time() + max(0.0, seconds_from_now), datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _OpenAIDialect:
+    """OpenAI chat completions: Bearer auth, `{"error": {...}}` bodies, `x-ratelimit-*` headers."""
+
+    # Fault -> (stats counter) for the faults that answer with an error status.
+    error_faults = {"rate_429": "status_429", "rate_500": "status_500", "rate_503": "status_503"}
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self._authorization = f"Bearer {config.api_key}" if config.api_key is not None else None
+
+    def refuse(self, request: web.Request) -> tuple[str, web.Response] | None:
+        """(stats counter, answer) when the request is turned away before it is read."""
+        if self._authorization is None or request.headers.get("Authorization") == self._authorization:
+            return None
+        # Never echo the key: clients print this message, and logs must not carry secrets.
+        msg = "Incorrect API key provided."
+        return "status_401", _openai_error(401, msg, "invalid_request_error", code="invalid_api_key")
+
+    def rate_headers(self, rpm: int, remaining: int, next_s: float, full_s: float) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(rpm),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": _seconds(next_s),
+        }
+
+    def rate_limited(self, wait: float, headers: dict[str, str]) -> web.Response:
+        config = self.config
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+        msg = (
+            f"Rate limit reached for {config.model} on requests per min (RPM): Limit {config.rpm}. "
+            f"Please try again in {_seconds(wait)}."
+        )
+        return _openai_error(429, msg, "requests", code="rate_limit_exceeded", headers=headers)
+
+    parse = staticmethod(_parse_chat)
+
+    def bad_request(self, message: str, param: str | None, headers: dict[str, str] | None) -> web.Response:
+        return _openai_error(400, message, "invalid_request_error", param=param, headers=headers)
+
+    def unknown_model(self, model: str, headers: dict[str, str] | None) -> web.Response:
+        msg = f"The model `{model}` does not exist or you do not have access to it."
+        return _openai_error(404, msg, "invalid_request_error", code="model_not_found", headers=headers)
+
+    def fault(self, fault: str, headers: dict[str, str] | None) -> web.Response:
+        if fault == "rate_429":
+            retry_after = self.config.retry_after_s
+            h = {
+                **(headers or {}),
+                "Retry-After": f"{retry_after:g}",
+                "retry-after-ms": str(round(retry_after * 1000)),
+            }
+            msg = "Rate limit reached (simulated)."
+            return _openai_error(429, msg, "requests", code="rate_limit_exceeded", headers=h)
+        if fault == "rate_500":
+            msg = "The server had an error processing your request (simulated)."
+            return _openai_error(500, msg, "server_error", headers=headers)
+        msg = "The engine is currently overloaded (simulated)."
+        return _openai_error(503, msg, "overloaded", headers=headers)
+
+    def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
+        try:
+            content, cut, completion_tokens = _text_answer(chat, rng, fault, stats)
+        except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
+            raise _BadRequest(f"Invalid schema for response_format: {exc}", "response_format") from None
+        body = {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.config.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "length" if cut else "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": chat.prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": chat.prompt_tokens + completion_tokens,
+            },
+        }
+        return orjson.dumps(body)
+
+    def models(self, request: web.Request, created: int) -> bytes:
+        model = {"id": self.config.model, "object": "model", "created": created, "owned_by": "gen-sim"}
+        return orjson.dumps({"object": "list", "data": [model]})
+
+
+class _AnthropicDialect:
+    """Anthropic Messages: `x-api-key` auth, `{"type": "error", ...}` bodies, 529 for overloaded."""
+
+    error_faults = {"rate_429": "status_429", "rate_500": "status_500", "rate_503": "status_529"}
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self._bearer = f"Bearer {config.api_key}" if config.api_key is not None else None
+
+    def refuse(self, request: web.Request) -> tuple[str, web.Response] | None:
+        headers = request.headers
+        # The API takes the key as `x-api-key`; SDKs may send it as a Bearer token instead.
+        if self._bearer is not None and headers.get("x-api-key") != self.config.api_key:
+            if headers.get("Authorization") != self._bearer:
+                return "status_401", _anthropic_error(401, "invalid x-api-key", "authentication_error")
+        if "anthropic-version" not in headers:
+            msg = "anthropic-version: header is required"
+            return "bad_request", _anthropic_error(400, msg, "invalid_request_error")
+        return None
+
+    def rate_headers(self, rpm: int, remaining: int, next_s: float, full_s: float) -> dict[str, str]:
+        return {
+            "anthropic-ratelimit-requests-limit": str(rpm),
+            "anthropic-ratelimit-requests-remaining": str(remaining),
+            "anthropic-ratelimit-requests-reset": _rfc3339(full_s),
+        }
+
+    def rate_limited(self, wait: float, headers: dict[str, str]) -> web.Response:
+        headers["retry-after"] = str(max(1, math.ceil(wait)))
+        msg = (
+            f"This request would exceed your organization's rate limit of {self.config.rpm} requests "
+            "per minute (simulated). Please try again later."
+        )
+        return _anthropic_error(429, msg, "rate_limit_error", headers)
+
+    parse = staticmethod(_parse_messages)
+
+    def bad_request(self, message: str, param: str | None, headers: dict[str, str] | None) -> web.Response:
+        return _anthropic_error(400, message, "invalid_request_error", headers)
+
+    def unknown_model(self, model: str, headers: dict[str, str] | None) -> web.Response:
+        return _anthropic_error(404, f"model: {model}", "not_found_error", headers)
+
+    def fault(self, fault: str, headers: dict[str, str] | None) -> web.Response:
+        if fault == "rate_429":
+            h = {**(headers or {}), "retry-after": f"{self.config.retry_after_s:g}"}
+            return _anthropic_error(429, "Rate limit reached (simulated).", "rate_limit_error", h)
+        if fault == "rate_500":
+            return _anthropic_error(500, "Internal server error (simulated).", "api_error", headers)
+        return _anthropic_error(529, "Overloaded (simulated).", "overloaded_error", headers)
+
+    def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
+        if chat.mode == "tool":
+            content, stop_reason, output_tokens = self._tool_use(chat, rng, fault, stats)
+        else:
+            text, cut, output_tokens = _text_answer(chat, rng, fault, stats)
+            content = [{"type": "text", "text": text}]
+            stop_reason = "max_tokens" if cut else "end_turn"
+        body = {
+            "id": f"msg_{secrets.token_hex(12)}",
+            "type": "message",
+            "role": "assistant",
+            "model": self.config.model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": chat.prompt_tokens, "output_tokens": output_tokens},
+        }
+        return orjson.dumps(body)
+
+    @staticmethod
+    def _tool_use(
+        chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]
+    ) -> tuple[list[dict[str, Any]], str, int]:
+        assert chat.schema is not None and chat.tool_schema is not None
+        try:
+            value = chat.schema(rng, 0)
+        except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
+            raise _BadRequest(f"tools: input_schema of {chat.tool!r} has no instance: {exc}") from None
+        content: list[dict[str, Any]] = []
+        if fault == "rate_invalid_json":  # the input is an object, so it breaks the schema instead
+            stats["invalid_json"] += 1
+            value = _violate(value, chat.tool_schema, rng)
+        elif fault == "rate_fenced_json":  # the chatty model: some words before the tool call
+            stats["fenced_json"] += 1
+            content.append({"type": "text", "text": rng.choice(FENCE_INTROS)})
+        output_tokens = max(1, len(orjson.dumps(value)) // 4)
+        stop_reason = "tool_use"
+        if chat.max_tokens is not None and output_tokens > chat.max_tokens:
+            value, output_tokens, stop_reason = {}, chat.max_tokens, "max_tokens"
+        block = {
+            "type": "tool_use",
+            "id": f"toolu_{secrets.token_hex(12)}",
+            "name": chat.tool,
+            "input": value,
+        }
+        content.append(block)
+        return content, stop_reason, output_tokens
+
+    def models(self, request: web.Request, created: int) -> bytes:
+        name = self.config.model
+        if request.query.get("after_id") or request.query.get("before_id"):  # one model: one page
+            return orjson.dumps({"data": [], "has_more": False, "first_id": None, "last_id": None})
+        when = datetime.datetime.fromtimestamp(created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        model = {"type": "model", "id": name, "display_name": name, "created_at": when}
+        return orjson.dumps({"data": [model], "has_more": False, "first_id": name, "last_id": name})
+
+
+_Dialect = _OpenAIDialect | _AnthropicDialect
+
+
+# --------------------------------------------------------------------------- the server
+
+
 _STATS = (
-    "requests", "ok", "status_429", "status_500", "status_503", "dropped",
+    "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
     "invalid_json", "fenced_json", "bad_request", "rate_limited", "status_401", "status_404",
 )  # fmt: skip
 
@@ -208,9 +643,11 @@ _STATS = (
 class _Simulator:
     """The handlers and their state: the config, the fault RNG, the rpm window and the counters.
 
-    Counters: `requests` = ok + status_429 + status_500 + status_503 + dropped + bad_request
-    + rate_limited + status_401 + status_404; `invalid_json` and `fenced_json` count the ok answers
-    whose content is broken. `status_429` counts injected 429s, `rate_limited` the rpm ones.
+    Both protocols share all of it. Counters: `requests` = ok + status_429 + status_500 + status_503
+    + status_529 + dropped + bad_request + rate_limited + status_401 + status_404; `invalid_json` and
+    `fenced_json` count the ok answers whose content is broken. `status_429` counts injected 429s,
+    `rate_limited` the rpm ones; the `rate_503` fault is a 503 on the OpenAI path and a 529 on the
+    Anthropic one.
     """
 
     def __init__(self, config: SimConfig) -> None:
@@ -228,40 +665,42 @@ class _Simulator:
                 edge += rate
                 bands.append((edge, name))
         self._bands = bands
-        self._authorization = f"Bearer {config.api_key}" if config.api_key is not None else None
+        self._openai = _OpenAIDialect(config)
+        self._anthropic = _AnthropicDialect(config)
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
-        if self._authorization is None or request.headers.get("Authorization") == self._authorization:
-            return None
-        # Never echo the key: clients print this message, and logs must not carry secrets.
-        return _error(401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
+        """The OpenAI path's 401 answer for a request without our key, else None."""
+        refused = self._openai.refuse(request)
+        return None if refused is None else refused[1]
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/messages", self.messages)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/sim/stats", self.get_stats)
         app.router.add_post("/sim/reset", self.reset)
         return app
 
-    def _admit(self) -> tuple[float | None, dict[str, str]]:
-        """Sliding 60 s window: (seconds until a slot frees if refused else None, rate-limit headers)."""
+    def _admit(self, dialect: _Dialect) -> tuple[float | None, dict[str, str]]:
+        """Sliding window (60 s, or `rpm_window_s` with the limit scaled to it): (seconds until a slot
+        frees if refused else None, rate-limit headers)."""
         assert self._window is not None and self.config.rpm is not None
+        span = self.config.rpm_window_s
         window, rpm = self._window, self.config.rpm
+        allowed = max(1, round(rpm * span / 60.0))
         now = time.monotonic()
-        while window and window[0] <= now - 60.0:
+        while window and window[0] <= now - span:
             window.popleft()
         wait = None
-        if len(window) < rpm:
+        if len(window) < allowed:
             window.append(now)
         else:
-            wait = window[0] + 60.0 - now
-        headers = {
-            "x-ratelimit-limit-requests": str(rpm),
-            "x-ratelimit-remaining-requests": str(rpm - len(window)),
-            "x-ratelimit-reset-requests": _seconds(window[0] + 60.0 - now),
-        }
+            wait = window[0] + span - now
+        headers = dialect.rate_headers(
+            rpm, allowed - len(window), window[0] + span - now, window[-1] + span - now
+        )
         return wait, headers
 
     def _draw_fault(self) -> str | None:
@@ -272,120 +711,64 @@ class _Simulator:
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, self._openai)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, self._anthropic)
+
+    async def _answer(self, request: web.Request, dialect: _Dialect) -> web.StreamResponse:
         stats, config = self.stats, self.config
         stats["requests"] += 1
-        denied = self._unauthorized(request)
-        if denied is not None:
-            stats["status_401"] += 1
-            return denied
+        refused = dialect.refuse(request)
+        if refused is not None:
+            stats[refused[0]] += 1
+            return refused[1]
         headers: dict[str, str] | None = None
         if self._window is not None:
-            wait, headers = self._admit()
+            wait, headers = self._admit(dialect)
             if wait is not None:
                 stats["rate_limited"] += 1
-                headers["Retry-After"] = str(max(1, math.ceil(wait)))
-                headers["retry-after-ms"] = str(math.ceil(wait * 1000))
-                msg = (
-                    f"Rate limit reached for {config.model} on requests per min (RPM): Limit {config.rpm}. "
-                    f"Please try again in {_seconds(wait)}."
-                )
-                return _error(429, msg, "requests", code="rate_limit_exceeded", headers=headers)
+                return dialect.rate_limited(wait, headers)
         try:
-            chat = _parse_chat(await request.read())
+            chat = dialect.parse(await request.read())
         except _BadRequest as exc:
             stats["bad_request"] += 1
-            return _error(400, exc.message, "invalid_request_error", headers=headers)
+            # `param` stays null for a malformed body, as it always has on the OpenAI path.
+            return dialect.bad_request(exc.message, None, headers)
         if chat.model is not None and chat.model != config.model:
             stats["status_404"] += 1
-            msg = f"The model `{chat.model}` does not exist or you do not have access to it."
-            return _error(404, msg, "invalid_request_error", code="model_not_found", headers=headers)
+            return dialect.unknown_model(chat.model, headers)
         fault = self._draw_fault() if self._bands else None
         delay = config.latency_ms
         if config.latency_jitter_ms:
             delay += self._jitter.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
         if delay > 0:
             await asyncio.sleep(delay / 1000)
-        if fault == "rate_drop":
-            stats["dropped"] += 1
-            return _drop(request)
-        if fault == "rate_429":
-            stats["status_429"] += 1
-            h = {
-                **(headers or {}),
-                "Retry-After": f"{config.retry_after_s:g}",
-                "retry-after-ms": str(round(config.retry_after_s * 1000)),
-            }
-            return _error(
-                429, "Rate limit reached (simulated).", "requests", code="rate_limit_exceeded", headers=h
-            )
-        if fault == "rate_500":
-            stats["status_500"] += 1
-            return _error(
-                500,
-                "The server had an error processing your request (simulated).",
-                "server_error",
-                headers=headers,
-            )
-        if fault == "rate_503":
-            stats["status_503"] += 1
-            return _error(
-                503, "The engine is currently overloaded (simulated).", "overloaded", headers=headers
-            )
-        digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + str(chat.seed).encode()).digest()
+        if fault is not None:
+            if fault == "rate_drop":
+                stats["dropped"] += 1
+                return _drop(request)
+            counter = dialect.error_faults.get(fault)
+            if counter is not None:
+                stats[counter] += 1
+                return dialect.fault(fault, headers)
+        digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         try:
-            content = _content(chat, rng)
-        except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
+            body = dialect.answer(chat, rng, fault, stats)
+        except _BadRequest as exc:
             stats["bad_request"] += 1
-            return _error(
-                400,
-                f"Invalid schema for response_format: {exc}",
-                "invalid_request_error",
-                param="response_format",
-                headers=headers,
-            )
-        if fault == "rate_invalid_json":
-            stats["invalid_json"] += 1
-            content = _broken(content)
-        elif fault == "rate_fenced_json":
-            stats["fenced_json"] += 1
-            content = f"{rng.choice(FENCE_INTROS)}\n\n```json\n{content}\n```"
-        finish = "stop"
-        completion_tokens = max(1, len(content) // 4)
-        if chat.max_tokens is not None and completion_tokens > chat.max_tokens:
-            content = content[: chat.max_tokens * 4]
-            completion_tokens = chat.max_tokens
-            finish = "length"
+            return dialect.bad_request(exc.message, exc.param, headers)
         stats["ok"] += 1
-        body = {
-            "id": f"chatcmpl-{secrets.token_hex(12)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": config.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": finish,
-                    "logprobs": None,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": chat.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": chat.prompt_tokens + completion_tokens,
-            },
-        }
-        return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+        return web.Response(body=body, content_type="application/json", headers=headers)
 
     async def models(self, request: web.Request) -> web.Response:
-        denied = self._unauthorized(request)
-        if denied is not None:
-            return denied
-        model = {"id": self.config.model, "object": "model", "created": self.created, "owned_by": "gen-sim"}
-        return web.Response(
-            body=orjson.dumps({"object": "list", "data": [model]}), content_type="application/json"
-        )
+        # One path, two protocols: Anthropic's clients always send `anthropic-version`.
+        dialect = self._anthropic if "anthropic-version" in request.headers else self._openai
+        refused = dialect.refuse(request)
+        if refused is not None:
+            return refused[1]
+        return web.Response(body=dialect.models(request, self.created), content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response()
@@ -568,7 +951,8 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
             pass
     async with SimServer(config, host=host, port=port) as server:
         print(
-            f"gen sim: serving the OpenAI protocol on {server.base_url} (model {config.model})",
+            f"gen sim: serving the OpenAI protocol on {server.base_url} (model {config.model})\n"
+            f"gen sim: and Anthropic Messages at {server.base_url}/messages",
             file=sys.stderr,
             flush=True,
         )
