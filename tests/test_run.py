@@ -289,8 +289,8 @@ def test_anthropic_provider_end_to_end(tmp_path: Path, sim_server, monkeypatch) 
     sim = sim_server(api_key=secret, rate_503=0.1, retry_after_s=0.01, seed=3)  # 529s on this protocol
     monkeypatch.setenv("GEN_TEST_ANTHROPIC", secret)
     out = tmp_path / "o"
-    opts = RunOptions(provider="anthropic", base_url=sim.base_url, api_key_env="GEN_TEST_ANTHROPIC", output=out,
-                      progress=False, limit=40)  # fmt: skip
+    opts = RunOptions(provider="anthropic", base_url=sim.base_url, api_key_env="GEN_TEST_ANTHROPIC")
+    opts.output, opts.progress, opts.limit = out, False, 40
     result = run(QUICKSTART, opts)
     assert result.stats.rows + result.stats.duplicates == 40 and result.stats.retries > 0
     assert sim.stats()["status_529"] > 0
