@@ -111,13 +111,13 @@ class Expansion:
             raise ConfigError(prompt.path, f"rendering the first input failed: {e}") from None
 
     def _inputs(self) -> Iterator[dict[str, Any]]:
+        # Lazy all the way: a cross product of ten million combinations is never built as a list.
         names = list(self.variables)
-        combos = [
-            dict(zip(names, values, strict=True)) for values in itertools.product(*self.variables.values())
-        ]
+        lists = list(self.variables.values())
         rows: Iterator[dict[str, Any]] = self.seed.rows() if self.seed else iter([{}])
         for row in rows:
-            for combo in combos:
+            for values in itertools.product(*lists):
+                combo = dict(zip(names, values, strict=True))
                 yield {**row, **combo} if row else combo
 
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
