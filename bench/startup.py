@@ -38,7 +38,8 @@ def prompt_file(folder: Path, n: int) -> Path:
     (folder / "words.txt").write_text("\n".join(f"w{i}" for i in range(b)) + "\n")
     path = folder / "big.toml"
     path.write_text(
-        'name = "big"\nversion = "1"\nintended_use = "research"\n[teacher]\nmodel = "gen-sim-1"\nlicense = "mit"\n'
+        'name = "big"\nversion = "1"\nintended_use = "research"\n'
+        '[teacher]\nmodel = "gen-sim-1"\nlicense = "mit"\n'
         '[messages]\nuser = "Write about {{ a }} and {{ b }}."\n'
         f'[variables]\na = {list(range(a))}\nb = {{ file = "words.txt" }}\n'
     )
