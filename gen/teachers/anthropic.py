@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
-from gen.errors import TeacherError
 from gen.schema import Schema
 from gen.teachers.base import Completion
-from gen.teachers.openai import _schema_name, error_from_response
+from gen.teachers.http import HTTPClient, schema_name, unreadable
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this when the recipe's sampling sets none
@@ -36,7 +34,7 @@ _FINISH = {
 _RENAMED = {"max_tokens", "max_completion_tokens", "stop", "seed"}
 
 
-class AnthropicMessages:
+class AnthropicMessages(HTTPClient):
     """Messages against one Anthropic base URL (ending in /v1, like https://api.anthropic.com/v1)."""
 
     provider = "anthropic"
@@ -53,18 +51,24 @@ class AnthropicMessages:
         request_timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
     ) -> None:
+        headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key  # the only place the key goes
+        super().__init__(
+            headers=headers,
+            max_connections=max_connections,
+            request_timeout_s=request_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
         base = base_url.rstrip("/")
         self.url = base + "/messages"
         self._models_url = base + "/models"
         self.model = model
-        self._headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
-        if api_key:
-            self._headers["x-api-key"] = api_key  # the only place the key goes
         self._tool: dict[str, Any] | None = None
         self._tool_name: str | None = None
         self._tool_choice: dict[str, Any] | None = None
         if schema is not None:
-            self._tool_name = _schema_name(schema.name)
+            self._tool_name = schema_name(schema.name)
             self._tool = {
                 "name": self._tool_name,
                 "description": TOOL_DESCRIPTION,
@@ -73,18 +77,6 @@ class AnthropicMessages:
             if strict:  # constrained decoding of the tool input, as `strict` json_schema is for OpenAI
                 self._tool["strict"] = True
             self._tool_choice = {"type": "tool", "name": self._tool_name}
-        self._max_connections = max_connections
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _session_(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # Created lazily: a session belongs to the running event loop.
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, keepalive_timeout=60
-            )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        return self._session
 
     def body(self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]) -> bytes:
         """The request body. `seed` is not sent: the Messages API has no seed."""
@@ -113,28 +105,14 @@ class AnthropicMessages:
     async def complete(
         self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]
     ) -> Completion:
-        data = self.body(messages, seed=seed, sampling=sampling)
-        try:
-            async with self._session_().post(self.url, data=data, headers=self._headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = resp.headers
-        except TimeoutError:
-            raise TeacherError("request timed out", retryable=True) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-            raise TeacherError(f"connection failed: {type(e).__name__}: {e}", retryable=True) from None
-        if status >= 400:
-            raise error_from_response(status, raw, headers)
+        raw, headers = await self._post(self.url, self.body(messages, seed=seed, sampling=sampling))
         try:
             doc = orjson.loads(raw)
             text = self._text(doc["content"])
             usage = doc.get("usage") or {}
             stop_reason = doc.get("stop_reason")
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-            # A 200 with a body we cannot read is a truncated or garbled transfer: worth another try.
-            raise TeacherError(
-                f"unreadable response body ({len(raw)} bytes)", status=status, retryable=True
-            ) from None
+            raise unreadable(raw) from None
         return Completion(
             text=text,
             finish_reason=_FINISH.get(stop_reason, stop_reason),
@@ -157,29 +135,17 @@ class AnthropicMessages:
         """The model entries the server reports at /v1/models, every page (`id`, `display_name`, ...)."""
         entries: list[dict[str, Any]] = []
         params: dict[str, str] = {"limit": "1000"}
-        try:
-            for _ in range(100):  # a bound on pages, should a server never say it is done
-                async with self._session_().get(
-                    self._models_url, headers=self._headers, params=params
-                ) as resp:
-                    if resp.status != 200:
-                        return entries
-                    doc = orjson.loads(await resp.read())
-                data = doc.get("data") if isinstance(doc, dict) else None
-                page = [m for m in data or [] if isinstance(m, dict) and m.get("id")]
-                entries.extend(page)
-                if not page or not doc.get("has_more") or not doc.get("last_id"):
-                    break
-                params["after_id"] = str(doc["last_id"])
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
-            return entries
+        for _ in range(100):  # a bound on pages, should a server never say it is done
+            doc = await self._get_json(self._models_url, params)
+            if not isinstance(doc, dict):
+                break
+            page = [m for m in doc.get("data") or [] if isinstance(m, dict) and m.get("id")]
+            entries.extend(page)
+            if not page or not doc.get("has_more") or not doc.get("last_id"):
+                break
+            params["after_id"] = str(doc["last_id"])
         return entries
 
     async def list_models(self) -> list[str]:
         """Model ids the server reports (empty when it does not answer)."""
         return [str(m["id"]) for m in await self.models()]
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -1,0 +1,134 @@
+"""What gen's protocol clients share: one aiohttp session, bytes posted, answers classified into errors.
+
+gen's own clients rather than the vendors' SDKs: one shared aiohttp session, bytes in and out through
+orjson, and no per-request object churn. An SDK costs milliseconds of CPU per request; this costs a
+fraction of one, which is what lets one process feed many GPUs.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gen.errors import FatalTeacherError, TeacherError
+
+# 408 timeout, 409 conflict (OpenAI's transient lock), 429 rate limit, 5xx and Anthropic's 529 overloaded.
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+FATAL_STATUS = frozenset({401, 403})
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, `retry-after` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> TeacherError:
+    """Classify an HTTP error answer: fatal (401/403), retryable (429, 5xx, ...), or final for this task."""
+    message = body[:500].decode("utf-8", "replace")
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict) and err.get("message"):
+            message = str(err["message"])[:500]
+        elif isinstance(err, str):
+            message = err[:500]
+    except orjson.JSONDecodeError:
+        pass
+    kind = FatalTeacherError if status in FATAL_STATUS else TeacherError
+    return kind(
+        message,
+        status=status,
+        retryable=status in RETRYABLE_STATUS,
+        retry_after=parse_retry_after(headers),
+        headers=headers,
+    )
+
+
+class HTTPClient:
+    """A lazily created aiohttp session with gen's timeouts and connection limits, and a POST that turns
+    every failure into a TeacherError of the right class."""
+
+    def __init__(
+        self,
+        *,
+        headers: dict[str, str],
+        max_connections: int,
+        request_timeout_s: float,
+        connect_timeout_s: float,
+    ) -> None:
+        self._headers = headers
+        self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _session_(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Created lazily: a session belongs to the running event loop.
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, keepalive_timeout=60
+            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def _post(self, url: str, data: bytes) -> tuple[bytes, Mapping[str, str]]:
+        """The body and headers of a 2xx answer; anything else raises TeacherError."""
+        try:
+            async with self._session_().post(url, data=data, headers=self._headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+                headers = resp.headers
+        except TimeoutError:
+            raise TeacherError("request timed out", retryable=True) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+            raise TeacherError(f"connection failed: {type(e).__name__}: {e}", retryable=True) from None
+        if status >= 400:
+            raise error_from_response(status, raw, headers)
+        return raw, headers
+
+    async def _get_json(self, url: str, params: Mapping[str, str] | None = None) -> Any:
+        """A GET's JSON, or None when the server does not answer it well (used for model listings)."""
+        try:
+            async with self._session_().get(url, headers=self._headers, params=params) as resp:
+                if resp.status != 200:
+                    return None
+                return orjson.loads(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            return None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def unreadable(raw: bytes) -> TeacherError:
+    # A 2xx with a body we cannot read is a truncated or garbled transfer: worth another try.
+    return TeacherError(f"unreadable response body ({len(raw)} bytes)", retryable=True)
+
+
+def schema_name(name: str) -> str:
+    # OpenAI allows ^[a-zA-Z0-9_-]{1,64}$ for json_schema.name.
+    cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64]
+    return cleaned or "output"
