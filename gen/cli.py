@@ -113,6 +113,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the recipe changed: write a new version of the dataset beside the old one",
     )
+    r.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: partitions on a Ray cluster (pip install 'gen[ray]')",
+    )
+    r.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="ray: the cluster to join (auto, ray://HOST:10001); default: start Ray on this machine",
+    )
+    r.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="ray: split the tasks into N partitions by id hash (default: as before, else one per URL)",
+    )
     _teacher_flags(r)
 
     f = sub.add_parser("refresh", help="regenerate a dataset's inputs with a new teacher, as a new version")
@@ -162,9 +179,17 @@ def _positive(name: str, value: int | None) -> None:
 def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps `gen --help` fast)
     from gen.config import RunOptions
 
-    for flag in ("max_concurrency", "samples", "limit", "shard_rows", "max_tokens"):
+    for flag in ("max_concurrency", "samples", "limit", "shard_rows", "max_tokens", "partitions"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
+    executor = getattr(args, "executor", "local")
+    if executor != "ray" and (getattr(args, "partitions", None) or getattr(args, "ray_address", None)):
+        from gen.errors import ConfigError
+
+        raise ConfigError(None, "--partitions and --ray-address need --executor ray")
     return RunOptions(
+        executor=executor,
+        partitions=getattr(args, "partitions", None),
+        ray_address=getattr(args, "ray_address", None),
         provider=args.provider,
         base_url=args.base_url,
         model=args.model,
@@ -210,9 +235,14 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
 
 
 def _execute(prepared, again: str) -> int:
-    from gen.pipeline import Run, run_loop, summary
+    from gen.pipeline import Run, run_loop
 
-    result = run_loop(Run(prepared).execute())
+    return _exit_status(run_loop(Run(prepared).execute()), again)
+
+
+def _exit_status(result, again: str) -> int:
+    from gen.pipeline import summary
+
     print(summary(result), file=sys.stderr)
     if result.status == "complete":
         return EXIT_OK
@@ -229,7 +259,17 @@ def _execute(prepared, again: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     from gen.pipeline import prepare
 
-    prepared = prepare(args.prompt_file, _options(args))
+    opts = _options(args)
+    if opts.executor == "ray":
+        from gen.cluster import import_ray, run_cluster
+
+        import_ray()  # before anything else: without Ray this is a one-line configuration error
+        result = run_cluster(args.prompt_file, opts)
+        again = f"gen run {args.prompt_file} --output {result.output_dir} --executor ray"
+        if args.ray_address:
+            again += f" --ray-address {args.ray_address}"
+        return _exit_status(result, again)
+    prepared = prepare(args.prompt_file, opts)
     return _execute(prepared, f"gen run {args.prompt_file} --output {prepared.out_dir}")
 
 

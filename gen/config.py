@@ -204,6 +204,13 @@ class RunOptions:
     no_near_dedup: bool = False
     near_threshold: float | None = None
     dedup_against: list[Path] = field(default_factory=list)  # other outputs whose rows count as kept
+    # Cluster runs (gen.cluster): `executor="ray"` splits the task space into `partitions` by id hash.
+    executor: str = "local"  # "local" (this process) or "ray"
+    partitions: int | None = None  # ray: how many (default: the output's earlier count, else one per URL)
+    ray_address: str | None = None  # ray: "auto", "ray://host:10001", or None to start a local Ray
+    # (index, count): produce only tasks with int(id[:8], 16) % count == index, as partition `index` of a
+    # cluster run: its own shards (data/train-p003-00000.parquet), journal and partitions/p003.json.
+    partition: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

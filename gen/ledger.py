@@ -21,6 +21,12 @@ import orjson
 JOURNAL_DIR = "journal"
 
 
+def journal_dir(out_dir: Path, partition: int | None = None) -> Path:
+    """OUTPUT/journal/, or OUTPUT/journal/p003/ for partition 3 of a cluster run."""
+    folder = out_dir / JOURNAL_DIR
+    return folder / f"p{partition:03d}" if partition is not None else folder
+
+
 def id_key(task_id: str) -> int:
     """The 64-bit prefix of an id, as the resume and dedup indexes keep it (8 bytes, not a string)."""
     return int(task_id[:16], 16)
@@ -35,8 +41,8 @@ class Journal:
     same as losing requests in flight; nothing older than a tick is ever only in memory.
     """
 
-    def __init__(self, out_dir: Path, run_id: str) -> None:
-        self.dir = out_dir / JOURNAL_DIR
+    def __init__(self, out_dir: Path, run_id: str, *, partition: int | None = None) -> None:
+        self.dir = journal_dir(out_dir, partition)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
         self._segment = 0
@@ -101,9 +107,9 @@ class Journal:
             self.path.unlink()
 
 
-def read_journal(out_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_journal(out_dir: Path, partition: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every entry of every segment, oldest first. A torn last line (killed mid-write) is skipped."""
-    folder = out_dir / JOURNAL_DIR
+    folder = journal_dir(out_dir, partition)
     if not folder.is_dir():
         return
     for path in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime_ns):
@@ -116,8 +122,8 @@ def read_journal(out_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield entry["s"], entry["r"]
 
 
-def journal_segments(out_dir: Path) -> list[Path]:
-    folder = out_dir / JOURNAL_DIR
+def journal_segments(out_dir: Path, partition: int | None = None) -> list[Path]:
+    folder = journal_dir(out_dir, partition)
     return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
 
 
@@ -135,8 +141,18 @@ class OutputState:
         return self.manifest is None and not self.shard_paths
 
 
-def load_manifest(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / "manifest.json"
+PARTITIONS_DIR = "partitions"
+
+
+def manifest_path(out_dir: Path, partition: int | None = None) -> Path:
+    """OUTPUT/manifest.json, or OUTPUT/partitions/p003.json: the resume state of partition 3."""
+    if partition is None:
+        return out_dir / "manifest.json"
+    return out_dir / PARTITIONS_DIR / f"p{partition:03d}.json"
+
+
+def load_manifest(out_dir: Path, partition: int | None = None) -> dict[str, Any] | None:
+    path = manifest_path(out_dir, partition)
     if not path.exists():
         return None
     return orjson.loads(path.read_bytes())

@@ -37,6 +37,7 @@ class Pacer:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
+        self.burst = burst
         self.tolerance = burst / rate
         self._tat = 0.0  # theoretical arrival time of the next unit
         self._clock = clock
@@ -56,6 +57,20 @@ class Pacer:
     def adjust(self, amount: float) -> None:
         """Correct an earlier reservation by `amount` units (negative gives units back)."""
         self._tat += amount / self.rate
+
+    def set_rate(self, rate: float, *, burst: float | None = None) -> None:
+        """Pace at `rate` from now on. Units already booked keep their times: after a cut, the old rate
+        goes on for `backlog()` seconds (what gen.cluster waits before it hands the difference on)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        if burst is not None:
+            self.burst = burst
+        self.tolerance = self.burst / rate
+
+    def backlog(self) -> float:
+        """Seconds until the last unit booked so far may leave."""
+        return max(0.0, self._tat - self.tolerance - self._clock())
 
 
 class AdaptiveLimit:
@@ -175,6 +190,24 @@ class Limiter:
         self._clock = clock
         self._sleep = sleep
         self.throttled = 0
+
+    def set_rates(self, *, rpm: float | None, tpm: float | None) -> None:
+        """Change the RPM and TPM limits (None: unlimited) while requests flow: how a cluster run's
+        partitions take their share of the run's limits, and a larger one when a partition finishes."""
+        self.rpm = self._repace(self.rpm, rpm / 60.0 * RPM_HEADROOM if rpm else None, 1.0)
+        self.tpm = self._repace(self.tpm, tpm / 60.0 if tpm else None, tpm / 60.0 if tpm else 1.0)
+
+    def _repace(self, pacer: Pacer | None, rate: float | None, burst: float) -> Pacer | None:
+        if rate is None:
+            return None
+        if pacer is None:
+            return Pacer(rate, burst=burst, clock=self._clock, sleep=self._sleep)
+        pacer.set_rate(rate, burst=burst)
+        return pacer
+
+    def backlog(self) -> float:
+        """Seconds of requests and tokens already booked at the current rates (see Pacer.set_rate)."""
+        return max([p.backlog() for p in (self.rpm, self.tpm) if p is not None], default=0.0)
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)

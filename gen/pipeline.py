@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,15 @@ from gen.card import write_card
 from gen.config import PromptFile, RunOptions, Teacher, load_prompt_file, resolve_teacher
 from gen.dedup import Deduplicator
 from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError
-from gen.ledger import Journal, id_key, journal_segments, load_manifest, read_journal
+from gen.ledger import (
+    PARTITIONS_DIR,
+    Journal,
+    id_key,
+    journal_segments,
+    load_manifest,
+    manifest_path,
+    read_journal,
+)
 from gen.limits import LimitedTeacher, Limiter
 from gen.manifest import FORMAT, check_compatible, next_version_dir, recipe_fingerprint, totals
 from gen.progress import Progress
@@ -39,6 +47,7 @@ from gen.shards import (
     ShardWriter,
     committed_shards,
     describe_shard,
+    parse_shard_name,
     read_columns,
     remove_partial_files,
     split_of_path,
@@ -145,7 +154,11 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         )
 
     out_dir = Path(opts.output) if opts.output else Path("outputs") / spec.name
-    previous = load_manifest_or_fail(out_dir)
+    if opts.partition is not None:
+        index, count = opts.partition
+        if not 0 <= index < count:
+            raise ConfigError(None, f"partition {index} of {count} does not exist")
+    previous = load_manifest_or_fail(out_dir, opts.partition[0] if opts.partition else None)
     lineage = opts.lineage
     if previous is not None:
         fingerprint = recipe_fingerprint(_recipe(prompt, expansion, schema, teacher))
@@ -155,6 +168,8 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             previous = None
         else:
             check_compatible(out_dir, previous, _recipe(prompt, expansion, schema, teacher))
+    if opts.executor == "local" and not opts.partition and _holds_cluster_run(out_dir, previous):
+        raise ConfigError(out_dir, "holds a cluster run; resume it with --executor ray")
     _check_writable(out_dir)
     return Prepared(
         prompt,
@@ -198,11 +213,11 @@ def licence_review(
     return review, [src.as_dict() for src in registry.sources]
 
 
-def load_manifest_or_fail(out_dir: Path) -> dict[str, Any] | None:
+def load_manifest_or_fail(out_dir: Path, partition: int | None = None) -> dict[str, Any] | None:
     try:
-        return load_manifest(out_dir)
+        return load_manifest(out_dir, partition)
     except (OSError, ValueError) as e:
-        raise ConfigError(out_dir / "manifest.json", f"unreadable: {e}") from None
+        raise ConfigError(manifest_path(out_dir, partition), f"unreadable: {e}") from None
 
 
 def _recipe(
@@ -216,10 +231,19 @@ def _recipe(
     }
 
 
+def _holds_cluster_run(out_dir: Path, previous: dict[str, Any] | None) -> bool:
+    if previous is not None:
+        return bool(previous.get("cluster"))
+    return (out_dir / PARTITIONS_DIR).is_dir() or any(
+        (name := parse_shard_name(rel)) is not None and (name.partition is not None or name.merge)
+        for rel in committed_shards(out_dir)
+    )
+
+
 def _check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".gen-probe-{os.getpid()}"
+        probe = out_dir / f".gen-probe-{os.getpid()}-{secrets.token_hex(4)}"  # unique across nodes too
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -283,6 +307,9 @@ class Run:
         self.limiter = Limiter(max_concurrency=p.teacher.max_concurrency, rpm=p.opts.rpm, tpm=p.opts.tpm)
         self.writer: ShardWriter | None = None
         self.journal: Journal | None = None
+        # Partition `index` of `count` in a cluster run (gen.cluster), or None for a one-machine run.
+        self.partition: int | None = p.opts.partition[0] if p.opts.partition else None
+        self.partitions: int = p.opts.partition[1] if p.opts.partition else 1
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
@@ -349,12 +376,27 @@ class Run:
             "cost_usd": round(self.budget.spent_usd, 6) if self.p.price is not None else None,
             "runs": [r for r in (self.p.previous or {}).get("runs", []) if r.get("run_id") != self.run_id]
             + [this_run],
+            **({"partition": self._partition_scope()} if self.partition is not None else {}),
+        }
+
+    def _partition_scope(self) -> dict[str, Any]:
+        """What a partition was asked to produce: its manifest says complete only for this scope."""
+        return {
+            "index": self.partition,
+            "count": self.partitions,
+            "limit": self.p.opts.limit,
+            "samples": self.p.expansion.samples,
         }
 
     def _on_checkpoint(self, shards: list[ShardInfo], done_segments: list[Path] | None) -> None:
         manifest = self.manifest(shards)
-        write_json(self.p.out_dir / "manifest.json", manifest)
-        write_card(self.p.out_dir, manifest)
+        if self.partition is not None:  # the driver merges the partitions into manifest.json and the card
+            path = manifest_path(self.p.out_dir, self.partition)
+            path.parent.mkdir(exist_ok=True)
+            write_json(path, manifest)
+        else:
+            write_json(self.p.out_dir / "manifest.json", manifest)
+            write_card(self.p.out_dir, manifest)
         for segment in done_segments or []:  # their entries are in shards now
             segment.unlink(missing_ok=True)
 
@@ -363,10 +405,10 @@ class Run:
     def _load_committed(self) -> list[ShardInfo]:
         """Index what earlier runs committed: ids (to skip) and kept outputs (to dedup against)."""
         out = self.p.out_dir
-        remove_partial_files(out)
+        remove_partial_files(out, partition=self.partition)
         listed = {s["path"]: s for s in (self.p.previous or {}).get("shards", [])}
         shards = []
-        for rel in committed_shards(out):
+        for rel in committed_shards(out, partition=self.partition):
             info = listed.get(rel)
             # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
             # crash between rename and manifest write can leave, is read back and listed now.
@@ -391,8 +433,8 @@ class Run:
     def _replay_journal(self) -> list[Path]:
         """Put answers that reached the journal but not a shard back into the buffers."""
         assert self.writer is not None
-        segments = journal_segments(self.p.out_dir)
-        for split, row in read_journal(self.p.out_dir):
+        segments = journal_segments(self.p.out_dir, self.partition)
+        for split, row in read_journal(self.p.out_dir, self.partition):
             key = id_key(row["id"])
             if key in self.claimed:
                 continue
@@ -414,10 +456,14 @@ class Run:
         p.out_dir.mkdir(parents=True, exist_ok=True)
         shards = await asyncio.to_thread(self._load_committed)
         self.writer = ShardWriter(
-            p.out_dir, rows_per_shard=p.opts.shard_rows, shards=shards, on_checkpoint=self._on_checkpoint
+            p.out_dir,
+            rows_per_shard=p.opts.shard_rows,
+            shards=shards,
+            on_checkpoint=self._on_checkpoint,
+            partition=self.partition,
         )
         old_segments = self._replay_journal()
-        self.journal = Journal(p.out_dir, self.run_id)
+        self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
         await self.writer.checkpoint(old_segments)  # commits replayed answers, then drops the old journal
 
         client, servers = await self._open_teacher()
@@ -433,7 +479,7 @@ class Run:
                     {k: m.get(k) for k in ("id", "root", "max_model_len") if m.get(k) is not None}
                     for m in await client.models()
                 ]
-            tasks = _take(p.expansion.tasks(), p.opts.limit)
+            tasks = _take(p.expansion.tasks(keep=self._keep()), p.opts.limit)
             self._workers = [
                 asyncio.create_task(self._worker(tasks, teacher, progress))
                 for _ in range(p.teacher.max_concurrency)
@@ -523,11 +569,15 @@ class Run:
         from gen.teachers.vllm import VLLMServer, VLLMSettings
 
         spec = self.spec.vllm.model_copy(update=self.p.opts.vllm)
+        # GPUs this process may use: all of them, or those a scheduler (Ray, Slurm) assigned to it.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else None
         urls = []
         for i in range(spec.replicas):
             gpus = range(i * spec.tensor_parallel_size * spec.data_parallel_size,
                          (i + 1) * spec.tensor_parallel_size * spec.data_parallel_size)  # fmt: skip
-            env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if spec.replicas > 1 else {}
+            names = [devices[g] if devices and g < len(devices) else str(g) for g in gpus]
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(names)} if spec.replicas > 1 else {}
             server = VLLMServer(
                 VLLMSettings(
                     model=self.p.teacher.model,
@@ -581,6 +631,8 @@ class Run:
         await self.writer.close([closed] if closed else [])
 
     def _install_signal_handlers(self) -> None:
+        if self.partition is not None:  # a cluster worker: its driver stops it (gen.cluster), not signals
+            return
         loop = asyncio.get_running_loop()
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -615,7 +667,21 @@ class Run:
         total = await asyncio.to_thread(self.p.expansion.count)
         if self.p.opts.limit is not None:
             total = min(total, self.p.opts.limit)
-        progress.set_total(total)
+        progress.set_total(-(-total // self.partitions))  # a partition's share, about
+
+    def _keep(self) -> Callable[[str], bool] | None:
+        """The ids this run produces, when not all: its partition's, or a refresh's. The workers filter
+        on the same test; this only lets the expansion skip rendering the others."""
+        only, index, count = self.p.opts.only_ids, self.partition, self.partitions
+        if only is None and index is None:
+            return None
+
+        def keep(tid: str) -> bool:
+            if index is not None and int(tid[:8], 16) % count != index:
+                return False
+            return only is None or id_key(tid) in only
+
+        return keep
 
     async def _worker(self, tasks: Iterator[Task], teacher: LimitedTeacher, progress: Progress) -> None:
         # Several workers share one generator: safe, since next() never awaits and the loop is one thread.
@@ -623,6 +689,8 @@ class Run:
             task = next(tasks, None)
             if task is None:
                 return
+            if self.partition is not None and int(task.id[:8], 16) % self.partitions != self.partition:
+                continue  # another partition's task
             key = id_key(task.id)
             if self.p.opts.only_ids is not None and key not in self.p.opts.only_ids:
                 continue
@@ -868,7 +936,12 @@ def prepare_refresh(old_dir: str | Path, opts: RunOptions) -> Prepared:
 
 async def run_async(prompt_file: str | Path, options: RunOptions | None = None) -> RunResult:
     """Run a prompt file to completion (or resume it). Raises ConfigError before sending anything."""
-    prepared = prepare(prompt_file, options or RunOptions())
+    opts = options or RunOptions()
+    if opts.executor != "local":  # a cluster run: its driver blocks on Ray, so off this loop
+        from gen.cluster import run_cluster
+
+        return await asyncio.to_thread(run_cluster, prompt_file, opts)
+    prepared = prepare(prompt_file, opts)
     return await Run(prepared).execute()
 
 
@@ -889,6 +962,10 @@ def run_loop(coro: Any) -> Any:
 def run(prompt_file: str | Path, options: RunOptions | None = None, **kwargs: Any) -> RunResult:
     """Synchronous `run_async`; keyword arguments are RunOptions fields."""
     opts = options or RunOptions(**kwargs)
+    if opts.executor != "local":
+        from gen.cluster import run_cluster
+
+        return run_cluster(prompt_file, opts)
     return run_loop(run_async(prompt_file, opts))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -137,38 +138,86 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def shard_name(split: str, number: int) -> str:
-    return f"{FOLDERS[split]}/{split}-{number:05d}.parquet"
+def partition_tag(partition: int) -> str:
+    """`p003`: how a partition of a cluster run is named in its shards, journal and manifest."""
+    return f"p{partition:03d}"
+
+
+def shard_name(split: str, number: int, partition: int | None = None) -> str:
+    """`data/train-00000.parquet` on one machine, `data/train-p003-00000.parquet` for partition 3."""
+    if partition is None:
+        return f"{FOLDERS[split]}/{split}-{number:05d}.parquet"
+    return f"{FOLDERS[split]}/{split}-{partition_tag(partition)}-{number:05d}.parquet"
+
+
+# split, then `-pNNN` (a partition) or `-merge` (the cluster merge pass), the number, and `-m` for a
+# partition shard rewritten by the merge pass.
+_SHARD_STEM = re.compile(
+    r"(?P<split>[a-z]+)(?:-p(?P<partition>\d{3,})|-(?P<merge>merge))?-(?P<number>\d+)(?P<rewritten>-m)?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardName:
+    split: str
+    partition: int | None  # None: a one-machine shard or a merge-pass shard
+    number: int
+    merge: bool  # written by the cluster merge pass (its duplicates, or a rewritten partition shard)
+
+
+def parse_shard_name(rel_path: str) -> ShardName | None:
+    """What a shard's file name says, or None for a name gen does not write."""
+    m = _SHARD_STEM.fullmatch(Path(rel_path).name.removesuffix(".parquet"))
+    if m is None or m["split"] not in SPLITS:
+        return None
+    partition = int(m["partition"]) if m["partition"] is not None else None
+    return ShardName(m["split"], partition, int(m["number"]), bool(m["merge"] or m["rewritten"]))
 
 
 def split_of_path(rel_path: str) -> str:
-    return Path(rel_path).stem.rsplit("-", 1)[0]
+    """The split a shard holds: its file name up to the first dash (`train-p003-00001` -> `train`)."""
+    return Path(rel_path).stem.split("-", 1)[0]
 
 
-def committed_shards(out_dir: Path) -> list[str]:
-    """Relative paths of every shard on disk under its final name, in a stable order."""
+def committed_shards(out_dir: Path, *, partition: int | None = None) -> list[str]:
+    """Relative paths of every shard on disk under its final name, in a stable order.
+
+    With `partition`, only the shards that partition of a cluster run wrote itself.
+    """
     found = []
     for folder in sorted(set(FOLDERS.values())):
         for p in sorted((out_dir / folder).glob("*.parquet")):
-            if split_of_path(p.name) in SPLITS and not p.name.startswith("."):
-                found.append(f"{folder}/{p.name}")
+            if split_of_path(p.name) not in SPLITS or p.name.startswith("."):
+                continue
+            if partition is not None:
+                name = parse_shard_name(p.name)
+                if name is None or name.partition != partition or name.merge:
+                    continue
+            found.append(f"{folder}/{p.name}")
     return found
 
 
-def remove_partial_files(out_dir: Path) -> None:
-    """Delete temporaries a crash left behind mid-write; they never held a committed shard."""
+def remove_partial_files(out_dir: Path, *, partition: int | None = None) -> None:
+    """Delete temporaries a crash left behind mid-write; they never held a committed shard.
+
+    With `partition`, only that partition's own (other partitions may be writing beside it).
+    """
     for folder in set(FOLDERS.values()) | {"."}:
-        for p in (out_dir / folder).glob(".*.tmp-*"):
+        pattern = f".*-{partition_tag(partition)}-*.tmp-*" if partition is not None else ".*.tmp-*"
+        for p in (out_dir / folder).glob(pattern):
             p.unlink(missing_ok=True)
 
 
-def next_shard_numbers(out_dir: Path) -> dict[str, int]:
-    """The first free shard number per split, so a new run never overwrites a committed shard."""
+def next_shard_numbers(out_dir: Path, partition: int | None = None) -> dict[str, int]:
+    """The first free shard number per split, so a new run never overwrites a committed shard.
+
+    With `partition`, the numbers of that partition's own shards (each partition numbers its own).
+    """
     numbers = dict.fromkeys(SPLITS, 0)
-    for rel in committed_shards(out_dir):
-        split, _, number = Path(rel).stem.rpartition("-")
-        if number.isdigit():
-            numbers[split] = max(numbers[split], int(number) + 1)
+    for rel in committed_shards(out_dir, partition=partition):
+        name = parse_shard_name(rel)
+        if name is not None and not name.merge and name.partition == partition:
+            numbers[name.split] = max(numbers[name.split], name.number + 1)
     return numbers
 
 
@@ -215,13 +264,15 @@ class ShardWriter:
         shards: list[ShardInfo] | None = None,
         on_checkpoint: Callable[[list[ShardInfo], Any], None] | None = None,
         max_pending: int = 2,
+        partition: int | None = None,
     ) -> None:
         self.out_dir = out_dir
+        self.partition = partition
         self.rows_per_shard = rows_per_shard
         self.batch_rows = batch_rows
         for folder in set(FOLDERS.values()):
             (out_dir / folder).mkdir(parents=True, exist_ok=True)
-        self._next = next_shard_numbers(out_dir)
+        self._next = next_shard_numbers(out_dir, partition)
         self._rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}  # not yet converted
         self._batches: dict[str, list[Future[pa.RecordBatch]]] = {s: [] for s in SPLITS}
         self._counts = dict.fromkeys(SPLITS, 0)  # rows buffered per split since the last checkpoint
@@ -282,7 +333,7 @@ class ShardWriter:
             for split, batches in jobs:
                 table = pa.Table.from_batches([b.result() for b in batches], schema=SCHEMAS[split])
                 for start in range(0, table.num_rows, self.rows_per_shard):
-                    rel = shard_name(split, self._next_number(split))
+                    rel = shard_name(split, self._next_number(split), self.partition)
                     chunk = table.slice(start, self.rows_per_shard)
                     self.shards.append(write_table(self.out_dir, rel, chunk))
             if self._on_checkpoint is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,14 +131,24 @@ class Expansion:
         rows = self.seed.count() if self.seed else 1
         return rows * combos * self.samples
 
-    def tasks(self) -> Iterator[Task]:
-        """Stream every task, lazily, in a stable order."""
+    def tasks(self, keep: Callable[[str], bool] | None = None) -> Iterator[Task]:
+        """Stream every task, lazily, in a stable order.
+
+        With `keep`, an input none of whose task ids it keeps is not rendered (its tasks come without
+        messages): a partition of a cluster run, or a refresh of a subset, pays only for the ids.
+        """
         name = self.prompt.spec.name
         sha = self.prompt.sha256
         fraction = self.prompt.spec.eval_fraction
         for variables in self._inputs():
             vars_json = canonical_json(variables)
             split = split_of(vars_json, fraction)
+            if keep is not None:
+                ids = [task_id(sha, name, vars_json, sample) for sample in range(self.samples)]
+                if not any(map(keep, ids)):
+                    for sample, tid in enumerate(ids):
+                        yield Task(tid, vars_json, sample, split, None, None)
+                    continue
             try:
                 messages: list[dict[str, str]] | None = self.render(variables)
                 error = None
