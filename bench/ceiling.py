@@ -8,12 +8,18 @@ JSON content with orjson, appends the row to in-memory columns and writes ONE zs
 end with pyarrow. No validation against the schema, no retries, no dedup, no shards, no manifest: it is
 what "free" looks like, so that gen's numbers have something to be compared with.
 
+Given several base URLs (several replicas of one server), it spreads the requests over them as gen does:
+each request goes to the URL with the fewest requests outstanding (the first such, on a tie), all through
+one aiohttp session whose connector holds at most `concurrency` connections.
+
 It reads a JSON spec written by bench/throughput.py (which derives it from the prompt file through gen's
 own loader), so it runs as its own process and imports nothing from gen:
 
     python bench/ceiling.py --spec SPEC.json --out rows.parquet
+    python bench/ceiling.py --spec SPEC.json --out rows.parquet --base-url URL1 --base-url URL2
 
-and prints one JSON line: {"rows": ..., "errors": ..., "wall_s": ...}. The exit status is 1 when any
+(`--base-url`, repeatable, replaces the spec's `base_urls` / `base_url`) and prints one JSON line:
+{"rows": ..., "errors": ..., "requests_per_url": [...], "wall_s": ...}. The exit status is 1 when any
 request failed.
 """
 
@@ -66,8 +72,19 @@ def tasks(spec: dict[str, Any]) -> Iterator[tuple[str, str, int, list[dict[str, 
             yield tid, vars_json, sample, messages
 
 
+def base_urls(spec: dict[str, Any]) -> list[str]:
+    """The spec's `base_urls` (a list), else its `base_url` (one string)."""
+    urls = spec.get("base_urls") or ([spec["base_url"]] if spec.get("base_url") else [])
+    if not urls:
+        sys.exit("ceiling: the spec names no base URL (base_urls or base_url)")
+    return list(urls)
+
+
 async def run(spec: dict[str, Any], out: str) -> dict[str, Any]:
-    url = spec["base_url"].rstrip("/") + "/chat/completions"
+    urls = [u.rstrip("/") + "/chat/completions" for u in base_urls(spec)]
+    outstanding = [0] * len(urls)  # requests in flight per URL: each request goes to the least loaded
+    sent = [0] * len(urls)
+    pick_from = range(len(urls))
     model, sampling, response_format = spec["model"], spec["sampling"], spec["response_format"]
     concurrency, n = spec["concurrency"], spec["n"]
     headers = {"Content-Type": "application/json"}
@@ -89,9 +106,15 @@ async def run(spec: dict[str, Any], out: str) -> dict[str, Any]:
                 payload["seed"] = int(tid[:8], 16) & 0x7FFFFFFF
                 if response_format is not None:
                     payload["response_format"] = response_format
-                async with session.post(url, data=orjson.dumps(payload), headers=headers) as resp:
-                    raw = await resp.read()
-                    status = resp.status
+                i = min(pick_from, key=outstanding.__getitem__) if len(urls) > 1 else 0
+                outstanding[i] += 1
+                sent[i] += 1
+                try:
+                    async with session.post(urls[i], data=orjson.dumps(payload), headers=headers) as resp:
+                        raw = await resp.read()
+                        status = resp.status
+                finally:
+                    outstanding[i] -= 1
                 if status != 200:
                     errors.append(f"HTTP {status}: {raw[:200]!r}")
                     continue
@@ -112,17 +135,31 @@ async def run(spec: dict[str, Any], out: str) -> dict[str, Any]:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     pq.write_table(pa.table(cols), out, compression="zstd")
-    return {"rows": len(cols["id"]), "errors": len(errors), "first_error": errors[0] if errors else None}
+    return {
+        "rows": len(cols["id"]),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "requests_per_url": sent,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", required=True, help="JSON spec written by bench/throughput.py")
     ap.add_argument("--out", required=True, help="the Parquet file to write")
+    ap.add_argument(
+        "--base-url",
+        action="append",
+        metavar="URL",
+        help="a server's base URL (e.g. http://127.0.0.1:8000/v1); repeat it for several replicas. "
+        "Replaces the spec's base_urls / base_url",
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     with open(args.spec, "rb") as f:
         spec = orjson.loads(f.read())
+    if args.base_url:
+        spec["base_urls"] = args.base_url
     result = asyncio.run(run(spec, args.out))
     result["wall_s"] = round(time.perf_counter() - t0, 4)
     print(orjson.dumps(result).decode(), flush=True)

@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
 """Throughput benchmark: `gen run` against a bare-client ceiling, on the OpenAI-protocol simulator.
 
-For each setting (simulated latency, requests in flight) it starts one `gen sim` process, then runs the
-two clients as separate processes, alternating them, `--repeats` times each:
+For each setting (simulated latency, requests in flight, replicas R) it starts R `gen sim` processes
+(one by default), then runs the two clients as separate processes, alternating them, `--repeats` times
+each:
 
-* ceiling: bench/ceiling.py, a minimal aiohttp client sending the same request bodies;
-* gen:     `gen run PROMPT --provider openai --base-url URL --output DIR --no-progress ...`.
+* ceiling: bench/ceiling.py, a minimal aiohttp client sending the same request bodies (with R > 1, to
+  the replica with the fewest requests outstanding, as gen does);
+* gen:     `gen run PROMPT --provider openai --base-url URL [--base-url URL2 ...] --output DIR ...`.
 
 Per client process it measures wall time, rows written, CPU seconds (user+sys, from os.wait4), peak
 RSS (ru_maxrss) and start-up (spawn until its first TCP connection to the simulator appears in
-/proc/net/tcp), and prints the medians as a markdown table per setting. The simulator is pinned to one
-core and the clients to the others when there are two or more, so its CPU does not count against them.
+/proc/net/tcp), and prints the medians as a markdown table per setting. The simulator(s) are pinned to
+one core and the clients to the others when there are two or more, so their CPU does not count against
+the clients.
 
     python bench/throughput.py                      # 5,000 tasks; 0 ms x 64 and 200 ms x 100; 3 repeats
     python bench/throughput.py -n 2000 --latency-ms 0 50 --concurrency 64 64 --repeats 5 --json out.json
+    python bench/throughput.py --replica-setting    # 10,000 tasks; 50 ms x 1000 over 4 `gen sim` processes
+    python bench/throughput.py --latency-ms 50 200 --concurrency 1000 100 --replicas 4 1
 
 This is a benchmark, not a test: it asserts nothing beyond "every run produced N rows".
 """
@@ -122,18 +127,33 @@ def busy_cpu_s(cpus: set[int] | None) -> float:
     return total / CLK_TCK
 
 
-def connections_to(port: int) -> set[str]:
-    """Local addresses of client sockets connecting or connected to 127.0.0.1:port (IPv4)."""
-    suffix = f":{port:04X}"
+def connections_to(ports: list[int]) -> set[str]:
+    """Local addresses of client sockets connecting or connected to 127.0.0.1:PORT, any of ports (IPv4)."""
+    suffixes = tuple(f":{port:04X}" for port in ports)
     found = set()
     with open("/proc/net/tcp") as f:
         next(f)
         for line in f:
             parts = line.split()
             # parts[1] local, parts[2] remote, parts[3] state: 01 ESTABLISHED, 02 SYN_SENT
-            if parts[2].endswith(suffix) and parts[3] in ("01", "02"):
+            if parts[2].endswith(suffixes) and parts[3] in ("01", "02"):
                 found.add(parts[1])
     return found
+
+
+def listen_overflows() -> int | None:
+    """The kernel's ListenOverflows + ListenDrops counters (TcpExt, /proc/net/netstat): connections a
+    listening socket's full accept queue turned away (the client's SYN is then retried after ~1 s)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+            return row.get("ListenOverflows", 0) + row.get("ListenDrops", 0)
+    return None
 
 
 def plan_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
@@ -180,10 +200,13 @@ def read_responses(paths: list[Path]) -> dict[str, str]:
 
 
 class Sim:
+    """One `gen sim` process. Spawned here; `wait_ready()` waits for its /health."""
+
     def __init__(self, latency_ms: float, model: str, cpus: set[int] | None, log: Path) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = self.base + "/v1"
+        self._log_path = log
         self._log = open(log, "wb")
         cmd = [*gen_command(), "sim", "--port", str(self.port), "--latency-ms", f"{latency_ms:g}"]
         cmd += ["--model", model]
@@ -195,6 +218,9 @@ class Sim:
             cwd=CHILD_CWD,
             env=GEN_ENV,
         )
+
+    def wait_ready(self) -> None:
+        log = self._log_path
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
@@ -230,13 +256,52 @@ class Sim:
         self._log.close()
 
 
+class SimGroup:
+    """R `gen sim` processes with the same latency, all pinned to the same CPU(s): the replicas of a
+    setting. Figures are summed over them; `per_replica` keeps the requests each one answered."""
+
+    def __init__(
+        self, replicas: int, latency_ms: float, model: str, cpus: set[int] | None, work: Path, tag: str
+    ) -> None:
+        self.sims: list[Sim] = []
+        try:
+            for r in range(replicas):  # spawn all, then wait: they start up side by side
+                log = work / (f"sim-{tag}.log" if replicas == 1 else f"sim-{tag}-{r}.log")
+                self.sims.append(Sim(latency_ms, model, cpus, log))
+            for sim in self.sims:
+                sim.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.sims]
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.sims]
+
+    def stats(self) -> list[dict[str, int]]:
+        return [s.stats() for s in self.sims]
+
+    def cpu_s(self) -> float:
+        return sum(s.cpu_s() for s in self.sims)
+
+    def stop(self) -> None:
+        for s in self.sims:
+            s.stop()
+
+
 # --------------------------------------------------------------------------- one client process
 
 
-def run_client(cmd: list[str], cpus: set[int] | None, sim: Sim, log: Path, env=None) -> dict[str, Any]:
-    """Spawn, watch for the first connection to the simulator, reap with wait4: the per-process figures."""
-    before_conns = connections_to(sim.port)
+def run_client(cmd: list[str], cpus: set[int] | None, sim: SimGroup, log: Path, env=None) -> dict[str, Any]:
+    """Spawn, watch for the first connection to a simulator, reap with wait4: the per-process figures."""
+    ports = sim.ports
+    before_conns = connections_to(ports)
     watched = cpus if cpus is not None else set(os.sched_getaffinity(0))  # the CPUs the client may use
+    overflows0 = listen_overflows()
     stats0, sim_cpu0, busy0 = sim.stats(), sim.cpu_s(), busy_cpu_s(watched)
     with open(log, "wb") as out:
         t0 = time.perf_counter()
@@ -248,7 +313,7 @@ def run_client(cmd: list[str], cpus: set[int] | None, sim: Sim, log: Path, env=N
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if connections_to(sim.port) - before_conns:
+            if connections_to(ports) - before_conns:
                 startup = time.perf_counter() - t0
                 pid, status, ru = os.wait4(proc.pid, 0)
                 break
@@ -258,6 +323,8 @@ def run_client(cmd: list[str], cpus: set[int] | None, sim: Sim, log: Path, env=N
     busy = busy_cpu_s(watched) - busy0
     sim_cpu = sim.cpu_s() - sim_cpu0
     stats1 = sim.stats()
+    overflows1 = listen_overflows()
+    per_replica = [b["requests"] - a["requests"] for a, b in zip(stats0, stats1, strict=True)]
     client_cpu = ru.ru_utime + ru.ru_stime
     # What else ran on the clients' CPUs meanwhile (other processes on the machine). Unpinned, the
     # simulator counts as "else" too, so take it out.
@@ -270,8 +337,10 @@ def run_client(cmd: list[str], cpus: set[int] | None, sim: Sim, log: Path, env=N
         "sys_s": ru.ru_stime,
         "peak_rss_mb": ru.ru_maxrss / 1024,  # Linux: KiB
         "startup_s": startup,
-        "sim_requests": stats1["requests"] - stats0["requests"],
-        "sim_ok": stats1["ok"] - stats0["ok"],
+        "sim_requests": sum(per_replica),
+        "sim_requests_per_replica": per_replica,
+        "sim_ok": sum(b["ok"] - a["ok"] for a, b in zip(stats0, stats1, strict=True)),
+        "listen_overflows": None if overflows0 is None or overflows1 is None else overflows1 - overflows0,
         "sim_cpu_s": sim_cpu,
         "other_cpu_s": max(0.0, other),
         "other_cpu_busy": max(0.0, other) / (wall * len(watched)),
@@ -291,9 +360,9 @@ def finish(r: dict[str, Any], rows: int, log: Path, name: str) -> dict[str, Any]
     return r
 
 
-def run_ceiling(spec: dict[str, Any], n: int, conc: int, sim: Sim, cpus, work: Path, tag: str) -> dict:
+def run_ceiling(spec: dict[str, Any], n: int, conc: int, sim: SimGroup, cpus, work: Path, tag: str) -> dict:
     spec_path = work / f"spec-{tag}.json"
-    spec_path.write_bytes(orjson.dumps({**spec, "base_url": sim.url, "n": n, "concurrency": conc}))
+    spec_path.write_bytes(orjson.dumps({**spec, "base_urls": sim.urls, "n": n, "concurrency": conc}))
     out = work / f"ceiling-{tag}.parquet"
     log = work / f"ceiling-{tag}.log"
     cmd = [sys.executable, str(CEILING), "--spec", str(spec_path), "--out", str(out)]
@@ -304,10 +373,12 @@ def run_ceiling(spec: dict[str, Any], n: int, conc: int, sim: Sim, cpus, work: P
     return r
 
 
-def run_gen(prompt: Path, samples: int, n: int, conc: int, sim: Sim, cpus, work: Path, tag: str) -> dict:
+def run_gen(prompt: Path, samples: int, n: int, conc: int, sim: SimGroup, cpus, work: Path, tag: str) -> dict:
     out = work / f"gen-{tag}"
     log = work / f"gen-{tag}.log"
-    cmd = [*gen_command(), "run", str(prompt), "--provider", "openai", "--base-url", sim.url]
+    cmd = [*gen_command(), "run", str(prompt), "--provider", "openai"]
+    for url in sim.urls:  # several: gen balances them by fewest outstanding requests
+        cmd += ["--base-url", url]
     cmd += ["--output", str(out), "--no-progress", "--max-concurrency", str(conc)]
     cmd += ["--samples", str(samples), "--limit", str(n)]
     r = run_client(cmd, cpus, sim, log, env=GEN_ENV)
@@ -332,8 +403,12 @@ def run_gen(prompt: Path, samples: int, n: int, conc: int, sim: Sim, cpus, work:
 def build_spec(prompt: Path, n: int) -> tuple[dict[str, Any], int, dict[str, Any]]:
     """Load the prompt file through gen itself; return (ceiling spec, samples, facts for the output)."""
     from gen.config import RunOptions
-    from gen.pipeline import prepare
     from gen.teachers.openai import OpenAIChat
+
+    try:
+        from gen.prepare import prepare
+    except ImportError:  # older trees (--gen-ref): prepare lived in gen.pipeline
+        from gen.pipeline import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = RunOptions(provider="openai", base_url="http://127.0.0.1:9/v1", output=Path(tmp) / "x")
@@ -386,6 +461,10 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def replicas_words(replicas: int) -> str:
+    return "" if replicas == 1 else f", {replicas} simulator processes"
+
+
 def fmt(v: float | None, spec: str) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
@@ -409,7 +488,15 @@ def table(med: dict[str, dict[str, float]]) -> str:
 
 
 def setting_notes(
-    runs: dict[str, list[dict[str, Any]]], med: dict[str, Any], parity: Any, n: int, *, pinned: bool
+    runs: dict[str, list[dict[str, Any]]],
+    med: dict[str, Any],
+    parity: Any,
+    n: int,
+    *,
+    pinned: bool,
+    latency_ms: float,
+    concurrency: int,
+    replicas: int,
 ) -> list[str]:
     def each(key: str) -> str:
         return f"ceiling {[r[key] for r in runs['ceiling']]}, gen {[r[key] for r in runs['gen']]}"
@@ -421,39 +508,85 @@ def setting_notes(
     bad = [
         (name, r["rc"], r["rows"]) for name, rs in runs.items() for r in rs if r["rc"] != 0 or r["rows"] != n
     ]
+    sims = (
+        "simulator CPU busy" if replicas == 1 else f"the {replicas} simulators' CPU busy (summed, one core)"
+    )
+    whose = "simulator's" if replicas == 1 else "simulators'"
+    ideal = math.ceil(n / concurrency) * latency_ms / 1000
     notes = [
         f"rows per run: {each('rows')}" + (f" -- PROBLEM (client, exit status, rows): {bad}" if bad else ""),
         f"client CPU busy (CPU s / wall s): {both('client_cpu_busy')}; "
-        f"simulator CPU busy meanwhile: {both('sim_cpu_busy')}",
+        f"{sims} meanwhile: {both('sim_cpu_busy')}",
+        f"ideal (latency only, {min(concurrency, n)} always in flight): {ideal:.2f} wall s, "
+        f"{min(concurrency, n) / (latency_ms / 1000):,.0f} rows/s"
+        if latency_ms > 0
+        else "ideal wall s: 0 (no latency): rows/s is CPU work only",
         f"other processes' CPU use on the clients' CPU(s) meanwhile: {both('other_cpu_busy')}"
         + (" -- WARNING: the machine was not quiet; wall-clock figures are inflated" if noisy else ""),
-        f"requests the simulator answered per run: {each('sim_requests')}",
+        f"requests the simulator{'s' if replicas > 1 else ''} answered per run: {each('sim_requests')}",
         f"request parity (run 1: same simulated answer per task id): "
         f"{parity['identical']:,}/{parity['ceiling_rows']:,}",
         "gen's own run stats (run 1): " + orjson.dumps(runs["gen"][0].get("gen_stats")).decode(),
     ]
+    if replicas > 1:
+        notes.insert(
+            4,
+            "requests per simulator process (run 1): "
+            f"ceiling {runs['ceiling'][0]['sim_requests_per_replica']}, "
+            f"gen {runs['gen'][0]['sim_requests_per_replica']}",
+        )
+    overflows = [r["listen_overflows"] for rs in runs.values() for r in rs if r.get("listen_overflows")]
+    if overflows:
+        notes.append(
+            f"WARNING: the kernel's listen queues overflowed during these runs ({each('listen_overflows')} "
+            "connections turned away, TcpExt ListenOverflows+ListenDrops, all processes on the machine): "
+            "a refused SYN is retried after ~1 s, which inflates wall s"
+        )
     if pinned and max(med["ceiling"]["sim_cpu_busy"] or 0, med["gen"]["sim_cpu_busy"] or 0) > 0.85:
         notes.append(
-            "WARNING: the simulator's core is near saturation: rows/s here may be the "
-            "simulator's limit rather than the client's"
+            f"WARNING: the {whose} core is near saturation: "
+            "rows/s here may be the simulator's limit rather than the client's"
         )
     return notes
 
 
 # --------------------------------------------------------------------------- main
 
+# The defaults, and the "one process feeds many replicas" preset (--replica-setting): 50 ms, 1,000 in
+# flight over 4 `gen sim` processes. Its ideal is 1000 / 0.05 s = 20,000 rows/s, far beyond one Python
+# process, so the setting is CPU-bound: 10,000 tasks keep each run several seconds long.
+DEFAULT = {"tasks": 5000, "latency_ms": [0.0, 200.0], "concurrency": [64, 100], "replicas": [1]}
+REPLICA_SETTING = {"tasks": 10000, "latency_ms": [50.0], "concurrency": [1000], "replicas": [4]}
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="gen vs a bare-client ceiling, on the simulator.")
-    ap.add_argument("-n", "--tasks", type=int, default=5000, help="tasks per run (default 5000)")
+    ap.add_argument(
+        "-n",
+        "--tasks",
+        type=int,
+        help="tasks per run (default 5000; 10000 with --replica-setting)",
+    )
     ap.add_argument("--prompt", type=Path, default=ROOT / "prompts" / "quickstart.toml")
-    ap.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 200.0], help="default: 0 200")
+    ap.add_argument("--latency-ms", type=float, nargs="+", help="one per setting (default: 0 200)")
     ap.add_argument(
         "--concurrency",
         type=int,
         nargs="+",
-        default=[64, 100],
         help="in flight, one per latency (default: 64 100)",
+    )
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        nargs="+",
+        help="`gen sim` processes per setting, all given to both clients: one value for every setting "
+        "or one per latency (default: 1)",
+    )
+    ap.add_argument(
+        "--replica-setting",
+        action="store_true",
+        help="run only the 'one process feeds many replicas' setting: 50 ms, 1000 in flight, 4 `gen sim` "
+        "processes, 10,000 tasks unless -n says otherwise",
     )
     ap.add_argument("--repeats", type=int, default=3, help="runs of each client per setting; medians shown")
     ap.add_argument(
@@ -475,10 +608,30 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, metavar="DIR", help="keep outputs and logs under DIR")
     args = ap.parse_args()
     args.prompt = args.prompt.resolve()
+    if args.replica_setting:
+        given = [
+            f
+            for f, v in (
+                ("--latency-ms", args.latency_ms),
+                ("--concurrency", args.concurrency),
+                ("--replicas", args.replicas),
+            )
+            if v is not None
+        ]
+        if given:
+            ap.error(f"--replica-setting fixes the setting; drop {', '.join(given)}")
+    preset = REPLICA_SETTING if args.replica_setting else DEFAULT
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if len(args.latency_ms) != len(args.concurrency):
         ap.error("--latency-ms and --concurrency need the same number of values")
-    if args.tasks < 1 or args.repeats < 1:
-        ap.error("--tasks and --repeats must be at least 1")
+    if len(args.replicas) == 1:
+        args.replicas = args.replicas * len(args.latency_ms)
+    if len(args.replicas) != len(args.latency_ms):
+        ap.error("--replicas takes one value, or one per latency")
+    if args.tasks < 1 or args.repeats < 1 or min(args.replicas) < 1:
+        ap.error("--tasks, --repeats and --replicas must be at least 1")
 
     usable = len(os.sched_getaffinity(0))
     sim_cpus, client_cpus, pin_note = plan_cpus(not args.no_pin)
@@ -529,8 +682,9 @@ def main() -> int:
     t_start = time.perf_counter()
     summary = []
     try:
-        for i, (lat, conc) in enumerate(zip(args.latency_ms, args.concurrency, strict=True)):
-            sim = Sim(lat, facts["model"], sim_cpus, work / f"sim-{i}.log")
+        settings = zip(args.latency_ms, args.concurrency, args.replicas, strict=True)
+        for i, (lat, conc, reps) in enumerate(settings):
+            sim = SimGroup(reps, lat, facts["model"], sim_cpus, work, str(i))
             try:
                 if args.warmup and i == 0:  # first process runs pay for cold caches and .pyc files
                     w = min(args.warmup, args.tasks)
@@ -558,12 +712,21 @@ def main() -> int:
                                 f.unlink(missing_ok=True)
                 med = {name: medians(rs) for name, rs in runs.items()}
                 ratio = med["gen"]["rows_per_s"] / med["ceiling"]["rows_per_s"]
-                summary.append((lat, conc, ratio))
+                summary.append((lat, conc, reps, ratio))
 
-                print(f"## latency {lat:g} ms, {conc} in flight\n")
+                print(f"## latency {lat:g} ms, {conc} in flight{replicas_words(reps)}\n")
                 print(table(med))
                 print()
-                notes = setting_notes(runs, med, parity, args.tasks, pinned=sim_cpus is not None)
+                notes = setting_notes(
+                    runs,
+                    med,
+                    parity,
+                    args.tasks,
+                    pinned=sim_cpus is not None,
+                    latency_ms=lat,
+                    concurrency=conc,
+                    replicas=reps,
+                )
                 for note in notes:
                     print(f"- {note}")
                 print()
@@ -571,6 +734,7 @@ def main() -> int:
                     {
                         "latency_ms": lat,
                         "concurrency": conc,
+                        "replicas": reps,
                         "median": med,
                         "gen_rows_per_s_ratio": ratio,
                         "parity": parity,
@@ -583,13 +747,17 @@ def main() -> int:
         if work_ctx is not None:
             work_ctx.cleanup()
 
-    line = "; ".join(f"{ratio:.2f}x at {lat:g} ms ({conc} in flight)" for lat, conc, ratio in summary)
+    line = "; ".join(
+        f"{ratio:.2f}x at {lat:g} ms ({conc} in flight{replicas_words(reps)})"
+        for lat, conc, reps, ratio in summary
+    )
     print(
         f"**gen rows/s as a fraction of the ceiling: {line}.** "
         f"(benchmark took {time.perf_counter() - t_start:.0f} s)"
     )
     results["summary"] = [
-        {"latency_ms": lat, "concurrency": c, "gen_rows_per_s_ratio": r} for lat, c, r in summary
+        {"latency_ms": lat, "concurrency": c, "replicas": reps, "gen_rows_per_s_ratio": r}
+        for lat, c, reps, r in summary
     ]
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2, default=str))

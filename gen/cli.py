@@ -257,7 +257,7 @@ def _exit_status(result, again: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gen.pipeline import prepare
+    from gen.prepare import prepare
 
     opts = _options(args)
     if opts.executor == "ray":
@@ -274,7 +274,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    from gen.pipeline import prepare_refresh
+    from gen.prepare import prepare_refresh
 
     prepared = prepare_refresh(args.dataset, _options(args))
     again = f"gen run {prepared.prompt.path} --output {prepared.out_dir} --model {args.model}"

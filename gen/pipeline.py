@@ -8,7 +8,6 @@ Every answer is journaled on arrival, so a crash at any instant costs at most th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import secrets
 import signal
@@ -22,39 +21,35 @@ from pathlib import Path
 from typing import Any
 
 from gen import __version__
-from gen.budget import Budget, Price, price_for
+from gen.budget import Budget
 from gen.card import write_card
-from gen.config import PromptFile, RunOptions, Teacher, load_prompt_file, resolve_teacher
+from gen.config import RunOptions
 from gen.dedup import Deduplicator
-from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError
+from gen.errors import FatalTeacherError, GenError, TeacherError
 from gen.ledger import (
-    PARTITIONS_DIR,
     Journal,
     id_key,
     journal_segments,
-    load_manifest,
     manifest_path,
     read_journal,
 )
 from gen.limits import LimitedTeacher, Limiter
-from gen.manifest import FORMAT, check_compatible, next_version_dir, recipe_fingerprint, totals
+from gen.manifest import FORMAT, totals
+from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
-from gen.provenance import INTENDED_USES, Review, load_registry, review_teacher
 from gen.retry import RetryPolicy, with_retries
-from gen.schema import Schema, load_schema
 from gen.shards import (
     ShardInfo,
     ShardWriter,
     committed_shards,
     describe_shard,
-    parse_shard_name,
     read_columns,
     remove_partial_files,
     split_of_path,
     write_json,
 )
 from gen.teachers.openai import OpenAIChat
-from gen.templates import Expansion, Task, canonical_json
+from gen.templates import Task, canonical_json
 from gen.validate import check, repair_messages
 
 # How a run ended; the CLI maps these to exit statuses.
@@ -107,147 +102,6 @@ class RunResult:
     message: str = ""
     signal: int | None = None
     spent_usd: float = 0.0
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A run that passed every check: nothing has been sent yet."""
-
-    prompt: PromptFile
-    schema: Schema | None
-    expansion: Expansion
-    teacher: Teacher
-    api_key: str | None
-    out_dir: Path
-    opts: RunOptions
-    sampling: dict[str, Any]
-    price: Price | None
-    previous: dict[str, Any] | None  # the manifest of the output being resumed
-    lineage: dict[str, Any] | None  # the dataset this one is a new version of
-    review: Review
-    registry_sources: list[dict[str, Any]]  # which licence registries (and versions) decided
-
-
-def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
-    """Load and check everything a run needs. Raises ConfigError; sends no request."""
-    prompt = load_prompt_file(prompt_path)
-    spec = prompt.spec
-    teacher = resolve_teacher(prompt, opts)
-    review, registry_sources = licence_review(prompt, teacher, opts)
-    teacher = dataclasses.replace(teacher, license=review.licence_id)
-    schema = load_schema(spec.schema_, base_dir=prompt.base_dir, where=prompt.path) if spec.schema_ else None
-    expansion = Expansion(prompt, schema, samples=opts.samples)
-    api_key = None
-    if teacher.api_key_env:
-        api_key = os.environ.get(teacher.api_key_env)
-        if not api_key:
-            raise ConfigError(
-                prompt.path, f"environment variable {teacher.api_key_env} (the API key) is not set"
-            )
-    price = price_for(teacher.model)
-    if opts.price_in is not None or opts.price_out is not None:
-        price = Price(opts.price_in or 0.0, opts.price_out or 0.0)
-    if opts.max_usd is not None and price is None:
-        raise ConfigError(
-            prompt.path,
-            f"--max-usd needs a price for model {teacher.model!r}: pass --price-in and --price-out",
-        )
-
-    out_dir = Path(opts.output) if opts.output else Path("outputs") / spec.name
-    if opts.partition is not None:
-        index, count = opts.partition
-        if not 0 <= index < count:
-            raise ConfigError(None, f"partition {index} of {count} does not exist")
-    previous = load_manifest_or_fail(out_dir, opts.partition[0] if opts.partition else None)
-    lineage = opts.lineage
-    if previous is not None:
-        fingerprint = recipe_fingerprint(_recipe(prompt, expansion, schema, teacher))
-        if opts.new_version and fingerprint != recipe_fingerprint(previous):
-            lineage = {"previous": str(out_dir), "previous_run_id": previous.get("run_id")}
-            out_dir = next_version_dir(out_dir)
-            previous = None
-        else:
-            check_compatible(out_dir, previous, _recipe(prompt, expansion, schema, teacher))
-    if opts.executor == "local" and not opts.partition and _holds_cluster_run(out_dir, previous):
-        raise ConfigError(out_dir, "holds a cluster run; resume it with --executor ray")
-    _check_writable(out_dir)
-    return Prepared(
-        prompt,
-        schema,
-        expansion,
-        teacher,
-        api_key,
-        out_dir,
-        opts,
-        dict(spec.sampling),
-        price,
-        previous,
-        lineage,
-        review,
-        registry_sources,
-    )
-
-
-def licence_review(
-    prompt: PromptFile, teacher: Teacher, opts: RunOptions
-) -> tuple[Review, list[dict[str, Any]]]:
-    """The review a run cannot skip: a known licence, compatible with the declared use, or acknowledged."""
-    use = opts.intended_use or prompt.spec.intended_use
-    if not use:
-        raise ConfigError(
-            prompt.path,
-            "declare the intended use of the data: set intended_use in the prompt file or pass --intended-use"
-            f" ({', '.join(INTENDED_USES)})",
-        )
-    if use not in INTENDED_USES:
-        raise ConfigError(prompt.path, f"unknown intended use {use!r} (known: {', '.join(INTENDED_USES)})")
-    registry = load_registry(opts.licences)
-    review = review_teacher(registry, teacher.model, teacher.license, use, opts.acknowledge_licence)
-    if review.blocked:
-        raise ConfigError(
-            prompt.path,
-            "licence review stopped the run: "
-            + "; ".join(review.reasons)
-            + ". To go ahead anyway, pass --acknowledge-licence-conflict (it is recorded in the manifest)",
-        )
-    return review, [src.as_dict() for src in registry.sources]
-
-
-def load_manifest_or_fail(out_dir: Path, partition: int | None = None) -> dict[str, Any] | None:
-    try:
-        return load_manifest(out_dir, partition)
-    except (OSError, ValueError) as e:
-        raise ConfigError(manifest_path(out_dir, partition), f"unreadable: {e}") from None
-
-
-def _recipe(
-    prompt: PromptFile, expansion: Expansion, schema: Schema | None, teacher: Teacher
-) -> dict[str, Any]:
-    return {
-        "prompt_file": {"sha256": prompt.sha256},
-        "template": {"sha256": expansion.template_sha256},
-        "schema": {"sha256": schema.sha256} if schema else None,
-        "teacher": {"provider": teacher.provider, "model": teacher.model, "license": teacher.license},
-    }
-
-
-def _holds_cluster_run(out_dir: Path, previous: dict[str, Any] | None) -> bool:
-    if previous is not None:
-        return bool(previous.get("cluster"))
-    return (out_dir / PARTITIONS_DIR).is_dir() or any(
-        (name := parse_shard_name(rel)) is not None and (name.partition is not None or name.merge)
-        for rel in committed_shards(out_dir)
-    )
-
-
-def _check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".gen-probe-{os.getpid()}-{secrets.token_hex(4)}"  # unique across nodes too
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(out_dir, f"output directory is not writable: {e.strerror or e}") from None
 
 
 def _now_ms() -> int:
@@ -899,39 +753,6 @@ def _public_url(url: str | None) -> str | None:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def prepare_refresh(old_dir: str | Path, opts: RunOptions) -> Prepared:
-    """Regenerate the inputs of an existing dataset with another teacher, as a new version beside it."""
-    old = Path(old_dir)
-    manifest = load_manifest_or_fail(old)
-    if manifest is None:
-        raise ConfigError(old, "no manifest.json: not a gen output directory")
-    prompt_path = Path(manifest["prompt_file"]["path"])
-    prompt = load_prompt_file(prompt_path)
-    if prompt.sha256 != manifest["prompt_file"]["sha256"]:
-        raise ConfigError(
-            prompt_path,
-            f"changed since {old} was made, so refresh cannot ask the same questions; restore it, "
-            "or use gen run --new-version for a new recipe",
-        )
-    ids: set[int] = set()
-    for shard in manifest["shards"]:
-        ids.update(id_key(t) for t in read_columns(old, shard["path"], ["id"])["id"])
-    opts = dataclasses.replace(
-        opts,
-        output=opts.output or next_version_dir(old),
-        samples=opts.samples or manifest.get("samples"),
-        intended_use=opts.intended_use or manifest.get("intended_use"),
-        only_ids=frozenset(ids),
-        lineage={
-            "kind": "refresh",
-            "previous": str(old),
-            "previous_run_id": manifest.get("run_id"),
-            "previous_teacher": manifest.get("teacher"),
-        },
-    )
-    return prepare(prompt_path, opts)
 
 
 async def run_async(prompt_file: str | Path, options: RunOptions | None = None) -> RunResult:

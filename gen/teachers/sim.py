@@ -834,7 +834,9 @@ class SimServer:
         runner = web.AppRunner(self._sim.app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._requested_port)
+            # A deep accept queue: a client opening a thousand connections at once must not be refused
+            # by the kernel (aiohttp's default backlog is 128), as real inference servers are not.
+            site = web.TCPSite(runner, self.host, self._requested_port, backlog=4096)
             await site.start()
         except BaseException:
             await runner.cleanup()
