@@ -256,10 +256,12 @@ class LimitedTeacher:
     async def complete(
         self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]
     ) -> Completion:
-        max_tokens = int(
-            sampling.get("max_tokens") or sampling.get("max_completion_tokens") or self.default_max_tokens
-        )
-        estimated = estimate_tokens(messages, max_tokens)
+        estimated = 0
+        if self.limiter.tpm is not None:  # only a token budget needs the estimate
+            max_tokens = (
+                sampling.get("max_tokens") or sampling.get("max_completion_tokens") or self.default_max_tokens
+            )
+            estimated = estimate_tokens(messages, int(max_tokens))
         await self.limiter.before(estimated)
         try:
             comp = await self.teacher.complete(messages, seed=seed, sampling=sampling)
