@@ -62,23 +62,6 @@ class SeedSpec(_Strict):
     license: str | None = None
 
 
-class SimSpec(_Strict):
-    """Settings of the built-in simulated teacher (provider "sim"): see gen.teachers.sim.SimConfig."""
-
-    latency_ms: float = 0.0
-    latency_jitter_ms: float = 0.0
-    rate_429: float = 0.0
-    retry_after_s: float = 1.0
-    rate_500: float = 0.0
-    rate_503: float = 0.0
-    rate_invalid_json: float = 0.0
-    rate_fenced_json: float = 0.0
-    rate_drop: float = 0.0
-    rpm: int | None = None
-    rpm_window_s: float = 60.0
-    seed: int = 0
-
-
 class DedupSpec(_Strict):
     """Near-duplicate removal (exact duplicates are always removed)."""
 
@@ -102,7 +85,7 @@ class PromptSpec(_Strict):
     messages: Messages
     variables: dict[str, list[Any] | FileVariable] = Field(default_factory=dict)
     seed: SeedSpec | None = None
-    sim: SimSpec = SimSpec()
+    sim: dict[str, Any] = Field(default_factory=dict)  # gen.teachers.sim.SimConfig fields, checked there
     vllm: VLLMSpec = VLLMSpec()
     dedup: DedupSpec = DedupSpec()
 

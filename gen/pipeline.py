@@ -35,7 +35,7 @@ from gen.ledger import (
 )
 from gen.limits import LimitedTeacher, Limiter
 from gen.manifest import FORMAT, totals
-from gen.prepare import Prepared, prepare, prepare_refresh
+from gen.prepare import Prepared, prepare, prepare_refresh, sim_config
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
 from gen.shards import (
@@ -382,9 +382,9 @@ class Run:
         urls = list(t.base_urls)
         try:
             if t.provider == "sim":
-                from gen.teachers.sim import SimConfig, SimServer
+                from gen.teachers.sim import SimServer
 
-                sim = SimServer(SimConfig(model=t.model, **self.spec.sim.model_dump()))
+                sim = SimServer(sim_config(self.p.prompt, t.model))
                 await sim.start()
                 servers.append(sim)
                 urls = [sim.base_url]

@@ -49,6 +49,8 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     teacher = dataclasses.replace(teacher, license=review.licence_id)
     schema = load_schema(spec.schema_, base_dir=prompt.base_dir, where=prompt.path) if spec.schema_ else None
     expansion = Expansion(prompt, schema, samples=opts.samples)
+    if teacher.provider == "sim":
+        sim_config(prompt, teacher.model)  # a typo in [sim] is bad input too: report it before anything runs
     api_key = None
     if teacher.api_key_env:
         api_key = os.environ.get(teacher.api_key_env)
@@ -98,6 +100,16 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         review,
         registry_sources,
     )
+
+
+def sim_config(prompt: PromptFile, model: str) -> Any:
+    """The simulated teacher's settings from the prompt file's [sim] table (gen.teachers.sim.SimConfig)."""
+    from gen.teachers.sim import SimConfig
+
+    try:
+        return SimConfig(**{"model": model, **prompt.spec.sim})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(prompt.path, f"[sim]: {e}") from None
 
 
 def licence_review(

@@ -143,3 +143,12 @@ def test_real_cli_subprocess_reports_config_error(recipe: Path) -> None:
         == f"gen: error: {recipe}: messages.user: unknown variable 'topik' (defined: topic, who)"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_a_typo_in_the_sim_table_is_bad_input(tmp_path: Path, capsys) -> None:
+    (tmp_path / "p.toml").write_text(
+        'name = "t"\nversion = "1"\nintended_use = "research"\n[teacher]\nlicense = "mit"\n'
+        '[messages]\nuser = "Hi {{ x }}"\n[variables]\nx = ["a"]\n[sim]\nlatency_msec = 5\n'
+    )
+    code, err = _run(["run", str(tmp_path / "p.toml"), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "[sim]" in err and "latency_msec" in err
