@@ -349,7 +349,6 @@ class Run:
         finally:
             self._remove_signal_handlers()
             counter.cancel()
-            progress.close()
             await client.close()
             for server in reversed(servers):
                 await server.stop()
@@ -357,6 +356,8 @@ class Run:
                 await self._commit_all()
             except OSError as e:  # the last checkpoint could not be written: shards before it are intact
                 error = error or e
+            finally:
+                progress.close()
         if error is not None and not isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
             if isinstance(error, GenError):
                 raise error

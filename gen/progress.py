@@ -27,10 +27,14 @@ class Progress:
         now = time.monotonic()
         if now >= self._next_postfix:
             self._next_postfix = now + 0.5
-            s = self.stats
-            self._bar.set_postfix_str(
-                f"rows={s.rows} rejects={s.rejects} dups={s.duplicates} retries={s.retries}", refresh=False
-            )
+            self._postfix()
+
+    def _postfix(self) -> None:
+        s = self.stats
+        self._bar.set_postfix_str(
+            f"rows={s.rows} rejects={s.rejects} dups={s.duplicates} retries={s.retries}", refresh=False
+        )
 
     def close(self) -> None:
+        self._postfix()  # the counters as they ended, not as they were at the last refresh
         self._bar.close()
