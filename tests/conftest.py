@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from gen.teachers.sim import SimConfig, SimThread
+
+# Property tests: no per-example deadline (a loaded 2-core machine is slow, not wrong), and in CI the
+# same examples every run, so a result does not depend on the draw; locally they keep exploring.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture

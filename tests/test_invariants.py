@@ -79,6 +79,9 @@ def test_journal_replays_every_whole_entry_even_when_torn(tmp_path_factory, entr
     segment.write_bytes(torn)
     replayed = [row for _, row in read_journal(out)]
     whole = torn.count(b"\n")
+    tail = torn[torn.rfind(b"\n") + 1 :]
+    if tail and tail == data.splitlines()[whole]:
+        whole += 1  # only the newline was lost: the entry itself is whole, and replayed
     assert replayed == rows[:whole]
 
 
