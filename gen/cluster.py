@@ -44,7 +44,7 @@ from gen import __version__
 from gen.card import write_card
 from gen.config import RunOptions
 from gen.errors import ConfigError, FatalTeacherError, GenError
-from gen.ledger import PARTITIONS_DIR, id_key, journal_dir, load_manifest, manifest_path
+from gen.ledger import PARTITIONS_DIR, id_key, journal_dir, load_manifest, manifest_path, partition_of
 from gen.pipeline import (
     ABORTED,
     BUDGET,
@@ -74,11 +74,6 @@ SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "d
           "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens")  # fmt: skip
 POLL_S = 1.0  # how often a partition asks RateShare for its share (and whether to stop)
 MERGE_DUPLICATES = "duplicates/duplicates-merge-{:05d}.parquet"
-
-
-def partition_of(task_id: str, count: int) -> int:
-    """The partition a task belongs to: the same in every run, on every node."""
-    return int(task_id[:8], 16) % count
 
 
 def import_ray() -> Any:

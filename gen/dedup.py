@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gen.ledger import id_key
+
 if TYPE_CHECKING:
     from gen.near_dedup import NearDedup
 
@@ -104,7 +106,7 @@ class Deduplicator:
         batch_texts: list[str] = []
         batch_keys: list[str] = []
         for tid, output, response in rows:
-            key = int(tid[:16], 16)
+            key = id_key(tid)
             self.exact.add(output if output is not None else response, key)
             if self.near is not None:
                 batch_texts.append(near_text(output, response, self.field))

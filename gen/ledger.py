@@ -32,6 +32,11 @@ def id_key(task_id: str) -> int:
     return int(task_id[:16], 16)
 
 
+def partition_of(task_id: str, count: int) -> int:
+    """The partition of a cluster run a task belongs to: the same in every run, on every node."""
+    return int(task_id[:8], 16) % count
+
+
 class Journal:
     """Append-only JSON-lines segments under OUTPUT/journal/, one open at a time.
 

@@ -31,6 +31,7 @@ from gen.ledger import (
     id_key,
     journal_segments,
     manifest_path,
+    partition_of,
     read_journal,
 )
 from gen.limits import LimitedTeacher, Limiter
@@ -333,9 +334,10 @@ class Run:
                     {k: m.get(k) for k in ("id", "root", "max_model_len") if m.get(k) is not None}
                     for m in await client.models()
                 ]
-            tasks = _take(p.expansion.tasks(keep=self._keep()), p.opts.limit)
+            keep = self._keep()
+            tasks = _take(p.expansion.tasks(keep=keep), p.opts.limit)
             self._workers = [
-                asyncio.create_task(self._worker(tasks, teacher, progress))
+                asyncio.create_task(self._worker(tasks, keep, teacher, progress))
                 for _ in range(p.teacher.max_concurrency)
             ]
             try:
@@ -525,30 +527,34 @@ class Run:
         progress.set_total(-(-total // self.partitions))  # a partition's share, about
 
     def _keep(self) -> Callable[[str], bool] | None:
-        """The ids this run produces, when not all: its partition's, or a refresh's. The workers filter
-        on the same test; this only lets the expansion skip rendering the others."""
+        """The ids this run produces, when not all: its partition's, or a refresh's. The expansion skips
+        rendering inputs none of whose ids it keeps; the workers skip every other task it refuses."""
         only, index, count = self.p.opts.only_ids, self.partition, self.partitions
         if only is None and index is None:
             return None
 
         def keep(tid: str) -> bool:
-            if index is not None and int(tid[:8], 16) % count != index:
+            if index is not None and partition_of(tid, count) != index:
                 return False
             return only is None or id_key(tid) in only
 
         return keep
 
-    async def _worker(self, tasks: Iterator[Task], teacher: LimitedTeacher, progress: Progress) -> None:
+    async def _worker(
+        self,
+        tasks: Iterator[Task],
+        keep: Callable[[str], bool] | None,
+        teacher: LimitedTeacher,
+        progress: Progress,
+    ) -> None:
         # Several workers share one generator: safe, since next() never awaits and the loop is one thread.
         while self.stop_reason is None:
             task = next(tasks, None)
             if task is None:
                 return
-            if self.partition is not None and int(task.id[:8], 16) % self.partitions != self.partition:
-                continue  # another partition's task
+            if keep is not None and not keep(task.id):
+                continue  # another partition's task, or not in the refresh
             key = id_key(task.id)
-            if self.p.opts.only_ids is not None and key not in self.p.opts.only_ids:
-                continue
             if key in self.claimed:
                 self.stats.skipped += 1
                 progress.tick()
