@@ -130,6 +130,16 @@ def _describe(err: ValidationError) -> str:
     return f"{loc}: {first['msg']}"
 
 
+def parse_toml(raw: bytes, where: str | Path) -> dict[str, Any]:
+    """A TOML document's data; ConfigError naming the file when it is not UTF-8 or not TOML."""
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(where, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(where, f"invalid TOML: {e}") from None
+
+
 def load_prompt_file(path: str | Path) -> PromptFile:
     """Read and validate a prompt file. Raises ConfigError naming the file and the first problem."""
     p = Path(path)
@@ -139,12 +149,7 @@ def load_prompt_file(path: str | Path) -> PromptFile:
         raise ConfigError(p, "no such prompt file") from None
     except OSError as e:
         raise ConfigError(p, f"cannot read: {e.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(p, "not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(p, f"invalid TOML: {e}") from None
+    data = parse_toml(raw, p)
     try:
         spec = PromptSpec.model_validate(data)
     except ValidationError as e:

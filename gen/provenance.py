@@ -32,7 +32,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gen.config import parse_toml
 from gen.errors import ConfigError
 
 INTENDED_USES = ("research", "internal", "commercial-model", "competing-model")
@@ -242,12 +242,7 @@ def _shipped() -> tuple[tuple[Licence, ...], RegistrySource]:
 
 
 def _parse(raw: bytes, where: str) -> tuple[Licence, ...]:
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(where, "not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(where, f"invalid TOML: {e}") from None
+    data = parse_toml(raw, where)
     try:
         spec = _RegistryFile.model_validate(data)
     except ValidationError as e:
