@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -505,34 +505,28 @@ class VLLMServer:
 
         Safe to call twice and after the child exited by itself (its workers may not have).
         """
-        if self._pgid is None:
-            return
-        self._died = self._died or self.returncode is not None
-        self._signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while not self._group_gone() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if not self._group_gone():
-            self._signal_group(signal.SIGKILL)
-            kill_deadline = time.monotonic() + 5.0
-            while not self._group_gone() and time.monotonic() < kill_deadline:
-                await asyncio.sleep(0.05)
-        self._finish()
+        for pause in self._stopping(timeout_s):
+            await asyncio.sleep(pause)
 
     def _stop_sync(self, timeout_s: float) -> None:
         """stop() without an event loop, for atexit."""
+        for pause in self._stopping(timeout_s):
+            time.sleep(pause)
+
+    def _stopping(self, timeout_s: float) -> Iterator[float]:
+        """The stop sequence, shared by both: it yields the pauses between checks, each caller sleeps."""
         if self._pgid is None:
             return
         self._died = self._died or self.returncode is not None
         self._signal_group(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while not self._group_gone() and time.monotonic() < deadline:
-            time.sleep(0.05)
+            yield 0.05
         if not self._group_gone():
             self._signal_group(signal.SIGKILL)
             kill_deadline = time.monotonic() + 5.0
             while not self._group_gone() and time.monotonic() < kill_deadline:
-                time.sleep(0.05)
+                yield 0.05
         self._finish()
 
     async def _shield_stop(self) -> None:
