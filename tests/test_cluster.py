@@ -25,16 +25,15 @@ import pytest  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
+from helpers import all_task_ids, ids_in  # noqa: E402
+
 from gen import RunOptions, run  # noqa: E402
 from gen.audit import audit  # noqa: E402
 from gen.cli import main  # noqa: E402
 from gen.cluster import RateShare, endpoints_for, partition_of, run_cluster  # noqa: E402
-from gen.config import load_prompt_file  # noqa: E402
 from gen.errors import ConfigError  # noqa: E402
 from gen.limits import RPM_HEADROOM, Limiter, Pacer  # noqa: E402
-from gen.schema import load_schema  # noqa: E402
 from gen.shards import parse_shard_name, shard_name, split_of_path  # noqa: E402
-from gen.templates import Expansion  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -70,22 +69,8 @@ def _recipe(tmp_path: Path, n: int, schema: dict | None = None) -> Path:
     return tmp_path / "p.toml"
 
 
-def _all_ids(prompt: Path) -> set[str]:
-    p = load_prompt_file(prompt)
-    schema = load_schema(p.spec.schema_, base_dir=p.base_dir, where=p.path)
-    return {t.id for t in Expansion(p, schema).tasks()}
-
-
-def _ids(out: Path, folder: str) -> list[str]:
-    return [
-        i
-        for f in sorted((out / folder).glob("*.parquet"))
-        for i in pq.read_table(f, columns=["id"])["id"].to_pylist()
-    ]
-
-
 def _everything(out: Path) -> list[str]:
-    return _ids(out, "data") + _ids(out, "rejects") + _ids(out, "duplicates")
+    return ids_in(out, "data") + ids_in(out, "rejects") + ids_in(out, "duplicates")
 
 
 def _opts(out: Path, url: str, **kw) -> RunOptions:
@@ -196,9 +181,9 @@ def test_three_partitions_produce_the_ids_of_a_one_machine_run(tmp_path, sim_ser
     assert result.status == "complete", result.message
     assert sim.stats()["requests"] - before == 240
 
-    assert sorted(_ids(out, "data")) == sorted(_ids(one, "data"))
+    assert sorted(ids_in(out, "data")) == sorted(ids_in(one, "data"))
     everything = _everything(out)
-    assert len(everything) == len(set(everything)) and set(everything) == _all_ids(prompt)
+    assert len(everything) == len(set(everything)) and set(everything) == all_task_ids(prompt)
     for f in (out / "data").glob("*.parquet"):  # each partition wrote only its own ids
         part = parse_shard_name(f"data/{f.name}").partition
         assert {partition_of(i, 3) for i in pq.read_table(f, columns=["id"])["id"].to_pylist()} == {part}
@@ -269,12 +254,12 @@ def test_a_killed_worker_fails_its_partition_and_a_rerun_finishes_only_what_is_m
     p1 = second.partitions[1]["stats"]
     kept = p1["skipped"]  # in shards or in the journal (replayed) when the rerun began
     assert kept >= 20 and p1["replayed"] <= kept  # what partition 1 had answered before the kill was kept
-    share_of_p1 = sum(1 for i in _all_ids(prompt) if partition_of(i, 3) == 1)
+    share_of_p1 = sum(1 for i in all_task_ids(prompt) if partition_of(i, 3) == 1)
     assert sim.stats()["requests"] - asked == share_of_p1 - kept  # the rerun asked only the missing ones
     # Asked again: only what was in flight in partition 1 when its worker died (4 requests at most).
     assert sim.stats()["requests"] <= 600 + 4
     everything = _everything(out)
-    assert len(everything) == len(set(everything)) and set(everything) == _all_ids(prompt)
+    assert len(everything) == len(set(everything)) and set(everything) == all_task_ids(prompt)
     _assert_audit_clean(out)
 
 
@@ -330,14 +315,14 @@ def test_duplicates_across_partitions_are_removed_by_a_crash_safe_merge_pass(
     assert len(kept) == len(_column(one / "data", "output")) == 2  # as on one machine: A (or A'), B
     assert B in kept and len({A, A_EDITED} & set(kept)) == 1
     everything = _everything(out)
-    assert len(everything) == len(set(everything)) == 60 and set(everything) == _all_ids(prompt)
+    assert len(everything) == len(set(everything)) == 60 and set(everything) == all_task_ids(prompt)
     merged = [
         r
         for f in (out / "duplicates").glob("duplicates-merge-*.parquet")
         for r in pq.read_table(f).to_pylist()
     ]
     assert merged and {r["kind"] for r in merged} <= {"exact", "near"}
-    kept_prefixes = {i[:16] for i in _ids(out, "data")}
+    kept_prefixes = {i[:16] for i in ids_in(out, "data")}
     assert all(r["duplicate_of"] in kept_prefixes for r in merged)  # each removed for a row that stayed
     assert all(partition_of(r["id"], 3) != partition_of(r["duplicate_of"], 3) for r in merged)
     m = json.loads((out / "manifest.json").read_text())
@@ -365,7 +350,7 @@ def test_rpm_is_the_whole_runs_limit_shared_by_the_partitions(tmp_path, sim_serv
     stats = sim.stats()
     assert stats["rate_limited"] <= 0.01 * stats["requests"], stats
     assert wall >= 400 / (rpm / 60)  # paced: three partitions together never above the limit
-    assert set(_everything(out)) == _all_ids(prompt)
+    assert set(_everything(out)) == all_task_ids(prompt)
 
 
 def test_the_command_line_and_a_killed_driver(tmp_path, sim_server, ray_local) -> None:
@@ -388,7 +373,7 @@ def test_the_command_line_and_a_killed_driver(tmp_path, sim_server, ray_local) -
     final = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
     everything = _everything(out)
-    assert len(everything) == len(set(everything)) and set(everything) == _all_ids(prompt)
+    assert len(everything) == len(set(everything)) and set(everything) == all_task_ids(prompt)
     assert sim.stats()["requests"] <= 400 + 2 * 4 + 8  # at most what was in flight, asked twice
     audited = subprocess.run([sys.executable, "-m", "gen", "audit", str(out)], capture_output=True, text=True)
     assert audited.returncode == 0, audited.stdout

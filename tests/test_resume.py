@@ -11,13 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+from helpers import all_task_ids, ids_in
 
 from gen import RunOptions, run
-from gen.config import load_prompt_file
-from gen.schema import load_schema
-from gen.templates import Expansion
 
 SCHEMA = {
     "type": "object",
@@ -37,20 +34,6 @@ def _recipe(tmp_path: Path, n: int = 400, samples: int = 1) -> Path:
         f"[variables]\nn = {list(range(n))}\n"
     )
     return tmp_path / "p.toml"
-
-
-def _all_ids(prompt: Path) -> set[str]:
-    p = load_prompt_file(prompt)
-    schema = load_schema(p.spec.schema_, base_dir=p.base_dir, where=p.path)
-    return {t.id for t in Expansion(p, schema).tasks()}
-
-
-def _ids(out: Path, folder: str) -> list[str]:
-    return [
-        i
-        for f in sorted((out / folder).glob("*.parquet"))
-        for i in pq.read_table(f, columns=["id"])["id"].to_pylist()
-    ]
 
 
 def _gen(prompt: Path, out: Path, base_url: str, *extra: str, **popen) -> subprocess.Popen:
@@ -110,10 +93,10 @@ def test_sigkill_at_random_moments_then_resume_equals_a_clean_run(tmp_path: Path
     assert final.returncode == 0, err
     requests_crashy = sim.stats()["requests"]
 
-    data, rejects, dups = _ids(out, "data"), _ids(out, "rejects"), _ids(out, "duplicates")
+    data, rejects, dups = ids_in(out, "data"), ids_in(out, "rejects"), ids_in(out, "duplicates")
     everything = data + rejects + dups
     assert len(everything) == len(set(everything)), "an id was written twice"
-    assert set(everything) == _all_ids(prompt)
+    assert set(everything) == all_task_ids(prompt)
     assert not list((out / "journal").glob("*.jsonl")), "a finished run leaves no journal"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["totals"]["rows"] == len(data)
@@ -123,7 +106,7 @@ def test_sigkill_at_random_moments_then_resume_equals_a_clean_run(tmp_path: Path
     before = sim.stats()["requests"]
     run(prompt, RunOptions(base_url=sim.base_url, output=clean, progress=False, max_concurrency=16))
     assert sim.stats()["requests"] - before == 400
-    assert sorted(_ids(clean, "data")) == sorted(data)
+    assert sorted(ids_in(clean, "data")) == sorted(data)
     # Asked twice: at most what was in flight when each process died.
     assert requests_crashy <= 400 + kills * 16
 
@@ -139,14 +122,14 @@ def test_answers_journaled_before_a_crash_are_not_asked_again(tmp_path: Path, si
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     journaled = _journal_lines(out)
-    assert journaled >= 60 and not _ids(out, "data"), "no checkpoint should have happened yet"
+    assert journaled >= 60 and not ids_in(out, "data"), "no checkpoint should have happened yet"
     asked_before = sim.stats()["requests"]
     assert asked_before <= journaled + 8
 
     result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, max_concurrency=8))
     assert result.stats.replayed == journaled
     assert sim.stats()["requests"] - asked_before == 300 - journaled
-    assert len(set(_ids(out, "data") + _ids(out, "rejects") + _ids(out, "duplicates"))) == 300
+    assert len(set(ids_in(out, "data") + ids_in(out, "rejects") + ids_in(out, "duplicates"))) == 300
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -170,7 +153,7 @@ def test_interrupt_commits_what_arrived_and_says_how_to_resume(tmp_path: Path, s
 
     result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, max_concurrency=50))
     assert result.status == "complete" and result.stats.skipped == done
-    assert len(set(_ids(out, "data") + _ids(out, "rejects") + _ids(out, "duplicates"))) == 300
+    assert len(set(ids_in(out, "data") + ids_in(out, "rejects") + ids_in(out, "duplicates"))) == 300
 
 
 def test_changed_recipe_is_refused_and_new_version_goes_beside(tmp_path: Path, sim_server, capsys) -> None:
@@ -316,7 +299,7 @@ def test_full_disk_stops_cleanly_and_the_next_run_resumes(tmp_path: Path, sim_se
         assert hashlib.sha256((out / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
     result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, shard_rows=100))
     assert result.status == "complete"
-    everything = _ids(out, "data") + _ids(out, "rejects") + _ids(out, "duplicates")
+    everything = ids_in(out, "data") + ids_in(out, "rejects") + ids_in(out, "duplicates")
     assert len(everything) == len(set(everything)) == 300
 
 

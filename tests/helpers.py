@@ -1,0 +1,27 @@
+"""What several test modules read back from a prompt file or an output directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from gen.config import load_prompt_file
+from gen.schema import load_schema
+from gen.templates import Expansion
+
+
+def all_task_ids(prompt: Path) -> set[str]:
+    """Every task id the prompt file expands to: what a finished dataset must account for."""
+    p = load_prompt_file(prompt)
+    schema = load_schema(p.spec.schema_, base_dir=p.base_dir, where=p.path) if p.spec.schema_ else None
+    return {t.id for t in Expansion(p, schema).tasks()}
+
+
+def ids_in(out: Path, folder: str) -> list[str]:
+    """The ids of every shard in one folder of an output (data, rejects, duplicates), in shard order."""
+    return [
+        i
+        for f in sorted((out / folder).glob("*.parquet"))
+        for i in pq.read_table(f, columns=["id"])["id"].to_pylist()
+    ]
