@@ -1,5 +1,3 @@
-import sys
+from gen.cli import console
 
-from gen.cli import main
-
-sys.exit(main())
+console()

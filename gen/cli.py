@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from gen import __version__
 
@@ -382,5 +385,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> NoReturn:
+    """The `gen` console script: main(), then an exit that skips the interpreter's teardown.
+
+    By the time main() returns, everything gen writes is closed (shards, journal, manifest, card).
+    What normal exit would still do is free every module and object one by one: about 0.4 s of CPU
+    with pyarrow, numpy, pydantic and aiohttp loaded, a tenth of a 5,000-row run. atexit handlers
+    (the vLLM launcher's stop, Ray's shutdown) still run. A live non-daemon thread means work may be
+    unfinished: then the normal exit runs, which waits for it."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # noqa: SLF001 (the documented handlers, run as normal exit would)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -83,6 +83,44 @@ def test_quickstart_through_the_real_cli(tmp_path: Path) -> None:
     assert card.startswith("---\nlicense: apache-2.0") and "gen-sim-1" in card
 
 
+CONSOLE = """
+import atexit, sys
+atexit.register(lambda: print("atexit ran; pandas loaded:", "pandas" in sys.modules, flush=True))
+sys.argv = ["gen", *sys.argv[1:]]
+from gen.cli import console
+console()
+"""
+
+
+def test_console_script_exit_keeps_everything_and_runs_atexit(tmp_path: Path, sim_server) -> None:
+    # The console script skips interpreter teardown (os._exit): the files must be complete, the exit
+    # status right, atexit handlers run, and pyarrow's conversions must not have pulled in pandas.
+    out = tmp_path / "o"
+    args = ["run", str(QUICKSTART), "--provider", "openai", "--base-url", sim_server().base_url]
+    args += ["--output", str(out), "--no-progress", "--limit", "100"]
+    proc = subprocess.run(
+        [sys.executable, "-c", CONSOLE, *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "atexit ran; pandas loaded: False"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert sum(pq.read_metadata(out / s["path"]).num_rows for s in manifest["shards"]) == 100
+    for shard in manifest["shards"]:
+        assert hashlib.sha256((out / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [")
+    proc = subprocess.run(
+        [sys.executable, "-c", CONSOLE, "run", str(bad), "--output", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "bad.toml" in proc.stderr
+    assert proc.stdout.strip() == "atexit ran; pandas loaded: False"
+
+
 def test_shards_load_in_polars_duckdb_and_datasets(tmp_path: Path) -> None:
     out = tmp_path / "o"
     run(QUICKSTART, RunOptions(output=out, progress=False, limit=60))
