@@ -98,9 +98,7 @@ def test_console_script_exit_keeps_everything_and_runs_atexit(tmp_path: Path, si
     out = tmp_path / "o"
     args = ["run", str(QUICKSTART), "--provider", "openai", "--base-url", sim_server().base_url]
     args += ["--output", str(out), "--no-progress", "--limit", "100"]
-    proc = subprocess.run(
-        [sys.executable, "-c", CONSOLE, *args], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", CONSOLE, *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "atexit ran; pandas loaded: False"
     manifest = json.loads((out / "manifest.json").read_text())
