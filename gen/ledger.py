@@ -41,9 +41,9 @@ class Journal:
     """Append-only JSON-lines segments under OUTPUT/journal/, one open at a time.
 
     Entries that arrive in the same event-loop tick leave in one write at the end of that tick
-    (`loop.call_soon`): at 0 ms latency dozens of answers land per tick, and one syscall each cost more
-    than the rest of gen's per-row work. A SIGKILL inside that tick loses those answers, which is the
-    same as losing requests in flight; nothing older than a tick is ever only in memory.
+    (`loop.call_soon`), or sooner: a worker calls `write_pending()` before it sends its next request.
+    So an answer is on disk before the request that follows it leaves, and a SIGKILL loses at most the
+    answers to requests in flight; nothing older than a tick is ever only in memory.
     """
 
     def __init__(self, out_dir: Path, run_id: str, *, partition: int | None = None) -> None:
@@ -74,6 +74,12 @@ class Journal:
 
     def _flush_soon(self) -> None:
         self._scheduled = False
+        self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write what is queued now. An error is kept and raised by the next append()."""
+        if not self._pending:
+            return
         try:
             self.flush()
         except OSError as e:  # surfaces at the next append, in a worker that can stop the run

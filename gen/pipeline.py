@@ -564,6 +564,8 @@ class Run:
                 self.stop_reason = reason
                 return
             self.claimed.add(key)
+            assert self.journal is not None
+            self.journal.write_pending()  # this worker's last answer is on disk before its next request
             try:
                 await self._process(task, key, teacher)
             except asyncio.CancelledError:

@@ -2,6 +2,8 @@
 
 Rows arrive as dicts on the event loop and are buffered column-wise; a full buffer is handed to one
 writer thread, so the loop never blocks on compression or disk, and shards are committed in order.
+pyarrow is imported on first use, not with this module: a fresh run needs it only when its first rows
+are converted, so its 0.2 s of import is not spent before the first request.
 A shard is written to a temporary name, fsynced, then renamed: a crash leaves either the whole shard
 or nothing under its final name.
 """
@@ -18,15 +20,30 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-# Arrow's default pool (jemalloc or mimalloc) keeps freed memory for reuse: tens of megabytes of RSS on a
-# run that builds a few tables. The system allocator gives it back; shard building is not allocation-bound.
-pa.set_memory_pool(pa.system_memory_pool())
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def _pyarrow() -> Any:
+    """pyarrow, imported (and its memory pool chosen) on first use."""
+    import pyarrow as pa
+    import pyarrow.parquet  # noqa: F401  (pa.parquet below)
+
+    global _POOL_SET
+    if not _POOL_SET:
+        # Arrow's default pool (jemalloc or mimalloc) keeps freed memory for reuse: tens of megabytes of
+        # RSS on a run that builds a few tables. The system allocator gives it back; shard building is not
+        # allocation-bound.
+        pa.set_memory_pool(pa.system_memory_pool())
+        _POOL_SET = True
+    return pa
+
+
+_POOL_SET = False
 
 
 class _PandasHidden:
@@ -59,70 +76,96 @@ class _PandasHidden:
 
 WITHOUT_PANDAS = _PandasHidden()
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
-DATA_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("messages", pa.list_(MESSAGE)),
-        ("response", pa.string()),
-        ("output", pa.string()),
-        ("vars", pa.string()),
-        ("sample", pa.int32()),
-        ("split", pa.string()),
-        ("template", pa.string()),
-        ("template_version", pa.string()),
-        ("template_sha256", pa.string()),
-        ("prompt_sha256", pa.string()),
-        ("teacher_provider", pa.string()),
-        ("teacher_model", pa.string()),
-        ("teacher_license", pa.string()),
-        ("sampling", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("attempts", pa.int32()),
-        ("created_at", pa.timestamp("ms", tz="UTC")),
-        ("run_id", pa.string()),
-        ("generator_version", pa.string()),
-    ]
-)
+def _schemas() -> dict[str, pa.Schema]:
+    """The Arrow schema of each split's shards (the row contract), built once, on first use."""
+    if _SCHEMAS:
+        return _SCHEMAS
+    pa = _pyarrow()
+    MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
-REJECT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("reason", pa.string()),
-        ("error", pa.string()),
-        ("response", pa.string()),
-        ("vars", pa.string()),
-        ("sample", pa.int32()),
-        ("template", pa.string()),
-        ("teacher_model", pa.string()),
-        ("attempts", pa.int32()),
-        ("created_at", pa.timestamp("ms", tz="UTC")),
-        ("run_id", pa.string()),
-    ]
-)
+    DATA_SCHEMA = pa.schema(
+        [
+            ("id", pa.string()),
+            ("messages", pa.list_(MESSAGE)),
+            ("response", pa.string()),
+            ("output", pa.string()),
+            ("vars", pa.string()),
+            ("sample", pa.int32()),
+            ("split", pa.string()),
+            ("template", pa.string()),
+            ("template_version", pa.string()),
+            ("template_sha256", pa.string()),
+            ("prompt_sha256", pa.string()),
+            ("teacher_provider", pa.string()),
+            ("teacher_model", pa.string()),
+            ("teacher_license", pa.string()),
+            ("sampling", pa.string()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("finish_reason", pa.string()),
+            ("attempts", pa.int32()),
+            ("created_at", pa.timestamp("ms", tz="UTC")),
+            ("run_id", pa.string()),
+            ("generator_version", pa.string()),
+        ]
+    )
 
-DUPLICATE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("duplicate_of", pa.string()),  # the first 16 hex digits of the kept row's id
-        ("kind", pa.string()),  # "exact" or "near"
-        ("output", pa.string()),
-        ("vars", pa.string()),
-        ("created_at", pa.timestamp("ms", tz="UTC")),
-        ("run_id", pa.string()),
-    ]
-)
+    REJECT_SCHEMA = pa.schema(
+        [
+            ("id", pa.string()),
+            ("reason", pa.string()),
+            ("error", pa.string()),
+            ("response", pa.string()),
+            ("vars", pa.string()),
+            ("sample", pa.int32()),
+            ("template", pa.string()),
+            ("teacher_model", pa.string()),
+            ("attempts", pa.int32()),
+            ("created_at", pa.timestamp("ms", tz="UTC")),
+            ("run_id", pa.string()),
+        ]
+    )
+
+    DUPLICATE_SCHEMA = pa.schema(
+        [
+            ("id", pa.string()),
+            ("duplicate_of", pa.string()),  # the first 16 hex digits of the kept row's id
+            ("kind", pa.string()),  # "exact" or "near"
+            ("output", pa.string()),
+            ("vars", pa.string()),
+            ("created_at", pa.timestamp("ms", tz="UTC")),
+            ("run_id", pa.string()),
+        ]
+    )
+    _SCHEMAS.update(
+        {
+            "DATA_SCHEMA": DATA_SCHEMA,
+            "REJECT_SCHEMA": REJECT_SCHEMA,
+            "DUPLICATE_SCHEMA": DUPLICATE_SCHEMA,
+            "SCHEMAS": {
+                "train": DATA_SCHEMA,
+                "eval": DATA_SCHEMA,
+                "rejects": REJECT_SCHEMA,
+                "duplicates": DUPLICATE_SCHEMA,
+            },
+        }
+    )
+    return _SCHEMAS
+
+
+_SCHEMAS: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    # DATA_SCHEMA, REJECT_SCHEMA, DUPLICATE_SCHEMA and SCHEMAS (split -> schema): module constants that
+    # import pyarrow only when asked for.
+    if name in ("DATA_SCHEMA", "REJECT_SCHEMA", "DUPLICATE_SCHEMA", "SCHEMAS"):
+        return _schemas()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 SPLITS = ("train", "eval", "rejects", "duplicates")
-SCHEMAS = {
-    "train": DATA_SCHEMA,
-    "eval": DATA_SCHEMA,
-    "rejects": REJECT_SCHEMA,
-    "duplicates": DUPLICATE_SCHEMA,
-}
 FOLDERS = {"train": "data", "eval": "data", "rejects": "rejects", "duplicates": "duplicates"}
 
 
@@ -257,20 +300,21 @@ def next_shard_numbers(out_dir: Path, partition: int | None = None) -> dict[str,
 def describe_shard(out_dir: Path, rel_path: str) -> ShardInfo:
     """A committed shard's row count and checksum, read back from disk."""
     path = out_dir / rel_path
-    rows = pq.ParquetFile(path).metadata.num_rows
+    rows = _pyarrow().parquet.ParquetFile(path).metadata.num_rows
     return ShardInfo(rel_path, split_of_path(rel_path), rows, sha256_file(path), path.stat().st_size)
 
 
 def read_columns(out_dir: Path, rel_path: str, columns: list[str]) -> dict[str, list[Any]]:
     """Some columns of a shard as Python lists (used to rebuild the resume and dedup indexes)."""
-    table = pq.read_table(out_dir / rel_path, columns=columns)
+    table = _pyarrow().parquet.read_table(out_dir / rel_path, columns=columns)
     return {name: table.column(name).to_pylist() for name in columns}
 
 
 def write_table(out_dir: Path, rel_path: str, table: pa.Table) -> ShardInfo:
     """Compress, checksum and atomically commit one shard (runs in the writer thread)."""
+    pa = _pyarrow()
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    pa.parquet.write_table(table, sink, compression="zstd", write_statistics=True)
     data = sink.getvalue()  # an Arrow buffer: hashed and written without a copy into Python bytes
     atomic_write_bytes(out_dir / rel_path, data)
     return ShardInfo(
@@ -326,7 +370,7 @@ class ShardWriter:
         rows.append(row)
         if len(rows) >= self.batch_rows:
             self._rows[split] = []
-            self._batches[split].append(self._pool.submit(_to_batch, rows, SCHEMAS[split]))
+            self._batches[split].append(self._pool.submit(_to_batch, rows, split))
         self._counts[split] += 1
         return self._counts[split] >= self.rows_per_shard
 
@@ -339,7 +383,7 @@ class ShardWriter:
             if not self._counts[split]:
                 continue
             if self._rows[split]:
-                self._batches[split].append(self._pool.submit(_to_batch, self._rows[split], SCHEMAS[split]))
+                self._batches[split].append(self._pool.submit(_to_batch, self._rows[split], split))
             jobs.append((split, self._batches[split]))
             self._rows[split], self._batches[split], self._counts[split] = [], [], 0
         if not jobs and token is None:
@@ -364,7 +408,8 @@ class ShardWriter:
             raise self.failed
         try:
             for split, batches in jobs:
-                table = pa.Table.from_batches([b.result() for b in batches], schema=SCHEMAS[split])
+                schema = _schemas()["SCHEMAS"][split]
+                table = _pyarrow().Table.from_batches([b.result() for b in batches], schema=schema)
                 for start in range(0, table.num_rows, self.rows_per_shard):
                     rel = shard_name(split, self._next_number(split), self.partition)
                     chunk = table.slice(start, self.rows_per_shard)
@@ -392,10 +437,10 @@ class ShardWriter:
             self._pool.shutdown(wait=True)
 
 
-def _to_batch(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
+def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
     # Arrow's C++ converter builds the columns; this runs in the writer thread, off the event loop.
     with WITHOUT_PANDAS:
-        return pa.RecordBatch.from_pylist(rows, schema=schema)
+        return _pyarrow().RecordBatch.from_pylist(rows, schema=_schemas()["SCHEMAS"][split])
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -1,0 +1,237 @@
+"""gen's own HTTP/1.1 client for teachers on plain http: vLLM, SGLang or the simulator, local or on a LAN.
+
+Why our own, on a hot path where we otherwise prefer libraries: aiohttp spends about 0.2 ms of CPU
+per request (request and response objects, a timer, header multidicts, cookie and tracing hooks),
+which at 0 ms latency was about half of gen's CPU per row and caps how many GPUs one process feeds.
+A teacher on plain http needs very little of it: a POST of a JSON body on a kept-alive connection, a
+status, a few headers, a body (and a GET for its model list). This does only that, on asyncio's
+Protocol API, with the answer parsed by httptools (llhttp, Node.js's parser: chunked bodies,
+keep-alive rules, malformed input).
+https goes through aiohttp (gen.teachers.http), as do proxies: neither client reads proxy settings.
+
+Behaviour a caller can rely on: requests carry `Content-Length` and never `Accept-Encoding` (bodies
+come back uncompressed); connections are kept alive and reused last-in first-out; a kept-alive
+connection the server closed while idle is replaced once, transparently, when it fails before any
+byte of the answer arrived (the request never reached a handler); every other failure surfaces as
+`WireError`, which gen.teachers.http turns into a retryable TeacherError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from gen import __version__
+
+
+class WireError(Exception):
+    """The request failed on the wire: connection refused, reset or closed early, timeout, bad HTTP."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection: at most one request at a time; parser callbacks fill in the answer."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False  # has answered a request before: the server may have closed it meanwhile
+        self.waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
+        self.received = False  # any byte of the current answer arrived
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.headers_done = False
+        self.length_known = False  # Content-Length or chunked: else the body ends with the connection
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(WireError("the server switched protocols"))
+        except httptools.HttpParserError as e:
+            self._fail(WireError(f"malformed HTTP answer: {e}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.headers_done and not self.length_known:  # a body delimited by the end of the connection
+            self._finish(keep_alive=False)
+            return
+        reason = f"{type(exc).__name__}: {exc}" if exc else "the server closed the connection"
+        waiter.set_exception(WireError(f"connection lost before the answer was complete ({reason})"))
+
+    # --- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.headers = {}
+        self.chunks = []
+        self.headers_done = False
+        self.length_known = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        if key in ("content-length", "transfer-encoding"):
+            self.length_known = True
+        old = self.headers.get(key)
+        self.headers[key] = text if old is None else f"{old}, {text}"  # repeated fields join (RFC 9110)
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self._finish(keep_alive=self.parser.should_keep_alive())
+
+    # --- requests
+
+    def _finish(self, *, keep_alive: bool) -> None:
+        waiter, self.waiter = self.waiter, None
+        status = self.parser.get_status_code()
+        body = b"".join(self.chunks)
+        self.chunks = []
+        if not keep_alive:
+            self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, self.headers, body))
+
+    def _fail(self, error: WireError) -> None:
+        waiter, self.waiter = self.waiter, None
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class WirePool:
+    """Kept-alive connections to one host:port. Belongs to one event loop.
+
+    It does not cap the number of connections: gen's Limiter already bounds requests in flight, and
+    a connection is only ever opened for a request that has none idle.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str],
+        request_timeout_s: float,
+        connect_timeout_s: float,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not a plain http URL: {url}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.request_timeout_s = request_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        host = parts.netloc.rsplit("@", 1)[-1]
+        lines = [f"Host: {host}", f"User-Agent: gen/{__version__}", "Accept: */*"]
+        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
+        # The header fields up to Content-Length's value, the same for every request. Held in memory
+        # only (an API key may be among them), never logged or shown in an error.
+        self._fields = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        self._idle: list[_Connection] = []
+        self._all: set[_Connection] = set()
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        """(status, headers with lower-case names, body) of one request; WireError on any failure."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout_s
+        head = b"%s %s HTTP/1.1\r\n%s%d\r\n\r\n" % (
+            method.encode("ascii"),
+            path.encode("ascii"),
+            self._fields,
+            len(body),
+        )
+        request = head + body
+        while True:
+            conn = await self._acquire(deadline)
+            try:
+                return await self._exchange(loop, conn, request, deadline)
+            except WireError:
+                if conn.reused and not conn.received and not conn.headers_done:
+                    continue  # a kept-alive connection the server had closed: the request never arrived
+                raise
+
+    async def _exchange(
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, request: bytes, deadline: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] = loop.create_future()
+        conn.waiter = waiter
+        conn.received = conn.headers_done = conn.length_known = False
+        assert conn.transport is not None
+        conn.transport.write(request)
+        timer = loop.call_at(deadline, _time_out, waiter)
+        try:
+            result = await waiter
+        except BaseException:
+            # A timeout, a failure or a cancellation mid-request: the connection's state is unknown.
+            conn.waiter = None
+            conn.abort()
+            self._all.discard(conn)
+            raise
+        finally:
+            timer.cancel()
+        if conn.closed:
+            self._all.discard(conn)
+        else:
+            conn.reused = True
+            self._idle.append(conn)
+        return result
+
+    async def _acquire(self, deadline: float) -> _Connection:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+            self._all.discard(conn)
+        loop = asyncio.get_running_loop()
+        timeout = max(0.0, min(self.connect_timeout_s, deadline - loop.time()))
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(_Connection, self.host, self.port)
+        except TimeoutError:
+            raise WireError(f"connecting to {self.host}:{self.port} timed out", timeout=True) from None
+        except OSError as e:
+            raise WireError(f"cannot connect to {self.host}:{self.port}: {e.strerror or e}") from None
+        self._all.add(conn)
+        return conn
+
+    def close(self) -> None:
+        for conn in self._all:
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+
+
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(WireError("request timed out", timeout=True))
