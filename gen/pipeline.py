@@ -697,7 +697,7 @@ class Run:
         """Journal the outcome at once, then buffer it; checkpoint when a shard is full."""
         assert self.journal is not None
         self.journal.append(split, row)
-        if split in ("train", "eval") and self.dedup.near is not None:
+        if split in ("train", "eval") and self.dedup.near_enabled:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()
         else:

@@ -44,6 +44,8 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     """Load and check everything a run needs. Raises ConfigError; sends no request."""
     prompt = load_prompt_file(prompt_path)
     spec = prompt.spec
+    if opts.near_threshold is not None and not 0.0 < opts.near_threshold <= 1.0:
+        raise ConfigError("--near-threshold", f"must be in (0, 1], got {opts.near_threshold:g}")
     teacher = resolve_teacher(prompt, opts)
     review, registry_sources = licence_review(prompt, teacher, opts)
     teacher = dataclasses.replace(teacher, license=review.licence_id)

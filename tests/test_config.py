@@ -107,6 +107,14 @@ def test_missing_api_key_variable(recipe: Path, sim_server, capsys, monkeypatch)
     assert sim.stats()["requests"] == 0
 
 
+@pytest.mark.parametrize("value", ["1.5", "0", "-0.2"])
+def test_near_threshold_out_of_range(recipe: Path, sim_server, capsys, value: str) -> None:
+    sim = sim_server()
+    code, err = _run(["run", str(recipe), "--base-url", sim.base_url, "--near-threshold", value], capsys)
+    assert code == 2 and "--near-threshold: must be in (0, 1]" in err and len(err.strip().splitlines()) == 1
+    assert sim.stats()["requests"] == 0
+
+
 def test_missing_prompt_file(tmp_path: Path, capsys) -> None:
     code, err = _run(["run", str(tmp_path / "nope.toml")], capsys)
     assert code == 2 and "nope.toml: no such prompt file" in err
