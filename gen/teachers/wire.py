@@ -10,10 +10,11 @@ keep-alive rules, malformed input).
 https goes through aiohttp (gen.teachers.http), as do proxies: neither client reads proxy settings.
 
 Behaviour a caller can rely on: requests carry `Content-Length` and never `Accept-Encoding` (bodies
-come back uncompressed); connections are kept alive and reused last-in first-out; a kept-alive
-connection the server closed while idle is replaced once, transparently, when it fails before any
-byte of the answer arrived (the request never reached a handler); every other failure surfaces as
-`WireError`, which gen.teachers.http turns into a retryable TeacherError.
+come back uncompressed); connections are kept alive and reused last-in first-out, and one the server
+has closed while idle is noticed (its FIN arrives as connection_lost) and not reused. Every failure
+surfaces as `WireError`, which gen.teachers.http turns into a retryable TeacherError: nothing is
+re-sent here, since a server may have read a request it then dropped (aiohttp does the same for POST),
+so gen's retry policy decides and counts every second attempt.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.reused = False  # has answered a request before: the server may have closed it meanwhile
         self.waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
-        self.received = False  # any byte of the current answer arrived
         self.headers: dict[str, str] = {}
         self.chunks: list[bytes] = []
         self.headers_done = False
@@ -56,7 +55,6 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -171,21 +169,15 @@ class WirePool:
             len(body),
         )
         request = head + body
-        while True:
-            conn = await self._acquire(deadline)
-            try:
-                return await self._exchange(loop, conn, request, deadline)
-            except WireError:
-                if conn.reused and not conn.received and not conn.headers_done:
-                    continue  # a kept-alive connection the server had closed: the request never arrived
-                raise
+        conn = await self._acquire(deadline)
+        return await self._exchange(loop, conn, request, deadline)
 
     async def _exchange(
         self, loop: asyncio.AbstractEventLoop, conn: _Connection, request: bytes, deadline: float
     ) -> tuple[int, dict[str, str], bytes]:
         waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] = loop.create_future()
         conn.waiter = waiter
-        conn.received = conn.headers_done = conn.length_known = False
+        conn.headers_done = conn.length_known = False
         assert conn.transport is not None
         conn.transport.write(request)
         timer = loop.call_at(deadline, _time_out, waiter)
@@ -202,7 +194,6 @@ class WirePool:
         if conn.closed:
             self._all.discard(conn)
         else:
-            conn.reused = True
             self._idle.append(conn)
         return result
 

@@ -127,25 +127,38 @@ async def test_a_body_ended_by_closing_the_connection_and_connection_close() -> 
     assert s.connections == 3  # none was reused: each answer said the connection ends
 
 
-async def test_a_kept_alive_connection_the_server_dropped_is_replaced_transparently() -> None:
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
-        if n == 0:
-            writer.write(answer())
-            await writer.drain()
-            await read_request(reader)  # the next request arrives as the server's idle timeout fires
-            writer.transport.abort()
-            return
         writer.write(answer())
-        await writer.drain()
-        await read_request(reader)
+        await writer.drain()  # then the handler returns: the server closes the idle connection
 
     async with Scripted(handler) as s:
         p = pool(s.url)
         await p.request("POST", "/v1/x", b"{}")
+        await asyncio.sleep(0.1)  # the server's FIN arrives
         status, _, body = await p.request("POST", "/v1/x", b"{}")
         p.close()
     assert status == 200 and body == OK_BODY and s.connections == 2
+
+
+async def test_a_request_the_server_read_and_dropped_is_not_resent() -> None:
+    # The server reads the request, then drops the kept-alive connection without answering: it may have
+    # acted on it, so the client must not send it again by itself; the retry policy decides.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(answer())
+        await writer.drain()
+        await read_request(reader)
+        writer.transport.abort()
+
+    async with Scripted(handler) as s:
+        p = pool(s.url)
+        await p.request("POST", "/v1/x", b"{}")
+        with pytest.raises(WireError, match="connection lost before the answer"):
+            await p.request("POST", "/v1/x", b"{}")
+        p.close()
+    assert s.connections == 1
 
 
 @pytest.mark.parametrize(
