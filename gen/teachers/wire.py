@@ -96,6 +96,8 @@ class _Connection(asyncio.Protocol):
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return  # an interim answer (103 Early Hints, an unasked-for 100 Continue): the final one follows
         self._finish(keep_alive=self.parser.should_keep_alive())
 
     # --- requests

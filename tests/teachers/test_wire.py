@@ -109,6 +109,23 @@ async def test_chunked_answers_repeated_headers_and_header_case() -> None:
     assert headers["x-ratelimit-remaining-requests"] == "5" and headers["via"] == "a, b"
 
 
+async def test_interim_answers_are_skipped() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while await read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+            writer.write(answer(b'{"final": true}', extra=b"X-Final: yes\r\n"))
+            await writer.drain()
+
+    async with Scripted(handler) as s:
+        p = pool(s.url)
+        for _ in range(2):
+            status, headers, body = await p.request("POST", "/v1/x", b"{}")
+            assert status == 200 and body == b'{"final": true}' and headers["x-final"] == "yes"
+            assert "link" not in headers
+        p.close()
+    assert s.connections == 1
+
+
 async def test_a_body_ended_by_closing_the_connection_and_connection_close() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
