@@ -394,8 +394,6 @@ def console() -> NoReturn:
     (the vLLM launcher's stop, Ray's shutdown) still run. A live non-daemon thread means work may be
     unfinished: then the normal exit runs, which waits for it."""
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
         sys.exit(code)

@@ -11,6 +11,7 @@ or nothing under its final name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import re
@@ -28,22 +29,17 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
+@functools.cache
 def _pyarrow() -> Any:
     """pyarrow, imported (and its memory pool chosen) on first use."""
     import pyarrow as pa
     import pyarrow.parquet  # noqa: F401  (pa.parquet below)
 
-    global _POOL_SET
-    if not _POOL_SET:
-        # Arrow's default pool (jemalloc or mimalloc) keeps freed memory for reuse: tens of megabytes of
-        # RSS on a run that builds a few tables. The system allocator gives it back; shard building is not
-        # allocation-bound.
-        pa.set_memory_pool(pa.system_memory_pool())
-        _POOL_SET = True
+    # Arrow's default pool (jemalloc or mimalloc) keeps freed memory for reuse: tens of megabytes of RSS
+    # on a run that builds a few tables. The system allocator gives it back; shard building is not
+    # allocation-bound.
+    pa.set_memory_pool(pa.system_memory_pool())
     return pa
-
-
-_POOL_SET = False
 
 
 class _PandasHidden:
@@ -77,10 +73,9 @@ class _PandasHidden:
 WITHOUT_PANDAS = _PandasHidden()
 
 
+@functools.cache
 def _schemas() -> dict[str, pa.Schema]:
-    """The Arrow schema of each split's shards (the row contract), built once, on first use."""
-    if _SCHEMAS:
-        return _SCHEMAS
+    """split -> the Arrow schema of its shards (the row contract), built once, on first use."""
     pa = _pyarrow()
     MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
@@ -138,30 +133,27 @@ def _schemas() -> dict[str, pa.Schema]:
             ("run_id", pa.string()),
         ]
     )
-    _SCHEMAS.update(
-        {
-            "DATA_SCHEMA": DATA_SCHEMA,
-            "REJECT_SCHEMA": REJECT_SCHEMA,
-            "DUPLICATE_SCHEMA": DUPLICATE_SCHEMA,
-            "SCHEMAS": {
-                "train": DATA_SCHEMA,
-                "eval": DATA_SCHEMA,
-                "rejects": REJECT_SCHEMA,
-                "duplicates": DUPLICATE_SCHEMA,
-            },
-        }
-    )
-    return _SCHEMAS
+    return {
+        "train": DATA_SCHEMA,
+        "eval": DATA_SCHEMA,
+        "rejects": REJECT_SCHEMA,
+        "duplicates": DUPLICATE_SCHEMA,
+    }
 
 
-_SCHEMAS: dict[str, Any] = {}
+# Module constants that import pyarrow only when asked for: SCHEMAS (split -> schema) and one per kind.
+_LAZY = {
+    "SCHEMAS": None,
+    "DATA_SCHEMA": "train",
+    "REJECT_SCHEMA": "rejects",
+    "DUPLICATE_SCHEMA": "duplicates",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # DATA_SCHEMA, REJECT_SCHEMA, DUPLICATE_SCHEMA and SCHEMAS (split -> schema): module constants that
-    # import pyarrow only when asked for.
-    if name in ("DATA_SCHEMA", "REJECT_SCHEMA", "DUPLICATE_SCHEMA", "SCHEMAS"):
-        return _schemas()[name]
+    if name in _LAZY:
+        split = _LAZY[name]
+        return _schemas() if split is None else _schemas()[split]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -410,7 +402,7 @@ class ShardWriter:
             raise self.failed
         try:
             for split, batches in jobs:
-                schema = _schemas()["SCHEMAS"][split]
+                schema = _schemas()[split]
                 table = _pyarrow().Table.from_batches([b.result() for b in batches], schema=schema)
                 for start in range(0, table.num_rows, self.rows_per_shard):
                     rel = shard_name(split, self._next_number(split), self.partition)
@@ -442,7 +434,7 @@ class ShardWriter:
 def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
     # Arrow's C++ converter builds the columns; this runs in the writer thread, off the event loop.
     with WITHOUT_PANDAS:
-        return _pyarrow().RecordBatch.from_pylist(rows, schema=_schemas()["SCHEMAS"][split])
+        return _pyarrow().RecordBatch.from_pylist(rows, schema=_schemas()[split])
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -127,33 +127,32 @@ class HTTPClient:
     async def _post(self, url: str, data: bytes) -> tuple[bytes, Mapping[str, str]]:
         """The body and headers of a 2xx answer; anything else raises TeacherError."""
         if USE_WIRE and url.startswith("http://"):
-            return await self._post_wire(url, data)
+            status, headers, raw = await self._post_wire(url, data)
+        else:
+            status, headers, raw = await self._post_aiohttp(url, data)
+        if status >= 400:
+            raise error_from_response(status, raw, headers)
+        return raw, headers
+
+    async def _post_aiohttp(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
         import aiohttp
 
         try:
             async with self._session_().post(url, data=data, headers=self._headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = resp.headers
+                return resp.status, resp.headers, await resp.read()
         except TimeoutError:
             raise TeacherError("request timed out", retryable=True) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             raise TeacherError(f"connection failed: {type(e).__name__}: {e}", retryable=True) from None
-        if status >= 400:
-            raise error_from_response(status, raw, headers)
-        return raw, headers
 
-    async def _post_wire(self, url: str, data: bytes) -> tuple[bytes, Mapping[str, str]]:
+    async def _post_wire(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
         pool, path = self._wire_pool(url)
         try:
-            status, headers, raw = await pool.request("POST", path, data)
+            return await pool.request("POST", path, data)
         except WireError as e:
             if e.timeout:
                 raise TeacherError("request timed out", retryable=True) from None
             raise TeacherError(f"connection failed: {e}", retryable=True) from None
-        if status >= 400:
-            raise error_from_response(status, raw, headers)
-        return raw, headers
 
     async def _get_json(self, url: str, params: Mapping[str, str] | None = None) -> Any:
         """A GET's JSON, or None when the server does not answer it well (used for model listings)."""
