@@ -10,7 +10,7 @@ import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -63,11 +63,14 @@ class SeedSpec(_Strict):
 
 
 class DedupSpec(_Strict):
-    """Near-duplicate removal (exact duplicates are always removed)."""
+    """Duplicate removal: what is compared (`on`, see gen.dedup), and near-duplicate removal (exact
+    duplicates are always removed)."""
 
+    # "example": input turns + answer; "output": the answer alone; "input": the input turns alone.
+    on: Literal["example", "output", "input"] = "example"
     near: bool = True
     threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # Jaccard of word 3-grams
-    field: str | None = None  # compare one top-level field of the output instead of all its text
+    field: str | None = None  # the answer's part of the near text: one top-level field, not all its text
 
 
 class PromptSpec(_Strict):
@@ -192,6 +195,9 @@ class RunOptions:
     no_near_dedup: bool = False
     near_threshold: float | None = None
     dedup_against: list[Path] = field(default_factory=list)  # other outputs whose rows count as kept
+    # The dedup key of a new output instead of the prompt file's [dedup] on (the cluster driver sets it
+    # for its partitions). An output being resumed always keeps the key it was begun with.
+    dedup_on: str | None = None
     # Cluster runs (gen.cluster): `executor="ray"` splits the task space into `partitions` by id hash.
     executor: str = "local"  # "local" (this process) or "ray"
     partitions: int | None = None  # ray: how many (default: the output's earlier count, else one per URL)

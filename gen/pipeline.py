@@ -24,7 +24,7 @@ from gen import __version__
 from gen.budget import Budget
 from gen.card import write_card
 from gen.config import RunOptions
-from gen.dedup import Deduplicator
+from gen.dedup import Deduplicator, key_of
 from gen.errors import FatalTeacherError, GenError, TeacherError
 from gen.ledger import (
     Journal,
@@ -128,10 +128,15 @@ class Run:
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
         self.stats = RunStats()
         d = self.spec.dedup
+        # An output keeps the key it was begun with; one made before [dedup] on existed keeps "output".
+        on, self.legacy_dedup_key = key_of(
+            d.on, p.previous, p.opts.dedup_on, manifest_path(p.out_dir, (p.opts.partition or (None,))[0])
+        )
         self.dedup = Deduplicator(
             near=d.near and not p.opts.no_near_dedup,
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
+            on=on,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries)
@@ -273,16 +278,15 @@ class Run:
                 else describe_shard(out, rel)
             )
             if shards[-1].split in ("train", "eval"):
-                cols = read_columns(out, rel, ["id", "output", "response"])
-                self.claimed.update(id_key(tid) for tid in cols["id"])
-                self.dedup.remember(zip(cols["id"], cols["output"], cols["response"], strict=True))
+                ids, materials, texts = self.dedup.read_keys(out, rel)
+                self.claimed.update(id_key(tid) for tid in ids)
+                self.dedup.remember(ids, materials, texts)
             else:
                 self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
             for rel in committed_shards(other):
                 if split_of_path(rel) in ("train", "eval"):
-                    cols = read_columns(other, rel, ["id", "output", "response"])
-                    self.dedup.remember(zip(cols["id"], cols["output"], cols["response"], strict=True))
+                    self.dedup.remember(*self.dedup.read_keys(other, rel))  # by this run's key
         return shards
 
     def _replay_journal(self) -> list[Path]:
@@ -297,7 +301,7 @@ class Run:
             self.stats.replayed += 1
             if split in ("train", "eval"):
                 # The journal holds rows that passed the exact check; near checks are redone in order.
-                self.dedup.check_exact(row["output"] if row["output"] is not None else row["response"], key)
+                self.dedup.check_exact(self._material(row["messages"]), key)
                 self.dedup.offer(split, row)
             else:
                 self._accept(split, row)
@@ -309,6 +313,11 @@ class Run:
     async def execute(self) -> RunResult:
         p = self.p
         p.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.legacy_dedup_key and self.partition is None:
+            self._say(
+                f"{p.out_dir} was deduplicated by output text (made before [dedup] on existed); "
+                "it is resumed with that key, and its manifest records it"
+            )
         shards = await asyncio.to_thread(self._load_committed)
         self.writer = ShardWriter(
             p.out_dir,
@@ -628,7 +637,7 @@ class Run:
             messages = repair_messages(task.messages, comp.text, verdict.error or "")
 
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.check_exact(answer, key)
+        kept = self.dedup.check_exact(self.dedup.material(task.messages, answer), key)
         if kept is not None:
             dup = {
                 "id": task.id,
@@ -664,6 +673,10 @@ class Run:
             "generator_version": __version__,
         }
         await self._finish(task, task.split, row)
+
+    def _material(self, messages: list[dict[str, str]]) -> str:
+        """The exact-dedup key of a data row from its messages: the input turns, then the answer."""
+        return self.dedup.material(messages[:-1], messages[-1]["content"])
 
     def _reject_row(
         self, task: Task, reason: str, error: str, response: str | None, attempts: int
