@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-from gen.dedup import KEYS, LEGACY_KEY, Deduplicator, ExactDedup
+from gen.dedup import KEYS, LEGACY_KEY, Deduplicator
 from gen.errors import ConfigError
 from gen.ledger import load_manifest
 from gen.manifest import FORMAT
@@ -245,11 +245,10 @@ def _audit_dedup(
     for i, row in enumerate(rows):
         try:
             messages = row["messages"]
-            material = dedup.material(messages[:-1], messages[-1]["content"])
+            digest = dedup.message_digest(messages[:-1], messages[-1]["content"])
         except (TypeError, KeyError, IndexError):
             report.add(rel, i, "messages do not end with the answer")
             continue
-        digest = ExactDedup.digest(material)
         first = seen.get(digest)
         if first is not None:
             report.add(

@@ -293,10 +293,10 @@ def merge_pass(
         )
         for entry in entries:
             rel = entry["path"]
-            ids, materials, texts = dedup.read_keys(out, rel)  # by the run's key (`[dedup] on`)
+            ids, digests, texts = dedup.read_keys(out, rel)  # by the run's key (`[dedup] on`)
             outcome.rows_checked += len(ids)
             if not indexed:  # the first partition with rows: nothing to compare with, only index them
-                dedup.remember(ids, materials, texts)
+                dedup.remember(ids, digests, texts)
                 continue
             found: dict[int, tuple[str, str]] = {}
 
@@ -306,12 +306,12 @@ def merge_pass(
                 else:
                     found[j] = (kind, kept)
 
-            for j, (tid, material) in enumerate(zip(ids, materials, strict=True)):
-                kept = dedup.check_exact(material, id_key(tid))
+            for j, (tid, digest) in enumerate(zip(ids, digests, strict=True)):
+                kept = dedup.check_exact(digest, id_key(tid))
                 if kept is not None:
                     decide(j, "exact", kept)
                 elif dedup.near is not None and texts is not None:
-                    dedup.offer(entry["split"], {"id": tid, "near_text": texts[j], "j": j})
+                    dedup.offer(entry["split"], {"id": tid, "near": texts[j], "j": j})
             for _split, row, match in dedup.drain():
                 if match is not None:
                     decide(row["j"], "near", match)

@@ -37,14 +37,6 @@ def normalise(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def input_text(turns: Iterable[tuple[str, str]]) -> str:
-    """The input turns as one string for the exact key: role and content of each, in order.
-
-    The separators are neither whitespace nor folded by `normalise`, so turn boundaries survive it.
-    """
-    return "\x00".join(f"{role}\x01{content}" for role, content in turns)
-
-
 def key_of(
     spec: DedupKey,
     previous: dict[str, Any] | None,
@@ -88,7 +80,10 @@ class ExactDedup:
 
     def add(self, text: str, key: int = 0) -> int | None:
         """None if the text is new (now remembered under `key`); else the key of the row that has it."""
-        d = self.digest(text)
+        return self.add_digest(self.digest(text), key)
+
+    def add_digest(self, d: int, key: int = 0) -> int | None:
+        """`add` for a digest already made (gen.dedup.Deduplicator.exact_digest)."""
         kept = self._seen.get(d)
         if kept is not None:
             return kept
@@ -122,23 +117,9 @@ def near_text(output_json: str | None, response: str, field: str | None = None) 
     return " ".join(parts)
 
 
-def balanced(inputs: str, answer: str) -> str:
-    """One text in which the input's words and the answer's weigh the same, whatever their lengths.
-
-    The shorter part is repeated (each copy's words salted, so copies share no shingle) until it has
-    about as many words as the longer; the answer's words are always salted, so no answer shingle
-    equals an input shingle. The Jaccard similarity of two such texts is then about the mean of their
-    inputs' and their answers' similarities: near-identical inputs with near-identical answers are
-    near duplicates; one long ticket with two different one-word labels (about 0.5) is not.
-    """
-    iw, aw = inputs.split(), answer.split()
-    if not iw or not aw:
-        return inputs or answer
-    ri = max(1, round(len(aw) / len(iw)))
-    ra = max(1, round(len(iw) / len(aw)))
-    words = [w if k == 0 else f"{k}\x03{w}" for k in range(ri) for w in iw]
-    words += [f"a{k}\x03{w}" for k in range(ra) for w in aw]
-    return " ".join(words)
+# What the near check compares for one row: a text, or for the `example` key (input, answer) texts
+# that NearDedup.add_pairs weighs equally.
+NearItem = str | tuple[str, str]
 
 
 class Deduplicator:
@@ -185,33 +166,48 @@ class Deduplicator:
     def pending(self) -> int:
         return len(self._queue)
 
-    def material(self, turns: Sequence[dict[str, str]] | None, answer: str) -> str:
-        """The text the exact check hashes for an answer to the input `turns` (role/content dicts).
+    def exact_digest(self, turns: Iterable[tuple[str, str]] | None, answer: str) -> int:
+        """The 8-byte key the exact check compares for an answer to the input `turns` ((role, content)
+        pairs; None is allowed for the `output` key, which does not look at them).
 
-        `turns` may be None when the key is `output`, which does not look at them.
+        The answer is case and whitespace folded; the input turns are hashed as rendered (a template
+        renders one input the same way every time), so a long system prompt costs a hash, not a fold.
         """
         if self.on == "output":
-            return answer
+            return ExactDedup.digest(answer)
         assert turns is not None
-        text = input_text((t["role"], t["content"]) for t in turns)
-        return text if self.on == "input" else f"{text}\x02{answer}"
+        h = hashlib.blake2b(digest_size=8)
+        for role, content in turns:
+            h.update(f"{role}\x01{content}\x00".encode())
+        if self.on == "example":
+            h.update(b"\x02" + normalise(answer).encode())
+        return int.from_bytes(h.digest(), "big")
 
-    def near_text(self, row: dict[str, Any], *, readable: bool = False) -> str:
-        """The text the near check compares for a row with `output`, `response` and `vars`
-        (`readable`: the same words as a person reads them, for the manifest's examples)."""
+    def message_digest(self, turns: Sequence[dict[str, str]], answer: str) -> int:
+        """`exact_digest` for input turns as message dicts (`role`, `content`)."""
+        return self.exact_digest(((m["role"], m["content"]) for m in turns), answer)
+
+    def near_item(self, row: dict[str, Any]) -> NearItem:
+        """What the near check compares for a row with `output`, `response` and `vars`: the answer's
+        text values (`output`), the input's (`input`), or both, weighing the same (`example`)."""
         if self.on == "output":
             return near_text(row["output"], row["response"], self.field)
         inputs = near_text(row["vars"], "")
         if self.on == "input":
             return inputs
-        answer = near_text(row["output"], row["response"], self.field)
-        return f"{inputs} => {answer}" if readable else balanced(inputs, answer)
+        return inputs, near_text(row["output"], row["response"], self.field)
 
-    def check_exact(self, material: str, key: int) -> str | None:
+    def _near_add(self, items: list[NearItem], keys: list[str]) -> list[str | None]:
+        assert self.near is not None
+        if self.on == "example":
+            return self.near.add_pairs(items, keys)  # type: ignore[arg-type]
+        return self.near.add_batch(items, keys)  # type: ignore[arg-type]
+
+    def check_exact(self, digest: int, key: int) -> str | None:
         """None if new (now remembered under `key`); else the kept row's id prefix (16 hex digits).
 
-        `material` is what `material()` returns for the row."""
-        kept = self.exact.add(material, key)
+        `digest` is what `exact_digest()` returns for the row."""
+        kept = self.exact.add_digest(digest, key)
         if kept is None:
             return None
         self.counts["exact"] += 1
@@ -223,9 +219,9 @@ class Deduplicator:
             return ["id", "output", "response"]
         return ["id", "messages", *(("output", "vars") if self.near_enabled else ())]
 
-    def read_keys(self, out_dir: Path, rel: str) -> tuple[list[str], list[str], list[str] | None]:
-        """A data shard's (ids, exact materials, near texts or None when near is off), as `material()`
-        and `near_text()` would give for its rows. ConfigError naming the shard when it lacks what this
+    def read_keys(self, out_dir: Path, rel: str) -> tuple[list[str], list[int], list[NearItem] | None]:
+        """A data shard's (ids, exact digests, near items or None when near is off), as `exact_digest()`
+        and `near_item()` would give for its rows. ConfigError naming the shard when it lacks what this
         key needs (an output from elsewhere, given to --dedup-against)."""
         from gen.shards import _pyarrow
 
@@ -240,34 +236,36 @@ class Deduplicator:
         if self.on == "output":
             outputs = table.column("output").to_pylist()
             responses = table.column("response").to_pylist()
-            materials = [o if o is not None else r for o, r in zip(outputs, responses, strict=True)]
-            texts = None
+            digests = [
+                ExactDedup.digest(o if o is not None else r) for o, r in zip(outputs, responses, strict=True)
+            ]
+            items: list[NearItem] | None = None
             if self.near_enabled:
-                texts = [near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)]
-            return ids, materials, texts
+                items = [near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)]
+            return ids, digests, items
         # messages = input turns + the assistant's answer: read as flat role/content lists, not dicts.
         col = table.column("messages").combine_chunks()
         offsets = col.offsets.to_pylist()
         roles = col.values.field("role").to_pylist()
         contents = col.values.field("content").to_pylist()
-        materials, answers = [], []
+        digests, answers = [], []
         for i in range(len(ids)):
             a, b = offsets[i], offsets[i + 1]
-            if b <= a or roles[b - 1] != "assistant":
+            if b <= a or roles[b - 1] != "assistant" or contents[b - 1] is None:
                 raise ConfigError(path, self._cannot(f"row {i} has no answer as its last message"))
-            text = input_text(zip(roles[a : b - 1], contents[a : b - 1], strict=True))
+            turns = zip(roles[a : b - 1], contents[a : b - 1], strict=True)
             answers.append(contents[b - 1])
-            materials.append(text if self.on == "input" else f"{text}\x02{contents[b - 1]}")
-        texts = None
+            digests.append(self.exact_digest(turns, contents[b - 1]))
+        items = None
         if self.near_enabled:
             outputs = table.column("output").to_pylist()
             vars_ = table.column("vars").to_pylist()
             # A row without `output` (no schema) answered in free text: that text is the last message.
-            texts = [
-                self.near_text({"output": o, "response": ans, "vars": v})
+            items = [
+                self.near_item({"output": o, "response": ans, "vars": v})
                 for o, ans, v in zip(outputs, answers, vars_, strict=True)
             ]
-        return ids, materials, texts
+        return ids, digests, items
 
     def _cannot(self, why: str) -> str:
         return (
@@ -275,16 +273,17 @@ class Deduplicator:
             'deduplicate by answer text with [dedup] on = "output", or leave this output out'
         )
 
-    def remember(self, ids: list[str], materials: list[str], texts: list[str] | None) -> None:
+    def remember(self, ids: list[str], digests: list[int], items: list[NearItem] | None) -> None:
         """Index rows already kept (committed shards, --dedup-against outputs), as `read_keys` gives them."""
-        for tid, material in zip(ids, materials, strict=True):
-            self.exact.add(material, id_key(tid))
-        if self.near is not None and texts is not None:
+        for tid, digest in zip(ids, digests, strict=True):
+            self.exact.add_digest(digest, id_key(tid))
+        if self.near is not None and items is not None:
             for start in range(0, len(ids), 4096):
-                self.near.add_batch(texts[start : start + 4096], [t[:16] for t in ids[start : start + 4096]])
+                self._near_add(items[start : start + 4096], [t[:16] for t in ids[start : start + 4096]])
 
     def offer(self, split: str, row: dict[str, Any]) -> None:
-        """Queue a row that passed the exact check for the near check (`near_text(row)` is compared)."""
+        """Queue a row that passed the exact check for the near check: `near_item(row)` is compared, or
+        the row's "near" entry when it has one (the cluster merge pass reads it from a shard)."""
         self._queue.append((split, row))
 
     def drain(self) -> list[tuple[str, dict[str, Any], str | None]]:
@@ -294,15 +293,14 @@ class Deduplicator:
             return []
         if self.near is None:
             return [(split, row, None) for split, row in queue]
-        # A row may come with its near text already made (the cluster merge pass reads it from a shard).
-        texts = [row["near_text"] if "near_text" in row else self.near_text(row) for _, row in queue]
-        matches = self.near.add_batch(texts, [row["id"][:16] for _, row in queue])
+        items = [row["near"] if "near" in row else self.near_item(row) for _, row in queue]
+        matches = self._near_add(items, [row["id"][:16] for _, row in queue])
         out = []
-        for (split, row), match in zip(queue, matches, strict=True):
+        for (split, row), item, match in zip(queue, items, matches, strict=True):
             if match is not None:
                 self.counts["near"] += 1
                 if len(self.examples) < 5:
-                    text = texts[len(out)] if "near_text" in row else self.near_text(row, readable=True)
+                    text = item if isinstance(item, str) else f"{item[0]} => {item[1]}"
                     self.examples.append({"id": row["id"], "duplicate_of": match, "text": text[:200]})
             out.append((split, row, match))
         return out

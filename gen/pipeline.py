@@ -278,9 +278,9 @@ class Run:
                 else describe_shard(out, rel)
             )
             if shards[-1].split in ("train", "eval"):
-                ids, materials, texts = self.dedup.read_keys(out, rel)
+                ids, digests, texts = self.dedup.read_keys(out, rel)
                 self.claimed.update(id_key(tid) for tid in ids)
-                self.dedup.remember(ids, materials, texts)
+                self.dedup.remember(ids, digests, texts)
             else:
                 self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
@@ -301,7 +301,8 @@ class Run:
             self.stats.replayed += 1
             if split in ("train", "eval"):
                 # The journal holds rows that passed the exact check; near checks are redone in order.
-                self.dedup.check_exact(self._material(row["messages"]), key)
+                messages = row["messages"]
+                self.dedup.check_exact(self.dedup.message_digest(messages[:-1], messages[-1]["content"]), key)
                 self.dedup.offer(split, row)
             else:
                 self._accept(split, row)
@@ -637,7 +638,7 @@ class Run:
             messages = repair_messages(task.messages, comp.text, verdict.error or "")
 
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.check_exact(self.dedup.material(task.messages, answer), key)
+        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
         if kept is not None:
             dup = {
                 "id": task.id,
@@ -673,10 +674,6 @@ class Run:
             "generator_version": __version__,
         }
         await self._finish(task, task.split, row)
-
-    def _material(self, messages: list[dict[str, str]]) -> str:
-        """The exact-dedup key of a data row from its messages: the input turns, then the answer."""
-        return self.dedup.material(messages[:-1], messages[-1]["content"])
 
     def _reject_row(
         self, task: Task, reason: str, error: str, response: str | None, attempts: int

@@ -277,9 +277,25 @@ def test_near_text_of_an_example_leaves_out_the_fixed_template(on: str) -> None:
 
     d = Deduplicator(on=on)
     row = {"output": '{"category": "bug"}', "response": "", "vars": '{"body": "the app crashes"}'}
-    text = d.near_text(row)
-    assert "rule" not in text and "the app crashes" in text
-    assert ("bug" in text) == (on == "example")
+    item = d.near_item(row)
+    assert item == (("the app crashes", "bug") if on == "example" else "the app crashes")
+
+
+def test_an_example_is_near_only_when_input_and_answer_both_are() -> None:
+    from gen.near_dedup import NearDedup
+
+    ticket = _tickets(1, seed=5)[0] + " " + " ".join(random.Random(6).choices(WORDS, k=400))
+    resent = ticket.replace("ticket 0:", "ticket 0 (resent):", 1)
+    answer = " ".join(random.Random(7).choices(WORDS, k=40))
+
+    def near(a: tuple[str, str], b: tuple[str, str]) -> bool:
+        return NearDedup().add_pairs([a, b], ["a", "b"]) == [None, "a"]
+
+    assert near((ticket, "billing"), (resent, "billing"))  # near-identical input, same label
+    assert not near((ticket, "billing"), (ticket, "bug"))  # a long input outweighs no label
+    assert not near((ticket, answer), ("something else entirely", answer))
+    assert near(("short", answer), ("short", answer.replace(answer.split()[20], "x", 1)))
+    assert near(("", answer), ("", answer)) and not near(("", "a b c d"), ("", "e f g h"))
 
 
 def test_a_killed_run_resumes_with_the_example_key(tmp_path: Path) -> None:
