@@ -1,4 +1,4 @@
-"""Duplicate removal: exact (an 8-byte digest of the key, case and whitespace folded) and near (MinHash LSH).
+"""Duplicate removal: exact (an 8-byte digest of the key) and near (MinHash LSH).
 
 What is compared, `[dedup] on` (KEYS):
     example  the training example: the rendered input turns and the answer together (the default).
@@ -6,9 +6,13 @@ What is compared, `[dedup] on` (KEYS):
              same answer (every classification dataset) are not.
     output   the answer alone: one row per distinct answer, whatever it answers.
     input    the input turns alone: one answer per distinct input.
-Near duplicates compare words: the answer's text values, and for `example` and `input` the values the
-template was rendered with (`vars`), not the rendered turns. The template's fixed text (often a long
-system prompt) is the same in every row and would make every pair of examples look alike.
+Exact: the answer is case and whitespace folded; the input turns are hashed as rendered (a template
+renders one input the same way every time, so folding a long system prompt on every row buys nothing).
+Near: word 3-grams of the answer's text values and, for `example` and `input`, of the values the
+template was rendered with (`vars`), not of the rendered turns: the template's fixed text (often a long
+system prompt) is the same in every row and would make every pair of examples look alike. For
+`example` the input and the answer weigh the same (NearDedup.add_pairs), so an example is a near
+duplicate when both its input and its answer are near another's.
 """
 
 from __future__ import annotations
