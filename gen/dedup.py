@@ -121,6 +121,15 @@ def near_text(output_json: str | None, response: str, field: str | None = None) 
     return " ".join(parts)
 
 
+def _digest8(content: str | None) -> bytes:
+    """8 bytes of a message's content, as the exact key hashes each input turn."""
+    return hashlib.blake2b((content or "").encode(), digest_size=8).digest()
+
+
+def _turn(role: str | None, content_digest: bytes) -> bytes:
+    return f"{role}\x01".encode() + content_digest
+
+
 # What the near check compares for one row: a text, or for the `example` key (input, answer) texts
 # that NearDedup.add_pairs weighs equally.
 NearItem = str | tuple[str, str]
@@ -180,12 +189,13 @@ class Deduplicator:
         if self.on == "output":
             return ExactDedup.digest(answer)
         assert turns is not None
-        h = hashlib.blake2b(digest_size=8)
-        for role, content in turns:
-            h.update(f"{role}\x01{content}\x00".encode())
+        return self._combine(b"".join(_turn(role, _digest8(content)) for role, content in turns), answer)
+
+    def _combine(self, inputs: bytes, answer: str) -> int:
+        """The key from the input turns' bytes (`_turn` of each) and the answer."""
         if self.on == "example":
-            h.update(b"\x02" + normalise(answer).encode())
-        return int.from_bytes(h.digest(), "big")
+            inputs += b"\x02" + normalise(answer).encode()
+        return int.from_bytes(hashlib.blake2b(inputs, digest_size=8).digest(), "big")
 
     def message_digest(self, turns: Sequence[dict[str, str]], answer: str) -> int:
         """`exact_digest` for input turns as message dicts (`role`, `content`)."""
@@ -229,12 +239,19 @@ class Deduplicator:
         key needs (an output from elsewhere, given to --dedup-against)."""
         from gen.shards import _pyarrow
 
+        pa = _pyarrow()
         path = out_dir / rel
-        pf = _pyarrow().parquet.ParquetFile(path)
+        pf = pa.parquet.ParquetFile(path)
         want = self.columns()
         missing = [c for c in want if c not in pf.schema_arrow.names]
         if missing:
             raise ConfigError(path, self._cannot(f"it has no {missing[0]!r} column"))
+        if self.on != "output":
+            # Message contents read as a dictionary: a system prompt that every row repeats is then one
+            # string, not one per row (about ten times less to read), and hashed once.
+            leaves = [pf.schema.column(i).path for i in range(len(pf.schema))]
+            content = [c for c in leaves if c.startswith("messages.") and c.endswith(".content")]
+            pf = pa.parquet.ParquetFile(path, read_dictionary=content)
         table = pf.read(columns=want)
         ids: list[str] = table.column("id").to_pylist()
         if self.on == "output":
@@ -247,19 +264,31 @@ class Deduplicator:
             if self.near_enabled:
                 items = [near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)]
             return ids, digests, items
-        # messages = input turns + the assistant's answer: read as flat role/content lists, not dicts.
-        col = table.column("messages").combine_chunks()
-        offsets = col.offsets.to_pylist()
-        roles = col.values.field("role").to_pylist()
-        contents = col.values.field("content").to_pylist()
-        digests, answers = [], []
-        for i in range(len(ids)):
-            a, b = offsets[i], offsets[i + 1]
-            if b <= a or roles[b - 1] != "assistant" or contents[b - 1] is None:
-                raise ConfigError(path, self._cannot(f"row {i} has no answer as its last message"))
-            turns = zip(roles[a : b - 1], contents[a : b - 1], strict=True)
-            answers.append(contents[b - 1])
-            digests.append(self.exact_digest(turns, contents[b - 1]))
+        # messages = input turns + the assistant's answer. Each distinct content is hashed once.
+        digests: list[int] = []
+        answers: list[str] = []
+        for chunk in table.column("messages").chunks:
+            offsets = chunk.offsets.to_pylist()
+            values = chunk.values
+            roles = values.field("role").to_pylist()
+            content = values.field("content")
+            if not pa.types.is_dictionary(content.type):
+                content = content.dictionary_encode()
+            distinct = content.dictionary.to_pylist()
+            hashed = [_digest8(c) for c in distinct]
+            index = content.indices.to_pylist()
+            for i in range(len(chunk)):
+                a, b = offsets[i], offsets[i + 1]
+                if b <= a or roles[b - 1] != "assistant" or index[b - 1] is None:
+                    row = len(digests)
+                    raise ConfigError(path, self._cannot(f"row {row} has no answer as its last message"))
+                answer = distinct[index[b - 1]]
+                answers.append(answer)
+                turns = b"".join(
+                    _turn(role, hashed[j] if j is not None else _digest8(None))
+                    for role, j in zip(roles[a : b - 1], index[a : b - 1], strict=True)
+                )
+                digests.append(self._combine(turns, answer))
         items = None
         if self.near_enabled:
             outputs = table.column("output").to_pylist()
@@ -272,9 +301,10 @@ class Deduplicator:
         return ids, digests, items
 
     def _cannot(self, why: str) -> str:
+        instead = 'deduplicate by answer text with [dedup] on = "output", or ' if self.on != "output" else ""
         return (
             f'its rows cannot be deduplicated by {self.on} ([dedup] on = "{self.on}"): {why}; '
-            'deduplicate by answer text with [dedup] on = "output", or leave this output out'
+            f"{instead}leave this output out of --dedup-against"
         )
 
     def remember(self, ids: list[str], digests: list[int], items: list[NearItem] | None) -> None:
