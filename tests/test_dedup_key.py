@@ -328,3 +328,18 @@ def test_a_killed_run_resumes_with_the_example_key(tmp_path: Path) -> None:
     assert max(kept.values()) == 1 and {(d["vars"], d["output"]) for d in dups} <= set(kept)
     assert {_body(r) for r in rows} == set(tickets) and len(rows) + len(dups) == 180
     assert audit(out).clean
+
+
+def test_the_cluster_driver_settles_one_key_for_all_partitions(tmp_path: Path, capsys) -> None:
+    from gen.cluster import _dedup_on
+    from gen.errors import ConfigError
+    from gen.pipeline import prepare
+
+    prepared = prepare(_recipe(tmp_path, _tickets(3)), RunOptions(output=tmp_path / "o", executor="ray"))
+    assert _dedup_on(prepared, None, {0: None, 1: None}) == "example"  # a new output: the prompt file's
+    old = {"dedup": {"exact_removed": 0}}  # a partition begun before `on` existed
+    assert _dedup_on(prepared, None, {0: old, 1: None}) == "output"  # partition 1 starts with it too
+    assert "deduplicated by output" in capsys.readouterr().err
+    assert _dedup_on(prepared, {"dedup": {"on": "input"}}, {0: None}) == "input"  # the merged manifest's
+    with pytest.raises(ConfigError, match="different keys"):
+        _dedup_on(prepared, None, {0: old, 1: {"dedup": {"on": "example"}}})
