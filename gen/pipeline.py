@@ -129,9 +129,8 @@ class Run:
         self.stats = RunStats()
         d = self.spec.dedup
         # An output keeps the key it was begun with; one made before [dedup] on existed keeps "output".
-        on, self.legacy_dedup_key = key_of(
-            d.on, p.previous, p.opts.dedup_on, manifest_path(p.out_dir, (p.opts.partition or (None,))[0])
-        )
+        where = manifest_path(p.out_dir, p.opts.partition[0] if p.opts.partition else None)
+        on, self.legacy_dedup_key = key_of(d.on, p.previous, p.opts.dedup_on, where)
         self.dedup = Deduplicator(
             near=d.near and not p.opts.no_near_dedup,
             threshold=p.opts.near_threshold or d.threshold,
@@ -278,9 +277,9 @@ class Run:
                 else describe_shard(out, rel)
             )
             if shards[-1].split in ("train", "eval"):
-                ids, digests, texts = self.dedup.read_keys(out, rel)
+                ids, digests, near_items = self.dedup.read_keys(out, rel)  # by the output's key
                 self.claimed.update(id_key(tid) for tid in ids)
-                self.dedup.remember(ids, digests, texts)
+                self.dedup.remember(ids, digests, near_items)
             else:
                 self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
