@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 
-from gen.errors import FatalTeacherError, TeacherError
+from gen.errors import FatalTeacherError, TeacherError, redact, register_secret
 from gen.teachers.wire import WireError, WirePool
 
 if TYPE_CHECKING:
@@ -57,17 +57,21 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> TeacherError:
-    """Classify an HTTP error answer: fatal (401/403), retryable (429, 5xx, ...), or final for this task."""
-    message = body[:500].decode("utf-8", "replace")
+    """Classify an HTTP error answer: fatal (401/403), retryable (429, 5xx, ...), or final for this task.
+
+    The message is redacted before it is cut to 500 characters, so no fragment of a secret the server
+    echoed survives the cut."""
+    message = body[:8192].decode("utf-8", "replace")
     try:
         data = orjson.loads(body)
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict) and err.get("message"):
-            message = str(err["message"])[:500]
+            message = str(err["message"])
         elif isinstance(err, str):
-            message = err[:500]
+            message = err
     except orjson.JSONDecodeError:
         pass
+    message = redact(message[:8192])[:500]
     kind = FatalTeacherError if status in FATAL_STATUS else TeacherError
     return kind(
         message,
@@ -89,7 +93,15 @@ class HTTPClient:
         max_connections: int,
         request_timeout_s: float,
         connect_timeout_s: float,
+        api_key: str | None = None,
     ) -> None:
+        """`api_key` is already in `headers`; it is registered here so that no error text carries it."""
+        for name, value in headers.items():
+            # A CR or LF would end the header early and let the rest inject new ones (gen.prepare
+            # refuses such a key with one line; this guards library use).
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ValueError(f"header {name!r} contains a control character")
+        register_secret(api_key)
         self._headers = headers
         self._max_connections = max_connections
         self._request_timeout_s = request_timeout_s

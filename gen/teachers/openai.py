@@ -47,6 +47,7 @@ class OpenAIChat(HTTPClient):
             max_connections=max_connections,
             request_timeout_s=request_timeout_s,
             connect_timeout_s=connect_timeout_s,
+            api_key=api_key,
         )
         base = base_url.rstrip("/")
         self.url = base + "/chat/completions"
