@@ -146,43 +146,54 @@ class HTTPClient:
             raise error_from_response(status, raw, headers)
         return raw, headers
 
-    async def _post_aiohttp(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
+    async def _post_aiohttp(
+        self, url: str, data: bytes, method: str = "POST"
+    ) -> tuple[int, Mapping[str, str], bytes]:
         import aiohttp
 
         try:
-            async with self._session_().post(url, data=data, headers=self._headers) as resp:
+            async with self._session_().request(method, url, data=data, headers=self._headers) as resp:
                 return resp.status, resp.headers, await resp.read()
         except TimeoutError:
             raise TeacherError("request timed out", retryable=True) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             raise TeacherError(f"connection failed: {type(e).__name__}: {e}", retryable=True) from None
+        except aiohttp.ClientError as e:  # redirects, bad header lines, ...: not worth another try
+            raise TeacherError(f"request failed: {type(e).__name__}: {e}") from None
 
-    async def _post_wire(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
+    async def _post_wire(
+        self, url: str, data: bytes, method: str = "POST"
+    ) -> tuple[int, Mapping[str, str], bytes]:
         pool, path = self._wire_pool(url)
         try:
-            return await pool.request("POST", path, data)
+            return await pool.request(method, path, data)
         except WireError as e:
             if e.timeout:
                 raise TeacherError("request timed out", retryable=True) from None
             raise TeacherError(f"connection failed: {e}", retryable=True) from None
 
-    async def _get_json(self, url: str, params: Mapping[str, str] | None = None) -> Any:
-        """A GET's JSON, or None when the server does not answer it well (used for model listings)."""
-        if USE_WIRE and url.startswith("http://"):
-            pool, path = self._wire_pool(url + ("?" + urlencode(params) if params else ""))
-            try:
-                status, _, raw = await pool.request("GET", path)
-                return orjson.loads(raw) if status == 200 else None
-            except (WireError, orjson.JSONDecodeError):
-                return None
-        import aiohttp
-
+    async def _get_json(
+        self, url: str, params: Mapping[str, str] | None = None, *, strict: bool = False
+    ) -> Any:
+        """A GET's JSON (used for model listings). When the server does not answer it well: None, or
+        with `strict` a TeacherError that says how: no status for a connection that failed,
+        error_from_response's for an HTTP error (FatalTeacherError for 401/403), the status for a
+        2xx body that is not JSON (an HTML page, say)."""
+        url += "?" + urlencode(params) if params else ""
         try:
-            async with self._session_().get(url, headers=self._headers, params=params) as resp:
-                if resp.status != 200:
-                    return None
-                return orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            if USE_WIRE and url.startswith("http://"):
+                status, headers, raw = await self._post_wire(url, b"", "GET")
+            else:
+                status, headers, raw = await self._post_aiohttp(url, b"", "GET")
+            if status >= 300:
+                raise error_from_response(status, raw, headers)
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise TeacherError(f"answered {_what(raw)}, not JSON", status=status) from None
+        except TeacherError:
+            if strict:
+                raise
             return None
 
     async def close(self) -> None:
@@ -192,6 +203,13 @@ class HTTPClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _what(raw: bytes) -> str:
+    head = raw.lstrip()[:15].lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page"
+    return f"{len(raw)} bytes" if raw else "an empty body"
 
 
 def unreadable(raw: bytes) -> TeacherError:

@@ -73,6 +73,7 @@ class SimConfig:
     seed: int = 0
     api_key: str | None = None
     echo_headers: bool = False
+    list_models: bool = True
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -782,6 +783,8 @@ class _Simulator:
         refused = dialect.refuse(request)
         if refused is not None:
             return self._echo(request, refused[1])
+        if not self.config.list_models:
+            return self._echo(request, web.json_response({"error": {"message": "Not Found"}}, status=404))
         return web.Response(body=dialect.models(request, self.created), content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
