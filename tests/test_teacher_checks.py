@@ -190,3 +190,14 @@ def test_a_finished_run_that_kept_nothing_exits_non_zero(tmp_path: Path, capsys,
     code, err = _run(capsys, tmp_path / "b", down.base_url, "--limit", "3", "--max-retries", "0")
     assert code == 1 and "kept nothing" in err
     assert [r["reason"] for r in _rows(tmp_path / "b", "rejects")] == ["teacher_error"] * 3
+
+
+def test_a_server_that_never_answers_is_one_line_before_any_task(tmp_path: Path, capsys) -> None:
+    with socket.socket() as silent:  # listens (the kernel completes the handshake) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(512)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        code, err = _run(capsys, tmp_path / "o", url, "--request-timeout", "1", "--max-retries", "0")
+    line = _one_line(err)
+    assert code == 2 and "cannot reach the teacher (request timed out)" in line and url in line
+    assert not (tmp_path / "o").exists()  # nothing written

@@ -15,10 +15,11 @@ import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from gen.errors import ConfigError, FatalTeacherError, TeacherError, TeacherUnusable
+from gen.errors import ConfigError, FatalTeacherError, TeacherError, TeacherUnusable, redact
 
 FAIL_FAST_AFTER = 8  # failures alike, in a row, with no answer yet, that stop a run
 LISTING_ATTEMPTS = 3  # a 429 or 5xx on /models is asked again this often before it counts
+LISTING_TIMEOUT_S = 60.0  # a listing is quick: a server that accepts and never answers is not up
 
 
 def public_url(url: str) -> str:
@@ -60,10 +61,15 @@ async def _check_endpoint(where: str, teacher: Any, model: str, check_model: boo
     skip = "or pass --no-model-check for a server that does not list its models"
     for attempt in range(LISTING_ATTEMPTS):
         try:
-            ids = await teacher.list_models(strict=True)
+            async with asyncio.timeout(LISTING_TIMEOUT_S):
+                ids = await teacher.list_models(strict=True)
             break
         except FatalTeacherError:
             raise
+        except TimeoutError:
+            raise ConfigError(
+                where, f"no answer to the model listing (GET /models) in {LISTING_TIMEOUT_S:g} s; is it up?"
+            ) from None
         except TeacherError as e:
             if e.status is None:  # nothing answered: refused, reset, timed out, unresolvable
                 raise ConfigError(
@@ -80,9 +86,9 @@ async def _check_endpoint(where: str, teacher: Any, model: str, check_model: boo
                 problem = f"the model listing (GET /models) answered {_one_line(str(e))}; {hint}, {skip}"
             raise ConfigError(where, problem) from None
     if check_model and not serves(ids, model):
-        listed = (
-            ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "") if ids else "none"
-        )
+        more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+        # The server's own words, printed: one line, short, and without a key a hostile server echoed.
+        listed = redact(_one_line(", ".join(ids[:10]), 400)) + more if ids else "none"
         raise ConfigError(
             where,
             f"does not list model {model!r} (it lists: {listed}); pass --model with one it lists, {skip}",
