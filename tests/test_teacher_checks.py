@@ -201,3 +201,20 @@ def test_a_server_that_never_answers_is_one_line_before_any_task(tmp_path: Path,
     line = _one_line(err)
     assert code == 2 and "cannot reach the teacher (request timed out)" in line and url in line
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_failures_held_before_the_first_answer_are_recorded_once_one_comes(
+    tmp_path: Path, capsys, sim_server
+) -> None:
+    # Seed 4 fails the first 6 requests (fewer than the 8 that stop a run), then answers; one at a time.
+    sim = sim_server(rate_500=0.5, seed=4)
+    out = tmp_path / "o"
+    code, err = _run(
+        capsys, out, sim.base_url, "--limit", "30", "--max-concurrency", "1", "--max-retries", "0"
+    )
+    assert code == 0, err
+    rejects = _rows(out, "rejects")
+    assert len(rejects) == sim.stats()["status_500"] >= 6 and {r["reason"] for r in rejects} == {
+        "teacher_error"
+    }
+    assert len(rejects) + len(_rows(out, "data")) + len(_rows(out, "duplicates")) == 30
