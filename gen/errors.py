@@ -27,7 +27,8 @@ _PATTERNS = (
         r"""(?i)((?:proxy-)?authorization|x-api-key|api[-_]key)(["']?\s*[:=]\s*["']?)"""
         r"""(?:(bearer|basic)\s+)?[^\s"',;}]+"""
     ),
-    re.compile(r"(?i)\b(bearer|basic)\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=-]+"),
+    # A token: 8+ characters with a digit or punctuation, so that "a basic question" stays as it is.
+    re.compile(r"(?i)\b(bearer|basic)\s+(?=[A-Za-z0-9._~+/=-]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+@"),
 )
 
