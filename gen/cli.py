@@ -50,6 +50,11 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         "--api-key-env", metavar="VAR", help="name of the environment variable holding the API key"
     )
     p.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight (default 64)")
+    p.add_argument(
+        "--no-model-check",
+        action="store_true",
+        help="do not require the model in the server's /v1/models list (for servers that do not list it)",
+    )
     p.add_argument("--output", type=Path, metavar="DIR", help="output directory")
     p.add_argument("--shard-rows", type=int, default=50_000, metavar="N", help="rows per Parquet shard")
     p.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries per request on 429/5xx")
@@ -204,6 +209,7 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         output=args.output,
         shard_rows=args.shard_rows,
         max_retries=args.max_retries,
+        no_model_check=args.no_model_check,
         request_timeout_s=args.request_timeout,
         connect_timeout_s=args.connect_timeout,
         progress=not args.no_progress,
@@ -247,6 +253,16 @@ def _exit_status(result, again: str) -> int:
     from gen.pipeline import summary
 
     print(summary(result), file=sys.stderr)
+    s = result.stats
+    if result.status == "complete" and s.tasks and not (s.rows or s.duplicates or s.skipped or s.replayed):
+        # Every task this run was given became a reject, and the output holds nothing from before.
+        reasons = ", ".join(f"{r}: {n:,}" for r, n in s.reject_reasons.most_common())
+        print(
+            f"gen: kept nothing: {s.rejects:,} rejects ({reasons}) and no rows; each reject's reason, "
+            f"error and raw answer are in {result.output_dir}/rejects/",
+            file=sys.stderr,
+        )
+        return EXIT_ABORTED
     if result.status == "complete":
         return EXIT_OK
     if result.status == "budget":

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -175,6 +176,7 @@ class RunOptions:
     output: Path | None = None
     shard_rows: int = 50_000
     max_retries: int = 6
+    no_model_check: bool = False  # do not require the model in the teacher's /models listing
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     progress: bool = True
@@ -222,6 +224,20 @@ class Teacher:
 DEFAULT_MAX_CONCURRENCY = 64
 
 
+def _check_base_url(url: str, where: str) -> None:
+    """An http:// or https:// URL with a host, or a ConfigError naming the flag or the prompt file."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            where, f"{url!r} is not a URL gen can use: give http://HOST:PORT/... or https://HOST/..."
+        )
+
+
 def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
     """Merge flags over the prompt file's teacher, and check the result is usable."""
     t = prompt.spec.teacher
@@ -233,6 +249,8 @@ def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
         raise ConfigError(prompt.path, "no teacher model: set [teacher] model or pass --model")
     given = opts.base_url or t.base_url or []
     base_urls = tuple(u.rstrip("/") for u in ([given] if isinstance(given, str) else given))
+    for url in base_urls:
+        _check_base_url(url, "--base-url" if opts.base_url else f"{prompt.path}: [teacher] base_url")
     if provider == "anthropic" and not base_urls:
         base_urls = ("https://api.anthropic.com/v1",)
     if provider == "openai" and not base_urls:

@@ -8,6 +8,7 @@ Every answer is journaled on arrival, so a crash at any instant costs at most th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -49,6 +50,7 @@ from gen.shards import (
     split_of_path,
     write_json,
 )
+from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
 from gen.validate import check, repair_messages
@@ -139,6 +141,7 @@ class Run:
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries)
+        self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
         prev_usage = (p.previous or {}).get("usage", {})
         self.budget = Budget(
             max_usd=p.opts.max_usd,
@@ -312,32 +315,44 @@ class Run:
 
     async def execute(self) -> RunResult:
         p = self.p
-        p.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.legacy_dedup_key and self.partition is None:
-            self._say(
-                f"{p.out_dir} was deduplicated by output text (made before [dedup] on existed); "
-                "it is resumed with that key, and its manifest records it"
-            )
-        shards = await asyncio.to_thread(self._load_committed)
-        self.writer = ShardWriter(
-            p.out_dir,
-            rows_per_shard=p.opts.shard_rows,
-            shards=shards,
-            on_checkpoint=self._on_checkpoint,
-            partition=self.partition,
-        )
-        old_segments = self._replay_journal()
-        self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
-        await self.writer.checkpoint(old_segments)  # commits replayed answers, then drops the old journal
-
         client, servers = await self._open_teacher()
+        try:
+            # Before anything is written or any task dispatched: a URL nothing answers, an HTML page,
+            # a model the server does not list, a refused key.
+            self.served_models = await check_teacher(
+                client, p.teacher.model, check_model=not p.opts.no_model_check
+            )
+            p.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.legacy_dedup_key and self.partition is None:
+                self._say(
+                    f"{p.out_dir} was deduplicated by output text (made before [dedup] on existed); "
+                    "it is resumed with that key, and its manifest records it"
+                )
+            shards = await asyncio.to_thread(self._load_committed)
+            self.writer = ShardWriter(
+                p.out_dir,
+                rows_per_shard=p.opts.shard_rows,
+                shards=shards,
+                on_checkpoint=self._on_checkpoint,
+                partition=self.partition,
+            )
+            old_segments = self._replay_journal()
+            self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
+            await self.writer.checkpoint(old_segments)  # commits replayed answers, then drops the old journal
+        except BaseException:
+            await client.close()
+            for server in reversed(servers):
+                await server.stop()
+            with contextlib.suppress(OSError):  # only when empty: what prepare's writability probe left
+                p.out_dir.rmdir()
+            raise
+
         teacher = LimitedTeacher(client, self.limiter)
         progress = Progress(self.stats, enabled=p.opts.progress, desc=self.spec.name)
         counter = asyncio.create_task(self._count_total(progress))
         self._install_signal_handlers()
         error: BaseException | None = None
         try:
-            self.served_models = await client.list_models()
             if not self.served and isinstance(client, OpenAIChat):
                 self.served = [
                     {k: m.get(k) for k in ("id", "root", "max_model_len") if m.get(k) is not None}
@@ -351,6 +366,7 @@ class Run:
             ]
             try:
                 await asyncio.gather(*self._workers)
+                await self._record_held_failures()  # fewer than FAIL_FAST_AFTER, and nothing else came
             except BaseException as e:
                 error = e
                 for w in self._workers:
@@ -616,8 +632,11 @@ class Run:
                 raise
             except TeacherError as e:
                 row = self._reject_row(task, "teacher_error", str(e), None, attempts)
-                await self._finish(task, "rejects", row)
+                if not self.first_failures.hold(task, row, e):  # held (or the run stops) while none answered
+                    await self._finish(task, "rejects", row)
                 return
+            if self.first_failures.armed:
+                await self._record_held_failures()
             self.stats.requests += 1
             self.stats.prompt_tokens += comp.prompt_tokens
             self.stats.completion_tokens += comp.completion_tokens
@@ -673,6 +692,10 @@ class Run:
             "generator_version": __version__,
         }
         await self._finish(task, task.split, row)
+
+    async def _record_held_failures(self) -> None:
+        for held_task, row in self.first_failures.release():
+            await self._finish(held_task, "rejects", row)
 
     def _reject_row(
         self, task: Task, reason: str, error: str, response: str | None, attempts: int

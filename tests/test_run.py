@@ -292,6 +292,7 @@ def test_unknown_model_is_rejected_not_retried(tmp_path: Path, sim_server) -> No
             output=tmp_path / "o",
             progress=False,
             limit=5,
+            no_model_check=True,  # else the model check refuses it before any task (test_teacher_checks)
         ),
     )
     assert result.stats.rejects == 5 and result.stats.retries == 0

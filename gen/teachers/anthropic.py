@@ -35,7 +35,7 @@ _RENAMED = {"max_tokens", "max_completion_tokens", "stop", "seed"}
 
 
 class AnthropicMessages(HTTPClient):
-    """Messages against one Anthropic base URL (ending in /v1, like https://api.anthropic.com/v1)."""
+    """Messages against one Anthropic base URL: the root (https://api.anthropic.com) or its /v1."""
 
     provider = "anthropic"
 
@@ -59,8 +59,11 @@ class AnthropicMessages(HTTPClient):
             max_connections=max_connections,
             request_timeout_s=request_timeout_s,
             connect_timeout_s=connect_timeout_s,
+            api_key=api_key,
         )
+        # The API's root (https://api.anthropic.com, as Anthropic's SDK and gateways take it) or its /v1.
         base = base_url.rstrip("/")
+        base = self.base_url = base if base.endswith("/v1") else base + "/v1"
         self.url = base + "/messages"
         self._models_url = base + "/models"
         self.model = model
@@ -131,12 +134,13 @@ class AnthropicMessages(HTTPClient):
         # No tool call (or none asked for): the validator judges whatever text there is.
         return "".join(block["text"] for block in content if block["type"] == "text")
 
-    async def models(self) -> list[dict[str, Any]]:
-        """The model entries the server reports at /v1/models, every page (`id`, `display_name`, ...)."""
+    async def models(self, *, strict: bool = False) -> list[dict[str, Any]]:
+        """The model entries the server reports at /v1/models, every page (`id`, `display_name`, ...).
+        Empty when it does not answer well; with `strict`, the TeacherError saying how (see _get_json)."""
         entries: list[dict[str, Any]] = []
         params: dict[str, str] = {"limit": "1000"}
         for _ in range(100):  # a bound on pages, should a server never say it is done
-            doc = await self._get_json(self._models_url, params)
+            doc = await self._get_json(self._models_url, params, strict=strict)
             if not isinstance(doc, dict):
                 break
             page = [m for m in doc.get("data") or [] if isinstance(m, dict) and m.get("id")]
@@ -146,6 +150,6 @@ class AnthropicMessages(HTTPClient):
             params["after_id"] = str(doc["last_id"])
         return entries
 
-    async def list_models(self) -> list[str]:
-        """Model ids the server reports (empty when it does not answer)."""
-        return [str(m["id"]) for m in await self.models()]
+    async def list_models(self, *, strict: bool = False) -> list[str]:
+        """Model ids the server reports (empty when it does not answer; see models())."""
+        return [str(m["id"]) for m in await self.models(strict=strict)]

@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 
-from gen.errors import FatalTeacherError, TeacherError
+from gen.errors import FatalTeacherError, TeacherError, redact, register_secret
 from gen.teachers.wire import WireError, WirePool
 
 if TYPE_CHECKING:
@@ -57,17 +57,21 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> TeacherError:
-    """Classify an HTTP error answer: fatal (401/403), retryable (429, 5xx, ...), or final for this task."""
-    message = body[:500].decode("utf-8", "replace")
+    """Classify an HTTP error answer: fatal (401/403), retryable (429, 5xx, ...), or final for this task.
+
+    The message is redacted before it is cut to 500 characters, so no fragment of a secret the server
+    echoed survives the cut."""
+    message = body[:8192].decode("utf-8", "replace")
     try:
         data = orjson.loads(body)
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict) and err.get("message"):
-            message = str(err["message"])[:500]
+            message = str(err["message"])
         elif isinstance(err, str):
-            message = err[:500]
+            message = err
     except orjson.JSONDecodeError:
         pass
+    message = redact(message[:8192])[:500]
     kind = FatalTeacherError if status in FATAL_STATUS else TeacherError
     return kind(
         message,
@@ -89,7 +93,15 @@ class HTTPClient:
         max_connections: int,
         request_timeout_s: float,
         connect_timeout_s: float,
+        api_key: str | None = None,
     ) -> None:
+        """`api_key` is already in `headers`; it is registered here so that no error text carries it."""
+        for name, value in headers.items():
+            # A CR or LF would end the header early and let the rest inject new ones (gen.prepare
+            # refuses such a key with one line; this guards library use).
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ValueError(f"header {name!r} contains a control character")
+        register_secret(api_key)
         self._headers = headers
         self._max_connections = max_connections
         self._request_timeout_s = request_timeout_s
@@ -134,43 +146,54 @@ class HTTPClient:
             raise error_from_response(status, raw, headers)
         return raw, headers
 
-    async def _post_aiohttp(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
+    async def _post_aiohttp(
+        self, url: str, data: bytes, method: str = "POST"
+    ) -> tuple[int, Mapping[str, str], bytes]:
         import aiohttp
 
         try:
-            async with self._session_().post(url, data=data, headers=self._headers) as resp:
+            async with self._session_().request(method, url, data=data, headers=self._headers) as resp:
                 return resp.status, resp.headers, await resp.read()
         except TimeoutError:
             raise TeacherError("request timed out", retryable=True) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             raise TeacherError(f"connection failed: {type(e).__name__}: {e}", retryable=True) from None
+        except aiohttp.ClientError as e:  # redirects, bad header lines, ...: not worth another try
+            raise TeacherError(f"request failed: {type(e).__name__}: {e}") from None
 
-    async def _post_wire(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
+    async def _post_wire(
+        self, url: str, data: bytes, method: str = "POST"
+    ) -> tuple[int, Mapping[str, str], bytes]:
         pool, path = self._wire_pool(url)
         try:
-            return await pool.request("POST", path, data)
+            return await pool.request(method, path, data)
         except WireError as e:
             if e.timeout:
                 raise TeacherError("request timed out", retryable=True) from None
             raise TeacherError(f"connection failed: {e}", retryable=True) from None
 
-    async def _get_json(self, url: str, params: Mapping[str, str] | None = None) -> Any:
-        """A GET's JSON, or None when the server does not answer it well (used for model listings)."""
-        if USE_WIRE and url.startswith("http://"):
-            pool, path = self._wire_pool(url + ("?" + urlencode(params) if params else ""))
-            try:
-                status, _, raw = await pool.request("GET", path)
-                return orjson.loads(raw) if status == 200 else None
-            except (WireError, orjson.JSONDecodeError):
-                return None
-        import aiohttp
-
+    async def _get_json(
+        self, url: str, params: Mapping[str, str] | None = None, *, strict: bool = False
+    ) -> Any:
+        """A GET's JSON (used for model listings). When the server does not answer it well: None, or
+        with `strict` a TeacherError that says how: no status for a connection that failed,
+        error_from_response's for an HTTP error (FatalTeacherError for 401/403), the status for a
+        2xx body that is not JSON (an HTML page, say)."""
+        url += "?" + urlencode(params) if params else ""
         try:
-            async with self._session_().get(url, headers=self._headers, params=params) as resp:
-                if resp.status != 200:
-                    return None
-                return orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            if USE_WIRE and url.startswith("http://"):
+                status, headers, raw = await self._post_wire(url, b"", "GET")
+            else:
+                status, headers, raw = await self._post_aiohttp(url, b"", "GET")
+            if status >= 300:
+                raise error_from_response(status, raw, headers)
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise TeacherError(f"answered {_what(raw)}, not JSON", status=status) from None
+        except TeacherError:
+            if strict:
+                raise
             return None
 
     async def close(self) -> None:
@@ -180,6 +203,13 @@ class HTTPClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _what(raw: bytes) -> str:
+    head = raw.lstrip()[:15].lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page"
+    return f"{len(raw)} bytes" if raw else "an empty body"
 
 
 def unreadable(raw: bytes) -> TeacherError:

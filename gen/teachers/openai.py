@@ -47,8 +47,9 @@ class OpenAIChat(HTTPClient):
             max_connections=max_connections,
             request_timeout_s=request_timeout_s,
             connect_timeout_s=connect_timeout_s,
+            api_key=api_key,
         )
-        base = base_url.rstrip("/")
+        base = self.base_url = base_url.rstrip("/")
         self.url = base + "/chat/completions"
         self._models_url = base + "/models"
         self.model = model
@@ -89,12 +90,13 @@ class OpenAIChat(HTTPClient):
             headers=headers,
         )
 
-    async def models(self) -> list[dict[str, Any]]:
-        """The model entries the server reports at /v1/models (vLLM adds `root`: the weights' path)."""
-        doc = await self._get_json(self._models_url)
+    async def models(self, *, strict: bool = False) -> list[dict[str, Any]]:
+        """The model entries the server reports at /v1/models (vLLM adds `root`: the weights' path).
+        Empty when it does not answer well; with `strict`, the TeacherError saying how (see _get_json)."""
+        doc = await self._get_json(self._models_url, strict=strict)
         data = doc.get("data") if isinstance(doc, dict) else None
         return [m for m in data or [] if isinstance(m, dict) and m.get("id")]
 
-    async def list_models(self) -> list[str]:
-        """Model ids the server reports (empty when it does not answer)."""
-        return [str(m["id"]) for m in await self.models()]
+    async def list_models(self, *, strict: bool = False) -> list[str]:
+        """Model ids the server reports (empty when it does not answer; see models())."""
+        return [str(m["id"]) for m in await self.models(strict=strict)]

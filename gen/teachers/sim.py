@@ -53,6 +53,9 @@ class SimConfig:
     On the Anthropic path `rate_503` answers 529 `overloaded_error`, `rate_invalid_json` breaks a
     tool_use `input` against its schema (a required key left out) and `rate_fenced_json` puts a line
     of text before the tool_use block; text answers break as on the OpenAI path.
+
+    `echo_headers` plays a hostile or debugging gateway: every error answer (4xx, 5xx, on the chat,
+    messages and models paths) carries the request's headers, the API key among them, in its message.
     """
 
     model: str = "gen-sim-1"
@@ -69,6 +72,8 @@ class SimConfig:
     rpm_window_s: float = 60.0  # the window the rpm limit is checked over (1.0: a per-second limit)
     seed: int = 0
     api_key: str | None = None
+    echo_headers: bool = False
+    list_models: bool = True
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -711,10 +716,20 @@ class _Simulator:
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, self._openai)
+        return self._echo(request, await self._answer(request, self._openai))
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, self._anthropic)
+        return self._echo(request, await self._answer(request, self._anthropic))
+
+    def _echo(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """With `echo_headers`, an error answer's message gains the request's headers, verbatim."""
+        if not self.config.echo_headers or response.status < 400 or not isinstance(response, web.Response):
+            return response
+        doc = orjson.loads(response.body)  # type: ignore[arg-type]
+        echoed = orjson.dumps({str(k): v for k, v in request.headers.items()}).decode()
+        doc["error"]["message"] = f"{doc['error']['message']} (request headers: {echoed})"
+        response.body = orjson.dumps(doc)
+        return response
 
     async def _answer(self, request: web.Request, dialect: _Dialect) -> web.StreamResponse:
         stats, config = self.stats, self.config
@@ -767,7 +782,9 @@ class _Simulator:
         dialect = self._anthropic if "anthropic-version" in request.headers else self._openai
         refused = dialect.refuse(request)
         if refused is not None:
-            return refused[1]
+            return self._echo(request, refused[1])
+        if not self.config.list_models:
+            return self._echo(request, web.json_response({"error": {"message": "Not Found"}}, status=404))
         return web.Response(body=dialect.models(request, self.created), content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
