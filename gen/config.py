@@ -172,6 +172,7 @@ class RunOptions:
     output: Path | None = None
     shard_rows: int = 50_000
     max_retries: int = 6
+    max_pause_s: float = 60.0  # the longest any 429 Retry-After or rate-limit reset may hold a request
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     progress: bool = True
