@@ -19,6 +19,7 @@ class Progress:
         )
         self._next_postfix = 0.0
         self._paused_until = 0.0
+        self._next_refresh = 0.0
         self._paused_why = ""
 
     def set_total(self, total: int) -> None:
@@ -35,10 +36,13 @@ class Progress:
     def show_pause(self, seconds: float, why: str) -> None:
         """Dispatch holds for `seconds` because the server asked (`why`, e.g. `Retry-After: 30`): shown
         at once, since no task finishes to refresh the bar meanwhile; it goes at the first tick after."""
-        self._paused_until = time.monotonic() + seconds
+        now = time.monotonic()
+        self._paused_until = now + seconds
         self._paused_why = why
-        self._postfix()
-        self._bar.refresh()
+        if now >= self._next_refresh:  # a server that spends its budget on every answer: no flood
+            self._next_refresh = now + 0.5
+            self._postfix()
+            self._bar.refresh()
 
     def _postfix(self) -> None:
         s = self.stats

@@ -31,16 +31,41 @@ class FakeTime:
 
 
 def _limiter(t: FakeTime, notices: list[str] | None = None, **kw) -> Limiter:
-    notify = (notices if notices is not None else []).append
-    return Limiter(max_concurrency=64, clock=t.clock, sleep=t.sleep, notify=notify, **kw)
+    if notices is not None:
+        kw["notify"] = notices.append
+    return Limiter(max_concurrency=64, clock=t.clock, sleep=t.sleep, **kw)
+
+
+class Scripted:
+    """A teacher that answers 50 ms (of the fake clock) later with what it is told to: a 429 or a 200."""
+
+    def __init__(self, t: FakeTime) -> None:
+        self.t = t
+        self.next: tuple[bool, float | None, dict[str, str]] = (False, None, {})
+
+    async def complete(self, messages, *, seed, sampling) -> Completion:
+        self.t.now += 0.05
+        throttled, retry_after, headers = self.next
+        if throttled:
+            raise TeacherError(
+                "slow down", status=429, retryable=True, retry_after=retry_after, headers=headers
+            )
+        return Completion("ok", "stop", 1, 1, headers=headers)
+
+    async def close(self) -> None: ...
 
 
 async def _answer(limiter: Limiter, t: FakeTime, *, throttled: bool, retry_after: float | None = None,
                   headers: dict[str, str] | None = None) -> None:  # fmt: skip
-    """One request through the limiter, answered 50 ms later."""
-    await limiter.before(0)
-    t.now += 0.05
-    limiter.after(estimated=0, used=None, headers=headers or {}, throttled=throttled, retry_after=retry_after)
+    """One request through the limiter (as the pipeline sends it), answered 50 ms later."""
+    teacher = Scripted(t)
+    teacher.next = (throttled, retry_after, headers or {})
+    try:
+        await LimitedTeacher(teacher, limiter).complete(
+            [{"role": "user", "content": "x"}], seed=1, sampling={}
+        )
+    except TeacherError:
+        assert throttled
 
 
 async def test_an_isolated_429_neither_halves_concurrency_nor_pauses_dispatch() -> None:
