@@ -240,13 +240,22 @@ def _say(message: str) -> None:
     print(f"gen: {message}", file=sys.stderr, flush=True)
 
 
+def _printable(value: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in value.strip()[:40])
+
+
 def retry_after_label(headers: Mapping[str, str]) -> str:
-    """How the server asked, for a message: `Retry-After: 99999`, `retry-after-ms: 500`."""
-    for name, shown in (("retry-after-ms", "retry-after-ms"), ("retry-after", "Retry-After")):
-        value = headers.get(name)
-        if value:
-            return f"{shown}: {value.strip()[:40]}"
-    return "Retry-After"
+    """How the server asked, for a message: `Retry-After: 99999`, `retry-after-ms: 500` (the header
+    gen.teachers.http.parse_retry_after read)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            float(ms)
+            return f"retry-after-ms: {_printable(ms)}"
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    return f"Retry-After: {_printable(value)}" if value else "Retry-After"
 
 
 class Limiter:
@@ -300,7 +309,7 @@ class Limiter:
         return max([p.backlog() for p in (self.rpm, self.tpm) if p is not None], default=0.0)
 
     def cap(self, asked: float, kind: str, shown: str | None = None) -> float:
-        """`asked` seconds of waiting, at most max_pause_s; the first cut of each `kind` is said once."""
+        """`asked` seconds of waiting, at most max_pause_s; a cut ask is said once for each `kind`."""
         if math.isnan(asked):
             return 0.0
         if asked <= self.max_pause_s:
@@ -323,17 +332,14 @@ class Limiter:
             if why is not None and self.on_pause is not None:
                 self.on_pause(seconds, why)
 
-    def paused_for(self) -> float:
-        """Seconds of the current pause still to run (0 when dispatch flows)."""
-        return max(0.0, self._paused_until - self._clock())
-
     def unreadable_retry_after(self, value: str) -> None:
-        """Say once that a Retry-After was neither seconds nor a date (the request backs off as usual)."""
+        """Say once that a Retry-After was neither seconds nor a date (the request backs off as usual).
+        The value itself is not echoed: a hostile teacher could put anything there, a key included."""
         if "unreadable" not in self._told:
             self._told.add("unreadable")
             self.notify(
-                f"the teacher sent Retry-After: {value.strip()[:40]!r}, neither seconds nor a date; "
-                "gen backs off as after any error (0.5 s, doubling, at most --max-pause)"
+                f"the teacher sent a Retry-After of {len(value)} characters that is neither seconds nor "
+                "a date; gen backs off as after any error (0.5 s, doubling, at most --max-pause)"
             )
 
     async def before(self, tokens: int) -> None:
@@ -379,7 +385,7 @@ class Limiter:
             self.tpm.adjust(used - estimated)
         if spent is not None and spent[1]:
             reset, seconds = spent
-            shown = f"{reset}: {headers.get(reset, '').strip()[:40]}"
+            shown = f"{reset}: {_printable(headers.get(reset, ''))}"
             self.pause(self.cap(seconds, reset, shown), why=shown)
 
 

@@ -197,3 +197,21 @@ def test_max_pause_must_be_positive(tmp_path: Path, sim_server, capsys) -> None:
     err = capsys.readouterr().err
     assert "--max-pause" in err and len(err.strip().splitlines()) == 1
     assert sim.stats()["requests"] == 0
+
+
+def test_an_unreadable_retry_after_is_said_once_without_echoing_it(
+    tmp_path: Path, sim_server, capsys
+) -> None:
+    secret = "sk-echoed-back-by-a-hostile-teacher"
+    sim = sim_server(rate_429=0.3, retry_after_header=secret, seed=3)
+    out = tmp_path / "o"
+    args = ["run", str(_recipe(tmp_path, 30)), "--base-url", sim.base_url, "--output", str(out)]
+    code = main(
+        [*args, "--no-progress", "--max-concurrency", "8", "--max-retries", "10", "--max-pause", "0.1"]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "neither seconds nor a date" in ln]
+    assert len(lines) == 1, err
+    assert secret not in err
+    assert sim.stats()["status_429"] > 0
