@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import math
 import os
 import sys
 import threading
@@ -58,6 +59,13 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, metavar="DIR", help="output directory")
     p.add_argument("--shard-rows", type=int, default=50_000, metavar="N", help="rows per Parquet shard")
     p.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries per request on 429/5xx")
+    p.add_argument(
+        "--max-pause",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="longest wait a 429's Retry-After or a rate-limit reset may impose, in seconds (default 60)",
+    )
     p.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -194,6 +202,10 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         from gen.errors import ConfigError
 
         raise ConfigError(None, "--partitions and --ray-address need --executor ray")
+    if not 0 < args.max_pause < math.inf:
+        from gen.errors import ConfigError
+
+        raise ConfigError(None, f"--max-pause must be a positive number of seconds, got {args.max_pause:g}")
     return RunOptions(
         executor=executor,
         partitions=getattr(args, "partitions", None),
@@ -210,6 +222,7 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         shard_rows=args.shard_rows,
         max_retries=args.max_retries,
         no_model_check=args.no_model_check,
+        max_pause_s=args.max_pause,
         request_timeout_s=args.request_timeout,
         connect_timeout_s=args.connect_timeout,
         progress=not args.no_progress,

@@ -177,6 +177,7 @@ class RunOptions:
     shard_rows: int = 50_000
     max_retries: int = 6
     no_model_check: bool = False  # do not require the model in the teacher's /models listing
+    max_pause_s: float = 60.0  # the longest any 429 Retry-After or rate-limit reset may hold a request
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     progress: bool = True

@@ -85,7 +85,8 @@ class TeacherError(GenError):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
-        self.headers = dict(headers or {})
+        # Lower-case names: aiohttp's case-insensitive headers would not survive dict() otherwise.
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
         self.message = message = redact(message)
         super().__init__(f"HTTP {status}: {message}" if status else message)
 

@@ -140,7 +140,7 @@ class Run:
             on=on,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
-        self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries)
+        self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
         self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
         prev_usage = (p.previous or {}).get("usage", {})
         self.budget = Budget(
@@ -166,7 +166,13 @@ class Run:
         self.signal: int | None = None
         self._sampling_json = canonical_json(p.sampling)
         self._workers: list[asyncio.Task[None]] = []
-        self.limiter = Limiter(max_concurrency=p.teacher.max_concurrency, rpm=p.opts.rpm, tpm=p.opts.tpm)
+        self.limiter = Limiter(
+            max_concurrency=p.teacher.max_concurrency,
+            rpm=p.opts.rpm,
+            tpm=p.opts.tpm,
+            max_pause_s=p.opts.max_pause_s,
+            notify=self._say,
+        )
         self.writer: ShardWriter | None = None
         self.journal: Journal | None = None
         # Partition `index` of `count` in a cluster run (gen.cluster), or None for a one-machine run.
@@ -349,6 +355,7 @@ class Run:
 
         teacher = LimitedTeacher(client, self.limiter)
         progress = Progress(self.stats, enabled=p.opts.progress, desc=self.spec.name)
+        self.limiter.on_pause = progress.show_pause
         counter = asyncio.create_task(self._count_total(progress))
         self._install_signal_handlers()
         error: BaseException | None = None
@@ -384,6 +391,7 @@ class Run:
             except OSError as e:  # the last checkpoint could not be written: shards before it are intact
                 error = error or e
             finally:
+                self.limiter.on_pause = None
                 progress.close()
         if error is not None and not isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
             if isinstance(error, GenError):

@@ -63,6 +63,9 @@ class SimConfig:
     latency_jitter_ms: float = 0.0
     rate_429: float = 0.0
     retry_after_s: float = 1.0
+    # Sent verbatim as the `rate_429` fault's Retry-After instead of `retry_after_s` (and then no
+    # retry-after-ms): a hostile or broken value such as "inf", "99999" or "soon".
+    retry_after_header: str | None = None
     rate_500: float = 0.0
     rate_503: float = 0.0
     rate_invalid_json: float = 0.0
@@ -481,11 +484,14 @@ class _OpenAIDialect:
     def fault(self, fault: str, headers: dict[str, str] | None) -> web.Response:
         if fault == "rate_429":
             retry_after = self.config.retry_after_s
-            h = {
-                **(headers or {}),
-                "Retry-After": f"{retry_after:g}",
-                "retry-after-ms": str(round(retry_after * 1000)),
-            }
+            if self.config.retry_after_header is not None:
+                h = {**(headers or {}), "Retry-After": self.config.retry_after_header}
+            else:
+                h = {
+                    **(headers or {}),
+                    "Retry-After": f"{retry_after:g}",
+                    "retry-after-ms": str(round(retry_after * 1000)),
+                }
             msg = "Rate limit reached (simulated)."
             return _openai_error(429, msg, "requests", code="rate_limit_exceeded", headers=h)
         if fault == "rate_500":
@@ -570,7 +576,10 @@ class _AnthropicDialect:
 
     def fault(self, fault: str, headers: dict[str, str] | None) -> web.Response:
         if fault == "rate_429":
-            h = {**(headers or {}), "retry-after": f"{self.config.retry_after_s:g}"}
+            value = self.config.retry_after_header
+            if value is None:
+                value = f"{self.config.retry_after_s:g}"
+            h = {**(headers or {}), "retry-after": value}
             return _anthropic_error(429, "Rate limit reached (simulated).", "rate_limit_error", h)
         if fault == "rate_500":
             return _anthropic_error(500, "Internal server error (simulated).", "api_error", headers)
