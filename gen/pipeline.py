@@ -73,6 +73,7 @@ class RunStats:
     repairs: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated_kept: int = 0  # rows kept although cut off at max_tokens (keep_truncated = true)
     reject_reasons: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,6 +90,7 @@ class RunStats:
             "repairs": self.repairs,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "truncated_kept": self.truncated_kept,
             "reject_reasons": dict(self.reject_reasons),
         }
 
@@ -599,7 +601,7 @@ class Run:
             attempts += 1
             try:
                 comp = await with_retries(
-                    lambda m=messages: teacher.complete(m, seed=seed, sampling=self.p.sampling),
+                    lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=self.p.sampling),
                     self.retry_policy,
                     on_retry=self._on_retry,
                 )
@@ -615,7 +617,8 @@ class Run:
             self.budget.charge(comp.prompt_tokens, comp.completion_tokens)
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
-            verdict = check(comp.text, self.p.schema)
+            cut = comp.finish_reason == "length" and not self.spec.keep_truncated
+            verdict = check(comp.text, self.p.schema, truncated=cut)
             if verdict.ok:
                 break
             if attempts >= self.spec.max_attempts:
@@ -625,7 +628,10 @@ class Run:
                 await self._finish(task, "rejects", row)
                 return
             self.stats.repairs += 1
-            messages = repair_messages(task.messages, comp.text, verdict.error or "")
+            if cut:  # ask afresh, not with the cut reply; another seed, or a seeded teacher cuts it again
+                messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
+            else:
+                messages = repair_messages(task.messages, comp.text, verdict.error or "")
 
         answer = verdict.output_json if verdict.output_json is not None else comp.text
         kept = self.dedup.check_exact(answer, key)
@@ -726,6 +732,8 @@ class Run:
             s.duplicates += 1
         else:
             s.rows += 1
+            if row.get("finish_reason") == "length":
+                s.truncated_kept += 1
             if split == "eval":
                 s.eval += 1
             else:
@@ -806,8 +814,12 @@ def summary(result: RunResult) -> str:
     extra = ""
     if s.skipped or s.replayed:
         extra = f" (resumed: {s.skipped:,} already done, {s.replayed:,} recovered from the journal)"
+    truncated = s.reject_reasons.get("truncated", 0)
+    rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
+    if s.truncated_kept:
+        rejects += f", {s.truncated_kept:,} truncated rows kept"
     return (
-        f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {s.rejects:,} rejects, "
+        f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {rejects}, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "
         f"in {result.wall_s:.1f} s ({rate:,.0f} rows/s) -> {result.output_dir}{extra}"
     )
