@@ -24,7 +24,7 @@ _BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which Windows tools put befor
 def read_lines(path: Path, *, where: Path, name: str) -> list[str]:
     """The non-blank lines of a text file, stripped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of a value
     except FileNotFoundError:
         raise ConfigError(where, f"variable {name!r}: no such file {path}") from None
     except (OSError, UnicodeDecodeError) as e:

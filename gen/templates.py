@@ -137,7 +137,7 @@ class _Sandbox(SandboxedEnvironment):
             _check_printf(left, right)
         return super().call_binop(context, operator, left, right)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # jinja2 names them so
         if isinstance(getattr(__obj, "__self__", None), str) and __obj.__name__ in _PADDING_METHODS:
             _check_ints(f"str.{__obj.__name__}", [*args, *kwargs.values()])
         return super().call(__context, __obj, *args, **kwargs)

@@ -193,3 +193,17 @@ def test_a_template_that_fails_on_every_input_is_one_line_exit_2(
     code, err = _run(tmp_path, _recipe(tmp_path, "Q " + template + " {{ topic }}", seed=None), sim, capsys)
     _one_line_exit_2(code, err, "p.toml", "rendering the first input failed")
     assert sim.stats()["requests"] == 0
+
+
+def test_a_values_file_with_a_bom_is_read_without_it(tmp_path: Path) -> None:
+    from gen.config import load_prompt_file
+    from gen.templates import Expansion
+
+    (tmp_path / "topics.txt").write_bytes(b"\xef\xbb\xbfalpha\nbeta\n")
+    path = tmp_path / "p.toml"
+    path.write_text(
+        'name = "t"\nversion = "1"\n[messages]\nuser = "{{ topic }}"\n'
+        '[variables]\ntopic = { file = "topics.txt" }\n'
+    )
+    tasks = list(Expansion(load_prompt_file(path), None).tasks())
+    assert [t.messages[0]["content"] for t in tasks] == ["alpha", "beta"]
