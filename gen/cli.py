@@ -177,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rate-invalid-json", type=float, default=0.0)
     s.add_argument("--rate-fenced-json", type=float, default=0.0)
     s.add_argument("--rate-drop", type=float, default=0.0, help="fraction of connections dropped unanswered")
+    s.add_argument("--rate-truncated", type=float, default=0.0, help="fraction of answers cut off (length)")
     s.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit (429 beyond it)")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     s.add_argument(
@@ -348,6 +349,7 @@ def _sim(args: argparse.Namespace) -> int:
         "rate_invalid_json",
         "rate_fenced_json",
         "rate_drop",
+        "rate_truncated",
         "rpm",
         "seed",
     )

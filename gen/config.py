@@ -84,6 +84,7 @@ class PromptSpec(_Strict):
     eval_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     intended_use: str | None = None  # research | internal | commercial-model | competing-model
     max_attempts: int = Field(default=3, ge=1)
+    keep_truncated: bool = False  # keep answers cut off at max_tokens as rows (default: reject `truncated`)
     teacher: TeacherSpec = TeacherSpec()
     sampling: dict[str, Any] = Field(default_factory=dict)
     messages: Messages

@@ -75,6 +75,7 @@ class RunStats:
     repairs: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated_kept: int = 0  # rows kept although cut off at max_tokens (keep_truncated = true)
     reject_reasons: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -91,6 +92,7 @@ class RunStats:
             "repairs": self.repairs,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "truncated_kept": self.truncated_kept,
             "reject_reasons": dict(self.reject_reasons),
         }
 
@@ -632,7 +634,7 @@ class Run:
             attempts += 1
             try:
                 comp = await with_retries(
-                    lambda m=messages: teacher.complete(m, seed=seed, sampling=self.p.sampling),
+                    lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=self.p.sampling),
                     self.retry_policy,
                     on_retry=self._on_retry,
                 )
@@ -651,7 +653,8 @@ class Run:
             self.budget.charge(comp.prompt_tokens, comp.completion_tokens)
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
-            verdict = check(comp.text, self.p.schema)
+            cut = comp.finish_reason == "length" and not self.spec.keep_truncated
+            verdict = check(comp.text, self.p.schema, truncated=cut)
             if verdict.ok:
                 break
             if attempts >= self.spec.max_attempts:
@@ -661,7 +664,10 @@ class Run:
                 await self._finish(task, "rejects", row)
                 return
             self.stats.repairs += 1
-            messages = repair_messages(task.messages, comp.text, verdict.error or "")
+            if cut:  # ask afresh, not with the cut reply; another seed, or a seeded teacher cuts it again
+                messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
+            else:
+                messages = repair_messages(task.messages, comp.text, verdict.error or "")
 
         answer = verdict.output_json if verdict.output_json is not None else comp.text
         kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
@@ -766,6 +772,8 @@ class Run:
             s.duplicates += 1
         else:
             s.rows += 1
+            if row.get("finish_reason") == "length":
+                s.truncated_kept += 1
             if split == "eval":
                 s.eval += 1
             else:
@@ -846,8 +854,12 @@ def summary(result: RunResult) -> str:
     extra = ""
     if s.skipped or s.replayed:
         extra = f" (resumed: {s.skipped:,} already done, {s.replayed:,} recovered from the journal)"
+    truncated = s.reject_reasons.get("truncated", 0)
+    rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
+    if s.truncated_kept:
+        rejects += f", {s.truncated_kept:,} truncated rows kept"
     return (
-        f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {s.rejects:,} rejects, "
+        f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {rejects}, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "
         f"in {result.wall_s:.1f} s ({rate:,.0f} rows/s) -> {result.output_dir}{extra}"
     )

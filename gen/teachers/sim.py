@@ -71,6 +71,7 @@ class SimConfig:
     rate_invalid_json: float = 0.0
     rate_fenced_json: float = 0.0
     rate_drop: float = 0.0
+    rate_truncated: float = 0.0  # answer cut to half, as if at max_tokens (finish_reason "length")
     rpm: int | None = None
     rpm_window_s: float = 60.0  # the window the rpm limit is checked over (1.0: a per-second limit)
     seed: int = 0
@@ -96,7 +97,8 @@ class SimConfig:
 
 
 # Fault field names in the order their probability bands are laid out on [0, 1).
-_FAULTS = ("rate_429", "rate_500", "rate_503", "rate_drop", "rate_invalid_json", "rate_fenced_json")
+_FAULTS = ("rate_429", "rate_500", "rate_503", "rate_drop", "rate_invalid_json", "rate_fenced_json",
+           "rate_truncated")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- requests
@@ -351,6 +353,10 @@ def _text_answer(
         stats["fenced_json"] += 1
         content = f"{rng.choice(FENCE_INTROS)}\n\n```json\n{content}\n```"
     completion_tokens = max(1, len(content) // 4)
+    if fault == "rate_truncated":
+        stats["truncated"] += 1
+        half = max(1, completion_tokens // 2)
+        return content[: half * 4], True, half
     if chat.max_tokens is not None and completion_tokens > chat.max_tokens:
         return content[: chat.max_tokens * 4], True, chat.max_tokens
     return content, False, completion_tokens
@@ -622,7 +628,10 @@ class _AnthropicDialect:
             content.append({"type": "text", "text": rng.choice(FENCE_INTROS)})
         output_tokens = max(1, len(orjson.dumps(value)) // 4)
         stop_reason = "tool_use"
-        if chat.max_tokens is not None and output_tokens > chat.max_tokens:
+        if fault == "rate_truncated":
+            stats["truncated"] += 1
+            value, output_tokens, stop_reason = {}, max(1, output_tokens // 2), "max_tokens"
+        elif chat.max_tokens is not None and output_tokens > chat.max_tokens:
             value, output_tokens, stop_reason = {}, chat.max_tokens, "max_tokens"
         block = {
             "type": "tool_use",
@@ -650,7 +659,7 @@ _Dialect = _OpenAIDialect | _AnthropicDialect
 
 _STATS = (
     "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
-    "invalid_json", "fenced_json", "bad_request", "rate_limited", "status_401", "status_404",
+    "invalid_json", "fenced_json", "truncated", "bad_request", "rate_limited", "status_401", "status_404",
 )  # fmt: skip
 
 
@@ -658,10 +667,10 @@ class _Simulator:
     """The handlers and their state: the config, the fault RNG, the rpm window and the counters.
 
     Both protocols share all of it. Counters: `requests` = ok + status_429 + status_500 + status_503
-    + status_529 + dropped + bad_request + rate_limited + status_401 + status_404; `invalid_json` and
-    `fenced_json` count the ok answers whose content is broken. `status_429` counts injected 429s,
-    `rate_limited` the rpm ones; the `rate_503` fault is a 503 on the OpenAI path and a 529 on the
-    Anthropic one.
+    + status_529 + dropped + bad_request + rate_limited + status_401 + status_404; `invalid_json`,
+    `fenced_json` and `truncated` count the ok answers whose content is broken or cut short.
+    `status_429` counts injected 429s, `rate_limited` the rpm ones; the `rate_503` fault is a 503 on
+    the OpenAI path and a 529 on the Anthropic one.
     """
 
     def __init__(self, config: SimConfig) -> None:
