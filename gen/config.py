@@ -174,6 +174,7 @@ class RunOptions:
     max_retries: int = 6
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
+    max_reply_bytes: int | None = None  # a reply's size cap; None: derived from each request's max_tokens
     progress: bool = True
     rpm: float | None = None
     tpm: float | None = None
