@@ -68,6 +68,12 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
+    p.add_argument(
+        "--max-reply-bytes",
+        type=int,
+        metavar="N",
+        help="refuse (and retry) a teacher reply larger than this (default: from the request's max_tokens)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--rpm", type=float, metavar="R", help="requests per minute, paced smoothly")
     p.add_argument("--tpm", type=float, metavar="T", help="tokens per minute (prompt + completion)")
@@ -198,6 +204,7 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
 
     for flag in ("max_concurrency", "samples", "limit", "shard_rows", "max_tokens", "partitions"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
+    _positive("--max-reply-bytes", args.max_reply_bytes)
     executor = getattr(args, "executor", "local")
     if executor != "ray" and (getattr(args, "partitions", None) or getattr(args, "ray_address", None)):
         from gen.errors import ConfigError
@@ -226,6 +233,7 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         max_pause_s=args.max_pause,
         request_timeout_s=args.request_timeout,
         connect_timeout_s=args.connect_timeout,
+        max_reply_bytes=args.max_reply_bytes,
         progress=not args.no_progress,
         rpm=args.rpm,
         tpm=args.tpm,

@@ -181,6 +181,7 @@ class RunOptions:
     max_pause_s: float = 60.0  # the longest any 429 Retry-After or rate-limit reset may hold a request
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
+    max_reply_bytes: int | None = None  # a reply's size cap; None: derived from each request's max_tokens
     progress: bool = True
     rpm: float | None = None
     tpm: float | None = None

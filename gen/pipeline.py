@@ -443,6 +443,7 @@ class Run:
                 max_connections=t.max_concurrency,
                 request_timeout_s=p.opts.request_timeout_s,
                 connect_timeout_s=p.opts.connect_timeout_s,
+                max_reply_bytes=p.opts.max_reply_bytes,
             )
             if t.provider == "anthropic":
                 from gen.teachers.anthropic import AnthropicMessages

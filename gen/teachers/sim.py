@@ -8,8 +8,9 @@ completions at `POST /v1/chat/completions` and Anthropic Messages at `POST /v1/m
 or on the Anthropic path of the messages and the `system` prompt, picks them), and JSON-schema
 answers (`response_format`, or a forced `tool_use` whose `input` fits the tool's `input_schema`)
 validate against the requested schema. Faults (429, 500, 503 or Anthropic's 529, dropped
-connections, broken or fenced JSON) are drawn from a seeded RNG owned by the server, and an optional
-requests-per-minute limit answers 429 with the protocol's rate-limit headers.
+connections, broken or fenced JSON, and the hostile ones: replies too large, bodies that never end,
+gzip bombs, replies that break the protocol's wire format) are drawn from a seeded RNG owned by the
+server, and an optional requests-per-minute limit answers 429 with the protocol's rate-limit headers.
 
     async with SimServer(SimConfig(rate_429=0.1)) as server:   # on the current event loop
         ...  # point a client at server.base_url
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import math
 import random
@@ -29,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +41,7 @@ from aiohttp import web
 
 from gen.teachers.sampling import FENCE_INTROS, VOCAB, Gen, compiled_sampler, sample_from_schema, sentences
 
-__all__ = ["SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
+__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -72,6 +75,14 @@ class SimConfig:
     rate_fenced_json: float = 0.0
     rate_drop: float = 0.0
     rate_truncated: float = 0.0  # answer cut to half, as if at max_tokens (finish_reason "length")
+    rate_oversize: float = 0.0
+    oversize_bytes: int = 5_000_000
+    rate_endless: float = 0.0
+    endless_interval_s: float = 0.0
+    rate_gzip_bomb: float = 0.0
+    bomb_bytes: int = 1 << 30
+    rate_malformed: float = 0.0
+    malformed: str = "any"
     rpm: int | None = None
     rpm_window_s: float = 60.0  # the window the rpm limit is checked over (1.0: a per-second limit)
     seed: int = 0
@@ -94,11 +105,30 @@ class SimConfig:
             raise ValueError(f"rpm must be >= 1 or None, got {self.rpm}")
         if not 0 < self.rpm_window_s <= 60.0:
             raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
+        if self.oversize_bytes < 0 or self.bomb_bytes < 0 or self.endless_interval_s < 0:
+            raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
+        if self.malformed != "any" and self.malformed not in MALFORMED:
+            known = ", ".join(MALFORMED)
+            raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
 
 
-# Fault field names in the order their probability bands are laid out on [0, 1).
-_FAULTS = ("rate_429", "rate_500", "rate_503", "rate_drop", "rate_invalid_json", "rate_fenced_json",
-           "rate_truncated")  # fmt: skip
+# Fault field names in the order their probability bands are laid out on [0, 1) (new ones go last, so a
+# seed keeps drawing the same faults it always did).
+_FAULTS = (
+    "rate_429", "rate_500", "rate_503", "rate_drop", "rate_invalid_json", "rate_fenced_json",
+    "rate_truncated", "rate_oversize", "rate_endless", "rate_gzip_bomb", "rate_malformed",
+)  # fmt: skip
+
+# The ways `rate_malformed` breaks a reply's wire format (the Anthropic path in brackets): `model` a
+# number; `finish_reason` [`stop_reason`] an object; `usage` a string; the answer's `content` an object
+# (message.content [the content list]); completion [output] tokens negative; or past any 64-bit integer;
+# no `choices` [`content`]; the body a JSON array, not an object.
+MALFORMED = (
+    "model_int", "finish_reason_object", "usage_string", "content_object", "tokens_negative",
+    "tokens_huge", "no_choices", "not_an_object",
+)  # fmt: skip
+_HUGE = b"1" + b"0" * 30  # past int64; written in place of _HUGE_MARK
+_HUGE_MARK = "__gen_sim_huge__"
 
 
 # --------------------------------------------------------------------------- requests
@@ -532,6 +562,28 @@ class _OpenAIDialect:
         }
         return orjson.dumps(body)
 
+    @staticmethod
+    def malform(doc: dict[str, Any], shape: str) -> Any:
+        """The reply `doc` with its wire format broken as `shape` says (one of MALFORMED)."""
+        choice, usage = doc["choices"][0], doc["usage"]
+        if shape == "model_int":
+            doc["model"] = 123
+        elif shape == "finish_reason_object":
+            choice["finish_reason"] = {}
+        elif shape == "usage_string":
+            doc["usage"] = "many"
+        elif shape == "content_object":
+            choice["message"]["content"] = {"text": choice["message"]["content"]}
+        elif shape == "tokens_negative":
+            usage["completion_tokens"] = -1 - usage["completion_tokens"]
+        elif shape == "tokens_huge":
+            usage["completion_tokens"] = _HUGE_MARK
+        elif shape == "no_choices":
+            del doc["choices"]
+        elif shape == "not_an_object":
+            return [doc]
+        return doc
+
     def models(self, request: web.Request, created: int) -> bytes:
         model = {"id": self.config.model, "object": "model", "created": created, "owned_by": "gen-sim"}
         return orjson.dumps({"object": "list", "data": [model]})
@@ -611,6 +663,28 @@ class _AnthropicDialect:
         return orjson.dumps(body)
 
     @staticmethod
+    def malform(doc: dict[str, Any], shape: str) -> Any:
+        """The reply `doc` with its wire format broken as `shape` says (one of MALFORMED)."""
+        usage = doc["usage"]
+        if shape == "model_int":
+            doc["model"] = 123
+        elif shape == "finish_reason_object":
+            doc["stop_reason"] = {}
+        elif shape == "usage_string":
+            doc["usage"] = "many"
+        elif shape == "content_object":
+            doc["content"] = doc["content"][-1]
+        elif shape == "tokens_negative":
+            usage["output_tokens"] = -1 - usage["output_tokens"]
+        elif shape == "tokens_huge":
+            usage["output_tokens"] = _HUGE_MARK
+        elif shape == "no_choices":
+            del doc["content"]
+        elif shape == "not_an_object":
+            return [doc]
+        return doc
+
+    @staticmethod
     def _tool_use(
         chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]
     ) -> tuple[list[dict[str, Any]], str, int]:
@@ -660,6 +734,7 @@ _Dialect = _OpenAIDialect | _AnthropicDialect
 _STATS = (
     "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
     "invalid_json", "fenced_json", "truncated", "bad_request", "rate_limited", "status_401", "status_404",
+    "oversize", "endless", "gzip_bomb", "malformed",
 )  # fmt: skip
 
 
@@ -667,10 +742,11 @@ class _Simulator:
     """The handlers and their state: the config, the fault RNG, the rpm window and the counters.
 
     Both protocols share all of it. Counters: `requests` = ok + status_429 + status_500 + status_503
-    + status_529 + dropped + bad_request + rate_limited + status_401 + status_404; `invalid_json`,
-    `fenced_json` and `truncated` count the ok answers whose content is broken or cut short.
-    `status_429` counts injected 429s, `rate_limited` the rpm ones; the `rate_503` fault is a 503 on
-    the OpenAI path and a 529 on the Anthropic one.
+    + status_529 + dropped + bad_request + rate_limited + status_401 + status_404 + oversize + endless
+    + gzip_bomb + malformed; `invalid_json`, `fenced_json` and `truncated` count the ok answers whose
+    content is broken or cut short. `status_429` counts injected 429s,
+    `rate_limited` the rpm ones; the `rate_503` fault is a 503 on the OpenAI path and a 529 on the
+    Anthropic one.
     """
 
     def __init__(self, config: SimConfig) -> None:
@@ -679,6 +755,7 @@ class _Simulator:
         self.created = int(time.time())
         self._faults = random.Random(config.seed)
         self._jitter = random.Random(f"{config.seed}/jitter")  # apart, so jitter never shifts the faults
+        self._shapes = random.Random(f"{config.seed}/malformed")
         self._window: deque[float] | None = deque() if config.rpm is not None else None
         bands: list[tuple[float, str]] = []
         edge = 0.0
@@ -785,14 +862,39 @@ class _Simulator:
             if counter is not None:
                 stats[counter] += 1
                 return dialect.fault(fault, headers)
+            if fault == "rate_endless":
+                stats["endless"] += 1
+                return await _endless(request, config.endless_interval_s)
+            if fault == "rate_gzip_bomb":
+                stats["gzip_bomb"] += 1
+                bomb_headers = {**(headers or {}), "Content-Encoding": "gzip"}
+                bomb = _gzip_bomb(config.bomb_bytes)
+                return web.Response(body=bomb, content_type="application/json", headers=bomb_headers)
         digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
+        if fault == "rate_oversize":
+            chat.max_tokens = None  # the server that ignores it
+            chat.mode = "text"
         try:
             body = dialect.answer(chat, rng, fault, stats)
         except _BadRequest as exc:
             stats["bad_request"] += 1
             return dialect.bad_request(exc.message, exc.param, headers)
-        stats["ok"] += 1
+        if fault == "rate_oversize":
+            stats["oversize"] += 1
+            filler = orjson.dumps("word " * (config.oversize_bytes // 5))
+            body = body.replace(b'"text":"', b'"text":' + filler[:-1], 1).replace(
+                b'"content":"', b'"content":' + filler[:-1], 1
+            )
+        elif fault == "rate_malformed":
+            stats["malformed"] += 1
+            shape = config.malformed
+            if shape == "any":
+                shape = self._shapes.choice(MALFORMED)
+            doc = dialect.malform(orjson.loads(body), shape)
+            body = orjson.dumps(doc).replace(b'"%s"' % _HUGE_MARK.encode(), _HUGE)
+        else:
+            stats["ok"] += 1
         return web.Response(body=body, content_type="application/json", headers=headers)
 
     async def models(self, request: web.Request) -> web.Response:
@@ -815,6 +917,37 @@ class _Simulator:
         for k in self.stats:
             self.stats[k] = 0
         return web.Response(body=orjson.dumps(self.stats), content_type="application/json")
+
+
+async def _endless(request: web.Request, interval_s: float) -> web.StreamResponse:
+    """A 200 whose chunked body never ends (the start of a chat reply, then filler) until the client
+    hangs up; a chunk every `interval_s`, or as fast as the client reads."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    chunk = b"word " * (13 if interval_s else 13_000)
+    try:
+        await resp.write(b'{"choices": [{"message": {"role": "assistant", "content": "')
+        while True:
+            await resp.write(chunk)
+            await asyncio.sleep(interval_s)
+    except (ConnectionError, RuntimeError):  # the client went away (aiohttp raises either)
+        pass
+    return resp
+
+
+@functools.cache
+def _gzip_bomb(size: int) -> bytes:
+    """A gzip stream of `size` zero bytes (about 1,000 times smaller), made once per size."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(min(size, 1 << 20))
+    parts = []
+    left = size
+    while left > 0:
+        parts.append(packer.compress(block[: min(left, len(block))]))
+        left -= len(block)
+    parts.append(packer.flush())
+    return b"".join(parts)
 
 
 def _drop(request: web.Request) -> web.StreamResponse:
