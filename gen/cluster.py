@@ -405,6 +405,10 @@ def _merged_manifest(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        **{
+            k: sum(pm["usage"].get(k, 0) for pm in parts)
+            for k in ("unanswered_requests", "unanswered_tokens")
+        },
     }
     costs = [pm.get("cost_usd") for pm in parts if pm.get("cost_usd") is not None]
     m["cost_usd"] = round(sum(costs), 6) if costs else m.get("cost_usd")

@@ -58,6 +58,7 @@ from gen.validate import check, repair_messages
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
+SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "unanswered_requests", "unanswered_tokens")
 
 # How a run ended; the CLI maps these to exit statuses.
@@ -369,6 +370,9 @@ class Run:
                 self.dedup.offer(split, row)
             else:
                 self._accept(split, row)
+        if self.stats.journal_skipped > SKIPPED_SHOWN:
+            more = self.stats.journal_skipped - SKIPPED_SHOWN
+            self._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
         self._carried["prompt_tokens"] += spent[0]
         self._carried["completion_tokens"] += spent[1]
         self.budget.charge(spent[0], spent[1])
@@ -382,7 +386,8 @@ class Run:
 
     def _skip_entry(self, what: str) -> None:
         self.stats.journal_skipped += 1
-        self._say(f"skipped journal entry {what}; its task is asked again")
+        if self.stats.journal_skipped <= SKIPPED_SHOWN:
+            self._say(f"skipped journal entry {what}; its task is asked again")
 
     # --- the producer ---
 

@@ -51,9 +51,7 @@ def _answers(out: Path) -> int:
         committed = sum(s["rows"] for s in json.loads((out / "manifest.json").read_text())["shards"])
     except (FileNotFoundError, json.JSONDecodeError):
         committed = 0
-    journaled = sum(
-        p.read_bytes().count(b'"r":{') for p in (out / "journal").glob("*.jsonl") if p.is_file()
-    )
+    journaled = sum(p.read_bytes().count(b'"r":{') for p in (out / "journal").glob("*.jsonl") if p.is_file())
     return committed + journaled
 
 
