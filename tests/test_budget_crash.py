@@ -51,7 +51,12 @@ def _answers(out: Path) -> int:
         committed = sum(s["rows"] for s in json.loads((out / "manifest.json").read_text())["shards"])
     except (FileNotFoundError, json.JSONDecodeError):
         committed = 0
-    journaled = sum(p.read_bytes().count(b'"r":{') for p in (out / "journal").glob("*.jsonl") if p.is_file())
+    journaled = 0
+    for segment in (out / "journal").glob("*.jsonl"):
+        try:
+            journaled += segment.read_bytes().count(b'"r":{')
+        except FileNotFoundError:  # deleted by a checkpoint meanwhile: its rows are in the manifest now
+            pass
     return committed + journaled
 
 
@@ -99,7 +104,8 @@ def test_sigkill_and_resume_repeatedly_never_spends_past_max_tokens(tmp_path: Pa
     # ... and the requests lost in flight at their reservation, an upper bound of what they cost.
     assert usage["unanswered_requests"] <= kills * CONCURRENCY
     assert served <= usage["total_tokens"] + usage["unanswered_tokens"]
-    assert usage["total_tokens"] + usage["unanswered_tokens"] >= limit  # it stopped because it was spent
+    # It stopped because the limit was spent, counting what it expected its last requests in flight to use.
+    assert usage["total_tokens"] + usage["unanswered_tokens"] >= limit - in_flight
 
     rows = ids_in(out, "data") + ids_in(out, "rejects") + ids_in(out, "duplicates")
     assert len(rows) == len(set(rows)), "an id was written twice"

@@ -56,10 +56,12 @@ def _gen(prompt: Path, out: Path, base_url: str, *extra: str, **popen) -> subpro
 
 def _journal_lines(out: Path) -> int:
     """Answers in the journal (its other lines are reservations of requests sent)."""
-    try:
-        return sum(1 for _ in read_journal(out))
-    except FileNotFoundError:  # a segment deleted by a checkpoint while it was read
-        return 0
+    for _ in range(10):
+        try:
+            return sum(1 for _ in read_journal(out))
+        except FileNotFoundError:  # a segment deleted by a checkpoint while it was read: read again
+            continue
+    return 0
 
 
 def _done(out: Path) -> int:
