@@ -71,7 +71,8 @@ from gen.shards import (
 )
 
 SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "duplicates", "requests",
-          "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens")  # fmt: skip
+          "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens",
+          "unanswered_requests", "unanswered_tokens", "journal_skipped")  # fmt: skip
 POLL_S = 1.0  # how often a partition asks RateShare for its share (and whether to stop)
 MERGE_DUPLICATES = "duplicates/duplicates-merge-{:05d}.parquet"
 
