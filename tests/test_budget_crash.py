@@ -144,3 +144,26 @@ def test_replayed_answers_count_in_usage_and_cost(tmp_path: Path, sim_server) ->
     assert usage["unanswered_requests"] <= CONCURRENCY
     expected = (usage["prompt_tokens"] * 1 + usage["completion_tokens"] * 2) / 1e6
     assert expected <= manifest["cost_usd"] <= expected + usage["unanswered_tokens"] * 2 / 1e6 + 1e-6
+
+
+def test_requests_given_up_after_the_grace_period_count_at_their_reservation(
+    tmp_path: Path, sim_server
+) -> None:
+    prompt = _recipe(tmp_path, n=50)
+    sim = sim_server(latency_ms=2_000)  # nothing answers before the grace period ends
+    out = tmp_path / "o"
+    proc = _gen(prompt, out, sim.base_url, "--grace-period", "0.2", "--max-concurrency", "4")
+    deadline = time.monotonic() + 30
+    while sim.stats()["requests"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    usage = manifest["usage"]
+    assert usage["total_tokens"] == 0
+    # Each: the prompt's estimate (the simulator's own count for it, 10 tokens) and max_tokens.
+    assert usage["unanswered_requests"] == 4
+    assert usage["unanswered_tokens"] == 4 * (10 + MAX_TOKENS)
+    assert manifest["runs"][-1]["unanswered_requests"] == 4
+    assert not list((out / "journal").glob("*.jsonl")), "the reservations are in the manifest now"
