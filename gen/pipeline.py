@@ -174,9 +174,8 @@ class Run:
             + self._carried["unanswered_tokens"],
         )
         # A reservation's bound on a request's completion: what the request asks for at most.
-        self._max_completion = int(
-            p.sampling.get("max_tokens") or p.sampling.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
-        )
+        asked = p.sampling.get("max_tokens") or p.sampling.get("max_completion_tokens")
+        self._max_completion = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
         self._in_flight: dict[int, tuple[str, Usage]] = {}  # id key -> (task id, reservation)
         self.served_models: list[str] = []
         self.started = time.monotonic()
