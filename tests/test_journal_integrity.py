@@ -44,6 +44,17 @@ def _gen(prompt: Path, out: Path, base_url: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _settled_requests(sim) -> int:
+    """The simulator's request count once requests a killed client had sent have all reached it."""
+    count = sim.stats()["requests"]
+    while True:
+        time.sleep(0.3)
+        now = sim.stats()["requests"]
+        if now == count:
+            return count
+        count = now
+
+
 def _answer_lines(segment: Path) -> list[int]:
     return [i for i, line in enumerate(segment.read_bytes().splitlines()) if b'"r":{' in line]
 
@@ -95,7 +106,7 @@ def test_malformed_and_edited_entries_are_skipped_and_asked_again(tmp_path: Path
     # Intact answers now: the three resealed ones are intact entries whose rows the shards cannot take.
     intact = sum(1 for e in journal_entries(out) if isinstance(e, Entry) and e.split is not None)
     usable = intact - 3
-    asked_before = sim.stats()["requests"]
+    asked_before = _settled_requests(sim)
 
     final = subprocess.run(
         [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", sim.base_url, "--output", str(out)]
