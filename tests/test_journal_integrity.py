@@ -88,24 +88,32 @@ def test_malformed_and_edited_entries_are_skipped_and_asked_again(tmp_path: Path
         bad_ids.append(entry["r"]["id"])
         lines[index] = seal(entry).rstrip(b"\n")
 
-    reseal(answers[0], teacher_model=123)
-    reseal(answers[1], finish_reason={})
-    reseal(answers[2], messages="not a list")
+    shapes = [  # the malformed replies of issue 11, as rows: each once failed every resume's Parquet write
+        {"teacher_model": 123},
+        {"finish_reason": {}},
+        {"response": {"content": "an object"}},
+        {"prompt_tokens": "12"},
+        {"completion_tokens": 1 << 63},  # out of int64's range
+        {"messages": "not a list"},
+    ]
+    for index, changes in zip(answers, shapes, strict=False):
+        reseal(index, **changes)
+    answers = answers[len(shapes) :]
     # An edited answer, its checksum left as it was: it must not reach the dataset.
-    edited = orjson.loads(lines[answers[3]])
+    edited = orjson.loads(lines[answers[0]])
     bad_ids.append(edited["r"]["id"])
-    lines[answers[3]] = lines[answers[3]].replace(b'"response":"', b'"response":"EDITED ', 1)
-    assert b"EDITED" in lines[answers[3]]
+    lines[answers[0]] = lines[answers[0]].replace(b'"response":"', b'"response":"EDITED ', 1)
+    assert b"EDITED" in lines[answers[0]]
     # Valid JSON that is no entry gen writes, mid-file (not a torn tail).
-    lines[answers[4] : answers[4]] = [
+    lines[answers[1] : answers[1]] = [
         b"[1, 2, 3]",
         b'{"s": "train"}',
         b'{"s": "train", "r": {"id": 1}, "c": 0}',
     ]
     segment.write_bytes(b"\n".join(lines) + b"\n")
-    # Intact answers now: the three resealed ones are intact entries whose rows the shards cannot take.
+    # Intact answers now: the resealed ones are intact entries whose rows the shards cannot take.
     intact = sum(1 for e in journal_entries(out) if isinstance(e, Entry) and e.split is not None)
-    usable = intact - 3
+    usable = intact - len(shapes)
     asked_before = _settled_requests(sim)
 
     final = subprocess.run(
@@ -117,10 +125,10 @@ def test_malformed_and_edited_entries_are_skipped_and_asked_again(tmp_path: Path
     )
     assert final.returncode == 0, final.stderr
     skipped = [line for line in final.stderr.splitlines() if "skipped journal entry" in line]
-    assert len(skipped) == 7, final.stderr  # one line for each bad entry, naming the file and line
+    assert len(skipped) == len(shapes) + 4, final.stderr  # a line for each bad entry, naming file and line
     assert all(str(segment) in line and "asked again" in line for line in skipped)
     assert "Traceback" not in final.stderr
-    # The four answers, and only they, were asked again, with everything the kill left unanswered.
+    # The bad answers, and only they, were asked again, with everything the kill left unanswered.
     assert sim.stats()["requests"] - asked_before == 200 - usable
 
     data, rejects, dups = ids_in(out, "data"), ids_in(out, "rejects"), ids_in(out, "duplicates")
@@ -132,7 +140,7 @@ def test_malformed_and_edited_entries_are_skipped_and_asked_again(tmp_path: Path
         if tid in rows:
             assert rows[tid]["teacher_model"] == "gen-sim-1" and isinstance(rows[tid]["messages"], list)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["runs"][-1]["journal_skipped"] == 7
+    assert manifest["status"] == "complete" and manifest["runs"][-1]["journal_skipped"] == len(shapes) + 4
 
 
 def test_every_entry_is_sealed_and_any_changed_byte_is_caught(tmp_path: Path) -> None:
