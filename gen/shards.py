@@ -182,7 +182,7 @@ def row_problem(split: str, row: dict[str, Any]) -> str | None:
             return f"column {name} missing"
         value = row[name]
         if not ok(value) or (value is None and name in _NOT_NULL.get(split, ())):
-            return f"column {name} holds {repr(value)[:60]}, not a {type_name}"
+            return f"column {name} holds {repr(value)[:60]}, expected {type_name}"
     return None
 
 
