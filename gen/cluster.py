@@ -72,7 +72,7 @@ from gen.shards import (
 
 SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "duplicates", "requests",
           "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens",
-          "truncated_kept")  # fmt: skip
+          "truncated_kept", "unanswered_requests", "unanswered_tokens", "journal_skipped")  # fmt: skip
 POLL_S = 1.0  # how often a partition asks RateShare for its share (and whether to stop)
 MERGE_DUPLICATES = "duplicates/duplicates-merge-{:05d}.parquet"
 
@@ -404,6 +404,10 @@ def _merged_manifest(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        **{
+            k: sum(pm["usage"].get(k, 0) for pm in parts)
+            for k in ("unanswered_requests", "unanswered_tokens")
+        },
     }
     costs = [pm.get("cost_usd") for pm in parts if pm.get("cost_usd") is not None]
     m["cost_usd"] = round(sum(costs), 6) if costs else m.get("cost_usd")

@@ -28,14 +28,16 @@ from gen.config import RunOptions
 from gen.dedup import Deduplicator, key_of
 from gen.errors import FatalTeacherError, GenError, TeacherError
 from gen.ledger import (
+    BadEntry,
     Journal,
+    Usage,
     id_key,
+    journal_entries,
     journal_segments,
     manifest_path,
     partition_of,
-    read_journal,
 )
-from gen.limits import LimitedTeacher, Limiter
+from gen.limits import LimitedTeacher, Limiter, estimate_tokens
 from gen.manifest import FORMAT, totals
 from gen.prepare import Prepared, prepare, prepare_refresh, sim_config
 from gen.progress import Progress
@@ -47,6 +49,7 @@ from gen.shards import (
     describe_shard,
     read_columns,
     remove_partial_files,
+    row_problem,
     split_of_path,
     write_json,
 )
@@ -54,6 +57,11 @@ from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
 from gen.validate import check, repair_messages
+
+# A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
+DEFAULT_MAX_TOKENS = 1024
+SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "unanswered_requests", "unanswered_tokens")
 
 # How a run ended; the CLI maps these to exit statuses.
 COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
@@ -76,6 +84,10 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     truncated_kept: int = 0  # rows kept although cut off at max_tokens (keep_truncated = true)
+    # Requests this run gave up waiting for (cancelled in flight): counted at their reservation.
+    unanswered_requests: int = 0
+    unanswered_tokens: int = 0
+    journal_skipped: int = 0  # journal entries not intact or not a valid row: their tasks asked again
     reject_reasons: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,6 +105,9 @@ class RunStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "truncated_kept": self.truncated_kept,
+            "unanswered_requests": self.unanswered_requests,
+            "unanswered_tokens": self.unanswered_tokens,
+            "journal_skipped": self.journal_skipped,
             "reject_reasons": dict(self.reject_reasons),
         }
 
@@ -107,6 +122,17 @@ class RunResult:
     message: str = ""
     signal: int | None = None
     spent_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """What a checkpoint hands the writer thread: the journal segments its shards cover, and the usage
+    journaled in them, taken on the event loop as they were closed (the manifest must not count an
+    answer whose entry is in a later segment: a resumed run would count it again)."""
+
+    segments: list[Path]
+    usage: dict[str, int]
+    cost_usd: float
 
 
 def _now_ms() -> int:
@@ -145,17 +171,21 @@ class Run:
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
         self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
         prev_usage = (p.previous or {}).get("usage", {})
+        # Usage of earlier runs: what the manifest counted, plus (after replay) what the journal held.
+        self._carried = {k: int(prev_usage.get(k) or 0) for k in _USAGE_KEYS}
         self.budget = Budget(
             max_usd=p.opts.max_usd,
             max_tokens=p.opts.max_tokens,
             price=p.price,
             spent_usd=float((p.previous or {}).get("cost_usd") or 0.0),
-            spent_tokens=int(prev_usage.get("total_tokens") or 0),
+            spent_tokens=self._carried["prompt_tokens"]
+            + self._carried["completion_tokens"]
+            + self._carried["unanswered_tokens"],
         )
-        self._prev_usage = (
-            int(prev_usage.get("prompt_tokens") or 0),
-            int(prev_usage.get("completion_tokens") or 0),
-        )
+        # A reservation's bound on a request's completion: what the request asks for at most.
+        asked = p.sampling.get("max_tokens") or p.sampling.get("max_completion_tokens")
+        self._max_completion = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
+        self._in_flight: dict[int, tuple[str, Usage]] = {}  # id key -> (task id, reservation)
         self.served_models: list[str] = []
         self.started = time.monotonic()
         self.created_at = (p.previous or {}).get("created_at") or datetime.now(UTC).isoformat(
@@ -183,11 +213,28 @@ class Run:
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
-    def manifest(self, shards: list[ShardInfo]) -> dict[str, Any]:
+    def _usage(self) -> dict[str, int]:
+        """The dataset's usage so far, over every run: the manifest's `usage`."""
+        s, c = self.stats, self._carried
+        prompt_tokens = c["prompt_tokens"] + s.prompt_tokens
+        completion_tokens = c["completion_tokens"] + s.completion_tokens
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            # Requests in flight when a run died or gave up on them: their reservations count as spent.
+            "unanswered_requests": c["unanswered_requests"] + s.unanswered_requests,
+            "unanswered_tokens": c["unanswered_tokens"] + s.unanswered_tokens,
+        }
+
+    def _closing(self, segments: list[Path]) -> _Checkpoint:
+        return _Checkpoint(segments, self._usage(), self.budget.spent_usd)
+
+    def manifest(self, shards: list[ShardInfo], at: _Checkpoint | None = None) -> dict[str, Any]:
         t = self.p.teacher
         prompt = self.p.prompt
-        prompt_tokens = self._prev_usage[0] + self.stats.prompt_tokens
-        completion_tokens = self._prev_usage[1] + self.stats.completion_tokens
+        usage = at.usage if at is not None else self._usage()
+        spent_usd = at.cost_usd if at is not None else self.budget.spent_usd
         this_run = {
             "run_id": self.run_id,
             "status": self.status,
@@ -238,12 +285,11 @@ class Run:
             "shards": [s.as_dict() for s in shards],
             "totals": totals(shards),
             "dedup": self.dedup.as_dict(),
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            "cost_usd": round(self.budget.spent_usd, 6) if self.p.price is not None else None,
+            "usage": usage,
+            "cost_usd": round(spent_usd, 6) if self.p.price is not None else None,
+            # Segments whose every entry this manifest counts: a resumed run skips them if a crash left
+            # them behind (between this write and their deletion).
+            "journal_committed": [s.name for s in at.segments] if at is not None else [],
             "runs": [r for r in (self.p.previous or {}).get("runs", []) if r.get("run_id") != self.run_id]
             + [this_run],
             **({"partition": self._partition_scope()} if self.partition is not None else {}),
@@ -258,8 +304,8 @@ class Run:
             "samples": self.p.expansion.samples,
         }
 
-    def _on_checkpoint(self, shards: list[ShardInfo], done_segments: list[Path] | None) -> None:
-        manifest = self.manifest(shards)
+    def _on_checkpoint(self, shards: list[ShardInfo], at: _Checkpoint | None) -> None:
+        manifest = self.manifest(shards, at)
         if self.partition is not None:  # the driver merges the partitions into manifest.json and the card
             path = manifest_path(self.p.out_dir, self.partition)
             path.parent.mkdir(exist_ok=True)
@@ -267,7 +313,7 @@ class Run:
         else:
             write_json(self.p.out_dir / "manifest.json", manifest)
             write_card(self.p.out_dir, manifest)
-        for segment in done_segments or []:  # their entries are in shards now
+        for segment in at.segments if at is not None else []:  # their entries are in shards now
             segment.unlink(missing_ok=True)
 
     # --- resume ---
@@ -300,12 +346,34 @@ class Run:
         return shards
 
     def _replay_journal(self) -> list[Path]:
-        """Put answers that reached the journal but not a shard back into the buffers."""
+        """Put answers that reached the journal but not a shard back into the buffers, and count what
+        the journal says was spent: the usage of every request reported, and the reservation of every
+        request that was in flight when the run died."""
         assert self.writer is not None
         segments = journal_segments(self.p.out_dir, self.partition)
-        for split, row in read_journal(self.p.out_dir, self.partition):
-            key = id_key(row["id"])
-            if key in self.claimed:
+        committed = frozenset((self.p.previous or {}).get("journal_committed") or ())
+        open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
+        spent = [0, 0]
+        for entry in journal_entries(self.p.out_dir, self.partition, skip=committed):
+            if isinstance(entry, BadEntry):
+                self._skip_entry(f"{entry}")
+                continue
+            if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
+                open_[entry.task_id] = entry.estimate
+                spent[0] += entry.usage[0]
+                spent[1] += entry.usage[1]
+                continue
+            open_.pop(entry.task_id, None)
+            split, row = entry.split, entry.row
+            assert split is not None and row is not None
+            key = id_key(entry.task_id)
+            if key in self.claimed:  # in a shard: the manifest counted it
+                continue
+            spent[0] += entry.usage[0]
+            spent[1] += entry.usage[1]
+            problem = row_problem(split, row)
+            if problem is not None:
+                self._skip_entry(f"{entry}: {problem}")
                 continue
             self.claimed.add(key)
             self.stats.replayed += 1
@@ -316,8 +384,24 @@ class Run:
                 self.dedup.offer(split, row)
             else:
                 self._accept(split, row)
+        if self.stats.journal_skipped > SKIPPED_SHOWN:
+            more = self.stats.journal_skipped - SKIPPED_SHOWN
+            self._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
+        self._carried["prompt_tokens"] += spent[0]
+        self._carried["completion_tokens"] += spent[1]
+        self.budget.charge(spent[0], spent[1])
+        for task_id, estimate in open_.items():
+            if id_key(task_id) not in self.claimed:
+                self._carried["unanswered_requests"] += 1
+                self._carried["unanswered_tokens"] += estimate[0] + estimate[1]
+                self.budget.charge(*estimate)
         self._drain()
         return segments
+
+    def _skip_entry(self, what: str) -> None:
+        self.stats.journal_skipped += 1
+        if self.stats.journal_skipped <= SKIPPED_SHOWN:
+            self._say(f"skipped journal entry {what}; its task is asked again")
 
     # --- the producer ---
 
@@ -346,7 +430,8 @@ class Run:
             )
             old_segments = self._replay_journal()
             self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
-            await self.writer.checkpoint(old_segments)  # commits replayed answers, then drops the old journal
+            # Commits replayed answers and what the journal says was spent, then drops the old journal.
+            await self.writer.checkpoint(self._closing(old_segments))
         except BaseException:
             await client.close()
             for server in reversed(servers):
@@ -521,7 +606,7 @@ class Run:
         except OSError:  # the journal's last write failed; the answers are still in the buffers
             closed = None
         self.journal.close()
-        await self.writer.close([closed] if closed else [])
+        await self.writer.close(self._closing([closed] if closed else []))
 
     def _install_signal_handlers(self) -> None:
         if self.partition is not None:  # a cluster worker: its driver stops it (gen.cluster), not signals
@@ -600,8 +685,6 @@ class Run:
                 self.stop_reason = reason
                 return
             self.claimed.add(key)
-            assert self.journal is not None
-            self.journal.write_pending()  # this worker's last answer is on disk before its next request
             try:
                 await self._process(task, key, teacher)
             except asyncio.CancelledError:
@@ -631,21 +714,30 @@ class Run:
         messages = task.messages
         prompt_tokens = completion_tokens = 0
         attempts = 0
+        last: Usage | None = None  # what the previous request of this task cost
         while True:
             attempts += 1
+            self._reserve(task.id, key, (estimate_tokens(messages, 0), self._max_completion), last)
             try:
                 comp = await with_retries(
                     lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=self.p.sampling),
                     self.retry_policy,
                     on_retry=self._on_retry,
                 )
+            except asyncio.CancelledError:
+                self._abandon(key)
+                raise
             except FatalTeacherError:
+                self._in_flight.pop(key, None)
                 raise
             except TeacherError as e:
+                self._in_flight.pop(key, None)  # failed requests are not billed
                 row = self._reject_row(task, "teacher_error", str(e), None, attempts)
                 if not self.first_failures.hold(task, row, e):  # held (or the run stops) while none answered
                     await self._finish(task, "rejects", row)
                 return
+            self._in_flight.pop(key, None)
+            last = (comp.prompt_tokens, comp.completion_tokens)
             if self.first_failures.armed:
                 await self._record_held_failures()
             self.stats.requests += 1
@@ -662,7 +754,7 @@ class Run:
                 row = self._reject_row(
                     task, verdict.reason or "invalid", verdict.error or "", comp.text, attempts
                 )
-                await self._finish(task, "rejects", row)
+                await self._finish(task, "rejects", row, last)
                 return
             self.stats.repairs += 1
             if cut:  # ask afresh, not with the cut reply; another seed, or a seeded teacher cuts it again
@@ -679,7 +771,7 @@ class Run:
                 "response": comp.text,
                 "vars": task.vars_json,
             }
-            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"))
+            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
             return
         t = self.p.teacher
         row = {
@@ -706,7 +798,31 @@ class Run:
             "run_id": self.run_id,
             "generator_version": __version__,
         }
-        await self._finish(task, task.split, row)
+        await self._finish(task, task.split, row, last)
+
+    def _reserve(self, task_id: str, key: int, estimate: Usage, usage: Usage | None) -> None:
+        """Journal the request about to leave (with everything queued, in one write) before it leaves:
+        if the run dies with it in flight, the next run counts `estimate` as spent."""
+        assert self.journal is not None
+        self.journal.reserve(task_id, estimate, usage)  # raises if it cannot be written: nothing is sent
+        self._in_flight[key] = (task_id, estimate)
+
+    def _abandon(self, key: int) -> None:
+        """A request given up in flight: the teacher may still bill it, so its reservation is spent."""
+        gone = self._in_flight.pop(key, None)
+        if gone is not None:
+            estimate = gone[1]
+            self.stats.unanswered_requests += 1
+            self.stats.unanswered_tokens += estimate[0] + estimate[1]
+            self.budget.charge(*estimate)
+
+    def _carry_reservations(self) -> None:
+        """After a rotation, journal again the requests still in flight: the segment that held their
+        reservations is deleted once its checkpoint is committed."""
+        assert self.journal is not None
+        for task_id, estimate in self._in_flight.values():
+            self.journal.reserve(task_id, estimate, write=False)
+        self.journal.write_pending()
 
     async def _record_held_failures(self) -> None:
         for held_task, row in self.first_failures.release():
@@ -740,10 +856,11 @@ class Run:
             "run_id": self.run_id,
         }
 
-    async def _finish(self, task: Task, split: str, row: dict[str, Any]) -> None:
-        """Journal the outcome at once, then buffer it; checkpoint when a shard is full."""
+    async def _finish(self, task: Task, split: str, row: dict[str, Any], usage: Usage = (0, 0)) -> None:
+        """Journal the outcome at once, with what its last request cost, then buffer it; checkpoint when
+        a shard is full."""
         assert self.journal is not None
-        self.journal.append(split, row)
+        self.journal.append(split, row, usage)
         if split in ("train", "eval") and self.dedup.near_enabled:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()
@@ -786,7 +903,8 @@ class Run:
         assert self.journal is not None and self.writer is not None
         self._drain()  # a row still waiting for its near check must not lose its journal entry
         closed = self.journal.rotate()
-        await self.writer.checkpoint([closed])
+        self._carry_reservations()
+        await self.writer.checkpoint(self._closing([closed]))
 
 
 class OutputError(GenError):

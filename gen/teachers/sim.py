@@ -541,6 +541,8 @@ class _OpenAIDialect:
             content, cut, completion_tokens = _text_answer(chat, rng, fault, stats)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
             raise _BadRequest(f"Invalid schema for response_format: {exc}", "response_format") from None
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += completion_tokens
         body = {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
@@ -650,6 +652,8 @@ class _AnthropicDialect:
             text, cut, output_tokens = _text_answer(chat, rng, fault, stats)
             content = [{"type": "text", "text": text}]
             stop_reason = "max_tokens" if cut else "end_turn"
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += output_tokens
         body = {
             "id": f"msg_{secrets.token_hex(12)}",
             "type": "message",
@@ -735,6 +739,7 @@ _STATS = (
     "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
     "invalid_json", "fenced_json", "truncated", "bad_request", "rate_limited", "status_401", "status_404",
     "oversize", "endless", "gzip_bomb", "malformed",
+    "prompt_tokens", "completion_tokens",
 )  # fmt: skip
 
 
@@ -746,7 +751,8 @@ class _Simulator:
     + gzip_bomb + malformed; `invalid_json`, `fenced_json` and `truncated` count the ok answers whose
     content is broken or cut short. `status_429` counts injected 429s,
     `rate_limited` the rpm ones; the `rate_503` fault is a 503 on the OpenAI path and a 529 on the
-    Anthropic one.
+    Anthropic one. `prompt_tokens` and `completion_tokens` sum the usage of every ok answer sent: what
+    a paid teacher would bill, whether or not the client lived to read it.
     """
 
     def __init__(self, config: SimConfig) -> None:
