@@ -168,6 +168,7 @@ class Run:
             on=on,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
+        self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
         self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
         prev_usage = (p.previous or {}).get("usage", {})
@@ -290,10 +291,17 @@ class Run:
             # Segments whose every entry this manifest counts: a resumed run skips them if a crash left
             # them behind (between this write and their deletion).
             "journal_committed": [s.name for s in at.segments] if at is not None else [],
-            "runs": [r for r in (self.p.previous or {}).get("runs", []) if r.get("run_id") != self.run_id]
-            + [this_run],
+            "runs": self._earlier_runs() + [this_run],
             **({"partition": self._partition_scope()} if self.partition is not None else {}),
         }
+
+    def _earlier_runs(self) -> list[dict[str, Any]]:
+        """The runs before this one: those the last manifest names, then any whose rows this run found
+        (in a shard the manifest missed, or in the journal) although it died before writing a manifest."""
+        runs = [r for r in (self.p.previous or {}).get("runs", []) if r.get("run_id") != self.run_id]
+        named = {r.get("run_id") for r in runs}
+        runs += [{"run_id": rid, "status": "crashed"} for rid in sorted(self._found_runs - named)]
+        return runs
 
     def _partition_scope(self) -> dict[str, Any]:
         """What a partition was asked to produce: its manifest says complete only for this scope."""
@@ -328,11 +336,13 @@ class Run:
             info = listed.get(rel)
             # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
             # crash between rename and manifest write can leave, is read back and listed now.
-            shards.append(
-                ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"])
-                if info
-                else describe_shard(out, rel)
-            )
+            if info:
+                shards.append(
+                    ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"])
+                )
+            else:
+                shards.append(describe_shard(out, rel))
+                self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
             if shards[-1].split in ("train", "eval"):
                 ids, digests, near_items = self.dedup.read_keys(out, rel)  # by the output's key
                 self.claimed.update(id_key(tid) for tid in ids)
@@ -377,6 +387,7 @@ class Run:
                 continue
             self.claimed.add(key)
             self.stats.replayed += 1
+            self._found_runs.add(row["run_id"])
             if split in ("train", "eval"):
                 # The journal holds rows that passed the exact check; near checks are redone in order.
                 messages = row["messages"]
