@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import os
 import sys
 import threading
@@ -167,7 +168,7 @@ def _parser() -> _Parser:
 
     s = sub.add_parser("sim", help="serve the simulated teacher (OpenAI protocol) on loopback")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     s.add_argument("--model", default="gen-sim-1")
     s.add_argument("--latency-ms", type=float, default=0.0)
     s.add_argument("--latency-jitter-ms", type=float, default=0.0)
@@ -204,6 +205,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.command is None:
         parser.error(f"the following arguments are required: command (one of {', '.join(COMMANDS)})")
     return args
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0 picks a free one)")
+    return port
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -365,7 +376,14 @@ def _sim(args: argparse.Namespace) -> int:
         config = SimConfig(**{f: getattr(args, f) for f in fields}, api_key=api_key)
     except ValueError as e:
         raise ConfigError("gen sim", str(e)) from None
-    serve(config, host=args.host, port=args.port)
+    try:
+        serve(config, host=args.host, port=args.port)
+    except OSError as e:  # before anything was served: a flag to fix, not an aborted run
+        if e.errno == errno.EADDRINUSE:
+            problem = f"--port {args.port} is taken on {args.host}: choose another (0 picks a free one)"
+        else:
+            problem = f"cannot listen on {args.host}:{args.port}: {e.strerror or e}"
+        raise ConfigError("gen sim", problem) from None
     return EXIT_OK
 
 

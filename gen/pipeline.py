@@ -33,6 +33,7 @@ from gen.ledger import (
     manifest_path,
     partition_of,
     read_journal,
+    remove_empty_journal,
 )
 from gen.limits import LimitedTeacher, Limiter
 from gen.manifest import FORMAT, totals
@@ -486,6 +487,7 @@ class Run:
             closed = None
         self.journal.close()
         await self.writer.close([closed] if closed else [])
+        remove_empty_journal(self.p.out_dir, self.partition)  # everything is in shards now
 
     def _install_signal_handlers(self) -> None:
         if self.partition is not None:  # a cluster worker: its driver stops it (gen.cluster), not signals
