@@ -64,9 +64,9 @@ def _journaled_bytes(out: Path) -> int:
 
 def test_a_resumed_run_removes_the_journal_it_replayed(tmp_path: Path, sim_server) -> None:
     prompt = _recipe(tmp_path, "slow", list(range(300)))
-    sim = sim_server(latency_ms=20)  # 300 tasks, 8 at a time: the run lasts long enough to be killed
+    slow = sim_server(latency_ms=200)  # 300 tasks, 8 at a time: 7.5 s, far longer than the wait below
     out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", sim.base_url, "--output", str(out),
+    cmd = [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", slow.base_url, "--output", str(out),
            "--no-progress", "--max-concurrency", "8", "--shard-rows", "100000"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
@@ -76,7 +76,7 @@ def test_a_resumed_run_removes_the_journal_it_replayed(tmp_path: Path, sim_serve
     proc.communicate(timeout=30)
     assert any((out / "journal").glob("*.jsonl")), "the killed run should have journaled answers"
 
-    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
+    result = run(prompt, RunOptions(base_url=sim_server().base_url, output=out, progress=False))
     assert result.status == "complete" and result.stats.replayed > 0
     assert not (out / "journal").exists()
 
