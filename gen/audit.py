@@ -1,8 +1,9 @@
 """`gen audit OUTPUT`: verify an output directory against its manifest, row by row.
 
 Checks: every shard's sha256 and row count; no shard missing and none unlisted; every row's provenance
-complete and consistent with the manifest; no id twice; ids and splits reproducible from the recorded
-inputs; the licence decision consistent with the intended use. It then breaks the data down by teacher,
+complete and consistent with the manifest; no id twice; no two kept rows the same by the dedup key the
+manifest records (`dedup.on`); ids and splits reproducible from the recorded inputs; the licence
+decision consistent with the intended use. It then breaks the data down by teacher,
 licence, template and split, and lists the obligations the user must honour when publishing a student.
 """
 
@@ -17,6 +18,7 @@ import orjson
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gen.dedup import KEYS, LEGACY_KEY, Deduplicator
 from gen.errors import ConfigError
 from gen.ledger import load_manifest, manifest_path
 from gen.manifest import FORMAT
@@ -152,6 +154,7 @@ class AuditReport:
     rejects: int = 0
     duplicates: int = 0
     review: dict[str, Any] = field(default_factory=dict)
+    dedup_on: str | None = None  # the key the output was deduplicated by, as its manifest records it
 
     @property
     def clean(self) -> bool:
@@ -173,6 +176,7 @@ class AuditReport:
             ],
             "rejects": self.rejects,
             "duplicates": self.duplicates,
+            "dedup_on": self.dedup_on,
             "licence_review": self.review,
         }  # fmt: skip
 
@@ -182,7 +186,10 @@ class AuditReport:
         lines.append("| --- | --- | --- | --- | --- | --- |")
         for (prov, model, lic, tpl, split), n in sorted(self.rows.items()):
             lines.append(f"| {prov} | {model} | {lic} | {tpl} | {split} | {n} |")
-        lines.append(f"rejects: {self.rejects}, duplicates removed: {self.duplicates}")
+        lines.append(
+            f"rejects: {self.rejects}, duplicates removed: {self.duplicates}"
+            + (f" (deduplicated by {self.dedup_on})" if self.dedup_on else "")
+        )
         r = self.review
         if r:
             lines.append(
@@ -230,6 +237,8 @@ def audit(out_dir: str | Path) -> AuditReport:
     for rel in sorted(on_disk - set(listed)):
         report.add(rel, None, "shard on disk is not listed in the manifest (added after the fact?)")
     seen_ids: dict[str, str] = {}
+    dedup = _dedup_of(report, manifest)
+    seen_keys: dict[int, str] = {}
     # Unlisted shards are read too: a Parquet reader pointed at data/ would load them with the rest.
     for rel in [*listed, *sorted(on_disk - set(listed))]:
         entry = listed.get(rel)
@@ -251,7 +260,10 @@ def audit(out_dir: str | Path) -> AuditReport:
         if expected is None or not set(expected.names) <= set(table.column_names):
             report.add(rel, None, "columns differ from gen's schema for this folder")
             continue
-        _audit_rows(report, manifest, rel, split, table.to_pylist(), seen_ids)
+        rows = table.to_pylist()
+        _audit_rows(report, manifest, rel, split, rows, seen_ids)
+        if dedup is not None and split in ("train", "eval"):
+            _audit_dedup(report, dedup, rel, rows, seen_keys)
 
     _audit_totals(report, manifest, listed)
     _audit_licence(report, manifest)
@@ -319,6 +331,40 @@ def _audit_rows(
         report.rows[
             (row["teacher_provider"], row["teacher_model"], row["teacher_license"], row["template"], split)
         ] += 1
+
+
+def _dedup_of(report: AuditReport, m: dict[str, Any]) -> Deduplicator | None:
+    """The exact key the output was deduplicated by: `dedup.on`, or "output" for an output made before
+    it was recorded. None (with a finding) when the manifest names no known key."""
+    recorded = m.get("dedup")
+    on = recorded.get("on", LEGACY_KEY) if isinstance(recorded, dict) else LEGACY_KEY
+    if on not in KEYS:
+        report.add(None, None, f"dedup.on is {on!r}, not one of {', '.join(KEYS)}")
+        return None
+    report.dedup_on = on
+    return Deduplicator(on=on, near=False)
+
+
+def _audit_dedup(
+    report: AuditReport, dedup: Deduplicator, rel: str, rows: list[dict[str, Any]], seen: dict[int, str]
+) -> None:
+    """No two kept rows may be exact duplicates by the output's key (near ones are a matter of degree)."""
+    for i, row in enumerate(rows):
+        try:
+            messages = row["messages"]
+            digest = dedup.message_digest(messages[:-1], messages[-1]["content"])
+        except (TypeError, KeyError, IndexError):
+            report.add(rel, i, "messages do not end with the answer")
+            continue
+        first = seen.get(digest)
+        if first is not None:
+            report.add(
+                rel,
+                i,
+                f"id {row.get('id')} is an exact duplicate by {dedup.on} of id {first}, which was kept",
+            )
+        else:
+            seen[digest] = str(row.get("id"))
 
 
 def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]) -> None:

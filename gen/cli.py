@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import errno
+import math
 import os
 import sys
 import threading
@@ -66,11 +67,29 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         "--api-key-env", metavar="VAR", help="name of the environment variable holding the API key"
     )
     p.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight (default 64)")
+    p.add_argument(
+        "--no-model-check",
+        action="store_true",
+        help="do not require the model in the server's /v1/models list (for servers that do not list it)",
+    )
     p.add_argument("--output", type=Path, metavar="DIR", help="output directory")
     p.add_argument("--shard-rows", type=int, default=50_000, metavar="N", help="rows per Parquet shard")
     p.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries per request on 429/5xx")
+    p.add_argument(
+        "--max-pause",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="longest wait a 429's Retry-After or a rate-limit reset may impose, in seconds (default 60)",
+    )
     p.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
+    p.add_argument(
+        "--max-reply-bytes",
+        type=int,
+        metavar="N",
+        help="refuse (and retry) a teacher reply larger than this (default: from the request's max_tokens)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--rpm", type=float, metavar="R", help="requests per minute, paced smoothly")
     p.add_argument("--tpm", type=float, metavar="T", help="tokens per minute (prompt + completion)")
@@ -179,6 +198,7 @@ def _parser() -> _Parser:
     s.add_argument("--rate-invalid-json", type=float, default=0.0)
     s.add_argument("--rate-fenced-json", type=float, default=0.0)
     s.add_argument("--rate-drop", type=float, default=0.0, help="fraction of connections dropped unanswered")
+    s.add_argument("--rate-truncated", type=float, default=0.0, help="fraction of answers cut off (length)")
     s.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit (429 beyond it)")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     s.add_argument(
@@ -229,11 +249,16 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
 
     for flag in ("max_concurrency", "samples", "limit", "shard_rows", "max_tokens", "partitions"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
+    _positive("--max-reply-bytes", args.max_reply_bytes)
     executor = getattr(args, "executor", "local")
     if executor != "ray" and (getattr(args, "partitions", None) or getattr(args, "ray_address", None)):
         from gen.errors import ConfigError
 
         raise ConfigError(None, "--partitions and --ray-address need --executor ray")
+    if not 0 < args.max_pause < math.inf:
+        from gen.errors import ConfigError
+
+        raise ConfigError(None, f"--max-pause must be a positive number of seconds, got {args.max_pause:g}")
     return RunOptions(
         executor=executor,
         partitions=getattr(args, "partitions", None),
@@ -249,8 +274,11 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         output=args.output,
         shard_rows=args.shard_rows,
         max_retries=args.max_retries,
+        no_model_check=args.no_model_check,
+        max_pause_s=args.max_pause,
         request_timeout_s=args.request_timeout,
         connect_timeout_s=args.connect_timeout,
+        max_reply_bytes=args.max_reply_bytes,
         progress=not args.no_progress,
         rpm=args.rpm,
         tpm=args.tpm,
@@ -292,6 +320,16 @@ def _exit_status(result, again: str) -> int:
     from gen.pipeline import summary
 
     print(summary(result), file=sys.stderr)
+    s = result.stats
+    if result.status == "complete" and s.tasks and not (s.rows or s.duplicates or s.skipped or s.replayed):
+        # Every task this run was given became a reject, and the output holds nothing from before.
+        reasons = ", ".join(f"{r}: {n:,}" for r, n in s.reject_reasons.most_common())
+        print(
+            f"gen: kept nothing: {s.rejects:,} rejects ({reasons}) and no rows; each reject's reason, "
+            f"error and raw answer are in {result.output_dir}/rejects/",
+            file=sys.stderr,
+        )
+        return EXIT_ABORTED
     if result.status == "complete":
         return EXIT_OK
     if result.status == "budget":
@@ -364,6 +402,7 @@ def _sim(args: argparse.Namespace) -> int:
         "rate_invalid_json",
         "rate_fenced_json",
         "rate_drop",
+        "rate_truncated",
         "rpm",
         "seed",
     )

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from gen import __version__
 from gen.card import write_card
 from gen.config import RunOptions
+from gen.dedup import key_of
 from gen.errors import ConfigError, FatalTeacherError, GenError
 from gen.ledger import PARTITIONS_DIR, id_key, journal_dir, load_manifest, manifest_path, partition_of
 from gen.pipeline import (
@@ -65,13 +66,13 @@ from gen.shards import (
     committed_shards,
     parse_shard_name,
     partition_tag,
-    read_columns,
     write_json,
     write_table,
 )
 
 SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "duplicates", "requests",
-          "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens")  # fmt: skip
+          "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens",
+          "truncated_kept", "unanswered_requests", "unanswered_tokens", "journal_skipped")  # fmt: skip
 POLL_S = 1.0  # how often a partition asks RateShare for its share (and whether to stop)
 MERGE_DUPLICATES = "duplicates/duplicates-merge-{:05d}.parquet"
 
@@ -293,10 +294,10 @@ def merge_pass(
         )
         for entry in entries:
             rel = entry["path"]
-            cols = read_columns(out, rel, ["id", "output", "response"])
-            outcome.rows_checked += len(cols["id"])
+            ids, digests, texts = dedup.read_keys(out, rel)  # by the run's key (`[dedup] on`)
+            outcome.rows_checked += len(ids)
             if not indexed:  # the first partition with rows: nothing to compare with, only index them
-                dedup.remember(zip(cols["id"], cols["output"], cols["response"], strict=True))
+                dedup.remember(ids, digests, texts)
                 continue
             found: dict[int, tuple[str, str]] = {}
 
@@ -306,14 +307,12 @@ def merge_pass(
                 else:
                     found[j] = (kind, kept)
 
-            for j, (tid, output, response) in enumerate(
-                zip(cols["id"], cols["output"], cols["response"], strict=True)
-            ):
-                kept = dedup.check_exact(output if output is not None else response, id_key(tid))
+            for j, (tid, digest) in enumerate(zip(ids, digests, strict=True)):
+                kept = dedup.check_exact(digest, id_key(tid))
                 if kept is not None:
                     decide(j, "exact", kept)
-                elif dedup.near is not None:
-                    dedup.offer(entry["split"], {"id": tid, "output": output, "response": response, "j": j})
+                elif dedup.near is not None and texts is not None:
+                    dedup.offer(entry["split"], {"id": tid, "near": texts[j], "j": j})
             for _split, row, match in dedup.drain():
                 if match is not None:
                     decide(row["j"], "near", match)
@@ -405,6 +404,10 @@ def _merged_manifest(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        **{
+            k: sum(pm["usage"].get(k, 0) for pm in parts)
+            for k in ("unanswered_requests", "unanswered_tokens")
+        },
     }
     costs = [pm.get("cost_usd") for pm in parts if pm.get("cost_usd") is not None]
     m["cost_usd"] = round(sum(costs), 6) if costs else m.get("cost_usd")
@@ -604,9 +607,12 @@ def run_cluster(
     count = _partition_count(opts, prepared, previous)
     _check_output(prepared, previous, count)
     scope = _scope(prepared)
+    manifests = {i: load_manifest(out, i) for i in range(count)}
+    on = _dedup_on(prepared, previous, manifests)  # one key for the partitions and the merge pass
+    opts = dataclasses.replace(opts, dedup_on=on)
+    prepared = dataclasses.replace(prepared, opts=dataclasses.replace(prepared.opts, dedup_on=on))
     base = Run(prepared)  # the driver's run: its id stamps the merge pass; its manifest is the template
     merge_done = bool(previous and (previous.get("cluster") or {}).get("merge"))
-    manifests = {i: load_manifest(out, i) for i in range(count)}
     todo = [i for i in range(count) if not _complete(manifests[i], scope, count)]
     if merge_done and todo:
         raise ConfigError(
@@ -691,6 +697,35 @@ def run_cluster(
         write_card(out, manifest)
     skipped = [i for i in range(count) if i not in results]
     return _result(base, out, manifest, results, skipped, started, status, message, sig, merge)
+
+
+def _dedup_on(
+    prepared: Prepared, previous: dict[str, Any] | None, manifests: dict[int, dict[str, Any] | None]
+) -> str:
+    """The dedup key of the whole output: the merged manifest's, else the one its partitions were begun
+    with (an output made before `[dedup] on` existed: "output"), else the prompt file's."""
+    out, spec = prepared.out_dir, prepared.prompt.spec.dedup.on
+    if previous is not None:
+        on, legacy = key_of(spec, previous, where=out / "manifest.json")
+    else:
+        found = {
+            key_of(spec, pm, where=manifest_path(out, i))
+            for i, pm in sorted(manifests.items())
+            if pm is not None
+        }
+        if len({on for on, _ in found}) > 1:
+            raise ConfigError(
+                out,
+                "its partitions were deduplicated by different keys "
+                f"({', '.join(sorted(on for on, _ in found))}); choose another --output",
+            )
+        on, legacy = found.pop() if found else (prepared.opts.dedup_on or spec, False)
+    if legacy:
+        _say(
+            f"{out} was deduplicated by output text (made before [dedup] on existed); "
+            "it is resumed with that key, and its manifest records it"
+        )
+    return on
 
 
 def _first_line(text: str | None) -> str:

@@ -10,7 +10,8 @@ import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -63,11 +64,14 @@ class SeedSpec(_Strict):
 
 
 class DedupSpec(_Strict):
-    """Near-duplicate removal (exact duplicates are always removed)."""
+    """Duplicate removal: what is compared (`on`, see gen.dedup), and near-duplicate removal (exact
+    duplicates are always removed)."""
 
+    # "example": input turns + answer; "output": the answer alone; "input": the input turns alone.
+    on: Literal["example", "output", "input"] = "example"
     near: bool = True
     threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # Jaccard of word 3-grams
-    field: str | None = None  # compare one top-level field of the output instead of all its text
+    field: str | None = None  # the answer's part of the near text: one top-level field, not all its text
 
 
 class PromptSpec(_Strict):
@@ -80,6 +84,7 @@ class PromptSpec(_Strict):
     eval_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     intended_use: str | None = None  # research | internal | commercial-model | competing-model
     max_attempts: int = Field(default=3, ge=1)
+    keep_truncated: bool = False  # keep answers cut off at max_tokens as rows (default: reject `truncated`)
     teacher: TeacherSpec = TeacherSpec()
     sampling: dict[str, Any] = Field(default_factory=dict)
     messages: Messages
@@ -172,8 +177,11 @@ class RunOptions:
     output: Path | None = None
     shard_rows: int = 50_000
     max_retries: int = 6
+    no_model_check: bool = False  # do not require the model in the teacher's /models listing
+    max_pause_s: float = 60.0  # the longest any 429 Retry-After or rate-limit reset may hold a request
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
+    max_reply_bytes: int | None = None  # a reply's size cap; None: derived from each request's max_tokens
     progress: bool = True
     rpm: float | None = None
     tpm: float | None = None
@@ -192,6 +200,9 @@ class RunOptions:
     no_near_dedup: bool = False
     near_threshold: float | None = None
     dedup_against: list[Path] = field(default_factory=list)  # other outputs whose rows count as kept
+    # The dedup key of a new output instead of the prompt file's [dedup] on (the cluster driver sets it
+    # for its partitions). An output being resumed always keeps the key it was begun with.
+    dedup_on: str | None = None
     # Cluster runs (gen.cluster): `executor="ray"` splits the task space into `partitions` by id hash.
     executor: str = "local"  # "local" (this process) or "ray"
     partitions: int | None = None  # ray: how many (default: the output's earlier count, else one per URL)
@@ -216,6 +227,20 @@ class Teacher:
 DEFAULT_MAX_CONCURRENCY = 64
 
 
+def _check_base_url(url: str, where: str) -> None:
+    """An http:// or https:// URL with a host, or a ConfigError naming the flag or the prompt file."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            where, f"{url!r} is not a URL gen can use: give http://HOST:PORT/... or https://HOST/..."
+        )
+
+
 def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
     """Merge flags over the prompt file's teacher, and check the result is usable."""
     t = prompt.spec.teacher
@@ -227,6 +252,8 @@ def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
         raise ConfigError(prompt.path, "no teacher model: set [teacher] model or pass --model")
     given = opts.base_url or t.base_url or []
     base_urls = tuple(u.rstrip("/") for u in ([given] if isinstance(given, str) else given))
+    for url in base_urls:
+        _check_base_url(url, "--base-url" if opts.base_url else f"{prompt.path}: [teacher] base_url")
     if provider == "anthropic" and not base_urls:
         base_urls = ("https://api.anthropic.com/v1",)
     if provider == "openai" and not base_urls:

@@ -5,15 +5,24 @@
   minute is never exceeded by a burst at start-up.
 - TPM reserves an estimate (prompt characters / 4 + max_tokens) before the request and corrects it with
   the usage the teacher reports.
-- On a 429 the in-flight limit is halved (at most once a second) and grows back by one request per
-  `limit` successes (AIMD), and dispatch pauses until the server's Retry-After or rate-limit reset.
+- A 429 is answered in proportion to the evidence. The request that got it waits its Retry-After
+  (gen.retry); dispatch as a whole slows (the in-flight limit halves, at most once a second, and all
+  dispatch pauses for the Retry-After) only when the server says its budget is spent
+  (`x-ratelimit-remaining-*` or `anthropic-ratelimit-*-remaining` at 0: dispatch holds until the
+  reset) or when 429s are more than THROTTLE_SHARE of the recent answers. Scattered 429s (a shared key,
+  a busy gateway) thus cost only the requests they hit. After a cut the limit grows back as fast as it
+  fell: one request per success once RECOVER_AFTER_S have passed without a cut, so it doubles a round.
+- Every pause is capped at `max_pause_s` (--max-pause): a Retry-After or a reset of 99999 s or `inf`
+  waits that long at most, said once on stderr, and the progress bar shows the pause.
 - A teacher module never sleeps or counts: `LimitedTeacher` does it around any teacher.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +35,16 @@ from gen.teachers.base import Completion, Teacher
 Clock = Callable[[], float]
 RPM_HEADROOM = 0.97
 Sleep = Callable[[float], Awaitable[None]]
+DEFAULT_MAX_PAUSE_S = 60.0
+# Dispatch slows when 429s are more than this share of the last THROTTLE_WINDOW answers (counted over
+# at least THROTTLE_MIN_ANSWERS, so that 10 429s among the first answers are needed too). 10% sits well
+# above scattered faults: with 5% of answers 429 at random, more than 20 in 200 happens about once in
+# 2,000 windows.
+THROTTLE_SHARE = 0.10
+THROTTLE_WINDOW = 200
+THROTTLE_MIN_ANSWERS = 100
+THROTTLE_HORIZON_S = 60.0  # answers older than this are no evidence
+RECOVER_AFTER_S = 2.0  # after a cut, the in-flight limit holds this long before it grows back
 
 
 class Pacer:
@@ -81,7 +100,13 @@ class AdaptiveLimit:
     """
 
     def __init__(
-        self, maximum: int, *, minimum: int = 1, cooldown_s: float = 1.0, clock: Clock = time.monotonic
+        self,
+        maximum: int,
+        *,
+        minimum: int = 1,
+        cooldown_s: float = 1.0,
+        recover_after_s: float = RECOVER_AFTER_S,
+        clock: Clock = time.monotonic,
     ):
         self.maximum = maximum
         self.minimum = minimum
@@ -89,6 +114,7 @@ class AdaptiveLimit:
         self.in_flight = 0
         self.cuts = 0
         self._cooldown = cooldown_s
+        self._recover_after = recover_after_s
         self._last_cut = -1e18
         self._clock = clock
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -120,8 +146,10 @@ class AdaptiveLimit:
                 fut.set_result(None)
 
     def on_success(self) -> None:
-        if self.limit < self.maximum:
-            self.limit = min(self.maximum, self.limit + 1.0 / self.limit)
+        # As fast as it fell: one more request per success (a doubling per round of requests in
+        # flight), once the cut is RECOVER_AFTER_S old; 429s in that time are new evidence.
+        if self.limit < self.maximum and self._clock() - self._last_cut >= self._recover_after:
+            self.limit = min(float(self.maximum), self.limit + 1.0)
 
     def on_throttle(self) -> None:
         now = self._clock()
@@ -129,6 +157,40 @@ class AdaptiveLimit:
             self._last_cut = now
             self.limit = max(float(self.minimum), self.limit / 2)
             self.cuts += 1
+
+
+class ThrottleEvidence:
+    """The recent answers' 429 share: whether dispatch as a whole is too fast, or 429s are scattered."""
+
+    def __init__(
+        self,
+        *,
+        share: float = THROTTLE_SHARE,
+        window: int = THROTTLE_WINDOW,
+        min_answers: int = THROTTLE_MIN_ANSWERS,
+        horizon_s: float = THROTTLE_HORIZON_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.share = share
+        self.min_answers = min_answers
+        self.horizon_s = horizon_s
+        self._answers: deque[tuple[float, bool]] = deque(maxlen=window)
+        self._throttled = 0  # 429s among _answers
+        self._clock = clock
+
+    def record(self, throttled: bool) -> bool:
+        """Count one answer; True when 429s now exceed the share (the evidence is then used up)."""
+        now = self._clock()
+        answers = self._answers
+        while answers and (len(answers) == answers.maxlen or answers[0][0] < now - self.horizon_s):
+            self._throttled -= answers.popleft()[1]
+        answers.append((now, throttled))
+        self._throttled += throttled
+        if throttled and self._throttled > self.share * max(len(answers), self.min_answers):
+            answers.clear()  # one cut per body of evidence: the next needs new 429s
+            self._throttled = 0
+            return True
+        return False
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -154,8 +216,8 @@ def parse_reset(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
-def server_pause(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asks us to hold all dispatch: its request budget is spent until a reset."""
+def spent_budget(headers: Mapping[str, str]) -> tuple[str, float | None] | None:
+    """(the reset header, its seconds) when the server says a budget of ours is spent, else None."""
     for remaining, reset in (
         ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
         ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
@@ -164,8 +226,36 @@ def server_pause(headers: Mapping[str, str]) -> float | None:
     ):
         left = headers.get(remaining)
         if left is not None and left.strip() in ("0", "0.0"):
-            return parse_reset(headers.get(reset))
+            return reset, parse_reset(headers.get(reset))
     return None
+
+
+def server_pause(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks us to hold all dispatch: its request budget is spent until a reset."""
+    spent = spent_budget(headers)
+    return spent[1] if spent is not None else None
+
+
+def _say(message: str) -> None:
+    print(f"gen: {message}", file=sys.stderr, flush=True)
+
+
+def _printable(value: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in value.strip()[:40])
+
+
+def retry_after_label(headers: Mapping[str, str]) -> str:
+    """How the server asked, for a message: `Retry-After: 99999`, `retry-after-ms: 500` (the header
+    gen.teachers.http.parse_retry_after read)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            float(ms)
+            return f"retry-after-ms: {_printable(ms)}"
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    return f"Retry-After: {_printable(value)}" if value else "Retry-After"
 
 
 class Limiter:
@@ -179,8 +269,17 @@ class Limiter:
         tpm: float | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        max_pause_s: float = DEFAULT_MAX_PAUSE_S,
+        notify: Callable[[str], None] = _say,
     ) -> None:
+        """`notify` prints one line for the user (the pipeline's goes above the progress bar);
+        `on_pause(seconds, why)`, when set, is told of each pause the server asked for."""
         self.concurrency = AdaptiveLimit(max_concurrency, clock=clock)
+        self.evidence = ThrottleEvidence(clock=clock)
+        self.max_pause_s = max_pause_s
+        self.notify = notify
+        self.on_pause: Callable[[float, str], None] | None = None
+        self._told: set[str] = set()
         # Paced 3% under the limit: requests leave evenly, but network jitter can bunch two of them at
         # the server, and a server that counts per second would refuse the one that lands early.
         self.rpm = Pacer(rpm / 60.0 * RPM_HEADROOM, clock=clock, sleep=sleep) if rpm else None
@@ -209,8 +308,39 @@ class Limiter:
         """Seconds of requests and tokens already booked at the current rates (see Pacer.set_rate)."""
         return max([p.backlog() for p in (self.rpm, self.tpm) if p is not None], default=0.0)
 
-    def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+    def cap(self, asked: float, kind: str, shown: str | None = None) -> float:
+        """`asked` seconds of waiting, at most max_pause_s; a cut ask is said once for each `kind`."""
+        if math.isnan(asked):
+            return 0.0
+        if asked <= self.max_pause_s:
+            return asked
+        if kind not in self._told:
+            self._told.add(kind)
+            self.notify(
+                f"the teacher asked to wait {asked:g} s ({shown or kind}); gen waits "
+                f"{self.max_pause_s:g} s at most and asks again (--max-pause)"
+            )
+        return self.max_pause_s
+
+    def pause(self, seconds: float, *, why: str | None = None) -> None:
+        """Hold all dispatch for `seconds` (at most max_pause_s); `why`, the server's ask, is shown in
+        the progress bar."""
+        seconds = min(seconds, self.max_pause_s)
+        until = self._clock() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+            if why is not None and self.on_pause is not None:
+                self.on_pause(seconds, why)
+
+    def unreadable_retry_after(self, value: str) -> None:
+        """Say once that a Retry-After was neither seconds nor a date (the request backs off as usual).
+        The value itself is not echoed: a hostile teacher could put anything there, a key included."""
+        if "unreadable" not in self._told:
+            self._told.add("unreadable")
+            self.notify(
+                f"the teacher sent a Retry-After of {len(value)} characters that is neither seconds nor "
+                "a date; gen backs off as after any error (0.5 s, doubling, at most --max-pause)"
+            )
 
     async def before(self, tokens: int) -> None:
         await self.concurrency.acquire()
@@ -227,18 +357,36 @@ class Limiter:
             self.concurrency.release()
             raise
 
-    def after(self, *, estimated: int, used: int | None, headers: Mapping[str, str], throttled: bool) -> None:
+    def after(
+        self,
+        *,
+        estimated: int,
+        used: int | None,
+        headers: Mapping[str, str],
+        throttled: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        """Account for one answer. `throttled`: it was a 429, whose `retry_after` (seconds) the
+        request itself waits; dispatch as a whole slows only on evidence (see the module doc)."""
         self.concurrency.release()
+        spent = spent_budget(headers) if headers else None
+        if retry_after is not None:
+            retry_after = self.cap(retry_after, "Retry-After", retry_after_label(headers))
         if throttled:
             self.throttled += 1
-            self.concurrency.on_throttle()
+            if self.evidence.record(True) or spent is not None:
+                self.concurrency.on_throttle()
+                if retry_after:
+                    self.pause(retry_after, why=retry_after_label(headers))
         else:
+            self.evidence.record(False)
             self.concurrency.on_success()
         if self.tpm is not None and used is not None:
             self.tpm.adjust(used - estimated)
-        pause = server_pause(headers)
-        if pause:
-            self.pause(pause)
+        if spent is not None and spent[1]:
+            reset, seconds = spent
+            shown = f"{reset}: {_printable(headers.get(reset, ''))}"
+            self.pause(self.cap(seconds, reset, shown), why=shown)
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
@@ -267,9 +415,19 @@ class LimitedTeacher:
             comp = await self.teacher.complete(messages, seed=seed, sampling=sampling)
         except TeacherError as e:
             throttled = e.status == 429
-            if throttled and e.retry_after:
-                self.limiter.pause(e.retry_after)
-            self.limiter.after(estimated=estimated, used=None, headers=e.headers, throttled=throttled)
+            retry_after = e.retry_after
+            if retry_after is not None:
+                # Capped here, so that the retry of this request (gen.retry) waits no longer either.
+                e.retry_after = self.limiter.cap(retry_after, "Retry-After", retry_after_label(e.headers))
+            elif throttled and e.headers.get("retry-after"):
+                self.limiter.unreadable_retry_after(e.headers["retry-after"])
+            self.limiter.after(
+                estimated=estimated,
+                used=None,
+                headers=e.headers,
+                throttled=throttled,
+                retry_after=e.retry_after if throttled else None,
+            )
             raise
         except BaseException:
             self.limiter.after(estimated=estimated, used=None, headers={}, throttled=False)

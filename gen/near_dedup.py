@@ -230,6 +230,22 @@ def _fmix_int(x: int) -> int:
     return x ^ (x >> 33)
 
 
+_SALTS: list[np.ndarray] = [np.zeros(1, _U64), np.empty(0, _U64)]
+
+
+def _salts(n: int, part: int) -> np.ndarray:
+    """n salts for copies of one part of a pair (NearDedup.add_pairs): part 0's first is 0 (the part as
+    it is), every other is a distinct 64-bit constant, and the two parts' salts never coincide."""
+    have = _SALTS[part]
+    if have.size < n:
+        k = np.arange(max(n, 2 * have.size, 64), dtype=_U64)
+        grown = _fmix_(k * _U64(2) + _U64(part + 1) + _K1)  # odd/even inputs: the parts stay apart
+        if part == 0:
+            grown[0] = 0
+        _SALTS[part] = have = grown
+    return have[:n]
+
+
 class _Powers:
     """BASE**(i+1) and BASE**-(i+1) mod 2**64 for i < n, grown on demand.
 
@@ -494,6 +510,25 @@ class NearDedup:
             return []
         return self._add(self._minhash_list(texts), keys)
 
+    def add_pairs(
+        self, pairs: Sequence[tuple[str, str]], keys: Sequence[str] | None = None
+    ) -> list[str | None]:
+        """`add_batch` for texts in two parts that weigh the same, whatever their lengths (an input and its
+        answer: gen.dedup's `example` key).
+
+        Each part is shingled on its own. The part with fewer shingles is repeated, every copy's shingle
+        hashes salted apart, until it has about as many as the other; the second part's hashes are always
+        salted, so no shingle of one part equals one of the other. The Jaccard similarity of two pairs is
+        then about the mean of their parts' similarities, so a pair is a near duplicate only when both
+        parts are close: one long ticket with two different one-word labels is about 0.5. A blank part
+        is left out (the other is then compared alone).
+        """
+        if keys is not None and len(keys) != len(pairs):
+            raise ValueError("pairs and keys differ in length")
+        if not pairs:
+            return []
+        return self._add(self._minhash_pairs(pairs), keys)
+
     def signature(self, text: str) -> bytes:
         """The text's signature: a 14-byte header, then rensa's serialised MinHash (~5 bytes a value)."""
         return self._header + self._minhash_list([text])[0].__getstate__()
@@ -534,6 +569,26 @@ class NearDedup:
             return [m]
         bounds = offsets.tolist()
         rows = [tokens[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
+        return rensa.RMinHash.from_token_sets(rows, self.num_perm, self.seed)
+
+    def _minhash_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[rensa.RMinHash]:
+        first, f_off = shingle_hashes([p[0] for p in pairs])
+        second, s_off = shingle_hashes([p[1] for p in pairs])
+        fb, sb = f_off.tolist(), s_off.tolist()
+        rows = []
+        for r, (a, b) in enumerate(pairs):
+            ha, hb = first[fb[r] : fb[r + 1]], second[sb[r] : sb[r + 1]]
+            if not b or b.isspace():
+                tokens = ha
+            elif not a or a.isspace():
+                tokens = hb
+            else:
+                ra = max(1, round(hb.size / ha.size))
+                rb = max(1, round(ha.size / hb.size))
+                parts = [ha] if ra == 1 else [np.bitwise_xor.outer(ha, _salts(ra, 0)).ravel()]
+                parts.append(np.bitwise_xor.outer(hb, _salts(rb, 1)).ravel())
+                tokens = np.concatenate(parts)
+            rows.append(tokens.astype("<u8", copy=False).view("S8").tolist())
         return rensa.RMinHash.from_token_sets(rows, self.num_perm, self.seed)
 
     def _add(self, minhashes: list[rensa.RMinHash], keys: Sequence[str] | None) -> list[str | None]:

@@ -8,6 +8,7 @@ Every answer is journaled on arrival, so a crash at any instant costs at most th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -24,18 +25,20 @@ from gen import __version__
 from gen.budget import Budget
 from gen.card import write_card
 from gen.config import RunOptions
-from gen.dedup import Deduplicator
+from gen.dedup import Deduplicator, key_of
 from gen.errors import FatalTeacherError, GenError, TeacherError
 from gen.ledger import (
+    BadEntry,
     Journal,
+    Usage,
     id_key,
+    journal_entries,
     journal_segments,
     manifest_path,
     partition_of,
-    read_journal,
     remove_empty_journal,
 )
-from gen.limits import LimitedTeacher, Limiter
+from gen.limits import LimitedTeacher, Limiter, estimate_tokens
 from gen.manifest import FORMAT, totals
 from gen.prepare import Prepared, prepare, prepare_refresh, sim_config
 from gen.progress import Progress
@@ -47,12 +50,19 @@ from gen.shards import (
     describe_shard,
     read_columns,
     remove_partial_files,
+    row_problem,
     split_of_path,
     write_json,
 )
+from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
 from gen.validate import check, repair_messages
+
+# A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
+DEFAULT_MAX_TOKENS = 1024
+SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "unanswered_requests", "unanswered_tokens")
 
 # How a run ended; the CLI maps these to exit statuses.
 COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
@@ -74,6 +84,11 @@ class RunStats:
     repairs: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated_kept: int = 0  # rows kept although cut off at max_tokens (keep_truncated = true)
+    # Requests this run gave up waiting for (cancelled in flight): counted at their reservation.
+    unanswered_requests: int = 0
+    unanswered_tokens: int = 0
+    journal_skipped: int = 0  # journal entries not intact or not a valid row: their tasks asked again
     reject_reasons: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,6 +105,10 @@ class RunStats:
             "repairs": self.repairs,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "truncated_kept": self.truncated_kept,
+            "unanswered_requests": self.unanswered_requests,
+            "unanswered_tokens": self.unanswered_tokens,
+            "journal_skipped": self.journal_skipped,
             "reject_reasons": dict(self.reject_reasons),
         }
 
@@ -104,6 +123,17 @@ class RunResult:
     message: str = ""
     signal: int | None = None
     spent_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """What a checkpoint hands the writer thread: the journal segments its shards cover, and the usage
+    journaled in them, taken on the event loop as they were closed (the manifest must not count an
+    answer whose entry is in a later segment: a resumed run would count it again)."""
+
+    segments: list[Path]
+    usage: dict[str, int]
+    cost_usd: float
 
 
 def _now_ms() -> int:
@@ -129,25 +159,35 @@ class Run:
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
         self.stats = RunStats()
         d = self.spec.dedup
+        # An output keeps the key it was begun with; one made before [dedup] on existed keeps "output".
+        where = manifest_path(p.out_dir, p.opts.partition[0] if p.opts.partition else None)
+        on, self.legacy_dedup_key = key_of(d.on, p.previous, p.opts.dedup_on, where)
         self.dedup = Deduplicator(
             near=d.near and not p.opts.no_near_dedup,
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
+            on=on,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
-        self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries)
+        self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
+        self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
+        self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
         prev_usage = (p.previous or {}).get("usage", {})
+        # Usage of earlier runs: what the manifest counted, plus (after replay) what the journal held.
+        self._carried = {k: int(prev_usage.get(k) or 0) for k in _USAGE_KEYS}
         self.budget = Budget(
             max_usd=p.opts.max_usd,
             max_tokens=p.opts.max_tokens,
             price=p.price,
             spent_usd=float((p.previous or {}).get("cost_usd") or 0.0),
-            spent_tokens=int(prev_usage.get("total_tokens") or 0),
+            spent_tokens=self._carried["prompt_tokens"]
+            + self._carried["completion_tokens"]
+            + self._carried["unanswered_tokens"],
         )
-        self._prev_usage = (
-            int(prev_usage.get("prompt_tokens") or 0),
-            int(prev_usage.get("completion_tokens") or 0),
-        )
+        # A reservation's bound on a request's completion: what the request asks for at most.
+        asked = p.sampling.get("max_tokens") or p.sampling.get("max_completion_tokens")
+        self._max_completion = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
+        self._in_flight: dict[int, tuple[str, Usage]] = {}  # id key -> (task id, reservation)
         self.served_models: list[str] = []
         self.started = time.monotonic()
         self.created_at = (p.previous or {}).get("created_at") or datetime.now(UTC).isoformat(
@@ -160,7 +200,13 @@ class Run:
         self.signal: int | None = None
         self._sampling_json = canonical_json(p.sampling)
         self._workers: list[asyncio.Task[None]] = []
-        self.limiter = Limiter(max_concurrency=p.teacher.max_concurrency, rpm=p.opts.rpm, tpm=p.opts.tpm)
+        self.limiter = Limiter(
+            max_concurrency=p.teacher.max_concurrency,
+            rpm=p.opts.rpm,
+            tpm=p.opts.tpm,
+            max_pause_s=p.opts.max_pause_s,
+            notify=self._say,
+        )
         self.writer: ShardWriter | None = None
         self.journal: Journal | None = None
         # Partition `index` of `count` in a cluster run (gen.cluster), or None for a one-machine run.
@@ -169,11 +215,28 @@ class Run:
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
-    def manifest(self, shards: list[ShardInfo]) -> dict[str, Any]:
+    def _usage(self) -> dict[str, int]:
+        """The dataset's usage so far, over every run: the manifest's `usage`."""
+        s, c = self.stats, self._carried
+        prompt_tokens = c["prompt_tokens"] + s.prompt_tokens
+        completion_tokens = c["completion_tokens"] + s.completion_tokens
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            # Requests in flight when a run died or gave up on them: their reservations count as spent.
+            "unanswered_requests": c["unanswered_requests"] + s.unanswered_requests,
+            "unanswered_tokens": c["unanswered_tokens"] + s.unanswered_tokens,
+        }
+
+    def _closing(self, segments: list[Path]) -> _Checkpoint:
+        return _Checkpoint(segments, self._usage(), self.budget.spent_usd)
+
+    def manifest(self, shards: list[ShardInfo], at: _Checkpoint | None = None) -> dict[str, Any]:
         t = self.p.teacher
         prompt = self.p.prompt
-        prompt_tokens = self._prev_usage[0] + self.stats.prompt_tokens
-        completion_tokens = self._prev_usage[1] + self.stats.completion_tokens
+        usage = at.usage if at is not None else self._usage()
+        spent_usd = at.cost_usd if at is not None else self.budget.spent_usd
         this_run = {
             "run_id": self.run_id,
             "status": self.status,
@@ -224,16 +287,22 @@ class Run:
             "shards": [s.as_dict() for s in shards],
             "totals": totals(shards),
             "dedup": self.dedup.as_dict(),
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            "cost_usd": round(self.budget.spent_usd, 6) if self.p.price is not None else None,
-            "runs": [r for r in (self.p.previous or {}).get("runs", []) if r.get("run_id") != self.run_id]
-            + [this_run],
+            "usage": usage,
+            "cost_usd": round(spent_usd, 6) if self.p.price is not None else None,
+            # Segments whose every entry this manifest counts: a resumed run skips them if a crash left
+            # them behind (between this write and their deletion).
+            "journal_committed": [s.name for s in at.segments] if at is not None else [],
+            "runs": self._earlier_runs() + [this_run],
             **({"partition": self._partition_scope()} if self.partition is not None else {}),
         }
+
+    def _earlier_runs(self) -> list[dict[str, Any]]:
+        """The runs before this one: those the last manifest names, then any whose rows this run found
+        (in a shard the manifest missed, or in the journal) although it died before writing a manifest."""
+        runs = [r for r in (self.p.previous or {}).get("runs", []) if r.get("run_id") != self.run_id]
+        named = {r.get("run_id") for r in runs}
+        runs += [{"run_id": rid, "status": "crashed"} for rid in sorted(self._found_runs - named)]
+        return runs
 
     def _partition_scope(self) -> dict[str, Any]:
         """What a partition was asked to produce: its manifest says complete only for this scope."""
@@ -244,8 +313,8 @@ class Run:
             "samples": self.p.expansion.samples,
         }
 
-    def _on_checkpoint(self, shards: list[ShardInfo], done_segments: list[Path] | None) -> None:
-        manifest = self.manifest(shards)
+    def _on_checkpoint(self, shards: list[ShardInfo], at: _Checkpoint | None) -> None:
+        manifest = self.manifest(shards, at)
         if self.partition is not None:  # the driver merges the partitions into manifest.json and the card
             path = manifest_path(self.p.out_dir, self.partition)
             path.parent.mkdir(exist_ok=True)
@@ -253,7 +322,7 @@ class Run:
         else:
             write_json(self.p.out_dir / "manifest.json", manifest)
             write_card(self.p.out_dir, manifest)
-        for segment in done_segments or []:  # their entries are in shards now
+        for segment in at.segments if at is not None else []:  # their entries are in shards now
             segment.unlink(missing_ok=True)
 
     # --- resume ---
@@ -268,68 +337,128 @@ class Run:
             info = listed.get(rel)
             # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
             # crash between rename and manifest write can leave, is read back and listed now.
-            shards.append(
-                ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"])
-                if info
-                else describe_shard(out, rel)
-            )
+            if info:
+                shards.append(
+                    ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"])
+                )
+            else:
+                shards.append(describe_shard(out, rel))
+                self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
             if shards[-1].split in ("train", "eval"):
-                cols = read_columns(out, rel, ["id", "output", "response"])
-                self.claimed.update(id_key(tid) for tid in cols["id"])
-                self.dedup.remember(zip(cols["id"], cols["output"], cols["response"], strict=True))
+                ids, digests, near_items = self.dedup.read_keys(out, rel)  # by the output's key
+                self.claimed.update(id_key(tid) for tid in ids)
+                self.dedup.remember(ids, digests, near_items)
             else:
                 self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
             for rel in committed_shards(other):
                 if split_of_path(rel) in ("train", "eval"):
-                    cols = read_columns(other, rel, ["id", "output", "response"])
-                    self.dedup.remember(zip(cols["id"], cols["output"], cols["response"], strict=True))
+                    self.dedup.remember(*self.dedup.read_keys(other, rel))  # by this run's key
         return shards
 
     def _replay_journal(self) -> list[Path]:
-        """Put answers that reached the journal but not a shard back into the buffers."""
+        """Put answers that reached the journal but not a shard back into the buffers, and count what
+        the journal says was spent: the usage of every request reported, and the reservation of every
+        request that was in flight when the run died."""
         assert self.writer is not None
         segments = journal_segments(self.p.out_dir, self.partition)
-        for split, row in read_journal(self.p.out_dir, self.partition):
-            key = id_key(row["id"])
-            if key in self.claimed:
+        committed = frozenset((self.p.previous or {}).get("journal_committed") or ())
+        open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
+        spent = [0, 0]
+        for entry in journal_entries(self.p.out_dir, self.partition, skip=committed):
+            if isinstance(entry, BadEntry):
+                self._skip_entry(f"{entry}")
+                continue
+            if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
+                open_[entry.task_id] = entry.estimate
+                spent[0] += entry.usage[0]
+                spent[1] += entry.usage[1]
+                continue
+            open_.pop(entry.task_id, None)
+            split, row = entry.split, entry.row
+            assert split is not None and row is not None
+            key = id_key(entry.task_id)
+            if key in self.claimed:  # in a shard: the manifest counted it
+                continue
+            spent[0] += entry.usage[0]
+            spent[1] += entry.usage[1]
+            problem = row_problem(split, row)
+            if problem is not None:
+                self._skip_entry(f"{entry}: {problem}")
                 continue
             self.claimed.add(key)
             self.stats.replayed += 1
+            self._found_runs.add(row["run_id"])
             if split in ("train", "eval"):
                 # The journal holds rows that passed the exact check; near checks are redone in order.
-                self.dedup.check_exact(row["output"] if row["output"] is not None else row["response"], key)
+                messages = row["messages"]
+                self.dedup.check_exact(self.dedup.message_digest(messages[:-1], messages[-1]["content"]), key)
                 self.dedup.offer(split, row)
             else:
                 self._accept(split, row)
+        if self.stats.journal_skipped > SKIPPED_SHOWN:
+            more = self.stats.journal_skipped - SKIPPED_SHOWN
+            self._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
+        self._carried["prompt_tokens"] += spent[0]
+        self._carried["completion_tokens"] += spent[1]
+        self.budget.charge(spent[0], spent[1])
+        for task_id, estimate in open_.items():
+            if id_key(task_id) not in self.claimed:
+                self._carried["unanswered_requests"] += 1
+                self._carried["unanswered_tokens"] += estimate[0] + estimate[1]
+                self.budget.charge(*estimate)
         self._drain()
         return segments
+
+    def _skip_entry(self, what: str) -> None:
+        self.stats.journal_skipped += 1
+        if self.stats.journal_skipped <= SKIPPED_SHOWN:
+            self._say(f"skipped journal entry {what}; its task is asked again")
 
     # --- the producer ---
 
     async def execute(self) -> RunResult:
         p = self.p
-        p.out_dir.mkdir(parents=True, exist_ok=True)
-        shards = await asyncio.to_thread(self._load_committed)
-        self.writer = ShardWriter(
-            p.out_dir,
-            rows_per_shard=p.opts.shard_rows,
-            shards=shards,
-            on_checkpoint=self._on_checkpoint,
-            partition=self.partition,
-        )
-        old_segments = self._replay_journal()
-        self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
-        await self.writer.checkpoint(old_segments)  # commits replayed answers, then drops the old journal
-
         client, servers = await self._open_teacher()
+        try:
+            # Before anything is written or any task dispatched: a URL nothing answers, an HTML page,
+            # a model the server does not list, a refused key.
+            self.served_models = await check_teacher(
+                client, p.teacher.model, check_model=not p.opts.no_model_check
+            )
+            p.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.legacy_dedup_key and self.partition is None:
+                self._say(
+                    f"{p.out_dir} was deduplicated by output text (made before [dedup] on existed); "
+                    "it is resumed with that key, and its manifest records it"
+                )
+            shards = await asyncio.to_thread(self._load_committed)
+            self.writer = ShardWriter(
+                p.out_dir,
+                rows_per_shard=p.opts.shard_rows,
+                shards=shards,
+                on_checkpoint=self._on_checkpoint,
+                partition=self.partition,
+            )
+            old_segments = self._replay_journal()
+            self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
+            # Commits replayed answers and what the journal says was spent, then drops the old journal.
+            await self.writer.checkpoint(self._closing(old_segments))
+        except BaseException:
+            await client.close()
+            for server in reversed(servers):
+                await server.stop()
+            with contextlib.suppress(OSError):  # only when empty: what prepare's writability probe left
+                p.out_dir.rmdir()
+            raise
+
         teacher = LimitedTeacher(client, self.limiter)
         progress = Progress(self.stats, enabled=p.opts.progress, desc=self.spec.name)
+        self.limiter.on_pause = progress.show_pause
         counter = asyncio.create_task(self._count_total(progress))
         self._install_signal_handlers()
         error: BaseException | None = None
         try:
-            self.served_models = await client.list_models()
             if not self.served and isinstance(client, OpenAIChat):
                 self.served = [
                     {k: m.get(k) for k in ("id", "root", "max_model_len") if m.get(k) is not None}
@@ -343,6 +472,7 @@ class Run:
             ]
             try:
                 await asyncio.gather(*self._workers)
+                await self._record_held_failures()  # fewer than FAIL_FAST_AFTER, and nothing else came
             except BaseException as e:
                 error = e
                 for w in self._workers:
@@ -360,6 +490,7 @@ class Run:
             except OSError as e:  # the last checkpoint could not be written: shards before it are intact
                 error = error or e
             finally:
+                self.limiter.on_pause = None
                 progress.close()
         if error is not None and not isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
             if isinstance(error, GenError):
@@ -409,6 +540,7 @@ class Run:
                 max_connections=t.max_concurrency,
                 request_timeout_s=p.opts.request_timeout_s,
                 connect_timeout_s=p.opts.connect_timeout_s,
+                max_reply_bytes=p.opts.max_reply_bytes,
             )
             if t.provider == "anthropic":
                 from gen.teachers.anthropic import AnthropicMessages
@@ -486,7 +618,7 @@ class Run:
         except OSError:  # the journal's last write failed; the answers are still in the buffers
             closed = None
         self.journal.close()
-        await self.writer.close([closed] if closed else [])
+        await self.writer.close(self._closing([closed] if closed else []))
         remove_empty_journal(self.p.out_dir, self.partition)  # everything is in shards now
 
     def _install_signal_handlers(self) -> None:
@@ -566,8 +698,6 @@ class Run:
                 self.stop_reason = reason
                 return
             self.claimed.add(key)
-            assert self.journal is not None
-            self.journal.write_pending()  # this worker's last answer is on disk before its next request
             try:
                 await self._process(task, key, teacher)
             except asyncio.CancelledError:
@@ -597,40 +727,56 @@ class Run:
         messages = task.messages
         prompt_tokens = completion_tokens = 0
         attempts = 0
+        last: Usage | None = None  # what the previous request of this task cost
         while True:
             attempts += 1
+            self._reserve(task.id, key, (estimate_tokens(messages, 0), self._max_completion), last)
             try:
                 comp = await with_retries(
-                    lambda m=messages: teacher.complete(m, seed=seed, sampling=self.p.sampling),
+                    lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=self.p.sampling),
                     self.retry_policy,
                     on_retry=self._on_retry,
                 )
+            except asyncio.CancelledError:
+                self._abandon(key)
+                raise
             except FatalTeacherError:
+                self._in_flight.pop(key, None)
                 raise
             except TeacherError as e:
+                self._in_flight.pop(key, None)  # failed requests are not billed
                 row = self._reject_row(task, "teacher_error", str(e), None, attempts)
-                await self._finish(task, "rejects", row)
+                if not self.first_failures.hold(task, row, e):  # held (or the run stops) while none answered
+                    await self._finish(task, "rejects", row)
                 return
+            self._in_flight.pop(key, None)
+            last = (comp.prompt_tokens, comp.completion_tokens)
+            if self.first_failures.armed:
+                await self._record_held_failures()
             self.stats.requests += 1
             self.stats.prompt_tokens += comp.prompt_tokens
             self.stats.completion_tokens += comp.completion_tokens
             self.budget.charge(comp.prompt_tokens, comp.completion_tokens)
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
-            verdict = check(comp.text, self.p.schema)
+            cut = comp.finish_reason == "length" and not self.spec.keep_truncated
+            verdict = check(comp.text, self.p.schema, truncated=cut)
             if verdict.ok:
                 break
             if attempts >= self.spec.max_attempts:
                 row = self._reject_row(
                     task, verdict.reason or "invalid", verdict.error or "", comp.text, attempts
                 )
-                await self._finish(task, "rejects", row)
+                await self._finish(task, "rejects", row, last)
                 return
             self.stats.repairs += 1
-            messages = repair_messages(task.messages, comp.text, verdict.error or "")
+            if cut:  # ask afresh, not with the cut reply; another seed, or a seeded teacher cuts it again
+                messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
+            else:
+                messages = repair_messages(task.messages, comp.text, verdict.error or "")
 
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.check_exact(answer, key)
+        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
         if kept is not None:
             dup = {
                 "id": task.id,
@@ -638,7 +784,7 @@ class Run:
                 "response": comp.text,
                 "vars": task.vars_json,
             }
-            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"))
+            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
             return
         t = self.p.teacher
         row = {
@@ -665,7 +811,35 @@ class Run:
             "run_id": self.run_id,
             "generator_version": __version__,
         }
-        await self._finish(task, task.split, row)
+        await self._finish(task, task.split, row, last)
+
+    def _reserve(self, task_id: str, key: int, estimate: Usage, usage: Usage | None) -> None:
+        """Journal the request about to leave (with everything queued, in one write) before it leaves:
+        if the run dies with it in flight, the next run counts `estimate` as spent."""
+        assert self.journal is not None
+        self.journal.reserve(task_id, estimate, usage)  # raises if it cannot be written: nothing is sent
+        self._in_flight[key] = (task_id, estimate)
+
+    def _abandon(self, key: int) -> None:
+        """A request given up in flight: the teacher may still bill it, so its reservation is spent."""
+        gone = self._in_flight.pop(key, None)
+        if gone is not None:
+            estimate = gone[1]
+            self.stats.unanswered_requests += 1
+            self.stats.unanswered_tokens += estimate[0] + estimate[1]
+            self.budget.charge(*estimate)
+
+    def _carry_reservations(self) -> None:
+        """After a rotation, journal again the requests still in flight: the segment that held their
+        reservations is deleted once its checkpoint is committed."""
+        assert self.journal is not None
+        for task_id, estimate in self._in_flight.values():
+            self.journal.reserve(task_id, estimate, write=False)
+        self.journal.write_pending()
+
+    async def _record_held_failures(self) -> None:
+        for held_task, row in self.first_failures.release():
+            await self._finish(held_task, "rejects", row)
 
     def _reject_row(
         self, task: Task, reason: str, error: str, response: str | None, attempts: int
@@ -695,10 +869,11 @@ class Run:
             "run_id": self.run_id,
         }
 
-    async def _finish(self, task: Task, split: str, row: dict[str, Any]) -> None:
-        """Journal the outcome at once, then buffer it; checkpoint when a shard is full."""
+    async def _finish(self, task: Task, split: str, row: dict[str, Any], usage: Usage = (0, 0)) -> None:
+        """Journal the outcome at once, with what its last request cost, then buffer it; checkpoint when
+        a shard is full."""
         assert self.journal is not None
-        self.journal.append(split, row)
+        self.journal.append(split, row, usage)
         if split in ("train", "eval") and self.dedup.near_enabled:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()
@@ -728,6 +903,8 @@ class Run:
             s.duplicates += 1
         else:
             s.rows += 1
+            if row.get("finish_reason") == "length":
+                s.truncated_kept += 1
             if split == "eval":
                 s.eval += 1
             else:
@@ -739,7 +916,8 @@ class Run:
         assert self.journal is not None and self.writer is not None
         self._drain()  # a row still waiting for its near check must not lose its journal entry
         closed = self.journal.rotate()
-        await self.writer.checkpoint([closed])
+        self._carry_reservations()
+        await self.writer.checkpoint(self._closing([closed]))
 
 
 class OutputError(GenError):
@@ -808,8 +986,12 @@ def summary(result: RunResult) -> str:
     extra = ""
     if s.skipped or s.replayed:
         extra = f" (resumed: {s.skipped:,} already done, {s.replayed:,} recovered from the journal)"
+    truncated = s.reject_reasons.get("truncated", 0)
+    rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
+    if s.truncated_kept:
+        rejects += f", {s.truncated_kept:,} truncated rows kept"
     return (
-        f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {s.rejects:,} rejects, "
+        f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {rejects}, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "
         f"in {result.wall_s:.1f} s ({rate:,.0f} rows/s) -> {result.output_dir}{extra}"
     )

@@ -60,6 +60,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             raise ConfigError(
                 prompt.path, f"environment variable {teacher.api_key_env} (the API key) is not set"
             )
+        check_api_key(api_key, teacher.api_key_env)
     price = price_for(teacher.model)
     if opts.price_in is not None or opts.price_out is not None:
         price = Price(opts.price_in or 0.0, opts.price_out or 0.0)
@@ -102,6 +103,24 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         review,
         registry_sources,
     )
+
+
+def check_api_key(key: str, variable: str) -> None:
+    """Refuse a key that cannot go into an HTTP header as it is: a control character (a CR/LF would let
+    the rest of the value inject headers) or a character outside latin-1. The message never shows it."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ConfigError(
+            f"environment variable {variable}",
+            "the API key contains a control character (a CR, LF or the like; a trailing newline from a "
+            "file?): refusing to send it in a header",
+        )
+    try:
+        key.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"environment variable {variable}",
+            "the API key contains characters outside latin-1, which an HTTP header cannot carry",
+        ) from None
 
 
 def sim_config(prompt: PromptFile, model: str) -> Any:

@@ -1,4 +1,5 @@
-"""The progress bar: done / total, rows/s, rejects and retries, on stderr."""
+"""The progress bar: done / total, rows/s, rejects and retries, on stderr; and a pause the server
+asked for, while it lasts."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class Progress:
             total=None, desc=desc, unit="task", disable=not enabled, mininterval=0.5, dynamic_ncols=True
         )
         self._next_postfix = 0.0
+        self._paused_until = 0.0
+        self._next_refresh = 0.0
+        self._paused_why = ""
 
     def set_total(self, total: int) -> None:
         self._bar.total = total
@@ -29,11 +33,25 @@ class Progress:
             self._next_postfix = now + 0.5
             self._postfix()
 
+    def show_pause(self, seconds: float, why: str) -> None:
+        """Dispatch holds for `seconds` because the server asked (`why`, e.g. `Retry-After: 30`): shown
+        at once, since no task finishes to refresh the bar meanwhile; it goes at the first tick after."""
+        now = time.monotonic()
+        self._paused_until = now + seconds
+        self._paused_why = why
+        if now >= self._next_refresh:  # a server that spends its budget on every answer: no flood
+            self._next_refresh = now + 0.5
+            self._postfix()
+            self._bar.refresh()
+
     def _postfix(self) -> None:
         s = self.stats
-        self._bar.set_postfix_str(
-            f"rows={s.rows} rejects={s.rejects} dups={s.duplicates} retries={s.retries}", refresh=False
-        )
+        text = f"rows={s.rows} rejects={s.rejects} dups={s.duplicates} retries={s.retries}"
+        left = self._paused_until - time.monotonic()
+        if left > 0:
+            text += f" paused {left:.0f}s" if left >= 10 else f" paused {left:.1f}s"
+            text += f" ({self._paused_why})"
+        self._bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
         self._postfix()  # the counters as they ended, not as they were at the last refresh

@@ -141,6 +141,51 @@ def _schemas() -> dict[str, pa.Schema]:
     }
 
 
+# Columns that must hold a value in a row of that split (Arrow would take a null; gen's code would not).
+_NOT_NULL = {"train": ("id", "response"), "eval": ("id", "response"), "rejects": ("id", "reason")}
+
+
+@functools.cache
+def _row_checks() -> dict[str, list[tuple[str, str, Callable[[Any], bool]]]]:
+    """split -> (column, type name, test of a Python value) for each column of its Arrow schema."""
+    pa = _pyarrow()
+
+    def test(t: pa.DataType) -> Callable[[Any], bool]:
+        if pa.types.is_string(t):
+            return lambda v: v is None or type(v) is str
+        if pa.types.is_integer(t) or pa.types.is_timestamp(t):
+            bits = t.bit_width
+            lo, hi = (
+                (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+                if not pa.types.is_unsigned_integer(t)
+                else (0, (1 << bits) - 1)
+            )
+            return lambda v: v is None or (type(v) is int and lo <= v <= hi)
+        if pa.types.is_list(t):
+            item = test(t.value_type)
+            return lambda v: v is None or (type(v) is list and all(item(x) for x in v))
+        if pa.types.is_struct(t):
+            fields = [(f.name, test(f.type)) for f in t]
+            return lambda v: v is None or (type(v) is dict and all(ok(v.get(name)) for name, ok in fields))
+        raise TypeError(f"no row check for Arrow type {t}")
+
+    return {
+        split: [(f.name, str(f.type), test(f.type)) for f in schema] for split, schema in _schemas().items()
+    }
+
+
+def row_problem(split: str, row: dict[str, Any]) -> str | None:
+    """What keeps `row` from being a row of `split`'s shards (a column missing or of the wrong type),
+    or None. The same contract the writer converts with: a row that passes never fails the Parquet write."""
+    for name, type_name, ok in _row_checks()[split]:
+        if name not in row:
+            return f"column {name} missing"
+        value = row[name]
+        if not ok(value) or (value is None and name in _NOT_NULL.get(split, ())):
+            return f"column {name} holds {repr(value)[:60]}, expected {type_name}"
+    return None
+
+
 # Module constants that import pyarrow only when asked for: SCHEMAS (split -> schema) and one per kind.
 _LAZY = {
     "SCHEMAS": None,

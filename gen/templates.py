@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
+import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import wraps
 from typing import Any
 
 import jinja2
 import jinja2.meta
 import orjson
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from gen.config import PromptFile
 from gen.errors import ConfigError
@@ -49,6 +52,115 @@ def split_of(vars_json: str, eval_fraction: float) -> str:
     return "eval" if bucket < eval_fraction else "train"
 
 
+# The most characters (or items) one template expression may build. jinja2's sandbox bounds range() at
+# 100,000 items but not repetition or padding: `'x' * 10**10` or `'%10000000000d' % 1` would allocate
+# gigabytes (jinja2 even folds a constant one while compiling). A prompt this long fits no context.
+MAX_SIZE = 10_000_000
+_MAX_POWER_BITS = 1_000_000  # `10 ** 10 ** 10` would compute for ever
+_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+_PRINTF_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _too_big(what: str, size: int) -> SecurityError:
+    return SecurityError(f"{what} would build {size:,} characters; the sandbox allows {MAX_SIZE:,}")
+
+
+def _check_ints(what: str, values: Any) -> None:
+    for v in values:
+        if isinstance(v, int) and v > MAX_SIZE:
+            raise _too_big(what, v)
+
+
+def _check_printf(fmt: str, args: Any) -> None:
+    """`fmt % args` with a width or precision beyond MAX_SIZE: refuse it before Python pads."""
+    star = False
+    for m in _PRINTF_SPEC.finditer(fmt):
+        for group in m.groups():
+            if group == "*":
+                star = True
+            elif group is not None and int(group) > MAX_SIZE:
+                raise _too_big("a % format width", int(group))
+    if star:
+        _check_ints("a % format width", args if isinstance(args, tuple) else (args,))
+
+
+def _check_format(fmt: str, args: Any, kwargs: Any) -> None:
+    """The same for str.format's specs (`{:>100000000}`), nested ones (`{:{w}}`) by their values."""
+    for _, _, spec, _ in string.Formatter().parse(fmt):
+        if not spec:
+            continue
+        for digits in re.findall(r"\d+", spec):
+            if int(digits) > MAX_SIZE:
+                raise _too_big("a format width", int(digits))
+        if "{" in spec:
+            _check_ints("a format width", [*args, *kwargs.values()])
+
+
+class _Sandbox(SandboxedEnvironment):
+    """jinja2's sandbox, with bounds on what one expression may allocate (see MAX_SIZE)."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("center", "indent"):
+            self.filters[name] = self._bounded_filter(name, self.filters[name])
+        fmt = self.filters["format"]
+
+        @wraps(fmt)
+        def format_filter(value: Any, *args: Any, **kw: Any) -> str:
+            _check_printf(str(value), kw or args)
+            return fmt(value, *args, **kw)
+
+        self.filters["format"] = format_filter
+
+    @staticmethod
+    def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(f)
+        def bounded(value: Any, *args: Any, **kw: Any) -> Any:
+            _check_ints(f"the {name} filter", [*args, *kw.values()])
+            return f(value, *args, **kw)
+
+        return bounded
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int):
+                    if len(seq) * n > MAX_SIZE:
+                        raise _too_big("'*' repetition", len(seq) * n)
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+                if right * (abs(left).bit_length() - 1) > _MAX_POWER_BITS:
+                    raise SecurityError(f"'**' would compute a number of over {_MAX_POWER_BITS:,} bits")
+        elif operator == "%" and isinstance(left, str):
+            _check_printf(left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # jinja2 names them so
+        if isinstance(getattr(__obj, "__self__", None), str) and __obj.__name__ in _PADDING_METHODS:
+            _check_ints(f"str.{__obj.__name__}", [*args, *kwargs.values()])
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapper = super().wrap_str_format(value)
+        if wrapper is None:
+            return None
+        fmt = value.__self__
+
+        @wraps(wrapper)
+        def checked(*args: Any, **kwargs: Any) -> str:
+            mapping = args[0] if value.__name__ == "format_map" and args else kwargs
+            _check_format(fmt, () if value.__name__ == "format_map" else args, mapping)
+            return wrapper(*args, **kwargs)
+
+        return checked
+
+
+def _render_error(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 class Expansion:
     """Everything needed to stream a prompt file's tasks; checking happens in the constructor."""
 
@@ -56,7 +168,7 @@ class Expansion:
         self.prompt = prompt
         spec = prompt.spec
         self.samples = samples or spec.samples
-        self.env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+        self.env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
         self.variables: dict[str, list[Any]] = {}
         for name, source in spec.variables.items():
             if isinstance(source, list):
@@ -101,14 +213,19 @@ class Expansion:
                 }
             ).encode()
         ).hexdigest()
-        # Render the first input now, so a bad template fails before any request is sent.
+        # Every seed row is read once now (one streaming pass), so a bad line is found before any
+        # request is sent, not after thousands of paid ones.
+        if self.seed is not None:
+            self.seed.validate()
+        # Render the first input now, so a bad template fails before any request is sent. Any exception:
+        # a template that cannot render its first input (1/0, a bad format, a sandbox bound) is bad input.
         first = next(self._inputs(), None)
         if first is None:
             raise ConfigError(prompt.path, "expands to no tasks")
         try:
             self.render(first)
-        except jinja2.TemplateError as e:
-            raise ConfigError(prompt.path, f"rendering the first input failed: {e}") from None
+        except Exception as e:
+            raise ConfigError(prompt.path, f"rendering the first input failed: {_render_error(e)}") from None
 
     def _inputs(self) -> Iterator[dict[str, Any]]:
         # Lazy all the way: a cross product of ten million combinations is never built as a list.
@@ -152,7 +269,7 @@ class Expansion:
             try:
                 messages: list[dict[str, str]] | None = self.render(variables)
                 error = None
-            except jinja2.TemplateError as e:  # e.g. a JSONL row that lacks a column: reject, go on
-                messages, error = None, f"{type(e).__name__}: {e}"
+            except Exception as e:  # a row that lacks a column, 1/0, a bad format...: reject, go on
+                messages, error = None, _render_error(e)
             for sample in range(self.samples):
                 yield Task(task_id(sha, name, vars_json, sample), vars_json, sample, split, messages, error)

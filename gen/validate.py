@@ -45,8 +45,14 @@ class Verdict:
         return orjson.loads(self.output_json) if self.output_json is not None else None
 
 
-def check(text: str, schema: Schema | None) -> Verdict:
-    """Validate one reply. Without a schema, any non-empty text is a valid answer."""
+def check(text: str, schema: Schema | None, *, truncated: bool = False) -> Verdict:
+    """Validate one reply. Without a schema, any non-empty text is a valid answer.
+
+    `truncated`: the teacher stopped at max_tokens (finish_reason "length"); such a reply is rejected
+    with reason `truncated` whatever its text, since a cut-off answer teaches a student to stop mid-way.
+    """
+    if truncated:
+        return Verdict(reason="truncated", error="the reply was cut off at max_tokens (finish_reason length)")
     if schema is None:
         if not text.strip():
             return Verdict(reason="empty", error="the reply is empty")

@@ -29,6 +29,8 @@ def _recipe(tmp_path: Path, n: int) -> Path:
         'name = "nd"\nversion = "1"\nintended_use = "research"\nschema = "s.json"\n'
         '[teacher]\nlicense = "mit"\n[messages]\nuser = "Summarise ticket {{ n }}"\n'
         f"[variables]\nn = {list(range(n))}\n"
+        # Different tickets, the same summaries: duplicates only when the answer alone is compared.
+        '[dedup]\non = "output"\n'
     )
     return tmp_path / "p.toml"
 
@@ -94,7 +96,7 @@ def test_near_text_compares_values_not_keys() -> None:
 
 
 def test_deduplicator_decides_in_arrival_order() -> None:
-    d = Deduplicator(threshold=0.8)
+    d = Deduplicator(threshold=0.8, on="output")
     rows = [
         {"id": f"{i:032x}", "output": json.dumps({"s": t}), "response": ""}
         for i, t in enumerate([A, B, A_EDITED])

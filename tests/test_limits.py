@@ -49,9 +49,9 @@ def test_pacer_adjust_gives_back_unused_tokens() -> None:
     assert pacer.reserve(50) == pytest.approx(0.0)
 
 
-async def test_adaptive_limit_halves_on_throttle_and_recovers_slowly() -> None:
+async def test_adaptive_limit_halves_on_throttle_and_recovers_after_a_hold() -> None:
     t = FakeTime()
-    limit = AdaptiveLimit(64, clock=t.clock)
+    limit = AdaptiveLimit(64, clock=t.clock, recover_after_s=2.0)
     limit.on_throttle()
     limit.on_throttle()  # within the cool-down: one burst of 429s is one cut
     assert limit.limit == 32
@@ -60,7 +60,11 @@ async def test_adaptive_limit_halves_on_throttle_and_recovers_slowly() -> None:
     assert limit.limit == 16
     for _ in range(16):
         limit.on_success()
-    assert 16.9 < limit.limit < 17.1  # additive: about one slot per `limit` successes
+    assert limit.limit == 16  # held: the cut is fresh
+    t.now = 4.0
+    for _ in range(16):
+        limit.on_success()
+    assert limit.limit == 32  # then one slot per success: a doubling per round, as fast as it fell
 
 
 async def test_adaptive_limit_blocks_beyond_the_limit_and_hands_over_slots() -> None:

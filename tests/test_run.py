@@ -208,6 +208,7 @@ def test_exact_duplicates_are_dropped_and_counted(tmp_path: Path, sim_server) ->
         'name = "yn"\nversion = "1"\nintended_use = "research"\nschema = "yn.json"\nsamples = 5\n'
         '[teacher]\nlicense = "mit"\n'
         '[messages]\nuser = "Is {{ n }} even?"\n[variables]\nn = [1, 2, 3, 4]\n'
+        '[dedup]\non = "output"\n'  # one row per answer (tests/test_dedup_key.py: by example)
     )
     result = run(tmp_path / "p.toml", RunOptions(output=tmp_path / "o", progress=False))
     assert result.stats.rows == 2 and result.stats.duplicates == 18
@@ -291,6 +292,7 @@ def test_unknown_model_is_rejected_not_retried(tmp_path: Path, sim_server) -> No
             output=tmp_path / "o",
             progress=False,
             limit=5,
+            no_model_check=True,  # else the model check refuses it before any task (test_teacher_checks)
         ),
     )
     assert result.stats.rejects == 5 and result.stats.retries == 0

@@ -9,13 +9,15 @@ comes back as JSON text, which gen's validator checks like any other JSON answer
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
+from pydantic import ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from gen.schema import Schema
 from gen.teachers.base import Completion
-from gen.teachers.http import HTTPClient, schema_name, unreadable
+from gen.teachers.http import HTTPClient, ShortText, TokenCount, malformed, schema_name, unreadable
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this when the recipe's sampling sets none
@@ -34,10 +36,63 @@ _FINISH = {
 _RENAMED = {"max_tokens", "max_completion_tokens", "stop", "seed"}
 
 
+# The part of a Messages reply gen reads, as a typed model of the wire format; other fields are ignored.
+_STRICT = ConfigDict(strict=True)
+
+
+@with_config(_STRICT)
+class _Text(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+@with_config(_STRICT)
+class _ToolUse(TypedDict):
+    type: Literal["tool_use"]
+    name: str
+    input: dict[str, Any]
+
+
+@with_config(_STRICT)
+class _OtherBlock(TypedDict):  # thinking, a server tool's result, ...: passed over
+    type: str
+
+
+def _block_kind(block: Any) -> str:
+    kind = block.get("type") if isinstance(block, dict) else None
+    return kind if kind in ("text", "tool_use") else "other"
+
+
+_Block = Annotated[
+    Annotated[_Text, Tag("text")]
+    | Annotated[_ToolUse, Tag("tool_use")]
+    | Annotated[_OtherBlock, Tag("other")],
+    Discriminator(_block_kind),
+]
+
+
+@with_config(_STRICT)
+class _Usage(TypedDict, total=False):
+    input_tokens: TokenCount | None
+    output_tokens: TokenCount | None
+
+
+@with_config(_STRICT)
+class _Message(TypedDict):
+    content: list[_Block]
+    stop_reason: NotRequired[ShortText | None]
+    model: NotRequired[ShortText | None]
+    usage: NotRequired[_Usage | None]
+
+
+_REPLY: TypeAdapter[_Message] = TypeAdapter(_Message)  # validated from orjson's parse, as in openai.py
+
+
 class AnthropicMessages(HTTPClient):
-    """Messages against one Anthropic base URL (ending in /v1, like https://api.anthropic.com/v1)."""
+    """Messages against one Anthropic base URL: the root (https://api.anthropic.com) or its /v1."""
 
     provider = "anthropic"
+    unset_max_tokens = DEFAULT_MAX_TOKENS  # what body() asks for when the sampling sets none
 
     def __init__(
         self,
@@ -50,6 +105,7 @@ class AnthropicMessages(HTTPClient):
         max_connections: int = 64,
         request_timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
+        max_reply_bytes: int | None = None,
     ) -> None:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key:
@@ -59,8 +115,12 @@ class AnthropicMessages(HTTPClient):
             max_connections=max_connections,
             request_timeout_s=request_timeout_s,
             connect_timeout_s=connect_timeout_s,
+            api_key=api_key,
+            max_reply_bytes=max_reply_bytes,
         )
+        # The API's root (https://api.anthropic.com, as Anthropic's SDK and gateways take it) or its /v1.
         base = base_url.rstrip("/")
+        base = self.base_url = base if base.endswith("/v1") else base + "/v1"
         self.url = base + "/messages"
         self._models_url = base + "/models"
         self.model = model
@@ -105,38 +165,41 @@ class AnthropicMessages(HTTPClient):
     async def complete(
         self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]
     ) -> Completion:
-        raw, headers = await self._post(self.url, self.body(messages, seed=seed, sampling=sampling))
+        body = self.body(messages, seed=seed, sampling=sampling)
+        raw, headers = await self._post(self.url, body, self.reply_limit(sampling))
         try:
-            doc = orjson.loads(raw)
-            text = self._text(doc["content"])
-            usage = doc.get("usage") or {}
-            stop_reason = doc.get("stop_reason")
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            reply = _REPLY.validate_python(orjson.loads(raw))
+        except orjson.JSONDecodeError:
             raise unreadable(raw) from None
+        except ValidationError as e:
+            raise malformed(e) from None
+        usage = reply.get("usage") or {}
+        stop_reason = reply.get("stop_reason")
         return Completion(
-            text=text,
-            finish_reason=_FINISH.get(stop_reason, stop_reason),
-            prompt_tokens=int(usage.get("input_tokens") or 0),
-            completion_tokens=int(usage.get("output_tokens") or 0),
-            model=doc.get("model"),
+            text=self._text(reply["content"]),
+            finish_reason=_FINISH.get(stop_reason, stop_reason),  # type: ignore[arg-type]
+            prompt_tokens=usage.get("input_tokens") or 0,
+            completion_tokens=usage.get("output_tokens") or 0,
+            model=reply.get("model"),
             headers=headers,
         )
 
-    def _text(self, content: list[dict[str, Any]]) -> str:
+    def _text(self, content: list[Any]) -> str:
         """The answer: our tool's input as JSON text, else the text blocks joined."""
         if self._tool_name is not None:
             for block in content:
-                if block["type"] == "tool_use" and block.get("name") == self._tool_name:
+                if block["type"] == "tool_use" and block["name"] == self._tool_name:
                     return orjson.dumps(block["input"]).decode()
         # No tool call (or none asked for): the validator judges whatever text there is.
         return "".join(block["text"] for block in content if block["type"] == "text")
 
-    async def models(self) -> list[dict[str, Any]]:
-        """The model entries the server reports at /v1/models, every page (`id`, `display_name`, ...)."""
+    async def models(self, *, strict: bool = False) -> list[dict[str, Any]]:
+        """The model entries the server reports at /v1/models, every page (`id`, `display_name`, ...).
+        Empty when it does not answer well; with `strict`, the TeacherError saying how (see _get_json)."""
         entries: list[dict[str, Any]] = []
         params: dict[str, str] = {"limit": "1000"}
         for _ in range(100):  # a bound on pages, should a server never say it is done
-            doc = await self._get_json(self._models_url, params)
+            doc = await self._get_json(self._models_url, params, strict=strict)
             if not isinstance(doc, dict):
                 break
             page = [m for m in doc.get("data") or [] if isinstance(m, dict) and m.get("id")]
@@ -146,6 +209,6 @@ class AnthropicMessages(HTTPClient):
             params["after_id"] = str(doc["last_id"])
         return entries
 
-    async def list_models(self) -> list[str]:
-        """Model ids the server reports (empty when it does not answer)."""
-        return [str(m["id"]) for m in await self.models()]
+    async def list_models(self, *, strict: bool = False) -> list[str]:
+        """Model ids the server reports (empty when it does not answer; see models())."""
+        return [str(m["id"]) for m in await self.models(strict=strict)]

@@ -12,14 +12,16 @@ from __future__ import annotations
 import email.utils
 import os
 import time
+import zlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 import orjson
+from pydantic import Field, ValidationError
 
-from gen.errors import FatalTeacherError, TeacherError
-from gen.teachers.wire import WireError, WirePool
+from gen.errors import FatalTeacherError, TeacherError, redact, register_secret
+from gen.teachers.wire import WireError, WirePool, oversize
 
 if TYPE_CHECKING:
     import aiohttp
@@ -28,6 +30,38 @@ if TYPE_CHECKING:
 # start-up and 15 MB that a run against local servers never needs). GEN_HTTP_CLIENT=aiohttp sends every
 # request through aiohttp.
 USE_WIRE = os.environ.get("GEN_HTTP_CLIENT", "").lower() != "aiohttp"
+
+# The reply size cap (issue 11): a reply larger than its request can explain is refused before it is kept.
+# A token is 3-5 bytes of text; 128 allows for JSON escapes (`\u00e9`, `\"`), long whitespace and repeat
+# tokens, and a reasoning trace within the same max_tokens, and the envelope for the rest of the JSON.
+REPLY_BYTES_PER_TOKEN = 128
+REPLY_BYTES_PER_LOGPROB = 256  # one `logprobs.content` entry: token, bytes, logprob (per alternative)
+REPLY_ENVELOPE_BYTES = 64 * 1024
+# The max_tokens assumed for the cap when a request sets none and the server may answer up to its
+# context: 128k tokens, a cap of 16 MiB. Setting max_tokens (or --max-reply-bytes) tightens it.
+UNSET_MAX_TOKENS = 131_072
+LISTING_REPLY_BYTES = 16 * 1024 * 1024  # a model listing (GET /v1/models)
+_ACCEPT_ENCODING = "gzip, deflate"  # what the aiohttp path can inflate within the cap
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def reply_limit(sampling: Mapping[str, Any], *, unset_max_tokens: int = UNSET_MAX_TOKENS) -> int:
+    """The most bytes a reply to a request with these sampling parameters may take (compressed as it
+    arrives and inflated alike): max_tokens (or max_completion_tokens) x REPLY_BYTES_PER_TOKEN, more per
+    token with logprobs, times `n` choices, plus REPLY_ENVELOPE_BYTES."""
+    tokens = (
+        _positive_int(sampling.get("max_completion_tokens"))
+        or _positive_int(sampling.get("max_tokens"))
+        or unset_max_tokens
+    )
+    per_token = REPLY_BYTES_PER_TOKEN
+    if sampling.get("logprobs"):
+        per_token += REPLY_BYTES_PER_LOGPROB * (1 + (_positive_int(sampling.get("top_logprobs")) or 0))
+    return REPLY_ENVELOPE_BYTES + (_positive_int(sampling.get("n")) or 1) * tokens * per_token
+
 
 # 408 timeout, 409 conflict (OpenAI's transient lock), 429 rate limit, 5xx and Anthropic's 529 overloaded.
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -57,17 +91,21 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) -> TeacherError:
-    """Classify an HTTP error answer: fatal (401/403), retryable (429, 5xx, ...), or final for this task."""
-    message = body[:500].decode("utf-8", "replace")
+    """Classify an HTTP error answer: fatal (401/403), retryable (429, 5xx, ...), or final for this task.
+
+    The message is redacted before it is cut to 500 characters, so no fragment of a secret the server
+    echoed survives the cut."""
+    message = body[:8192].decode("utf-8", "replace")
     try:
         data = orjson.loads(body)
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict) and err.get("message"):
-            message = str(err["message"])[:500]
+            message = str(err["message"])
         elif isinstance(err, str):
-            message = err[:500]
+            message = err
     except orjson.JSONDecodeError:
         pass
+    message = redact(message[:8192])[:500]
     kind = FatalTeacherError if status in FATAL_STATUS else TeacherError
     return kind(
         message,
@@ -80,7 +118,15 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
 
 class HTTPClient:
     """A lazily created aiohttp session with gen's timeouts and connection limits, and a POST that turns
-    every failure into a TeacherError of the right class."""
+    every failure into a TeacherError of the right class.
+
+    Every reply is read within a size cap, `max_reply_bytes` or else `reply_limit()` of the request's
+    sampling (bytes as received, and again once inflated): past it the request fails as a retryable
+    TeacherError and what arrived is dropped. The request timeout covers the whole reply.
+    """
+
+    # The max_tokens the cap assumes when the sampling sets none: what the server may send back then.
+    unset_max_tokens = UNSET_MAX_TOKENS
 
     def __init__(
         self,
@@ -89,8 +135,19 @@ class HTTPClient:
         max_connections: int,
         request_timeout_s: float,
         connect_timeout_s: float,
+        api_key: str | None = None,
+        max_reply_bytes: int | None = None,
     ) -> None:
+        """`api_key` is already in `headers`; it is registered here so that no error text carries it."""
+        for name, value in headers.items():
+            # A CR or LF would end the header early and let the rest inject new ones (gen.prepare
+            # refuses such a key with one line; this guards library use).
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ValueError(f"header {name!r} contains a control character")
+        register_secret(api_key)
         self._headers = headers
+        self._aiohttp_headers = {**headers, "Accept-Encoding": _ACCEPT_ENCODING}
+        self._max_reply_bytes = max_reply_bytes
         self._max_connections = max_connections
         self._request_timeout_s = request_timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -108,8 +165,15 @@ class HTTPClient:
             timeout = aiohttp.ClientTimeout(
                 total=self._request_timeout_s, sock_connect=self._connect_timeout_s
             )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+            # Inflated here, not by aiohttp: it would inflate a whole network read at once, unbounded.
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
         return self._session
+
+    def reply_limit(self, sampling: Mapping[str, Any]) -> int:
+        """The size cap of the reply to a request with these sampling parameters."""
+        if self._max_reply_bytes is not None:
+            return self._max_reply_bytes
+        return reply_limit(sampling, unset_max_tokens=self.unset_max_tokens)
 
     def _wire_pool(self, url: str) -> tuple[WirePool, str]:
         """The connection pool for a plain-http URL's host:port, and the URL's path and query."""
@@ -124,53 +188,68 @@ class HTTPClient:
             )
         return pool, parts.path + ("?" + parts.query if parts.query else "")
 
-    async def _post(self, url: str, data: bytes) -> tuple[bytes, Mapping[str, str]]:
-        """The body and headers of a 2xx answer; anything else raises TeacherError."""
-        if USE_WIRE and url.startswith("http://"):
-            status, headers, raw = await self._post_wire(url, data)
-        else:
-            status, headers, raw = await self._post_aiohttp(url, data)
+    async def _request(
+        self, method: str, url: str, data: bytes, limit: int
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One exchange on the transport for the URL, read within `limit` bytes; transport failures
+        (timeouts, lost connections, an oversize reply) raise TeacherError of the right class."""
+        try:
+            if USE_WIRE and url.startswith("http://"):
+                pool, path = self._wire_pool(url)
+                return await pool.request(method, path, data, limit=limit)
+            return await self._aiohttp_request(method, url, data, limit)
+        except WireError as e:
+            if e.timeout:
+                raise TeacherError("request timed out", retryable=True) from None
+            if e.oversize:
+                how = "--max-reply-bytes" if self._max_reply_bytes is not None else "from max_tokens"
+                raise TeacherError(f"{e}: over the reply size cap ({how})", retryable=True) from None
+            raise TeacherError(f"connection failed: {e}", retryable=True) from None
+
+    async def _post(self, url: str, data: bytes, limit: int) -> tuple[bytes, Mapping[str, str]]:
+        """The body and headers of a 2xx answer of at most `limit` bytes; anything else raises
+        TeacherError."""
+        status, headers, raw = await self._request("POST", url, data, limit)
         if status >= 400:
             raise error_from_response(status, raw, headers)
         return raw, headers
 
-    async def _post_aiohttp(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
+    async def _aiohttp_request(
+        self, method: str, url: str, data: bytes, limit: int
+    ) -> tuple[int, Mapping[str, str], bytes]:
         import aiohttp
 
         try:
-            async with self._session_().post(url, data=data, headers=self._headers) as resp:
-                return resp.status, resp.headers, await resp.read()
+            async with self._session_().request(
+                method, url, data=data, headers=self._aiohttp_headers
+            ) as resp:
+                return resp.status, resp.headers, await read_within(resp, limit)
         except TimeoutError:
             raise TeacherError("request timed out", retryable=True) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             raise TeacherError(f"connection failed: {type(e).__name__}: {e}", retryable=True) from None
+        except aiohttp.ClientError as e:  # redirects, bad header lines, ...: not worth another try
+            raise TeacherError(f"request failed: {type(e).__name__}: {e}") from None
 
-    async def _post_wire(self, url: str, data: bytes) -> tuple[int, Mapping[str, str], bytes]:
-        pool, path = self._wire_pool(url)
+    async def _get_json(
+        self, url: str, params: Mapping[str, str] | None = None, *, strict: bool = False
+    ) -> Any:
+        """A GET's JSON (used for model listings). When the server does not answer it well: None, or
+        with `strict` a TeacherError that says how: no status for a connection that failed,
+        error_from_response's for an HTTP error (FatalTeacherError for 401/403), the status for a
+        2xx body that is not JSON (an HTML page, say)."""
+        url += "?" + urlencode(params) if params else ""
         try:
-            return await pool.request("POST", path, data)
-        except WireError as e:
-            if e.timeout:
-                raise TeacherError("request timed out", retryable=True) from None
-            raise TeacherError(f"connection failed: {e}", retryable=True) from None
-
-    async def _get_json(self, url: str, params: Mapping[str, str] | None = None) -> Any:
-        """A GET's JSON, or None when the server does not answer it well (used for model listings)."""
-        if USE_WIRE and url.startswith("http://"):
-            pool, path = self._wire_pool(url + ("?" + urlencode(params) if params else ""))
+            status, headers, raw = await self._request("GET", url, b"", LISTING_REPLY_BYTES)
+            if status >= 300:
+                raise error_from_response(status, raw, headers)
             try:
-                status, _, raw = await pool.request("GET", path)
-                return orjson.loads(raw) if status == 200 else None
-            except (WireError, orjson.JSONDecodeError):
-                return None
-        import aiohttp
-
-        try:
-            async with self._session_().get(url, headers=self._headers, params=params) as resp:
-                if resp.status != 200:
-                    return None
-                return orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise TeacherError(f"answered {_what(raw)}, not JSON", status=status) from None
+        except TeacherError:
+            if strict:
+                raise
             return None
 
     async def close(self) -> None:
@@ -182,6 +261,57 @@ class HTTPClient:
             self._session = None
 
 
+async def read_within(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """An aiohttp response's body, inflated (gzip or deflate), failing with WireError(oversize) as soon
+    as either the bytes received or the bytes inflated pass `limit`: no more than that is ever held."""
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise oversize(limit)
+    coding = resp.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        inflater = None
+    elif coding in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # a gzip or zlib header, whichever it has
+    else:
+        raise WireError(f"a Content-Encoding that was not asked for: {coding[:40]!r}")
+    parts: list[bytes] = []
+    received = inflated = 0
+    async for chunk in resp.content.iter_any():
+        received += len(chunk)
+        if received > limit:
+            raise oversize(limit)
+        if inflater is None:
+            parts.append(chunk)
+            continue
+        try:
+            while chunk:  # at most what is left under the cap per call: a bomb never inflates past it
+                piece = inflater.decompress(chunk, limit + 1 - inflated)
+                inflated += len(piece)
+                if inflated > limit:
+                    raise oversize(limit)
+                parts.append(piece)
+                chunk = inflater.unconsumed_tail
+        except zlib.error as e:
+            raise WireError(f"a {coding} body that does not inflate: {e}") from None
+    return b"".join(parts)
+
+
+# The wire format of a reply is checked by a typed model in each protocol's module (strict: no number
+# taken for a string or the reverse), so what reaches the journal always fits the dataset's columns.
+MAX_TOKEN_COUNT = 100_000_000  # a token count past this in one reply is not a count
+TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKEN_COUNT)]
+ShortText = Annotated[str, Field(max_length=256)]  # a model name, a finish reason
+
+
+def malformed(e: ValidationError) -> TeacherError:
+    """A 2xx whose JSON breaks the protocol's reply format: worth another try, like an unreadable one."""
+    errors = e.errors(include_url=False, include_input=False, include_context=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the reply"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return TeacherError(f"malformed reply: {where}: {first['msg']}{more}", retryable=True)
+
+
 def unreadable(raw: bytes) -> TeacherError:
     # A 2xx with a body we cannot read is a truncated or garbled transfer: worth another try.
     return TeacherError(f"unreadable response body ({len(raw)} bytes)", retryable=True)
@@ -191,3 +321,10 @@ def schema_name(name: str) -> str:
     # OpenAI allows ^[a-zA-Z0-9_-]{1,64}$ for json_schema.name.
     cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64]
     return cleaned or "output"
+
+
+def _what(raw: bytes) -> str:
+    head = raw.lstrip()[:15].lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page"
+    return f"{len(raw)} bytes" if raw else "an empty body"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, NotRequired
 
 import orjson
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from gen.schema import Schema
 from gen.teachers.base import Completion
@@ -13,13 +15,49 @@ from gen.teachers.http import (
     FATAL_STATUS,
     RETRYABLE_STATUS,
     HTTPClient,
+    ShortText,
+    TokenCount,
     error_from_response,
+    malformed,
     parse_retry_after,
     schema_name,
     unreadable,
 )
 
 __all__ = ["FATAL_STATUS", "RETRYABLE_STATUS", "OpenAIChat", "error_from_response", "parse_retry_after"]
+
+
+# The part of a chat completion gen reads, as a typed model of the wire format; other fields are ignored.
+_STRICT = ConfigDict(strict=True)
+
+
+@with_config(_STRICT)
+class _Usage(TypedDict, total=False):
+    prompt_tokens: TokenCount | None
+    completion_tokens: TokenCount | None
+
+
+@with_config(_STRICT)
+class _Message(TypedDict, total=False):
+    content: str | None
+
+
+@with_config(_STRICT)
+class _Choice(TypedDict):
+    message: _Message
+    finish_reason: NotRequired[ShortText | None]
+
+
+@with_config(_STRICT)
+class _ChatCompletion(TypedDict):
+    choices: Annotated[list[_Choice], Field(min_length=1)]
+    model: NotRequired[ShortText | None]
+    usage: NotRequired[_Usage | None]
+
+
+# Validated from orjson's parse: as cheap as picking the fields out by hand, and orjson refuses what
+# pydantic's own parser would let through (NaN, lone surrogates).
+_REPLY: TypeAdapter[_ChatCompletion] = TypeAdapter(_ChatCompletion)
 
 
 class OpenAIChat(HTTPClient):
@@ -38,6 +76,7 @@ class OpenAIChat(HTTPClient):
         max_connections: int = 64,
         request_timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
+        max_reply_bytes: int | None = None,
     ) -> None:
         headers = {"Content-Type": "application/json"}
         if api_key:
@@ -47,8 +86,10 @@ class OpenAIChat(HTTPClient):
             max_connections=max_connections,
             request_timeout_s=request_timeout_s,
             connect_timeout_s=connect_timeout_s,
+            api_key=api_key,
+            max_reply_bytes=max_reply_bytes,
         )
-        base = base_url.rstrip("/")
+        base = self.base_url = base_url.rstrip("/")
         self.url = base + "/chat/completions"
         self._models_url = base + "/models"
         self.model = model
@@ -72,29 +113,32 @@ class OpenAIChat(HTTPClient):
     async def complete(
         self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]
     ) -> Completion:
-        raw, headers = await self._post(self.url, self.body(messages, seed=seed, sampling=sampling))
+        body = self.body(messages, seed=seed, sampling=sampling)
+        raw, headers = await self._post(self.url, body, self.reply_limit(sampling))
         try:
-            doc = orjson.loads(raw)
-            choice = doc["choices"][0]
-            text = choice["message"].get("content") or ""
-            usage = doc.get("usage") or {}
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            reply = _REPLY.validate_python(orjson.loads(raw))
+        except orjson.JSONDecodeError:
             raise unreadable(raw) from None
+        except ValidationError as e:
+            raise malformed(e) from None
+        choice = reply["choices"][0]
+        usage = reply.get("usage") or {}
         return Completion(
-            text=text,
+            text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            model=doc.get("model"),
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
+            model=reply.get("model"),
             headers=headers,
         )
 
-    async def models(self) -> list[dict[str, Any]]:
-        """The model entries the server reports at /v1/models (vLLM adds `root`: the weights' path)."""
-        doc = await self._get_json(self._models_url)
+    async def models(self, *, strict: bool = False) -> list[dict[str, Any]]:
+        """The model entries the server reports at /v1/models (vLLM adds `root`: the weights' path).
+        Empty when it does not answer well; with `strict`, the TeacherError saying how (see _get_json)."""
+        doc = await self._get_json(self._models_url, strict=strict)
         data = doc.get("data") if isinstance(doc, dict) else None
         return [m for m in data or [] if isinstance(m, dict) and m.get("id")]
 
-    async def list_models(self) -> list[str]:
-        """Model ids the server reports (empty when it does not answer)."""
-        return [str(m["id"]) for m in await self.models()]
+    async def list_models(self, *, strict: bool = False) -> list[str]:
+        """Model ids the server reports (empty when it does not answer; see models())."""
+        return [str(m["id"]) for m in await self.models(strict=strict)]

@@ -8,8 +8,9 @@ completions at `POST /v1/chat/completions` and Anthropic Messages at `POST /v1/m
 or on the Anthropic path of the messages and the `system` prompt, picks them), and JSON-schema
 answers (`response_format`, or a forced `tool_use` whose `input` fits the tool's `input_schema`)
 validate against the requested schema. Faults (429, 500, 503 or Anthropic's 529, dropped
-connections, broken or fenced JSON) are drawn from a seeded RNG owned by the server, and an optional
-requests-per-minute limit answers 429 with the protocol's rate-limit headers.
+connections, broken or fenced JSON, and the hostile ones: replies too large, bodies that never end,
+gzip bombs, replies that break the protocol's wire format) are drawn from a seeded RNG owned by the
+server, and an optional requests-per-minute limit answers 429 with the protocol's rate-limit headers.
 
     async with SimServer(SimConfig(rate_429=0.1)) as server:   # on the current event loop
         ...  # point a client at server.base_url
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import math
 import random
@@ -29,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +41,7 @@ from aiohttp import web
 
 from gen.teachers.sampling import FENCE_INTROS, VOCAB, Gen, compiled_sampler, sample_from_schema, sentences
 
-__all__ = ["SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
+__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -53,6 +56,9 @@ class SimConfig:
     On the Anthropic path `rate_503` answers 529 `overloaded_error`, `rate_invalid_json` breaks a
     tool_use `input` against its schema (a required key left out) and `rate_fenced_json` puts a line
     of text before the tool_use block; text answers break as on the OpenAI path.
+
+    `echo_headers` plays a hostile or debugging gateway: every error answer (4xx, 5xx, on the chat,
+    messages and models paths) carries the request's headers, the API key among them, in its message.
     """
 
     model: str = "gen-sim-1"
@@ -60,15 +66,29 @@ class SimConfig:
     latency_jitter_ms: float = 0.0
     rate_429: float = 0.0
     retry_after_s: float = 1.0
+    # Sent verbatim as the `rate_429` fault's Retry-After instead of `retry_after_s` (and then no
+    # retry-after-ms): a hostile or broken value such as "inf", "99999" or "soon".
+    retry_after_header: str | None = None
     rate_500: float = 0.0
     rate_503: float = 0.0
     rate_invalid_json: float = 0.0
     rate_fenced_json: float = 0.0
     rate_drop: float = 0.0
+    rate_truncated: float = 0.0  # answer cut to half, as if at max_tokens (finish_reason "length")
+    rate_oversize: float = 0.0
+    oversize_bytes: int = 5_000_000
+    rate_endless: float = 0.0
+    endless_interval_s: float = 0.0
+    rate_gzip_bomb: float = 0.0
+    bomb_bytes: int = 1 << 30
+    rate_malformed: float = 0.0
+    malformed: str = "any"
     rpm: int | None = None
     rpm_window_s: float = 60.0  # the window the rpm limit is checked over (1.0: a per-second limit)
     seed: int = 0
     api_key: str | None = None
+    echo_headers: bool = False
+    list_models: bool = True
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -85,10 +105,30 @@ class SimConfig:
             raise ValueError(f"rpm must be >= 1 or None, got {self.rpm}")
         if not 0 < self.rpm_window_s <= 60.0:
             raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
+        if self.oversize_bytes < 0 or self.bomb_bytes < 0 or self.endless_interval_s < 0:
+            raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
+        if self.malformed != "any" and self.malformed not in MALFORMED:
+            known = ", ".join(MALFORMED)
+            raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
 
 
-# Fault field names in the order their probability bands are laid out on [0, 1).
-_FAULTS = ("rate_429", "rate_500", "rate_503", "rate_drop", "rate_invalid_json", "rate_fenced_json")
+# Fault field names in the order their probability bands are laid out on [0, 1) (new ones go last, so a
+# seed keeps drawing the same faults it always did).
+_FAULTS = (
+    "rate_429", "rate_500", "rate_503", "rate_drop", "rate_invalid_json", "rate_fenced_json",
+    "rate_truncated", "rate_oversize", "rate_endless", "rate_gzip_bomb", "rate_malformed",
+)  # fmt: skip
+
+# The ways `rate_malformed` breaks a reply's wire format (the Anthropic path in brackets): `model` a
+# number; `finish_reason` [`stop_reason`] an object; `usage` a string; the answer's `content` an object
+# (message.content [the content list]); completion [output] tokens negative; or past any 64-bit integer;
+# no `choices` [`content`]; the body a JSON array, not an object.
+MALFORMED = (
+    "model_int", "finish_reason_object", "usage_string", "content_object", "tokens_negative",
+    "tokens_huge", "no_choices", "not_an_object",
+)  # fmt: skip
+_HUGE = b"1" + b"0" * 30  # past int64; written in place of _HUGE_MARK
+_HUGE_MARK = "__gen_sim_huge__"
 
 
 # --------------------------------------------------------------------------- requests
@@ -343,6 +383,10 @@ def _text_answer(
         stats["fenced_json"] += 1
         content = f"{rng.choice(FENCE_INTROS)}\n\n```json\n{content}\n```"
     completion_tokens = max(1, len(content) // 4)
+    if fault == "rate_truncated":
+        stats["truncated"] += 1
+        half = max(1, completion_tokens // 2)
+        return content[: half * 4], True, half
     if chat.max_tokens is not None and completion_tokens > chat.max_tokens:
         return content[: chat.max_tokens * 4], True, chat.max_tokens
     return content, False, completion_tokens
@@ -476,11 +520,14 @@ class _OpenAIDialect:
     def fault(self, fault: str, headers: dict[str, str] | None) -> web.Response:
         if fault == "rate_429":
             retry_after = self.config.retry_after_s
-            h = {
-                **(headers or {}),
-                "Retry-After": f"{retry_after:g}",
-                "retry-after-ms": str(round(retry_after * 1000)),
-            }
+            if self.config.retry_after_header is not None:
+                h = {**(headers or {}), "Retry-After": self.config.retry_after_header}
+            else:
+                h = {
+                    **(headers or {}),
+                    "Retry-After": f"{retry_after:g}",
+                    "retry-after-ms": str(round(retry_after * 1000)),
+                }
             msg = "Rate limit reached (simulated)."
             return _openai_error(429, msg, "requests", code="rate_limit_exceeded", headers=h)
         if fault == "rate_500":
@@ -494,6 +541,8 @@ class _OpenAIDialect:
             content, cut, completion_tokens = _text_answer(chat, rng, fault, stats)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
             raise _BadRequest(f"Invalid schema for response_format: {exc}", "response_format") from None
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += completion_tokens
         body = {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
@@ -514,6 +563,28 @@ class _OpenAIDialect:
             },
         }
         return orjson.dumps(body)
+
+    @staticmethod
+    def malform(doc: dict[str, Any], shape: str) -> Any:
+        """The reply `doc` with its wire format broken as `shape` says (one of MALFORMED)."""
+        choice, usage = doc["choices"][0], doc["usage"]
+        if shape == "model_int":
+            doc["model"] = 123
+        elif shape == "finish_reason_object":
+            choice["finish_reason"] = {}
+        elif shape == "usage_string":
+            doc["usage"] = "many"
+        elif shape == "content_object":
+            choice["message"]["content"] = {"text": choice["message"]["content"]}
+        elif shape == "tokens_negative":
+            usage["completion_tokens"] = -1 - usage["completion_tokens"]
+        elif shape == "tokens_huge":
+            usage["completion_tokens"] = _HUGE_MARK
+        elif shape == "no_choices":
+            del doc["choices"]
+        elif shape == "not_an_object":
+            return [doc]
+        return doc
 
     def models(self, request: web.Request, created: int) -> bytes:
         model = {"id": self.config.model, "object": "model", "created": created, "owned_by": "gen-sim"}
@@ -565,7 +636,10 @@ class _AnthropicDialect:
 
     def fault(self, fault: str, headers: dict[str, str] | None) -> web.Response:
         if fault == "rate_429":
-            h = {**(headers or {}), "retry-after": f"{self.config.retry_after_s:g}"}
+            value = self.config.retry_after_header
+            if value is None:
+                value = f"{self.config.retry_after_s:g}"
+            h = {**(headers or {}), "retry-after": value}
             return _anthropic_error(429, "Rate limit reached (simulated).", "rate_limit_error", h)
         if fault == "rate_500":
             return _anthropic_error(500, "Internal server error (simulated).", "api_error", headers)
@@ -578,6 +652,8 @@ class _AnthropicDialect:
             text, cut, output_tokens = _text_answer(chat, rng, fault, stats)
             content = [{"type": "text", "text": text}]
             stop_reason = "max_tokens" if cut else "end_turn"
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += output_tokens
         body = {
             "id": f"msg_{secrets.token_hex(12)}",
             "type": "message",
@@ -589,6 +665,28 @@ class _AnthropicDialect:
             "usage": {"input_tokens": chat.prompt_tokens, "output_tokens": output_tokens},
         }
         return orjson.dumps(body)
+
+    @staticmethod
+    def malform(doc: dict[str, Any], shape: str) -> Any:
+        """The reply `doc` with its wire format broken as `shape` says (one of MALFORMED)."""
+        usage = doc["usage"]
+        if shape == "model_int":
+            doc["model"] = 123
+        elif shape == "finish_reason_object":
+            doc["stop_reason"] = {}
+        elif shape == "usage_string":
+            doc["usage"] = "many"
+        elif shape == "content_object":
+            doc["content"] = doc["content"][-1]
+        elif shape == "tokens_negative":
+            usage["output_tokens"] = -1 - usage["output_tokens"]
+        elif shape == "tokens_huge":
+            usage["output_tokens"] = _HUGE_MARK
+        elif shape == "no_choices":
+            del doc["content"]
+        elif shape == "not_an_object":
+            return [doc]
+        return doc
 
     @staticmethod
     def _tool_use(
@@ -608,7 +706,10 @@ class _AnthropicDialect:
             content.append({"type": "text", "text": rng.choice(FENCE_INTROS)})
         output_tokens = max(1, len(orjson.dumps(value)) // 4)
         stop_reason = "tool_use"
-        if chat.max_tokens is not None and output_tokens > chat.max_tokens:
+        if fault == "rate_truncated":
+            stats["truncated"] += 1
+            value, output_tokens, stop_reason = {}, max(1, output_tokens // 2), "max_tokens"
+        elif chat.max_tokens is not None and output_tokens > chat.max_tokens:
             value, output_tokens, stop_reason = {}, chat.max_tokens, "max_tokens"
         block = {
             "type": "tool_use",
@@ -636,7 +737,9 @@ _Dialect = _OpenAIDialect | _AnthropicDialect
 
 _STATS = (
     "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
-    "invalid_json", "fenced_json", "bad_request", "rate_limited", "status_401", "status_404",
+    "invalid_json", "fenced_json", "truncated", "bad_request", "rate_limited", "status_401", "status_404",
+    "oversize", "endless", "gzip_bomb", "malformed",
+    "prompt_tokens", "completion_tokens",
 )  # fmt: skip
 
 
@@ -644,10 +747,12 @@ class _Simulator:
     """The handlers and their state: the config, the fault RNG, the rpm window and the counters.
 
     Both protocols share all of it. Counters: `requests` = ok + status_429 + status_500 + status_503
-    + status_529 + dropped + bad_request + rate_limited + status_401 + status_404; `invalid_json` and
-    `fenced_json` count the ok answers whose content is broken. `status_429` counts injected 429s,
+    + status_529 + dropped + bad_request + rate_limited + status_401 + status_404 + oversize + endless
+    + gzip_bomb + malformed; `invalid_json`, `fenced_json` and `truncated` count the ok answers whose
+    content is broken or cut short. `status_429` counts injected 429s,
     `rate_limited` the rpm ones; the `rate_503` fault is a 503 on the OpenAI path and a 529 on the
-    Anthropic one.
+    Anthropic one. `prompt_tokens` and `completion_tokens` sum the usage of every ok answer sent: what
+    a paid teacher would bill, whether or not the client lived to read it.
     """
 
     def __init__(self, config: SimConfig) -> None:
@@ -656,6 +761,7 @@ class _Simulator:
         self.created = int(time.time())
         self._faults = random.Random(config.seed)
         self._jitter = random.Random(f"{config.seed}/jitter")  # apart, so jitter never shifts the faults
+        self._shapes = random.Random(f"{config.seed}/malformed")
         self._window: deque[float] | None = deque() if config.rpm is not None else None
         bands: list[tuple[float, str]] = []
         edge = 0.0
@@ -711,10 +817,20 @@ class _Simulator:
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, self._openai)
+        return self._echo(request, await self._answer(request, self._openai))
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, self._anthropic)
+        return self._echo(request, await self._answer(request, self._anthropic))
+
+    def _echo(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """With `echo_headers`, an error answer's message gains the request's headers, verbatim."""
+        if not self.config.echo_headers or response.status < 400 or not isinstance(response, web.Response):
+            return response
+        doc = orjson.loads(response.body)  # type: ignore[arg-type]
+        echoed = orjson.dumps({str(k): v for k, v in request.headers.items()}).decode()
+        doc["error"]["message"] = f"{doc['error']['message']} (request headers: {echoed})"
+        response.body = orjson.dumps(doc)
+        return response
 
     async def _answer(self, request: web.Request, dialect: _Dialect) -> web.StreamResponse:
         stats, config = self.stats, self.config
@@ -752,14 +868,39 @@ class _Simulator:
             if counter is not None:
                 stats[counter] += 1
                 return dialect.fault(fault, headers)
+            if fault == "rate_endless":
+                stats["endless"] += 1
+                return await _endless(request, config.endless_interval_s)
+            if fault == "rate_gzip_bomb":
+                stats["gzip_bomb"] += 1
+                bomb_headers = {**(headers or {}), "Content-Encoding": "gzip"}
+                bomb = _gzip_bomb(config.bomb_bytes)
+                return web.Response(body=bomb, content_type="application/json", headers=bomb_headers)
         digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
+        if fault == "rate_oversize":
+            chat.max_tokens = None  # the server that ignores it
+            chat.mode = "text"
         try:
             body = dialect.answer(chat, rng, fault, stats)
         except _BadRequest as exc:
             stats["bad_request"] += 1
             return dialect.bad_request(exc.message, exc.param, headers)
-        stats["ok"] += 1
+        if fault == "rate_oversize":
+            stats["oversize"] += 1
+            filler = orjson.dumps("word " * (config.oversize_bytes // 5))
+            body = body.replace(b'"text":"', b'"text":' + filler[:-1], 1).replace(
+                b'"content":"', b'"content":' + filler[:-1], 1
+            )
+        elif fault == "rate_malformed":
+            stats["malformed"] += 1
+            shape = config.malformed
+            if shape == "any":
+                shape = self._shapes.choice(MALFORMED)
+            doc = dialect.malform(orjson.loads(body), shape)
+            body = orjson.dumps(doc).replace(b'"%s"' % _HUGE_MARK.encode(), _HUGE)
+        else:
+            stats["ok"] += 1
         return web.Response(body=body, content_type="application/json", headers=headers)
 
     async def models(self, request: web.Request) -> web.Response:
@@ -767,7 +908,9 @@ class _Simulator:
         dialect = self._anthropic if "anthropic-version" in request.headers else self._openai
         refused = dialect.refuse(request)
         if refused is not None:
-            return refused[1]
+            return self._echo(request, refused[1])
+        if not self.config.list_models:
+            return self._echo(request, web.json_response({"error": {"message": "Not Found"}}, status=404))
         return web.Response(body=dialect.models(request, self.created), content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
@@ -780,6 +923,37 @@ class _Simulator:
         for k in self.stats:
             self.stats[k] = 0
         return web.Response(body=orjson.dumps(self.stats), content_type="application/json")
+
+
+async def _endless(request: web.Request, interval_s: float) -> web.StreamResponse:
+    """A 200 whose chunked body never ends (the start of a chat reply, then filler) until the client
+    hangs up; a chunk every `interval_s`, or as fast as the client reads."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    chunk = b"word " * (13 if interval_s else 13_000)
+    try:
+        await resp.write(b'{"choices": [{"message": {"role": "assistant", "content": "')
+        while True:
+            await resp.write(chunk)
+            await asyncio.sleep(interval_s)
+    except (ConnectionError, RuntimeError):  # the client went away (aiohttp raises either)
+        pass
+    return resp
+
+
+@functools.cache
+def _gzip_bomb(size: int) -> bytes:
+    """A gzip stream of `size` zero bytes (about 1,000 times smaller), made once per size."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(min(size, 1 << 20))
+    parts = []
+    left = size
+    while left > 0:
+        parts.append(packer.compress(block[: min(left, len(block))]))
+        left -= len(block)
+    parts.append(packer.flush())
+    return b"".join(parts)
 
 
 def _drop(request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,11 @@ keep-alive rules, malformed input).
 https goes through aiohttp (gen.teachers.http), as do proxies: neither client reads proxy settings.
 
 Behaviour a caller can rely on: requests carry `Content-Length` and never `Accept-Encoding` (bodies
-come back uncompressed); connections are kept alive and reused last-in first-out, and one the server
+come back uncompressed; one that does not is returned as it came, for the caller to find unreadable);
+a path is sent percent-encoded where it is not plain printable ASCII; a reply (headers, body and
+framing, as received) larger than the request's `limit` fails as soon as it grows past it, and the
+request's deadline covers the whole exchange, so a body that never ends, fast or slow, is cut off;
+connections are kept alive and reused last-in first-out, and one the server
 has closed while idle is noticed (its FIN arrives as connection_lost) and not reused. Every failure
 surfaces as `WireError`, which gen.teachers.http turns into a retryable TeacherError: nothing is
 re-sent here, since a server may have read a request it then dropped (aiohttp does the same for POST),
@@ -21,19 +25,23 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
 from gen import __version__
 
+# The default reply limit of a request that names none (a model listing, a test): generous, but a bound.
+DEFAULT_LIMIT = 16 * 1024 * 1024
+
 
 class WireError(Exception):
     """The request failed on the wire: connection refused, reset or closed early, timeout, bad HTTP."""
 
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
+    def __init__(self, message: str, *, timeout: bool = False, oversize: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.oversize = oversize  # the reply grew past the request's limit
 
 
 class _Connection(asyncio.Protocol):
@@ -48,6 +56,8 @@ class _Connection(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.headers_done = False
         self.length_known = False  # Content-Length or chunked: else the body ends with the connection
+        self.limit = 0  # the bytes the current reply may take as received; 0: no request in flight
+        self.received = 0
 
     # --- asyncio.Protocol
 
@@ -55,6 +65,11 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.limit:
+            # Counted as received, before parsing: an endless header, body or chunk stream alike.
+            self._fail(oversize(self.limit))
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -84,20 +99,30 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
-        if key in ("content-length", "transfer-encoding"):
+        if key == "content-length":
             self.length_known = True
+        elif key == "transfer-encoding":
+            # Only a final `chunked` delimits the body; any other coding runs to the close (RFC 9112 6.3).
+            self.length_known = text.rsplit(",", 1)[-1].strip().lower() == "chunked"
         old = self.headers.get(key)
         self.headers[key] = text if old is None else f"{old}, {text}"  # repeated fields join (RFC 9110)
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            self._fail(oversize(self.limit))  # said up front: not worth reading
 
     def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
+        if self.waiter is not None:
+            self.chunks.append(body)
 
     def on_message_complete(self) -> None:
         if self.parser.get_status_code() < 200:
-            return  # an interim answer (103 Early Hints, an unasked-for 100 Continue): the final one follows
+            # An interim answer (103 Early Hints, an unasked-for 100 Continue): the final one follows, and
+            # until its headers arrive a closed connection is a lost answer, not a body ended by the close.
+            self.headers_done = False
+            return
         self._finish(keep_alive=self.parser.should_keep_alive())
 
     # --- requests
@@ -107,6 +132,7 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         body = b"".join(self.chunks)
         self.chunks = []
+        self.limit = 0  # anything the server sends before the next request ends the connection
         if not keep_alive:
             self.close()
         if waiter is not None and not waiter.done():
@@ -114,6 +140,8 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: WireError) -> None:
         waiter, self.waiter = self.waiter, None
+        self.chunks = []
+        self.limit = 0  # whatever the parser still holds of this data is dropped, not kept
         self.close()
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
@@ -152,6 +180,8 @@ class WirePool:
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
         host = parts.netloc.rsplit("@", 1)[-1]
+        if not host.isascii():  # an internationalised name: its ASCII (IDNA) form, as DNS knows it
+            host = host.encode("idna").decode("ascii")
         lines = [f"Host: {host}", f"User-Agent: gen/{__version__}", "Accept: */*"]
         lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
         # The header fields up to Content-Length's value, the same for every request. Held in memory
@@ -160,26 +190,33 @@ class WirePool:
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
 
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-        """(status, headers with lower-case names, body) of one request; WireError on any failure."""
+    async def request(
+        self, method: str, path: str, body: bytes = b"", *, limit: int = DEFAULT_LIMIT
+    ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers with lower-case names, body) of one request; WireError on any failure.
+
+        `limit`: the most bytes the reply may take as received (status line, headers, body and chunk
+        framing); past it the request fails with `WireError(oversize=True)` and nothing more is kept.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout_s
         head = b"%s %s HTTP/1.1\r\n%s%d\r\n\r\n" % (
             method.encode("ascii"),
-            path.encode("ascii"),
+            _target(path),
             self._fields,
             len(body),
         )
         request = head + body
         conn = await self._acquire(deadline)
-        return await self._exchange(loop, conn, request, deadline)
+        return await self._exchange(loop, conn, request, deadline, limit)
 
     async def _exchange(
-        self, loop: asyncio.AbstractEventLoop, conn: _Connection, request: bytes, deadline: float
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, request: bytes, deadline: float, limit: int
     ) -> tuple[int, dict[str, str], bytes]:
         waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] = loop.create_future()
         conn.waiter = waiter
         conn.headers_done = conn.length_known = False
+        conn.limit, conn.received = limit, 0
         assert conn.transport is not None
         conn.transport.write(request)
         timer = loop.call_at(deadline, _time_out, waiter)
@@ -223,6 +260,22 @@ class WirePool:
             conn.close()
         self._all.clear()
         self._idle.clear()
+
+
+# The target's characters sent as they are; anything else (non-ASCII, spaces, control characters, which
+# could otherwise end the request line early and inject a header) is percent-encoded, as browsers do.
+_SAFE = "!$%&'()*+,/:;=?@[]~"
+
+
+def _target(path: str) -> bytes:
+    if path.isascii() and path.isprintable() and " " not in path:
+        return path.encode("ascii")  # the usual case, and the cheap one
+    return quote(path, safe=_SAFE).encode("ascii")
+
+
+def oversize(limit: int) -> WireError:
+    """The error of a reply that grew past its limit."""
+    return WireError(f"reply larger than {limit:,} bytes", oversize=True)
 
 
 def _time_out(waiter: asyncio.Future[Any]) -> None:
