@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gen.dedup import KEYS, LEGACY_KEY, Deduplicator
 from gen.errors import ConfigError
-from gen.ledger import load_manifest
+from gen.ledger import load_manifest, manifest_path
 from gen.manifest import FORMAT
 from gen.provenance import load_registry, review_teacher
 from gen.shards import DATA_SCHEMA, SCHEMAS, committed_shards, sha256_file, split_of_path
@@ -29,6 +30,107 @@ PROVENANCE = (
     "id", "vars", "template", "template_version", "template_sha256", "prompt_sha256", "teacher_provider",
     "teacher_model", "teacher_license", "sampling", "created_at", "run_id", "generator_version",
 )  # fmt: skip
+
+
+class _Part(BaseModel):
+    # strict: "12" is not a row count; extra keys allowed: audit checks only what it reads.
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _Shard(_Part):
+    path: str
+    split: str
+    rows: int = Field(ge=0)
+    sha256: str
+
+
+class _Template(_Part):
+    name: str
+    version: str
+    sha256: str
+
+
+class _Teacher(_Part):
+    provider: str
+    model: str
+    license: str
+    served_models: list[str] = []
+
+
+class _PromptFile(_Part):
+    sha256: str
+
+
+class _Run(_Part):
+    run_id: str
+
+
+class _Totals(_Part):
+    rows: int
+    train: int
+    eval: int
+    rejects: int
+    duplicates: int
+
+
+class _Registry(_Part):
+    path: str | None = None
+
+
+class _Licence(_Part):
+    attribution: str | None = None
+
+
+class _Review(_Part):
+    decision: str
+    intended_use: str | None
+    acknowledged: bool
+    reasons: list[str] = []
+    obligations: list[str] = []
+    licence: _Licence | None = None
+    registries: list[_Registry] = []
+
+
+class AuditedManifest(_Part):
+    """The keys of a manifest that `gen audit` reads, with their types. A manifest that does not fit
+    is a finding naming the key, not a traceback: it may have been edited by hand or by an attacker."""
+
+    format: str
+    run_id: str
+    runs: list[_Run] = []
+    shards: list[_Shard]
+    template: _Template
+    teacher: _Teacher
+    prompt_file: _PromptFile
+    totals: _Totals
+    eval_fraction: float = Field(default=0.05, ge=0, le=1)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    intended_use: str | None = None
+    licence_review: _Review | None = None
+
+
+def _manifest_problems(manifest: Any) -> list[str]:
+    """One line per key of the manifest that is missing or of the wrong type; [] when it fits."""
+    if not isinstance(manifest, dict):
+        return [f"manifest.json holds {type(manifest).__name__}, not a JSON object"]
+    try:
+        AuditedManifest.model_validate(manifest)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors(include_url=False):
+            where = ".".join(str(part) for part in err["loc"])
+            if err["type"] == "missing":
+                problems.append(f"{where} is missing")
+                continue
+            found = repr(err["input"])
+            found = found if len(found) <= 60 else found[:57] + "..."
+            if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+                should = "should be a JSON object"
+            else:
+                should = err["msg"].removeprefix("Input ").removeprefix("Value ")
+            problems.append(f"{where} is {found}: {should}")
+        return problems
+    return []
 
 
 @dataclass(slots=True)
@@ -118,11 +220,16 @@ def audit(out_dir: str | Path) -> AuditReport:
         manifest = load_manifest(out)
     except (OSError, ValueError) as e:
         raise ConfigError(out / "manifest.json", f"unreadable: {e}") from None
-    if manifest is None:
+    if manifest is None and not manifest_path(out).exists():
         raise ConfigError(out, "no manifest.json: not a gen output directory")
     report = AuditReport(out)
-    if manifest.get("format") != FORMAT:
+    if isinstance(manifest, dict) and manifest.get("format") != FORMAT:
         report.add(None, None, f"manifest format is {manifest.get('format')!r}, expected {FORMAT!r}")
+        return report
+    problems = _manifest_problems(manifest)
+    if problems:  # nothing below can be checked against a manifest that does not hold what it must
+        for problem in problems:
+            report.add(None, None, f"malformed: {problem}")
         return report
 
     listed = {s["path"]: s for s in manifest.get("shards", [])}

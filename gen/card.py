@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def render_card(m: dict[str, Any]) -> str:
         f"- prompt file: `{m['prompt_file']['path']}` (sha256 `{m['prompt_file']['sha256']}`)",
         f"- template sha256: `{tpl['sha256']}`",
         f"- schema: `{m['schema']['ref']}`" if m.get("schema") else "- schema: none (free text)",
-        f"- sampling: `{m['sampling']}`, {m['samples']} sample(s) per input",
+        f"- sampling: `{json.dumps(m['sampling'])}`, {m['samples']} sample(s) per input",
         f"- eval split: {m['eval_fraction']:.0%} of inputs, held out by a hash of the input variables",
     ]
     if m.get("seed"):

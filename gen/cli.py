@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import math
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gen import __version__
 
 EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_BUDGET = 0, 1, 2, 3
 INTENDED_USES = ("research", "internal", "commercial-model", "competing-model")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with abbreviations off (`--sample 3` must not mean `--samples 3`) and every usage
+    error on one line naming the flag and the problem (`gen run: error: argument --samples: ...`),
+    exit 2. Subcommand parsers are of this class too (argparse builds them with the parent's)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(**kwargs)
+        self.subcommands: dict[str, _Parser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
 
 
 def _teacher_flags(p: argparse.ArgumentParser) -> None:
@@ -117,13 +133,12 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gen", description="Synthetic data for distillation, from prompt files."
-    )
+def _parser() -> _Parser:
+    parser = _Parser(prog="gen", description="Synthetic data for distillation, from prompt files.")
     parser.add_argument("--version", action="version", version=f"gen {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Checked in _parse(): an unknown flag is reported before a missing command.
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
 
     r = sub.add_parser("run", help="generate (or resume) a dataset from a prompt file")
     r.add_argument("prompt_file", type=Path)
@@ -172,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sim", help="serve the simulated teacher (OpenAI protocol) on loopback")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     s.add_argument("--model", default="gen-sim-1")
     s.add_argument("--latency-ms", type=float, default=0.0)
     s.add_argument("--latency-jitter-ms", type=float, default=0.0)
@@ -189,7 +204,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
     )
+    for p in sub.choices.values():
+        # SUPPRESS: a subcommand without --debug must not reset a `gen --debug CMD` to False.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser.subcommands = dict(sub.choices)
     return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; a usage error exits 2 with one line from the parser it concerns."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse would blame the top-level parser; the flag belongs to the subcommand's unless it
+        # came before the subcommand.
+        tokens = list(sys.argv[1:] if argv is None else argv)
+        at = tokens.index(args.command) if args.command in tokens else len(tokens)
+        owner = parser if tokens.index(extra[0]) < at else parser.subcommands[args.command]
+        owner.error(f"unrecognized arguments: {' '.join(extra)} (see {owner.prog} --help)")
+    if args.command is None:
+        parser.error(f"the following arguments are required: command (one of {', '.join(COMMANDS)})")
+    return args
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0 picks a free one)")
+    return port
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -370,7 +415,14 @@ def _sim(args: argparse.Namespace) -> int:
         config = SimConfig(**{f: getattr(args, f) for f in fields}, api_key=api_key)
     except ValueError as e:
         raise ConfigError("gen sim", str(e)) from None
-    serve(config, host=args.host, port=args.port)
+    try:
+        serve(config, host=args.host, port=args.port)
+    except OSError as e:  # before anything was served: a flag to fix, not an aborted run
+        if e.errno == errno.EADDRINUSE:
+            problem = f"--port {args.port} is taken on {args.host}: choose another (0 picks a free one)"
+        else:
+            problem = f"cannot listen on {args.host}:{args.port}: {e.strerror or e}"
+        raise ConfigError("gen sim", problem) from None
     return EXIT_OK
 
 
@@ -395,28 +447,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gen.errors import ConfigError, FatalTeacherError, GenError
 
     _limit_malloc_arenas()
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     debug = args.debug or os.environ.get("GEN_DEBUG") == "1"
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit status as without --debug
+            traceback.print_exc()
         print(f"gen: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except FatalTeacherError as e:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit status as without --debug
+            traceback.print_exc()
         print(f"gen: run aborted, the teacher refused: {e}", file=sys.stderr)
         return EXIT_ABORTED
     except GenError as e:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit status as without --debug
+            traceback.print_exc()
         print(f"gen: run aborted: {e}", file=sys.stderr)
         return EXIT_ABORTED
     except OSError as e:  # the output could not be prepared or written; nothing committed was touched
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit status as without --debug
+            traceback.print_exc()
         print(f"gen: run aborted: {e}", file=sys.stderr)
         return EXIT_ABORTED
     except KeyboardInterrupt:  # before the run installed its own handler

@@ -65,6 +65,7 @@ def diff(old_dir: str | Path, new_dir: str | Path) -> dict[str, Any]:
         }
 
     return {
+        "warnings": [w for w in (_recipe_warning(old_m, new_m),) if w],
         "old": {"path": str(old_dir), **side(old_m, old)},
         "new": {"path": str(new_dir), **side(new_m, new)},
         "lineage": new_m.get("lineage"),
@@ -76,20 +77,42 @@ def diff(old_dir: str | Path, new_dir: str | Path) -> dict[str, Any]:
     }
 
 
+def _recipe_warning(old_m: dict[str, Any], new_m: dict[str, Any]) -> str | None:
+    """One line when the outputs were made from different templates or schemas (a refresh keeps both)."""
+
+    def recipe(m: dict[str, Any]) -> tuple[str, str, str | None]:
+        return m["template"]["name"], m["template"]["sha256"], (m.get("schema") or {}).get("sha256")
+
+    a, b = recipe(old_m), recipe(new_m)
+    if a == b:
+        return None
+    what = f"template {a[0]} ({a[1][:12]}) vs {b[0]} ({b[1][:12]})"
+    if a[2] != b[2]:
+        what += ", different schemas"
+    return f"the two outputs come from different recipes ({what}): their outputs may not be comparable"
+
+
 def render(d: dict[str, Any]) -> str:
     o, n = d["old"], d["new"]
     lines = [
         f"gen diff {o['path']} -> {n['path']}",
+        *(f"warning: {w}" for w in d.get("warnings", [])),
         "| | old | new |",
         "| --- | --- | --- |",
     ]
     for key in ("teacher", "licence", "rows", "rejects", "reject_rate", "duplicates", "output_chars_mean",
                 "output_chars_median"):  # fmt: skip
         lines.append(f"| {key} | {o[key]} | {n[key]} |")
-    lines.append(
-        f"shared inputs: {d['common_inputs']} (only old: {d['only_old']}, only new: {d['only_new']}); "
-        f"identical outputs: {d['identical_outputs']}"
-    )
+    if d["common_inputs"]:
+        lines.append(
+            f"shared inputs: {d['common_inputs']} (only old: {d['only_old']}, only new: {d['only_new']}); "
+            f"identical outputs: {d['identical_outputs']}"
+        )
+    else:
+        lines.append(
+            f"shared inputs: none: the two outputs share no inputs (only old: {d['only_old']}, "
+            f"only new: {d['only_new']}), so no output can be compared"
+        )
     if d["field_agreement"]:
         lines.append("agreement by field (share of shared inputs with the same value):")
         lines += [f"  {k}: {v:.1%}" for k, v in d["field_agreement"].items()]

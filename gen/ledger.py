@@ -80,7 +80,13 @@ class Journal:
 
     def __init__(self, out_dir: Path, run_id: str, *, partition: int | None = None) -> None:
         self.dir = journal_dir(out_dir, partition)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:  # a finished partition removed the empty journal/ between mkdirs
+                if attempt == 2:
+                    raise
         self.run_id = run_id
         self._segment = 0
         self._fd: int | None = None
@@ -168,6 +174,21 @@ class Journal:
             self._fd = None
         if self.path is not None and self.path.exists() and self.path.stat().st_size == 0:
             self.path.unlink()
+
+
+def remove_empty_journal(out_dir: Path, partition: int | None = None) -> None:
+    """Remove the run's journal folder, then OUTPUT/journal/ itself, if empty: a finished run leaves no
+    journal. A folder holding answers (or another partition's folder) stays; rmdir never deletes them."""
+    folders = [journal_dir(out_dir, partition)]
+    if partition is not None:
+        folders.append(journal_dir(out_dir))
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty
+            return
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from gen.ledger import (
     journal_segments,
     manifest_path,
     partition_of,
+    remove_empty_journal,
 )
 from gen.limits import LimitedTeacher, Limiter, estimate_tokens
 from gen.manifest import FORMAT, totals
@@ -618,6 +619,7 @@ class Run:
             closed = None
         self.journal.close()
         await self.writer.close(self._closing([closed] if closed else []))
+        remove_empty_journal(self.p.out_dir, self.partition)  # everything is in shards now
 
     def _install_signal_handlers(self) -> None:
         if self.partition is not None:  # a cluster worker: its driver stops it (gen.cluster), not signals
