@@ -229,13 +229,18 @@ def _usage(value: Any) -> Usage | None:
     return None
 
 
-def _parse(line: bytes, path: Path, n: int) -> Entry | str:
-    """The entry a whole line holds, or what is wrong with it. Raises JSONDecodeError if not JSON."""
+def _parse(line: bytes, path: Path, n: int, unsealed: bool = False) -> Entry | str:
+    """The entry a whole line holds, or what is wrong with it. Raises JSONDecodeError if not JSON.
+    With `unsealed`, an answer as gen wrote it before entries were sealed (`{"s", "r"}` alone) is taken
+    too: those were paid for, and their usage is the row's own token counts."""
     entry = orjson.loads(line)
     if not isinstance(entry, dict):
         return "not a journal entry (not a JSON object)"
     at = line.rfind(b',"c":')
-    if type(entry.get("c")) is not int or at < 0 or zlib.crc32(line[:at]) != entry["c"]:
+    if unsealed and entry.keys() == {"s", "r"} and isinstance(entry["r"], dict):
+        row = entry["r"]
+        entry["u"] = [row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0]
+    elif type(entry.get("c")) is not int or at < 0 or zlib.crc32(line[:at]) != entry["c"]:
         return "checksum mismatch (edited or corrupted)" if "c" in entry else "no checksum"
     usage = _usage(entry.get("u", [0, 0]))
     if usage is None:
@@ -255,7 +260,11 @@ def _parse(line: bytes, path: Path, n: int) -> Entry | str:
 
 
 def journal_entries(
-    out_dir: Path, partition: int | None = None, *, skip: frozenset[str] = frozenset()
+    out_dir: Path,
+    partition: int | None = None,
+    *,
+    skip: frozenset[str] = frozenset(),
+    unsealed: bool = False,
 ) -> Iterator[Entry | BadEntry]:
     """Every entry of every segment, oldest first, except segments named in `skip`.
 
@@ -273,17 +282,17 @@ def journal_entries(
             n = 0
             for line in f:
                 if held is not None:
-                    yield _read_line(path, n, held, last=False)
+                    yield _read_line(path, n, held, last=False, unsealed=unsealed)
                 held, n = line, n + 1
             if held is not None:
-                bad = _read_line(path, n, held, last=True)
+                bad = _read_line(path, n, held, last=True, unsealed=unsealed)
                 if bad is not None:
                     yield bad
 
 
-def _read_line(path: Path, n: int, line: bytes, *, last: bool) -> Any:
+def _read_line(path: Path, n: int, line: bytes, *, last: bool, unsealed: bool = False) -> Any:
     try:
-        parsed = _parse(line, path, n)
+        parsed = _parse(line, path, n, unsealed)
     except orjson.JSONDecodeError:
         if last:
             return None  # a torn line: the process died inside this os.write

@@ -365,7 +365,10 @@ class Run:
         committed = frozenset((self.p.previous or {}).get("journal_committed") or ())
         open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
         spent = [0, 0]
-        for entry in journal_entries(self.p.out_dir, self.partition, skip=committed):
+        # A manifest without `journal_committed` was written by a gen whose journal entries were not
+        # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
+        unsealed = self.p.previous is not None and "journal_committed" not in self.p.previous
+        for entry in journal_entries(self.p.out_dir, self.partition, skip=committed, unsealed=unsealed):
             if isinstance(entry, BadEntry):
                 self._skip_entry(f"{entry}")
                 continue

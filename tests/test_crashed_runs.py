@@ -11,6 +11,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import orjson
 import pyarrow.parquet as pq
 from test_resume import _recipe
 
@@ -60,3 +61,34 @@ def test_journaled_answers_of_a_run_without_a_manifest_audit_clean(tmp_path: Pat
     assert second.status == "complete" and second.stats.replayed == 10
     report = audit(out)
     assert report.clean, [str(f) for f in report.findings]
+
+
+def test_a_journal_written_before_entries_were_sealed_is_replayed_not_paid_again(
+    tmp_path: Path, sim_server
+) -> None:
+    """An output left unfinished by the previous gen (journal lines `{"s", "r"}`, no checksum, no
+    `journal_committed` in its manifest) resumes from its journal: those answers were paid for."""
+    prompt = _recipe(tmp_path, n=30)
+    sim = sim_server()
+    whole = tmp_path / "whole"
+    run(prompt, RunOptions(base_url=sim.base_url, output=whole, progress=False))
+    out = tmp_path / "o"
+    run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, limit=10))
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["journal_committed"]  # as the previous version wrote it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    done = {r["id"] for r in pq.read_table(out / "data").to_pylist()}
+    old = []
+    for rel in committed_shards(whole):
+        if split_of_path(rel) in ("train", "eval"):
+            for row in pq.read_table(whole / rel).to_pylist():
+                if row["id"] not in done and len(old) < 12:
+                    row["created_at"] = int(row["created_at"].timestamp() * 1000)
+                    old.append(orjson.dumps({"s": split_of_path(rel), "r": row}) + b"\n")
+    (out / "journal").mkdir(exist_ok=True)
+    (out / "journal" / "20261101T000000Z-abcdef-00000.jsonl").write_bytes(b"".join(old))
+    before = sim.stats()["requests"]
+    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
+    assert result.status == "complete" and result.stats.replayed == 12 and result.stats.journal_skipped == 0
+    assert sim.stats()["requests"] - before == 30 - 10 - 12
+    assert audit(out).clean
