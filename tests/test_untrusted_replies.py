@@ -165,3 +165,16 @@ def test_a_run_killed_among_malformed_replies_resumes_against_a_good_teacher(
     _accounted(out, prompt)
     assert all(r["error"].startswith("malformed reply: ") for r in _rejects(out))
     assert pq.read_table(out / "data").num_rows == len(ids_in(out, "data"))
+
+
+def test_a_tool_input_nested_past_what_can_be_written_back_is_a_reject(tmp_path: Path, sim_server) -> None:
+    """orjson reads JSON nested 1,024 deep but writes only ~254: an Anthropic tool input nested 300 deep
+    passed the reply check and then raised TypeError in the client, a traceback on every run and resume."""
+    prompt = _recipe(tmp_path, "anthropic", n=30)
+    sim = sim_server(rate_malformed=0.4, malformed="deep_nesting", seed=4)
+    out = tmp_path / "o"
+    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, max_retries=0))
+    _accounted(out, prompt)
+    rejects = _rejects(out)
+    assert result.stats.rejects == len(rejects) == sim.stats()["malformed"] > 3 and result.stats.rows > 3
+    assert all(r["error"].startswith("malformed reply: content.input") for r in rejects), rejects[0]["error"]

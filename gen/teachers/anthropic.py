@@ -15,6 +15,7 @@ import orjson
 from pydantic import ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
+from gen.errors import TeacherError
 from gen.schema import Schema
 from gen.teachers.base import Completion
 from gen.teachers.http import HTTPClient, ShortText, TokenCount, malformed, schema_name, unreadable
@@ -189,7 +190,10 @@ class AnthropicMessages(HTTPClient):
         if self._tool_name is not None:
             for block in content:
                 if block["type"] == "tool_use" and block["name"] == self._tool_name:
-                    return orjson.dumps(block["input"]).decode()
+                    try:
+                        return orjson.dumps(block["input"]).decode()
+                    except orjson.JSONEncodeError as e:  # nested past what orjson writes (it reads deeper)
+                        raise TeacherError(f"malformed reply: content.input: {e}", retryable=True) from None
         # No tool call (or none asked for): the validator judges whatever text there is.
         return "".join(block["text"] for block in content if block["type"] == "text")
 

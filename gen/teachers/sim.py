@@ -125,10 +125,13 @@ _FAULTS = (
 # no `choices` [`content`]; the body a JSON array, not an object.
 MALFORMED = (
     "model_int", "finish_reason_object", "usage_string", "content_object", "tokens_negative",
-    "tokens_huge", "no_choices", "not_an_object",
+    "tokens_huge", "no_choices", "not_an_object", "deep_nesting",
 )  # fmt: skip
 _HUGE = b"1" + b"0" * 30  # past int64; written in place of _HUGE_MARK
 _HUGE_MARK = "__gen_sim_huge__"
+# Nested deeper than orjson (or a recursive serialiser) will write back, shallower than it will read.
+_DEEP = b"[" * 300 + b"]" * 300  # written in place of _HUGE_MARK's sibling below
+_DEEP_MARK = "__gen_sim_deep__"
 
 
 # --------------------------------------------------------------------------- requests
@@ -582,6 +585,8 @@ class _OpenAIDialect:
             usage["completion_tokens"] = _HUGE_MARK
         elif shape == "no_choices":
             del doc["choices"]
+        elif shape == "deep_nesting":
+            choice["message"]["content"] = _DEEP_MARK
         elif shape == "not_an_object":
             return [doc]
         return doc
@@ -684,6 +689,12 @@ class _AnthropicDialect:
             usage["output_tokens"] = _HUGE_MARK
         elif shape == "no_choices":
             del doc["content"]
+        elif shape == "deep_nesting":  # the tool's input (or the text) nested 300 deep
+            block = doc["content"][-1]
+            if block.get("type") == "tool_use":
+                block["input"] = {"deep": _DEEP_MARK}
+            else:
+                block["text"] = _DEEP_MARK
         elif shape == "not_an_object":
             return [doc]
         return doc
@@ -899,6 +910,7 @@ class _Simulator:
                 shape = self._shapes.choice(MALFORMED)
             doc = dialect.malform(orjson.loads(body), shape)
             body = orjson.dumps(doc).replace(b'"%s"' % _HUGE_MARK.encode(), _HUGE)
+            body = body.replace(b'"%s"' % _DEEP_MARK.encode(), _DEEP)
         else:
             stats["ok"] += 1
         return web.Response(body=body, content_type="application/json", headers=headers)

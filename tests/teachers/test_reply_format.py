@@ -27,6 +27,7 @@ WHERE = {
     "tokens_huge": ("usage.completion_tokens", "usage.output_tokens"),
     "no_choices": ("choices", "content"),
     "not_an_object": ("the reply", "the reply"),
+    "deep_nesting": ("choices.0.message.content", "content.0"),
 }
 
 
