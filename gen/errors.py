@@ -39,6 +39,11 @@ def register_secret(secret: str | None) -> None:
         _secrets.add(secret)
 
 
+def leaks_secret(*texts: str | None) -> bool:
+    """Whether any text holds a registered secret verbatim (cheap: a substring search per key)."""
+    return any(secret in text for secret in _secrets for text in texts if text)
+
+
 def _header(m: re.Match[str]) -> str:
     scheme = f"{m[3]} " if m[3] else ""
     return f"{m[1]}{m[2]}{scheme}{REDACTED}"

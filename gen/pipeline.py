@@ -26,7 +26,7 @@ from gen.budget import Budget
 from gen.card import write_card
 from gen.config import RunOptions
 from gen.dedup import Deduplicator, key_of
-from gen.errors import FatalTeacherError, GenError, TeacherError
+from gen.errors import FatalTeacherError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import (
     BadEntry,
     Journal,
@@ -762,6 +762,12 @@ class Run:
             self.budget.charge(comp.prompt_tokens, comp.completion_tokens)
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
+            if leaks_secret(comp.text, comp.model):  # a teacher that echoes our key: never keep a byte of it
+                row = self._reject_row(
+                    task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
+                )
+                await self._finish(task, "rejects", row, last)
+                return
             cut = comp.finish_reason == "length" and not self.spec.keep_truncated
             verdict = check(comp.text, self.p.schema, truncated=cut)
             if verdict.ok:

@@ -142,3 +142,19 @@ def test_every_teacher_error_is_redacted_even_when_the_key_straddles_the_cut() -
     err = error_from_response(400, json.dumps(wrapped).encode(), {})
     assert "sk-st" not in str(err)
     assert key not in str(TeacherError(f"connection failed: {key}"))
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_key_echoed_in_an_answer_never_reaches_disk(tmp_path: Path, sim_server, provider: str) -> None:
+    """A teacher that names the credential in a 200 answer (as its model, or in the text): the answer is a
+    `secret_echo` reject whose response is redacted, never a row and never in the manifest."""
+    sim = sim_server(api_key=KEY, echo_key=True)
+    out = tmp_path / "o"
+    env = {"GEN_SECRET_KEY": KEY}
+    proc = _gen(out, sim.base_url, "--provider", provider, "--limit", "12", env=env)
+    assert proc.returncode == 1, proc.stderr  # a finished run that kept nothing
+    rejects = _rejects(out)
+    assert len(rejects) == 12 and {r["reason"] for r in rejects} == {"secret_echo"}
+    assert not list(out.glob("data/*.parquet"))
+    written = _everything_written(out)
+    assert KEY not in written and KEY not in proc.stderr and "Zq9Zq9" not in written + proc.stderr

@@ -59,6 +59,8 @@ class SimConfig:
 
     `echo_headers` plays a hostile or debugging gateway: every error answer (4xx, 5xx, on the chat,
     messages and models paths) carries the request's headers, the API key among them, in its message.
+    `echo_key` is worse: every 200 answer names the request's credential (its Authorization or
+    x-api-key value) as its `model` and, on the OpenAI path, at the end of its text.
     """
 
     model: str = "gen-sim-1"
@@ -88,6 +90,7 @@ class SimConfig:
     seed: int = 0
     api_key: str | None = None
     echo_headers: bool = False
+    echo_key: bool = False
     list_models: bool = True
 
     def __post_init__(self) -> None:
@@ -834,7 +837,16 @@ class _Simulator:
         return self._echo(request, await self._answer(request, self._anthropic))
 
     def _echo(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-        """With `echo_headers`, an error answer's message gains the request's headers, verbatim."""
+        """With `echo_headers`, an error answer's message gains the request's headers, verbatim; with
+        `echo_key`, a 200 answer names the request's credential as its model (and in its text)."""
+        if self.config.echo_key and response.status == 200 and isinstance(response, web.Response):
+            credential = request.headers.get("Authorization") or request.headers.get("x-api-key") or ""
+            doc = orjson.loads(response.body)  # type: ignore[arg-type]
+            doc["model"] = credential
+            for choice in doc.get("choices") or []:
+                choice["message"]["content"] = f"{choice['message']['content']} {credential}"
+            response.body = orjson.dumps(doc)
+            return response
         if not self.config.echo_headers or response.status < 400 or not isinstance(response, web.Response):
             return response
         doc = orjson.loads(response.body)  # type: ignore[arg-type]
