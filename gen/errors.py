@@ -76,7 +76,9 @@ class ConfigError(GenError):
 
 
 class TeacherError(GenError):
-    """A teacher request failed. `retryable` says whether backing off and asking again can help."""
+    """A teacher request failed. `retryable` says whether backing off and asking again can help;
+    `billed` that the teacher may have charged for it all the same (it timed out, or answered a 2xx gen
+    could not keep), so its reservation counts against the budget."""
 
     def __init__(
         self,
@@ -86,9 +88,11 @@ class TeacherError(GenError):
         retryable: bool = False,
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
+        billed: bool = False,
     ) -> None:
         self.status = status
         self.retryable = retryable
+        self.billed = billed
         self.retry_after = retry_after
         # Lower-case names: aiohttp's case-insensitive headers would not survive dict() otherwise.
         self.headers = {k.lower(): v for k, v in (headers or {}).items()}

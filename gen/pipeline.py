@@ -501,6 +501,10 @@ class Run:
             if isinstance(error, OSError):
                 raise OutputError(p.out_dir, error) from error
             raise error
+        if (
+            self.status == BUDGET and self.signal is None
+        ):  # the figure spent in the end, requests out included
+            self.stop_reason = self.budget.exhausted() or self.stop_reason
         return RunResult(
             p.out_dir,
             self.run_id,
@@ -710,15 +714,20 @@ class Run:
             progress.tick()
 
     def _in_flight_tokens(self) -> int:
-        if not self.stats.requests:
-            return 0
+        if not self.stats.requests:  # nothing answered yet to average: the reservations bound them
+            return sum(estimate[0] + estimate[1] for _, estimate in self._in_flight.values())
         per_request = (self.stats.prompt_tokens + self.stats.completion_tokens) // self.stats.requests
         return per_request * self.limiter.concurrency.in_flight
 
-    def _on_retry(self, e: TeacherError) -> None:
+    def _on_retry(self, e: TeacherError, key: int) -> None:
         self.stats.retries += 1
         if e.status == 429:
             self.stats.throttled += 1
+        if e.billed:  # the failed attempt is spent; the retry is journaled as a request of its own
+            reserved = self._in_flight.get(key)
+            spent = self._abandon(key)
+            if reserved is not None and spent is not None:
+                self._reserve(reserved[0], key, spent, spent)
 
     async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> None:
         if task.messages is None:
@@ -738,7 +747,7 @@ class Run:
                 comp = await with_retries(
                     lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=self.p.sampling),
                     self.retry_policy,
-                    on_retry=self._on_retry,
+                    on_retry=lambda e: self._on_retry(e, key),
                 )
             except asyncio.CancelledError:
                 self._abandon(key)
@@ -747,10 +756,16 @@ class Run:
                 self._in_flight.pop(key, None)
                 raise
             except TeacherError as e:
-                self._in_flight.pop(key, None)  # failed requests are not billed
+                # A failure the teacher may have billed (a timeout, a 2xx gen could not keep) costs its
+                # reservation; any other failed request is not billed.
+                if e.billed:
+                    spent = self._abandon(key) or (0, 0)
+                else:
+                    self._in_flight.pop(key, None)
+                    spent = (0, 0)
                 row = self._reject_row(task, "teacher_error", str(e), None, attempts)
                 if not self.first_failures.hold(task, row, e):  # held (or the run stops) while none answered
-                    await self._finish(task, "rejects", row)
+                    await self._finish(task, "rejects", row, spent)
                 return
             self._in_flight.pop(key, None)
             last = (comp.prompt_tokens, comp.completion_tokens)
@@ -829,14 +844,17 @@ class Run:
         self.journal.reserve(task_id, estimate, usage)  # raises if it cannot be written: nothing is sent
         self._in_flight[key] = (task_id, estimate)
 
-    def _abandon(self, key: int) -> None:
-        """A request given up in flight: the teacher may still bill it, so its reservation is spent."""
+    def _abandon(self, key: int) -> Usage | None:
+        """A request given up in flight, or failed after the teacher may have billed it: its reservation
+        is spent. Returns that reservation."""
         gone = self._in_flight.pop(key, None)
-        if gone is not None:
-            estimate = gone[1]
-            self.stats.unanswered_requests += 1
-            self.stats.unanswered_tokens += estimate[0] + estimate[1]
-            self.budget.charge(*estimate)
+        if gone is None:
+            return None
+        estimate = gone[1]
+        self.stats.unanswered_requests += 1
+        self.stats.unanswered_tokens += estimate[0] + estimate[1]
+        self.budget.charge(*estimate)
+        return estimate
 
     def _carry_reservations(self) -> None:
         """After a rotation, journal again the requests still in flight: the segment that held their

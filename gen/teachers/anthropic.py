@@ -193,7 +193,9 @@ class AnthropicMessages(HTTPClient):
                     try:
                         return orjson.dumps(block["input"]).decode()
                     except orjson.JSONEncodeError as e:  # nested past what orjson writes (it reads deeper)
-                        raise TeacherError(f"malformed reply: content.input: {e}", retryable=True) from None
+                        raise TeacherError(
+                            f"malformed reply: content.input: {e}", retryable=True, billed=True
+                        ) from None
         # No tool call (or none asked for): the validator judges whatever text there is.
         return "".join(block["text"] for block in content if block["type"] == "text")
 

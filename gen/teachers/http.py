@@ -200,10 +200,12 @@ class HTTPClient:
             return await self._aiohttp_request(method, url, data, limit)
         except WireError as e:
             if e.timeout:
-                raise TeacherError("request timed out", retryable=True) from None
+                raise TeacherError("request timed out", retryable=True, billed=True) from None
             if e.oversize:
                 how = "--max-reply-bytes" if self._max_reply_bytes is not None else "from max_tokens"
-                raise TeacherError(f"{e}: over the reply size cap ({how})", retryable=True) from None
+                raise TeacherError(
+                    f"{e}: over the reply size cap ({how})", retryable=True, billed=True
+                ) from None
             raise TeacherError(f"connection failed: {e}", retryable=True) from None
 
     async def _post(self, url: str, data: bytes, limit: int) -> tuple[bytes, Mapping[str, str]]:
@@ -225,7 +227,7 @@ class HTTPClient:
             ) as resp:
                 return resp.status, resp.headers, await read_within(resp, limit)
         except TimeoutError:
-            raise TeacherError("request timed out", retryable=True) from None
+            raise TeacherError("request timed out", retryable=True, billed=True) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             raise TeacherError(f"connection failed: {type(e).__name__}: {e}", retryable=True) from None
         except aiohttp.ClientError as e:  # redirects, bad header lines, ...: not worth another try
@@ -309,12 +311,12 @@ def malformed(e: ValidationError) -> TeacherError:
     first = errors[0]
     where = ".".join(str(part) for part in first["loc"]) or "the reply"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return TeacherError(f"malformed reply: {where}: {first['msg']}{more}", retryable=True)
+    return TeacherError(f"malformed reply: {where}: {first['msg']}{more}", retryable=True, billed=True)
 
 
 def unreadable(raw: bytes) -> TeacherError:
     # A 2xx with a body we cannot read is a truncated or garbled transfer: worth another try.
-    return TeacherError(f"unreadable response body ({len(raw)} bytes)", retryable=True)
+    return TeacherError(f"unreadable response body ({len(raw)} bytes)", retryable=True, billed=True)
 
 
 def schema_name(name: str) -> str:
