@@ -13,11 +13,12 @@ An entry is one JSON object a line, sealed with a CRC-32 of its own bytes as its
 
 `u` is what the teacher billed for one request: on an answer, the request that decided the task; on a
 reservation, the task's previous request (an invalid answer about to be re-asked), absent on a first
-request. A reservation is written, and reaches the page cache, before its request leaves; `e` is an
-upper bound of that request's cost (the prompt's estimate and the max_tokens asked for). The next entry
+request. A reservation is written, and reaches the page cache, before its request leaves; `e` is that
+request's reserved cost: the prompt's estimate (characters / 4, as the tpm limiter counts; a prompt in a
+script with fewer characters per token costs more) plus the max_tokens asked for. The next entry
 of the same task settles it. One still open when the journal is replayed was in flight when the run died:
 the teacher may have answered and billed it, so its `e` counts as spent. That keeps --max-tokens and
---max-usd exact across SIGKILLs for one small entry per request, written in the same os.write as the
+--max-usd counting across SIGKILLs for one small entry per request, written in the same os.write as the
 worker's earlier answers.
 """
 
