@@ -157,6 +157,7 @@ class Run:
         self.status = "running"
         self.stop_reason: str | None = None
         self.signal: int | None = None
+        self._exhausted = False  # a worker found the task stream at its end: every task was handed out
         self._sampling_json = canonical_json(p.sampling)
         self._workers: list[asyncio.Task[None]] = []
         self.limiter = Limiter(max_concurrency=p.teacher.max_concurrency, rpm=p.opts.rpm, tpm=p.opts.tpm)
@@ -462,6 +463,11 @@ class Run:
         tqdm.write(f"gen: {message}", file=sys.stderr)
 
     def _final_status(self, error: BaseException | None) -> str:
+        """How the run ended. COMPLETE only when every worker returned because the task stream ran out.
+
+        A cancellation nobody here asked for (no signal, no budget) is an interruption: a Ray worker told
+        to exit by SIGTERM raises SystemExit, and `asyncio.Runner` then cancels this task mid-run.
+        """
         if isinstance(error, OSError):
             return FAILED
         if error is not None and not isinstance(error, asyncio.CancelledError):
@@ -470,6 +476,9 @@ class Run:
             return INTERRUPTED
         if self.stop_reason is not None:
             return BUDGET
+        if error is not None or not self._exhausted:
+            self.stop_reason = "cancelled before every task was decided"
+            return INTERRUPTED
         return COMPLETE
 
     async def _commit_all(self) -> None:
@@ -551,6 +560,7 @@ class Run:
         while self.stop_reason is None:
             task = next(tasks, None)
             if task is None:
+                self._exhausted = True
                 return
             if keep is not None and not keep(task.id):
                 continue  # another partition's task, or not in the refresh
