@@ -219,6 +219,7 @@ class Run:
             "licence_review": {**self.p.review.as_dict(), "registries": self.p.registry_sources},
             "sampling": self.p.sampling,
             "samples": self.p.expansion.samples,
+            "limit": self.p.opts.limit,  # with samples, the task set a complete output decides (audit)
             "eval_fraction": self.spec.eval_fraction,
             "lineage": self.p.lineage or (self.p.previous or {}).get("lineage"),
             "shards": [s.as_dict() for s in shards],
