@@ -209,6 +209,7 @@ def _partition_main(prompt_path: str, opts: RunOptions, share: Any, rpm: float |
     index = opts.partition[0]
     where = {"partition": index, "pid": os.getpid(), "node": socket.gethostname(), "version": __version__}
     try:
+        _check_visible(Path(prompt_path), opts)
         prepared = prepare(prompt_path, opts)
         run = Run(prepared)
         result = run_loop(_execute_partition(run, share, rpm, tpm))
@@ -230,6 +231,15 @@ def _partition_main(prompt_path: str, opts: RunOptions, share: Any, rpm: float |
         "wall_s": result.wall_s,
         "spent_usd": result.spent_usd,
     }
+
+
+def _check_visible(prompt: Path, opts: RunOptions) -> None:
+    """On a worker: the driver's files are here, at the same paths (shared storage), or one clear line."""
+    shared = "must be on storage every node sees, at the same path"
+    if not prompt.is_file():
+        raise ConfigError(prompt, f"not found on node {socket.gethostname()}: the prompt file {shared}")
+    if opts.output is not None and not Path(opts.output).is_dir():
+        raise ConfigError(opts.output, f"not found on node {socket.gethostname()}: --output {shared}")
 
 
 # --------------------------------------------------------------------------- the merge pass
@@ -598,8 +608,11 @@ def run_cluster(
         raise ConfigError(None, f"unknown executor {opts.executor!r} (known: local, ray)")
     ray = import_ray()
     prepared = prepare(prompt_file, opts)
+    # Every path absolute, on the driver, before anything ships: a Ray worker's working directory is
+    # not the driver's. Paths in the prompt file (schema, seeds, variable files) follow the prompt's.
     out = prepared.out_dir.resolve()
-    prepared = dataclasses.replace(prepared, out_dir=out)
+    prompt = dataclasses.replace(prepared.prompt, path=prepared.prompt.path.resolve())
+    prepared = dataclasses.replace(prepared, out_dir=out, prompt=prompt)
     previous = prepared.previous
     count = _partition_count(opts, prepared, previous)
     _check_output(prepared, previous, count)
