@@ -149,3 +149,48 @@ def test_a_partition_worker_stopped_by_sigterm_is_not_committed_complete(tmp_pat
         opts = _opts(out, sim.base_url, (1, 2))
         assert run_loop(Run(prepare(prompt, opts)).execute()).status == "complete"
         assert sorted(_everything(out)) == sorted(share)
+
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from gen.cluster import _partition_lock
+
+    with _partition_lock(Path(sys.argv[1]), 0):
+        print("held", flush=True)
+        time.sleep(float(sys.argv[2]))
+    """
+)
+
+
+def test_one_writer_per_partition_and_a_killed_holder_frees_it(tmp_path) -> None:
+    """A rerun's partition waits while the killed driver's partition is still committing."""
+    import pytest
+
+    from gen.cluster import _partition_lock
+    from gen.errors import GenError
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path), "0.8"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with _partition_lock(tmp_path, 0, wait_s=30):  # waits for the holder to finish
+        assert time.monotonic() - started >= 0.5  # the holder slept 0.8 s after taking it
+        with pytest.raises(GenError, match=f"partition 0 is still being written by pid {os.getpid()}"):
+            with _partition_lock(tmp_path, 0, wait_s=0.3):
+                pass
+        with _partition_lock(tmp_path, 1, wait_s=0.3):  # another partition: its own lock
+            pass
+    holder.communicate(timeout=30)
+
+    killed = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path), "60"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert killed.stdout.readline().strip() == "held"
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=30)
+    with _partition_lock(tmp_path, 0, wait_s=5):  # the kernel let go of a dead holder's lock
+        pass
