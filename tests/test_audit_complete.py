@@ -151,3 +151,19 @@ def test_a_ray_output_merged_from_a_partition_wrongly_marked_complete_is_a_findi
     problems = [str(f) for f in audit(out).findings]
     assert len(problems) == 1 and f"{len(missing)} of the recipe's 200 tasks" in problems[0], problems
     assert f"(partition 0: {len(missing)} missing)" in problems[0]
+
+
+def test_a_refresh_must_hold_every_input_of_the_dataset_it_refreshed(tmp_path, sim_server) -> None:
+    prompt = _recipe(tmp_path, list(range(60)))
+    sim = sim_server()
+    old = tmp_path / "old"
+    run(prompt, _opts(old, sim.base_url, limit=40))
+    new = tmp_path / "new"
+    code = main(["refresh", str(old), "--model", "gen-sim-1", "--base-url", sim.base_url,
+                 "--output", str(new), "--shard-rows", "10", "--no-progress"])  # fmt: skip
+    assert code == 0
+    report = audit(new)
+    assert report.clean and not report.notes, report.render()  # its task set: the 40 ids of `old`
+    gone = _drop_a_shard(new)
+    problems = [str(f) for f in audit(new).findings]
+    assert len(problems) == 1 and f"{gone} of the recipe's 40 tasks are in no shard" in problems[0], problems
