@@ -3,13 +3,17 @@
 Checks: every shard's sha256 and row count; no shard missing and none unlisted; every row's provenance
 complete and consistent with the manifest; no id twice; no two kept rows the same by the dedup key the
 manifest records (`dedup.on`); ids and splits reproducible from the recorded inputs; the licence
-decision consistent with the intended use. It then breaks the data down by teacher,
-licence, template and split, and lists the obligations the user must honour when publishing a student.
+decision consistent with the intended use; and, for an output whose manifest says complete, that it
+decides every task of its recipe (rows + rejects + duplicates = tasks: each id of the prompt file's task
+set, within the recorded --limit, is in some shard). It then breaks the data down by teacher, licence,
+template and split, and lists the obligations the user must honour when publishing a student.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +22,14 @@ import orjson
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gen.config import load_prompt_file
 from gen.dedup import KEYS, LEGACY_KEY, Deduplicator
 from gen.errors import ConfigError
-from gen.ledger import load_manifest, manifest_path
+from gen.ledger import load_manifest, manifest_path, partition_of
 from gen.manifest import FORMAT
 from gen.provenance import load_registry, review_teacher
-from gen.shards import DATA_SCHEMA, SCHEMAS, committed_shards, sha256_file, split_of_path
-from gen.templates import split_of, task_id
+from gen.shards import DATA_SCHEMA, SCHEMAS, committed_shards, read_columns, sha256_file, split_of_path
+from gen.templates import Expansion, split_of, task_id
 
 PROVENANCE = (
     "id", "vars", "template", "template_version", "template_sha256", "prompt_sha256", "teacher_provider",
@@ -155,6 +160,7 @@ class AuditReport:
     duplicates: int = 0
     review: dict[str, Any] = field(default_factory=dict)
     dedup_on: str | None = None  # the key the output was deduplicated by, as its manifest records it
+    notes: list[str] = field(default_factory=list)  # what could not be checked, and why (not findings)
 
     @property
     def clean(self) -> bool:
@@ -178,6 +184,7 @@ class AuditReport:
             "duplicates": self.duplicates,
             "dedup_on": self.dedup_on,
             "licence_review": self.review,
+            "notes": self.notes,
         }  # fmt: skip
 
     def render(self) -> str:
@@ -205,6 +212,7 @@ class AuditReport:
             attribution = (r.get("licence") or {}).get("attribution")
             if attribution:
                 lines.append(f"  - display: {attribution}")
+        lines += [f"note: {n}" for n in self.notes]
         if self.clean:
             lines.append("clean: every shard, row, id and licence decision checks out")
         else:
@@ -266,6 +274,7 @@ def audit(out_dir: str | Path) -> AuditReport:
             _audit_dedup(report, dedup, rel, rows, seen_keys)
 
     _audit_totals(report, manifest, listed)
+    _audit_complete(report, manifest, seen_ids)
     _audit_licence(report, manifest)
     return report
 
@@ -379,6 +388,93 @@ def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]
     ):
         if totals.get(key) != value:
             report.add(None, None, f"totals.{key} is {totals.get(key)}, the shards hold {value}")
+
+
+def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: dict[str, Any]) -> None:
+    """A complete output decides every task of its recipe: each id is a row, a reject or a duplicate.
+
+    The task set is expanded again from the prompt file the manifest names (ids only: nothing is
+    rendered), within the recorded --limit and samples, and for a refresh the ids of the dataset it
+    refreshed. Where that input is gone or changed, the check is skipped with a note.
+    """
+    if m.get("status") != "complete":
+        return
+    ids = _recipe_ids(report, m)
+    if ids is None:
+        return
+    found = 0
+    missing: set[str] = set()
+    try:
+        for tid in ids:
+            if tid in seen_ids:
+                # Counted once: two identical inputs share an id (one task). seen_ids is not read again.
+                if seen_ids[tid] is not None:
+                    seen_ids[tid] = None
+                    found += 1
+            else:
+                missing.add(tid)
+    except Exception as e:  # a seed file that no longer reads: say so, do not guess
+        report.notes.append(f"completeness not checked: {e}")
+        return
+    expected = found + len(missing)
+    if not missing:
+        return
+    count = (m.get("cluster") or {}).get("partitions")
+    where = ""
+    if count:
+        per = Counter(partition_of(t, count) for t in missing)
+        where = " (" + ", ".join(f"partition {i}: {n} missing" for i, n in sorted(per.items())) + ")"
+    report.add(
+        None,
+        None,
+        f"status is complete, yet {len(missing):,} of the recipe's {expected:,} tasks are in no shard "
+        f"(rows + rejects + duplicates decide {found:,}){where}; e.g. {', '.join(sorted(missing)[:3])}. "
+        "Run the same command again to produce them",
+    )
+
+
+def _recipe_ids(report: AuditReport, m: dict[str, Any]) -> Iterator[str] | None:
+    """The ids of the output's task set, in the order a run takes them; None (and a note) if unknown."""
+    cluster = m.get("cluster") or {}
+    scope = cluster.get("scope") if cluster else m
+    if "limit" not in (scope or {}):
+        report.notes.append("completeness not checked: the manifest does not record --limit")
+        return None
+    limit = scope["limit"]
+    recorded = m.get("prompt_file") or {}
+    try:
+        prompt = load_prompt_file(recorded.get("path", ""))
+        if prompt.sha256 != recorded.get("sha256"):
+            report.notes.append(
+                f"completeness not checked: the prompt file {recorded.get('path')} changed since the run"
+            )
+            return None
+        expansion = Expansion(prompt, None, samples=m.get("samples"))  # the schema does not enter ids
+    except Exception as e:  # ConfigError, or a seed file that no longer reads
+        report.notes.append(f"completeness not checked: {e}")
+        return None
+    only: set[str] | None = None
+    lineage = m.get("lineage") or {}
+    if lineage.get("kind") == "refresh":
+        only = _dataset_ids(Path(lineage.get("previous", "")))
+        if only is None:
+            report.notes.append(
+                f"completeness not checked: {lineage.get('previous')}, the dataset it refreshed, is gone"
+            )
+            return None
+    tasks = (t.id for t in expansion.tasks(keep=lambda _: False))
+    ids = itertools.islice(tasks, limit) if limit is not None else tasks
+    return (t for t in ids if only is None or t in only)
+
+
+def _dataset_ids(out: Path) -> set[str] | None:
+    try:
+        m = load_manifest(out)
+        if m is None:
+            return None
+        return {t for s in m["shards"] for t in read_columns(out, s["path"], ["id"])["id"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _audit_licence(report: AuditReport, m: dict[str, Any]) -> None:

@@ -21,7 +21,9 @@ carries the driver's Ctrl-C / SIGTERM to the partitions, which stop the way a on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import importlib
 import os
 import signal
@@ -30,7 +32,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +77,7 @@ SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "d
           "truncated_kept", "unanswered_requests", "unanswered_tokens", "journal_skipped")  # fmt: skip
 POLL_S = 1.0  # how often a partition asks RateShare for its share (and whether to stop)
 MERGE_DUPLICATES = "duplicates/duplicates-merge-{:05d}.parquet"
+LOCK_WAIT_S = 60.0  # how long a partition waits for an earlier run's partition to let go of its output
 
 
 def import_ray() -> Any:
@@ -210,9 +213,12 @@ def _partition_main(prompt_path: str, opts: RunOptions, share: Any, rpm: float |
     index = opts.partition[0]
     where = {"partition": index, "pid": os.getpid(), "node": socket.gethostname(), "version": __version__}
     try:
-        prepared = prepare(prompt_path, opts)
-        run = Run(prepared)
-        result = run_loop(_execute_partition(run, share, rpm, tpm))
+        _check_visible(Path(prompt_path), opts)
+        assert opts.output is not None
+        with _partition_lock(Path(opts.output), index):
+            prepared = prepare(prompt_path, opts)
+            run = Run(prepared)
+            result = run_loop(_execute_partition(run, share, rpm, tpm))
     except ConfigError as e:
         return {**where, "status": "error", "kind": "config", "message": str(e)}
     except FatalTeacherError as e:
@@ -231,6 +237,50 @@ def _partition_main(prompt_path: str, opts: RunOptions, share: Any, rpm: float |
         "wall_s": result.wall_s,
         "spent_usd": result.spent_usd,
     }
+
+
+@contextlib.contextmanager
+def _partition_lock(out: Path, index: int, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold `partitions/pNNN.lock` while a partition runs: one writer per partition, across nodes.
+
+    After the driver dies, Ray gives each of its partitions up to 5 s to exit (SIGTERM, then SIGKILL),
+    and a partition told to exit commits what arrived. A rerun's partition that started meanwhile would
+    read the journal the old one is committing and write the same shard numbers: it waits here instead.
+    The kernel drops the lock when its holder dies, so a killed partition never blocks the next one.
+    """
+    path = out / PARTITIONS_DIR / f"{partition_tag(index)}.lock"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    f.seek(0)
+                    holder = f.read().strip() or "another process"
+                    raise GenError(
+                        f"partition {index} is still being written by {holder} after {wait_s:.0f} s; "
+                        "stop it, or wait, and run the same command again"
+                    ) from None
+                time.sleep(0.1)
+            except OSError:  # storage without locks (some FUSE mounts): go on unguarded
+                break
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+
+
+def _check_visible(prompt: Path, opts: RunOptions) -> None:
+    """On a worker: the driver's files are here, at the same paths (shared storage), or one clear line."""
+    shared = "must be on storage every node sees, at the same path"
+    if not prompt.is_file():
+        raise ConfigError(prompt, f"not found on node {socket.gethostname()}: the prompt file {shared}")
+    if opts.output is not None and not Path(opts.output).is_dir():
+        raise ConfigError(opts.output, f"not found on node {socket.gethostname()}: --output {shared}")
 
 
 # --------------------------------------------------------------------------- the merge pass
@@ -601,8 +651,11 @@ def run_cluster(
         raise ConfigError(None, f"unknown executor {opts.executor!r} (known: local, ray)")
     ray = import_ray()
     prepared = prepare(prompt_file, opts)
+    # Every path absolute, on the driver, before anything ships: a Ray worker's working directory is
+    # not the driver's. Paths in the prompt file (schema, seeds, variable files) follow the prompt's.
     out = prepared.out_dir.resolve()
-    prepared = dataclasses.replace(prepared, out_dir=out)
+    prompt = dataclasses.replace(prepared.prompt, path=prepared.prompt.path.resolve())
+    prepared = dataclasses.replace(prepared, out_dir=out, prompt=prompt)
     previous = prepared.previous
     count = _partition_count(opts, prepared, previous)
     _check_output(prepared, previous, count)
@@ -737,7 +790,8 @@ def _info(s: dict[str, Any]) -> ShardInfo:
 
 
 def _finish(out: Path, manifest: dict[str, Any]) -> None:
-    """After the merged manifest is written: drop the shards it superseded and empty journal folders."""
+    """After the merged manifest is written: drop the shards it superseded, empty journal folders and
+    the partitions' lock files."""
     merge = (manifest.get("cluster") or {}).get("merge") or {}
     for rel in merge.get("superseded", []):
         (out / rel).unlink(missing_ok=True)
@@ -748,6 +802,8 @@ def _finish(out: Path, manifest: dict[str, Any]) -> None:
         folder = journal_dir(out, i)
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+    for lock in (out / PARTITIONS_DIR).glob("*.lock"):  # merged: no partition runs on this output again
+        lock.unlink(missing_ok=True)
 
 
 def _result(

@@ -198,6 +198,7 @@ class Run:
         self.status = "running"
         self.stop_reason: str | None = None
         self.signal: int | None = None
+        self._exhausted = False  # a worker found the task stream at its end: every task was handed out
         self._sampling_json = canonical_json(p.sampling)
         self._workers: list[asyncio.Task[None]] = []
         self.limiter = Limiter(
@@ -282,6 +283,7 @@ class Run:
             "licence_review": {**self.p.review.as_dict(), "registries": self.p.registry_sources},
             "sampling": self.p.sampling,
             "samples": self.p.expansion.samples,
+            "limit": self.p.opts.limit,  # with samples, the task set a complete output decides (audit)
             "eval_fraction": self.spec.eval_fraction,
             "lineage": self.p.lineage or (self.p.previous or {}).get("lineage"),
             "shards": [s.as_dict() for s in shards],
@@ -602,6 +604,11 @@ class Run:
         tqdm.write(f"gen: {message}", file=sys.stderr)
 
     def _final_status(self, error: BaseException | None) -> str:
+        """How the run ended. COMPLETE only when every worker returned because the task stream ran out.
+
+        A cancellation nobody here asked for (no signal, no budget) is an interruption: a Ray worker told
+        to exit by SIGTERM raises SystemExit, and `asyncio.Runner` then cancels this task mid-run.
+        """
         if isinstance(error, OSError):
             return FAILED
         if error is not None and not isinstance(error, asyncio.CancelledError):
@@ -610,6 +617,9 @@ class Run:
             return INTERRUPTED
         if self.stop_reason is not None:
             return BUDGET
+        if error is not None or not self._exhausted:
+            self.stop_reason = "cancelled before every task was decided"
+            return INTERRUPTED
         return COMPLETE
 
     async def _commit_all(self) -> None:
@@ -692,6 +702,7 @@ class Run:
         while self.stop_reason is None:
             task = next(tasks, None)
             if task is None:
+                self._exhausted = True
                 return
             if keep is not None and not keep(task.id):
                 continue  # another partition's task, or not in the refresh

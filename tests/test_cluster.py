@@ -384,6 +384,18 @@ def test_rpm_is_the_whole_runs_limit_shared_by_the_partitions(tmp_path, sim_serv
     assert set(_everything(out)) == all_task_ids(prompt)
 
 
+def _partition_processes() -> list[int]:
+    """Ray workers running a gen partition now (their process title is `ray::gen-pNNN`)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::gen-p"):
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 def test_the_command_line_and_a_killed_driver(tmp_path, sim_server, ray_local) -> None:
     prompt = _recipe(tmp_path, 400)
     sim = sim_server(latency_ms=30)
@@ -400,6 +412,16 @@ def test_the_command_line_and_a_killed_driver(tmp_path, sim_server, ray_local) -
         time.sleep(0.01)
     driver.send_signal(signal.SIGKILL)  # Ray then ends the driver's partitions too
     driver.communicate(timeout=30)
+    # Ray tells each partition to exit (SIGTERM: SystemExit in the worker) and kills it 5 s later; what
+    # a partition commits meanwhile must not call itself complete (issue 11: 12 of 200 rows did).
+    deadline = time.monotonic() + 30
+    while _partition_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for i in range(2):
+        pm = json.loads((out / "partitions" / f"p00{i}.json").read_text())
+        share = {t for t in all_task_ids(prompt) if partition_of(t, 2) == i}
+        decided = {t for t in _everything(out) if partition_of(t, 2) == i}
+        assert pm["status"] != "complete" or decided == share, (i, pm["status"], len(decided), len(share))
 
     final = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
@@ -408,3 +430,54 @@ def test_the_command_line_and_a_killed_driver(tmp_path, sim_server, ray_local) -
     assert sim.stats()["requests"] <= 400 + 2 * 4 + 8  # at most what was in flight, asked twice
     audited = subprocess.run([sys.executable, "-m", "gen", "audit", str(out)], capture_output=True, text=True)
     assert audited.returncode == 0, audited.stdout
+
+
+def test_relative_paths_are_resolved_on_the_driver(tmp_path, sim_server, ray_local) -> None:
+    """The README's Ray example with relative paths, from a directory that is not the workers' cwd."""
+    proj = tmp_path / "proj"
+    (proj / "recipes" / "data").mkdir(parents=True)
+    (proj / "recipes" / "s.json").write_text(json.dumps(SCHEMA))
+    (proj / "recipes" / "data" / "items.jsonl").write_text(
+        "".join(json.dumps({"item": f"thing {i}"}) + "\n" for i in range(30))
+    )
+    (proj / "recipes" / "p.toml").write_text(
+        'name = "rel"\nversion = "1"\nintended_use = "research"\nschema = "s.json"\n'
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[seed]\npath = "data/items.jsonl"\n[messages]\nuser = "Explain {{ item }} in detail."\n'
+    )
+    sim = sim_server()
+    run(_recipe(tmp_path, 10), RunOptions(base_url=sim.base_url, output=proj / "earlier", progress=False))
+    address = ray.get_runtime_context().gcs_address
+    probe = (  # where a Ray worker of a job started in proj runs: not in proj
+        f"import os, ray; ray.init(address={address!r}, logging_level='ERROR'); "
+        "print(ray.get(ray.remote(lambda: os.getcwd()).remote()))"
+    )
+    where = subprocess.run(
+        [sys.executable, "-c", probe], cwd=proj, capture_output=True, text=True, timeout=60
+    )
+    assert where.returncode == 0 and where.stdout.split()[-1] != str(proj), where.stderr
+    cmd = [sys.executable, "-m", "gen", "run", "recipes/p.toml", "--executor", "ray",
+           "--ray-address", address, "--partitions", "2", "--base-url", sim.base_url, "--output", "out",
+           "--dedup-against", "earlier", "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=proj, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "partition 0 complete" in done.stderr and "partition 1 complete" in done.stderr
+    out = proj / "out"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["prompt_file"]["path"] == str(proj / "recipes" / "p.toml")  # absolute, as the workers got it
+    assert m["seed"]["path"] == str(proj / "recipes" / "data" / "items.jsonl")
+    assert len(ids_in(out, "data")) == 30
+    report = audit(out)  # from the test's cwd: the recorded paths still lead to the recipe
+    assert report.clean and not report.notes, report.render()
+
+
+def test_a_worker_that_does_not_see_the_drivers_files_says_so(tmp_path) -> None:
+    from gen.cluster import _partition_main
+
+    prompt = _recipe(tmp_path, 5)
+    opts = RunOptions(output=tmp_path / "o", partition=(0, 2), progress=False)
+    gone = _partition_main(str(tmp_path / "elsewhere.toml"), opts, None, None, None)
+    assert gone["status"] == "error" and gone["kind"] == "config"
+    assert "not found on node" in gone["message"] and "storage every node sees" in gone["message"]
+    no_out = _partition_main(str(prompt), opts, None, None, None)  # the driver made --output; not here
+    assert no_out["kind"] == "config" and "--output must be on storage every node sees" in no_out["message"]

@@ -317,17 +317,45 @@ def test_unwritable_output_is_refused_before_any_request(tmp_path: Path, sim_ser
     assert sim.stats()["requests"] == 0
 
 
-def test_rpm_limit_keeps_429s_under_one_percent(tmp_path: Path, sim_server) -> None:
+def _most_in_one_second(times: list[float]) -> int:
+    """The largest number of the given instants that fall in any 1-second window."""
+    times = sorted(times)
+    most, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= 1.0:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return most
+
+
+def test_rpm_limit_paces_every_request_within_the_limit(tmp_path: Path, sim_server, monkeypatch) -> None:
+    """--rpm 3000 means: no second of gen's dispatch schedule holds more than 50 requests.
+
+    Asserted on the schedule gen's pacer gave out (when each request may leave), not on what a server
+    counted: on a loaded machine both event loops run late and requests bunch on the wire, which is the
+    machine's speed, not gen's pacing. The share of 429s against a real per-second limit is measured
+    by bench/rpm_limit.py.
+    """
+    import gen.limits
+
+    granted: list[float] = []
+    reserve = gen.limits.Pacer.reserve
+
+    def spy(self, amount: float = 1.0) -> float:
+        wait = reserve(self, amount)
+        granted.append(self._clock() + wait)
+        return wait
+
+    monkeypatch.setattr(gen.limits.Pacer, "reserve", spy)
     prompt = _recipe(tmp_path, n=150)
     sim = sim_server(rpm=3000, rpm_window_s=1.0, retry_after_s=0.2)
-    start = time.monotonic()
     result = run(prompt, RunOptions(base_url=sim.base_url, output=tmp_path / "o", progress=False, rpm=3000))
-    elapsed = time.monotonic() - start
-    stats = sim.stats()
-    assert result.status == "complete"
-    assert stats["rate_limited"] <= 0.01 * stats["requests"]
-    assert elapsed >= 150 / 50 * 0.9  # it really was paced
+    assert result.status == "complete" and result.stats.rows == 150
+    assert len(granted) == sim.stats()["requests"]  # every request, retries included, was paced
+    assert _most_in_one_second(granted) <= 50
+    assert max(granted) - min(granted) >= (len(granted) - 1) / 50  # evenly spread, not a burst then a wait
 
-    unpaced = sim_server(rpm=3000, rpm_window_s=1.0, retry_after_s=0.2)
-    run(prompt, RunOptions(base_url=unpaced.base_url, output=tmp_path / "p", progress=False))
-    assert unpaced.stats()["rate_limited"] > 0.01 * unpaced.stats()["requests"]  # the test can fail
+    granted.clear()  # the check can fail: the same run at twice the rate books more than 50 in a second
+    fast = sim_server(rpm=6000, rpm_window_s=1.0)
+    run(prompt, RunOptions(base_url=fast.base_url, output=tmp_path / "p", progress=False, rpm=6000))
+    assert _most_in_one_second(granted) > 50
