@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from gen.config import load_prompt_file
+from gen.ledger import read_journal
 from gen.schema import load_schema
 from gen.templates import Expansion
 
@@ -25,3 +26,28 @@ def ids_in(out: Path, folder: str) -> list[str]:
         for f in sorted((out / folder).glob("*.parquet"))
         for i in pq.read_table(f, columns=["id"])["id"].to_pylist()
     ]
+
+
+def journaled_answers(out: Path, partition: int | None = None) -> int:
+    """Answers in an output's journal now (its other lines are reservations of requests sent)."""
+    for _ in range(10):
+        try:
+            return sum(1 for _ in read_journal(out, partition))
+        except FileNotFoundError:  # a segment deleted by a checkpoint while it was read: read again
+            continue
+    return 0
+
+
+class FakeTime:
+    """A clock and a sleep that only move when slept: limiter and retry tests without real waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds

@@ -5,25 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import FakeTime
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gen.errors import FatalTeacherError, TeacherError
 from gen.limits import AdaptiveLimit, Limiter, Pacer, parse_reset, server_pause
 from gen.retry import RetryPolicy, with_retries
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @given(st.floats(0.5, 500.0), st.integers(2, 300))

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import all_task_ids, ids_in
+from helpers import all_task_ids, ids_in, journaled_answers
 
 from gen import RunOptions, run
-from gen.ledger import read_journal
 
 SCHEMA = {
     "type": "object",
@@ -54,23 +53,13 @@ def _gen(prompt: Path, out: Path, base_url: str, *extra: str, **popen) -> subpro
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def _journal_lines(out: Path) -> int:
-    """Answers in the journal (its other lines are reservations of requests sent)."""
-    for _ in range(10):
-        try:
-            return sum(1 for _ in read_journal(out))
-        except FileNotFoundError:  # a segment deleted by a checkpoint while it was read: read again
-            continue
-    return 0
-
-
 def _done(out: Path) -> int:
     """Answers the output holds so far: in the journal or in committed shards."""
     try:
         committed = sum(s["rows"] for s in json.loads((out / "manifest.json").read_text())["shards"])
     except (FileNotFoundError, json.JSONDecodeError):
         committed = 0
-    return committed + _journal_lines(out)
+    return committed + journaled_answers(out)
 
 
 def test_sigkill_at_random_moments_then_resume_equals_a_clean_run(tmp_path: Path, sim_server) -> None:
@@ -120,11 +109,11 @@ def test_answers_journaled_before_a_crash_are_not_asked_again(tmp_path: Path, si
     out = tmp_path / "o"
     proc = _gen(prompt, out, sim.base_url, "--max-concurrency", "8", "--shard-rows", "100000")
     deadline = time.monotonic() + 30
-    while _journal_lines(out) < 60 and time.monotonic() < deadline:
+    while journaled_answers(out) < 60 and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    journaled = _journal_lines(out)
+    journaled = journaled_answers(out)
     assert journaled >= 60 and not ids_in(out, "data"), "no checkpoint should have happened yet"
     asked_before = sim.stats()["requests"]
     assert asked_before <= journaled + 8
@@ -142,7 +131,7 @@ def test_interrupt_commits_what_arrived_and_says_how_to_resume(tmp_path: Path, s
     out = tmp_path / "o"
     proc = _gen(prompt, out, sim.base_url, "--max-concurrency", "10")
     deadline = time.monotonic() + 30
-    while _journal_lines(out) < 20 and time.monotonic() < deadline:
+    while journaled_answers(out) < 20 and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)

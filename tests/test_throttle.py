@@ -10,24 +10,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import FakeTime
 
 from gen.cli import main
 from gen.errors import TeacherError
 from gen.limits import LimitedTeacher, Limiter
 from gen.teachers.base import Completion
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def _limiter(t: FakeTime, notices: list[str] | None = None, **kw) -> Limiter:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import all_task_ids, ids_in
+from helpers import all_task_ids, ids_in, journaled_answers
 
 from gen import RunOptions, run
 from gen.cli import main
-from gen.ledger import read_journal
 from gen.teachers import http as http_module
 
 SCHEMA = {
@@ -122,16 +121,6 @@ def test_max_reply_bytes_flag(tmp_path: Path, sim_server, capsys) -> None:
     )
 
 
-def _journal_lines(out: Path) -> int:
-    """Answers in the journal (its other lines are reservations of requests sent)."""
-    for _ in range(10):
-        try:
-            return sum(1 for _ in read_journal(out))
-        except FileNotFoundError:  # a segment deleted by a checkpoint while it was read: read again
-            continue
-    return 0
-
-
 def test_a_run_killed_among_malformed_replies_resumes_against_a_good_teacher(
     tmp_path: Path, sim_server
 ) -> None:
@@ -152,11 +141,11 @@ def test_a_run_killed_among_malformed_replies_resumes_against_a_good_teacher(
     cmd += ["--no-progress", "--max-retries", "1", "--max-concurrency", "8", "--shard-rows", "100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while _journal_lines(out) < 40 and proc.poll() is None and time.monotonic() < deadline:
+    while journaled_answers(out) < 40 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
-    assert _journal_lines(out) >= 40, err
+    assert journaled_answers(out) >= 40, err
     assert hostile.stats()["malformed"] > 0
 
     good = sim_server(latency_ms=1)
