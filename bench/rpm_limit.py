@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gen.teachers.sim import SimConfig, SimThread
+from gen.sim import SimConfig, SimThread
 
 
 def main() -> None:

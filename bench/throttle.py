@@ -49,7 +49,7 @@ class ConfiguredSim:
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = self.base + "/v1"
         code = (
-            "import sys, orjson; from gen.teachers.sim import SimConfig, serve; "
+            "import sys, orjson; from gen.sim import SimConfig, serve; "
             "serve(SimConfig(**orjson.loads(sys.argv[1])), host='127.0.0.1', port=int(sys.argv[2]))"
         )
         self._log = open(log, "wb")

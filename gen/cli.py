@@ -389,7 +389,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _sim(args: argparse.Namespace) -> int:
     from gen.errors import ConfigError
-    from gen.teachers.sim import SimConfig, serve
+    from gen.sim import SimConfig, serve
 
     fields = (
         "model",

@@ -36,7 +36,7 @@ class TeacherSpec(_Strict):
 
 
 class VLLMSpec(_Strict):
-    """How gen launches `vllm serve` for provider "vllm" (see gen.teachers.vllm.VLLMSettings)."""
+    """How gen launches `vllm serve` for provider "vllm" (see gen.launchers.vllm.VLLMSettings)."""
 
     replicas: int = Field(default=1, ge=1)  # one server per group of tensor_parallel_size GPUs
     tensor_parallel_size: int = Field(default=1, ge=1)
@@ -90,7 +90,7 @@ class PromptSpec(_Strict):
     messages: Messages
     variables: dict[str, list[Any] | FileVariable] = Field(default_factory=dict)
     seed: SeedSpec | None = None
-    sim: dict[str, Any] = Field(default_factory=dict)  # gen.teachers.sim.SimConfig fields, checked there
+    sim: dict[str, Any] = Field(default_factory=dict)  # gen.sim.SimConfig fields, checked there
     vllm: VLLMSpec = VLLMSpec()
     dedup: DedupSpec = DedupSpec()
 

@@ -526,7 +526,7 @@ class Run:
         urls = list(t.base_urls)
         try:
             if t.provider == "sim":
-                from gen.teachers.sim import SimServer
+                from gen.sim import SimServer
 
                 sim = SimServer(sim_config(self.p.prompt, t.model))
                 await sim.start()
@@ -565,7 +565,7 @@ class Run:
 
     async def _launch_vllm(self, servers: list[Any]) -> list[str]:
         """Start `vllm serve` (once per replica, each on its own GPUs) and wait until every one is ready."""
-        from gen.teachers.vllm import VLLMServer, VLLMSettings
+        from gen.launchers.vllm import VLLMServer, VLLMSettings
 
         spec = self.spec.vllm.model_copy(update=self.p.opts.vllm)
         # GPUs this process may use: all of them, or those a scheduler (Ray, Slurm) assigned to it.

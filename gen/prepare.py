@@ -124,8 +124,8 @@ def check_api_key(key: str, variable: str) -> None:
 
 
 def sim_config(prompt: PromptFile, model: str) -> Any:
-    """The simulated teacher's settings from the prompt file's [sim] table (gen.teachers.sim.SimConfig)."""
-    from gen.teachers.sim import SimConfig
+    """The simulated teacher's settings from the prompt file's [sim] table (gen.sim.SimConfig)."""
+    from gen.sim import SimConfig
 
     try:
         return SimConfig(**{"model": model, **prompt.spec.sim})

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from gen.teachers.sim import SimConfig, SimThread
+from gen.sim import SimConfig, SimThread
 
 # Property tests: no per-example deadline (a loaded 2-core machine is slow, not wrong), and in CI the
 # same examples every run, so a result does not depend on the draw; locally they keep exploring.

@@ -1,1 +1,1 @@
-"""Teachers: the models gen asks for completions, and the simulator that stands in for them."""
+"""Teachers: the clients for the models gen asks for completions (the simulator is gen.sim)."""

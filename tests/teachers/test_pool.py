@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 from gen import RunOptions, run
 from gen.cli import main
 from gen.errors import TeacherError
+from gen.launchers.vllm import _free_port
+from gen.sim import SimConfig, SimThread
 from gen.teachers.openai import OpenAIChat
 from gen.teachers.pool import EndpointPool
-from gen.teachers.sim import SimConfig, SimThread
-from gen.teachers.vllm import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "prompts" / "quickstart.toml"

@@ -11,9 +11,9 @@ import pytest
 from test_wire import Scripted, answer, read_request
 
 from gen.errors import TeacherError
+from gen.sim import MALFORMED
 from gen.teachers.anthropic import AnthropicMessages
 from gen.teachers.openai import OpenAIChat
-from gen.teachers.sim import MALFORMED
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SAMPLING = {"max_tokens": 256}

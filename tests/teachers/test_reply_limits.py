@@ -16,8 +16,8 @@ import pytest
 from test_wire import MESSAGES, OK_BODY, Scripted, answer, pool, read_request
 
 from gen.errors import TeacherError
+from gen.sim import server as sim_module
 from gen.teachers import http as http_module
-from gen.teachers import sim as sim_module
 from gen.teachers.anthropic import AnthropicMessages
 from gen.teachers.http import (
     REPLY_BYTES_PER_LOGPROB,

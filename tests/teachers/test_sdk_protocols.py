@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from gen.teachers.sim import SimThread
+from gen.sim import SimThread
 
 pytestmark = pytest.mark.timeout(30)  # the first anthropic test pays its SDK import (seconds)
 

@@ -24,7 +24,7 @@ import orjson
 import pytest
 from pydantic import BaseModel, Field, HttpUrl, conint, constr
 
-from gen.teachers.sim import SimConfig, SimServer, SimThread, sample_from_schema
+from gen.sim import SimConfig, SimServer, SimThread, sample_from_schema
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -452,7 +452,7 @@ def test_sim_thread_serves_sync_code() -> None:
 
 def test_serve_prints_its_url_and_exits_cleanly_on_sigint() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code = "from gen.teachers.sim import SimConfig, serve; serve(SimConfig(model='m'), port=0)"
+    code = "from gen.sim import SimConfig, serve; serve(SimConfig(model='m'), port=0)"
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stderr is not None

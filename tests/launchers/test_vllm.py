@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from gen.errors import ConfigError, GenError
+from gen.launchers.vllm import LaunchError, VLLMServer, VLLMSettings, vllm_available
 from gen.teachers.openai import OpenAIChat
-from gen.teachers.vllm import LaunchError, VLLMServer, VLLMSettings, vllm_available
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -348,7 +348,7 @@ def test_child_dies_when_gen_is_sigkilled(fake_vllm: Path, monkeypatch: pytest.M
     monkeypatch.setenv("FAKE_VLLM_WORKER_PID_FILE", str(fake_vllm / "worker.pid"))
     code = (
         "import asyncio, sys, time\n"
-        "from gen.teachers.vllm import VLLMServer, VLLMSettings\n"
+        "from gen.launchers.vllm import VLLMServer, VLLMSettings\n"
         "async def main():\n"
         "    srv = VLLMServer(VLLMSettings(model='m', startup_timeout_s=20), progress=None)\n"
         "    await srv.start()\n"
@@ -383,7 +383,7 @@ def test_atexit_stops_a_server_left_running(fake_vllm: Path) -> None:
         "    stat = open(f'/proc/{pids[0]}/stat').read()\n"
         "    print('state', stat[stat.rfind(')') + 2], flush=True)\n"
         "atexit.register(gone)\n"
-        "from gen.teachers.vllm import VLLMServer, VLLMSettings\n"
+        "from gen.launchers.vllm import VLLMServer, VLLMSettings\n"
         "async def main():\n"
         "    srv = VLLMServer(VLLMSettings(model='m', startup_timeout_s=20), progress=None)\n"
         "    await srv.start()\n"
@@ -402,7 +402,7 @@ def test_ctrl_c_stops_the_child(fake_vllm: Path) -> None:
     main task, the context manager stops vLLM, then KeyboardInterrupt ends gen."""
     code = (
         "import asyncio\n"
-        "from gen.teachers.vllm import VLLMServer, VLLMSettings\n"
+        "from gen.launchers.vllm import VLLMServer, VLLMSettings\n"
         "async def main():\n"
         "    async with VLLMServer(VLLMSettings(model='m', startup_timeout_s=20), progress=None) as srv:\n"
         "        print(srv.pid, flush=True)\n"

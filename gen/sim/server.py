@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gen.teachers.sampling import FENCE_INTROS, VOCAB, Gen, compiled_sampler, sample_from_schema, sentences
+from gen.sim.instances import FENCE_INTROS, VOCAB, Gen, compiled_sampler, sample_from_schema, sentences
 
 __all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
 

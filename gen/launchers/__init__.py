@@ -1,0 +1,1 @@
+"""Launchers: start and stop a local inference server that gen then talks to as a teacher (`vllm serve`)."""
