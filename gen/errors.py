@@ -4,8 +4,7 @@ GenError
 ├── ConfigError      the user must fix a file or a flag; nothing was sent (exit 2)
 ├── TeacherError     a teacher answered badly: retry, back off, or abort the run
 │   └── FatalTeacherError   401/403 and the like: abort the run at once (exit 1)
-├── TeacherUnusable  the first requests all failed the same way: stop before spending more (exit 1)
-└── TaskError        one task failed for good: reject the row, keep going
+└── TeacherUnusable  the first requests all failed the same way: stop before spending more (exit 1)
 
 Every TeacherError's text passes through `redact` when it is made: a teacher (or a gateway in front of
 it) may echo the request's headers, API key included, into its error body, and that text goes to the
@@ -107,14 +106,3 @@ class FatalTeacherError(TeacherError):
 class TeacherUnusable(GenError):
     """The first answers of a run all failed the same way and none succeeded: the teacher, its URL, the
     model or the request is wrong, and asking the rest would fail too (exit 1)."""
-
-
-class TaskError(GenError):
-    """One task cannot produce a row; it becomes a reject with this reason."""
-
-    def __init__(self, reason: str, detail: str, *, response: str | None = None, attempts: int = 0) -> None:
-        self.reason = reason
-        self.detail = detail
-        self.response = response
-        self.attempts = attempts
-        super().__init__(f"{reason}: {detail}")

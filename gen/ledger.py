@@ -29,7 +29,7 @@ import os
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -312,20 +312,6 @@ def read_journal(out_dir: Path, partition: int | None = None) -> Iterator[tuple[
 def journal_segments(out_dir: Path, partition: int | None = None) -> list[Path]:
     folder = journal_dir(out_dir, partition)
     return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-
-
-@dataclass(slots=True)
-class OutputState:
-    """What is already committed in an output directory."""
-
-    manifest: dict[str, Any] | None = None
-    done: set[int] = field(default_factory=set)  # id keys of rows, rejects and duplicates in shards
-    kept_outputs: list[tuple[str, str]] = field(default_factory=list)  # (id, dedup text) of data rows
-    shard_paths: list[str] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return self.manifest is None and not self.shard_paths
 
 
 PARTITIONS_DIR = "partitions"

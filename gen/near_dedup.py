@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -201,8 +200,8 @@ def _splitmix64(seed: int, n: int) -> list[int]:
     return out
 
 
-# Fixed constants: they are part of the signature format (SIGNATURE_VERSION), so never derive them from
-# anything that can change between runs.
+# Fixed constants: they decide which texts are near duplicates, and a resumed run must decide as the first
+# did, so never derive them from anything that can change between runs.
 _C = _splitmix64(0x6E6561725F646564, 8)
 _BASE = _C[0] | 1  # odd, so invertible mod 2**64
 _BASE_INV = pow(_BASE, -1, 1 << 64)
@@ -398,10 +397,6 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
 # ---------------------------------------------------------------------------------------------------------
 # the deduplicator
 
-SIGNATURE_MAGIC = b"ND"
-SIGNATURE_VERSION = 1  # bump when shingling or shingle hashing above changes
-_HEADER = struct.Struct("<2sBBHQ")  # magic, our version, rensa ALGORITHM_VERSION, num_perm, seed
-
 # Memory model for bytes_per_row, from RSS growth with rensa 0.5 (bench/dedup_bench.py checks it):
 # an RMinHash is its num_perm uint32 plus ~160 bytes; RMinHashLSH keeps ~100 bytes per band per key
 # (a Rust HashMap entry with a Vec of keys per band, plus the key's band-hash list); 8 for our key slot.
@@ -472,9 +467,6 @@ class NearDedup:
         )
         self.target = target
         self.catch_similarity = s
-        self._header = _HEADER.pack(
-            SIGNATURE_MAGIC, SIGNATURE_VERSION, rensa.RMinHash.ALGORITHM_VERSION, self.num_perm, seed
-        )
         self._lsh = rensa.RMinHashLSH(threshold, self.num_perm, bands)
         self._minhashes: list[rensa.RMinHash] = []  # kept rows, by LSH key
         self._keys: list[str] = []
@@ -528,25 +520,6 @@ class NearDedup:
         if not pairs:
             return []
         return self._add(self._minhash_pairs(pairs), keys)
-
-    def signature(self, text: str) -> bytes:
-        """The text's signature: a 14-byte header, then rensa's serialised MinHash (~5 bytes a value)."""
-        return self._header + self._minhash_list([text])[0].__getstate__()
-
-    def signatures(self, texts: Sequence[str]) -> list[bytes]:
-        return [self._header + m.__getstate__() for m in self._minhash_list(texts)]
-
-    def add_signature(self, sig: bytes, key: str) -> str | None:
-        """`add` for a stored signature: how a resumed run re-indexes the rows it already wrote."""
-        if sig[: _HEADER.size] != self._header:
-            raise ValueError(
-                "signature was made with other settings (num_perm, seed, rensa algorithm or format "
-                "version); recompute it from the text"
-            )
-        m = rensa.RMinHash(self.num_perm, self.seed)
-        # rensa's own pickle state (postcard), decoded and validated by rensa: no pickle.loads involved.
-        m.__setstate__(sig[_HEADER.size :])
-        return self._add([m], [key])[0]
 
     @property
     def bytes_per_row(self) -> int:

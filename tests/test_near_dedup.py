@@ -207,27 +207,6 @@ def test_constructor_shapes() -> None:
         NearDedup(num_perm=8, bands=16)
 
 
-def test_signature_round_trip() -> None:
-    rng = random.Random(9)
-    texts = [make_text(rng) for _ in range(50)]
-    first = NearDedup()
-    sigs = first.signatures(texts)
-    assert sigs[0] == first.signature(texts[0])
-    assert len(sigs[0]) < 14 + 6 * first.num_perm  # rensa's varint encoding: ~5 bytes a value
-    resumed = NearDedup()
-    assert [resumed.add_signature(s, f"row{i}") for i, s in enumerate(sigs)] == [None] * 50
-    assert resumed.add_signature(sigs[3], "again") == "row3"
-    assert resumed.add(texts[7]) == "row7"
-    assert resumed.add(edit(rng, texts[8], 1)) == "row8"
-    assert len(resumed) == 50
-    with pytest.raises(ValueError, match="settings"):
-        NearDedup(seed=2).add_signature(sigs[0], "x")
-    with pytest.raises(ValueError, match="settings"):
-        NearDedup(num_perm=128).add_signature(sigs[0], "x")
-    with pytest.raises(ValueError):
-        resumed.add_signature(sigs[0][:-10], "truncated")
-
-
 def test_bytes_per_row_is_reported() -> None:
     d = NearDedup()
     # At least the 252-value signature (1008 bytes) and one band-table entry per band.
