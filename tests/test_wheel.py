@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def test_the_wheel_installs_and_runs_the_quickstart_outside_the_checkout(tmp_pat
         env=env,
     )
     (wheel,) = wheels.glob("gen-*.whl")
+    # Package discovery (`gen*`) must pick up every subpackage: the quickstart needs gen.sim.
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for module in (
+        "gen/sim/server.py",
+        "gen/sim/dialects.py",
+        "gen/sim/instances.py",
+        "gen/launchers/vllm.py",
+    ):
+        assert module in names, f"{module} is missing from {wheel.name}"
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=tmp_path, env=env)
