@@ -13,7 +13,6 @@ simulator or the launcher to another package changes one constant here (SIM_MODU
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 from collections.abc import Awaitable, Callable
@@ -156,6 +155,8 @@ async def launch_sim(launch: Launch) -> list[str]:
 
 async def launch_vllm(launch: Launch) -> list[str]:
     """Start `vllm serve` (once per replica, each on its own GPUs) and wait until every one is ready."""
+    import asyncio  # here: gen.config imports this module, and `gen --help` should not pay for asyncio
+
     server_class, settings_class = load(f"{VLLM_MODULE}:VLLMServer"), load(f"{VLLM_MODULE}:VLLMSettings")
     spec = launch.vllm
     # GPUs this process may use: all of them, or those a scheduler (Ray, Slurm) assigned to it.
