@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -138,3 +139,16 @@ def test_rate_limit_headers_are_read_for_every_registered_provider(compat: Provi
     providers.unregister("compat")
     assert spent_budget({"x-compat-remaining": "0", "x-compat-reset": "2s"}) is None
     providers.register(compat)
+
+
+def test_no_module_but_the_registry_tests_a_provider_by_name() -> None:
+    """The seam holds: a provider name compared outside gen/teachers/providers.py is an if-chain back."""
+    chain = re.compile(r"provider\)?\s*(==|!=|not in|in)\s*[(\"']")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "gen").rglob("*.py"))
+        if path.name != "providers.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if chain.search(line)
+    ]
+    assert found == []
