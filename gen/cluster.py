@@ -71,6 +71,7 @@ from gen.shards import (
     write_json,
     write_table,
 )
+from gen.teachers import providers
 
 SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "duplicates", "requests",
           "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens",
@@ -875,7 +876,8 @@ def _run_partitions(
         share = ray.remote(num_cpus=0)(RateShare).remote()
         t = prepared.teacher
         resources: dict[str, Any] = {"num_cpus": cpus, "max_retries": max_retries}
-        if t.provider == "vllm" and not t.base_urls:
+        provider = providers.get(t.provider)
+        if provider.uses_gpus and provider.launches(t.base_urls):  # gen starts vLLM in the partition
             v = prepared.prompt.spec.vllm.model_copy(update=prepared.opts.vllm)
             resources["num_gpus"] = v.replicas * v.tensor_parallel_size * v.data_parallel_size
         task = ray.remote(_partition_main)

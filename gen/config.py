@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gen.errors import ConfigError
-
-PROVIDERS = ("openai", "anthropic", "vllm", "sim")
+from gen.teachers import providers
 
 
 class _Strict(BaseModel):
@@ -245,22 +244,25 @@ def resolve_teacher(prompt: PromptFile, opts: RunOptions) -> Teacher:
     """Merge flags over the prompt file's teacher, and check the result is usable."""
     t = prompt.spec.teacher
     provider = opts.provider or t.provider or "sim"
-    if provider not in PROVIDERS:
-        raise ConfigError(prompt.path, f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
-    model = opts.model or t.model or ("gen-sim-1" if provider == "sim" else None)
+    spec = providers.get(provider, where=prompt.path)
+    if spec.mode != "request":
+        raise ConfigError(
+            prompt.path, f"provider {provider!r} is a {spec.mode} provider, which gen cannot run yet"
+        )
+    model = opts.model or t.model or spec.default_model
     if not model:
         raise ConfigError(prompt.path, "no teacher model: set [teacher] model or pass --model")
     given = opts.base_url or t.base_url or []
     base_urls = tuple(u.rstrip("/") for u in ([given] if isinstance(given, str) else given))
     for url in base_urls:
         _check_base_url(url, "--base-url" if opts.base_url else f"{prompt.path}: [teacher] base_url")
-    if provider == "anthropic" and not base_urls:
-        base_urls = ("https://api.anthropic.com/v1",)
-    if provider == "openai" and not base_urls:
+    if not base_urls and spec.default_base_url:
+        base_urls = (spec.default_base_url,)
+    if not base_urls and spec.launcher is None:
         raise ConfigError(
-            prompt.path, "provider 'openai' needs a base URL: set [teacher] base_url or --base-url"
+            prompt.path, f"provider {provider!r} needs a base URL: set [teacher] base_url or --base-url"
         )
-    license_id = opts.license or t.license
+    license_id = opts.license or t.license or spec.default_license
     return Teacher(
         provider=provider,
         model=model,

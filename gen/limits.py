@@ -31,6 +31,7 @@ from typing import Any
 
 from gen.errors import TeacherError
 from gen.teachers.base import Completion, Teacher
+from gen.teachers.providers import rate_limit_headers
 
 Clock = Callable[[], float]
 RPM_HEADROOM = 0.97
@@ -218,12 +219,7 @@ def parse_reset(value: str | None, now: float | None = None) -> float | None:
 
 def spent_budget(headers: Mapping[str, str]) -> tuple[str, float | None] | None:
     """(the reset header, its seconds) when the server says a budget of ours is spent, else None."""
-    for remaining, reset in (
-        ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
-        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
-        ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
-        ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
-    ):
+    for remaining, reset in rate_limit_headers():  # each registered provider's (gen.teachers.providers)
         left = headers.get(remaining)
         if left is not None and left.strip() in ("0", "0.0"):
             return reset, parse_reset(headers.get(reset))

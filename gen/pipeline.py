@@ -40,7 +40,7 @@ from gen.ledger import (
 )
 from gen.limits import LimitedTeacher, Limiter, estimate_tokens
 from gen.manifest import FORMAT, totals
-from gen.prepare import Prepared, prepare, prepare_refresh, sim_config
+from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
 from gen.shards import (
@@ -54,6 +54,7 @@ from gen.shards import (
     split_of_path,
     write_json,
 )
+from gen.teachers import providers
 from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
@@ -270,7 +271,7 @@ class Run:
                 "served_models": self.served_models,
                 "license": t.license,
                 "base_urls": [_public_url(u) for u in self.base_urls]
-                if t.provider in ("openai", "anthropic")
+                if providers.get(t.provider).records_base_urls
                 else [],
                 "launched": self.served,
             },
@@ -522,27 +523,25 @@ class Run:
         """The client for the run, and the servers gen started for it (stopped when the run ends)."""
         p = self.p
         t = p.teacher
-        servers: list[Any] = []
+        spec = providers.get(t.provider)
+        launch = providers.Launch(p.prompt, t.model, self.spec.vllm.model_copy(update=p.opts.vllm))
         urls = list(t.base_urls)
         try:
-            if t.provider == "sim":
-                from gen.sim import SimServer
-
-                sim = SimServer(sim_config(self.p.prompt, t.model))
-                await sim.start()
-                servers.append(sim)
-                urls = [sim.base_url]
-            elif t.provider == "vllm" and not urls:
-                urls = await self._launch_vllm(servers)
+            if spec.launcher is not None and spec.launches(urls):
+                urls = await spec.launcher(launch)
         except BaseException:
-            for server in reversed(servers):
+            for server in reversed(launch.servers):
                 await server.stop()
             raise
-        if t.provider in ("openai", "anthropic"):
+        self.served += launch.served
+        if spec.records_base_urls:
             self.base_urls = urls
+        client_class = spec.client_class()
 
         def client(url: str) -> Any:
-            kwargs = dict(
+            return client_class(
+                url,
+                t.model,
                 api_key=p.api_key,
                 schema=p.schema,
                 strict=self.spec.strict,
@@ -551,52 +550,12 @@ class Run:
                 connect_timeout_s=p.opts.connect_timeout_s,
                 max_reply_bytes=p.opts.max_reply_bytes,
             )
-            if t.provider == "anthropic":
-                from gen.teachers.anthropic import AnthropicMessages
-
-                return AnthropicMessages(url, t.model, **kwargs)
-            return OpenAIChat(url, t.model, **kwargs)
 
         if len(urls) == 1:
-            return client(urls[0]), servers
+            return client(urls[0]), launch.servers
         from gen.teachers.pool import EndpointPool
 
-        return EndpointPool([(_public_url(u) or u, client(u)) for u in urls], log=self._say), servers
-
-    async def _launch_vllm(self, servers: list[Any]) -> list[str]:
-        """Start `vllm serve` (once per replica, each on its own GPUs) and wait until every one is ready."""
-        from gen.launchers.vllm import VLLMServer, VLLMSettings
-
-        spec = self.spec.vllm.model_copy(update=self.p.opts.vllm)
-        # GPUs this process may use: all of them, or those a scheduler (Ray, Slurm) assigned to it.
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        devices = visible.split(",") if visible else None
-        urls = []
-        for i in range(spec.replicas):
-            gpus = range(i * spec.tensor_parallel_size * spec.data_parallel_size,
-                         (i + 1) * spec.tensor_parallel_size * spec.data_parallel_size)  # fmt: skip
-            names = [devices[g] if devices and g < len(devices) else str(g) for g in gpus]
-            env = {"CUDA_VISIBLE_DEVICES": ",".join(names)} if spec.replicas > 1 else {}
-            server = VLLMServer(
-                VLLMSettings(
-                    model=self.p.teacher.model,
-                    tensor_parallel_size=spec.tensor_parallel_size,
-                    data_parallel_size=spec.data_parallel_size,
-                    max_model_len=spec.max_model_len,
-                    gpu_memory_utilization=spec.gpu_memory_utilization,
-                    dtype=spec.dtype,
-                    max_num_seqs=spec.max_num_seqs,
-                    extra_args=list(spec.extra_args),
-                    startup_timeout_s=spec.startup_timeout_s,
-                    env=env,
-                )
-            )
-            servers.append(server)
-        # Replicas load in parallel: a cold start of a large model takes minutes each.
-        urls = list(await asyncio.gather(*(s.start() for s in servers)))
-        for s in servers:
-            self.served.append(await s.served_model())
-        return urls
+        return EndpointPool([(_public_url(u) or u, client(u)) for u in urls], log=self._say), launch.servers
 
     def _say(self, message: str) -> None:
         from tqdm import tqdm

@@ -18,6 +18,7 @@ from gen.manifest import check_compatible, next_version_dir, recipe_fingerprint
 from gen.provenance import INTENDED_USES, Review, load_registry, review_teacher
 from gen.schema import Schema, load_schema
 from gen.shards import committed_shards, parse_shard_name, read_columns
+from gen.teachers import providers
 from gen.templates import Expansion
 
 
@@ -51,8 +52,9 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     teacher = dataclasses.replace(teacher, license=review.licence_id)
     schema = load_schema(spec.schema_, base_dir=prompt.base_dir, where=prompt.path) if spec.schema_ else None
     expansion = Expansion(prompt, schema, samples=opts.samples)
-    if teacher.provider == "sim":
-        sim_config(prompt, teacher.model)  # a typo in [sim] is bad input too: report it before anything runs
+    provider = providers.get(teacher.provider)
+    if provider.check_prompt is not None:  # a typo in [sim] is bad input too: report it before anything runs
+        provider.check_prompt(prompt, teacher.model)
     api_key = None
     if teacher.api_key_env:
         api_key = os.environ.get(teacher.api_key_env)
@@ -61,7 +63,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
                 prompt.path, f"environment variable {teacher.api_key_env} (the API key) is not set"
             )
         check_api_key(api_key, teacher.api_key_env)
-    price = price_for(teacher.model)
+    price = price_for(provider.price_key or teacher.model)
     if opts.price_in is not None or opts.price_out is not None:
         price = Price(opts.price_in or 0.0, opts.price_out or 0.0)
     if opts.max_usd is not None and price is None:
@@ -121,16 +123,6 @@ def check_api_key(key: str, variable: str) -> None:
             f"environment variable {variable}",
             "the API key contains characters outside latin-1, which an HTTP header cannot carry",
         ) from None
-
-
-def sim_config(prompt: PromptFile, model: str) -> Any:
-    """The simulated teacher's settings from the prompt file's [sim] table (gen.sim.SimConfig)."""
-    from gen.sim import SimConfig
-
-    try:
-        return SimConfig(**{"model": model, **prompt.spec.sim})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(prompt.path, f"[sim]: {e}") from None
 
 
 def licence_review(

@@ -24,4 +24,13 @@ class Teacher(Protocol):
         self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]
     ) -> Completion: ...
 
+    async def models(self, *, strict: bool = False) -> list[dict[str, Any]]:
+        """The model entries the server lists (each with an `id`); empty when it does not answer well,
+        or with `strict` the TeacherError saying how (the pipeline's start-up check uses that)."""
+        ...
+
+    async def list_models(self, *, strict: bool = False) -> list[str]:
+        """The ids of models()."""
+        ...
+
     async def close(self) -> None: ...
