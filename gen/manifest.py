@@ -47,10 +47,10 @@ def check_compatible(out_dir: Path, old: dict[str, Any], new: dict[str, Any]) ->
     """Raise ConfigError naming what changed since the output was begun."""
     if old.get("format") != FORMAT:
         raise ConfigError(out_dir, f"manifest.json is not a {FORMAT} manifest; choose another --output")
-    if row_schema_version(old) != row_schema_version(new):
-        raise ConfigError(
+    if (was := row_schema_version(old)) != row_schema_version(new):
+        raise ConfigError(  # `was` comes from a file: shown as a short repr, never a multi-line value
             out_dir,
-            f"holds rows of row schema version {_short(repr(row_schema_version(old)))[:20]}, this gen writes version "
+            f"holds rows of row schema version {repr(was)[:20]}, this gen writes version "
             f"{row_schema_version(new)}: pass --new-version to start a new version beside it",
         )
     before, now = recipe_fingerprint(old), recipe_fingerprint(new)
