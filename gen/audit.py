@@ -28,13 +28,9 @@ from gen.errors import ConfigError
 from gen.ledger import load_manifest, manifest_path, partition_of
 from gen.manifest import FORMAT
 from gen.provenance import load_registry, review_teacher
-from gen.shards import DATA_SCHEMA, SCHEMAS, committed_shards, read_columns, sha256_file, split_of_path
+from gen.rows import COLUMNS, PROVENANCE
+from gen.shards import DATA_SCHEMA, committed_shards, read_columns, sha256_file, split_of_path
 from gen.templates import Expansion, split_of, task_id
-
-PROVENANCE = (
-    "id", "vars", "template", "template_version", "template_sha256", "prompt_sha256", "teacher_provider",
-    "teacher_model", "teacher_license", "sampling", "created_at", "run_id", "generator_version",
-)  # fmt: skip
 
 
 class _Part(BaseModel):
@@ -264,8 +260,8 @@ def audit(out_dir: str | Path) -> AuditReport:
         if entry is not None and table.num_rows != entry.get("rows"):
             report.add(rel, None, f"{table.num_rows} rows, the manifest says {entry.get('rows')}")
         split = split_of_path(rel)
-        expected = SCHEMAS.get(split)
-        if expected is None or not set(expected.names) <= set(table.column_names):
+        expected = COLUMNS.get(split)
+        if expected is None or not {c.name for c in expected} <= set(table.column_names):
             report.add(rel, None, "columns differ from gen's schema for this folder")
             continue
         rows = table.to_pylist()

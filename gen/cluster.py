@@ -61,6 +61,7 @@ from gen.pipeline import (
     prepare,
     run_loop,
 )
+from gen.rows import duplicate_row
 from gen.shards import (
     DUPLICATE_SCHEMA,
     FOLDERS,
@@ -380,17 +381,7 @@ def merge_pass(
         for j, row in zip(sorted(found), gone, strict=True):
             kind, kept = found[j]
             outcome.removed[kind] += 1
-            dup_rows.append(
-                {
-                    "id": row["id"],
-                    "duplicate_of": kept,
-                    "kind": kind,
-                    "output": row["output"] if row["output"] is not None else row["response"],
-                    "vars": row["vars"],
-                    "created_at": now,
-                    "run_id": run.run_id,
-                }
-            )
+            dup_rows.append(duplicate_row(row, kept, kind, created_at=now, run_id=run.run_id))
             if len(outcome.examples) < 5:
                 outcome.examples.append({"id": row["id"], "duplicate_of": kept, "kind": kind})
         kept_table = table.filter(mask)

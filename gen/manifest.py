@@ -30,8 +30,10 @@ def totals(shards: list[ShardInfo]) -> dict[str, int]:
 
 
 def recipe_fingerprint(m: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a manifest that must match for a resumed run to add to the same dataset."""
+    """The parts of a manifest that must match for a resumed run to add to the same dataset. A manifest
+    without `row_schema_version` was written before it was recorded, with version 1's columns."""
     return {
+        "row schema": row_schema_version(m),
         "prompt file": m["prompt_file"]["sha256"],
         "template": m["template"]["sha256"],
         "schema": (m.get("schema") or {}).get("sha256"),
@@ -45,6 +47,12 @@ def check_compatible(out_dir: Path, old: dict[str, Any], new: dict[str, Any]) ->
     """Raise ConfigError naming what changed since the output was begun."""
     if old.get("format") != FORMAT:
         raise ConfigError(out_dir, f"manifest.json is not a {FORMAT} manifest; choose another --output")
+    if (was := row_schema_version(old)) != row_schema_version(new):
+        raise ConfigError(  # `was` comes from a file: shown as a short repr, never a multi-line value
+            out_dir,
+            f"holds rows of row schema version {repr(was)[:20]}, this gen writes version "
+            f"{row_schema_version(new)}: pass --new-version to start a new version beside it",
+        )
     before, now = recipe_fingerprint(old), recipe_fingerprint(new)
     changed = [f"{k} ({_short(before[k])} -> {_short(now[k])})" for k in before if before[k] != now[k]]
     if changed:
@@ -54,6 +62,11 @@ def check_compatible(out_dir: Path, old: dict[str, Any], new: dict[str, Any]) ->
             + ", ".join(changed)
             + "; pass --new-version to start a new version beside it",
         )
+
+
+def row_schema_version(m: dict[str, Any]) -> Any:
+    """The row-schema version a manifest's rows were written with (1 when it does not say)."""
+    return m.get("row_schema_version", 1)
 
 
 def _short(v: Any) -> str:

@@ -43,6 +43,7 @@ from gen.manifest import FORMAT, totals
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
+from gen.rows import ROW_SCHEMA_VERSION, Row, duplicate_row, reject_row
 from gen.shards import (
     ShardInfo,
     ShardWriter,
@@ -248,6 +249,7 @@ class Run:
         }
         return {
             "format": FORMAT,
+            "row_schema_version": ROW_SCHEMA_VERSION,
             "run_id": self.run_id,
             "status": self.status,
             "created_at": self.created_at,
@@ -781,7 +783,7 @@ class Run:
             await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
             return
         t = self.p.teacher
-        row = {
+        row: Row = {
             "id": task.id,
             "messages": [*task.messages, {"role": "assistant", "content": answer}],
             "response": comp.text,
@@ -841,30 +843,22 @@ class Run:
     def _reject_row(
         self, task: Task, reason: str, error: str, response: str | None, attempts: int
     ) -> dict[str, Any]:
-        return {
-            "id": task.id,
-            "reason": reason,
-            "error": error,
-            "response": response,
-            "vars": task.vars_json,
-            "sample": task.sample,
-            "template": self.spec.name,
-            "teacher_model": self.p.teacher.model,
-            "attempts": attempts,
-            "created_at": _now_ms(),
-            "run_id": self.run_id,
-        }
+        return reject_row(
+            id=task.id,
+            reason=reason,
+            error=error,
+            response=response,
+            vars=task.vars_json,
+            sample=task.sample,
+            template=self.spec.name,
+            teacher_model=self.p.teacher.model,
+            attempts=attempts,
+            created_at=_now_ms(),
+            run_id=self.run_id,
+        )
 
     def _duplicate_row(self, row: dict[str, Any], kept: str, kind: str) -> dict[str, Any]:
-        return {
-            "id": row["id"],
-            "duplicate_of": kept,
-            "kind": kind,
-            "output": row["output"] if row["output"] is not None else row["response"],
-            "vars": row["vars"],
-            "created_at": _now_ms(),
-            "run_id": self.run_id,
-        }
+        return duplicate_row(row, kept, kind, created_at=_now_ms(), run_id=self.run_id)
 
     async def _finish(self, task: Task, split: str, row: dict[str, Any], usage: Usage = (0, 0)) -> None:
         """Journal the outcome at once, with what its last request cost, then buffer it; checkpoint when

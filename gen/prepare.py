@@ -16,6 +16,7 @@ from gen.errors import ConfigError
 from gen.ledger import PARTITIONS_DIR, id_key, load_manifest, manifest_path
 from gen.manifest import check_compatible, next_version_dir, recipe_fingerprint
 from gen.provenance import INTENDED_USES, Review, load_registry, review_teacher
+from gen.rows import ROW_SCHEMA_VERSION
 from gen.schema import Schema, load_schema
 from gen.shards import committed_shards, parse_shard_name, read_columns
 from gen.teachers import providers
@@ -161,6 +162,7 @@ def _recipe(
     prompt: PromptFile, expansion: Expansion, schema: Schema | None, teacher: Teacher
 ) -> dict[str, Any]:
     return {
+        "row_schema_version": ROW_SCHEMA_VERSION,
         "prompt_file": {"sha256": prompt.sha256},
         "template": {"sha256": expansion.template_sha256},
         "schema": {"sha256": schema.sha256} if schema else None,

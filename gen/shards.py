@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gen.rows import COLUMNS
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -73,76 +75,29 @@ class _PandasHidden:
 WITHOUT_PANDAS = _PandasHidden()
 
 
+def _arrow_type(pa: Any, name: str) -> pa.DataType:
+    """The pyarrow type of a type named in gen.rows."""
+    if name == "messages":
+        return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    if name == "timestamp_ms_utc":
+        return pa.timestamp("ms", tz="UTC")
+    return {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64()}[name]
+
+
 @functools.cache
 def _schemas() -> dict[str, pa.Schema]:
-    """split -> the Arrow schema of its shards (the row contract), built once, on first use."""
+    """split -> the Arrow schema of its shards, from the row contract (gen.rows), built once, on first use.
+    Every field is nullable, as the shards have always declared; which columns gen never leaves null is
+    checked by row_problem."""
     pa = _pyarrow()
-    MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-
-    DATA_SCHEMA = pa.schema(
-        [
-            ("id", pa.string()),
-            ("messages", pa.list_(MESSAGE)),
-            ("response", pa.string()),
-            ("output", pa.string()),
-            ("vars", pa.string()),
-            ("sample", pa.int32()),
-            ("split", pa.string()),
-            ("template", pa.string()),
-            ("template_version", pa.string()),
-            ("template_sha256", pa.string()),
-            ("prompt_sha256", pa.string()),
-            ("teacher_provider", pa.string()),
-            ("teacher_model", pa.string()),
-            ("teacher_license", pa.string()),
-            ("sampling", pa.string()),
-            ("prompt_tokens", pa.int64()),
-            ("completion_tokens", pa.int64()),
-            ("finish_reason", pa.string()),
-            ("attempts", pa.int32()),
-            ("created_at", pa.timestamp("ms", tz="UTC")),
-            ("run_id", pa.string()),
-            ("generator_version", pa.string()),
-        ]
-    )
-
-    REJECT_SCHEMA = pa.schema(
-        [
-            ("id", pa.string()),
-            ("reason", pa.string()),
-            ("error", pa.string()),
-            ("response", pa.string()),
-            ("vars", pa.string()),
-            ("sample", pa.int32()),
-            ("template", pa.string()),
-            ("teacher_model", pa.string()),
-            ("attempts", pa.int32()),
-            ("created_at", pa.timestamp("ms", tz="UTC")),
-            ("run_id", pa.string()),
-        ]
-    )
-
-    DUPLICATE_SCHEMA = pa.schema(
-        [
-            ("id", pa.string()),
-            ("duplicate_of", pa.string()),  # the first 16 hex digits of the kept row's id
-            ("kind", pa.string()),  # "exact" or "near"
-            ("output", pa.string()),
-            ("vars", pa.string()),
-            ("created_at", pa.timestamp("ms", tz="UTC")),
-            ("run_id", pa.string()),
-        ]
-    )
     return {
-        "train": DATA_SCHEMA,
-        "eval": DATA_SCHEMA,
-        "rejects": REJECT_SCHEMA,
-        "duplicates": DUPLICATE_SCHEMA,
+        split: pa.schema([(c.name, _arrow_type(pa, c.type)) for c in columns])
+        for split, columns in COLUMNS.items()
     }
 
 
 # Columns that must hold a value in a row of that split (Arrow would take a null; gen's code would not).
-_NOT_NULL = {"train": ("id", "response"), "eval": ("id", "response"), "rejects": ("id", "reason")}
+_NOT_NULL = {split: tuple(c.name for c in cols if not c.nullable) for split, cols in COLUMNS.items()}
 
 
 @functools.cache
