@@ -56,15 +56,20 @@ from gen.shards import (
     write_json,
 )
 from gen.teachers import providers
+from gen.teachers.base import Completion
 from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
-from gen.validate import check, repair_messages
+from gen.validate import Verdict, check, repair_messages
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
 SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "unanswered_requests", "unanswered_tokens")
+
+# What asking until valid gives (Run._ask): the completion, its verdict, the attempts, the prompt and
+# completion tokens summed over them, and what the last request cost. A plain tuple: one per row.
+_Asked = tuple[Completion, Verdict, int, int, int, Usage]
 
 # How a run ended; the CLI maps these to exit statuses.
 COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
@@ -702,11 +707,40 @@ class Run:
                 self._reserve(reserved[0], key, spent, spent)
 
     async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> None:
+        """One task to its outcome: ask until valid, then the exact-duplicate check, then the row."""
         if task.messages is None:
             await self._finish(
                 task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
             )
             return
+        asked = await self._ask(task, key, teacher)
+        if asked is None:
+            return
+        comp, verdict, attempts, prompt_tokens, completion_tokens, last = asked
+        answer = verdict.output_json if verdict.output_json is not None else comp.text
+        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
+        if kept is not None:
+            dup = {
+                "id": task.id,
+                "output": verdict.output_json,
+                "response": comp.text,
+                "vars": task.vars_json,
+            }
+            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
+            return
+        row = self._data_row(task, comp, verdict, answer, prompt_tokens, completion_tokens, attempts)
+        await self._finish(task, task.split, row, last)
+
+    async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> _Asked | None:
+        """Ask the teacher until the reply is valid: re-ask with the validator's error (afresh, with
+        another seed, after a truncated reply) up to the template's `max_attempts`. Each request is
+        reserved in the journal before it leaves and charged to the budget when answered.
+
+        Returns the valid completion, its verdict, the attempts, the usage summed over them and what
+        the last request cost; or None when the task ended as a reject: journaled here (invalid,
+        truncated, teacher_error, secret_echo), or held by `first_failures` while no request of the
+        run has been answered yet."""
+        assert task.messages is not None
         seed = int(task.id[:8], 16) & 0x7FFFFFFF  # per task: a rerun asks the same question the same way
         messages = task.messages
         prompt_tokens = completion_tokens = 0
@@ -770,18 +804,20 @@ class Run:
                 messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
             else:
                 messages = repair_messages(task.messages, comp.text, verdict.error or "")
+        return comp, verdict, attempts, prompt_tokens, completion_tokens, last
 
-        answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
-        if kept is not None:
-            dup = {
-                "id": task.id,
-                "output": verdict.output_json,
-                "response": comp.text,
-                "vars": task.vars_json,
-            }
-            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
-            return
+    def _data_row(
+        self,
+        task: Task,
+        comp: Completion,
+        verdict: Verdict,
+        answer: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        attempts: int,
+    ) -> Row:
+        """The `data/` row of a valid answer (`answer`: the validated JSON, else the reply's text)."""
+        assert task.messages is not None
         t = self.p.teacher
         row: Row = {
             "id": task.id,
@@ -807,7 +843,7 @@ class Run:
             "run_id": self.run_id,
             "generator_version": __version__,
         }
-        await self._finish(task, task.split, row, last)
+        return row
 
     def _reserve(self, task_id: str, key: int, estimate: Usage, usage: Usage | None) -> None:
         """Journal the request about to leave (with everything queued, in one write) before it leaves:
