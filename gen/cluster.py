@@ -335,8 +335,20 @@ def merge_pass(
     that lists the new shards, and only then deletes the old ones.
     """
     started = time.monotonic()
-    dedup = run.dedup
     outcome = MergeOutcome()
+    removed = _find_duplicates(out, manifests, run, count, outcome)
+    dup_rows = _rewrite_shards(out, removed, run, outcome)
+    _write_merge_duplicates(out, dup_rows, shard_rows, outcome)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _find_duplicates(
+    out: Path, manifests: dict[int, dict[str, Any]], run: Run, count: int, outcome: MergeOutcome
+) -> dict[str, dict[int, tuple[str, str]]]:
+    """Read the data shards' dedup keys in the global order and decide: returns, per shard path, the
+    rows to remove (row index -> (kind, id kept)). Counts rows checked and same-partition matches."""
+    dedup = run.dedup
     removed: dict[str, dict[int, tuple[str, str]]] = {}
     indexed = False  # rows of an earlier partition are in the index
     for index in sorted(manifests):
@@ -371,6 +383,14 @@ def merge_pass(
             if found:
                 removed[rel] = found
         indexed = indexed or bool(entries)
+    return removed
+
+
+def _rewrite_shards(
+    out: Path, removed: dict[str, dict[int, tuple[str, str]]], run: Run, outcome: MergeOutcome
+) -> list[dict[str, Any]]:
+    """Rewrite each shard that loses rows under `rewritten_name` (none when it loses all); returns the
+    duplicate rows of what was removed."""
     dup_rows: list[dict[str, Any]] = []
     now = datetime.now(UTC)
     for rel in sorted(removed):
@@ -389,13 +409,18 @@ def merge_pass(
         outcome.replaced[rel] = (
             write_table(out, rewritten_name(rel), kept_table) if kept_table.num_rows else None
         )
+    return dup_rows
+
+
+def _write_merge_duplicates(
+    out: Path, dup_rows: list[dict[str, Any]], shard_rows: int, outcome: MergeOutcome
+) -> None:
+    """The removed rows, as `duplicates/duplicates-merge-NNNNN.parquet` shards of `shard_rows`."""
     if dup_rows:
         (out / FOLDERS["duplicates"]).mkdir(exist_ok=True)
     for n, start in enumerate(range(0, len(dup_rows), shard_rows)):
         chunk = pa.Table.from_pylist(dup_rows[start : start + shard_rows], schema=DUPLICATE_SCHEMA)
         outcome.duplicate_shards.append(write_table(out, MERGE_DUPLICATES.format(n), chunk))
-    outcome.seconds = time.monotonic() - started
-    return outcome
 
 
 def _remove_merge_leftovers(out: Path, keep: set[str]) -> None:
@@ -642,6 +667,50 @@ def run_cluster(
     if opts.executor != "ray":
         raise ConfigError(None, f"unknown executor {opts.executor!r} (known: local, ray)")
     ray = import_ray()
+    plan = _plan(prompt_file, opts)
+    out, previous, count, base = plan.out, plan.previous, plan.count, plan.base
+    if plan.merge_done:
+        _finish(out, previous)  # a rerun after the merged manifest was written: only tidy up
+        return _result(base, out, previous, {}, list(range(count)), started, COMPLETE, "", None)
+    _remove_merge_leftovers(out, keep=set())
+
+    results: dict[int, dict[str, Any]] = {}
+    sig: int | None = None
+    if plan.todo:
+        results, sig = _run_partitions(
+            ray, plan.prepared, plan.opts, plan.todo, count, cpus_per_partition, max_retries, on_partition
+        )
+    manifests = {i: load_manifest(out, i) for i in range(count)}
+    incomplete = [i for i in range(count) if not _complete(manifests[i], plan.scope, count)]
+    errors = [r for r in results.values() if r.get("kind") == "config"]
+    if errors:
+        raise ConfigError(None, f"partition {errors[0]['partition']}: {errors[0]['message']}")
+
+    present = {i: pm for i, pm in manifests.items() if pm is not None}
+    status, message, merge, shards = _merge(plan, present, incomplete, results, sig)
+    manifest = _commit(plan, present, shards, status, merge, results, started)
+    skipped = [i for i in range(count) if i not in results]
+    return _result(base, out, manifest, results, skipped, started, status, message, sig, merge)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What the driver settled before starting anything: the prepared run (paths absolute, the output's
+    dedup key), the partition count and scope, the driver's own Run, and the partitions still to run."""
+
+    prepared: Prepared
+    opts: RunOptions
+    out: Path
+    previous: dict[str, Any] | None
+    count: int
+    scope: dict[str, Any]
+    base: Run
+    todo: list[int]
+    merge_done: bool  # the merged manifest is written already
+
+
+def _plan(prompt_file: str | Path, opts: RunOptions) -> _Plan:
+    """Prepare and check the run (ConfigError before any request), and plan its partitions."""
     prepared = prepare(prompt_file, opts)
     # Every path absolute, on the driver, before anything ships: a Ray worker's working directory is
     # not the driver's. Paths in the prompt file (schema, seeds, variable files) follow the prompt's.
@@ -665,24 +734,19 @@ def run_cluster(
             "is a finished cluster run, deduplicated across its partitions; it cannot be extended "
             "(--limit or --samples changed?): write it to another --output",
         )
-    if merge_done:
-        _finish(out, previous)  # a rerun after the merged manifest was written: only tidy up
-        return _result(base, out, previous, {}, list(range(count)), started, COMPLETE, "", None)
-    _remove_merge_leftovers(out, keep=set())
+    return _Plan(prepared, opts, out, previous, count, scope, base, todo, merge_done)
 
-    results: dict[int, dict[str, Any]] = {}
-    sig: int | None = None
-    if todo:
-        results, sig = _run_partitions(
-            ray, prepared, opts, todo, count, cpus_per_partition, max_retries, on_partition
-        )
-    manifests = {i: load_manifest(out, i) for i in range(count)}
-    incomplete = [i for i in range(count) if not _complete(manifests[i], scope, count)]
-    errors = [r for r in results.values() if r.get("kind") == "config"]
-    if errors:
-        raise ConfigError(None, f"partition {errors[0]['partition']}: {errors[0]['message']}")
 
-    present = {i: pm for i, pm in manifests.items() if pm is not None}
+def _merge(
+    plan: _Plan,
+    present: dict[int, dict[str, Any]],
+    incomplete: list[int],
+    results: dict[int, dict[str, Any]],
+    sig: int | None,
+) -> tuple[str, str, MergeOutcome | None, list[ShardInfo]]:
+    """The run's status, its message and its shards: with every partition complete, after the merge
+    pass (which writes shards only); else the partitions' shards as they are, and why not all ran."""
+    out, count = plan.out, plan.count
     merge = None
     status = COMPLETE
     message = ""
@@ -704,7 +768,7 @@ def run_cluster(
         )
         shards = [_info(s) for i in sorted(present) for s in present[i]["shards"]]
     else:
-        merge = merge_pass(out, present, base, count=count, shard_rows=prepared.opts.shard_rows)
+        merge = merge_pass(out, present, plan.base, count=count, shard_rows=plan.prepared.opts.shard_rows)
         shards = []
         for i in sorted(present):
             for s in present[i]["shards"]:
@@ -715,6 +779,21 @@ def run_cluster(
                 else:
                     shards.append(_info(s))
         shards += merge.duplicate_shards
+    return status, message, merge, shards
+
+
+def _commit(
+    plan: _Plan,
+    present: dict[int, dict[str, Any]],
+    shards: list[ShardInfo],
+    status: str,
+    merge: MergeOutcome | None,
+    results: dict[int, dict[str, Any]],
+    started: float,
+) -> dict[str, Any]:
+    """Write manifest.json (the commit point of the merge pass), then tidy up after a merge (the
+    superseded shards) or write the card; returns the manifest."""
+    base, out = plan.base, plan.out
     driver_run = {
         "run_id": base.run_id,
         "kind": "driver",
@@ -726,11 +805,11 @@ def run_cluster(
     }
     manifest = _merged_manifest(
         base,
-        previous,
+        plan.previous,
         present,
         shards,
-        count=count,
-        scope=scope,
+        count=plan.count,
+        scope=plan.scope,
         status=status,
         merge=merge,
         driver_run=driver_run,
@@ -740,8 +819,7 @@ def run_cluster(
         _finish(out, manifest)
     else:
         write_card(out, manifest)
-    skipped = [i for i in range(count) if i not in results]
-    return _result(base, out, manifest, results, skipped, started, status, message, sig, merge)
+    return manifest
 
 
 def _dedup_on(
@@ -865,57 +943,8 @@ def _run_partitions(
     started_ray = _connect(ray, opts.ray_address)
     try:
         share = ray.remote(num_cpus=0)(RateShare).remote()
-        t = prepared.teacher
-        resources: dict[str, Any] = {"num_cpus": cpus, "max_retries": max_retries}
-        provider = providers.get(t.provider)
-        if provider.uses_gpus and provider.launches(t.base_urls):  # gen starts vLLM in the partition
-            v = prepared.prompt.spec.vllm.model_copy(update=prepared.opts.vllm)
-            resources["num_gpus"] = v.replicas * v.tensor_parallel_size * v.data_parallel_size
-        task = ray.remote(_partition_main)
-        prompt = str(Path(prepared.prompt.path).resolve())
-        pending = {
-            task.options(name=f"gen-{partition_tag(i)}", **resources).remote(
-                prompt, _partition_options(prepared, opts, i, count), share, opts.rpm, opts.tpm
-            ): i
-            for i in todo
-        }
-        _say(
-            f"{len(todo)} of {count} partitions to run on Ray"
-            + (f" ({count - len(todo)} already complete)" if len(todo) < count else "")
-            + f" -> {prepared.out_dir}"
-        )
-        results: dict[int, dict[str, Any]] = {}
-        sig: int | None = None
-        from tqdm import tqdm
-
-        bar = tqdm(desc=prepared.prompt.spec.name, unit="task", disable=not opts.progress, mininterval=0.5)
-        with _Signals() as signals:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-                if signals.received and sig is None:
-                    sig = signals.received[0]
-                    _say(f"stopping the partitions ({signal.Signals(sig).name}); again to force")
-                    share.stop.remote(sig)
-                elif len(signals.received) > 1:
-                    for ref in pending:
-                        ray.cancel(ref, force=True)
-                    signals.received.clear()
-                for ref in ready:
-                    i = pending.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                    except ray.exceptions.RayError as e:  # the worker or its node died, or it was cancelled
-                        outcome = {"partition": i, "status": FAILED, "kind": type(e).__name__,
-                                   "message": _first_line(str(e)) or type(e).__name__}  # fmt: skip
-                    share.leave.remote(i)
-                    results[i] = outcome
-                    if on_partition is not None:
-                        on_partition(i, outcome)
-                    tqdm.write(f"gen: partition {i} {_describe(outcome)}", file=sys.stderr)
-                if opts.progress:
-                    bar.n = ray.get(share.progress.remote())
-                    bar.refresh()
-        bar.close()
+        pending = _submit(ray, prepared, opts, todo, count, cpus, max_retries, share)
+        results, sig = _collect(ray, pending, share, prepared, opts, on_partition)
         versions = {r["version"] for r in results.values() if r.get("version")}
         if versions - {__version__}:
             _say(f"warning: workers run gen {', '.join(sorted(versions))}, the driver {__version__}")
@@ -924,6 +953,85 @@ def _run_partitions(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _submit(
+    ray: Any,
+    prepared: Prepared,
+    opts: RunOptions,
+    todo: list[int],
+    count: int,
+    cpus: float,
+    max_retries: int,
+    share: Any,
+) -> dict[Any, int]:
+    """Start one Ray task per partition in `todo` (with GPUs when gen launches vLLM in it); returns
+    their object refs -> partition."""
+    t = prepared.teacher
+    resources: dict[str, Any] = {"num_cpus": cpus, "max_retries": max_retries}
+    provider = providers.get(t.provider)
+    if provider.uses_gpus and provider.launches(t.base_urls):  # gen starts vLLM in the partition
+        v = prepared.prompt.spec.vllm.model_copy(update=prepared.opts.vllm)
+        resources["num_gpus"] = v.replicas * v.tensor_parallel_size * v.data_parallel_size
+    task = ray.remote(_partition_main)
+    prompt = str(Path(prepared.prompt.path).resolve())
+    pending = {
+        task.options(name=f"gen-{partition_tag(i)}", **resources).remote(
+            prompt, _partition_options(prepared, opts, i, count), share, opts.rpm, opts.tpm
+        ): i
+        for i in todo
+    }
+    _say(
+        f"{len(todo)} of {count} partitions to run on Ray"
+        + (f" ({count - len(todo)} already complete)" if len(todo) < count else "")
+        + f" -> {prepared.out_dir}"
+    )
+    return pending
+
+
+def _collect(
+    ray: Any,
+    pending: dict[Any, int],
+    share: Any,
+    prepared: Prepared,
+    opts: RunOptions,
+    on_partition: Callable[[int, dict[str, Any]], None] | None,
+) -> tuple[dict[int, dict[str, Any]], int | None]:
+    """Wait for the partitions, passing Ctrl-C / SIGTERM on (once: stop; twice: cancel); returns what
+    each reported and the first signal received."""
+    results: dict[int, dict[str, Any]] = {}
+    sig: int | None = None
+    from tqdm import tqdm
+
+    bar = tqdm(desc=prepared.prompt.spec.name, unit="task", disable=not opts.progress, mininterval=0.5)
+    with _Signals() as signals:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            if signals.received and sig is None:
+                sig = signals.received[0]
+                _say(f"stopping the partitions ({signal.Signals(sig).name}); again to force")
+                share.stop.remote(sig)
+            elif len(signals.received) > 1:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                signals.received.clear()
+            for ref in ready:
+                i = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayError as e:  # the worker or its node died, or it was cancelled
+                    outcome = {"partition": i, "status": FAILED, "kind": type(e).__name__,
+                               "message": _first_line(str(e)) or type(e).__name__}  # fmt: skip
+                share.leave.remote(i)
+                results[i] = outcome
+                if on_partition is not None:
+                    on_partition(i, outcome)
+                tqdm.write(f"gen: partition {i} {_describe(outcome)}", file=sys.stderr)
+            if opts.progress:
+                bar.n = ray.get(share.progress.remote())
+                bar.refresh()
+    bar.close()
+    return results, sig
 
 
 __all__ = [
