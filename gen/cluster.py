@@ -48,7 +48,7 @@ from gen.config import RunOptions
 from gen.dedup import key_of
 from gen.errors import ConfigError, FatalTeacherError, GenError
 from gen.ledger import id_key, load_manifest, partition_of
-from gen.outdir import MERGE_DUPLICATES, OutputDir, partition_tag, rewritten_name
+from gen.outdir import MERGE_DUPLICATES, OutputDir, partial_of_merge, partition_tag, rewritten_name
 from gen.pipeline import (
     ABORTED,
     BUDGET,
@@ -400,7 +400,7 @@ def _remove_merge_leftovers(out: Path, keep: set[str]) -> None:
     for p in where.partial_files():
         if p.parent == out:  # the driver's own: the manifest's, the card's
             p.unlink(missing_ok=True)
-        elif "-merge-" in p.name or p.name.split(".tmp-")[0].endswith("-m.parquet"):
+        elif partial_of_merge(p):
             p.unlink(missing_ok=True)
 
 

@@ -50,6 +50,17 @@ def shard_glob(split: str) -> str:
     return f"{FOLDERS[split]}/{split}-*.parquet"
 
 
+def partial_path(path: Path, pid: int) -> Path:
+    """`.NAME.tmp-PID` beside `path`: where a file is written before its atomic rename."""
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
+def partial_of_merge(path: Path) -> bool:
+    """Whether a temporary (`partial_path`) was being written by the cluster merge pass."""
+    final = path.name.split(".tmp-")[0]
+    return "-merge-" in path.name or final.endswith("-m.parquet")
+
+
 def rewritten_name(rel: str) -> str:
     """`data/train-p003-00002.parquet` -> `data/train-p003-00002-m.parquet`: the shard without the rows
     the merge pass removed (a new name, so the old one stays valid until the manifest says otherwise)."""
@@ -184,7 +195,3 @@ class OutputDir:
         else:
             pattern = ".*.tmp-*"
         return [p for folder in (*SHARD_FOLDERS, ".") for p in (self.root / folder).glob(pattern)]
-
-    def root_partial_files(self) -> list[Path]:
-        """The driver's own temporaries (of manifest.json, README.md) in the root."""
-        return list(self.root.glob(".*.tmp-*"))

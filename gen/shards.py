@@ -30,6 +30,7 @@ from gen.outdir import (  # noqa: F401  (re-exported: the shard names are part o
     OutputDir,
     ShardName,
     parse_shard_name,
+    partial_path,
     partition_tag,
     shard_name,
     split_of_path,
@@ -186,7 +187,7 @@ class ShardInfo:
 
 def atomic_write_bytes(path: Path, data: bytes | pa.Buffer) -> None:
     """Write a file so that a crash leaves the old version or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = partial_path(path, os.getpid())
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

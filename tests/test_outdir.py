@@ -145,3 +145,24 @@ def test_the_grep_sees_a_spelled_path(tmp_path: Path) -> None:
         "/ 'manifest.json'",
         "= 'partitions'",
     ]
+
+
+def test_partial_files_are_the_temporaries_atomic_writes_leave(tmp_path: Path) -> None:
+    """A crash between write and rename leaves `partial_path(final)`; the listings must find exactly
+    those, and tell the merge pass's from a partition's."""
+    from gen.outdir import partial_of_merge, partial_path
+
+    whole = OutputDir(tmp_path)
+    whole.folder("duplicates").mkdir(parents=True)
+    whole.folder("train").mkdir()
+    merge = partial_path(tmp_path / "duplicates/duplicates-merge-00000.parquet", 9)
+    rewritten = partial_path(tmp_path / "data/train-p001-00000-m.parquet", 9)
+    own = partial_path(tmp_path / OutputDir(tmp_path, 1).shard_name("train", 4), 9)
+    card = partial_path(whole.card, 9)
+    for p in (merge, rewritten, own, card):
+        p.write_bytes(b"")
+    assert sorted(whole.partial_files()) == sorted([merge, rewritten, own, card])
+    # A partition's own include a merge-pass rewrite of its shard: garbage by then (the merge pass runs
+    # only after every partition is done, and a crashed one is redone from the partition shards).
+    assert sorted(OutputDir(tmp_path, 1).partial_files()) == sorted([rewritten, own])
+    assert [p for p in (merge, rewritten, own) if partial_of_merge(p)] == [merge, rewritten]
