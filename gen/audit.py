@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gen.config import load_prompt_file
 from gen.dedup import KEYS, LEGACY_KEY, Deduplicator
 from gen.errors import ConfigError
-from gen.ledger import load_manifest, manifest_path, partition_of
+from gen.ledger import load_manifest, partition_of
 from gen.manifest import FORMAT
+from gen.outdir import MANIFEST, NOT_AN_OUTPUT, OutputDir
 from gen.provenance import load_registry, review_teacher
 from gen.rows import COLUMNS, PROVENANCE
 from gen.shards import DATA_SCHEMA, committed_shards, read_columns, sha256_file, split_of_path
@@ -113,7 +114,7 @@ class AuditedManifest(_Part):
 def _manifest_problems(manifest: Any) -> list[str]:
     """One line per key of the manifest that is missing or of the wrong type; [] when it fits."""
     if not isinstance(manifest, dict):
-        return [f"manifest.json holds {type(manifest).__name__}, not a JSON object"]
+        return [f"{MANIFEST} holds {type(manifest).__name__}, not a JSON object"]
     try:
         AuditedManifest.model_validate(manifest)
     except ValidationError as e:
@@ -223,9 +224,9 @@ def audit(out_dir: str | Path) -> AuditReport:
     try:
         manifest = load_manifest(out)
     except (OSError, ValueError) as e:
-        raise ConfigError(out / "manifest.json", f"unreadable: {e}") from None
-    if manifest is None and not manifest_path(out).exists():
-        raise ConfigError(out, "no manifest.json: not a gen output directory")
+        raise ConfigError(OutputDir(out).manifest, f"unreadable: {e}") from None
+    if manifest is None and not OutputDir(out).manifest.exists():
+        raise ConfigError(out, NOT_AN_OUTPUT)
     report = AuditReport(out)
     if isinstance(manifest, dict) and manifest.get("format") != FORMAT:
         report.add(None, None, f"manifest format is {manifest.get('format')!r}, expected {FORMAT!r}")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gen.outdir import OutputDir, shard_glob
 from gen.shards import atomic_write_bytes
 
 
@@ -40,9 +41,9 @@ def render_card(m: dict[str, Any]) -> str:
         "- config_name: default",
         "  data_files:",
         "  - split: train",
-        "    path: data/train-*.parquet",
+        f"    path: {shard_glob('train')}",
         "  - split: eval",
-        "    path: data/eval-*.parquet",
+        f"    path: {shard_glob('eval')}",
         "---",
         "",
         f"# {tpl['name']} (version {tpl['version']})",
@@ -112,4 +113,4 @@ def _licence_lines(review: dict[str, Any], intended_use: str | None) -> list[str
 
 
 def write_card(out_dir: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_bytes(out_dir / "README.md", render_card(manifest).encode())
+    atomic_write_bytes(OutputDir(out_dir).card, render_card(manifest).encode())

@@ -47,7 +47,8 @@ from gen.card import write_card
 from gen.config import RunOptions
 from gen.dedup import key_of
 from gen.errors import ConfigError, FatalTeacherError, GenError
-from gen.ledger import PARTITIONS_DIR, id_key, journal_dir, load_manifest, manifest_path, partition_of
+from gen.ledger import id_key, load_manifest, partition_of
+from gen.outdir import MERGE_DUPLICATES, OutputDir, partial_of_merge, partition_tag, rewritten_name
 from gen.pipeline import (
     ABORTED,
     BUDGET,
@@ -64,11 +65,9 @@ from gen.pipeline import (
 from gen.rows import duplicate_row
 from gen.shards import (
     DUPLICATE_SCHEMA,
-    FOLDERS,
     ShardInfo,
     committed_shards,
     parse_shard_name,
-    partition_tag,
     write_json,
     write_table,
 )
@@ -78,7 +77,6 @@ SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "d
           "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens",
           "truncated_kept", "unanswered_requests", "unanswered_tokens", "journal_skipped")  # fmt: skip
 POLL_S = 1.0  # how often a partition asks RateShare for its share (and whether to stop)
-MERGE_DUPLICATES = "duplicates/duplicates-merge-{:05d}.parquet"
 LOCK_WAIT_S = 60.0  # how long a partition waits for an earlier run's partition to let go of its output
 
 
@@ -250,7 +248,7 @@ def _partition_lock(out: Path, index: int, wait_s: float = LOCK_WAIT_S) -> Itera
     read the journal the old one is committing and write the same shard numbers: it waits here instead.
     The kernel drops the lock when its holder dies, so a killed partition never blocks the next one.
     """
-    path = out / PARTITIONS_DIR / f"{partition_tag(index)}.lock"
+    path = OutputDir(out, index).lock
     path.parent.mkdir(exist_ok=True)
     with open(path, "a+") as f:
         deadline = time.monotonic() + wait_s
@@ -309,12 +307,6 @@ class MergeOutcome:
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.rows_checked / self.seconds) if self.seconds > 0 else None,
         }
-
-
-def rewritten_name(rel: str) -> str:
-    """`data/train-p003-00002.parquet` -> `data/train-p003-00002-m.parquet`: the shard without the rows
-    the merge pass removed (a new name, so the old one stays valid until the manifest says otherwise)."""
-    return rel.removesuffix(".parquet") + "-m.parquet"
 
 
 def merge_pass(
@@ -417,7 +409,7 @@ def _write_merge_duplicates(
 ) -> None:
     """The removed rows, as `duplicates/duplicates-merge-NNNNN.parquet` shards of `shard_rows`."""
     if dup_rows:
-        (out / FOLDERS["duplicates"]).mkdir(exist_ok=True)
+        OutputDir(out).folder("duplicates").mkdir(exist_ok=True)
     for n, start in enumerate(range(0, len(dup_rows), shard_rows)):
         chunk = pa.Table.from_pylist(dup_rows[start : start + shard_rows], schema=DUPLICATE_SCHEMA)
         outcome.duplicate_shards.append(write_table(out, MERGE_DUPLICATES.format(n), chunk))
@@ -425,17 +417,16 @@ def _write_merge_duplicates(
 
 def _remove_merge_leftovers(out: Path, keep: set[str]) -> None:
     """Delete merge-pass files no manifest lists (a crash mid-pass), and their temporaries."""
-    for folder in sorted(set(FOLDERS.values())):
-        for p in (out / folder).glob("*.parquet"):
-            rel = f"{folder}/{p.name}"
-            name = parse_shard_name(rel)
-            if name is not None and name.merge and rel not in keep:
-                p.unlink(missing_ok=True)
-        for p in (out / folder).glob(".*.tmp-*"):
-            if "-merge-" in p.name or p.name.split(".tmp-")[0].endswith("-m.parquet"):
-                p.unlink(missing_ok=True)
-    for p in out.glob(".*.tmp-*"):  # the driver's own: manifest.json, README.md
-        p.unlink(missing_ok=True)
+    where = OutputDir(out)
+    for rel in where.committed_shards():
+        name = parse_shard_name(rel)
+        if name is not None and name.merge and rel not in keep:
+            (out / rel).unlink(missing_ok=True)
+    for p in where.partial_files():
+        if p.parent == out:  # the driver's own: the manifest's, the card's
+            p.unlink(missing_ok=True)
+        elif partial_of_merge(p):
+            p.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the merged manifest
@@ -498,7 +489,7 @@ def _merged_manifest(
         "partitions": count,
         "partition_of": "int(id[:8], 16) % partitions",
         "scope": scope,
-        "partition_manifests": [str(manifest_path(Path(), i)) for i in range(count)],
+        "partition_manifests": [str(OutputDir(Path(), i).manifest) for i in range(count)],
         "merge": merge.as_dict() if merge is not None else None,
     }
     return m
@@ -540,9 +531,9 @@ def _partition_count(opts: RunOptions, prepared: Prepared, previous: dict[str, A
     if previous is not None and previous.get("cluster"):
         earlier = previous["cluster"]["partitions"]
     else:
-        for path in sorted((out / PARTITIONS_DIR).glob("p*.json")):
+        for i in OutputDir(out).partition_manifests():
             try:
-                pm = load_manifest(out, int(path.stem[1:]))
+                pm = load_manifest(out, i)
             except (OSError, ValueError):
                 continue
             if pm and pm.get("partition"):
@@ -814,7 +805,7 @@ def _commit(
         merge=merge,
         driver_run=driver_run,
     )
-    write_json(out / "manifest.json", manifest)  # the commit point of the merge pass
+    write_json(OutputDir(out).manifest, manifest)  # the commit point of the merge pass
     if merge is not None:
         _finish(out, manifest)
     else:
@@ -829,10 +820,10 @@ def _dedup_on(
     with (an output made before `[dedup] on` existed: "output"), else the prompt file's."""
     out, spec = prepared.out_dir, prepared.prompt.spec.dedup.on
     if previous is not None:
-        on, legacy = key_of(spec, previous, where=out / "manifest.json")
+        on, legacy = key_of(spec, previous, where=OutputDir(out).manifest)
     else:
         found = {
-            key_of(spec, pm, where=manifest_path(out, i))
+            key_of(spec, pm, where=OutputDir(out, i).manifest)
             for i, pm in sorted(manifests.items())
             if pm is not None
         }
@@ -869,10 +860,10 @@ def _finish(out: Path, manifest: dict[str, Any]) -> None:
     _remove_merge_leftovers(out, keep=listed)
     write_card(out, manifest)
     for i in range(manifest["cluster"]["partitions"]):
-        folder = journal_dir(out, i)
+        folder = OutputDir(out, i).journal
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    for lock in (out / PARTITIONS_DIR).glob("*.lock"):  # merged: no partition runs on this output again
+    for lock in OutputDir(out).locks():  # merged: no partition runs on this output again
         lock.unlink(missing_ok=True)
 
 

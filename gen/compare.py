@@ -11,12 +11,13 @@ import pyarrow.parquet as pq
 
 from gen.errors import ConfigError
 from gen.ledger import load_manifest
+from gen.outdir import NOT_AN_OUTPUT
 
 
 def _load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     manifest = load_manifest(out)
     if manifest is None:
-        raise ConfigError(out, "no manifest.json: not a gen output directory")
+        raise ConfigError(out, NOT_AN_OUTPUT)
     outputs: dict[str, Any] = {}
     for shard in manifest["shards"]:
         if shard["split"] not in ("train", "eval"):

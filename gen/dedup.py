@@ -26,6 +26,7 @@ import orjson
 
 from gen.errors import ConfigError
 from gen.ledger import id_key
+from gen.outdir import MANIFEST
 
 if TYPE_CHECKING:
     from gen.near_dedup import NearDedup
@@ -45,7 +46,7 @@ def key_of(
     spec: DedupKey,
     previous: dict[str, Any] | None,
     given: str | None = None,
-    where: str | Path = "manifest.json",
+    where: str | Path = MANIFEST,
 ) -> tuple[DedupKey, bool]:
     """(the key a run deduplicates by, whether it is the legacy key of an output made before `on`).
 

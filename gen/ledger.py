@@ -35,8 +35,8 @@ from typing import Any
 
 import orjson
 
-JOURNAL_DIR = "journal"
-SPLITS = ("train", "eval", "rejects", "duplicates")
+from gen.outdir import SPLITS, OutputDir
+
 _TASK_ID = re.compile(r"[0-9a-f]{16,128}")
 Usage = tuple[int, int]  # (prompt tokens, completion tokens)
 
@@ -51,12 +51,6 @@ def seal(entry: dict[str, Any]) -> bytes:
     """
     head = orjson.dumps(entry)[:-1]  # without the closing brace
     return b'%s,"c":%d}\n' % (head, zlib.crc32(head))
-
-
-def journal_dir(out_dir: Path, partition: int | None = None) -> Path:
-    """OUTPUT/journal/, or OUTPUT/journal/p003/ for partition 3 of a cluster run."""
-    folder = out_dir / JOURNAL_DIR
-    return folder / f"p{partition:03d}" if partition is not None else folder
 
 
 def id_key(task_id: str) -> int:
@@ -80,7 +74,7 @@ class Journal:
     """
 
     def __init__(self, out_dir: Path, run_id: str, *, partition: int | None = None) -> None:
-        self.dir = journal_dir(out_dir, partition)
+        self.dir = OutputDir(out_dir, partition).journal
         for attempt in range(3):
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -180,9 +174,10 @@ class Journal:
 def remove_empty_journal(out_dir: Path, partition: int | None = None) -> None:
     """Remove the run's journal folder, then OUTPUT/journal/ itself, if empty: a finished run leaves no
     journal. A folder holding answers (or another partition's folder) stays; rmdir never deletes them."""
-    folders = [journal_dir(out_dir, partition)]
+    where = OutputDir(out_dir, partition)
+    folders = [where.journal]
     if partition is not None:
-        folders.append(journal_dir(out_dir))
+        folders.append(where.journal_root)
     for folder in folders:
         try:
             folder.rmdir()
@@ -272,7 +267,7 @@ def journal_entries(
     A torn last line (killed mid-write) is passed over in silence; any other line that is not an
     intact entry (not JSON, a wrong shape, a checksum that does not match) comes out as a BadEntry.
     """
-    folder = journal_dir(out_dir, partition)
+    folder = OutputDir(out_dir, partition).journal
     if not folder.is_dir():
         return
     for path in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime_ns):
@@ -310,22 +305,17 @@ def read_journal(out_dir: Path, partition: int | None = None) -> Iterator[tuple[
 
 
 def journal_segments(out_dir: Path, partition: int | None = None) -> list[Path]:
-    folder = journal_dir(out_dir, partition)
+    folder = OutputDir(out_dir, partition).journal
     return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-
-
-PARTITIONS_DIR = "partitions"
 
 
 def manifest_path(out_dir: Path, partition: int | None = None) -> Path:
     """OUTPUT/manifest.json, or OUTPUT/partitions/p003.json: the resume state of partition 3."""
-    if partition is None:
-        return out_dir / "manifest.json"
-    return out_dir / PARTITIONS_DIR / f"p{partition:03d}.json"
+    return OutputDir(out_dir, partition).manifest
 
 
 def load_manifest(out_dir: Path, partition: int | None = None) -> dict[str, Any] | None:
-    path = manifest_path(out_dir, partition)
+    path = OutputDir(out_dir, partition).manifest
     if not path.exists():
         return None
     return orjson.loads(path.read_bytes())

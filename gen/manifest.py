@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gen.errors import ConfigError
+from gen.outdir import MANIFEST
 from gen.shards import ShardInfo
 
 FORMAT = "gen-manifest/1"
@@ -46,7 +47,7 @@ def recipe_fingerprint(m: dict[str, Any]) -> dict[str, Any]:
 def check_compatible(out_dir: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     """Raise ConfigError naming what changed since the output was begun."""
     if old.get("format") != FORMAT:
-        raise ConfigError(out_dir, f"manifest.json is not a {FORMAT} manifest; choose another --output")
+        raise ConfigError(out_dir, f"{MANIFEST} is not a {FORMAT} manifest; choose another --output")
     if (was := row_schema_version(old)) != row_schema_version(new):
         raise ConfigError(  # `was` comes from a file: shown as a short repr, never a multi-line value
             out_dir,

@@ -34,12 +34,12 @@ from gen.ledger import (
     id_key,
     journal_entries,
     journal_segments,
-    manifest_path,
     partition_of,
     remove_empty_journal,
 )
 from gen.limits import LimitedTeacher, Limiter, estimate_tokens
 from gen.manifest import FORMAT, totals
+from gen.outdir import OutputDir
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
@@ -167,7 +167,7 @@ class Run:
         self.stats = RunStats()
         d = self.spec.dedup
         # An output keeps the key it was begun with; one made before [dedup] on existed keeps "output".
-        where = manifest_path(p.out_dir, p.opts.partition[0] if p.opts.partition else None)
+        where = OutputDir(p.out_dir, p.opts.partition[0] if p.opts.partition else None).manifest
         on, self.legacy_dedup_key = key_of(d.on, p.previous, p.opts.dedup_on, where)
         self.dedup = Deduplicator(
             near=d.near and not p.opts.no_near_dedup,
@@ -326,11 +326,11 @@ class Run:
     def _on_checkpoint(self, shards: list[ShardInfo], at: _Checkpoint | None) -> None:
         manifest = self.manifest(shards, at)
         if self.partition is not None:  # the driver merges the partitions into manifest.json and the card
-            path = manifest_path(self.p.out_dir, self.partition)
+            path = OutputDir(self.p.out_dir, self.partition).manifest
             path.parent.mkdir(exist_ok=True)
             write_json(path, manifest)
         else:
-            write_json(self.p.out_dir / "manifest.json", manifest)
+            write_json(OutputDir(self.p.out_dir).manifest, manifest)
             write_card(self.p.out_dir, manifest)
         for segment in at.segments if at is not None else []:  # their entries are in shards now
             segment.unlink(missing_ok=True)

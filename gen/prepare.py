@@ -13,8 +13,9 @@ from typing import Any
 from gen.budget import Price, price_for
 from gen.config import PromptFile, RunOptions, Teacher, load_prompt_file, resolve_teacher
 from gen.errors import ConfigError
-from gen.ledger import PARTITIONS_DIR, id_key, load_manifest, manifest_path
+from gen.ledger import id_key, load_manifest
 from gen.manifest import check_compatible, next_version_dir, recipe_fingerprint
+from gen.outdir import NOT_AN_OUTPUT, OutputDir
 from gen.provenance import INTENDED_USES, Review, load_registry, review_teacher
 from gen.rows import ROW_SCHEMA_VERSION
 from gen.schema import Schema, load_schema
@@ -155,7 +156,7 @@ def load_manifest_or_fail(out_dir: Path, partition: int | None = None) -> dict[s
     try:
         return load_manifest(out_dir, partition)
     except (OSError, ValueError) as e:
-        raise ConfigError(manifest_path(out_dir, partition), f"unreadable: {e}") from None
+        raise ConfigError(OutputDir(out_dir, partition).manifest, f"unreadable: {e}") from None
 
 
 def _recipe(
@@ -173,7 +174,7 @@ def _recipe(
 def _holds_cluster_run(out_dir: Path, previous: dict[str, Any] | None) -> bool:
     if previous is not None:
         return bool(previous.get("cluster"))
-    return (out_dir / PARTITIONS_DIR).is_dir() or any(
+    return OutputDir(out_dir).partitions_dir.is_dir() or any(
         (name := parse_shard_name(rel)) is not None and (name.partition is not None or name.merge)
         for rel in committed_shards(out_dir)
     )
@@ -194,7 +195,7 @@ def prepare_refresh(old_dir: str | Path, opts: RunOptions) -> Prepared:
     old = Path(old_dir)
     manifest = load_manifest_or_fail(old)
     if manifest is None:
-        raise ConfigError(old, "no manifest.json: not a gen output directory")
+        raise ConfigError(old, NOT_AN_OUTPUT)
     prompt_path = Path(manifest["prompt_file"]["path"])
     prompt = load_prompt_file(prompt_path)
     if prompt.sha256 != manifest["prompt_file"]["sha256"]:

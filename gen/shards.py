@@ -14,7 +14,6 @@ import asyncio
 import functools
 import hashlib
 import os
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -25,6 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gen.outdir import (  # noqa: F401  (re-exported: the shard names are part of this module's API)
+    FOLDERS,
+    SPLITS,
+    OutputDir,
+    ShardName,
+    parse_shard_name,
+    partial_path,
+    partition_tag,
+    shard_name,
+    split_of_path,
+)
 from gen.rows import COLUMNS
 
 if TYPE_CHECKING:
@@ -157,10 +167,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-SPLITS = ("train", "eval", "rejects", "duplicates")
-FOLDERS = {"train": "data", "eval": "data", "rejects": "rejects", "duplicates": "duplicates"}
-
-
 @dataclass(frozen=True, slots=True)
 class ShardInfo:
     path: str  # relative to the output directory
@@ -181,7 +187,7 @@ class ShardInfo:
 
 def atomic_write_bytes(path: Path, data: bytes | pa.Buffer) -> None:
     """Write a file so that a crash leaves the old version or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = partial_path(path, os.getpid())
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -206,63 +212,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def partition_tag(partition: int) -> str:
-    """`p003`: how a partition of a cluster run is named in its shards, journal and manifest."""
-    return f"p{partition:03d}"
-
-
-def shard_name(split: str, number: int, partition: int | None = None) -> str:
-    """`data/train-00000.parquet` on one machine, `data/train-p003-00000.parquet` for partition 3."""
-    if partition is None:
-        return f"{FOLDERS[split]}/{split}-{number:05d}.parquet"
-    return f"{FOLDERS[split]}/{split}-{partition_tag(partition)}-{number:05d}.parquet"
-
-
-# split, then `-pNNN` (a partition) or `-merge` (the cluster merge pass), the number, and `-m` for a
-# partition shard rewritten by the merge pass.
-_SHARD_STEM = re.compile(
-    r"(?P<split>[a-z]+)(?:-p(?P<partition>\d{3,})|-(?P<merge>merge))?-(?P<number>\d+)(?P<rewritten>-m)?"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ShardName:
-    split: str
-    partition: int | None  # None: a one-machine shard or a merge-pass shard
-    number: int
-    merge: bool  # written by the cluster merge pass (its duplicates, or a rewritten partition shard)
-
-
-def parse_shard_name(rel_path: str) -> ShardName | None:
-    """What a shard's file name says, or None for a name gen does not write."""
-    m = _SHARD_STEM.fullmatch(Path(rel_path).name.removesuffix(".parquet"))
-    if m is None or m["split"] not in SPLITS:
-        return None
-    partition = int(m["partition"]) if m["partition"] is not None else None
-    return ShardName(m["split"], partition, int(m["number"]), bool(m["merge"] or m["rewritten"]))
-
-
-def split_of_path(rel_path: str) -> str:
-    """The split a shard holds: its file name up to the first dash (`train-p003-00001` -> `train`)."""
-    return Path(rel_path).stem.split("-", 1)[0]
-
-
 def committed_shards(out_dir: Path, *, partition: int | None = None) -> list[str]:
-    """Relative paths of every shard on disk under its final name, in a stable order.
-
-    With `partition`, only the shards that partition of a cluster run wrote itself.
-    """
-    found = []
-    for folder in sorted(set(FOLDERS.values())):
-        for p in sorted((out_dir / folder).glob("*.parquet")):
-            if split_of_path(p.name) not in SPLITS or p.name.startswith("."):
-                continue
-            if partition is not None:
-                name = parse_shard_name(p.name)
-                if name is None or name.partition != partition or name.merge:
-                    continue
-            found.append(f"{folder}/{p.name}")
-    return found
+    """Relative paths of every shard on disk under its final name (`OutputDir.committed_shards`)."""
+    return OutputDir(out_dir, partition).committed_shards()
 
 
 def remove_partial_files(out_dir: Path, *, partition: int | None = None) -> None:
@@ -270,10 +222,8 @@ def remove_partial_files(out_dir: Path, *, partition: int | None = None) -> None
 
     With `partition`, only that partition's own (other partitions may be writing beside it).
     """
-    for folder in set(FOLDERS.values()) | {"."}:
-        pattern = f".*-{partition_tag(partition)}-*.tmp-*" if partition is not None else ".*.tmp-*"
-        for p in (out_dir / folder).glob(pattern):
-            p.unlink(missing_ok=True)
+    for p in OutputDir(out_dir, partition).partial_files():
+        p.unlink(missing_ok=True)
 
 
 def next_shard_numbers(out_dir: Path, partition: int | None = None) -> dict[str, int]:
@@ -341,8 +291,8 @@ class ShardWriter:
         self.partition = partition
         self.rows_per_shard = rows_per_shard
         self.batch_rows = batch_rows
-        for folder in set(FOLDERS.values()):
-            (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            OutputDir(out_dir).folder(split).mkdir(parents=True, exist_ok=True)
         self._next = next_shard_numbers(out_dir, partition)
         self._rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}  # not yet converted
         self._batches: dict[str, list[Future[pa.RecordBatch]]] = {s: [] for s in SPLITS}
