@@ -229,7 +229,7 @@ class Deduplicator:
     the cluster merge pass call `check_batch` directly.
 
     `on` is what is compared (see KEYS); `field` restricts the answer's part of the near text to one
-    top-level field of a JSON answer.
+    top-level field of a JSON answer; `steps` names the chain (default: exact, then near if `near`).
     """
 
     BATCH = 256
@@ -241,13 +241,17 @@ class Deduplicator:
         threshold: float = 0.85,
         field: str | None = None,
         on: DedupKey = "example",
+        steps: Sequence[str] | None = None,
     ) -> None:
         if on not in KEYS:
             raise ValueError(f"on must be one of {', '.join(KEYS)}, got {on!r}")
+        names = list(steps) if steps is not None else ["exact", *(["near"] if near else [])]
+        if names[:1] != ["exact"] or any(n not in STEPS for n in names):
+            raise ValueError(f"unknown dedup step in {names} (known: {', '.join(STEPS)}); exact comes first")
         self.on: DedupKey = on
         self.field = field
-        self.near_enabled = near
-        self.names = ["exact", *(["near"] if near else [])]  # the chain, in order
+        self.near_enabled = "near" in names
+        self.names = names  # the chain, in order: exact is checked per answer as it arrives
         self._settings = {"on": on, "field": field, "threshold": threshold}
         self._exact = ExactStep()
         self._steps: dict[str, DedupStep] = {"exact": self._exact}
@@ -355,7 +359,7 @@ class Deduplicator:
                 out[i] = Decision(name, kept)
                 self.counts[name] = self.counts.get(name, 0) + 1
                 if name != "exact" and len(self.examples) < 5:
-                    text = key if isinstance(key, str) else " => ".join(map(str, key))
+                    text = " => ".join(map(str, key)) if isinstance(key, tuple) else str(key)
                     self.examples.append({"id": batch.ids[i], "duplicate_of": kept, "text": text[:200]})
             todo = left
         return out
