@@ -38,16 +38,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from gen import __version__
 from gen.card import write_card
 from gen.config import RunOptions
 from gen.dedup import key_of
 from gen.errors import ConfigError, FatalTeacherError, GenError
-from gen.ledger import id_key, load_manifest, partition_of
+from gen.ledger import load_manifest, partition_of
 from gen.outdir import MERGE_DUPLICATES, OutputDir, partial_of_merge, partition_tag, rewritten_name
 from gen.pipeline import (
     ABORTED,
@@ -64,12 +60,12 @@ from gen.pipeline import (
 )
 from gen.rows import duplicate_row
 from gen.shards import (
-    DUPLICATE_SCHEMA,
     ShardInfo,
     committed_shards,
     parse_shard_name,
+    rewrite_without,
     write_json,
-    write_table,
+    write_rows,
 )
 from gen.teachers import providers
 
@@ -319,12 +315,13 @@ def merge_pass(
 ) -> MergeOutcome:
     """Remove rows that duplicate (exactly or nearly) a row of another partition; writes shards only.
 
-    Rows are read in one global order (partition, then shard path, then row) and offered to one
-    Deduplicator, so the result is deterministic and the same on a rerun. Rows of a partition are
-    checked against the rows kept from the partitions before it: a partition's own run already removed
-    its inner duplicates. Shards that lose rows are rewritten under a new name (`rewritten_name`); the
-    rows removed go to `duplicates/duplicates-merge-NNNNN.parquet`. The caller then writes the manifest
-    that lists the new shards, and only then deletes the old ones.
+    Rows are read in one global order (partition, then shard path, then row) and checked by one dedup
+    chain (`Deduplicator.check_batch`, a shard at a time), so the result is deterministic and the same
+    on a rerun. Rows of a partition are checked against the rows kept from the partitions before it: a
+    partition's own run already removed its inner duplicates. Shards that lose rows are rewritten under a
+    new name (`rewritten_name`, by gen.shards.rewrite_without); the rows removed go to
+    `duplicates/duplicates-merge-NNNNN.parquet`. The caller then writes the manifest that lists the new
+    shards, and only then deletes the old ones.
     """
     started = time.monotonic()
     outcome = MergeOutcome()
@@ -350,28 +347,19 @@ def _find_duplicates(
         )
         for entry in entries:
             rel = entry["path"]
-            ids, digests, texts = dedup.read_keys(out, rel)  # by the run's key (`[dedup] on`)
-            outcome.rows_checked += len(ids)
+            batch = dedup.read_keys(out, rel)  # by the run's key (`[dedup] on`)
+            outcome.rows_checked += len(batch)
             if not indexed:  # the first partition with rows: nothing to compare with, only index them
-                dedup.remember(ids, digests, texts)
+                dedup.remember(batch)
                 continue
             found: dict[int, tuple[str, str]] = {}
-
-            def decide(j: int, kind: str, kept: str, index: int = index, found: dict = found) -> None:
-                if partition_of(kept, count) == index:
+            for j, decision in enumerate(dedup.check_batch(batch)):
+                if decision is None:
+                    continue
+                if partition_of(decision.kept, count) == index:
                     outcome.same_partition += 1
                 else:
-                    found[j] = (kind, kept)
-
-            for j, (tid, digest) in enumerate(zip(ids, digests, strict=True)):
-                kept = dedup.check_exact(digest, id_key(tid))
-                if kept is not None:
-                    decide(j, "exact", kept)
-                elif dedup.near is not None and texts is not None:
-                    dedup.offer(entry["split"], {"id": tid, "near": texts[j], "j": j})
-            for _split, row, match in dedup.drain():
-                if match is not None:
-                    decide(row["j"], "near", match)
+                    found[j] = (decision.kind, decision.kept)
             if found:
                 removed[rel] = found
         indexed = indexed or bool(entries)
@@ -386,21 +374,16 @@ def _rewrite_shards(
     dup_rows: list[dict[str, Any]] = []
     now = datetime.now(UTC)
     for rel in sorted(removed):
-        table = pq.read_table(out / rel)
         found = removed[rel]
-        mask = pa.array([j not in found for j in range(table.num_rows)])
-        gone = table.filter(pc.invert(mask)).select(["id", "output", "response", "vars"]).to_pylist()
+        gone, replaced = rewrite_without(out, rel, set(found), rewritten_name(rel))
         for j, row in zip(sorted(found), gone, strict=True):
             kind, kept = found[j]
             outcome.removed[kind] += 1
             dup_rows.append(duplicate_row(row, kept, kind, created_at=now, run_id=run.run_id))
             if len(outcome.examples) < 5:
                 outcome.examples.append({"id": row["id"], "duplicate_of": kept, "kind": kind})
-        kept_table = table.filter(mask)
         outcome.superseded.append(rel)
-        outcome.replaced[rel] = (
-            write_table(out, rewritten_name(rel), kept_table) if kept_table.num_rows else None
-        )
+        outcome.replaced[rel] = replaced
     return dup_rows
 
 
@@ -408,11 +391,9 @@ def _write_merge_duplicates(
     out: Path, dup_rows: list[dict[str, Any]], shard_rows: int, outcome: MergeOutcome
 ) -> None:
     """The removed rows, as `duplicates/duplicates-merge-NNNNN.parquet` shards of `shard_rows`."""
-    if dup_rows:
-        OutputDir(out).folder("duplicates").mkdir(exist_ok=True)
     for n, start in enumerate(range(0, len(dup_rows), shard_rows)):
-        chunk = pa.Table.from_pylist(dup_rows[start : start + shard_rows], schema=DUPLICATE_SCHEMA)
-        outcome.duplicate_shards.append(write_table(out, MERGE_DUPLICATES.format(n), chunk))
+        chunk = dup_rows[start : start + shard_rows]
+        outcome.duplicate_shards.append(write_rows(out, MERGE_DUPLICATES.format(n), chunk))
 
 
 def _remove_merge_leftovers(out: Path, keep: set[str]) -> None:

@@ -13,24 +13,26 @@ template was rendered with (`vars`), not of the rendered turns: the template's f
 system prompt) is the same in every row and would make every pair of examples look alike. For
 `example` the input and the answer weigh the same (NearDedup.add_pairs), so an example is a near
 duplicate when both its input and its answer are near another's.
+
+The chain: `Deduplicator` runs its steps (exact, then near when on) over a batch of rows with one
+`check_batch()`, which the run, journal replay and the cluster merge pass all use. A step is a
+`DedupStep` (its own module) named in STEPS; adding a dedup method is one module plus a `register_step`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
 
 from gen.errors import ConfigError
 from gen.ledger import id_key
 from gen.outdir import MANIFEST
-
-if TYPE_CHECKING:
-    from gen.near_dedup import NearDedup
-
 
 KEYS = ("example", "output", "input")
 DedupKey = Literal["example", "output", "input"]
@@ -96,6 +98,89 @@ class ExactDedup:
         return None
 
 
+class DedupStep(Protocol):
+    """One dedup method of the chain. `name` is the duplicates' `kind` and the manifest's
+    `<name>_removed`; keys are what the chain computes for the step (`Deduplicator.keys`), or the
+    step's own `row_key(row)` for a method the chain does not know."""
+
+    name: str
+
+    def check_batch(self, ids: Sequence[str], keys: Sequence[Any]) -> list[str | None]:
+        """For each row in order: None if new (now remembered), else the id prefix (16 hex digits) of the
+        kept row it duplicates. Later rows of the batch are checked against kept earlier ones."""
+        ...
+
+    def remember(self, ids: Sequence[str], keys: Sequence[Any]) -> None:
+        """Index rows already kept (committed shards, --dedup-against outputs)."""
+        ...
+
+    def describe(self) -> dict[str, Any] | None:
+        """The step's settings for the manifest's `dedup` entry (None: nothing to record)."""
+        ...
+
+
+class ExactStep:
+    """The exact step: an 8-byte digest per row (`Deduplicator.exact_digest`), kept in an ExactDedup."""
+
+    name = "exact"
+
+    def __init__(self, **_: Any) -> None:
+        self.index = ExactDedup()
+
+    def check_one(self, digest: int, key: int) -> str | None:
+        """`check_batch` of one row, by its id key: the run's per-row check, made as an answer arrives so a
+        duplicate is never built into a row (no list, no batch per answer)."""
+        kept = self.index.add_digest(digest, key)
+        return None if kept is None else f"{kept:016x}"
+
+    def check_batch(self, ids: Sequence[str], keys: Sequence[Any]) -> list[str | None]:
+        return [self.check_one(d, id_key(tid)) for tid, d in zip(ids, keys, strict=True)]
+
+    def remember(self, ids: Sequence[str], keys: Sequence[Any]) -> None:
+        for tid, d in zip(ids, keys, strict=True):
+            self.index.add_digest(d, id_key(tid))
+
+    def describe(self) -> dict[str, Any] | None:
+        return None
+
+
+# Dedup methods by name, as "module:Class" so a heavy step (near: numpy, rensa) is imported only when a
+# run uses it. A step class is built with the chain's settings as keywords (on, field, threshold) and
+# takes what it needs.
+STEPS: dict[str, str] = {
+    "exact": "gen.dedup:ExactStep",
+    "near": "gen.near_dedup:NearStep",
+}
+
+
+def register_step(name: str, target: str) -> None:
+    """Make the dedup method `name` available to the chain: `target` is "module:Class"."""
+    STEPS[name] = target
+
+
+def make_step(name: str, **settings: Any) -> DedupStep:
+    module, _, cls = STEPS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(**settings)
+
+
+class Decision(NamedTuple):
+    """A row the chain removes: which step (`kind`) and the id prefix of the kept row it duplicates."""
+
+    kind: str
+    kept: str
+
+
+@dataclass
+class Batch:
+    """Rows to check, column-wise: their ids and, by step name, the key each step compares."""
+
+    ids: list[str]
+    keys: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def near_text(output_json: str | None, response: str, field: str | None = None) -> str:
     """The text near-duplicate detection compares: the answer's words, not its JSON keys.
 
@@ -137,11 +222,15 @@ NearItem = str | tuple[str, str]
 
 
 class Deduplicator:
-    """Exact duplicates decided at once; near duplicates decided in batches (MinHash LSH is far cheaper
-    per row in a batch), in arrival order, so the outcome is the same as checking one row at a time.
+    """The dedup chain: exact, then near when `near` is on; one `check_batch()` decides a batch of rows in
+    order, the same as checking one row at a time (MinHash LSH is far cheaper per row in a batch).
+
+    The run checks the exact step per answer as it arrives (`check_exact`: a duplicate is then never
+    built into a row) and queues the rest for the batched steps (`offer`, `drain`); journal replay and
+    the cluster merge pass call `check_batch` directly.
 
     `on` is what is compared (see KEYS); `field` restricts the answer's part of the near text to one
-    top-level field of a JSON answer.
+    top-level field of a JSON answer; `steps` names the chain (default: exact, then near if `near`).
     """
 
     BATCH = 256
@@ -153,28 +242,40 @@ class Deduplicator:
         threshold: float = 0.85,
         field: str | None = None,
         on: DedupKey = "example",
+        steps: Sequence[str] | None = None,
     ) -> None:
         if on not in KEYS:
             raise ValueError(f"on must be one of {', '.join(KEYS)}, got {on!r}")
+        names = list(steps) if steps is not None else ["exact", *(["near"] if near else [])]
+        if names[:1] != ["exact"] or any(n not in STEPS for n in names):
+            raise ValueError(f"unknown dedup step in {names} (known: {', '.join(STEPS)}); exact comes first")
         self.on: DedupKey = on
-        self.exact = ExactDedup()
         self.field = field
-        self.near_enabled = near
-        self._threshold = threshold
-        self._near: NearDedup | None = None
+        self.near_enabled = "near" in names
+        self.names = names  # the chain, in order: exact is checked per answer as it arrives
+        self._settings = {"on": on, "field": field, "threshold": threshold}
+        self._exact = ExactStep()
+        self._steps: dict[str, DedupStep] = {"exact": self._exact}
         self._queue: list[tuple[str, dict[str, Any]]] = []
         self.counts = {"exact": 0, "near": 0}
         self.examples: list[dict[str, str]] = []
 
-    @property
-    def near(self) -> NearDedup | None:
-        """The near-duplicate index, built on first use: its numpy and rensa imports (0.15 s) then
-        happen once answers arrive, not before the first request."""
-        if self._near is None and self.near_enabled:
-            from gen.near_dedup import NearDedup
+    def step(self, name: str) -> DedupStep:
+        """The chain's step `name`, built on first use: the near step's numpy and rensa imports (0.15 s)
+        then happen once answers arrive, not before the first request."""
+        step = self._steps.get(name)
+        if step is None:
+            step = self._steps[name] = make_step(name, **self._settings)
+        return step
 
-            self._near = NearDedup(threshold=self._threshold)
-        return self._near
+    @property
+    def exact(self) -> ExactDedup:
+        return self._exact.index
+
+    @property
+    def near(self) -> Any:
+        """The near step's NearDedup index, or None when near is off."""
+        return self.step("near").index if self.near_enabled else None  # type: ignore[attr-defined]
 
     @property
     def pending(self) -> int:
@@ -212,21 +313,57 @@ class Deduplicator:
             return inputs
         return inputs, near_text(row["output"], row["response"], self.field)
 
-    def _near_add(self, items: list[NearItem], keys: list[str]) -> list[str | None]:
-        assert self.near is not None
-        if self.on == "example":
-            return self.near.add_pairs(items, keys)  # type: ignore[arg-type]
-        return self.near.add_batch(items, keys)  # type: ignore[arg-type]
+    def keys(self, name: str, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """What step `name` compares for each row (a data row: `messages`, `output`, `response`, `vars`)."""
+        if name == "exact":
+            return [self.message_digest(r["messages"][:-1], r["messages"][-1]["content"]) for r in rows]
+        if name == "near":
+            return [self.near_item(r) for r in rows]
+        return [self.step(name).row_key(r) for r in rows]  # type: ignore[attr-defined]
 
     def check_exact(self, digest: int, key: int) -> str | None:
-        """None if new (now remembered under `key`); else the kept row's id prefix (16 hex digits).
+        """The exact step for one answer: None if new (now remembered under `key`); else the kept row's id
+        prefix (16 hex digits). `digest` is what `exact_digest()` returns for the row."""
+        kept = self._exact.check_one(digest, key)
+        if kept is not None:
+            self.counts["exact"] += 1
+        return kept
 
-        `digest` is what `exact_digest()` returns for the row."""
-        kept = self.exact.add_digest(digest, key)
-        if kept is None:
-            return None
-        self.counts["exact"] += 1
-        return f"{kept:016x}"
+    def check_batch(
+        self, rows: Sequence[dict[str, Any]] | Batch, *, steps: Sequence[str] | None = None
+    ) -> list[Decision | None]:
+        """Decide rows in order through the chain (or only its `steps`): None for a row kept, else the
+        Decision of the first step that found it a duplicate. `rows` are data rows, or a Batch with each
+        step's keys already made (`read_keys`). A row new to a step is remembered by it, even when a later
+        step removes it."""
+        names = self.names if steps is None else [n for n in self.names if n in steps]
+        batch = rows if isinstance(rows, Batch) else Batch([r["id"] for r in rows], {})
+        out: list[Decision | None] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for name in names:
+            if not todo:
+                break
+            if name not in batch.keys:
+                if isinstance(rows, Batch):
+                    raise ValueError(f"the batch has no keys for the {name!r} step")
+                batch.keys[name] = self.keys(name, rows)
+            keys = batch.keys[name]
+            if len(todo) == len(batch):
+                ids, some = batch.ids, keys
+            else:
+                ids, some = [batch.ids[i] for i in todo], [keys[i] for i in todo]
+            left = []
+            for i, key, kept in zip(todo, some, self.step(name).check_batch(ids, some), strict=True):
+                if kept is None:
+                    left.append(i)
+                    continue
+                out[i] = Decision(name, kept)
+                self.counts[name] = self.counts.get(name, 0) + 1
+                if name != "exact" and len(self.examples) < 5:
+                    text = " => ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+                    self.examples.append({"id": batch.ids[i], "duplicate_of": kept, "text": text[:200]})
+            todo = left
+        return out
 
     def columns(self) -> list[str]:
         """The data-shard columns `read_keys` reads for this key."""
@@ -234,10 +371,10 @@ class Deduplicator:
             return ["id", "output", "response"]
         return ["id", "messages", *(("output", "vars") if self.near_enabled else ())]
 
-    def read_keys(self, out_dir: Path, rel: str) -> tuple[list[str], list[int], list[NearItem] | None]:
-        """A data shard's (ids, exact digests, near items or None when near is off), as `exact_digest()`
-        and `near_item()` would give for its rows. ConfigError naming the shard when it lacks what this
-        key needs (an output from elsewhere, given to --dedup-against)."""
+    def read_keys(self, out_dir: Path, rel: str) -> Batch:
+        """A data shard's rows as a Batch: ids, exact digests and (when near is on) near items, as
+        `exact_digest()` and `near_item()` would give for its rows. ConfigError naming the shard when it
+        lacks what this key needs (an output from elsewhere, given to --dedup-against)."""
         from gen.shards import _pyarrow
 
         pa = _pyarrow()
@@ -261,10 +398,12 @@ class Deduplicator:
             digests = [
                 ExactDedup.digest(o if o is not None else r) for o, r in zip(outputs, responses, strict=True)
             ]
-            items: list[NearItem] | None = None
+            batch = Batch(ids, {"exact": digests})
             if self.near_enabled:
-                items = [near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)]
-            return ids, digests, items
+                batch.keys["near"] = [
+                    near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)
+                ]
+            return batch
         # messages = input turns + the assistant's answer. Each distinct content is hashed once.
         digests: list[int] = []
         answers: list[str] = []
@@ -290,16 +429,16 @@ class Deduplicator:
                     for role, j in zip(roles[a : b - 1], index[a : b - 1], strict=True)
                 )
                 digests.append(self._combine(turns, answer))
-        items = None
+        batch = Batch(ids, {"exact": digests})
         if self.near_enabled:
             outputs = table.column("output").to_pylist()
             vars_ = table.column("vars").to_pylist()
             # A row without `output` (no schema) answered in free text: that text is the last message.
-            items = [
+            batch.keys["near"] = [
                 self.near_item({"output": o, "response": ans, "vars": v})
                 for o, ans, v in zip(outputs, answers, vars_, strict=True)
             ]
-        return ids, digests, items
+        return batch
 
     def _cannot(self, why: str) -> str:
         instead = 'deduplicate by answer text with [dedup] on = "output", or ' if self.on != "output" else ""
@@ -308,48 +447,29 @@ class Deduplicator:
             f"{instead}leave this output out of --dedup-against"
         )
 
-    def remember(self, ids: list[str], digests: list[int], items: list[NearItem] | None) -> None:
+    def remember(self, batch: Batch) -> None:
         """Index rows already kept (committed shards, --dedup-against outputs), as `read_keys` gives them."""
-        for tid, digest in zip(ids, digests, strict=True):
-            self.exact.add_digest(digest, id_key(tid))
-        if self.near is not None and items is not None:
-            for start in range(0, len(ids), 4096):
-                self._near_add(items[start : start + 4096], [t[:16] for t in ids[start : start + 4096]])
+        for name in self.names:
+            if name in batch.keys:
+                self.step(name).remember(batch.ids, batch.keys[name])
 
     def offer(self, split: str, row: dict[str, Any]) -> None:
-        """Queue a row that passed the exact check for the near check: `near_item(row)` is compared, or
-        the row's "near" entry when it has one (the cluster merge pass reads it from a shard)."""
+        """Queue a row that passed the exact check for the chain's batched steps (`drain`)."""
         self._queue.append((split, row))
 
-    def drain(self) -> list[tuple[str, dict[str, Any], str | None]]:
-        """Decide the queued rows in order: (split, row, id prefix of the near duplicate matched, or None)."""
+    def drain(self) -> list[tuple[str, dict[str, Any], Decision | None]]:
+        """Decide the queued rows in order by the steps after exact: (split, row, Decision or None)."""
         queue, self._queue = self._queue, []
         if not queue:
             return []
-        if self.near is None:
-            return [(split, row, None) for split, row in queue]
-        items = [row["near"] if "near" in row else self.near_item(row) for _, row in queue]
-        matches = self._near_add(items, [row["id"][:16] for _, row in queue])
-        out = []
-        for (split, row), item, match in zip(queue, items, matches, strict=True):
-            if match is not None:
-                self.counts["near"] += 1
-                if len(self.examples) < 5:
-                    text = item if isinstance(item, str) else f"{item[0]} => {item[1]}"
-                    self.examples.append({"id": row["id"], "duplicate_of": match, "text": text[:200]})
-            out.append((split, row, match))
-        return out
+        decisions = self.check_batch([row for _, row in queue], steps=self.names[1:])
+        return [(split, row, d) for (split, row), d in zip(queue, decisions, strict=True)]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "on": self.on,
             "exact_removed": self.counts["exact"],
             "near_removed": self.counts["near"],
-            "near": (
-                {"threshold": self.near.threshold, "bands": self.near.bands, "rows": self.near.rows,
-                 "num_perm": self.near.num_perm, "field": self.field}
-                if self.near is not None
-                else None
-            ),
+            "near": {**self.step("near").describe(), "field": self.field} if self.near_enabled else None,
             "near_examples": self.examples,
         }  # fmt: skip

@@ -1,7 +1,7 @@
 """Near-duplicate removal: MinHash LSH over word 3-gram shingles of normalised output text.
 
 Text -> shingles -> signature
-    Texts are normalised as `gen.dedup.normalise` does (casefold, whitespace collapsed) and split into
+    Texts are normalised as `normalise` does (casefold, whitespace collapsed) and split into
     words; every run of three consecutive words is a shingle, and a text of fewer than three words is one
     shingle (the whole normalised text). Shingles are hashed to 64 bits in numpy for a whole batch at
     once, and rensa's R-MinHash turns each row's shingle hashes into a signature of num_perm uint32.
@@ -50,11 +50,10 @@ import math
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import rensa
-
-from gen.dedup import normalise
 
 __all__ = ["NearDedup", "binomial_quantile", "candidate_probability", "choose_bands", "confirm_probability"]
 
@@ -67,6 +66,12 @@ _MASK64 = (1 << 64) - 1
 
 # ---------------------------------------------------------------------------------------------------------
 # choosing bands x rows
+
+
+def normalise(text: str) -> str:
+    """Casefold and collapse whitespace: the fold gen.dedup's exact key uses too (kept here so the two
+    methods do not import each other)."""
+    return " ".join(text.casefold().split())
 
 
 def candidate_probability(s: float, bands: int, rows: int) -> float:
@@ -595,6 +600,31 @@ class NearDedup:
             kept_keys.append(key)
             out.append(None)
         return out
+
+
+class NearStep:
+    """The near step of gen.dedup's chain (registered there as "near"): a NearDedup over each row's near
+    item, a text or, for the `example` key, an (input, answer) pair weighed equally (`add_pairs`)."""
+
+    name = "near"
+
+    def __init__(self, *, on: str = "output", threshold: float = DEFAULT_THRESHOLD, **_: Any) -> None:
+        self.index = NearDedup(threshold=threshold)
+        self._pairs = on == "example"
+
+    def check_batch(self, ids: Sequence[str], keys: Sequence[Any]) -> list[str | None]:
+        add = self.index.add_pairs if self._pairs else self.index.add_batch
+        return add(keys, [t[:16] for t in ids])
+
+    def remember(self, ids: Sequence[str], keys: Sequence[Any]) -> None:
+        for start in range(
+            0, len(ids), 4096
+        ):  # bounded batches: signatures of a whole output at once are big
+            self.check_batch(ids[start : start + 4096], keys[start : start + 4096])
+
+    def describe(self) -> dict[str, Any] | None:
+        n = self.index
+        return {"threshold": n.threshold, "bands": n.bands, "rows": n.rows, "num_perm": n.num_perm}
 
 
 def describe(threshold: float = DEFAULT_THRESHOLD, max_perm: int = DEFAULT_MAX_PERM) -> str:

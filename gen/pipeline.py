@@ -355,15 +355,15 @@ class Run:
                 shards.append(describe_shard(out, rel))
                 self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
             if shards[-1].split in ("train", "eval"):
-                ids, digests, near_items = self.dedup.read_keys(out, rel)  # by the output's key
-                self.claimed.update(id_key(tid) for tid in ids)
-                self.dedup.remember(ids, digests, near_items)
+                batch = self.dedup.read_keys(out, rel)  # by the output's key
+                self.claimed.update(id_key(tid) for tid in batch.ids)
+                self.dedup.remember(batch)
             else:
                 self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
             for rel in committed_shards(other):
                 if split_of_path(rel) in ("train", "eval"):
-                    self.dedup.remember(*self.dedup.read_keys(other, rel))  # by this run's key
+                    self.dedup.remember(self.dedup.read_keys(other, rel))  # by this run's key
         return shards
 
     def _replay_journal(self) -> list[Path]:
@@ -403,10 +403,13 @@ class Run:
             self.stats.replayed += 1
             self._found_runs.add(row["run_id"])
             if split in ("train", "eval"):
-                # The journal holds rows that passed the exact check; near checks are redone in order.
-                messages = row["messages"]
-                self.dedup.check_exact(self.dedup.message_digest(messages[:-1], messages[-1]["content"]), key)
-                self.dedup.offer(split, row)
+                # The journal holds rows that passed the exact check (so it finds none here, only indexes
+                # them); the batched steps are redone in order.
+                exact = self.dedup.check_batch([row], steps=("exact",))[0]
+                if exact is not None:
+                    self._accept("duplicates", self._duplicate_row(row, exact.kept, exact.kind))
+                else:
+                    self.dedup.offer(split, row)
             else:
                 self._accept(split, row)
         if self.stats.journal_skipped > SKIPPED_SHOWN:
@@ -912,9 +915,9 @@ class Run:
     def _drain(self) -> bool:
         """Decide the rows waiting for the near-duplicate check; True when a checkpoint is due."""
         full = False
-        for split, row, match in self.dedup.drain():
-            if match is not None:
-                full |= self._accept("duplicates", self._duplicate_row(row, match, "near"))
+        for split, row, found in self.dedup.drain():
+            if found is not None:
+                full |= self._accept("duplicates", self._duplicate_row(row, found.kept, found.kind))
             else:
                 full |= self._accept(split, row)
         return full

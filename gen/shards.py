@@ -266,6 +266,30 @@ def write_table(out_dir: Path, rel_path: str, table: pa.Table) -> ShardInfo:
     )
 
 
+def rewrite_without(
+    out_dir: Path, rel_path: str, drop: set[int], new_rel: str
+) -> tuple[list[dict[str, Any]], ShardInfo | None]:
+    """Commit shard `rel_path` without its rows at positions `drop` as `new_rel` (the cluster merge pass;
+    the old shard stays until the manifest lists the new one). Returns the removed rows' `id`, `output`,
+    `response` and `vars`, in position order, and the new shard (None when no row is left: nothing
+    written)."""
+    pa = _pyarrow()
+    import pyarrow.compute as pc
+
+    table = pa.parquet.ParquetFile(out_dir / rel_path).read()
+    keep = pa.array([j not in drop for j in range(table.num_rows)])
+    gone = table.filter(pc.invert(keep)).select(["id", "output", "response", "vars"]).to_pylist()
+    kept = table.filter(keep)
+    return gone, (write_table(out_dir, new_rel, kept) if kept.num_rows else None)
+
+
+def write_rows(out_dir: Path, rel_path: str, rows: list[dict[str, Any]]) -> ShardInfo:
+    """Commit rows as one shard of the split its path names (its folder is made if missing)."""
+    split = split_of_path(rel_path)
+    (out_dir / rel_path).parent.mkdir(parents=True, exist_ok=True)
+    return write_table(out_dir, rel_path, _pyarrow().Table.from_pylist(rows, schema=_schemas()[split]))
+
+
 class ShardWriter:
     """Buffers rows per split and commits them from one background thread, in order, at checkpoints.
 

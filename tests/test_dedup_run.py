@@ -104,4 +104,4 @@ def test_deduplicator_decides_in_arrival_order() -> None:
     for r in rows:
         d.offer("train", r)
     decided = d.drain()
-    assert [m for _, _, m in decided] == [None, None, f"{0:016x}"]
+    assert [m and m.kept for _, _, m in decided] == [None, None, f"{0:016x}"]
