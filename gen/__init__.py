@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from gen.config import RunOptions
-    from gen.pipeline import RunResult, run, run_async
+    from gen.executors import run, run_async
+    from gen.pipeline import RunResult
 
 __all__ = ["RunOptions", "RunResult", "__version__", "run", "run_async"]
 
@@ -19,8 +20,12 @@ def __getattr__(name: str) -> Any:
         from gen.config import RunOptions
 
         return RunOptions
-    if name in ("RunResult", "run", "run_async"):
-        from gen import pipeline
+    if name in ("run", "run_async"):
+        from gen import executors
 
-        return getattr(pipeline, name)
+        return getattr(executors, name)
+    if name == "RunResult":
+        from gen.pipeline import RunResult
+
+        return RunResult
     raise AttributeError(f"module 'gen' has no attribute {name!r}")

@@ -311,9 +311,9 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
 
 
 def _execute(prepared, again: str) -> int:
-    from gen.pipeline import Run, run_loop
+    from gen.pipeline import run_prepared
 
-    return _exit_status(run_loop(Run(prepared).execute()), again)
+    return _exit_status(run_prepared(prepared), again)
 
 
 def _exit_status(result, again: str) -> int:
@@ -343,20 +343,14 @@ def _exit_status(result, again: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gen.prepare import prepare
+    from gen.executors import executor_for
 
     opts = _options(args)
-    if opts.executor == "ray":
-        from gen.cluster import import_ray, run_cluster
-
-        import_ray()  # before anything else: without Ray this is a one-line configuration error
-        result = run_cluster(args.prompt_file, opts)
-        again = f"gen run {args.prompt_file} --output {result.output_dir} --executor ray"
-        if args.ray_address:
-            again += f" --ray-address {args.ray_address}"
-        return _exit_status(result, again)
-    prepared = prepare(args.prompt_file, opts)
-    return _execute(prepared, f"gen run {args.prompt_file} --output {prepared.out_dir}")
+    executor = executor_for(opts.executor)  # the one choice; Ray missing is a ConfigError before any request
+    result = executor.run(args.prompt_file, opts)
+    return _exit_status(
+        result, f"gen run {args.prompt_file} --output {result.output_dir}{executor.resume_flags(opts)}"
+    )
 
 
 def _refresh(args: argparse.Namespace) -> int:

@@ -159,11 +159,11 @@ async def _follow_share(run: Run, share: Any, rpm: float | None, tpm: float | No
                 ray.get, share.poll.remote(run.partition, in_effect, done)
             )
         except ray.exceptions.RayActorError:  # the driver is gone: stop now, commit what arrived
-            run._on_signal(signal.SIGTERM)
-            run._cancel_workers()
+            run.stop(signal.SIGTERM)
+            run.cancel()
             return
         if stop is not None and run.signal is None:
-            run._on_signal(stop)
+            run.stop(stop)
         if granted != current and (rpm or tpm):
             if granted > 0:
                 if granted < current:

@@ -613,7 +613,7 @@ class Run:
         loop = asyncio.get_running_loop()
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._on_signal, sig)
+                loop.add_signal_handler(sig, self.stop, sig)
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
             pass
 
@@ -625,15 +625,18 @@ class Run:
             except (ValueError, RuntimeError, NotImplementedError):
                 pass
 
-    def _on_signal(self, sig: int) -> None:
+    def stop(self, sig: int) -> None:
+        """Stop as signal `sig` asks: dispatch nothing new, cancel the workers after `grace_s`; a second
+        call cancels them now. Called on the run's own loop (its signal handlers, a cluster's follower)."""
         if self.signal is not None:  # a second Ctrl-C: stop waiting for in-flight requests
-            self._cancel_workers()
+            self.cancel()
             return
         self.signal = sig
         self.stop_reason = f"stopped by {signal.Signals(sig).name}"
-        asyncio.get_running_loop().call_later(self.p.opts.grace_s, self._cancel_workers)
+        asyncio.get_running_loop().call_later(self.p.opts.grace_s, self.cancel)
 
-    def _cancel_workers(self) -> None:
+    def cancel(self) -> None:
+        """Cancel the workers now; what arrived is still committed (`execute` returns as interrupted)."""
         for w in self._workers:
             w.cancel()
 
@@ -974,15 +977,14 @@ def _public_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-async def run_async(prompt_file: str | Path, options: RunOptions | None = None) -> RunResult:
-    """Run a prompt file to completion (or resume it). Raises ConfigError before sending anything."""
-    opts = options or RunOptions()
-    if opts.executor != "local":  # a cluster run: its driver blocks on Ray, so off this loop
-        from gen.cluster import run_cluster
-
-        return await asyncio.to_thread(run_cluster, prompt_file, opts)
-    prepared = prepare(prompt_file, opts)
+async def run_prepared_async(prepared: Prepared) -> RunResult:
+    """Execute a prepared run (or one partition of it) in this process, on the running loop."""
     return await Run(prepared).execute()
+
+
+def run_prepared(prepared: Prepared) -> RunResult:
+    """Synchronous `run_prepared_async`, on a fresh event loop (`run_loop`)."""
+    return run_loop(run_prepared_async(prepared))
 
 
 def run_loop(coro: Any) -> Any:
@@ -997,16 +999,6 @@ def run_loop(coro: Any) -> Any:
             pass
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)
-
-
-def run(prompt_file: str | Path, options: RunOptions | None = None, **kwargs: Any) -> RunResult:
-    """Synchronous `run_async`; keyword arguments are RunOptions fields."""
-    opts = options or RunOptions(**kwargs)
-    if opts.executor != "local":
-        from gen.cluster import run_cluster
-
-        return run_cluster(prompt_file, opts)
-    return run_loop(run_async(prompt_file, opts))
 
 
 def summary(result: RunResult) -> str:
@@ -1034,8 +1026,8 @@ __all__ = [
     "RunStats",
     "prepare",
     "prepare_refresh",
-    "run",
-    "run_async",
     "run_loop",
+    "run_prepared",
+    "run_prepared_async",
     "summary",
 ]
