@@ -44,6 +44,7 @@ from gen.config import RunOptions
 from gen.dedup import key_of
 from gen.errors import ConfigError, FatalTeacherError, GenError
 from gen.ledger import load_manifest, partition_of
+from gen.manifest import build_manifest
 from gen.outdir import MERGE_DUPLICATES, OutputDir, partial_of_merge, partition_tag, rewritten_name
 from gen.pipeline import (
     ABORTED,
@@ -426,54 +427,54 @@ def _merged_manifest(
     driver_run: dict[str, Any],
 ) -> dict[str, Any]:
     """manifest.json of a cluster run: a one-machine manifest's fields, summed over the partitions."""
-    m = base.manifest(shards)
+    snap = base.snapshot(shards)
     parts = [manifests[i] for i in sorted(manifests)]
     served: list[str] = []
     for pm in parts:
         served += [s for s in pm["teacher"].get("served_models", []) if s not in served]
-    m["status"] = status
-    m["created_at"] = (previous or {}).get("created_at") or min(
-        [pm["created_at"] for pm in parts], default=m["created_at"]
-    )
-    m["teacher"]["served_models"] = served
-    m["teacher"]["launched"] = [x for pm in parts for x in pm["teacher"].get("launched", [])]
     prompt_tokens = sum(pm["usage"]["prompt_tokens"] for pm in parts)
     completion_tokens = sum(pm["usage"]["completion_tokens"] for pm in parts)
-    m["usage"] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        **{
-            k: sum(pm["usage"].get(k, 0) for pm in parts)
-            for k in ("unanswered_requests", "unanswered_tokens")
-        },
-    }
     costs = [pm.get("cost_usd") for pm in parts if pm.get("cost_usd") is not None]
-    m["cost_usd"] = round(sum(costs), 6) if costs else m.get("cost_usd")
-    dedup = dict(m["dedup"])
+    dedup = dict(snap.dedup)
     dedup["exact_removed"] = sum(pm["dedup"]["exact_removed"] for pm in parts)
     dedup["near_removed"] = sum(pm["dedup"]["near_removed"] for pm in parts)
     dedup["near_examples"] = [x for pm in parts for x in pm["dedup"].get("near_examples", [])][:5]
     if merge is not None:
         dedup["exact_removed"] += merge.removed["exact"]
         dedup["near_removed"] += merge.removed["near"]
-    m["dedup"] = dedup
     driver_runs = [r for r in (previous or {}).get("runs", []) if r.get("kind") == "driver"]
     driver_runs = [r for r in driver_runs if r.get("run_id") != driver_run["run_id"]]
-    m["runs"] = (
-        [{**r, "partition": i} for i in sorted(manifests) for r in manifests[i].get("runs", [])]
+    merged = dataclasses.replace(
+        snap,
+        status=status,
+        created_at=(previous or {}).get("created_at")
+        or min([pm["created_at"] for pm in parts], default=snap.created_at),
+        served_models=served,
+        launched=[x for pm in parts for x in pm["teacher"].get("launched", [])],
+        usage={
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            **{
+                k: sum(pm["usage"].get(k, 0) for pm in parts)
+                for k in ("unanswered_requests", "unanswered_tokens")
+            },
+        },
+        cost_usd=round(sum(costs), 6) if costs else snap.cost_usd,
+        dedup=dedup,
+        runs=[{**r, "partition": i} for i in sorted(manifests) for r in manifests[i].get("runs", [])]
         + driver_runs
-        + [driver_run]
+        + [driver_run],
+        cluster={
+            "executor": "ray",
+            "partitions": count,
+            "partition_of": "int(id[:8], 16) % partitions",
+            "scope": scope,
+            "partition_manifests": [str(OutputDir(Path(), i).manifest) for i in range(count)],
+            "merge": merge.as_dict() if merge is not None else None,
+        },
     )
-    m["cluster"] = {
-        "executor": "ray",
-        "partitions": count,
-        "partition_of": "int(id[:8], 16) % partitions",
-        "scope": scope,
-        "partition_manifests": [str(OutputDir(Path(), i).manifest) for i in range(count)],
-        "merge": merge.as_dict() if merge is not None else None,
-    }
-    return m
+    return build_manifest(merged)
 
 
 # --------------------------------------------------------------------------- the driver

@@ -38,12 +38,12 @@ from gen.ledger import (
     remove_empty_journal,
 )
 from gen.limits import LimitedTeacher, Limiter, estimate_tokens
-from gen.manifest import FORMAT, totals
+from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
-from gen.rows import ROW_SCHEMA_VERSION, Row, duplicate_row, reject_row
+from gen.rows import Row, duplicate_row, reject_row
 from gen.shards import (
     ShardInfo,
     ShardWriter,
@@ -241,70 +241,60 @@ class Run:
         return _Checkpoint(segments, self._usage(), self.budget.spent_usd)
 
     def manifest(self, shards: list[ShardInfo], at: _Checkpoint | None = None) -> dict[str, Any]:
+        """The manifest of the output as it stands: `shards` on disk, counters as of checkpoint `at`."""
+        return build_manifest(self.snapshot(shards, at))
+
+    def snapshot(self, shards: list[ShardInfo], at: _Checkpoint | None = None) -> RunSnapshot:
+        """What the manifest says now, as plain data (gen.manifest builds the manifest from it)."""
         t = self.p.teacher
         prompt = self.p.prompt
-        usage = at.usage if at is not None else self._usage()
         spent_usd = at.cost_usd if at is not None else self.budget.spent_usd
-        this_run = {
-            "run_id": self.run_id,
-            "status": self.status,
-            "generator_version": __version__,
-            "wall_time_s": round(time.monotonic() - self.started, 3),
-            **self.stats.as_dict(),
-        }
-        return {
-            "format": FORMAT,
-            "row_schema_version": ROW_SCHEMA_VERSION,
-            "run_id": self.run_id,
-            "status": self.status,
-            "created_at": self.created_at,
-            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "generator_version": __version__,
-            "prompt_file": {"path": str(prompt.path), "sha256": prompt.sha256},
-            "template": {
+        this_run = run_entry(self.run_id, self.status, time.monotonic() - self.started, self.stats.as_dict())
+        return RunSnapshot(
+            run_id=self.run_id,
+            status=self.status,
+            created_at=self.created_at,
+            updated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            prompt_file={"path": str(prompt.path), "sha256": prompt.sha256},
+            template={
                 "name": self.spec.name,
                 "version": self.spec.version,
                 "sha256": self.p.expansion.template_sha256,
                 "description": self.spec.description,
             },
-            "schema": (
+            schema=(
                 {"ref": self.p.schema.ref, "name": self.p.schema.name, "sha256": self.p.schema.sha256}
                 if self.p.schema
                 else None
             ),
-            "teacher": {
-                "provider": t.provider,
-                "model": t.model,
-                "served_models": self.served_models,
-                "license": t.license,
-                "base_urls": [_public_url(u) for u in self.base_urls]
-                if providers.get(t.provider).records_base_urls
-                else [],
-                "launched": self.served,
-            },
-            "seed": (
+            provider=t.provider,
+            model=t.model,
+            served_models=self.served_models,
+            license=t.license,
+            base_urls=[_public_url(u) for u in self.base_urls]
+            if providers.get(t.provider).records_base_urls
+            else [],
+            launched=self.served,
+            seed=(
                 {"path": str(self.p.prompt.resolve(self.spec.seed.path)), "license": self.spec.seed.license}
                 if self.spec.seed
                 else None
             ),
-            "intended_use": self.p.review.intended_use,
-            "licence_review": {**self.p.review.as_dict(), "registries": self.p.registry_sources},
-            "sampling": self.p.sampling,
-            "samples": self.p.expansion.samples,
-            "limit": self.p.opts.limit,  # with samples, the task set a complete output decides (audit)
-            "eval_fraction": self.spec.eval_fraction,
-            "lineage": self.p.lineage or (self.p.previous or {}).get("lineage"),
-            "shards": [s.as_dict() for s in shards],
-            "totals": totals(shards),
-            "dedup": self.dedup.as_dict(),
-            "usage": usage,
-            "cost_usd": round(spent_usd, 6) if self.p.price is not None else None,
-            # Segments whose every entry this manifest counts: a resumed run skips them if a crash left
-            # them behind (between this write and their deletion).
-            "journal_committed": [s.name for s in at.segments] if at is not None else [],
-            "runs": self._earlier_runs() + [this_run],
-            **({"partition": self._partition_scope()} if self.partition is not None else {}),
-        }
+            intended_use=self.p.review.intended_use,
+            licence_review={**self.p.review.as_dict(), "registries": self.p.registry_sources},
+            sampling=self.p.sampling,
+            samples=self.p.expansion.samples,
+            limit=self.p.opts.limit,
+            eval_fraction=self.spec.eval_fraction,
+            lineage=self.p.lineage or (self.p.previous or {}).get("lineage"),
+            shards=shards,
+            dedup=self.dedup.as_dict(),
+            usage=at.usage if at is not None else self._usage(),
+            cost_usd=round(spent_usd, 6) if self.p.price is not None else None,
+            journal_committed=[s.name for s in at.segments] if at is not None else [],
+            runs=self._earlier_runs() + [this_run],
+            partition=self._partition_scope() if self.partition is not None else None,
+        )
 
     def _earlier_runs(self) -> list[dict[str, Any]]:
         """The runs before this one: those the last manifest names, then any whose rows this run found

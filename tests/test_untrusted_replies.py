@@ -16,7 +16,7 @@ from helpers import all_task_ids, ids_in, journaled_answers
 
 from gen import RunOptions, run
 from gen.cli import main
-from gen.teachers import http as http_module
+from gen.teachers import transports as transports_module
 
 SCHEMA = {
     "type": "object",
@@ -86,7 +86,8 @@ def test_malformed_replies_are_asked_again_while_retries_last(tmp_path: Path, si
 def test_replies_past_the_cap_become_rejects_and_are_never_kept(
     tmp_path: Path, sim_server, monkeypatch, client: str
 ) -> None:
-    monkeypatch.setattr(http_module, "USE_WIRE", client == "wire")  # GEN_HTTP_CLIENT=aiohttp, in process
+    # GEN_HTTP_CLIENT=aiohttp, in process
+    monkeypatch.setattr(transports_module, "USE_WIRE", client == "wire")
     prompt = _recipe(tmp_path, n=40)
     sim = sim_server(rate_oversize=0.5, oversize_bytes=3_000_000, seed=2)
     out = tmp_path / "o"

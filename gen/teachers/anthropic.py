@@ -112,6 +112,7 @@ class AnthropicMessages(HTTPClient):
         if api_key:
             headers["x-api-key"] = api_key  # the only place the key goes
         super().__init__(
+            base_url=base_url,
             headers=headers,
             max_connections=max_connections,
             request_timeout_s=request_timeout_s,

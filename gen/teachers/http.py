@@ -3,33 +3,25 @@
 gen's own clients rather than the vendors' SDKs: bytes in and out through orjson and no per-request
 object churn. Plain-http teachers (vLLM, SGLang, the simulator) are reached through gen.teachers.wire,
 kept-alive connections, 0.15-0.2 ms of CPU a request cheaper than aiohttp; https ones through one
-aiohttp session. An SDK costs milliseconds of CPU per request; this costs a fraction of one, which is
-what lets one process feed many GPUs.
+aiohttp session (both behind gen.teachers.transports' one interface, chosen once per client). An SDK
+costs milliseconds of CPU per request; this costs a fraction of one, which is what lets one process feed
+many GPUs.
 """
 
 from __future__ import annotations
 
 import email.utils
-import os
 import time
-import zlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlencode, urlsplit
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 from pydantic import Field, ValidationError
 
 from gen.errors import FatalTeacherError, TeacherError, redact, register_secret
-from gen.teachers.wire import WireError, WirePool, oversize
-
-if TYPE_CHECKING:
-    import aiohttp
-
-# Plain-http requests go through gen.teachers.wire; https through aiohttp, imported only then (0.25 s of
-# start-up and 15 MB that a run against local servers never needs). GEN_HTTP_CLIENT=aiohttp sends every
-# request through aiohttp.
-USE_WIRE = os.environ.get("GEN_HTTP_CLIENT", "").lower() != "aiohttp"
+from gen.teachers.transports import open_transport
+from gen.teachers.wire import WireError
 
 # The reply size cap (issue 11): a reply larger than its request can explain is refused before it is kept.
 # A token is 3-5 bytes of text; 128 allows for JSON escapes (`\u00e9`, `\"`), long whitespace and repeat
@@ -41,7 +33,6 @@ REPLY_ENVELOPE_BYTES = 64 * 1024
 # context: 128k tokens, a cap of 16 MiB. Setting max_tokens (or --max-reply-bytes) tightens it.
 UNSET_MAX_TOKENS = 131_072
 LISTING_REPLY_BYTES = 16 * 1024 * 1024  # a model listing (GET /v1/models)
-_ACCEPT_ENCODING = "gzip, deflate"  # what the aiohttp path can inflate within the cap
 
 
 def _positive_int(value: Any) -> int | None:
@@ -117,8 +108,8 @@ def error_from_response(status: int, body: bytes, headers: Mapping[str, str]) ->
 
 
 class HTTPClient:
-    """A lazily created aiohttp session with gen's timeouts and connection limits, and a POST that turns
-    every failure into a TeacherError of the right class.
+    """A transport (gen.teachers.transports, chosen once from `base_url`) and requests that turn every
+    failure into a TeacherError of the right class.
 
     Every reply is read within a size cap, `max_reply_bytes` or else `reply_limit()` of the request's
     sampling (bytes as received, and again once inflated): past it the request fails as a retryable
@@ -131,6 +122,7 @@ class HTTPClient:
     def __init__(
         self,
         *,
+        base_url: str,
         headers: dict[str, str],
         max_connections: int,
         request_timeout_s: float,
@@ -138,36 +130,22 @@ class HTTPClient:
         api_key: str | None = None,
         max_reply_bytes: int | None = None,
     ) -> None:
-        """`api_key` is already in `headers`; it is registered here so that no error text carries it."""
+        """`api_key` is already in `headers`; it is registered here so that no error text carries it.
+        Every URL the client asks shares `base_url`'s scheme and host."""
         for name, value in headers.items():
             # A CR or LF would end the header early and let the rest inject new ones (gen.prepare
             # refuses such a key with one line; this guards library use).
             if any(ord(c) < 32 or ord(c) == 127 for c in value):
                 raise ValueError(f"header {name!r} contains a control character")
         register_secret(api_key)
-        self._headers = headers
-        self._aiohttp_headers = {**headers, "Accept-Encoding": _ACCEPT_ENCODING}
         self._max_reply_bytes = max_reply_bytes
-        self._max_connections = max_connections
-        self._request_timeout_s = request_timeout_s
-        self._connect_timeout_s = connect_timeout_s
-        self._session: aiohttp.ClientSession | None = None
-        self._wire: dict[str, WirePool] = {}  # plain http: one pool of connections per host:port
-
-    def _session_(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            import aiohttp
-
-            # Created lazily: a session belongs to the running event loop.
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, keepalive_timeout=60
-            )
-            timeout = aiohttp.ClientTimeout(
-                total=self._request_timeout_s, sock_connect=self._connect_timeout_s
-            )
-            # Inflated here, not by aiohttp: it would inflate a whole network read at once, unbounded.
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
-        return self._session
+        self._transport = open_transport(
+            base_url,
+            headers=headers,
+            max_connections=max_connections,
+            request_timeout_s=request_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
 
     def reply_limit(self, sampling: Mapping[str, Any]) -> int:
         """The size cap of the reply to a request with these sampling parameters."""
@@ -175,63 +153,28 @@ class HTTPClient:
             return self._max_reply_bytes
         return reply_limit(sampling, unset_max_tokens=self.unset_max_tokens)
 
-    def _wire_pool(self, url: str) -> tuple[WirePool, str]:
-        """The connection pool for a plain-http URL's host:port, and the URL's path and query."""
-        parts = urlsplit(url)
-        pool = self._wire.get(parts.netloc)
-        if pool is None:
-            pool = self._wire[parts.netloc] = WirePool(
-                url,
-                headers=self._headers,
-                request_timeout_s=self._request_timeout_s,
-                connect_timeout_s=self._connect_timeout_s,
-            )
-        return pool, parts.path + ("?" + parts.query if parts.query else "")
-
-    async def _request(
-        self, method: str, url: str, data: bytes, limit: int
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """One exchange on the transport for the URL, read within `limit` bytes; transport failures
-        (timeouts, lost connections, an oversize reply) raise TeacherError of the right class."""
-        try:
-            if USE_WIRE and url.startswith("http://"):
-                pool, path = self._wire_pool(url)
-                return await pool.request(method, path, data, limit=limit)
-            return await self._aiohttp_request(method, url, data, limit)
-        except WireError as e:
-            if e.timeout:
-                raise TeacherError("request timed out", retryable=True, billed=True) from None
-            if e.oversize:
-                how = "--max-reply-bytes" if self._max_reply_bytes is not None else "from max_tokens"
-                raise TeacherError(
-                    f"{e}: over the reply size cap ({how})", retryable=True, billed=True
-                ) from None
-            raise TeacherError(f"connection failed: {e}", retryable=True) from None
+    def _failed(self, e: WireError) -> TeacherError:
+        """A transport failure as a TeacherError: a timeout or an oversize reply retryable and billed (the
+        server may have spent the tokens), a lost connection retryable, a `final` one not."""
+        if e.timeout:
+            return TeacherError("request timed out", retryable=True, billed=True)
+        if e.oversize:
+            how = "--max-reply-bytes" if self._max_reply_bytes is not None else "from max_tokens"
+            return TeacherError(f"{e}: over the reply size cap ({how})", retryable=True, billed=True)
+        if e.final:
+            return TeacherError(f"request failed: {e}")
+        return TeacherError(f"connection failed: {e}", retryable=True)
 
     async def _post(self, url: str, data: bytes, limit: int) -> tuple[bytes, Mapping[str, str]]:
         """The body and headers of a 2xx answer of at most `limit` bytes; anything else raises
         TeacherError."""
-        status, headers, raw = await self._request("POST", url, data, limit)
+        try:
+            status, headers, raw = await self._transport.request("POST", url, data, limit)
+        except WireError as e:
+            raise self._failed(e) from None
         if status >= 400:
             raise error_from_response(status, raw, headers)
         return raw, headers
-
-    async def _aiohttp_request(
-        self, method: str, url: str, data: bytes, limit: int
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        import aiohttp
-
-        try:
-            async with self._session_().request(
-                method, url, data=data, headers=self._aiohttp_headers
-            ) as resp:
-                return resp.status, resp.headers, await read_within(resp, limit)
-        except TimeoutError:
-            raise TeacherError("request timed out", retryable=True, billed=True) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-            raise TeacherError(f"connection failed: {type(e).__name__}: {e}", retryable=True) from None
-        except aiohttp.ClientError as e:  # redirects, bad header lines, ...: not worth another try
-            raise TeacherError(f"request failed: {type(e).__name__}: {e}") from None
 
     async def _get_json(
         self, url: str, params: Mapping[str, str] | None = None, *, strict: bool = False
@@ -242,7 +185,10 @@ class HTTPClient:
         2xx body that is not JSON (an HTML page, say)."""
         url += "?" + urlencode(params) if params else ""
         try:
-            status, headers, raw = await self._request("GET", url, b"", LISTING_REPLY_BYTES)
+            try:
+                status, headers, raw = await self._transport.request("GET", url, b"", LISTING_REPLY_BYTES)
+            except WireError as e:
+                raise self._failed(e) from None
             if status >= 300:
                 raise error_from_response(status, raw, headers)
             try:
@@ -255,47 +201,7 @@ class HTTPClient:
             return None
 
     async def close(self) -> None:
-        for pool in self._wire.values():
-            pool.close()
-        self._wire.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-async def read_within(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """An aiohttp response's body, inflated (gzip or deflate), failing with WireError(oversize) as soon
-    as either the bytes received or the bytes inflated pass `limit`: no more than that is ever held."""
-    length = resp.content_length
-    if length is not None and length > limit:
-        raise oversize(limit)
-    coding = resp.headers.get("Content-Encoding", "").strip().lower()
-    if coding in ("", "identity"):
-        inflater = None
-    elif coding in ("gzip", "x-gzip", "deflate"):
-        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # a gzip or zlib header, whichever it has
-    else:
-        raise WireError(f"a Content-Encoding that was not asked for: {coding[:40]!r}")
-    parts: list[bytes] = []
-    received = inflated = 0
-    async for chunk in resp.content.iter_any():
-        received += len(chunk)
-        if received > limit:
-            raise oversize(limit)
-        if inflater is None:
-            parts.append(chunk)
-            continue
-        try:
-            while chunk:  # at most what is left under the cap per call: a bomb never inflates past it
-                piece = inflater.decompress(chunk, limit + 1 - inflated)
-                inflated += len(piece)
-                if inflated > limit:
-                    raise oversize(limit)
-                parts.append(piece)
-                chunk = inflater.unconsumed_tail
-        except zlib.error as e:
-            raise WireError(f"a {coding} body that does not inflate: {e}") from None
-    return b"".join(parts)
+        await self._transport.close()
 
 
 # The wire format of a reply is checked by a typed model in each protocol's module (strict: no number

@@ -82,6 +82,7 @@ class OpenAIChat(HTTPClient):
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"  # the only place the key goes
         super().__init__(
+            base_url=base_url,
             headers=headers,
             max_connections=max_connections,
             request_timeout_s=request_timeout_s,

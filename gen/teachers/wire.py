@@ -7,7 +7,7 @@ A teacher on plain http needs very little of it: a POST of a JSON body on a kept
 status, a few headers, a body (and a GET for its model list). This does only that, on asyncio's
 Protocol API, with the answer parsed by httptools (llhttp, Node.js's parser: chunked bodies,
 keep-alive rules, malformed input).
-https goes through aiohttp (gen.teachers.http), as do proxies: neither client reads proxy settings.
+https goes through aiohttp (gen.teachers.transports), as do proxies: neither client reads proxy settings.
 
 Behaviour a caller can rely on: requests carry `Content-Length` and never `Accept-Encoding` (bodies
 come back uncompressed; one that does not is returned as it came, for the caller to find unreadable);
@@ -36,12 +36,16 @@ DEFAULT_LIMIT = 16 * 1024 * 1024
 
 
 class WireError(Exception):
-    """The request failed on the wire: connection refused, reset or closed early, timeout, bad HTTP."""
+    """The request failed in the transport: connection refused, reset or closed early, timeout, bad
+    HTTP (gen.teachers.transports raises it for either transport)."""
 
-    def __init__(self, message: str, *, timeout: bool = False, oversize: bool = False) -> None:
+    def __init__(
+        self, message: str, *, timeout: bool = False, oversize: bool = False, final: bool = False
+    ) -> None:
         super().__init__(message)
         self.timeout = timeout
         self.oversize = oversize  # the reply grew past the request's limit
+        self.final = final  # not worth another try (a redirect, a bad header line: aiohttp's ClientError)
 
 
 class _Connection(asyncio.Protocol):

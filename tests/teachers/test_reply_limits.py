@@ -17,7 +17,7 @@ from test_wire import MESSAGES, OK_BODY, Scripted, answer, pool, read_request
 
 from gen.errors import TeacherError
 from gen.sim import server as sim_module
-from gen.teachers import http as http_module
+from gen.teachers import transports as transports_module
 from gen.teachers.anthropic import AnthropicMessages
 from gen.teachers.http import (
     REPLY_BYTES_PER_LOGPROB,
@@ -37,7 +37,7 @@ MB = 1024 * 1024
 @pytest.fixture(params=["wire", "aiohttp"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run the test through gen's plain-http client, then through aiohttp (GEN_HTTP_CLIENT=aiohttp)."""
-    monkeypatch.setattr(http_module, "USE_WIRE", request.param == "wire")
+    monkeypatch.setattr(transports_module, "USE_WIRE", request.param == "wire")
     yield request.param
 
 
@@ -145,7 +145,7 @@ async def test_a_body_that_trickles_forever_hits_the_request_timeout(
     [("gzip", gzip.compress), ("deflate", zlib.compress), ("x-gzip", gzip.compress)],
 )
 async def test_compressed_answers_still_read_through_aiohttp(monkeypatch, coding: str, pack) -> None:
-    monkeypatch.setattr(http_module, "USE_WIRE", False)
+    monkeypatch.setattr(transports_module, "USE_WIRE", False)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while (req := await read_request(reader)) is not None:
@@ -158,7 +158,7 @@ async def test_compressed_answers_still_read_through_aiohttp(monkeypatch, coding
 
 
 async def test_an_encoding_not_asked_for_is_a_retryable_error(monkeypatch) -> None:
-    monkeypatch.setattr(http_module, "USE_WIRE", False)
+    monkeypatch.setattr(transports_module, "USE_WIRE", False)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)

@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gen.errors import TeacherError
-from gen.teachers import http as http_module
+from gen.teachers import transports as transports_module
 from gen.teachers.openai import OpenAIChat
+from gen.teachers.transports import AiohttpTransport
 from gen.teachers.wire import WireError, WirePool
 
 OK_BODY = b'{"choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}], "model": "m"}'
@@ -251,11 +252,11 @@ async def test_a_cancelled_request_does_not_leave_its_connection_for_reuse() -> 
 async def test_gen_http_client_aiohttp_sends_plain_http_through_aiohttp(monkeypatch) -> None:
     async with Scripted(None) as s:  # type: ignore[arg-type]
         s.handler = s.serve_forever
-        monkeypatch.setattr(http_module, "USE_WIRE", False)
+        monkeypatch.setattr(transports_module, "USE_WIRE", False)
         client = OpenAIChat(s.url, "m")
         assert (await client.complete(MESSAGES, seed=1, sampling={})).text == "{}"
         await client.close()
-    assert b"aiohttp" in s.requests[0].lower() and not client._wire
+    assert b"aiohttp" in s.requests[0].lower() and isinstance(client._transport, AiohttpTransport)
 
 
 def test_only_plain_http_urls() -> None:
