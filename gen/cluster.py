@@ -192,12 +192,10 @@ async def _execute_partition(run: Run, share: Any, rpm: float | None, tpm: float
             run.limiter.set_rates(rpm=rpm * granted if rpm else None, tpm=tpm * granted if tpm else None)
         else:
             run.limiter.pause(POLL_S * 1.5)  # nothing free yet: the follower asks again shortly
-    follower = asyncio.create_task(_follow_share(run, share, rpm, tpm, granted if (rpm or tpm) else 0.0))
+    follower = _follow_share(run, share, rpm, tpm, granted if (rpm or tpm) else 0.0)
     try:
-        return await run.execute()
+        return await run.execute(alongside=follower)  # the run creates the follower's task and ends it
     finally:
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
         try:
             await asyncio.to_thread(ray.get, share.leave.remote(run.partition))
         except ray.exceptions.RayActorError:

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow.parquet as pq
 
 from gen.errors import ConfigError
 from gen.ledger import load_manifest
 from gen.outdir import NOT_AN_OUTPUT
+from gen.shards import read_columns
 
 
 def _load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -22,10 +22,8 @@ def _load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     for shard in manifest["shards"]:
         if shard["split"] not in ("train", "eval"):
             continue
-        table = pq.read_table(out / shard["path"], columns=["id", "output", "response"])
-        for tid, output, response in zip(
-            *(table.column(c).to_pylist() for c in ("id", "output", "response")), strict=True
-        ):
+        cols = read_columns(out, shard["path"], ["id", "output", "response"])
+        for tid, output, response in zip(cols["id"], cols["output"], cols["response"], strict=True):
             outputs[tid] = orjson.loads(output) if output is not None else response
     return manifest, outputs
 

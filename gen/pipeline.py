@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,7 +423,19 @@ class Run:
 
     # --- the producer ---
 
-    async def execute(self) -> RunResult:
+    async def execute(self, *, alongside: Coroutine[Any, Any, Any] | None = None) -> RunResult:
+        """Resume what the output holds, then produce the rest. `alongside` runs beside the run (a cluster
+        partition's rate-share follower) and is cancelled when the run ends: every asyncio task is the
+        pipeline's to create and cancel."""
+        side = asyncio.create_task(alongside) if alongside is not None else None
+        try:
+            return await self._execute()
+        finally:
+            if side is not None:
+                side.cancel()
+                await asyncio.gather(side, return_exceptions=True)
+
+    async def _execute(self) -> RunResult:
         p = self.p
         client, servers = await self._open_teacher()
         try:

@@ -71,14 +71,13 @@ class SeedTable:
         elif self.format == ".csv":
             yield from self._csv()
         else:
-            import pyarrow.parquet as pq  # only seed tables need it here; keep `gen` import light
+            from gen.shards import parquet_rows  # pyarrow lives there; only seed tables need it here
 
             n = 0
             try:
-                with pq.ParquetFile(self.path) as pf:
-                    for batch in pf.iter_batches(batch_size=4096):
-                        yield from batch.to_pylist()
-                        n += batch.num_rows
+                for row in parquet_rows(self.path):
+                    yield row
+                    n += 1
             except Exception as e:  # changed on disk since validate(): still a seed error, not a crash
                 raise self._error(f"cannot read past row {n:,}: {e}") from None
 
@@ -95,15 +94,13 @@ class SeedTable:
         return n
 
     def _validate_parquet(self) -> int:
-        import pyarrow.parquet as pq
+        from gen.shards import parquet_batch_sizes
 
         n = 0
         try:
-            with pq.ParquetFile(self.path) as pf:
-                for group in range(pf.num_row_groups):
-                    # Decoding every column page is the check; to_pylist() would only add time.
-                    for batch in pf.iter_batches(batch_size=65_536, row_groups=[group]):
-                        n += batch.num_rows
+            # Decoding every column page is the check; converting rows to Python would only add time.
+            for size in parquet_batch_sizes(self.path):
+                n += size
         except Exception as e:  # a corrupt page or footer: pyarrow raises OSError, ArrowInvalid, ...
             raise self._error(f"cannot read past row {n:,}: {e}") from None
         return n
@@ -170,9 +167,9 @@ class SeedTable:
         if self._count is not None:
             return self._count
         if self.format == ".parquet":
-            import pyarrow.parquet as pq
+            from gen.shards import parquet_row_count
 
-            return pq.ParquetFile(self.path).metadata.num_rows
+            return parquet_row_count(self.path)
         if self.format == ".jsonl":
             with self.path.open("rb") as f:
                 return sum(1 for line in f if line.strip())

@@ -16,7 +16,7 @@ import hashlib
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +252,28 @@ def read_columns(out_dir: Path, rel_path: str, columns: list[str]) -> dict[str, 
     # pandas (0.45 s), on the path to a resumed run's first request.
     table = _pyarrow().parquet.ParquetFile(out_dir / rel_path).read(columns=columns)
     return {name: table.column(name).to_pylist() for name in columns}
+
+
+def parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[dict[str, Any]]:
+    """Every row of a Parquet file (a seed table), a batch at a time; pyarrow's errors propagate."""
+    with _pyarrow().parquet.ParquetFile(path) as pf:
+        for batch in pf.iter_batches(batch_size=batch_size):
+            yield from batch.to_pylist()
+
+
+def parquet_row_count(path: Path) -> int:
+    """Rows of a Parquet file, from its footer."""
+    with _pyarrow().parquet.ParquetFile(path) as pf:
+        return pf.metadata.num_rows
+
+
+def parquet_batch_sizes(path: Path) -> Iterator[int]:
+    """Decode every page of a Parquet file, a batch at a time, yielding each batch's row count: the check
+    that the whole file reads (a corrupt page raises pyarrow's error where it is)."""
+    with _pyarrow().parquet.ParquetFile(path) as pf:
+        for group in range(pf.num_row_groups):
+            for batch in pf.iter_batches(batch_size=65_536, row_groups=[group]):
+                yield batch.num_rows
 
 
 def write_table(out_dir: Path, rel_path: str, table: pa.Table) -> ShardInfo:

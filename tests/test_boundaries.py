@@ -84,3 +84,23 @@ def test_the_import_scan_sees_what_it_must(tmp_path: Path) -> None:
         "gen.ledger",
     }
     assert _hits(found, SERVER_SIDE) == {"aiohttp.web"}
+
+
+def test_only_the_shard_writer_and_the_audit_import_pyarrow() -> None:
+    users = {str(p.relative_to(GEN)) for p in GEN.rglob("*.py") if _hits(imports(p), ("pyarrow",))}
+    assert users == {"shards.py", "audit.py"}
+
+
+# The launcher shields its own stop (a second Ctrl-C must not leave a vLLM server behind): the one task
+# made outside the pipeline, and it never outlives the await that made it.
+TASK_MAKERS_ALLOWED = {"pipeline.py", "launchers/vllm.py"}
+
+
+def test_only_the_pipeline_creates_asyncio_tasks() -> None:
+    makers = set()
+    for path in GEN.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in ("create_task", "ensure_future"):
+                makers.add(str(path.relative_to(GEN)))
+    assert makers <= TASK_MAKERS_ALLOWED, makers - TASK_MAKERS_ALLOWED
+    assert "pipeline.py" in makers
