@@ -704,15 +704,14 @@ class Run:
         per_request = (self.stats.prompt_tokens + self.stats.completion_tokens) // self.stats.requests
         return per_request * self.limiter.concurrency.in_flight
 
-    def _on_retry(self, e: TeacherError, key: int) -> None:
+    def _on_retry(self, e: TeacherError, task_id: str, key: int) -> None:
         self.stats.retries += 1
         if e.status == 429:
             self.stats.throttled += 1
         if e.billed:  # the failed attempt is spent; the retry is journaled as a request of its own
-            reserved = self._in_flight.get(key)
             spent = self._abandon(key)
-            if reserved is not None and spent is not None:
-                self._reserve(reserved[0], key, spent, spent)
+            if spent is not None:
+                self._reserve(task_id, key, spent, spent)
 
     async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> None:
         """One task to its outcome: ask until valid, then the exact-duplicate check, then the row."""
@@ -761,7 +760,7 @@ class Run:
                 comp = await with_retries(
                     lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=self.p.sampling),
                     self.retry_policy,
-                    on_retry=lambda e: self._on_retry(e, key),
+                    on_retry=lambda e: self._on_retry(e, task.id, key),
                 )
             except asyncio.CancelledError:
                 self._abandon(key)
