@@ -269,10 +269,6 @@ class Deduplicator:
         return step
 
     @property
-    def exact(self) -> ExactDedup:
-        return self._exact.index
-
-    @property
     def near(self) -> Any:
         """The near step's NearDedup index, or None when near is off."""
         return self.step("near").index if self.near_enabled else None  # type: ignore[attr-defined]

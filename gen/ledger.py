@@ -119,11 +119,9 @@ class Journal:
             entry["u"] = usage
         self._pending.append(seal(entry))
         if write:
-            try:
-                self.flush()
-            except OSError as e:
-                self.error = e
-                raise
+            self.write_pending()
+            if self.error is not None:
+                raise self.error
 
     def _flush_soon(self) -> None:
         self._scheduled = False

@@ -165,10 +165,13 @@ class Run:
         self.spec = p.prompt.spec
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
         self.stats = RunStats()
+        # Partition `index` of `count` in a cluster run (gen.cluster), or None for a one-machine run.
+        self.partition: int | None = p.opts.partition[0] if p.opts.partition else None
+        self.partitions: int = p.opts.partition[1] if p.opts.partition else 1
+        self.out = OutputDir(p.out_dir, self.partition)  # this run's own manifest and journal
         d = self.spec.dedup
         # An output keeps the key it was begun with; one made before [dedup] on existed keeps "output".
-        where = OutputDir(p.out_dir, p.opts.partition[0] if p.opts.partition else None).manifest
-        on, self.legacy_dedup_key = key_of(d.on, p.previous, p.opts.dedup_on, where)
+        on, self.legacy_dedup_key = key_of(d.on, p.previous, p.opts.dedup_on, self.out.manifest)
         self.dedup = Deduplicator(
             near=d.near and not p.opts.no_near_dedup,
             threshold=p.opts.near_threshold or d.threshold,
@@ -217,9 +220,6 @@ class Run:
         )
         self.writer: ShardWriter | None = None
         self.journal: Journal | None = None
-        # Partition `index` of `count` in a cluster run (gen.cluster), or None for a one-machine run.
-        self.partition: int | None = p.opts.partition[0] if p.opts.partition else None
-        self.partitions: int = p.opts.partition[1] if p.opts.partition else 1
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
@@ -316,11 +316,9 @@ class Run:
     def _on_checkpoint(self, shards: list[ShardInfo], at: _Checkpoint | None) -> None:
         manifest = self.manifest(shards, at)
         if self.partition is not None:  # the driver merges the partitions into manifest.json and the card
-            path = OutputDir(self.p.out_dir, self.partition).manifest
-            path.parent.mkdir(exist_ok=True)
-            write_json(path, manifest)
-        else:
-            write_json(OutputDir(self.p.out_dir).manifest, manifest)
+            self.out.manifest.parent.mkdir(exist_ok=True)
+        write_json(self.out.manifest, manifest)
+        if self.partition is None:
             write_card(self.p.out_dir, manifest)
         for segment in at.segments if at is not None else []:  # their entries are in shards now
             segment.unlink(missing_ok=True)
