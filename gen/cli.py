@@ -247,9 +247,16 @@ def _positive(name: str, value: int | None) -> None:
 def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps `gen --help` fast)
     from gen.config import RunOptions
 
-    for flag in ("max_concurrency", "samples", "limit", "shard_rows", "max_tokens", "partitions"):
+    for flag in (
+        "max_concurrency",
+        "samples",
+        "limit",
+        "shard_rows",
+        "max_tokens",
+        "partitions",
+        "max_reply_bytes",
+    ):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
-    _positive("--max-reply-bytes", args.max_reply_bytes)
     executor = getattr(args, "executor", "local")
     if executor != "ray" and (getattr(args, "partitions", None) or getattr(args, "ray_address", None)):
         from gen.errors import ConfigError
@@ -455,12 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"gen: run aborted, the teacher refused: {e}", file=sys.stderr)
         return EXIT_ABORTED
-    except GenError as e:
-        if debug:  # the traceback, then the same line and exit status as without --debug
-            traceback.print_exc()
-        print(f"gen: run aborted: {e}", file=sys.stderr)
-        return EXIT_ABORTED
-    except OSError as e:  # the output could not be prepared or written; nothing committed was touched
+    # OSError: the output could not be prepared or written; nothing committed was touched.
+    except (GenError, OSError) as e:
         if debug:  # the traceback, then the same line and exit status as without --debug
             traceback.print_exc()
         print(f"gen: run aborted: {e}", file=sys.stderr)

@@ -28,6 +28,11 @@ def ids_in(out: Path, folder: str) -> list[str]:
     ]
 
 
+def rows_in(out: Path, folder: str = "data") -> list[dict]:
+    """Every row of every shard in one folder of an output (data, rejects, duplicates), in shard order."""
+    return [r for f in sorted((out / folder).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
 def journaled_answers(out: Path, partition: int | None = None) -> int:
     """Answers in an output's journal now (its other lines are reservations of requests sent)."""
     for _ in range(10):

@@ -16,6 +16,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import rows_in
 
 from gen import RunOptions, run
 from gen.audit import audit
@@ -66,10 +67,6 @@ def _recipe(
     return folder / "p.toml"
 
 
-def _rows(out: Path, folder: str = "data") -> list[dict]:
-    return [r for f in sorted((out / folder).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-
-
 def _manifest(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
@@ -81,7 +78,7 @@ def _body(row: dict) -> str:
 def test_a_classification_recipe_keeps_every_distinct_input(tmp_path: Path) -> None:
     out = tmp_path / "o"
     result = run(_recipe(tmp_path, _tickets(200)), RunOptions(output=out, progress=False))
-    rows = _rows(out)
+    rows = rows_in(out)
     assert len(rows) == 200 and result.stats.duplicates == 0
     assert len({_body(r) for r in rows}) == 200
     assert len({r["output"] for r in rows}) == 4  # 4 labels, 200 examples: the same answer is the signal
@@ -94,7 +91,7 @@ def test_repeated_identical_samples_of_one_input_keep_one(tmp_path: Path) -> Non
     out = tmp_path / "o"
     prompt = _recipe(tmp_path, _tickets(10), categories=["billing"], samples=5)
     result = run(prompt, RunOptions(output=out, progress=False))
-    rows, dups = _rows(out), _rows(out, "duplicates")
+    rows, dups = rows_in(out), rows_in(out, "duplicates")
     assert sorted(_body(r) for r in rows) == sorted(_tickets(10))  # one of each input
     assert len(dups) == 40 == result.stats.duplicates and {d["kind"] for d in dups} == {"exact"}
     kept = {r["id"][:16]: r for r in rows}
@@ -105,7 +102,7 @@ def test_repeated_identical_samples_of_one_input_keep_one(tmp_path: Path) -> Non
 def test_samples_of_one_input_keep_each_distinct_answer(tmp_path: Path) -> None:
     out = tmp_path / "o"
     run(_recipe(tmp_path, _tickets(8), samples=12), RunOptions(output=out, progress=False))
-    rows, dups = _rows(out), _rows(out, "duplicates")
+    rows, dups = rows_in(out), rows_in(out, "duplicates")
     kept = Counter((r["vars"], r["output"]) for r in rows)
     assert max(kept.values()) == 1  # no input holds the same answer twice
     removed = {(d["vars"], d["output"]) for d in dups}
@@ -122,7 +119,7 @@ def test_near_identical_examples_go(tmp_path: Path) -> None:
         _recipe(tmp_path, [long_ticket, edited, other], categories=["bug"]),
         RunOptions(output=out, progress=False),
     )
-    rows, dups = _rows(out), _rows(out, "duplicates")
+    rows, dups = rows_in(out), rows_in(out, "duplicates")
     assert len(rows) == 2 and other in {_body(r) for r in rows}
     assert [d["kind"] for d in dups] == ["near"] and result.stats.duplicates == 1
     assert _manifest(out)["dedup"]["near_removed"] == 1
@@ -133,7 +130,7 @@ def test_on_output_restores_the_old_behaviour(tmp_path: Path) -> None:
     result = run(
         _recipe(tmp_path, _tickets(200), dedup='on = "output"'), RunOptions(output=out, progress=False)
     )
-    rows = _rows(out)
+    rows = rows_in(out)
     assert sorted(r["output"] for r in rows) == sorted(
         json.dumps({"category": c}, separators=(",", ":")) for c in CATEGORIES
     )
@@ -147,7 +144,7 @@ def test_on_input_keeps_one_answer_per_input(tmp_path: Path) -> None:
         _recipe(tmp_path, _tickets(20), samples=3, dedup='on = "input"'),
         RunOptions(output=out, progress=False),
     )
-    rows = _rows(out)
+    rows = rows_in(out)
     assert sorted(_body(r) for r in rows) == sorted(_tickets(20))
     assert _manifest(out)["dedup"]["on"] == "input"
 
@@ -171,12 +168,12 @@ def test_a_resumed_old_key_output_keeps_the_old_key(tmp_path: Path, capsys) -> N
     out = tmp_path / "o"
     # The first part as an old gen made it: deduplicated by output text, the manifest without `on`.
     run(prompt, RunOptions(output=out, progress=False, limit=60, dedup_on="output"))
-    assert len(_rows(out)) <= 4
+    assert len(rows_in(out)) <= 4
     _as_old_gen_wrote_it(out)
     capsys.readouterr()
     result = run(prompt, RunOptions(output=out, progress=False))
     assert "deduplicated by output" in capsys.readouterr().err
-    rows = _rows(out)
+    rows = rows_in(out)
     assert len({r["output"] for r in rows}) == len(rows) <= 4  # not mixed: still one row per answer
     assert result.stats.rows + result.stats.duplicates == 140
     m = _manifest(out)
@@ -189,8 +186,8 @@ def test_a_resumed_output_deduplicates_against_committed_examples(tmp_path: Path
     out = tmp_path / "o"
     run(prompt, RunOptions(output=out, progress=False, limit=13))
     run(prompt, RunOptions(output=out, progress=False))
-    assert sorted(_body(r) for r in _rows(out)) == sorted(_tickets(10))
-    assert len(_rows(out, "duplicates")) == 30
+    assert sorted(_body(r) for r in rows_in(out)) == sorted(_tickets(10))
+    assert len(rows_in(out, "duplicates")) == 30
 
 
 def test_dedup_against_another_output_uses_this_runs_key(tmp_path: Path) -> None:
@@ -198,14 +195,14 @@ def test_dedup_against_another_output_uses_this_runs_key(tmp_path: Path) -> None
     other = tmp_path / "other"
     run(_recipe(tmp_path / "a", tickets[:100], categories=["billing"], name="older"),
         RunOptions(output=other, progress=False))  # fmt: skip
-    assert len(_rows(other)) == 100
+    assert len(rows_in(other)) == 100
     out = tmp_path / "o"
     result = run(
         _recipe(tmp_path / "b", tickets[50:], categories=["billing"], name="newer"),
         RunOptions(output=out, progress=False, dedup_against=[other]),
     )
     # Tickets 50..99 got the same answer in the other output: duplicates. 100..149 are new inputs.
-    assert sorted(_body(r) for r in _rows(out)) == sorted(tickets[100:])
+    assert sorted(_body(r) for r in rows_in(out)) == sorted(tickets[100:])
     assert result.stats.duplicates == 50
 
 
@@ -252,7 +249,7 @@ def test_audit_finds_an_example_kept_twice(tmp_path: Path) -> None:
     table = pq.read_table(path)
     rows = table.to_pylist()
     by_prefix = {r["id"][:16]: r for r in rows}
-    dup = next(d for d in _rows(out, "duplicates") if d["duplicate_of"] in by_prefix)
+    dup = next(d for d in rows_in(out, "duplicates") if d["duplicate_of"] in by_prefix)
     twin = by_prefix[dup["duplicate_of"]]
     # A second sample of the same input with the same answer, consistent in every provenance column.
     rows.append({**twin, "id": dup["id"], "sample": 1 - twin["sample"]})
@@ -323,7 +320,7 @@ def test_a_killed_run_resumes_with_the_example_key(tmp_path: Path) -> None:
     proc.wait()
     assert list(out.glob("journal/*.jsonl"))
     assert subprocess.run(cmd, stderr=subprocess.DEVNULL, env=os.environ.copy()).returncode == 0
-    rows, dups = _rows(out), _rows(out, "duplicates")
+    rows, dups = rows_in(out), rows_in(out, "duplicates")
     kept = Counter((r["vars"], r["output"]) for r in rows)
     assert max(kept.values()) == 1 and {(d["vars"], d["output"]) for d in dups} <= set(kept)
     assert {_body(r) for r in rows} == set(tickets) and len(rows) + len(dups) == 180

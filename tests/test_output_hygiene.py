@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import journaled_answers
 
 from gen import RunOptions, run
 from gen.cli import main
@@ -55,19 +56,6 @@ def test_a_finished_run_leaves_no_journal_folder(tmp_path: Path) -> None:
     assert not (out / "journal").exists()
 
 
-def _journaled_answers(out: Path) -> int:
-    """Answers (not reservations) in the journal's segments."""
-    try:
-        return sum(
-            1
-            for p in (out / "journal").glob("*.jsonl")
-            for line in p.read_bytes().splitlines()
-            if b'"r":{' in line
-        )
-    except FileNotFoundError:  # a segment dropped meanwhile
-        return 0
-
-
 def test_a_resumed_run_removes_the_journal_it_replayed(tmp_path: Path, sim_server) -> None:
     prompt = _recipe(tmp_path, "slow", list(range(300)))
     slow = sim_server(latency_ms=200)  # 300 tasks, 8 at a time: 7.5 s, far longer than the wait below
@@ -76,11 +64,11 @@ def test_a_resumed_run_removes_the_journal_it_replayed(tmp_path: Path, sim_serve
            "--no-progress", "--max-concurrency", "8", "--shard-rows", "100000"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _journaled_answers(out) < 10:
+    while time.monotonic() < deadline and journaled_answers(out) < 10:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert _journaled_answers(out) >= 10, "the killed run should have journaled answers"
+    assert journaled_answers(out) >= 10, "the killed run should have journaled answers"
 
     result = run(prompt, RunOptions(base_url=sim_server().base_url, output=out, progress=False))
     assert result.status == "complete" and result.stats.replayed > 0

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from helpers import rows_in
 
 from gen import RunOptions, run
 from gen.cli import main
@@ -40,11 +41,6 @@ ROW_COLUMNS = {
 }
 
 
-def _rows(out: Path, folder: str = "data") -> list[dict]:
-    files = sorted((out / folder).glob("*.parquet"))
-    return [r for f in files for r in pq.read_table(f).to_pylist()]
-
-
 def test_quickstart_through_the_real_cli(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     proc = subprocess.run(
@@ -67,7 +63,7 @@ def test_quickstart_through_the_real_cli(tmp_path: Path) -> None:
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
         assert pq.ParquetFile(out / shard["path"]).metadata.num_rows == shard["rows"]
         assert pq.ParquetFile(out / shard["path"]).metadata.row_group(0).column(0).compression == "ZSTD"
-    rows = _rows(out)
+    rows = rows_in(out)
     assert len(rows) == manifest["totals"]["rows"] == 240 - manifest["totals"]["duplicates"]
     assert ROW_COLUMNS <= set(rows[0])
     row = rows[0]
@@ -122,7 +118,7 @@ def test_console_script_exit_keeps_everything_and_runs_atexit(tmp_path: Path, si
 def test_shards_load_in_polars_duckdb_and_datasets(tmp_path: Path) -> None:
     out = tmp_path / "o"
     run(QUICKSTART, RunOptions(output=out, progress=False, limit=60))
-    n = len(_rows(out))
+    n = len(rows_in(out))
     import duckdb
     import polars as pl
 
@@ -155,7 +151,7 @@ def test_faults_are_retried_repaired_or_rejected_never_dropped(tmp_path: Path, s
     assert s.tasks == 240
     assert s.rows + s.rejects + s.duplicates == 240
     assert s.retries > 0 and s.repairs > 0
-    rows, rejects = _rows(out), _rows(out, "rejects")
+    rows, rejects = rows_in(out), rows_in(out, "rejects")
     assert len(rows) == s.rows and len(rejects) == s.rejects
     assert any(r["attempts"] > 1 for r in rows)  # repaired after an invalid answer
     assert any(
@@ -173,7 +169,7 @@ def test_answers_that_never_validate_become_rejects_with_the_raw_text(tmp_path: 
         QUICKSTART, RunOptions(provider="openai", base_url=sim.base_url, output=out, progress=False, limit=10)
     )
     assert result.stats.rows == 0 and result.stats.rejects == 10
-    rejects = _rows(out, "rejects")
+    rejects = rows_in(out, "rejects")
     assert {r["reason"] for r in rejects} == {"invalid_json"}
     assert all(r["attempts"] == 3 and r["response"] and r["error"] for r in rejects)
     assert sim.stats()["requests"] == 30  # one ask and two re-asks each
@@ -189,7 +185,7 @@ def test_same_inputs_same_ids_and_answers(tmp_path: Path, sim_server) -> None:
                 provider="openai", base_url=sim.base_url, output=tmp_path / name, progress=False, limit=40
             ),
         )
-        outs.append(sorted((r["id"], r["output"], r["split"]) for r in _rows(tmp_path / name)))
+        outs.append(sorted((r["id"], r["output"], r["split"]) for r in rows_in(tmp_path / name)))
     assert outs[0] == outs[1] and len(outs[0]) == 40
 
 
@@ -245,7 +241,7 @@ def test_many_shards_with_limit_samples_and_concurrency_flags(tmp_path: Path, si
     )
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
-    rows = _rows(out)
+    rows = rows_in(out)
     assert len(rows) == 100 and sum(s["rows"] for s in manifest["shards"] if s["split"] != "rejects") == 100
     assert len([s for s in manifest["shards"] if s["split"] == "train"]) >= 4
     assert {r["sample"] for r in rows} == {0} and {r["teacher_license"] for r in rows} == {"mit"}
@@ -296,7 +292,7 @@ def test_unknown_model_is_rejected_not_retried(tmp_path: Path, sim_server) -> No
         ),
     )
     assert result.stats.rejects == 5 and result.stats.retries == 0
-    rejects = _rows(tmp_path / "o", "rejects")
+    rejects = rows_in(tmp_path / "o", "rejects")
     assert {r["reason"] for r in rejects} == {"teacher_error"} and "404" in rejects[0]["error"]
 
 
@@ -332,7 +328,7 @@ def test_anthropic_provider_end_to_end(tmp_path: Path, sim_server, monkeypatch) 
     result = run(QUICKSTART, opts)
     assert result.stats.rows + result.stats.duplicates == 40 and result.stats.retries > 0
     assert sim.stats()["status_529"] > 0
-    row = _rows(out)[0]
+    row = rows_in(out)[0]
     assert row["teacher_provider"] == "anthropic" and set(json.loads(row["output"])) == {
         "topic",
         "fact",

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+from helpers import rows_in
 
 from gen.cli import main
 
@@ -26,10 +26,6 @@ def _gen(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 def _run(capsys, out: Path, base_url: str, *extra: str) -> tuple[int, str]:
     return _gen(capsys, "run", str(QUICKSTART), "--provider", "openai", "--base-url", base_url,
                 "--output", str(out), *extra)  # fmt: skip
-
-
-def _rows(out: Path, folder: str) -> list[dict]:
-    return [r for f in sorted((out / folder).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
 
 
 def _one_line(err: str) -> str:
@@ -83,7 +79,7 @@ def test_an_unreachable_base_url_is_one_line_before_any_task(tmp_path: Path, cap
     code, err = _run(capsys, tmp_path / "o", url, "--max-retries", "0")
     line = _one_line(err)
     assert code == 2 and "cannot reach the teacher" in line and url in line
-    assert _rows(tmp_path / "o", "rejects") == []
+    assert rows_in(tmp_path / "o", "rejects") == []
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "localhost:8000", "ftp://example.com/v1", "http:///v1"])
@@ -118,7 +114,7 @@ def test_no_model_check_runs_against_a_server_that_lists_no_models(
     assert code == 2 and "--no-model-check" in _one_line(err) and sim.stats()["requests"] == 0
     code, err = _run(capsys, tmp_path / "b", sim.base_url, "--limit", "10", "--no-model-check")
     assert code == 0, err
-    assert len(_rows(tmp_path / "b", "data")) + len(_rows(tmp_path / "b", "duplicates")) == 10
+    assert len(rows_in(tmp_path / "b", "data")) + len(rows_in(tmp_path / "b", "duplicates")) == 10
 
 
 def test_the_readme_refresh_example_against_the_simulator(tmp_path: Path, capsys, sim_server) -> None:
@@ -133,7 +129,7 @@ def test_the_readme_refresh_example_against_the_simulator(tmp_path: Path, capsys
     qwen = sim_server(model="Qwen/Qwen3-32B")
     code, err = _gen(capsys, *argv, qwen.base_url)
     assert code == 0, err
-    assert {r["teacher_model"] for r in _rows(tmp_path / "qs-v2", "data")} == {"Qwen/Qwen3-32B"}
+    assert {r["teacher_model"] for r in rows_in(tmp_path / "qs-v2", "data")} == {"Qwen/Qwen3-32B"}
 
 
 def test_a_refused_key_stops_the_run_before_any_task(tmp_path: Path, capsys, sim_server, monkeypatch) -> None:
@@ -151,7 +147,7 @@ def test_anthropic_base_url_with_or_without_v1(tmp_path: Path, capsys, sim_serve
     argv = ["run", str(QUICKSTART), "--provider", "anthropic", "--base-url", root + suffix, "--limit", "8"]
     code, err = _gen(capsys, *argv, "--output", str(tmp_path / "o"), "--acknowledge-licence-conflict")
     assert code == 0, err
-    assert len(_rows(tmp_path / "o", "data")) + len(_rows(tmp_path / "o", "duplicates")) == 8
+    assert len(rows_in(tmp_path / "o", "data")) + len(rows_in(tmp_path / "o", "duplicates")) == 8
     assert sim.stats()["ok"] == 8
 
 
@@ -164,11 +160,13 @@ def test_a_run_whose_first_answers_all_fail_alike_stops_early_and_resumes_whole(
     line = _one_line(err)
     assert code == 1 and "HTTP 500" in line and "server" in line
     assert broken.stats()["requests"] < 240  # not every task was asked
-    assert _rows(out, "rejects") == []  # none recorded: the rerun asks them all again
+    assert rows_in(out, "rejects") == []  # none recorded: the rerun asks them all again
     healthy = sim_server()
     code, err = _run(capsys, out, healthy.base_url)
     assert code == 0, err
-    assert len(_rows(out, "data")) + len(_rows(out, "duplicates")) == 240 and _rows(out, "rejects") == []
+    assert (
+        len(rows_in(out, "data")) + len(rows_in(out, "duplicates")) == 240 and rows_in(out, "rejects") == []
+    )
 
 
 def test_a_wrong_model_without_the_check_stops_early_with_the_fix(tmp_path: Path, capsys, sim_server) -> None:
@@ -184,12 +182,12 @@ def test_a_finished_run_that_kept_nothing_exits_non_zero(tmp_path: Path, capsys,
     sim = sim_server(rate_invalid_json=1.0)
     code, err = _run(capsys, tmp_path / "a", sim.base_url, "--limit", "6")
     assert code == 1 and "kept nothing" in err and "6 rejects" in err
-    assert len(_rows(tmp_path / "a", "rejects")) == 6
+    assert len(rows_in(tmp_path / "a", "rejects")) == 6
     # Too few tasks to stop early: every one fails the same way, all are recorded, and the exit says so.
     down = sim_server(rate_500=1.0)
     code, err = _run(capsys, tmp_path / "b", down.base_url, "--limit", "3", "--max-retries", "0")
     assert code == 1 and "kept nothing" in err
-    assert [r["reason"] for r in _rows(tmp_path / "b", "rejects")] == ["teacher_error"] * 3
+    assert [r["reason"] for r in rows_in(tmp_path / "b", "rejects")] == ["teacher_error"] * 3
 
 
 def test_a_server_that_never_answers_is_one_line_before_any_task(tmp_path: Path, capsys) -> None:
@@ -213,8 +211,8 @@ def test_failures_held_before_the_first_answer_are_recorded_once_one_comes(
         capsys, out, sim.base_url, "--limit", "30", "--max-concurrency", "1", "--max-retries", "0"
     )
     assert code == 0, err
-    rejects = _rows(out, "rejects")
+    rejects = rows_in(out, "rejects")
     assert len(rejects) == sim.stats()["status_500"] >= 6 and {r["reason"] for r in rejects} == {
         "teacher_error"
     }
-    assert len(rejects) + len(_rows(out, "data")) + len(_rows(out, "duplicates")) == 30
+    assert len(rejects) + len(rows_in(out, "data")) + len(rows_in(out, "duplicates")) == 30

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
+from helpers import rows_in
 
 from gen import RunOptions, run
 from gen.pipeline import summary
@@ -43,10 +43,6 @@ topic = {json.dumps(TOPICS)}
     return p
 
 
-def _rows(out: Path, folder: str = "data") -> list[dict]:
-    return [r for f in sorted((out / folder).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-
-
 def _run(prompt: Path, sim, out: Path, provider: str = "openai"):
     return run(prompt, RunOptions(provider=provider, base_url=sim.base_url, output=out, progress=False))
 
@@ -56,7 +52,7 @@ def test_cut_answers_are_re_asked_then_rejected_as_truncated(tmp_path: Path, sim
     out = tmp_path / "o"
     result = _run(_prompt(tmp_path, "max_attempts = 2"), sim, out)
     assert result.stats.rows == 0 and result.stats.rejects == len(TOPICS)
-    rejects = _rows(out, "rejects")
+    rejects = rows_in(out, "rejects")
     assert {r["reason"] for r in rejects} == {"truncated"}
     assert all(r["attempts"] == 2 and r["response"] and "max_tokens" in r["error"] for r in rejects)
     assert sim.stats()["requests"] == 2 * len(TOPICS)  # each asked again once
@@ -67,7 +63,7 @@ def test_a_re_ask_after_a_cut_can_keep_a_whole_answer(tmp_path: Path, sim_server
     sim = sim_server(rate_truncated=0.5, seed=4)
     out = tmp_path / "o"
     result = _run(_prompt(tmp_path, "max_attempts = 6"), sim, out)
-    rows = _rows(out)
+    rows = rows_in(out)
     assert result.stats.rows + result.stats.rejects == len(TOPICS)
     assert rows and all(r["finish_reason"] == "stop" for r in rows)
     assert any(r["attempts"] > 1 for r in rows)
@@ -80,14 +76,14 @@ def test_max_tokens_cut_is_a_reject_without_a_schema(tmp_path: Path, sim_server)
     out = tmp_path / "o"
     result = _run(_prompt(tmp_path, "max_attempts = 1", "max_tokens = 5"), sim, out)
     assert result.stats.rows == 0
-    assert {r["reason"] for r in _rows(out, "rejects")} == {"truncated"}
+    assert {r["reason"] for r in rows_in(out, "rejects")} == {"truncated"}
 
 
 def test_keep_truncated_keeps_them_as_rows_and_counts_them(tmp_path: Path, sim_server) -> None:
     sim = sim_server(rate_truncated=1.0)
     out = tmp_path / "o"
     result = _run(_prompt(tmp_path, "keep_truncated = true"), sim, out)
-    rows = _rows(out)
+    rows = rows_in(out)
     assert len(rows) == len(TOPICS) and result.stats.rejects == 0
     assert all(r["finish_reason"] == "length" and r["attempts"] == 1 for r in rows)
     assert result.stats.truncated_kept == len(TOPICS)
@@ -103,4 +99,4 @@ def test_anthropic_max_tokens_stop_is_a_truncated_reject(tmp_path: Path, sim_ser
     opts = RunOptions(provider="anthropic", base_url=sim.base_url, output=out, progress=False, limit=6)
     result = run(QUICKSTART, opts)
     assert result.stats.rows == 0 and result.stats.rejects == 6
-    assert {r["reason"] for r in _rows(out, "rejects")} == {"truncated"}
+    assert {r["reason"] for r in rows_in(out, "rejects")} == {"truncated"}
