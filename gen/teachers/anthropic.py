@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
-from pydantic import ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError, with_config
+from pydantic import Discriminator, Tag, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from gen.errors import TeacherError
 from gen.schema import Schema
 from gen.teachers.base import Completion
-from gen.teachers.http import HTTPClient, ShortText, TokenCount, malformed, schema_name, unreadable
+from gen.teachers.http import STRICT, HTTPClient, ShortText, TokenCount, parse_reply, schema_name
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this when the recipe's sampling sets none
@@ -38,23 +38,22 @@ _RENAMED = {"max_tokens", "max_completion_tokens", "stop", "seed"}
 
 
 # The part of a Messages reply gen reads, as a typed model of the wire format; other fields are ignored.
-_STRICT = ConfigDict(strict=True)
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _Text(TypedDict):
     type: Literal["text"]
     text: str
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _ToolUse(TypedDict):
     type: Literal["tool_use"]
     name: str
     input: dict[str, Any]
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _OtherBlock(TypedDict):  # thinking, a server tool's result, ...: passed over
     type: str
 
@@ -72,13 +71,13 @@ _Block = Annotated[
 ]
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _Usage(TypedDict, total=False):
     input_tokens: TokenCount | None
     output_tokens: TokenCount | None
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _Message(TypedDict):
     content: list[_Block]
     stop_reason: NotRequired[ShortText | None]
@@ -169,12 +168,7 @@ class AnthropicMessages(HTTPClient):
     ) -> Completion:
         body = self.body(messages, seed=seed, sampling=sampling)
         raw, headers = await self._post(self.url, body, self.reply_limit(sampling))
-        try:
-            reply = _REPLY.validate_python(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            raise unreadable(raw) from None
-        except ValidationError as e:
-            raise malformed(e) from None
+        reply = parse_reply(_REPLY, raw)
         usage = reply.get("usage") or {}
         stop_reason = reply.get("stop_reason")
         return Completion(
@@ -215,7 +209,3 @@ class AnthropicMessages(HTTPClient):
                 break
             params["after_id"] = str(doc["last_id"])
         return entries
-
-    async def list_models(self, *, strict: bool = False) -> list[str]:
-        """Model ids the server reports (empty when it does not answer; see models())."""
-        return [str(m["id"]) for m in await self.models(strict=strict)]

@@ -13,11 +13,11 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
 import orjson
-from pydantic import Field, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from gen.errors import FatalTeacherError, TeacherError, redact, register_secret
 from gen.teachers.transports import open_transport
@@ -200,6 +200,10 @@ class HTTPClient:
                 raise
             return None
 
+    async def list_models(self, *, strict: bool = False) -> list[str]:
+        """Model ids the server reports (empty when it does not answer; see the protocol's models())."""
+        return [str(m["id"]) for m in await self.models(strict=strict)]  # type: ignore[attr-defined]
+
     async def close(self) -> None:
         await self._transport.close()
 
@@ -209,6 +213,19 @@ class HTTPClient:
 MAX_TOKEN_COUNT = 100_000_000  # a token count past this in one reply is not a count
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKEN_COUNT)]
 ShortText = Annotated[str, Field(max_length=256)]  # a model name, a finish reason
+STRICT = ConfigDict(strict=True)  # the reply models' config
+R = TypeVar("R")
+
+
+def parse_reply(adapter: TypeAdapter[R], raw: bytes) -> R:
+    """A 2xx body checked against the protocol's reply model (validated from orjson's parse, which
+    refuses NaN, inf and integers too big to store): unreadable or malformed is a retryable TeacherError."""
+    try:
+        return adapter.validate_python(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        raise unreadable(raw) from None
+    except ValidationError as e:
+        raise malformed(e) from None
 
 
 def malformed(e: ValidationError) -> TeacherError:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, NotRequired
 
 import orjson
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic import Field, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from gen.schema import Schema
@@ -14,41 +14,40 @@ from gen.teachers.base import Completion
 from gen.teachers.http import (
     FATAL_STATUS,
     RETRYABLE_STATUS,
+    STRICT,
     HTTPClient,
     ShortText,
     TokenCount,
     error_from_response,
-    malformed,
+    parse_reply,
     parse_retry_after,
     schema_name,
-    unreadable,
 )
 
 __all__ = ["FATAL_STATUS", "RETRYABLE_STATUS", "OpenAIChat", "error_from_response", "parse_retry_after"]
 
 
 # The part of a chat completion gen reads, as a typed model of the wire format; other fields are ignored.
-_STRICT = ConfigDict(strict=True)
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _Usage(TypedDict, total=False):
     prompt_tokens: TokenCount | None
     completion_tokens: TokenCount | None
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _Message(TypedDict, total=False):
     content: str | None
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _Choice(TypedDict):
     message: _Message
     finish_reason: NotRequired[ShortText | None]
 
 
-@with_config(_STRICT)
+@with_config(STRICT)
 class _ChatCompletion(TypedDict):
     choices: Annotated[list[_Choice], Field(min_length=1)]
     model: NotRequired[ShortText | None]
@@ -116,12 +115,7 @@ class OpenAIChat(HTTPClient):
     ) -> Completion:
         body = self.body(messages, seed=seed, sampling=sampling)
         raw, headers = await self._post(self.url, body, self.reply_limit(sampling))
-        try:
-            reply = _REPLY.validate_python(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            raise unreadable(raw) from None
-        except ValidationError as e:
-            raise malformed(e) from None
+        reply = parse_reply(_REPLY, raw)
         choice = reply["choices"][0]
         usage = reply.get("usage") or {}
         return Completion(
@@ -139,7 +133,3 @@ class OpenAIChat(HTTPClient):
         doc = await self._get_json(self._models_url, strict=strict)
         data = doc.get("data") if isinstance(doc, dict) else None
         return [m for m in data or [] if isinstance(m, dict) and m.get("id")]
-
-    async def list_models(self, *, strict: bool = False) -> list[str]:
-        """Model ids the server reports (empty when it does not answer; see models())."""
-        return [str(m["id"]) for m in await self.models(strict=strict)]
