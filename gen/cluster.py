@@ -377,7 +377,7 @@ def _rewrite_shards(
         gone, replaced = rewrite_without(out, rel, set(found), rewritten_name(rel))
         for j, row in zip(sorted(found), gone, strict=True):
             kind, kept = found[j]
-            outcome.removed[kind] += 1
+            outcome.removed[kind] = outcome.removed.get(kind, 0) + 1
             dup_rows.append(duplicate_row(row, kept, kind, created_at=now, run_id=run.run_id))
             if len(outcome.examples) < 5:
                 outcome.examples.append({"id": row["id"], "duplicate_of": kept, "kind": kind})
@@ -434,12 +434,13 @@ def _merged_manifest(
     completion_tokens = sum(pm["usage"]["completion_tokens"] for pm in parts)
     costs = [pm.get("cost_usd") for pm in parts if pm.get("cost_usd") is not None]
     dedup = dict(snap.dedup)
-    dedup["exact_removed"] = sum(pm["dedup"]["exact_removed"] for pm in parts)
-    dedup["near_removed"] = sum(pm["dedup"]["near_removed"] for pm in parts)
+    # Every step's count (`<name>_removed`: exact, near and any of `[dedup] steps`), over the partitions
+    # and the merge pass.
+    for counted in [k for k in dedup if k.endswith("_removed")]:
+        dedup[counted] = sum(pm["dedup"].get(counted, 0) for pm in parts)
+        if merge is not None:
+            dedup[counted] += merge.removed.get(counted.removesuffix("_removed"), 0)
     dedup["near_examples"] = [x for pm in parts for x in pm["dedup"].get("near_examples", [])][:5]
-    if merge is not None:
-        dedup["exact_removed"] += merge.removed["exact"]
-        dedup["near_removed"] += merge.removed["near"]
     driver_runs = [r for r in (previous or {}).get("runs", []) if r.get("kind") == "driver"]
     driver_runs = [r for r in driver_runs if r.get("run_id") != driver_run["run_id"]]
     merged = dataclasses.replace(

@@ -71,6 +71,9 @@ class DedupSpec(_Strict):
     near: bool = True
     threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # Jaccard of word 3-grams
     field: str | None = None  # the answer's part of the near text: one top-level field, not all its text
+    # The chain, in order (gen.dedup.resolve_steps): built-in names ("exact", "near") or a method of the
+    # user's own as "module:Class" or "file.py:Class" (beside the prompt file). None: exact, then near.
+    steps: list[str] | None = None
 
 
 class PromptSpec(_Strict):

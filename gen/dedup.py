@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,9 +160,70 @@ def register_step(name: str, target: str) -> None:
     STEPS[name] = target
 
 
+def _load_class(target: str) -> Any:
+    """The class a "module:Class" or "/path/file.py:Class" target names."""
+    module, _, cls = target.rpartition(":")
+    if module.endswith(".py"):
+        # A user's method beside the prompt file: imported from the file, under a name of its own so two
+        # prompt files' "dedup.py" never collide in sys.modules.
+        name = "gen_user_step_" + hashlib.blake2b(module.encode(), digest_size=6).hexdigest()
+        loaded = sys.modules.get(name)
+        if loaded is None:
+            spec = importlib.util.spec_from_file_location(name, module)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {module}")
+            loaded = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded)
+            sys.modules[name] = loaded
+        return getattr(loaded, cls)
+    return getattr(importlib.import_module(module), cls)
+
+
 def make_step(name: str, **settings: Any) -> DedupStep:
-    module, _, cls = STEPS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(**settings)
+    return _load_class(STEPS[name])(**settings)
+
+
+def resolve_steps(entries: Sequence[str], base_dir: Path) -> list[str]:
+    """The chain `[dedup] steps` names, as step names, each made available to `make_step`.
+
+    An entry is a registered name ("exact", "near") or a method of the user's own: "module:Class", or
+    "file.py:Class" relative to the prompt file's folder. Its class must have a `name` (the duplicates'
+    kind) and the DedupStep methods plus `row_key(row)`. ConfigError (no path: the caller names the
+    prompt file) for anything that cannot be loaded, before any request is made.
+    """
+    names: list[str] = []
+    for entry in entries:
+        if ":" not in entry:
+            if entry not in STEPS:
+                raise ConfigError(None, f"dedup.steps: unknown step {entry!r} (known: {', '.join(STEPS)})")
+            names.append(entry)
+            continue
+        module, _, cls_name = entry.rpartition(":")
+        target = str((base_dir / module).resolve()) + ":" + cls_name if module.endswith(".py") else entry
+        try:
+            cls = _load_class(target)
+        except FileNotFoundError:
+            raise ConfigError(None, f"dedup.steps: {module}: no such file") from None
+        except AttributeError:
+            raise ConfigError(None, f"dedup.steps: {module} has no {cls_name!r}") from None
+        except Exception as e:  # noqa: BLE001 - a user's module: any error it raises on import is one line
+            raise ConfigError(None, f"dedup.steps: cannot import {module}: {type(e).__name__}: {e}") from None
+        name = getattr(cls, "name", None)
+        methods = ("row_key", "check_batch", "remember", "describe")
+        missing = [m for m in methods if not callable(getattr(cls, m, None))]
+        if not isinstance(name, str) or not name or missing:
+            why = f"has no method {missing[0]!r}" if missing else "has no `name` (the duplicates' kind)"
+            raise ConfigError(None, f"dedup.steps: {entry} {why}")
+        if name in ("exact", "near"):
+            raise ConfigError(None, f"dedup.steps: {entry} is named {name!r}, which another step has")
+        register_step(name, target)
+        names.append(name)
+    if names[:1] != ["exact"]:
+        why = "it is checked as each answer arrives"
+        raise ConfigError(None, f'dedup.steps: the chain begins with "exact" ({why})')
+    if len(set(names)) != len(names):
+        raise ConfigError(None, "dedup.steps: a step is named twice")
+    return names
 
 
 class Decision(NamedTuple):
@@ -243,6 +306,7 @@ class Deduplicator:
         field: str | None = None,
         on: DedupKey = "example",
         steps: Sequence[str] | None = None,
+        given: Sequence[str] | None = None,
     ) -> None:
         if on not in KEYS:
             raise ValueError(f"on must be one of {', '.join(KEYS)}, got {on!r}")
@@ -253,6 +317,8 @@ class Deduplicator:
         self.field = field
         self.near_enabled = "near" in names
         self.names = names  # the chain, in order: exact is checked per answer as it arrives
+        # `[dedup] steps` as written, for the manifest.
+        self.given = list(given) if given is not None else None
         self._settings = {"on": on, "field": field, "threshold": threshold}
         self._exact = ExactStep()
         self._steps: dict[str, DedupStep] = {"exact": self._exact}
@@ -272,6 +338,11 @@ class Deduplicator:
     def near(self) -> Any:
         """The near step's NearDedup index, or None when near is off."""
         return self.step("near").index if self.near_enabled else None  # type: ignore[attr-defined]
+
+    @property
+    def batched(self) -> bool:
+        """Whether the chain has steps after exact, which decide rows in batches (`offer`, `drain`)."""
+        return len(self.names) > 1
 
     @property
     def pending(self) -> int:
@@ -367,7 +438,24 @@ class Deduplicator:
             return ["id", "output", "response"]
         return ["id", "messages", *(("output", "vars") if self.near_enabled else ())]
 
+    def _own_steps(self) -> list[str]:
+        """The chain's steps that are neither exact nor near: they make their keys from whole rows."""
+        return [n for n in self.names if n not in ("exact", "near")]
+
     def read_keys(self, out_dir: Path, rel: str) -> Batch:
+        """A data shard's rows as a Batch with every step's keys (`_read_keys`, then whole rows for a
+        step of the user's own, whose `row_key` sees a row as the run built it)."""
+        batch = self._read_keys(out_dir, rel)
+        own = self._own_steps()
+        if own:
+            from gen.shards import parquet_rows
+
+            rows = list(parquet_rows(out_dir / rel))
+            for name in own:
+                batch.keys[name] = self.keys(name, rows)
+        return batch
+
+    def _read_keys(self, out_dir: Path, rel: str) -> Batch:
         """A data shard's rows as a Batch: ids, exact digests and (when near is on) near items, as
         `exact_digest()` and `near_item()` would give for its rows. ConfigError naming the shard when it
         lacks what this key needs (an output from elsewhere, given to --dedup-against)."""
@@ -462,10 +550,18 @@ class Deduplicator:
         return [(split, row, d) for (split, row), d in zip(queue, decisions, strict=True)]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "on": self.on,
             "exact_removed": self.counts["exact"],
             "near_removed": self.counts["near"],
             "near": {**self.step("near").describe(), "field": self.field} if self.near_enabled else None,
             "near_examples": self.examples,
         }  # fmt: skip
+        if self.given is not None:
+            out["steps"] = self.given
+        for name in self._own_steps():
+            out[f"{name}_removed"] = self.counts.get(name, 0)
+            described = self.step(name).describe()
+            if described is not None:
+                out[name] = described
+        return out

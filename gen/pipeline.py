@@ -25,8 +25,8 @@ from gen import __version__
 from gen.budget import Budget
 from gen.card import write_card
 from gen.config import RunOptions
-from gen.dedup import Deduplicator, key_of
-from gen.errors import FatalTeacherError, GenError, TeacherError, leaks_secret, redact
+from gen.dedup import Deduplicator, key_of, resolve_steps
+from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import (
     BadEntry,
     Journal,
@@ -172,11 +172,19 @@ class Run:
         d = self.spec.dedup
         # An output keeps the key it was begun with; one made before [dedup] on existed keeps "output".
         on, self.legacy_dedup_key = key_of(d.on, p.previous, p.opts.dedup_on, self.out.manifest)
+        near = d.near and not p.opts.no_near_dedup
+        try:
+            steps = resolve_steps(d.steps, p.prompt.base_dir) if d.steps is not None else None
+        except ConfigError as e:
+            raise ConfigError(p.prompt.path, e.problem) from None
         self.dedup = Deduplicator(
-            near=d.near and not p.opts.no_near_dedup,
+            near=near,
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
             on=on,
+            # Near off (`near = false`, --no-near-dedup) takes it out of a chain the prompt file names.
+            steps=[n for n in steps if near or n != "near"] if steps is not None else None,
+            given=d.steps,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
@@ -906,7 +914,7 @@ class Run:
         a shard is full."""
         assert self.journal is not None
         self.journal.append(split, row, usage)
-        if split in ("train", "eval") and self.dedup.near_enabled:
+        if split in ("train", "eval") and self.dedup.batched:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()
         else:
