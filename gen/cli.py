@@ -102,6 +102,12 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
     p.add_argument(
+        "--price-cached-in", type=float, metavar="USD", help="USD per million prompt tokens read from cache"
+    )
+    p.add_argument(
+        "--price-cache-write", type=float, metavar="USD", help="USD per million prompt tokens cache-written"
+    )
+    p.add_argument(
         "--grace-period",
         type=float,
         default=30.0,
@@ -293,6 +299,8 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         max_tokens=args.max_tokens,
         price_in=args.price_in,
         price_out=args.price_out,
+        price_cached_in=args.price_cached_in,
+        price_cache_write=args.price_cache_write,
         grace_s=args.grace_period,
         new_version=getattr(args, "new_version", False),
         intended_use=args.intended_use,
