@@ -139,14 +139,8 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog="gen", description="Synthetic data for distillation, from prompt files.")
-    parser.add_argument("--version", action="version", version=f"gen {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
-    # Checked in _parse(): an unknown flag is reported before a missing command.
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
-
-    r = sub.add_parser("run", help="generate (or resume) a dataset from a prompt file")
+def _run_flags(r: argparse.ArgumentParser) -> None:
+    """The flags of `run`, which `plan` takes too."""
     r.add_argument("prompt_file", type=Path)
     r.add_argument("--model", help="the teacher model name")
     r.add_argument("--samples", type=int, metavar="K", help="completions per input")
@@ -174,6 +168,27 @@ def _parser() -> _Parser:
         help="ray: split the tasks into N partitions by id hash (default: as before, else one per URL)",
     )
     _teacher_flags(r)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="gen", description="Synthetic data for distillation, from prompt files.")
+    parser.add_argument("--version", action="version", version=f"gen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
+    # Checked in _parse(): an unknown flag is reported before a missing command.
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+
+    r = sub.add_parser("run", help="generate (or resume) a dataset from a prompt file")
+    _run_flags(r)
+
+    pl = sub.add_parser("plan", help="tasks, tokens, cost and time of a run, before any paid request")
+    _run_flags(pl)
+    pl.add_argument(
+        "--pilot",
+        type=int,
+        metavar="N",
+        help="first run N real tasks into the output (a later run skips them) and extrapolate from them",
+    )
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     f = sub.add_parser("refresh", help="regenerate a dataset's inputs with a new teacher, as a new version")
     f.add_argument("dataset", type=Path, metavar="OUTPUT")
@@ -368,6 +383,17 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from gen.plan import make_plan
+
+    _positive("--pilot", args.pilot)
+    plan = make_plan(args.prompt_file, _options(args), pilot=args.pilot)
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.render())
+    return EXIT_OK
+
+
 def _refresh(args: argparse.Namespace) -> int:
     from gen.prepare import prepare_refresh
 
@@ -435,7 +461,7 @@ def _sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
+COMMANDS = {"run": _run, "plan": _plan, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
 
 
 def _limit_malloc_arenas() -> None:
