@@ -40,7 +40,7 @@ from gen.ledger import (
 from gen.limits import LimitedTeacher, Limiter, estimate_tokens
 from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
-from gen.prefix import grouped
+from gen.prefix import PrefixGate, grouped
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
@@ -65,6 +65,7 @@ from gen.validate import Verdict, check, repair_messages
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
+OPENAI_CACHE_MIN_TOKENS = 1024  # the prefix gate's threshold when the price table names none
 SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
 _USAGE_KEYS = (
     "prompt_tokens",
@@ -234,6 +235,8 @@ class Run:
         )
         self.writer: ShardWriter | None = None
         self.journal: Journal | None = None
+        minimum = (p.price.cache_min_tokens if p.price else None) or OPENAI_CACHE_MIN_TOKENS
+        self.gate = PrefixGate(minimum) if p.opts.prefix_gate else None
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
@@ -722,11 +725,20 @@ class Run:
                 self.stop_reason = reason
                 return
             self.claimed.add(key)
+            prefix = self.gate.key(task) if self.gate is not None else None
+            leads = False
             try:
+                if prefix is not None:
+                    assert self.gate is not None
+                    leads = await self.gate.enter(prefix)
                 await self._process(task, key, teacher)
             except asyncio.CancelledError:
                 self.claimed.discard(key)  # not answered: a resumed run asks again
                 raise
+            finally:
+                if leads:
+                    assert self.gate is not None and prefix is not None
+                    self.gate.leave(prefix)
             self.stats.tasks += 1
             progress.tick()
 

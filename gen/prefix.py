@@ -9,10 +9,13 @@ variable changes from one task to the next. `grouped()` reorders within a bounde
 `window` tasks, then hands them out prefix group by prefix group (groups in order of first
 appearance, tasks in stream order within a group), so memory stays bounded by the window and the
 stream stays lazy. The order changes nothing else: ids, splits and resume do not depend on it.
+`PrefixGate` then lets each group's first request go alone, so the others find its prefix cached.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from collections.abc import Iterator
 from itertools import islice
 
@@ -47,3 +50,50 @@ def grouped(tasks: Iterator[Task], window: int = DISPATCH_WINDOW) -> Iterator[Ta
         else:
             for group in groups.values():
                 yield from group
+
+
+class PrefixGate:
+    """The first request of a prefix group goes alone; the group's others wait until it is answered.
+
+    A provider can serve a prefix from its cache only once a request has computed it: requests sent
+    while the first is in flight miss, and on Anthropic each of them pays a cache write (1.25x input)
+    instead of a read (0.1x). So the first task of a group with a cacheable prefix (at least
+    `min_tokens` by the limiter's estimate) leads, and the rest follow when it is done: one request's
+    latency per group, and only for prefixes long enough to cache. Groups already led are remembered
+    (the last `remember` of them), so memory stays bounded.
+    """
+
+    def __init__(self, min_tokens: int, remember: int = 4096) -> None:
+        self.min_tokens = min_tokens
+        self.remember = remember
+        self._led: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._leading: dict[tuple[str, ...], asyncio.Event] = {}
+
+    def key(self, task: Task) -> tuple[str, ...] | None:
+        """The task's prefix if it is long enough to be cached, else None (no gate)."""
+        if not task.messages or len(task.messages) < 2:
+            return None
+        head = task.messages[:-1]
+        tokens = sum(len(m["content"]) for m in head) // 4 + 4 * len(head)
+        return tuple(m["content"] for m in head) if tokens >= self.min_tokens else None
+
+    async def enter(self, key: tuple[str, ...]) -> bool:
+        """Wait while the group's first request is in flight. True: this task leads its group, and
+        must call leave() when its request is done (answered or not)."""
+        if key in self._led:
+            self._led.move_to_end(key)
+            return False
+        leading = self._leading.get(key)
+        if leading is None:
+            self._leading[key] = asyncio.Event()
+            return True
+        await leading.wait()
+        return False
+
+    def leave(self, key: tuple[str, ...]) -> None:
+        self._led[key] = None
+        while len(self._led) > self.remember:
+            self._led.popitem(last=False)
+        leading = self._leading.pop(key, None)
+        if leading is not None:
+            leading.set()

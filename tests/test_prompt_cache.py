@@ -49,7 +49,8 @@ def test_a_2000_token_shared_system_prompt_is_read_from_anthropic_cache_after_th
     tmp_path: Path, sim_server, capsys
 ) -> None:
     assert 1900 <= len(SYSTEM) // 4 <= 2100  # the 2,000-token shared system prompt
-    sim = sim_server(model="claude-sonnet-4-5")
+    # With latency, as a provider: a prefix is readable once the request that wrote it is answered.
+    sim = sim_server(model="claude-sonnet-4-5", latency_ms=20)
     out = tmp_path / "o"
     argv = ["run", str(_prompt(tmp_path)), "--base-url", sim.base_url, "--output", str(out), "--no-progress"]
     argv.append("--acknowledge-licence-conflict")  # a Claude model id: the review applies Anthropic's terms
@@ -190,3 +191,23 @@ def test_budget_prices_cache_reads_and_writes_at_their_rates() -> None:
     assert price.saved(900_000, 50_000) == pytest.approx(0.9 * 2.7 - 0.05 * 0.75)
     plain = Price(1.0, 2.0)  # no cache rates: every prompt token at the input price
     assert plain.cost(1000, 0, 900, 0) == plain.cost(1000, 0)
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_a_prefix_groups_first_request_goes_alone_so_the_others_read_the_cache(
+    tmp_path: Path, sim_server, gate: bool
+) -> None:
+    # 16 in flight, 50 ms a request: sent all at once, the first 16 would each write the prefix.
+    sim = sim_server(model="claude-sonnet-4-5", latency_ms=50)
+    out = tmp_path / "o"
+    opts = RunOptions(base_url=sim.base_url, output=out, progress=False, acknowledge_licence=True)
+    opts.max_concurrency, opts.prefix_gate = 16, gate
+    run(_prompt(tmp_path, n=48), opts)
+    usage = _manifest(out)["usage"]
+    prefix = len(SYSTEM) // 4 + 4  # the system prompt as the simulator counts it
+    if gate:
+        assert usage["cache_write_tokens"] == prefix  # one write
+        assert usage["cached_input_tokens"] == 47 * prefix
+    else:  # the first wave, sent together, wrote it several times (16 on an idle machine)
+        assert usage["cache_write_tokens"] >= 2 * prefix
+        assert usage["cached_input_tokens"] <= 46 * prefix

@@ -6,7 +6,9 @@ multiple of 128 tokens as OpenAI documents. Anthropic caches only what a `cache_
 marks: the prefix up to it (tools, then system) is read from the cache when seen before, else written
 to it; one shorter than `min_tokens` is neither. Entries live `ttl_s` from their last use (both
 providers refresh on a hit) and at most `entries` are kept (least recently used go first), so the
-order requests arrive in decides the hits, as it does at a real provider.
+order requests arrive in decides the hits, as it does at a real provider. As at a provider, a prefix
+is readable once the request that wrote it has been answered: requests that arrive while it is still
+being computed (the simulated latency) miss, and on Anthropic's side write it again.
 """
 
 from __future__ import annotations
@@ -40,24 +42,29 @@ class PromptCache:
 
     def automatic(self, prefixes: list[tuple[bytes, int]]) -> int:
         """OpenAI's rule: `prefixes` are (digest, tokens) of the request's leading messages, shortest
-        first. Returns the cached tokens; stores every prefix long enough to be cached."""
+        first. Returns the cached tokens (the longest prefix seen before, in 128-token steps)."""
         now = time.monotonic()
         cached = 0
         for key, tokens in prefixes:
-            if tokens < self.min_tokens:
-                continue
-            if self._hit(key, now):
+            if tokens >= self.min_tokens and self._hit(key, now):
                 cached = tokens
-            else:
-                self._store(key, now)
         return cached - cached % OPENAI_STEP if cached else 0
+
+    def store_automatic(self, prefixes: list[tuple[bytes, int]]) -> None:
+        """After the answer: every prefix long enough is cached from now on."""
+        now = time.monotonic()
+        for key, tokens in prefixes:
+            if tokens >= self.min_tokens:
+                self._store(key, now)
 
     def marked(self, key: bytes, tokens: int) -> tuple[int, int]:
         """Anthropic's rule for the prefix a breakpoint marks: (tokens read, tokens written)."""
         if tokens < self.min_tokens:
             return 0, 0
-        now = time.monotonic()
-        if self._hit(key, now):
+        if self._hit(key, time.monotonic()):
             return tokens, 0
-        self._store(key, now)
         return 0, tokens
+
+    def store_marked(self, key: bytes, tokens: int) -> None:
+        if tokens >= self.min_tokens:
+            self._store(key, time.monotonic())

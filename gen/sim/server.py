@@ -265,6 +265,11 @@ class _Simulator:
             stats["status_404"] += 1
             return dialect.unknown_model(chat.model, headers)
         fault = self._draw_fault() if self._bands else None
+        # The prompt cache is read as the request arrives and written once it is answered (below).
+        if chat.marked is not None:
+            chat.cached, chat.written = self.cache.marked(*chat.marked)
+        elif dialect is self._openai:
+            chat.cached = self.cache.automatic(chat.prefixes)
         delay = config.latency_ms
         if config.latency_jitter_ms:
             delay += self._jitter.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
@@ -291,15 +296,15 @@ class _Simulator:
         if fault == "rate_oversize":
             chat.max_tokens = None  # the server that ignores it
             chat.mode = "text"
-        if chat.marked is not None:
-            chat.cached, chat.written = self.cache.marked(*chat.marked)
-        elif dialect is self._openai:
-            chat.cached = self.cache.automatic(chat.prefixes)
         try:
             body = dialect.answer(chat, rng, fault, stats)
         except BadRequest as exc:
             stats["bad_request"] += 1
             return dialect.bad_request(exc.message, exc.param, headers)
+        if chat.marked is not None:
+            self.cache.store_marked(*chat.marked)
+        elif dialect is self._openai:
+            self.cache.store_automatic(chat.prefixes)
         if fault == "rate_oversize":
             stats["oversize"] += 1
             filler = orjson.dumps("word " * (config.oversize_bytes // 5))
