@@ -223,6 +223,13 @@ def _parser() -> _Parser:
     s.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit (429 beyond it)")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     s.add_argument(
+        "--cache-min-tokens", type=int, default=1024, help="shortest prompt prefix the simulated cache keeps"
+    )
+    s.add_argument(
+        "--cache-ttl", type=float, default=300.0, dest="cache_ttl_s", help="seconds a cached prefix lives"
+    )
+    s.add_argument("--cache-entries", type=int, default=10_000, help="cached prefixes kept (LRU)")
+    s.add_argument(
         "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
     )
     for p in sub.choices.values():
@@ -440,6 +447,9 @@ def _sim(args: argparse.Namespace) -> int:
         "rate_truncated",
         "rpm",
         "seed",
+        "cache_min_tokens",
+        "cache_ttl_s",
+        "cache_entries",
     )
     api_key = None
     if args.api_key_env:

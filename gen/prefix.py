@@ -15,7 +15,6 @@ stream stays lazy. The order changes nothing else: ids, splits and resume do not
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Iterator
 from itertools import islice
 
@@ -57,16 +56,16 @@ class PrefixGate:
 
     A provider can serve a prefix from its cache only once a request has computed it: requests sent
     while the first is in flight miss, and on Anthropic each of them pays a cache write (1.25x input)
-    instead of a read (0.1x). So the first task of a group with a cacheable prefix (at least
-    `min_tokens` by the limiter's estimate) leads, and the rest follow when it is done: one request's
-    latency per group, and only for prefixes long enough to cache. Groups already led are remembered
-    (the last `remember` of them), so memory stays bounded.
+    instead of a read (0.1x). So where the dispatch order moves to another prefix (at least
+    `min_tokens` long by the limiter's estimate: shorter ones are not cached), that task leads, and
+    the tasks with its prefix that follow wait until its request is done: one request's latency per
+    group. A prefix met again after others leads again (the provider may have evicted it meanwhile).
+    Only the prefixes of requests in flight are held, so memory stays bounded.
     """
 
-    def __init__(self, min_tokens: int, remember: int = 4096) -> None:
+    def __init__(self, min_tokens: int) -> None:
         self.min_tokens = min_tokens
-        self.remember = remember
-        self._led: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._last: tuple[str, ...] | None = None  # the prefix of the task that entered last
         self._leading: dict[tuple[str, ...], asyncio.Event] = {}
 
     def key(self, task: Task) -> tuple[str, ...] | None:
@@ -80,20 +79,17 @@ class PrefixGate:
     async def enter(self, key: tuple[str, ...]) -> bool:
         """Wait while the group's first request is in flight. True: this task leads its group, and
         must call leave() when its request is done (answered or not)."""
-        if key in self._led:
-            self._led.move_to_end(key)
-            return False
+        last, self._last = self._last, key
         leading = self._leading.get(key)
-        if leading is None:
-            self._leading[key] = asyncio.Event()
-            return True
-        await leading.wait()
-        return False
+        if leading is not None:
+            await leading.wait()
+            return False
+        if key == last:
+            return False
+        self._leading[key] = asyncio.Event()
+        return True
 
     def leave(self, key: tuple[str, ...]) -> None:
-        self._led[key] = None
-        while len(self._led) > self.remember:
-            self._led.popitem(last=False)
         leading = self._leading.pop(key, None)
         if leading is not None:
             leading.set()
