@@ -243,7 +243,7 @@ def _caching(
     anthropic = p.teacher.provider == "anthropic"
     price = p.price
     minimum = (price.cache_min_tokens if price and price.cache_min_tokens else None) or OPENAI_CACHE_MIN
-    how = "cache_control on the shared prefix (gen marks it)" if anthropic else "automatic prefix caching"
+    how = "marked with cache_control by gen" if anthropic else "cached automatically by the provider"
     info: dict[str, Any] = {
         "shared_prefix_tokens": prefix,
         "prefix_groups": groups,
@@ -266,9 +266,9 @@ def _caching(
     info["cached_tokens"] = hits * cached
     info["cache_write_tokens"] = min(groups, remaining) * prefix if anthropic else 0
     info["summary"] = (
-        f"shared prefix ~{prefix:,} tokens a task in {groups:,} group(s) ({how}): ~{hits * cached:,} "
-        "input tokens read from cache, if each group runs within the cache's lifetime (gen dispatches "
-        "tasks grouped by prefix)"
+        f"shared prefix ~{prefix:,} tokens a task in {groups:,} group(s), {how}: ~{hits * cached:,} "
+        "input tokens read from cache and the first of each group written, if each group runs within the "
+        "cache's lifetime (gen dispatches tasks grouped by prefix)"
     )
     return info
 
