@@ -211,3 +211,33 @@ def test_a_prefix_groups_first_request_goes_alone_so_the_others_read_the_cache(
     else:  # the first wave, sent together, wrote it several times (16 on an idle machine)
         assert usage["cache_write_tokens"] >= 2 * prefix
         assert usage["cached_input_tokens"] <= 46 * prefix
+
+
+def test_cached_usage_of_answers_only_in_the_journal_survives_a_sigkill(tmp_path: Path, sim_server) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sim = sim_server(latency_ms=20)
+    prompt = _prompt(tmp_path, n=300)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "gen", "run", str(prompt), "--provider", "openai", "--model", "gen-sim-1"]
+    cmd += ["--license", "apache-2.0", "--base-url", sim.base_url, "--output", str(out), "--no-progress"]
+    cmd += ["--max-concurrency", "8", "--shard-rows", "100000"]  # no checkpoint: answers only journaled
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while sim.stats()["ok"] < 100 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists() or _manifest(out)["usage"]["cached_input_tokens"] < 1000
+    opts = RunOptions(provider="openai", model="gen-sim-1", base_url=sim.base_url, output=out, progress=False)
+    opts.license = "apache-2.0"
+    result = run(prompt, opts)
+    assert result.status == "complete" and result.stats.replayed >= 90
+    usage, served = _manifest(out)["usage"], sim.stats()["cached_tokens"]
+    # Everything the sim served from cache is counted, but for the answers lost in flight at the kill.
+    prefix = len(SYSTEM) // 4 + 4
+    assert served - usage["unanswered_requests"] * prefix <= usage["cached_input_tokens"] <= served
+    assert usage["cached_input_tokens"] > result.stats.cached_tokens  # the replayed answers' share
