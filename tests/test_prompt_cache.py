@@ -241,3 +241,21 @@ def test_cached_usage_of_answers_only_in_the_journal_survives_a_sigkill(tmp_path
     prefix = len(SYSTEM) // 4 + 4
     assert served - usage["unanswered_requests"] * prefix <= usage["cached_input_tokens"] <= served
     assert usage["cached_input_tokens"] > result.stats.cached_tokens  # the replayed answers' share
+
+
+def test_max_usd_counts_cache_reads_at_their_rate(tmp_path: Path, sim_server) -> None:
+    # A task costs ~$0.0070 at the plain input price, ~$0.0014 with its 2,000-token prefix read from
+    # cache: a $0.05 budget buys ~7 tasks priced plainly, ~30 priced as billed.
+    sim = sim_server(model="claude-sonnet-4-5")
+    out = tmp_path / "o"
+    opts = RunOptions(base_url=sim.base_url, output=out, progress=False, acknowledge_licence=True)
+    opts.max_usd, opts.max_concurrency = 0.05, 1
+    result = run(_prompt(tmp_path, n=200), opts)
+    assert result.status == "budget"
+    m = _manifest(out)
+    assert result.stats.rows >= 20
+    assert m["cost_usd"] <= 0.05 + 0.01  # at most the request that crossed it
+    price = price_for("claude-sonnet-4-5")
+    assert price is not None
+    u = m["usage"]
+    assert price.cost(u["prompt_tokens"], u["completion_tokens"]) > 3 * m["cost_usd"]  # priced plainly
