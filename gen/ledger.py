@@ -18,9 +18,10 @@ on a first request. A reservation is written, and reaches the page cache, before
 is that request's reserved cost: the prompt's estimate (characters / 4, as the tpm limiter counts; a
 prompt in a script with fewer characters per token costs more) plus the max_tokens asked for. The next
 entry of the same task settles it. One still open when the journal is replayed was in flight when the
-run died: the teacher may have answered and billed it, so its `e` counts as spent. That keeps --max-
-tokens and --max-usd counting across SIGKILLs for one small entry per request, written in the same
-os.write as the worker's earlier answers. """
+run died: the teacher may have answered and billed it, so its `e` counts as spent. That keeps
+--max-tokens and --max-usd counting across SIGKILLs for one small entry per request, written in the
+same os.write as the worker's earlier answers.
+"""
 
 from __future__ import annotations
 
