@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2.meta
+import orjson
 
 from gen.budget import Price
 from gen.config import RunOptions, load_prompt_file
@@ -76,6 +77,11 @@ class Plan:
             f"({i['sampled_tasks']} inputs rendered)",
             f"               method: {i['method']}",
             f"               error: {i['error']}",
+            *(
+                [f"               the schema adds ~{i['schema_per_request']:,} tokens a request where billed"]
+                if i["schema_per_request"]
+                else []
+            ),
             f"output tokens  at most {o['max_per_task']:,} a task (max_tokens), {o['bound_total']:,} in all",
         ]
         if o["typical_per_task"] is not None:
@@ -164,6 +170,9 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
             "method": METHOD,
             "error": ERROR,
             "sampled_tasks": len(sizes),
+            # What a structured-output request adds (the schema, as a tool or response_format), by the
+            # same estimate: OpenAI and Anthropic bill it as input; not in the figures above.
+            "schema_per_request": len(orjson.dumps(p.schema.json_schema)) // 4 if p.schema else 0,
         },
         output_tokens={
             "max_per_task": max_out,

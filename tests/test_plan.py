@@ -53,6 +53,7 @@ def test_plan_sends_nothing_and_its_input_estimate_is_the_runs_usage_on_the_simu
     assert plan["output_tokens"]["max_per_task"] == 256 and plan["output_tokens"]["bound_total"] == 256 * 240
     assert plan["time_s"]["rpm"] == pytest.approx(120.0) and plan["time_s"]["limited_by"] == "rpm"
     assert plan["cost_usd"]["online"] == 0.0  # gen-sim-* is free
+    assert plan["input_tokens"]["schema_per_request"] > 0  # stated apart: the simulator does not bill it
     run(QUICKSTART, RunOptions(provider="openai", base_url=sim.base_url, output=out, progress=False))
     usage = _manifest(out)["usage"]
     requests = sim.stats()["ok"]
