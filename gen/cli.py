@@ -102,6 +102,12 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
     p.add_argument(
+        "--price-cached-in", type=float, metavar="USD", help="USD per million prompt tokens read from cache"
+    )
+    p.add_argument(
+        "--price-cache-write", type=float, metavar="USD", help="USD per million prompt tokens cache-written"
+    )
+    p.add_argument(
         "--grace-period",
         type=float,
         default=30.0,
@@ -133,14 +139,8 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog="gen", description="Synthetic data for distillation, from prompt files.")
-    parser.add_argument("--version", action="version", version=f"gen {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
-    # Checked in _parse(): an unknown flag is reported before a missing command.
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
-
-    r = sub.add_parser("run", help="generate (or resume) a dataset from a prompt file")
+def _run_flags(r: argparse.ArgumentParser) -> None:
+    """The flags of `run`, which `plan` takes too."""
     r.add_argument("prompt_file", type=Path)
     r.add_argument("--model", help="the teacher model name")
     r.add_argument("--samples", type=int, metavar="K", help="completions per input")
@@ -168,6 +168,27 @@ def _parser() -> _Parser:
         help="ray: split the tasks into N partitions by id hash (default: as before, else one per URL)",
     )
     _teacher_flags(r)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="gen", description="Synthetic data for distillation, from prompt files.")
+    parser.add_argument("--version", action="version", version=f"gen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
+    # Checked in _parse(): an unknown flag is reported before a missing command.
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+
+    r = sub.add_parser("run", help="generate (or resume) a dataset from a prompt file")
+    _run_flags(r)
+
+    pl = sub.add_parser("plan", help="tasks, tokens, cost and time of a run, before any paid request")
+    _run_flags(pl)
+    pl.add_argument(
+        "--pilot",
+        type=int,
+        metavar="N",
+        help="first run N real tasks into the output (a later run skips them) and extrapolate from them",
+    )
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     f = sub.add_parser("refresh", help="regenerate a dataset's inputs with a new teacher, as a new version")
     f.add_argument("dataset", type=Path, metavar="OUTPUT")
@@ -201,6 +222,13 @@ def _parser() -> _Parser:
     s.add_argument("--rate-truncated", type=float, default=0.0, help="fraction of answers cut off (length)")
     s.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit (429 beyond it)")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    s.add_argument(
+        "--cache-min-tokens", type=int, default=1024, help="shortest prompt prefix the simulated cache keeps"
+    )
+    s.add_argument(
+        "--cache-ttl", type=float, default=300.0, dest="cache_ttl_s", help="seconds a cached prefix lives"
+    )
+    s.add_argument("--cache-entries", type=int, default=10_000, help="cached prefixes kept (LRU)")
     s.add_argument(
         "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
     )
@@ -293,6 +321,8 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         max_tokens=args.max_tokens,
         price_in=args.price_in,
         price_out=args.price_out,
+        price_cached_in=args.price_cached_in,
+        price_cache_write=args.price_cache_write,
         grace_s=args.grace_period,
         new_version=getattr(args, "new_version", False),
         intended_use=args.intended_use,
@@ -360,6 +390,17 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from gen.plan import make_plan
+
+    _positive("--pilot", args.pilot)
+    plan = make_plan(args.prompt_file, _options(args), pilot=args.pilot)
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.render())
+    return EXIT_OK
+
+
 def _refresh(args: argparse.Namespace) -> int:
     from gen.prepare import prepare_refresh
 
@@ -406,6 +447,9 @@ def _sim(args: argparse.Namespace) -> int:
         "rate_truncated",
         "rpm",
         "seed",
+        "cache_min_tokens",
+        "cache_ttl_s",
+        "cache_entries",
     )
     api_key = None
     if args.api_key_env:
@@ -427,7 +471,7 @@ def _sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
+COMMANDS = {"run": _run, "plan": _plan, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
 
 
 def _limit_malloc_arenas() -> None:

@@ -71,8 +71,9 @@ from gen.shards import (
 from gen.teachers import providers
 
 SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "duplicates", "requests",
-          "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens",
-          "truncated_kept", "unanswered_requests", "unanswered_tokens", "journal_skipped")  # fmt: skip
+          "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens", "cached_tokens",
+          "cache_write_tokens", "truncated_kept", "unanswered_requests", "unanswered_tokens",
+          "journal_skipped")  # fmt: skip
 POLL_S = 1.0  # how often a partition asks RateShare for its share (and whether to stop)
 LOCK_WAIT_S = 60.0  # how long a partition waits for an earlier run's partition to let go of its output
 
@@ -456,8 +457,14 @@ def _merged_manifest(
             "total_tokens": prompt_tokens + completion_tokens,
             **{
                 k: sum(pm["usage"].get(k, 0) for pm in parts)
-                for k in ("unanswered_requests", "unanswered_tokens")
+                for k in (
+                    "cached_input_tokens",
+                    "cache_write_tokens",
+                    "unanswered_requests",
+                    "unanswered_tokens",
+                )
             },
+            "cache_saved_usd": round(sum(pm["usage"].get("cache_saved_usd", 0.0) for pm in parts), 6),
         },
         cost_usd=round(sum(costs), 6) if costs else snap.cost_usd,
         dedup=dedup,

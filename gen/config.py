@@ -191,6 +191,12 @@ class RunOptions:
     max_tokens: int | None = None
     price_in: float | None = None  # USD per million prompt tokens, overrides the shipped table
     price_out: float | None = None
+    # Tasks reordered at a time so those sharing a prompt prefix leave together (gen.prefix; 1: none).
+    dispatch_window: int = 1024
+    # A cacheable prefix group's first request goes alone, the rest when it is answered (gen.prefix).
+    prefix_gate: bool = True
+    price_cached_in: float | None = None  # USD per million prompt tokens read from the provider's cache
+    price_cache_write: float | None = None  # USD per million prompt tokens written to it
     grace_s: float = 30.0  # on Ctrl-C / SIGTERM, how long in-flight requests may finish
     new_version: bool = False
     intended_use: str | None = None

@@ -11,15 +11,16 @@ An entry is one JSON object a line, sealed with a CRC-32 of its own bytes as its
     {"s": "train", "r": {...row...}, "u": [12, 80], "c": 3735928559}   an answer (a row, reject or duplicate)
     {"q": "<task id>", "e": [12, 120], "u": [12, 80], "c": 123456789}  a reservation
 
-`u` is what the teacher billed for one request: on an answer, the request that decided the task; on a
-reservation, the task's previous request (an invalid answer about to be re-asked), absent on a first
-request. A reservation is written, and reaches the page cache, before its request leaves; `e` is that
-request's reserved cost: the prompt's estimate (characters / 4, as the tpm limiter counts; a prompt in a
-script with fewer characters per token costs more) plus the max_tokens asked for. The next entry
-of the same task settles it. One still open when the journal is replayed was in flight when the run died:
-the teacher may have answered and billed it, so its `e` counts as spent. That keeps --max-tokens and
---max-usd counting across SIGKILLs for one small entry per request, written in the same os.write as the
-worker's earlier answers.
+`u` is what the teacher billed for one request (prompt and completion tokens, then, when the prompt
+cache was used, the prompt tokens read from and written to it): on an answer, the request that decided
+the task; on a reservation, the task's previous request (an invalid answer about to be re-asked), absent
+on a first request. A reservation is written, and reaches the page cache, before its request leaves; `e`
+is that request's reserved cost: the prompt's estimate (characters / 4, as the tpm limiter counts; a
+prompt in a script with fewer characters per token costs more) plus the max_tokens asked for. The next
+entry of the same task settles it. One still open when the journal is replayed was in flight when the
+run died: the teacher may have answered and billed it, so its `e` counts as spent. That keeps
+--max-tokens and --max-usd counting across SIGKILLs for one small entry per request, written in the
+same os.write as the worker's earlier answers.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ import orjson
 from gen.outdir import SPLITS, OutputDir
 
 _TASK_ID = re.compile(r"[0-9a-f]{16,128}")
-Usage = tuple[int, int]  # (prompt tokens, completion tokens)
+# (prompt tokens, completion tokens), or with the prompt tokens read from and written to the provider's
+# prompt cache: (prompt, completion, cached, cache_written). Journaled as it is, two or four numbers.
+Usage = tuple[int, ...]
 
 
 def seal(entry: dict[str, Any]) -> bytes:
@@ -216,10 +219,10 @@ class BadEntry:
 def _usage(value: Any) -> Usage | None:
     if (
         isinstance(value, list)
-        and len(value) == 2
+        and len(value) in (2, 4)
         and all(type(v) is int and 0 <= v < 1 << 53 for v in value)
     ):
-        return value[0], value[1]
+        return tuple(value)
     return None
 
 

@@ -40,6 +40,7 @@ from gen.ledger import (
 from gen.limits import LimitedTeacher, Limiter, estimate_tokens
 from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
+from gen.prefix import PrefixGate, grouped
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
@@ -64,12 +65,21 @@ from gen.validate import Verdict, check, repair_messages
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
+OPENAI_CACHE_MIN_TOKENS = 1024  # the prefix gate's threshold when the price table names none
 SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
-_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "unanswered_requests", "unanswered_tokens")
+_USAGE_KEYS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "unanswered_requests",
+    "unanswered_tokens",
+)
 
-# What asking until valid gives (Run._ask): the completion, its verdict, the attempts, the prompt and
-# completion tokens summed over them, and what the last request cost. A plain tuple: one per row.
-_Asked = tuple[Completion, Verdict, int, int, int, Usage]
+# What asking until valid gives (Run._ask): the completion, its verdict, the attempts, the prompt,
+# completion and cached prompt tokens summed over them, and what the last request cost. A plain tuple:
+# one per row.
+_Asked = tuple[Completion, Verdict, int, int, int, int, Usage]
 
 # How a run ended; the CLI maps these to exit statuses.
 COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
@@ -91,6 +101,8 @@ class RunStats:
     repairs: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
     truncated_kept: int = 0  # rows kept although cut off at max_tokens (keep_truncated = true)
     # Requests this run gave up waiting for (cancelled in flight): counted at their reservation.
     unanswered_requests: int = 0
@@ -112,6 +124,8 @@ class RunStats:
             "repairs": self.repairs,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "truncated_kept": self.truncated_kept,
             "unanswered_requests": self.unanswered_requests,
             "unanswered_tokens": self.unanswered_tokens,
@@ -130,6 +144,7 @@ class RunResult:
     message: str = ""
     signal: int | None = None
     spent_usd: float = 0.0
+    saved_usd: float = 0.0  # what prompt caching saved this run (summary line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +154,7 @@ class _Checkpoint:
     answer whose entry is in a later segment: a resumed run would count it again)."""
 
     segments: list[Path]
-    usage: dict[str, int]
+    usage: dict[str, Any]
     cost_usd: float
 
 
@@ -228,22 +243,36 @@ class Run:
         )
         self.writer: ShardWriter | None = None
         self.journal: Journal | None = None
+        minimum = (p.price.cache_min_tokens if p.price else None) or OPENAI_CACHE_MIN_TOKENS
+        self.gate = PrefixGate(minimum) if p.opts.prefix_gate else None
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
-    def _usage(self) -> dict[str, int]:
+    def _usage(self) -> dict[str, Any]:
         """The dataset's usage so far, over every run: the manifest's `usage`."""
         s, c = self.stats, self._carried
         prompt_tokens = c["prompt_tokens"] + s.prompt_tokens
         completion_tokens = c["completion_tokens"] + s.completion_tokens
+        cached, written = (
+            c["cached_input_tokens"] + s.cached_tokens,
+            c["cache_write_tokens"] + s.cache_write_tokens,
+        )
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            # Of prompt_tokens: read from the provider's prompt cache, and written to it.
+            "cached_input_tokens": cached,
+            "cache_write_tokens": written,
+            # Against billing every prompt token at the input price; in cost_usd already.
+            "cache_saved_usd": self._saved_usd(cached, written),
             # Requests in flight when a run died or gave up on them: their reservations count as spent.
             "unanswered_requests": c["unanswered_requests"] + s.unanswered_requests,
             "unanswered_tokens": c["unanswered_tokens"] + s.unanswered_tokens,
         }
+
+    def _saved_usd(self, cached: int, written: int) -> float:
+        return round(self.p.price.saved(cached, written), 6) if self.p.price is not None else 0.0
 
     def _closing(self, segments: list[Path]) -> _Checkpoint:
         return _Checkpoint(segments, self._usage(), self.budget.spent_usd)
@@ -370,7 +399,7 @@ class Run:
         segments = journal_segments(self.p.out_dir, self.partition)
         committed = frozenset((self.p.previous or {}).get("journal_committed") or ())
         open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
-        spent = [0, 0]
+        spent = [0, 0, 0, 0]  # prompt, completion, cached and cache-written tokens
         # A manifest without `journal_committed` was written by a gen whose journal entries were not
         # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
         unsealed = self.p.previous is not None and "journal_committed" not in self.p.previous
@@ -380,8 +409,8 @@ class Run:
                 continue
             if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
                 open_[entry.task_id] = entry.estimate
-                spent[0] += entry.usage[0]
-                spent[1] += entry.usage[1]
+                for i, n in enumerate(entry.usage):
+                    spent[i] += n
                 continue
             open_.pop(entry.task_id, None)
             split, row = entry.split, entry.row
@@ -389,8 +418,8 @@ class Run:
             key = id_key(entry.task_id)
             if key in self.claimed:  # in a shard: the manifest counted it
                 continue
-            spent[0] += entry.usage[0]
-            spent[1] += entry.usage[1]
+            for i, n in enumerate(entry.usage):
+                spent[i] += n
             problem = row_problem(split, row)
             if problem is not None:
                 self._skip_entry(f"{entry}: {problem}")
@@ -413,7 +442,9 @@ class Run:
             self._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
         self._carried["prompt_tokens"] += spent[0]
         self._carried["completion_tokens"] += spent[1]
-        self.budget.charge(spent[0], spent[1])
+        self._carried["cached_input_tokens"] += spent[2]
+        self._carried["cache_write_tokens"] += spent[3]
+        self.budget.charge(*spent)
         for task_id, estimate in open_.items():
             if id_key(task_id) not in self.claimed:
                 self._carried["unanswered_requests"] += 1
@@ -489,7 +520,8 @@ class Run:
                     for m in await client.models()
                 ]
             keep = self._keep()
-            tasks = _take(p.expansion.tasks(keep=keep), p.opts.limit)
+            # Tasks sharing a prompt prefix leave together, while the provider's cache still holds it.
+            tasks = grouped(_take(p.expansion.tasks(keep=keep), p.opts.limit), p.opts.dispatch_window)
             self._workers = [
                 asyncio.create_task(self._worker(tasks, keep, teacher, progress))
                 for _ in range(p.teacher.max_concurrency)
@@ -535,6 +567,7 @@ class Run:
             self.stop_reason or "",
             self.signal,
             self.budget.spent_usd,
+            self._saved_usd(self.stats.cached_tokens, self.stats.cache_write_tokens),
         )
 
     async def _open_teacher(self) -> tuple[Any, list[Any]]:
@@ -555,6 +588,9 @@ class Run:
         if spec.records_base_urls:
             self.base_urls = urls
         client_class = spec.client_class()
+        extra: dict[str, Any] = {}
+        if getattr(client_class, "marks_cache_prefix", False) and p.price is not None:
+            extra["cache_min_tokens"] = p.price.cache_min_tokens
 
         def client(url: str) -> Any:
             return client_class(
@@ -567,6 +603,7 @@ class Run:
                 request_timeout_s=p.opts.request_timeout_s,
                 connect_timeout_s=p.opts.connect_timeout_s,
                 max_reply_bytes=p.opts.max_reply_bytes,
+                **extra,
             )
 
         if len(urls) == 1:
@@ -696,11 +733,20 @@ class Run:
                 self.stop_reason = reason
                 return
             self.claimed.add(key)
+            prefix = self.gate.key(task) if self.gate is not None else None
+            leads = False
             try:
+                if prefix is not None:
+                    assert self.gate is not None
+                    leads = await self.gate.enter(prefix)
                 await self._process(task, key, teacher)
             except asyncio.CancelledError:
                 self.claimed.discard(key)  # not answered: a resumed run asks again
                 raise
+            finally:
+                if leads:
+                    assert self.gate is not None and prefix is not None
+                    self.gate.leave(prefix)
             self.stats.tasks += 1
             progress.tick()
 
@@ -729,7 +775,7 @@ class Run:
         asked = await self._ask(task, key, teacher)
         if asked is None:
             return
-        comp, verdict, attempts, prompt_tokens, completion_tokens, last = asked
+        comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last = asked
         answer = verdict.output_json if verdict.output_json is not None else comp.text
         kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
         if kept is not None:
@@ -741,7 +787,9 @@ class Run:
             }
             await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
             return
-        row = self._data_row(task, comp, verdict, answer, prompt_tokens, completion_tokens, attempts)
+        row = self._data_row(
+            task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
+        )
         await self._finish(task, task.split, row, last)
 
     async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> _Asked | None:
@@ -756,7 +804,7 @@ class Run:
         assert task.messages is not None
         seed = int(task.id[:8], 16) & 0x7FFFFFFF  # per task: a rerun asks the same question the same way
         messages = task.messages
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached_tokens = 0
         attempts = 0
         last: Usage | None = None  # what the previous request of this task cost
         while True:
@@ -787,15 +835,23 @@ class Run:
                     await self._finish(task, "rejects", row, spent)
                 return
             self._in_flight.pop(key, None)
-            last = (comp.prompt_tokens, comp.completion_tokens)
+            cached, written = comp.cached_tokens, comp.cache_write_tokens
+            last = (
+                (comp.prompt_tokens, comp.completion_tokens, cached, written)
+                if cached or written
+                else (comp.prompt_tokens, comp.completion_tokens)
+            )
             if self.first_failures.armed:
                 await self._record_held_failures()
             self.stats.requests += 1
             self.stats.prompt_tokens += comp.prompt_tokens
             self.stats.completion_tokens += comp.completion_tokens
-            self.budget.charge(comp.prompt_tokens, comp.completion_tokens)
+            self.stats.cached_tokens += cached
+            self.stats.cache_write_tokens += written
+            self.budget.charge(*last)
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
+            cached_tokens += cached
             if leaks_secret(comp.text, comp.model):  # a teacher that echoes our key: never keep a byte of it
                 row = self._reject_row(
                     task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
@@ -817,7 +873,7 @@ class Run:
                 messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
             else:
                 messages = repair_messages(task.messages, comp.text, verdict.error or "")
-        return comp, verdict, attempts, prompt_tokens, completion_tokens, last
+        return comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last
 
     def _data_row(
         self,
@@ -827,6 +883,7 @@ class Run:
         answer: str,
         prompt_tokens: int,
         completion_tokens: int,
+        cached_tokens: int,
         attempts: int,
     ) -> Row:
         """The `data/` row of a valid answer (`answer`: the validated JSON, else the reply's text)."""
@@ -850,6 +907,7 @@ class Run:
             "sampling": self._sampling_json,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
+            "cached_tokens": cached_tokens,
             "finish_reason": comp.finish_reason,
             "attempts": attempts,
             "created_at": _now_ms(),
@@ -1015,6 +1073,10 @@ def summary(result: RunResult) -> str:
     extra = ""
     if s.skipped or s.replayed:
         extra = f" (resumed: {s.skipped:,} already done, {s.replayed:,} recovered from the journal)"
+    if s.cached_tokens and s.prompt_tokens:
+        extra += (
+            f"; input tokens {s.cached_tokens / s.prompt_tokens:.0%} cached, saved ${result.saved_usd:,.2f}"
+        )
     truncated = s.reject_reasons.get("truncated", 0)
     rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
     if s.truncated_kept:

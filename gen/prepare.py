@@ -67,7 +67,22 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         check_api_key(api_key, teacher.api_key_env)
     price = price_for(provider.price_key or teacher.model)
     if opts.price_in is not None or opts.price_out is not None:
-        price = Price(opts.price_in or 0.0, opts.price_out or 0.0)
+        # The table's cache minimum and batch share still hold; the cache rates are the flags' (else
+        # the plain input price: the table's would be for another input price).
+        price = Price(
+            opts.price_in or 0.0,
+            opts.price_out or 0.0,
+            opts.price_cached_in,
+            opts.price_cache_write,
+            price.cache_min_tokens if price else None,
+            price.batch_discount if price else 1.0,
+        )
+    elif price is not None and (opts.price_cached_in is not None or opts.price_cache_write is not None):
+        price = dataclasses.replace(
+            price,
+            cached_input=price.cached_input if opts.price_cached_in is None else opts.price_cached_in,
+            cache_write=price.cache_write if opts.price_cache_write is None else opts.price_cache_write,
+        )
     if opts.max_usd is not None and price is None:
         raise ConfigError(
             prompt.path,

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Final, TypedDict, get_type_hints
 
-ROW_SCHEMA_VERSION: Final = 1
-"""The version of the columns below. A manifest without `row_schema_version` was written with 1."""
+ROW_SCHEMA_VERSION: Final = 2
+"""The version of the columns below. A manifest without `row_schema_version` was written with 1.
+Version 2 added `cached_tokens`."""
 
 # Arrow type names gen.shards knows (see shards._arrow_type).
 STRING, INT32, INT64, TIMESTAMP, MESSAGES = "string", "int32", "int64", "timestamp_ms_utc", "messages"
@@ -99,6 +100,14 @@ class Row(TypedDict):
     sampling: Annotated[str, Col(STRING, "the sampling parameters (JSON)", provenance=True)]
     prompt_tokens: Annotated[int, Col(INT64, "usage the teacher reported, summed over re-asks")]
     completion_tokens: Annotated[int, Col(INT64)]
+    cached_tokens: Annotated[
+        int,
+        Col(
+            INT64,
+            "of `prompt_tokens`, those the teacher read from its prompt cache (OpenAI's and vLLM's "
+            "`cached_tokens`, Anthropic's `cache_read_input_tokens`), summed over re-asks",
+        ),
+    ]
     finish_reason: Annotated[str | None, Col(STRING, "as the teacher reported it")]
     attempts: Annotated[int, Col(INT32, "asks it took (1 = valid at once)")]
     created_at: Annotated[Timestamp, Col(TIMESTAMP, "UTC timestamp", provenance=True)]

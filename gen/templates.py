@@ -237,6 +237,10 @@ class Expansion:
                 combo = dict(zip(names, values, strict=True))
                 yield {**row, **combo} if row else combo
 
+    def inputs(self) -> Iterator[dict[str, Any]]:
+        """Every input (its variables), lazily, in task order; each gives `samples` tasks."""
+        return self._inputs()
+
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         return [{"role": role, "content": tpl.render(variables)} for role, tpl in self.templates]
 

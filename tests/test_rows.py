@@ -39,6 +39,8 @@ V1 = {
         ("vars", "string"), ("created_at", "timestamp[ms, tz=UTC]"), ("run_id", "string"),
     ],
 }  # fmt: skip
+# Version 2: `cached_tokens` (what the teacher read from its prompt cache) after `completion_tokens`.
+V2 = {**V1, "data": [*V1["data"][:17], ("cached_tokens", "int64"), *V1["data"][17:]]}
 
 
 def _prompt(tmp_path: Path, n: int = 12) -> Path:
@@ -51,8 +53,8 @@ def _prompt(tmp_path: Path, n: int = 12) -> Path:
     return tmp_path / "p.toml"
 
 
-def test_the_arrow_schemas_are_generated_from_the_row_module_and_are_version_1() -> None:
-    assert rows.ROW_SCHEMA_VERSION == 1  # bumped? then update V1 above to the new columns
+def test_the_arrow_schemas_are_generated_from_the_row_module_and_are_version_2() -> None:
+    assert rows.ROW_SCHEMA_VERSION == 2  # bumped? then add the new columns as V3 above
     for split, folder in (
         ("train", "data"),
         ("eval", "data"),
@@ -60,7 +62,7 @@ def test_the_arrow_schemas_are_generated_from_the_row_module_and_are_version_1()
         ("duplicates", "duplicates"),
     ):
         schema = SCHEMAS[split]
-        assert [(f.name, str(f.type)) for f in schema] == V1[folder]
+        assert [(f.name, str(f.type)) for f in schema] == V2[folder]
         assert schema.names == [c.name for c in rows.COLUMNS[split]]
         assert all(f.nullable for f in schema)  # as the shards have always declared them
         assert list(rows.RECORDS[split].__annotations__) == schema.names  # the TypedDict is the table
@@ -127,13 +129,13 @@ def test_an_output_of_another_row_schema_version_is_refused_and_new_version_goes
     out = tmp_path / "o"
     run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
     manifest = json.loads((out / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps({**manifest, "row_schema_version": 2}))
+    (out / "manifest.json").write_text(json.dumps({**manifest, "row_schema_version": 3}))
     requests = sim.stats()["requests"]
     argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0], err
-    assert "row schema version 2" in err[0] and "--new-version" in err[0]
+    assert "row schema version 3" in err[0] and "--new-version" in err[0]
     assert sim.stats()["requests"] == requests  # refused before any request
 
     assert main([*argv, "--new-version"]) == 0
@@ -142,9 +144,11 @@ def test_an_output_of_another_row_schema_version_is_refused_and_new_version_goes
 
 
 @pytest.mark.parametrize("version", [None, 1])
-def test_an_output_without_a_row_schema_version_resumes_as_version_1(
+def test_an_output_without_a_row_schema_version_is_version_1_and_refused_before_any_request(
     tmp_path: Path, sim_server, version: int | None
 ) -> None:
+    from gen.errors import ConfigError
+
     prompt = _prompt(tmp_path)
     sim = sim_server()
     out = tmp_path / "o"
@@ -154,6 +158,11 @@ def test_an_output_without_a_row_schema_version_resumes_as_version_1(
     if version is not None:
         manifest["row_schema_version"] = version
     (out / "manifest.json").write_text(json.dumps(manifest))
-    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
-    assert result.status == "complete" and result.stats.skipped == 6
-    assert json.loads((out / "manifest.json").read_text())["row_schema_version"] == 1
+    requests = sim.stats()["requests"]
+    with pytest.raises(ConfigError, match="row schema version 1, this gen writes version 2.*--new-version"):
+        run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
+    assert sim.stats()["requests"] == requests
+    # --new-version writes version 2 beside it, keeping the old output's lineage.
+    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, new_version=True))
+    assert result.status == "complete"
+    assert json.loads((tmp_path / "o-v2" / "manifest.json").read_text())["row_schema_version"] == 2

@@ -8,11 +8,12 @@ answer, refuse or break a reply.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import math
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -66,6 +67,12 @@ class _Chat:
     schema: Gen | None
     tool: str | None = None  # "tool" mode: the tool's name and its input_schema
     tool_schema: dict[str, Any] | None = None
+    # Prompt caching (gen.sim.cache): OpenAI's leading-message prefixes, (digest, tokens) shortest
+    # first; or Anthropic's one prefix a cache_control breakpoint marks. What the cache then found:
+    prefixes: list[tuple[bytes, int]] = field(default_factory=list)
+    marked: tuple[bytes, int] | None = None
+    cached: int = 0
+    written: int = 0
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -136,7 +143,37 @@ def _parse_chat(raw: bytes) -> _Chat:
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"Invalid 'model': expected a string, got {model!r}.", "model")
     prompt_tokens = chars // 4 + 4 * len(messages)
-    return _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+    chat = _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+    chat.prefixes = _leading_prefixes(model, messages)
+    return chat
+
+
+def _leading_prefixes(model: Any, messages: list[Any]) -> list[tuple[bytes, int]]:
+    """(digest, tokens) of each run of leading messages but the whole, counted as prompt_tokens counts."""
+    h = hashlib.sha256(orjson.dumps(model))
+    chars, out = 0, []
+    for n, m in enumerate(messages[:-1], 1):
+        h.update(orjson.dumps(m))
+        content = m.get("content")
+        chars += len(content) if isinstance(content, str) else 0
+        out.append((h.copy().digest(), chars // 4 + 4 * n))
+    return out
+
+
+def _breakpoint(model: str, tools: Any, system: Any) -> tuple[bytes, int] | None:
+    """The prefix the last cache_control breakpoint in `tools` or `system` closes: (digest, tokens, as
+    the system text counts in prompt_tokens). Breakpoints inside messages are not simulated."""
+    tools = tools if isinstance(tools, list) else []
+    blocks = system if isinstance(system, list) else []
+    in_system = [i for i, b in enumerate(blocks) if isinstance(b, dict) and b.get("cache_control")]
+    if in_system:
+        kept = blocks[: in_system[-1] + 1]
+        chars = sum(len(b["text"]) for b in kept if isinstance(b.get("text"), str))
+        return hashlib.sha256(orjson.dumps([model, tools, kept])).digest(), chars // 4 + 4
+    in_tools = [i for i, t in enumerate(tools) if isinstance(t, dict) and t.get("cache_control")]
+    if in_tools:
+        return hashlib.sha256(orjson.dumps([model, tools[: in_tools[-1] + 1]])).digest(), 0
+    return None
 
 
 def _block_chars(content: Any, where: str) -> int:
@@ -247,14 +284,18 @@ def _parse_messages(raw: bytes) -> _Chat:
     forced = _forced_tool(body)
     salt = orjson.dumps(system)
     prompt_tokens = chars // 4 + 4 * n_turns
+    marked = _breakpoint(model, body.get("tools"), system)
     if forced is None:
-        return _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
-    name, input_schema = forced
-    try:
-        sampler = _sampler(input_schema)
-    except ValueError as exc:
-        raise BadRequest(f"tools: input_schema of {name!r} is not a valid JSON schema: {exc}") from None
-    return _Chat(messages, model, prompt_tokens, salt, max_tokens, "tool", sampler, name, input_schema)
+        chat = _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
+    else:
+        name, input_schema = forced
+        try:
+            sampler = _sampler(input_schema)
+        except ValueError as exc:
+            raise BadRequest(f"tools: input_schema of {name!r} is not a valid JSON schema: {exc}") from None
+        chat = _Chat(messages, model, prompt_tokens, salt, max_tokens, "tool", sampler, name, input_schema)
+    chat.marked = marked
+    return chat
 
 
 # --------------------------------------------------------------------------- answers
@@ -456,6 +497,7 @@ class OpenAIDialect:
             raise BadRequest(f"Invalid schema for response_format: {exc}", "response_format") from None
         stats["prompt_tokens"] += chat.prompt_tokens
         stats["completion_tokens"] += completion_tokens
+        stats["cached_tokens"] += chat.cached
         body = {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
@@ -473,6 +515,7 @@ class OpenAIDialect:
                 "prompt_tokens": chat.prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": chat.prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": chat.cached},
             },
         }
         return orjson.dumps(body)
@@ -569,6 +612,15 @@ class AnthropicDialect:
             stop_reason = "max_tokens" if cut else "end_turn"
         stats["prompt_tokens"] += chat.prompt_tokens
         stats["completion_tokens"] += output_tokens
+        stats["cached_tokens"] += chat.cached
+        stats["cache_write_tokens"] += chat.written
+        usage = {
+            # As Anthropic reports it: input_tokens is what follows the last cache breakpoint.
+            "input_tokens": chat.prompt_tokens - chat.cached - chat.written,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": chat.written,
+            "cache_read_input_tokens": chat.cached,
+        }
         body = {
             "id": f"msg_{secrets.token_hex(12)}",
             "type": "message",
@@ -577,7 +629,7 @@ class AnthropicDialect:
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": chat.prompt_tokens, "output_tokens": output_tokens},
+            "usage": usage,
         }
         return orjson.dumps(body)
 

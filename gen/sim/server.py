@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from gen.sim.cache import PromptCache
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
 
@@ -90,6 +91,11 @@ class SimConfig:
     echo_headers: bool = False
     echo_key: bool = False
     list_models: bool = True
+    # Prompt caching (gen.sim.cache): the shortest prefix cached (OpenAI's automatic minimum; Anthropic's
+    # for Sonnet 4.5 and Opus 4), how long an entry lives after its last use, how many are kept.
+    cache_min_tokens: int = 1024
+    cache_ttl_s: float = 300.0
+    cache_entries: int = 10_000
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -108,6 +114,8 @@ class SimConfig:
             raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
         if self.oversize_bytes < 0 or self.bomb_bytes < 0 or self.endless_interval_s < 0:
             raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
+        if self.cache_min_tokens < 1 or self.cache_ttl_s < 0 or self.cache_entries < 0:
+            raise ValueError("cache_min_tokens must be >= 1, cache_ttl_s and cache_entries >= 0")
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -128,7 +136,7 @@ _STATS = (
     "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
     "invalid_json", "fenced_json", "truncated", "bad_request", "rate_limited", "status_401", "status_404",
     "oversize", "endless", "gzip_bomb", "malformed",
-    "prompt_tokens", "completion_tokens",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
 )  # fmt: skip
 
 
@@ -141,7 +149,8 @@ class _Simulator:
     content is broken or cut short. `status_429` counts injected 429s,
     `rate_limited` the rpm ones; the `rate_503` fault is a 503 on the OpenAI path and a 529 on the
     Anthropic one. `prompt_tokens` and `completion_tokens` sum the usage of every ok answer sent: what
-    a paid teacher would bill, whether or not the client lived to read it.
+    a paid teacher would bill, whether or not the client lived to read it. `cached_tokens` and
+    `cache_write_tokens` sum what the prompt cache (gen.sim.cache) read and wrote of them.
     """
 
     def __init__(self, config: SimConfig) -> None:
@@ -162,6 +171,9 @@ class _Simulator:
         self._bands = bands
         self._openai = OpenAIDialect(config)
         self._anthropic = AnthropicDialect(config)
+        self.cache = PromptCache(
+            min_tokens=config.cache_min_tokens, ttl_s=config.cache_ttl_s, entries=config.cache_entries
+        )
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         """The OpenAI path's 401 answer for a request without our key, else None."""
@@ -253,6 +265,11 @@ class _Simulator:
             stats["status_404"] += 1
             return dialect.unknown_model(chat.model, headers)
         fault = self._draw_fault() if self._bands else None
+        # The prompt cache is read as the request arrives and written once it is answered (below).
+        if chat.marked is not None:
+            chat.cached, chat.written = self.cache.marked(*chat.marked)
+        elif dialect is self._openai:
+            chat.cached = self.cache.automatic(chat.prefixes)
         delay = config.latency_ms
         if config.latency_jitter_ms:
             delay += self._jitter.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
@@ -284,6 +301,10 @@ class _Simulator:
         except BadRequest as exc:
             stats["bad_request"] += 1
             return dialect.bad_request(exc.message, exc.param, headers)
+        if chat.marked is not None:
+            self.cache.store_marked(*chat.marked)
+        elif dialect is self._openai:
+            self.cache.store_automatic(chat.prefixes)
         if fault == "rate_oversize":
             stats["oversize"] += 1
             filler = orjson.dumps("word " * (config.oversize_bytes // 5))

@@ -23,6 +23,10 @@ from gen.teachers.http import STRICT, HTTPClient, ShortText, TokenCount, parse_r
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this when the recipe's sampling sets none
 TOOL_DESCRIPTION = "Record the answer."
+# The shortest prefix Anthropic caches when the price table names none for the model (the minimum of
+# Sonnet 4.5, Opus 4 and 4.1: gen/prices.toml lists each model's and where the figures come from).
+DEFAULT_CACHE_MIN_TOKENS = 1024
+_EPHEMERAL = {"type": "ephemeral"}
 
 # stop_reason -> the OpenAI finish_reason gen records; others pass through as they are.
 _FINISH = {
@@ -73,8 +77,10 @@ _Block = Annotated[
 
 @with_config(STRICT)
 class _Usage(TypedDict, total=False):
-    input_tokens: TokenCount | None
+    input_tokens: TokenCount | None  # the input after the last cache breakpoint only
     output_tokens: TokenCount | None
+    cache_read_input_tokens: TokenCount | None
+    cache_creation_input_tokens: TokenCount | None
 
 
 @with_config(STRICT)
@@ -93,6 +99,7 @@ class AnthropicMessages(HTTPClient):
 
     provider = "anthropic"
     unset_max_tokens = DEFAULT_MAX_TOKENS  # what body() asks for when the sampling sets none
+    marks_cache_prefix = True  # takes `cache_min_tokens`: the run passes the price table's
 
     def __init__(
         self,
@@ -106,6 +113,7 @@ class AnthropicMessages(HTTPClient):
         request_timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
         max_reply_bytes: int | None = None,
+        cache_min_tokens: int | None = None,
     ) -> None:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key:
@@ -138,6 +146,13 @@ class AnthropicMessages(HTTPClient):
             if strict:  # constrained decoding of the tool input, as `strict` json_schema is for OpenAI
                 self._tool["strict"] = True
             self._tool_choice = {"type": "tool", "name": self._tool_name}
+        # Prompt caching: the tools, then the system prompt, are the prefix every task of a recipe shares
+        # (the user turn varies). A breakpoint caches everything before it; a prefix shorter than the
+        # model's minimum is not cached (nor billed as a write), so gen marks only one long enough, by
+        # the same characters / 4 estimate the limiter uses.
+        self.cache_min_tokens = cache_min_tokens or DEFAULT_CACHE_MIN_TOKENS
+        self._tool_chars = len(orjson.dumps(self._tool)) if self._tool is not None else 0
+        self._tool_cached = {**self._tool, "cache_control": _EPHEMERAL} if self._tool is not None else None
 
     def body(self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]) -> bytes:
         """The request body. `seed` is not sent: the Messages API has no seed."""
@@ -150,8 +165,13 @@ class AnthropicMessages(HTTPClient):
                 turns.append(m)
         max_tokens = sampling.get("max_tokens") or sampling.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
         payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "messages": turns}
+        prefix = "\n\n".join(system)
+        cacheable = (self._tool_chars + len(prefix)) // 4 >= self.cache_min_tokens
         if system:
-            payload["system"] = "\n\n".join(system)
+            if cacheable:  # the breakpoint after the system prompt caches the tool definition with it
+                payload["system"] = [{"type": "text", "text": prefix, "cache_control": _EPHEMERAL}]
+            else:
+                payload["system"] = prefix
         for key, value in sampling.items():
             if key not in _RENAMED:  # temperature, top_p, top_k, stop_sequences, metadata, ...: as they are
                 payload[key] = value
@@ -159,7 +179,7 @@ class AnthropicMessages(HTTPClient):
         if stop is not None:
             payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         if self._tool is not None:
-            payload["tools"] = [self._tool]
+            payload["tools"] = [self._tool_cached if cacheable and not system else self._tool]
             payload["tool_choice"] = self._tool_choice
         return orjson.dumps(payload)
 
@@ -171,13 +191,19 @@ class AnthropicMessages(HTTPClient):
         reply = parse_reply(_REPLY, raw)
         usage = reply.get("usage") or {}
         stop_reason = reply.get("stop_reason")
+        read = usage.get("cache_read_input_tokens") or 0
+        written = usage.get("cache_creation_input_tokens") or 0
         return Completion(
             text=self._text(reply["content"]),
             finish_reason=_FINISH.get(stop_reason, stop_reason),  # type: ignore[arg-type]
-            prompt_tokens=usage.get("input_tokens") or 0,
+            # input_tokens leaves out what was read from or written to the cache: prompt_tokens is all
+            # of the input, as OpenAI counts it, so rows and budgets mean the same on both.
+            prompt_tokens=(usage.get("input_tokens") or 0) + read + written,
             completion_tokens=usage.get("output_tokens") or 0,
             model=reply.get("model"),
             headers=headers,
+            cached_tokens=read,
+            cache_write_tokens=written,
         )
 
     def _text(self, content: list[Any]) -> str:

@@ -15,6 +15,10 @@ class Completion:
     completion_tokens: int
     model: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Of prompt_tokens (which counts every input token): read from the provider's prompt cache, and
+    # written to it (Anthropic reports writes; OpenAI and vLLM only reads).
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class Teacher(Protocol):

@@ -31,9 +31,15 @@ __all__ = ["FATAL_STATUS", "RETRYABLE_STATUS", "OpenAIChat", "error_from_respons
 
 
 @with_config(STRICT)
+class _PromptDetails(TypedDict, total=False):
+    cached_tokens: TokenCount | None  # OpenAI's automatic caching, vLLM's prefix cache
+
+
+@with_config(STRICT)
 class _Usage(TypedDict, total=False):
     prompt_tokens: TokenCount | None
     completion_tokens: TokenCount | None
+    prompt_tokens_details: _PromptDetails | None
 
 
 @with_config(STRICT)
@@ -118,13 +124,16 @@ class OpenAIChat(HTTPClient):
         reply = parse_reply(_REPLY, raw)
         choice = reply["choices"][0]
         usage = reply.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens") or 0
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         return Completion(
             text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=usage.get("prompt_tokens") or 0,
+            prompt_tokens=prompt_tokens,
             completion_tokens=usage.get("completion_tokens") or 0,
             model=reply.get("model"),
             headers=headers,
+            cached_tokens=min(cached, prompt_tokens),  # a part of prompt_tokens: never more than it
         )
 
     async def models(self, *, strict: bool = False) -> list[dict[str, Any]]:
