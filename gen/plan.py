@@ -25,7 +25,9 @@ import orjson
 from gen.budget import Price
 from gen.config import RunOptions, load_prompt_file
 from gen.ledger import load_manifest
+from gen.outdir import OutputDir
 from gen.prepare import Prepared, prepare
+from gen.teachers import providers
 from gen.templates import Expansion
 
 SAMPLED_INPUTS = 64  # inputs rendered to estimate tokens
@@ -218,7 +220,7 @@ def _sample(e: Expansion, inputs: int) -> list[list[dict[str, str]]]:
 
 
 def _done(out_dir: Path) -> int:
-    manifest = load_manifest(out_dir) if (out_dir / "manifest.json").exists() else None
+    manifest = load_manifest(out_dir) if OutputDir(out_dir).manifest.exists() else None
     if manifest is None:
         return 0
     t = manifest.get("totals") or {}
@@ -249,7 +251,8 @@ def _caching(
     prefix = round(statistics.fmean(prefixes)) if prefixes else 0
     keys = {prefix_key_of(m) for m in messages}
     groups = _prefix_groups(e, max(remaining, 1)) if prefixes else remaining
-    anthropic = p.teacher.provider == "anthropic"
+    # The client that marks the shared prefix itself (Anthropic's cache_control), by its registration.
+    anthropic = bool(getattr(providers.get(p.teacher.provider).client_class(), "marks_cache_prefix", False))
     price = p.price
     minimum = (price.cache_min_tokens if price and price.cache_min_tokens else None) or OPENAI_CACHE_MIN
     how = "marked with cache_control by gen" if anthropic else "cached automatically by the provider"
