@@ -352,7 +352,8 @@ def _find_duplicates(
                 dedup.remember(batch)
                 continue
             found: dict[int, tuple[str, str]] = {}
-            for j, decision in enumerate(dedup.check_batch(batch)):
+            # Contamination was decided in each partition, against the same files: not redone here.
+            for j, decision in enumerate(dedup.check_batch(batch, steps=("exact", "near"))):
                 if decision is None:
                     continue
                 if partition_of(decision.kept, count) == index:
@@ -437,6 +438,8 @@ def _merged_manifest(
     dedup["exact_removed"] = sum(pm["dedup"]["exact_removed"] for pm in parts)
     dedup["near_removed"] = sum(pm["dedup"]["near_removed"] for pm in parts)
     dedup["near_examples"] = [x for pm in parts for x in pm["dedup"].get("near_examples", [])][:5]
+    if "contaminated_removed" in dedup:
+        dedup["contaminated_removed"] = sum(pm["dedup"].get("contaminated_removed", 0) for pm in parts)
     if merge is not None:
         dedup["exact_removed"] += merge.removed["exact"]
         dedup["near_removed"] += merge.removed["near"]
@@ -577,6 +580,7 @@ def _partition_options(prepared: Prepared, opts: RunOptions, index: int, count: 
         progress=False,
         licences=opts.licences.resolve() if opts.licences else None,
         dedup_against=[Path(d).resolve() for d in opts.dedup_against],
+        decontaminate_against=[os.path.abspath(d) for d in opts.decontaminate_against],
     )
 
 

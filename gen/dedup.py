@@ -150,6 +150,7 @@ class ExactStep:
 STEPS: dict[str, str] = {
     "exact": "gen.dedup:ExactStep",
     "near": "gen.near_dedup:NearStep",
+    "contaminated": "gen.decontaminate:ContaminationStep",
 }
 
 
@@ -230,7 +231,8 @@ class Deduplicator:
     the cluster merge pass call `check_batch` directly.
 
     `on` is what is compared (see KEYS); `field` restricts the answer's part of the near text to one
-    top-level field of a JSON answer; `steps` names the chain (default: exact, then near if `near`).
+    top-level field of a JSON answer; `steps` names the chain (default: exact, then `contaminated` when
+    `decontaminate` (a gen.decontaminate.Decontamination) is given, then near if `near`).
     """
 
     BATCH = 256
@@ -243,17 +245,23 @@ class Deduplicator:
         field: str | None = None,
         on: DedupKey = "example",
         steps: Sequence[str] | None = None,
+        decontaminate: Any = None,
     ) -> None:
         if on not in KEYS:
             raise ValueError(f"on must be one of {', '.join(KEYS)}, got {on!r}")
-        names = list(steps) if steps is not None else ["exact", *(["near"] if near else [])]
+        names = (
+            list(steps)
+            if steps is not None
+            else ["exact", *(["contaminated"] if decontaminate else []), *(["near"] if near else [])]
+        )
         if names[:1] != ["exact"] or any(n not in STEPS for n in names):
             raise ValueError(f"unknown dedup step in {names} (known: {', '.join(STEPS)}); exact comes first")
         self.on: DedupKey = on
         self.field = field
         self.near_enabled = "near" in names
         self.names = names  # the chain, in order: exact is checked per answer as it arrives
-        self._settings = {"on": on, "field": field, "threshold": threshold}
+        self.contaminated_enabled = "contaminated" in names
+        self._settings = {"on": on, "field": field, "threshold": threshold, "decontaminate": decontaminate}
         self._exact = ExactStep()
         self._steps: dict[str, DedupStep] = {"exact": self._exact}
         self._queue: list[tuple[str, dict[str, Any]]] = []
@@ -272,6 +280,11 @@ class Deduplicator:
     def near(self) -> Any:
         """The near step's NearDedup index, or None when near is off."""
         return self.step("near").index if self.near_enabled else None  # type: ignore[attr-defined]
+
+    @property
+    def batched(self) -> bool:
+        """Whether any step after exact runs: rows then wait in a queue for `drain`."""
+        return len(self.names) > 1
 
     @property
     def pending(self) -> int:
@@ -364,8 +377,9 @@ class Deduplicator:
     def columns(self) -> list[str]:
         """The data-shard columns `read_keys` reads for this key."""
         if self.on == "output":
-            return ["id", "output", "response"]
-        return ["id", "messages", *(("output", "vars") if self.near_enabled else ())]
+            return ["id", "output", "response", *(("vars",) if self.contaminated_enabled else ())]
+        wants_more = self.near_enabled or self.contaminated_enabled
+        return ["id", "messages", *(("output", "vars") if wants_more else ())]
 
     def read_keys(self, out_dir: Path, rel: str) -> Batch:
         """A data shard's rows as a Batch: ids, exact digests and (when near is on) near items, as
@@ -399,6 +413,8 @@ class Deduplicator:
                 batch.keys["near"] = [
                     near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)
                 ]
+            if self.contaminated_enabled:
+                self._contaminated_keys(batch, rel, outputs, responses, table.column("vars").to_pylist())
             return batch
         # messages = input turns + the assistant's answer. Each distinct content is hashed once.
         digests: list[int] = []
@@ -434,7 +450,22 @@ class Deduplicator:
                 self.near_item({"output": o, "response": ans, "vars": v})
                 for o, ans, v in zip(outputs, answers, vars_, strict=True)
             ]
+        if self.contaminated_enabled:
+            outputs = table.column("output").to_pylist()
+            self._contaminated_keys(batch, rel, outputs, answers, table.column("vars").to_pylist())
         return batch
+
+    def _contaminated_keys(
+        self, batch: Batch, rel: str, outputs: list[Any], responses: list[Any], vars_: list[Any]
+    ) -> None:
+        """The `contaminated` step's keys of a shard's rows (gen.decontaminate.ContaminationStep.row_key)."""
+        from gen.decontaminate import row_text
+        from gen.outdir import split_of_path
+
+        split = split_of_path(rel)
+        batch.keys["contaminated"] = [
+            (split, row_text(v, o, r)) for o, r, v in zip(outputs, responses, vars_, strict=True)
+        ]
 
     def _cannot(self, why: str) -> str:
         instead = 'deduplicate by answer text with [dedup] on = "output", or ' if self.on != "output" else ""
@@ -468,4 +499,12 @@ class Deduplicator:
             "near_removed": self.counts["near"],
             "near": {**self.step("near").describe(), "field": self.field} if self.near_enabled else None,
             "near_examples": self.examples,
+            **(
+                {
+                    "contaminated_removed": self.counts.get("contaminated", 0),
+                    "contaminated": self.step("contaminated").describe(),
+                }
+                if self.contaminated_enabled
+                else {}
+            ),
         }  # fmt: skip

@@ -177,6 +177,7 @@ class Run:
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
             on=on,
+            decontaminate=p.decontamination,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
@@ -906,7 +907,7 @@ class Run:
         a shard is full."""
         assert self.journal is not None
         self.journal.append(split, row, usage)
-        if split in ("train", "eval") and self.dedup.near_enabled:
+        if split in ("train", "eval") and self.dedup.batched:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()
         else:
@@ -915,7 +916,8 @@ class Run:
             await self._checkpoint()
 
     def _drain(self) -> bool:
-        """Decide the rows waiting for the near-duplicate check; True when a checkpoint is due."""
+        """Decide the rows waiting for the batched checks (contaminated, near); True when a checkpoint is
+        due."""
         full = False
         for split, row, found in self.dedup.drain():
             if found is not None:
