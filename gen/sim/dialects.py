@@ -66,6 +66,7 @@ class _Chat:
     schema: Gen | None
     tool: str | None = None  # "tool" mode: the tool's name and its input_schema
     tool_schema: dict[str, Any] | None = None
+    fixed: str | None = None  # the text to answer instead of a drawn one (the judge mode)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -261,6 +262,8 @@ def _parse_messages(raw: bytes) -> _Chat:
 
 
 def _content(chat: _Chat, rng: random.Random) -> str:
+    if chat.fixed is not None:
+        return chat.fixed
     if chat.mode == "json_schema":
         assert chat.schema is not None
         return orjson.dumps(chat.schema(rng, 0)).decode()
