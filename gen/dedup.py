@@ -368,7 +368,7 @@ class Deduplicator:
                     continue
                 out[i] = Decision(name, kept)
                 self.counts[name] = self.counts.get(name, 0) + 1
-                if name != "exact" and len(self.examples) < 5:
+                if name == "near" and len(self.examples) < 5:  # the manifest's near_examples
                     text = " => ".join(map(str, key)) if isinstance(key, tuple) else str(key)
                     self.examples.append({"id": batch.ids[i], "duplicate_of": kept, "text": text[:200]})
             todo = left

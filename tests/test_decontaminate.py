@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gen import RunOptions, run
+from gen.audit import audit
 from gen.decontaminate import words
 from gen.errors import ConfigError
 from tests.helpers import all_task_ids, ids_in, rows_in
@@ -112,8 +115,10 @@ def test_rows_sharing_a_13_gram_with_jsonl_csv_parquet_are_removed(tmp_path: Pat
     assert set(against) == {"bench/gsm.jsonl", "bench/hella.csv", "bench/lawn.parquet"}
     assert against["bench/lawn.parquet"]["columns"] == ["text"] and against["bench/hella.csv"]["rows"] == 2
     assert m["dedup"]["contaminated"]["ngram"] == 13
-    # Every task is decided: rows + duplicates account for the whole recipe.
+    # Every task is decided: rows + duplicates account for the whole recipe; the output audits clean.
     assert set(ids_in(out, "data")) | set(ids_in(out, "duplicates")) == all_task_ids(prompt)
+    report = audit(out)
+    assert report.clean, [str(f) for f in report.findings]
 
 
 def test_named_columns_limit_what_is_indexed_and_ngram_is_configurable(tmp_path: Path) -> None:
@@ -275,3 +280,51 @@ def test_resume_keeps_the_decision(tmp_path: Path) -> None:
 
 def test_words_fold_case_and_punctuation() -> None:
     assert words("Hello, WORLD -- it's 4:30!") == ["hello", "world", "it", "s", "4", "30"]
+
+
+def _journaled(out: Path) -> int:
+    n = 0
+    for segment in (out / "journal").glob("*.jsonl"):
+        try:
+            n += segment.read_bytes().count(b'"r":{')
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def test_sigkill_then_resume_decides_each_row_once(tmp_path: Path, sim_server) -> None:
+    """Answers only in the journal at a SIGKILL are replayed through the same check: every quoting row
+    ends in duplicates/ as contaminated exactly once, no other row does, and nothing answered is paid
+    for twice."""
+    _write_benchmarks(tmp_path / "bench")
+    inputs = [f"ticket {i}: " + (HIT_CSV if i % 5 == 0 else CLEAN[i % 4]) for i in range(200)]
+    prompt = _recipe(tmp_path, inputs, '[decontaminate]\nagainst = ["bench/hella.csv"]\n')
+    sim = sim_server(latency_ms=5)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "gen", "run", str(prompt), "--provider", "openai", "--model", "gen-sim-1",
+           "--base-url", sim.base_url, "--output", str(out), "--no-progress", "--shard-rows", "100000",
+           "--max-concurrency", "8"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while _journaled(out) < 60 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not ids_in(out, "data") and not ids_in(out, "duplicates"), "no checkpoint should have happened"
+    killed_at = _journaled(out)
+    assert killed_at >= 60
+    asked_before = sim.stats()["requests"]
+    result = run(prompt, RunOptions(provider="openai", model="gen-sim-1", base_url=sim.base_url, output=out,
+                                    progress=False))  # fmt: skip
+    assert result.status == "complete" and result.stats.replayed >= 60
+    assert sim.stats()["requests"] - asked_before <= 200 - killed_at  # replayed answers are not asked again
+    removed = _removed(out)
+    assert set(removed) == {t for t in inputs if HIT_CSV in t}  # 40 rows
+    assert all(d["duplicate_of"].startswith("bench/hella.csv#2: ") for d in removed.values())
+    everything = ids_in(out, "data") + ids_in(out, "duplicates") + ids_in(out, "rejects")
+    assert len(everything) == len(set(everything)) == 200
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["dedup"]["contaminated_removed"] == 40
+    report = audit(out)
+    assert report.clean, [str(f) for f in report.findings]
