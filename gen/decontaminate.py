@@ -5,7 +5,8 @@ the files named in `[decontaminate] against` (and `--decontaminate-against`) are
 words (`\\w+` runs, so punctuation and whitespace do not matter), every run of `ngram` consecutive words
 (13 by default) of each row is hashed to 64 bits, and the hashes form the index. A train row is
 contaminated when one of its own n-grams is in the index. The index is built by `prepare()` from the
-files, before any request, and holds hashes only (16 bytes an n-gram in sorted numpy arrays), never text.
+files, before any request, and holds hashes only, never text: about 22 bytes an n-gram (sorted numpy
+arrays of the hashes and of the file and row each came from, and a bit filter in front of them).
 
 What a row is compared by is what varies per row: the values of its input variables and its answer (the
 answer's text values for JSON), never the rendered template, whose fixed text every row shares. The
@@ -157,11 +158,11 @@ def _read_records(path: Path, kind: str) -> tuple[list[str] | None, Iterator[dic
 
         return parquet_column_names(path), parquet_rows(path)
     if kind == "csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             names = next(csv.reader(f), [])
 
         def rows() -> Iterator[dict[str, Any]]:
-            with path.open(newline="", encoding="utf-8") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 yield from csv.DictReader(f)
 
         return names, rows()
