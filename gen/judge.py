@@ -57,8 +57,8 @@ def default_prompt_path() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """One comparison: the turns the teacher was given (system and user, without its answer), the
-    teacher's answer and the student's."""
+    """One comparison: the turns the teacher was given (system and user; a last assistant turn, the
+    recorded answer of a data row's `messages`, is left out), the teacher's answer and the student's."""
 
     messages: Sequence[Mapping[str, str]]
     teacher: str
@@ -75,10 +75,23 @@ class JudgePrompt:
     def render(
         self, messages: Sequence[Mapping[str, str]], answer_a: str, answer_b: str
     ) -> list[dict[str, str]]:
-        turns = (f"{m.get('role', 'user').upper()}: {m.get('content', '')}" for m in messages)
+        if messages and messages[-1].get("role") == "assistant":  # a data row's messages: its answer last
+            messages = messages[:-1]
+        turns = (f"{m.get('role', 'user').upper()}: {_defuse(m.get('content', ''))}" for m in messages)
         conversation = "\n\n".join(turns)
-        text = self.template.render(conversation=conversation, answer_a=answer_a, answer_b=answer_b)
+        text = self.template.render(
+            conversation=conversation, answer_a=_defuse(answer_a), answer_b=_defuse(answer_b)
+        )
         return [{"role": "user", "content": text}]
+
+
+_TAG = re.compile(r"<(/?)\s*(answer_a|answer_b|conversation)\s*>", re.IGNORECASE)
+
+
+def _defuse(text: str) -> str:
+    """The text with the prompt's own tags broken (a zero-width space after the `<`), so an answer cannot
+    close its block and open a forged one: the student's and teacher's answers are untrusted too."""
+    return _TAG.sub(lambda m: f"<{m.group(1)}\u200b{m.group(2)}>", text)
 
 
 def load_prompt(path: str | Path | None = None) -> JudgePrompt:
