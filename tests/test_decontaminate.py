@@ -328,3 +328,20 @@ def test_sigkill_then_resume_decides_each_row_once(tmp_path: Path, sim_server) -
     assert m["dedup"]["contaminated_removed"] == 40
     report = audit(out)
     assert report.clean, [str(f) for f in report.findings]
+
+
+def test_a_json_array_with_lists_of_strings_is_read_by_default_columns(tmp_path: Path) -> None:
+    """Default columns: every string and list-of-strings value (a multiple-choice benchmark's
+    `choices`), not numbers; a JSON array of objects reads like JSONL."""
+    from gen.decontaminate import Source, build
+
+    choice = "the mitochondria is the powerhouse of the cell and makes most of its chemical energy supply"
+    path = tmp_path / "mc.json"
+    path.write_text(json.dumps([{"q": "Which organelle?", "choices": ["nucleus", choice], "label": 1}]))
+    d = build([Source(path, "mc.json", None)], ngram=13, splits=False)
+    text = words("Which organelle? nucleus " + choice)  # `label` (a number) is not text
+    assert d.sources[0].rows == 1 and d.sources[0].ngrams == len(text) - 12
+    assert d.find(words("as we know " + choice)) == (
+        "mc.json#1: the mitochondria is the powerhouse of the cell and makes most of its"
+    )
+    assert d.find(words("the mitochondria is the powerhouse of the cell and makes most of")) is None  # 12
