@@ -137,6 +137,14 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also drop rows that duplicate this other output's rows (repeatable)",
     )
+    p.add_argument(
+        "--decontaminate-against",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="drop train rows sharing a word n-gram with this eval set or benchmark (JSONL, CSV or "
+        "Parquet; a path or a quoted glob; repeatable; columns as [decontaminate] columns)",
+    )
 
 
 def _run_flags(r: argparse.ArgumentParser) -> None:
@@ -331,6 +339,7 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         no_near_dedup=args.no_near_dedup,
         near_threshold=args.near_threshold,
         dedup_against=args.dedup_against,
+        decontaminate_against=args.decontaminate_against,
         vllm={
             k: v
             for k, v in {

@@ -353,7 +353,8 @@ def _find_duplicates(
                 dedup.remember(batch)
                 continue
             found: dict[int, tuple[str, str]] = {}
-            for j, decision in enumerate(dedup.check_batch(batch)):
+            # Contamination was decided in each partition, against the same files: not redone here.
+            for j, decision in enumerate(dedup.check_batch(batch, steps=("exact", "near"))):
                 if decision is None:
                     continue
                 if partition_of(decision.kept, count) == index:
@@ -585,6 +586,7 @@ def _partition_options(prepared: Prepared, opts: RunOptions, index: int, count: 
         progress=False,
         licences=opts.licences.resolve() if opts.licences else None,
         dedup_against=[Path(d).resolve() for d in opts.dedup_against],
+        decontaminate_against=[os.path.abspath(d) for d in opts.decontaminate_against],
     )
 
 

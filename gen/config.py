@@ -76,6 +76,24 @@ class DedupSpec(_Strict):
     steps: list[str] | None = None
 
 
+class DecontaminateFile(_Strict):
+    """One file (or glob) to decontaminate against, with the text columns it is compared by."""
+
+    path: str
+    columns: list[str] | None = Field(default=None, min_length=1)
+
+
+class DecontaminateSpec(_Strict):
+    """`[decontaminate]`: remove train rows that share a word n-gram with eval sets or benchmark files
+    (gen.decontaminate)."""
+
+    # Paths or globs (relative to the prompt file), or {path, columns} tables for per-file columns.
+    against: list[str | DecontaminateFile] = Field(default_factory=list)
+    columns: list[str] | None = Field(default=None, min_length=1)  # default for every file: all strings
+    ngram: int = Field(default=13, ge=1, le=1000)
+    splits: bool = False  # also remove train rows sharing an n-gram with the dataset's own eval rows
+
+
 class PromptSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str
@@ -95,6 +113,7 @@ class PromptSpec(_Strict):
     sim: dict[str, Any] = Field(default_factory=dict)  # gen.sim.SimConfig fields, checked there
     vllm: VLLMSpec = VLLMSpec()
     dedup: DedupSpec = DedupSpec()
+    decontaminate: DecontaminateSpec = DecontaminateSpec()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -208,6 +227,9 @@ class RunOptions:
     no_near_dedup: bool = False
     near_threshold: float | None = None
     dedup_against: list[Path] = field(default_factory=list)  # other outputs whose rows count as kept
+    # Files or globs (relative to the working directory) to decontaminate against, besides the prompt
+    # file's [decontaminate] against; compared by its `columns`.
+    decontaminate_against: list[str] = field(default_factory=list)
     # The dedup key of a new output instead of the prompt file's [dedup] on (the cluster driver sets it
     # for its partitions). An output being resumed always keeps the key it was begun with.
     dedup_on: str | None = None

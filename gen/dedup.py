@@ -152,6 +152,7 @@ class ExactStep:
 STEPS: dict[str, str] = {
     "exact": "gen.dedup:ExactStep",
     "near": "gen.near_dedup:NearStep",
+    "contaminated": "gen.decontaminate:ContaminationStep",
 }
 
 
@@ -293,7 +294,8 @@ class Deduplicator:
     the cluster merge pass call `check_batch` directly.
 
     `on` is what is compared (see KEYS); `field` restricts the answer's part of the near text to one
-    top-level field of a JSON answer; `steps` names the chain (default: exact, then near if `near`).
+    top-level field of a JSON answer; `steps` names the chain (default: exact, then `contaminated` when
+    `decontaminate` (a gen.decontaminate.Decontamination) is given, then near if `near`).
     """
 
     BATCH = 256
@@ -307,10 +309,15 @@ class Deduplicator:
         on: DedupKey = "example",
         steps: Sequence[str] | None = None,
         given: Sequence[str] | None = None,
+        decontaminate: Any = None,
     ) -> None:
         if on not in KEYS:
             raise ValueError(f"on must be one of {', '.join(KEYS)}, got {on!r}")
-        names = list(steps) if steps is not None else ["exact", *(["near"] if near else [])]
+        names = (
+            list(steps)
+            if steps is not None
+            else ["exact", *(["contaminated"] if decontaminate else []), *(["near"] if near else [])]
+        )
         if names[:1] != ["exact"] or any(n not in STEPS for n in names):
             raise ValueError(f"unknown dedup step in {names} (known: {', '.join(STEPS)}); exact comes first")
         self.on: DedupKey = on
@@ -319,7 +326,8 @@ class Deduplicator:
         self.names = names  # the chain, in order: exact is checked per answer as it arrives
         # `[dedup] steps` as written, for the manifest.
         self.given = list(given) if given is not None else None
-        self._settings = {"on": on, "field": field, "threshold": threshold}
+        self.contaminated_enabled = "contaminated" in names
+        self._settings = {"on": on, "field": field, "threshold": threshold, "decontaminate": decontaminate}
         self._exact = ExactStep()
         self._steps: dict[str, DedupStep] = {"exact": self._exact}
         self._queue: list[tuple[str, dict[str, Any]]] = []
@@ -426,7 +434,7 @@ class Deduplicator:
                     continue
                 out[i] = Decision(name, kept)
                 self.counts[name] = self.counts.get(name, 0) + 1
-                if name != "exact" and len(self.examples) < 5:
+                if name == "near" and len(self.examples) < 5:  # the manifest's near_examples
                     text = " => ".join(map(str, key)) if isinstance(key, tuple) else str(key)
                     self.examples.append({"id": batch.ids[i], "duplicate_of": kept, "text": text[:200]})
             todo = left
@@ -435,12 +443,13 @@ class Deduplicator:
     def columns(self) -> list[str]:
         """The data-shard columns `read_keys` reads for this key."""
         if self.on == "output":
-            return ["id", "output", "response"]
-        return ["id", "messages", *(("output", "vars") if self.near_enabled else ())]
+            return ["id", "output", "response", *(("vars",) if self.contaminated_enabled else ())]
+        wants_more = self.near_enabled or self.contaminated_enabled
+        return ["id", "messages", *(("output", "vars") if wants_more else ())]
 
     def _own_steps(self) -> list[str]:
-        """The chain's steps that are neither exact nor near: they make their keys from whole rows."""
-        return [n for n in self.names if n not in ("exact", "near")]
+        """The chain's steps that `_read_keys` does not know: they make their keys from whole rows."""
+        return [n for n in self.names if n not in ("exact", "near", "contaminated")]
 
     def read_keys(self, out_dir: Path, rel: str) -> Batch:
         """A data shard's rows as a Batch with every step's keys (`_read_keys`, then whole rows for a
@@ -487,6 +496,8 @@ class Deduplicator:
                 batch.keys["near"] = [
                     near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)
                 ]
+            if self.contaminated_enabled:
+                self._contaminated_keys(batch, rel, outputs, responses, table.column("vars").to_pylist())
             return batch
         # messages = input turns + the assistant's answer. Each distinct content is hashed once.
         digests: list[int] = []
@@ -522,7 +533,22 @@ class Deduplicator:
                 self.near_item({"output": o, "response": ans, "vars": v})
                 for o, ans, v in zip(outputs, answers, vars_, strict=True)
             ]
+        if self.contaminated_enabled:
+            outputs = table.column("output").to_pylist()
+            self._contaminated_keys(batch, rel, outputs, answers, table.column("vars").to_pylist())
         return batch
+
+    def _contaminated_keys(
+        self, batch: Batch, rel: str, outputs: list[Any], responses: list[Any], vars_: list[Any]
+    ) -> None:
+        """The `contaminated` step's keys of a shard's rows (gen.decontaminate.ContaminationStep.row_key)."""
+        from gen.decontaminate import row_text
+        from gen.outdir import split_of_path
+
+        split = split_of_path(rel)
+        batch.keys["contaminated"] = [
+            (split, row_text(v, o, r)) for o, r, v in zip(outputs, responses, vars_, strict=True)
+        ]
 
     def _cannot(self, why: str) -> str:
         instead = 'deduplicate by answer text with [dedup] on = "output", or ' if self.on != "output" else ""
@@ -556,6 +582,14 @@ class Deduplicator:
             "near_removed": self.counts["near"],
             "near": {**self.step("near").describe(), "field": self.field} if self.near_enabled else None,
             "near_examples": self.examples,
+            **(
+                {
+                    "contaminated_removed": self.counts.get("contaminated", 0),
+                    "contaminated": self.step("contaminated").describe(),
+                }
+                if self.contaminated_enabled
+                else {}
+            ),
         }  # fmt: skip
         if self.given is not None:
             out["steps"] = self.given

@@ -192,14 +192,21 @@ class Run:
             steps = resolve_steps(d.steps, p.prompt.base_dir) if d.steps is not None else None
         except ConfigError as e:
             raise ConfigError(p.prompt.path, e.problem) from None
+        if steps is not None:
+            # Near off (`near = false`, --no-near-dedup) takes it out of a chain the prompt file names;
+            # decontamination, on when files are given, runs right after exact.
+            steps = [n for n in steps if n != "near" or near]
+            steps = [n for n in steps if n != "contaminated"]
+            if p.decontamination:
+                steps.insert(1, "contaminated")
         self.dedup = Deduplicator(
             near=near,
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
             on=on,
-            # Near off (`near = false`, --no-near-dedup) takes it out of a chain the prompt file names.
-            steps=[n for n in steps if near or n != "near"] if steps is not None else None,
+            steps=steps,
             given=d.steps,
+            decontaminate=p.decontamination,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
@@ -981,7 +988,8 @@ class Run:
             await self._checkpoint()
 
     def _drain(self) -> bool:
-        """Decide the rows waiting for the near-duplicate check; True when a checkpoint is due."""
+        """Decide the rows waiting for the batched checks (contaminated, near); True when a checkpoint is
+        due."""
         full = False
         for split, row, found in self.dedup.drain():
             if found is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from gen.budget import Price, price_for
 from gen.config import PromptFile, RunOptions, Teacher, load_prompt_file, resolve_teacher
+from gen.decontaminate import Decontamination, prepare_decontamination
 from gen.errors import ConfigError
 from gen.ledger import id_key, load_manifest
 from gen.manifest import check_compatible, next_version_dir, recipe_fingerprint
@@ -41,6 +42,8 @@ class Prepared:
     lineage: dict[str, Any] | None  # the dataset this one is a new version of
     review: Review
     registry_sources: list[dict[str, Any]]  # which licence registries (and versions) decided
+    # The n-gram index of [decontaminate] / --decontaminate-against (gen.decontaminate), or None.
+    decontamination: Decontamination | None = None
 
 
 def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
@@ -107,6 +110,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     if opts.executor == "local" and not opts.partition and _holds_cluster_run(out_dir, previous):
         raise ConfigError(out_dir, "holds a cluster run; resume it with --executor ray")
     _check_writable(out_dir)
+    decontamination = prepare_decontamination(prompt, expansion, opts)
     return Prepared(
         prompt,
         schema,
@@ -121,6 +125,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         lineage,
         review,
         registry_sources,
+        decontamination,
     )
 
 

@@ -137,8 +137,15 @@ class Duplicate(TypedDict):
     """A row of `duplicates/`: a row removed as a duplicate, kept so nothing disappears without a trace."""
 
     id: Annotated[str, Col(STRING, "the removed row's id")]
-    duplicate_of: Annotated[str, Col(STRING, "the first 16 hex digits of the id of the row it duplicates")]
-    kind: Annotated[str, Col(STRING, "`exact` or `near`")]
+    duplicate_of: Annotated[
+        str,
+        Col(
+            STRING,
+            "the first 16 hex digits of the id of the row it duplicates; for `contaminated`, the match: "
+            "`FILE#ROW: N-GRAM` or `eval ID: N-GRAM`",
+        ),
+    ]
+    kind: Annotated[str, Col(STRING, "`exact`, `near` or `contaminated`")]
     output: Annotated[str | None, Col(STRING, "its output (its response without a schema)")]
     vars: Annotated[str, Col(STRING, "the input variables (JSON)")]
     created_at: Annotated[Timestamp, Col(TIMESTAMP, "UTC timestamp")]

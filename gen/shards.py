@@ -261,6 +261,12 @@ def parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[dict[str, Any]]
             yield from batch.to_pylist()
 
 
+def parquet_column_names(path: Path) -> list[str]:
+    """A Parquet file's top-level column names, from its footer."""
+    with _pyarrow().parquet.ParquetFile(path) as pf:
+        return list(pf.schema_arrow.names)
+
+
 def parquet_row_count(path: Path) -> int:
     """Rows of a Parquet file, from its footer."""
     with _pyarrow().parquet.ParquetFile(path) as pf:

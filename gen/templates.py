@@ -241,6 +241,13 @@ class Expansion:
         """Every input (its variables), lazily, in task order; each gives `samples` tasks."""
         return self._inputs()
 
+    def inputs_with_splits(self) -> Iterator[tuple[str, str]]:
+        """(vars JSON, split) of every input, in task order, rendering nothing."""
+        fraction = self.prompt.spec.eval_fraction
+        for variables in self._inputs():
+            vars_json = canonical_json(variables)
+            yield vars_json, split_of(vars_json, fraction)
+
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         return [{"role": role, "content": tpl.render(variables)} for role, tpl in self.templates]
 

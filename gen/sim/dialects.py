@@ -73,6 +73,7 @@ class _Chat:
     marked: tuple[bytes, int] | None = None
     cached: int = 0
     written: int = 0
+    fixed: str | None = None  # the text to answer instead of a drawn one (the judge mode)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -302,6 +303,8 @@ def _parse_messages(raw: bytes) -> _Chat:
 
 
 def _content(chat: _Chat, rng: random.Random) -> str:
+    if chat.fixed is not None:
+        return chat.fixed
     if chat.mode == "json_schema":
         assert chat.schema is not None
         return orjson.dumps(chat.schema(rng, 0)).decode()

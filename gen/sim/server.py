@@ -39,6 +39,8 @@ from aiohttp import web
 from gen.sim.cache import PromptCache
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
+from gen.sim.judge import MODES as JUDGE_MODES
+from gen.sim.judge import reply as judge_reply
 
 __all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
 
@@ -96,6 +98,10 @@ class SimConfig:
     cache_min_tokens: int = 1024
     cache_ttl_s: float = 300.0
     cache_entries: int = 10_000
+    # The judge (gen.sim.judge): "longer", "longer_a", "first" or "garbage" for requests that show two
+    # answers; the first `judge_garbage_first` of them get a reply without a verdict all the same.
+    judge: str | None = None
+    judge_garbage_first: int = 0
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -116,6 +122,8 @@ class SimConfig:
             raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
         if self.cache_min_tokens < 1 or self.cache_ttl_s < 0 or self.cache_entries < 0:
             raise ValueError("cache_min_tokens must be >= 1, cache_ttl_s and cache_entries >= 0")
+        if self.judge is not None and self.judge not in JUDGE_MODES:
+            raise ValueError(f"judge must be one of {', '.join(JUDGE_MODES)}, got {self.judge!r}")
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -161,6 +169,7 @@ class _Simulator:
         self._jitter = random.Random(f"{config.seed}/jitter")  # apart, so jitter never shifts the faults
         self._shapes = random.Random(f"{config.seed}/malformed")
         self._window: deque[float] | None = deque() if config.rpm is not None else None
+        self._judged = 0  # judge requests answered (SimConfig.judge_garbage_first)
         bands: list[tuple[float, str]] = []
         edge = 0.0
         for name in _FAULTS:
@@ -291,6 +300,10 @@ class _Simulator:
                 bomb_headers = {**(headers or {}), "Content-Encoding": "gzip"}
                 bomb = _gzip_bomb(config.bomb_bytes)
                 return web.Response(body=bomb, content_type="application/json", headers=bomb_headers)
+        if config.judge is not None and chat.mode == "text":
+            garbage = self._judged < config.judge_garbage_first
+            chat.fixed = judge_reply(chat.messages, config.judge, garbage)
+            self._judged += chat.fixed is not None
         digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         if fault == "rate_oversize":
