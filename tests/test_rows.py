@@ -12,12 +12,13 @@ import pytest
 
 from gen import RunOptions, rows, run
 from gen import audit as audit_mod
+from gen.errors import ConfigError
 from gen.shards import SCHEMAS, row_problem
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-# Version 1's columns as the shards have always stored them. A change here is a new row schema: bump
-# rows.ROW_SCHEMA_VERSION with it (resume then refuses outputs of the old one).
+# The current version's columns (version 1's, and since 2 rejects' `reference`). A change here is a new
+# row schema: bump rows.ROW_SCHEMA_VERSION with it (resume then refuses outputs of the old one).
 V1 = {
     "data": [
         ("id", "string"), ("messages", "list<item: struct<role: string, content: string>>"),
@@ -31,7 +32,7 @@ V1 = {
     ],
     "rejects": [
         ("id", "string"), ("reason", "string"), ("error", "string"), ("response", "string"),
-        ("vars", "string"), ("sample", "int32"), ("template", "string"), ("teacher_model", "string"),
+        ("reference", "string"), ("vars", "string"), ("sample", "int32"), ("template", "string"), ("teacher_model", "string"),
         ("attempts", "int32"), ("created_at", "timestamp[ms, tz=UTC]"), ("run_id", "string"),
     ],
     "duplicates": [
@@ -52,7 +53,7 @@ def _prompt(tmp_path: Path, n: int = 12) -> Path:
 
 
 def test_the_arrow_schemas_are_generated_from_the_row_module_and_are_version_1() -> None:
-    assert rows.ROW_SCHEMA_VERSION == 1  # bumped? then update V1 above to the new columns
+    assert rows.ROW_SCHEMA_VERSION == 2  # bumped? then update V1 above to the new columns
     for split, folder in (
         ("train", "data"),
         ("eval", "data"),
@@ -127,13 +128,13 @@ def test_an_output_of_another_row_schema_version_is_refused_and_new_version_goes
     out = tmp_path / "o"
     run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
     manifest = json.loads((out / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps({**manifest, "row_schema_version": 2}))
+    (out / "manifest.json").write_text(json.dumps({**manifest, "row_schema_version": 99}))
     requests = sim.stats()["requests"]
     argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0], err
-    assert "row schema version 2" in err[0] and "--new-version" in err[0]
+    assert "row schema version 99" in err[0] and "--new-version" in err[0]
     assert sim.stats()["requests"] == requests  # refused before any request
 
     assert main([*argv, "--new-version"]) == 0
@@ -142,7 +143,7 @@ def test_an_output_of_another_row_schema_version_is_refused_and_new_version_goes
 
 
 @pytest.mark.parametrize("version", [None, 1])
-def test_an_output_without_a_row_schema_version_resumes_as_version_1(
+def test_an_output_without_a_row_schema_version_is_version_1_and_not_resumed_into(
     tmp_path: Path, sim_server, version: int | None
 ) -> None:
     prompt = _prompt(tmp_path)
@@ -154,6 +155,5 @@ def test_an_output_without_a_row_schema_version_resumes_as_version_1(
     if version is not None:
         manifest["row_schema_version"] = version
     (out / "manifest.json").write_text(json.dumps(manifest))
-    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
-    assert result.status == "complete" and result.stats.skipped == 6
-    assert json.loads((out / "manifest.json").read_text())["row_schema_version"] == 1
+    with pytest.raises(ConfigError, match="row schema version 1, this gen writes version 2"):
+        run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))

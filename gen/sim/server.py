@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from gen.sim.answers import answer_for
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
 
@@ -90,6 +91,13 @@ class SimConfig:
     echo_headers: bool = False
     echo_key: bool = False
     list_models: bool = True
+    # A teacher with references to get right (gen.sim.answers): `answers` maps an input's key to its
+    # reference (gen fills it from the prompt file's `answer_from` variable); `wrong_share` of the
+    # answers are wrong; `answer_field`: the field of a JSON answer that carries it.
+    answer_from: str | None = None
+    answer_field: str | None = None
+    answers: dict[str, str] | None = None
+    wrong_share: float = 0.0
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -108,6 +116,8 @@ class SimConfig:
             raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
         if self.oversize_bytes < 0 or self.bomb_bytes < 0 or self.endless_interval_s < 0:
             raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
+        if not 0.0 <= self.wrong_share <= 1.0:
+            raise ValueError(f"wrong_share must be in [0, 1], got {self.wrong_share}")
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -252,6 +262,9 @@ class _Simulator:
         if chat.model is not None and chat.model != config.model:
             stats["status_404"] += 1
             return dialect.unknown_model(chat.model, headers)
+        if config.answers:
+            chat.answer = answer_for(chat.messages, chat.salt, config.answers, config.wrong_share)
+            chat.answer_field = config.answer_field
         fault = self._draw_fault() if self._bands else None
         delay = config.latency_ms
         if config.latency_jitter_ms:
