@@ -63,7 +63,7 @@ from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
 from gen.templates import task_id as make_task_id
 from gen.validate import Verdict, check, repair_messages
-from gen.verify import VERIFICATION_FAILED, sim_answers
+from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, sim_answers, tally
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
@@ -163,11 +163,6 @@ def _inputs(it: Iterator[Task]) -> Iterator[list[Task]]:
         yield group
 
 
-# Answer verification's counters in the manifest (per template): every decided task, those that passed
-# and failed the check, and the first tries (sample 0) among them for pass@1.
-_CHECK_KEYS = ("tries", "verified", "failed", "first_tries", "first_verified")
-
-
 def _take(it: Iterator[Task], limit: int | None) -> Iterator[Task]:
     if limit is None:
         yield from it
@@ -253,7 +248,7 @@ class Run:
         before = (
             ((p.previous or {}).get("verification") or {}).get("per_template", {}).get(self.spec.name, {})
         )
-        self._checks_carried = {k: int(before.get(k) or 0) for k in _CHECK_KEYS}
+        self._checks_carried = {k: int(before.get(k) or 0) for k in CHECK_KEYS}
         self._checks: Counter[str] = Counter()
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
@@ -279,9 +274,7 @@ class Run:
         """The manifest's `verification`: the check, and per template the tries over every run."""
         if self.verifier is None:
             return None
-        n = {k: self._checks_carried[k] + checks.get(k, 0) for k in _CHECK_KEYS}
-        n["pass_at_1"] = round(n["first_verified"] / n["first_tries"], 4) if n["first_tries"] else None
-        n["tries_per_kept_row"] = round(n["tries"] / n["verified"], 4) if n["verified"] else None
+        n = tally({k: self._checks_carried[k] + checks.get(k, 0) for k in CHECK_KEYS})
         return {
             **self.verifier.describe(),
             "samples": self.p.expansion.samples,

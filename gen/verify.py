@@ -353,6 +353,37 @@ def _json_equal(got: Any, want: Any) -> bool:
     return bool(got == want)
 
 
+# --------------------------------------------------------------------------- the manifest's counters
+
+CHECK_KEYS = ("tries", "verified", "failed", "first_tries", "first_verified")
+"""Verification's counters in the manifest, per template: every decided task, those that passed and
+failed the check, and the first tries (sample 0) among them, for pass@1."""
+
+
+def tally(counts: dict[str, Any]) -> dict[str, Any]:
+    """A template's counters as the manifest records them, with pass@1 and tries per kept row."""
+    n = {k: int(counts.get(k) or 0) for k in CHECK_KEYS}
+    n["pass_at_1"] = round(n["first_verified"] / n["first_tries"], 4) if n["first_tries"] else None
+    n["tries_per_kept_row"] = round(n["tries"] / n["verified"], 4) if n["verified"] else None
+    return n
+
+
+def merge_verification(
+    base: dict[str, Any] | None, parts: list[dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """The `verification` of a cluster run's manifest: `base` (the check) with the partitions' counters
+    summed per template."""
+    if base is None:
+        return None
+    per: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for name, counts in ((part or {}).get("per_template") or {}).items():
+            into = per.setdefault(name, dict.fromkeys(CHECK_KEYS, 0))
+            for k in CHECK_KEYS:
+                into[k] += int(counts.get(k) or 0)
+    return {**base, "per_template": {name: tally(c) for name, c in per.items()}}
+
+
 # --------------------------------------------------------------------------- the simulator's answers
 
 
@@ -372,4 +403,13 @@ def sim_answers(expansion: Expansion, variable: str) -> dict[str, str]:
     return table
 
 
-__all__ = ["MATH_EXTRA", "VERIFICATION_FAILED", "Outcome", "Verifier", "sim_answers"]
+__all__ = [
+    "CHECK_KEYS",
+    "MATH_EXTRA",
+    "VERIFICATION_FAILED",
+    "Outcome",
+    "Verifier",
+    "merge_verification",
+    "sim_answers",
+    "tally",
+]
