@@ -163,6 +163,15 @@ def _inputs(it: Iterator[Task]) -> Iterator[list[Task]]:
         yield group
 
 
+def _carry_over(row: dict[str, Any], reject: dict[str, Any]) -> dict[str, Any]:
+    """`reject` with what the data row `row` holds in the reject's other columns (a reasoning trace, say):
+    an answer that failed verification keeps everything it had."""
+    for c in COLUMNS["rejects"]:
+        if reject.get(c.name) is None and row.get(c.name) is not None:
+            reject[c.name] = row[c.name]
+    return reject
+
+
 def _take(it: Iterator[Task], limit: int | None) -> Iterator[Task]:
     if limit is None:
         yield from it
@@ -864,10 +873,7 @@ class Run:
                 reject = self._reject_row(
                     task, VERIFICATION_FAILED, outcome.error or "", comp.text, attempts, outcome.reference
                 )
-                # What else the row carries that a reject has a column for (the trace): nothing disappears.
-                reject.update((c.name, row[c.name]) for c in COLUMNS["rejects"]  # type: ignore[literal-required]
-                              if reject.get(c.name) is None and row.get(c.name) is not None)  # fmt: skip
-                await self._finish(task, "rejects", reject, last)
+                await self._finish(task, "rejects", _carry_over(row, reject), last)
                 return False
         kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
         if kept is not None:
