@@ -106,7 +106,8 @@ def main() -> None:
         print(f"{args.n:,} answers, {args.trace_words} words of working each, method math, one thread")
         print(f"{'kind':<18} {'answers':>8} {'answers/s':>10} {'mean ms':>8}")
         for kind, times in sorted(per_kind.items()):
-            print(f"{kind:<18} {len(times):>8,} {len(times) / sum(times):>10,.0f} {1000 * sum(times) / len(times):>8.3f}")
+            rate, mean_ms = len(times) / sum(times), 1000 * sum(times) / len(times)
+            print(f"{kind:<18} {len(times):>8,} {rate:>10,.0f} {mean_ms:>8.3f}")
         print(f"{'all':<18} {args.n:>8,} {args.n / total:>10,.0f} {1000 * total / args.n:>8.3f}")
         print(f"verdicts that disagree with the kind: {wrong_verdicts}")
 

@@ -33,7 +33,8 @@ V1 = {
     "rejects": [
         ("id", "string"), ("reason", "string"), ("error", "string"), ("response", "string"),
         ("reference", "string"), ("vars", "string"), ("sample", "int32"), ("template", "string"),
-        ("teacher_model", "string"), ("attempts", "int32"), ("created_at", "timestamp[ms, tz=UTC]"), ("run_id", "string"),
+        ("teacher_model", "string"), ("attempts", "int32"), ("created_at", "timestamp[ms, tz=UTC]"),
+        ("run_id", "string"),
     ],
     "duplicates": [
         ("id", "string"), ("duplicate_of", "string"), ("kind", "string"), ("output", "string"),
