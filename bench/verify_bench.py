@@ -15,8 +15,10 @@ a working of `--trace-words` words, then a boxed final answer, in this mix:
   which only math-verify decides;
 - wrong expression: a non-integer that is not the reference (math-verify decides that it is not).
 
-It prints answers/s per kind and over the mix, and the same through a one-thread pool fed from an
-asyncio loop (the pipeline's path: `run_in_executor`), with the loop's longest stall.
+It prints answers/s per kind and over the mix (wall clock), answers per CPU-second over the mix (this
+process and the math-verify child together: the one-core figure, whatever else the machine runs), and
+the same through a one-thread pool fed from an asyncio loop (the pipeline's path: `run_in_executor`),
+with the loop's longest stall.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
@@ -48,6 +51,12 @@ FORMS = [
     ("0.375", "\\frac{3}{8}", "0.376"),
 ]
 WORDS = "so then we add the two terms and divide by the common factor which gives".split()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -92,9 +101,13 @@ def main() -> None:
             text = f"{trace}\n\nSo the final answer is \\boxed{{{final}}}."
             cases.append((kind, text, canonical_json({"pid": i, "answer": refs[i]})))
 
-        verifier.check(*cases[0][1:2], None, cases[0][2])  # imports (sympy) outside the timing
+        # Start the math-verify process (it imports sympy) outside the timing.
+        warm = canonical_json({"pid": 202, "answer": refs[202]})  # a set: math-verify decides it
+        assert verifier.check(f"\\boxed{{{FORMS[2][1]}}}", None, warm).ok
+        child = verifier._math_worker._proc.pid  # type: ignore[union-attr]
         per_kind: dict[str, list[float]] = {}
         wrong_verdicts = 0
+        cpu0 = time.process_time() + _cpu_s(child)
         t0 = time.perf_counter()
         for kind, text, vars_json in cases:
             t = time.perf_counter()
@@ -102,6 +115,7 @@ def main() -> None:
             per_kind.setdefault(kind, []).append(time.perf_counter() - t)
             wrong_verdicts += ok != (kind in ("identical", "equivalent"))
         total = time.perf_counter() - t0
+        cpu = time.process_time() + _cpu_s(child) - cpu0
 
         print(f"{args.n:,} answers, {args.trace_words} words of working each, method math, one thread")
         print(f"{'kind':<18} {'answers':>8} {'answers/s':>10} {'mean ms':>8}")
@@ -109,6 +123,9 @@ def main() -> None:
             rate, mean_ms = len(times) / sum(times), 1000 * sum(times) / len(times)
             print(f"{kind:<18} {len(times):>8,} {rate:>10,.0f} {mean_ms:>8.3f}")
         print(f"{'all':<18} {args.n:>8,} {args.n / total:>10,.0f} {1000 * total / args.n:>8.3f}")
+        print(
+            f"CPU (this process and the math-verify one): {cpu:.2f} s, {args.n / cpu:,.0f} answers per CPU-s"
+        )
         print(f"verdicts that disagree with the kind: {wrong_verdicts}")
 
         async def through_pool() -> tuple[float, float]:
@@ -139,6 +156,7 @@ def main() -> None:
             return elapsed, stall
 
         elapsed, stall = asyncio.run(through_pool())
+        verifier.close()
         print(f"through a one-thread pool from an event loop: {args.n / elapsed:,.0f} answers/s, "
               f"longest loop stall {stall * 1000:.1f} ms")  # fmt: skip
 

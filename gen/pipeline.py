@@ -573,6 +573,8 @@ class Run:
                 progress.close()
                 if self._verify_pool is not None:
                     self._verify_pool.shutdown(wait=False, cancel_futures=True)
+                if self.verifier is not None:
+                    self.verifier.close()
         if error is not None and not isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
             if isinstance(error, GenError):
                 raise error

@@ -10,8 +10,9 @@ Methods (`method`):
   period; the content of the last `\\boxed{}` when the answer has one);
 - `numeric`: the answer's last number (in the last `\\boxed{}` when there is one) is within `tolerance`
   of the reference's;
-- `math`: Hugging Face's math-verify (LaTeX, `\\boxed{}`, fractions, sets), the optional `math` extra;
-  integers and answers equal after normalisation are decided without it;
+- `math`: Hugging Face's math-verify (LaTeX, `\\boxed{}`, fractions, sets), the optional `math` extra,
+  in a process of its own with time limits (gen.verify_math); integers and answers equal after
+  normalisation are decided without it;
 - `json-field`: one field of the validated output (`field`, dotted) equals the reference read as JSON
   (`42`, `true`, `"text"`; a reference that is not JSON is a string);
 - `python = "FILE.py:function"`: the user's `function(output, reference, row) -> bool`, where `output`
@@ -23,14 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 import math
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
 from typing import Any
 
 import jinja2
@@ -41,6 +40,7 @@ from gen.config import PromptFile, VerifySpec
 from gen.errors import ConfigError
 from gen.schema import Schema
 from gen.templates import Expansion
+from gen.verify_math import MathWorker
 
 VERIFICATION_FAILED = "verification_failed"
 """The reject reason of an answer that did not pass (or whose check raised)."""
@@ -103,14 +103,25 @@ class Verifier:
         if self.method == "python":
             assert spec.python is not None
             self._function = _load_function(spec.python, prompt, where)
+        self._math_worker: MathWorker | None = None
         if self.method == "math":
             _import_math_verify(where)
+            self._math_worker = MathWorker()
         self._compare: Callable[[Any, str], None] = {
             "exact": self._exact,
             "numeric": self._numeric,
-            "math": _math,
+            "math": self._math,
             "json-field": _json_field,
         }.get(self.method, self._exact)
+
+    def close(self) -> None:
+        """Stop the math-verify process, if one was started (a later check starts another)."""
+        if self._math_worker is not None:
+            self._math_worker.close()
+
+    def _math(self, value: Any, reference: str) -> None:
+        assert self._math_worker is not None
+        _math(value, reference, self._math_worker.equal)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records of the check."""
@@ -218,8 +229,6 @@ def _import_math_verify(where: Any) -> None:
         raise ConfigError(
             where, f'[verify] method "math" needs the math-verify package: {MATH_EXTRA}'
         ) from None
-    # It warns on every call that its signal-based timeout is off (signals work in the main thread only).
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
 # --------------------------------------------------------------------------- answers
@@ -299,33 +308,52 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-_INTEGER = re.compile(r"-?\d+")
+_GROUPED = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_RATIONAL = re.compile(
+    r"(?P<sign>-?)(?:(?P<int>\d+)|(?P<dec>\d*\.\d+)|(?P<n>\d+)/(?P<d>\d+)"
+    r"|\\[dt]?frac\{(?P<fn>\d+)\}\{(?P<fd>\d+)\}|\\[dt]?frac(?P<sn>\d)(?P<sd>\d))"
+)
 
 
-@lru_cache(maxsize=8192)
-def _gold(reference: str) -> Any:
-    """math-verify's parse of a reference (a few per input: worth keeping)."""
-    from math_verify import parse
+def _rational(s: str) -> tuple[Fraction, bool] | None:
+    """A plain number's value (`42`, `-0.75`, `3/4`, `\\frac{3}{4}`, `\\frac34`, `1,000`), and whether it
+    is exact (no decimal point); None for anything else."""
+    if len(s) > 100:
+        return None
+    s = s.replace(" ", "")
+    if _GROUPED.fullmatch(s):  # 1,000,000: thousands separators, not a list
+        s = s.replace(",", "")
+    m = _RATIONAL.fullmatch(s)
+    if m is None:
+        return None
+    sign = -1 if m["sign"] else 1
+    if m["int"] is not None:
+        return Fraction(sign * int(m["int"])), True
+    if m["dec"] is not None:
+        return sign * Fraction(m["dec"]), False
+    num, den = (
+        (m["n"], m["d"]) if m["n"] is not None else (m["fn"], m["fd"]) if m["fn"] else (m["sn"], m["sd"])
+    )
+    if int(den) == 0:
+        return None
+    return sign * Fraction(int(num), int(den)), True
 
-    text = reference if "$" in reference or "\\boxed" in reference else f"${reference}$"
-    return parse(text, parsing_timeout=None)  # type: ignore[arg-type]
 
-
-def _math(value: Any, reference: str) -> None:
+def _math(value: Any, reference: str, equal: Callable[[str, str], bool]) -> None:
+    """`math`: equal as text or as integers is decided here; anything else as math-verify (`equal`) says."""
     text = _as_text(value)
     final = _final(text)
     boxed = final is not text
     got, want = _normalise(final), _normalise(_final(reference))
     if got == want:
         return
-    if _INTEGER.fullmatch(got.replace(",", "")) and _INTEGER.fullmatch(want):  # most answers: no sympy
-        if int(got.replace(",", "")) == int(want):
+    a, b = _rational(got), _rational(want)  # most answers are numbers: no sympy for them
+    if a is not None and b is not None:
+        if a[0] == b[0]:
             return
-        raise _Fail(f"answer {_quote(got)} is not the reference {_quote(reference)}")
-    from math_verify import parse, verify
-
-    answer = parse(f"\\boxed{{{final}}}" if boxed else text[-_MATH_TAIL:], parsing_timeout=None)  # type: ignore[arg-type]
-    if not verify(_gold(reference), answer, timeout_seconds=None):
+        if a[1] and b[1]:  # both exact (no decimal point): unequal for math-verify too
+            raise _Fail(f"answer {_quote(got)} is not the reference {_quote(reference)}")
+    if not equal(f"\\boxed{{{final}}}" if boxed else text[-_MATH_TAIL:], reference):
         raise _Fail(
             f"answer {_quote(final if boxed else got)} is not the reference {_quote(reference)} (math-verify)"
         )

@@ -126,21 +126,68 @@ def test_math_keeps_exactly_the_right_answers_and_rejects_the_wrong_ones_with_th
     assert "## Verification" in card and f"| vmath | {len(plan)} | {len(plan) - len(wrong)} |" in card
 
 
-def test_math_verify_decides_equivalent_forms() -> None:
+def test_math_verify_decides_equivalent_forms_in_a_process_of_its_own() -> None:
     """The `math` method through math-verify itself: forms that are equal but not the same text."""
     from gen.verify import _Fail, _math
+    from gen.verify_math import MathWorker
+
+    worker = MathWorker()
+    try:
+        for answer, reference in [
+            ("so \\boxed{0.5}.", "\\frac{1}{2}"),
+            ("\\boxed{\\{2, -2\\}}", "\\{-2, 2\\}"),
+            ("\\boxed{\\frac{6}{8}}", "\\frac{3}{4}"),
+            ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"),
+            ("The answer is 1,000", "1000"),
+        ]:
+            _math(answer, reference, worker.equal)
+        for answer, reference in [("\\boxed{0.6}", "\\frac{1}{2}"), ("\\boxed{\\{2\\}}", "\\{-2, 2\\}")]:
+            with pytest.raises(_Fail):
+                _math(answer, reference, worker.equal)
+    finally:
+        worker.close()
+
+
+def test_plain_numbers_are_decided_without_math_verify() -> None:
+    from gen.verify import _Fail, _math
+
+    def no_sympy(answer: str, reference: str) -> bool:
+        raise AssertionError(f"math-verify asked about {answer!r} = {reference!r}")
 
     for answer, reference in [
-        ("so \\boxed{0.5}.", "\\frac{1}{2}"),
-        ("\\boxed{\\{2, -2\\}}", "\\{-2, 2\\}"),
-        ("\\boxed{\\frac{6}{8}}", "\\frac{3}{4}"),
-        ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"),
-        ("The answer is 1,000", "1000"),
+        ("\\boxed{0.75}", "\\frac{3}{4}"),
+        ("\\boxed{6/2}", "3"),
+        ("\\boxed{1,000}", "1000"),
     ]:
-        _math(answer, reference)
-    for answer, reference in [("\\boxed{0.6}", "\\frac{1}{2}"), ("\\boxed{\\{2\\}}", "\\{-2, 2\\}")]:
+        _math(answer, reference, no_sympy)
+    for answer, reference in [("\\boxed{\\frac{2}{3}}", "\\frac{3}{4}"), ("\\boxed{-3}", "3")]:
         with pytest.raises(_Fail):
-            _math(answer, reference)
+            _math(answer, reference, no_sympy)
+    asked = []
+    _math("\\boxed{1,2}", "12", lambda a, r: asked.append(a) or True)  # a list, not one thousand two hundred
+    _math("\\boxed{0.3333333}", "\\frac{1}{3}", lambda a, r: asked.append(a) or True)  # rounding: its call
+    assert asked == ["\\boxed{1,2}", "\\boxed{0.3333333}"]
+
+
+def test_an_answer_that_would_make_sympy_compute_for_ever_fails_in_bounded_time() -> None:
+    """`10^{10^{10}}` hangs sympy: math-verify's own time limit stops it (it works in the child's main
+    thread, not on a verification thread); a child that still gives no verdict is killed, and the next
+    answer gets a new one."""
+    from gen.verify_math import MathTimeout, MathWorker
+
+    bounded = MathWorker(timeout_s=1)
+    try:
+        assert bounded.equal("\\boxed{10^{10^{10}}}", "3") is False
+        assert bounded.equal("\\boxed{\\frac{6}{2}}", "3") is True  # the same process, still answering
+    finally:
+        bounded.close()
+    unbounded = MathWorker(hard_timeout_s=3, timeout_s=None)
+    try:
+        with pytest.raises(MathTimeout):
+            unbounded.equal("\\boxed{10^{10^{10}}}", "3")
+        assert unbounded.equal("\\boxed{0.5}", "\\frac{1}{2}") is True  # a new child
+    finally:
+        unbounded.close()
 
 
 @pytest.mark.parametrize(
