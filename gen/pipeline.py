@@ -1185,7 +1185,10 @@ def summary(result: RunResult) -> str:
     if s.skipped or s.replayed:
         extra = f" (resumed: {s.skipped:,} already done, {s.replayed:,} recovered from the journal)"
     truncated = s.reject_reasons.get("truncated", 0)
-    rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
+    failed = s.reject_reasons.get(VERIFICATION_FAILED, 0)
+    why = [f"{truncated:,} truncated"] if truncated else []
+    why += [f"{failed:,} failed verification"] if failed else []
+    rejects = f"{s.rejects:,} rejects" + (f" ({', '.join(why)})" if why else "")
     if s.truncated_kept:
         rejects += f", {s.truncated_kept:,} truncated rows kept"
     return (

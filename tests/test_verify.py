@@ -470,6 +470,8 @@ def test_the_shipped_example_runs_on_the_simulator_and_shows_verification_at_wor
     )
     assert proc.returncode == 0, proc.stderr
     m = _manifest(out)
+    failed = m["verification"]["per_template"]["math_reasoning"]["failed"]
+    assert f"rejects ({failed} failed verification)" in proc.stderr.splitlines()[-1]
     plan = _plan(ROOT / "prompts" / "math_reasoning.toml", 0.3, 4)
     n = m["verification"]["per_template"]["math_reasoning"]
     assert n["tries"] == len(plan) and n["failed"] == len(plan) - sum(plan.values()) > 0
