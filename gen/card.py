@@ -81,6 +81,7 @@ def render_card(m: dict[str, Any]) -> str:
         f"| {totals['train']} | {totals['eval']} | {totals['rejects']} | {totals['duplicates']} "
         f"| {m['usage']['prompt_tokens']} | {m['usage']['completion_tokens']} |",
         "",
+        *_verification_lines(m.get("verification")),
         "## Limits",
         "",
         "- A student trained on this data will match its teacher only on this distribution of inputs: "
@@ -91,6 +92,35 @@ def render_card(m: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _verification_lines(v: dict[str, Any] | None) -> list[str]:
+    """The card's account of answer verification: the check, and what it took per template."""
+    if not v:
+        return []
+    how = f"`{v['method']}`" + (f" (`{v['python']}`)" if v.get("python") else "")
+    field = f", field `{v['field']}`" if v.get("field") else ""
+    lines = [
+        "## Verification",
+        "",
+        f"Every kept answer passed a check against a reference: method {how}{field}, reference "
+        f"`{v['reference']}`. Answers that failed are in `rejects/` (reason `verification_failed`).",
+    ]
+    if v.get("max_samples"):
+        lines.append(
+            f"Rejection sampling: each input was sampled until {v['samples']} answer(s) passed, "
+            f"at most {v['max_samples']} tries."
+        )
+    lines += [
+        "",
+        "| template | tries | passed | failed | pass@1 | tries per kept row |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, n in (v.get("per_template") or {}).items():
+        p1 = "n/a" if n.get("pass_at_1") is None else f"{n['pass_at_1']:.1%}"
+        per = "n/a" if n.get("tries_per_kept_row") is None else f"{n['tries_per_kept_row']:.2f}"
+        lines.append(f"| {name} | {n['tries']} | {n['verified']} | {n['failed']} | {p1} | {per} |")
+    return [*lines, ""]
 
 
 def _licence_lines(review: dict[str, Any], intended_use: str | None) -> list[str]:

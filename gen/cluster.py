@@ -69,6 +69,7 @@ from gen.shards import (
     write_rows,
 )
 from gen.teachers import providers
+from gen.verify import merge_verification
 
 SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "duplicates", "requests",
           "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens", "cached_tokens",
@@ -469,6 +470,7 @@ def _merged_manifest(
         },
         cost_usd=round(sum(costs), 6) if costs else snap.cost_usd,
         dedup=dedup,
+        verification=merge_verification(snap.verification, [pm.get("verification") for pm in parts]),
         runs=[{**r, "partition": i} for i in sorted(manifests) for r in manifests[i].get("runs", [])]
         + driver_runs
         + [driver_run],

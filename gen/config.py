@@ -94,6 +94,20 @@ class DecontaminateSpec(_Strict):
     splits: bool = False  # also remove train rows sharing an n-gram with the dataset's own eval rows
 
 
+class VerifySpec(_Strict):
+    """`[verify]`: check each answer against a reference, keep what passes (gen.verify), and with
+    `max_samples` sample an input again until `samples` answers pass."""
+
+    reference: str  # a template over the input variables, e.g. "{{ answer }}"
+    method: Literal["exact", "numeric", "math", "json-field", "python"] | None = None
+    python: str | None = (
+        None  # "verify.py:check", relative to the prompt file: (output, reference, row) -> bool
+    )
+    field: str | None = None  # the answer's field in the validated output (dotted); None: the answer text
+    tolerance: float = Field(default=1e-6, ge=0.0)  # `numeric`: the largest absolute difference that passes
+    max_samples: int | None = Field(default=None, ge=1)  # rejection sampling: tries per input at most
+
+
 class PromptSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str
@@ -114,6 +128,7 @@ class PromptSpec(_Strict):
     vllm: VLLMSpec = VLLMSpec()
     dedup: DedupSpec = DedupSpec()
     decontaminate: DecontaminateSpec = DecontaminateSpec()
+    verify: VerifySpec | None = None
 
     @field_validator("version", mode="before")
     @classmethod

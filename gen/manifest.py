@@ -55,6 +55,7 @@ class RunSnapshot:
     runs: list[dict[str, Any]]  # every run of the output, this one last (see run_entry)
     partition: dict[str, Any] | None = None  # a partition's scope (index, count, limit, samples)
     cluster: dict[str, Any] | None = None  # the merged manifest's cluster section
+    verification: dict[str, Any] | None = None  # [verify]: the check and its tries per template
 
 
 def run_entry(run_id: str, status: str, wall_time_s: float, stats: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def build_manifest(snap: RunSnapshot) -> dict[str, Any]:
         "shards": [s.as_dict() for s in snap.shards],
         "totals": totals(snap.shards),
         "dedup": snap.dedup,
+        **({"verification": snap.verification} if snap.verification is not None else {}),
         "usage": snap.usage,
         "cost_usd": snap.cost_usd,
         # Segments whose every entry this manifest counts: a resumed run skips them if a crash left

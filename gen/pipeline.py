@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,7 @@ from gen.prefix import PrefixGate, grouped
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.retry import RetryPolicy, with_retries
-from gen.rows import Row, duplicate_row, reject_row
+from gen.rows import COLUMNS, Row, duplicate_row, reject_row
 from gen.shards import (
     ShardInfo,
     ShardWriter,
@@ -61,7 +62,9 @@ from gen.teachers.base import Completion
 from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
+from gen.templates import task_id as make_task_id
 from gen.validate import Verdict, check, repair_messages
+from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, sim_answers, tally
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
@@ -156,10 +159,32 @@ class _Checkpoint:
     segments: list[Path]
     usage: dict[str, Any]
     cost_usd: float
+    checks: dict[str, int] = field(default_factory=dict)  # answer verification's counters (Run._checks)
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _inputs(it: Iterator[Task]) -> Iterator[list[Task]]:
+    """The task stream cut into inputs: the samples of one input come one after another."""
+    group: list[Task] = []
+    for task in it:
+        if group and (task.sample == 0 or task.vars_json != group[0].vars_json):
+            yield group
+            group = []
+        group.append(task)
+    if group:
+        yield group
+
+
+def _carry_over(row: dict[str, Any], reject: dict[str, Any]) -> dict[str, Any]:
+    """`reject` with what the data row `row` holds in the reject's other columns (a reasoning trace, say):
+    an answer that failed verification keeps everything it had."""
+    for c in COLUMNS["rejects"]:
+        if reject.get(c.name) is None and row.get(c.name) is not None:
+            reject[c.name] = row[c.name]
+    return reject
 
 
 def _take(it: Iterator[Task], limit: int | None) -> Iterator[Task]:
@@ -252,6 +277,20 @@ class Run:
         self.journal: Journal | None = None
         minimum = (p.price.cache_min_tokens if p.price else None) or OPENAI_CACHE_MIN_TOKENS
         self.gate = PrefixGate(minimum) if p.opts.prefix_gate else None
+        # Answer verification ([verify]): checks run on a thread of their own, off the event loop.
+        self.verifier = p.verifier
+        self._verify_pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="gen-verify") if self.verifier is not None else None
+        )
+        self.max_samples = self.verifier.spec.max_samples if self.verifier is not None else None
+        self._verified: set[int] = (
+            set()
+        )  # rejection sampling: id keys of answers that passed, earlier runs too
+        before = (
+            ((p.previous or {}).get("verification") or {}).get("per_template", {}).get(self.spec.name, {})
+        )
+        self._checks_carried = {k: int(before.get(k) or 0) for k in CHECK_KEYS}
+        self._checks: Counter[str] = Counter()
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
@@ -282,7 +321,18 @@ class Run:
         return round(self.p.price.saved(cached, written), 6) if self.p.price is not None else 0.0
 
     def _closing(self, segments: list[Path]) -> _Checkpoint:
-        return _Checkpoint(segments, self._usage(), self.budget.spent_usd)
+        return _Checkpoint(segments, self._usage(), self.budget.spent_usd, dict(self._checks))
+
+    def _verification(self, checks: dict[str, int]) -> dict[str, Any] | None:
+        """The manifest's `verification`: the check, and per template the tries over every run."""
+        if self.verifier is None:
+            return None
+        n = tally({k: self._checks_carried[k] + checks.get(k, 0) for k in CHECK_KEYS})
+        return {
+            **self.verifier.describe(),
+            "samples": self.p.expansion.samples,
+            "per_template": {self.spec.name: n},
+        }
 
     def manifest(self, shards: list[ShardInfo], at: _Checkpoint | None = None) -> dict[str, Any]:
         """The manifest of the output as it stands: `shards` on disk, counters as of checkpoint `at`."""
@@ -338,6 +388,7 @@ class Run:
             journal_committed=[s.name for s in at.segments] if at is not None else [],
             runs=self._earlier_runs() + [this_run],
             partition=self._partition_scope() if self.partition is not None else None,
+            verification=self._verification(at.checks if at is not None else dict(self._checks)),
         )
 
     def _earlier_runs(self) -> list[dict[str, Any]]:
@@ -390,8 +441,13 @@ class Run:
                 batch = self.dedup.read_keys(out, rel)  # by the output's key
                 self.claimed.update(id_key(tid) for tid in batch.ids)
                 self.dedup.remember(batch)
+                if self.max_samples is not None:
+                    self._verified.update(id_key(tid) for tid in batch.ids)
             else:
-                self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
+                keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
+                self.claimed.update(keys)
+                if self.max_samples is not None and shards[-1].split == "duplicates":  # they passed
+                    self._verified.update(keys)
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
             for rel in committed_shards(other):
                 if split_of_path(rel) in ("train", "eval"):
@@ -432,6 +488,8 @@ class Run:
                 self._skip_entry(f"{entry}: {problem}")
                 continue
             self.claimed.add(key)
+            if self.max_samples is not None and split in ("train", "eval", "duplicates"):
+                self._verified.add(key)
             self.stats.replayed += 1
             self._found_runs.add(row["run_id"])
             if split in ("train", "eval"):
@@ -529,8 +587,13 @@ class Run:
             keep = self._keep()
             # Tasks sharing a prompt prefix leave together, while the provider's cache still holds it.
             tasks = grouped(_take(p.expansion.tasks(keep=keep), p.opts.limit), p.opts.dispatch_window)
+            inputs = _inputs(tasks)
             self._workers = [
-                asyncio.create_task(self._worker(tasks, keep, teacher, progress))
+                asyncio.create_task(
+                    self._sampling_worker(inputs, keep, teacher, progress)
+                    if self.max_samples is not None
+                    else self._worker(tasks, keep, teacher, progress)
+                )
                 for _ in range(p.teacher.max_concurrency)
             ]
             try:
@@ -555,6 +618,10 @@ class Run:
             finally:
                 self.limiter.on_pause = None
                 progress.close()
+                if self._verify_pool is not None:
+                    self._verify_pool.shutdown(wait=False, cancel_futures=True)
+                if self.verifier is not None:
+                    self.verifier.close()
         if error is not None and not isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
             if isinstance(error, GenError):
                 raise error
@@ -583,6 +650,10 @@ class Run:
         t = p.teacher
         spec = providers.get(t.provider)
         launch = providers.Launch(p.prompt, t.model, self.spec.vllm.model_copy(update=p.opts.vllm))
+        answer_from = self.spec.sim.get("answer_from")
+        if answer_from and spec.launcher is not None and spec.launches(t.base_urls):
+            # The simulator answers with each input's reference (and `wrong_share` of times not).
+            launch.sim_answers = await asyncio.to_thread(sim_answers, p.expansion, str(answer_from))
         urls = list(t.base_urls)
         try:
             if spec.launcher is not None and spec.launches(urls):
@@ -715,6 +786,77 @@ class Run:
 
         return keep
 
+    async def _sampling_worker(
+        self,
+        inputs: Iterator[list[Task]],
+        keep: Callable[[str], bool] | None,
+        teacher: LimitedTeacher,
+        progress: Progress,
+    ) -> None:
+        """Rejection sampling (`[verify] max_samples`): one input at a time, tried until `samples`
+        answers passed or `max_samples` were tried."""
+        while self.stop_reason is None:
+            group = next(inputs, None)
+            if group is None:
+                self._exhausted = True
+                return
+            await self._sample_input(group, keep, teacher, progress)
+
+    async def _sample_input(
+        self,
+        group: list[Task],
+        keep: Callable[[str], bool] | None,
+        teacher: LimitedTeacher,
+        progress: Progress,
+    ) -> None:
+        """Try one input's samples in order; past its `samples`, each try is sample index `samples`, then
+        the next (a new id, so a new seed). Tries an earlier run decided are counted, not asked again."""
+        assert self.max_samples is not None
+        first = group[0]
+        full = len(group) == self.p.expansion.samples and first.messages is not None
+        tries = self.max_samples if full else len(group)  # a --limit that cut the input: no tries beyond
+        want, kept, ticked = len(group), 0, 0
+        for sample in range(tries):
+            if kept >= want or self.stop_reason is not None:
+                break
+            listed = sample < len(group)
+            task = group[sample] if listed else self._retry_task(first, sample)
+            if keep is not None and not keep(task.id):
+                continue
+            key = id_key(task.id)
+            if key in self.claimed:  # decided by an earlier run (or the same input listed twice)
+                kept += key in self._verified
+                if listed:
+                    self.stats.skipped += 1
+                    ticked += 1
+                    progress.tick()
+                continue
+            reason = self.budget.exhausted(reserved_tokens=self._in_flight_tokens())
+            if reason is not None:
+                self.stop_reason = reason
+                return
+            self.claimed.add(key)
+            try:
+                ok = await self._process(task, key, teacher)
+            except asyncio.CancelledError:
+                self.claimed.discard(key)  # not answered: a resumed run asks again
+                raise
+            if ok:
+                kept += 1
+                self._verified.add(key)
+            self.stats.tasks += 1
+            if listed:
+                ticked += 1
+                progress.tick()
+        if self.stop_reason is None:
+            for _ in range(len(group) - ticked):  # samples not needed: decided all the same
+                progress.tick()
+
+    def _retry_task(self, first: Task, sample: int) -> Task:
+        """Another try at `first`'s input, as sample index `sample`."""
+        tid = make_task_id(self.p.prompt.sha256, self.spec.name, first.vars_json, sample)
+        return Task(tid, first.vars_json, sample, first.split, first.messages, first.render_error)
+
     async def _worker(
         self,
         tasks: Iterator[Task],
@@ -772,18 +914,32 @@ class Run:
             if spent is not None:
                 self._reserve(task_id, key, spent, spent)
 
-    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> None:
-        """One task to its outcome: ask until valid, then the exact-duplicate check, then the row."""
+    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> bool:
+        """One task to its outcome: ask until valid, verify ([verify]), then the exact-duplicate check,
+        then the row. True when the answer was kept (a row or a duplicate), else a reject."""
         if task.messages is None:
             await self._finish(
                 task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
             )
-            return
+            return False
         asked = await self._ask(task, key, teacher)
         if asked is None:
-            return
+            return False
         comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last = asked
         answer = verdict.output_json if verdict.output_json is not None else comp.text
+        if self.verifier is not None:
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                self._verify_pool, self.verifier.check, comp.text, verdict.output_json, task.vars_json
+            )
+            if not outcome.ok:
+                row = self._data_row(
+                    task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
+                )
+                reject = self._reject_row(
+                    task, VERIFICATION_FAILED, outcome.error or "", comp.text, attempts, outcome.reference
+                )
+                await self._finish(task, "rejects", _carry_over(row, reject), last)
+                return False
         kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
         if kept is not None:
             dup = {
@@ -793,11 +949,12 @@ class Run:
                 "vars": task.vars_json,
             }
             await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
-            return
+            return True
         row = self._data_row(
             task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
         )
         await self._finish(task, task.split, row, last)
+        return True
 
     async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> _Asked | None:
         """Ask the teacher until the reply is valid: re-ask with the validator's error (afresh, with
@@ -955,9 +1112,16 @@ class Run:
             await self._finish(held_task, "rejects", row)
 
     def _reject_row(
-        self, task: Task, reason: str, error: str, response: str | None, attempts: int
+        self,
+        task: Task,
+        reason: str,
+        error: str,
+        response: str | None,
+        attempts: int,
+        reference: str | None = None,
     ) -> dict[str, Any]:
         return reject_row(
+            reference=reference,
             id=task.id,
             reason=reason,
             error=error,
@@ -1002,6 +1166,8 @@ class Run:
         """Count and buffer a decided row; True when a buffer is full."""
         assert self.writer is not None
         s = self.stats
+        if self.verifier is not None:
+            self._count_try(split, row)
         if split == "rejects":
             s.rejects += 1
             s.reject_reasons[row["reason"]] += 1
@@ -1016,6 +1182,19 @@ class Run:
             else:
                 s.train += 1
         return self.writer.add(split, row)
+
+    def _count_try(self, split: str, row: dict[str, Any]) -> None:
+        """Verification's counters, from each decided task (live or replayed from the journal). A
+        duplicate row does not say its sample: it counts as a try, not as a first one."""
+        c = self._checks
+        c["tries"] += 1
+        first = row.get("sample") == 0
+        c["first_tries"] += first
+        if split == "rejects":
+            c["failed"] += row["reason"] == VERIFICATION_FAILED
+        else:
+            c["verified"] += 1
+            c["first_verified"] += first
 
     async def _checkpoint(self) -> None:
         """Every answer journaled so far goes into shards; the journal segment they were in is dropped."""
@@ -1086,7 +1265,10 @@ def summary(result: RunResult) -> str:
             f"; input tokens {s.cached_tokens / s.prompt_tokens:.0%} cached, saved ${result.saved_usd:,.2f}"
         )
     truncated = s.reject_reasons.get("truncated", 0)
-    rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
+    failed = s.reject_reasons.get(VERIFICATION_FAILED, 0)
+    why = [f"{truncated:,} truncated"] if truncated else []
+    why += [f"{failed:,} failed verification"] if failed else []
+    rejects = f"{s.rejects:,} rejects" + (f" ({', '.join(why)})" if why else "")
     if s.truncated_kept:
         rejects += f", {s.truncated_kept:,} truncated rows kept"
     return (

@@ -23,6 +23,7 @@ from gen.schema import Schema, load_schema
 from gen.shards import committed_shards, parse_shard_name, read_columns
 from gen.teachers import providers
 from gen.templates import Expansion
+from gen.verify import Verifier
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class Prepared:
     registry_sources: list[dict[str, Any]]  # which licence registries (and versions) decided
     # The n-gram index of [decontaminate] / --decontaminate-against (gen.decontaminate), or None.
     decontamination: Decontamination | None = None
+    verifier: Verifier | None = None  # the prompt file's [verify] table, checked
 
 
 def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
@@ -57,6 +59,17 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     teacher = dataclasses.replace(teacher, license=review.licence_id)
     schema = load_schema(spec.schema_, base_dir=prompt.base_dir, where=prompt.path) if spec.schema_ else None
     expansion = Expansion(prompt, schema, samples=opts.samples)
+    verifier = Verifier(spec.verify, prompt, expansion, schema, expansion.samples) if spec.verify else None
+    if (
+        verifier is not None
+        and spec.verify
+        and spec.verify.max_samples
+        and (opts.executor != "local" or opts.partition is not None)
+    ):
+        raise ConfigError(
+            prompt.path,
+            "[verify] max_samples: rejection sampling runs on one machine only (--executor local)",
+        )
     provider = providers.get(teacher.provider)
     if provider.check_prompt is not None:  # a typo in [sim] is bad input too: report it before anything runs
         provider.check_prompt(prompt, teacher.model)
@@ -126,6 +139,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         review,
         registry_sources,
         decontamination,
+        verifier,
     )
 
 

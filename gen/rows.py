@@ -21,7 +21,7 @@ from typing import Annotated, Any, Final, TypedDict, get_type_hints
 
 ROW_SCHEMA_VERSION: Final = 2
 """The version of the columns below. A manifest without `row_schema_version` was written with 1.
-Version 2 added `cached_tokens`."""
+Version 2 added `cached_tokens` (prompt caching) and, in rejects, `reference` (answer verification)."""
 
 # Arrow type names gen.shards knows (see shards._arrow_type).
 STRING, INT32, INT64, TIMESTAMP, MESSAGES = "string", "int32", "int64", "timestamp_ms_utc", "messages"
@@ -124,6 +124,9 @@ class Reject(TypedDict):
     ]
     error: Annotated[str, Col(STRING, "the validator's or the teacher's message")]
     response: Annotated[str | None, Col(STRING, "the last reply, if any")]
+    reference: Annotated[
+        str | None, Col(STRING, "what a `verification_failed` answer was checked against ([verify])")
+    ]
     vars: Annotated[str, Col(STRING, "the input variables (JSON)")]
     sample: Annotated[int, Col(INT32, "sample index within the input")]
     template: Annotated[str, Col(STRING, "the prompt file's name")]
@@ -184,13 +187,15 @@ def reject_row(
     attempts: int,
     created_at: Timestamp,
     run_id: str,
+    reference: str | None = None,
 ) -> Reject:
-    """A task that gave no row (the run's rejects)."""
+    """A task that gave no row (the run's rejects); `reference`: what a failed answer was checked against."""
     return {
         "id": id,
         "reason": reason,
         "error": error,
         "response": response,
+        "reference": reference,
         "vars": vars,
         "sample": sample,
         "template": template,

@@ -12,6 +12,7 @@ import pytest
 
 from gen import RunOptions, rows, run
 from gen import audit as audit_mod
+from gen.errors import ConfigError
 from gen.shards import SCHEMAS, row_problem
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -39,8 +40,13 @@ V1 = {
         ("vars", "string"), ("created_at", "timestamp[ms, tz=UTC]"), ("run_id", "string"),
     ],
 }  # fmt: skip
-# Version 2: `cached_tokens` (what the teacher read from its prompt cache) after `completion_tokens`.
-V2 = {**V1, "data": [*V1["data"][:17], ("cached_tokens", "int64"), *V1["data"][17:]]}
+# Version 2: `cached_tokens` (what the teacher read from its prompt cache) after `completion_tokens`;
+# rejects' `reference` (answer verification) after `response`.
+V2 = {
+    **V1,
+    "data": [*V1["data"][:17], ("cached_tokens", "int64"), *V1["data"][17:]],
+    "rejects": [*V1["rejects"][:4], ("reference", "string"), *V1["rejects"][4:]],
+}
 
 
 def _prompt(tmp_path: Path, n: int = 12) -> Path:
@@ -147,7 +153,6 @@ def test_an_output_of_another_row_schema_version_is_refused_and_new_version_goes
 def test_an_output_without_a_row_schema_version_is_version_1_and_refused_before_any_request(
     tmp_path: Path, sim_server, version: int | None
 ) -> None:
-    from gen.errors import ConfigError
 
     prompt = _prompt(tmp_path)
     sim = sim_server()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from gen.sim.answers import reasoned_text, with_answer
 from gen.sim.instances import FENCE_INTROS, VOCAB, Gen, compiled_sampler, sentences
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ class _Chat:
     cached: int = 0
     written: int = 0
     fixed: str | None = None  # the text to answer instead of a drawn one (the judge mode)
+    answer: str | None = None  # the final answer to give (gen.sim.answers), when the input has a reference
+    answer_field: str | None = None
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -307,7 +310,11 @@ def _content(chat: _Chat, rng: random.Random) -> str:
         return chat.fixed
     if chat.mode == "json_schema":
         assert chat.schema is not None
+        if chat.answer is not None:
+            return orjson.dumps(with_answer(chat.schema(rng, 0), chat.answer_field, chat.answer)).decode()
         return orjson.dumps(chat.schema(rng, 0)).decode()
+    if chat.answer is not None and chat.mode == "text":
+        return reasoned_text(chat.answer, rng)
     if chat.mode == "json_object":
         obj = {
             "answer": sentences(rng, rng.randint(10, 30)),
@@ -673,6 +680,8 @@ class AnthropicDialect:
             value = chat.schema(rng, 0)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
             raise BadRequest(f"tools: input_schema of {chat.tool!r} has no instance: {exc}") from None
+        if chat.answer is not None:
+            value = with_answer(value, chat.answer_field, chat.answer)
         content: list[dict[str, Any]] = []
         if fault == "rate_invalid_json":  # the input is an object, so it breaks the schema instead
             stats["invalid_json"] += 1

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from gen.sim.answers import answer_for
 from gen.sim.cache import PromptCache
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
@@ -102,6 +103,13 @@ class SimConfig:
     # answers; the first `judge_garbage_first` of them get a reply without a verdict all the same.
     judge: str | None = None
     judge_garbage_first: int = 0
+    # A teacher with references to get right (gen.sim.answers): `answers` maps an input's key to its
+    # reference (gen fills it from the prompt file's `answer_from` variable); `wrong_share` of the
+    # answers are wrong; `answer_field`: the field of a JSON answer that carries it.
+    answer_from: str | None = None
+    answer_field: str | None = None
+    answers: dict[str, str] | None = None
+    wrong_share: float = 0.0
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -124,6 +132,8 @@ class SimConfig:
             raise ValueError("cache_min_tokens must be >= 1, cache_ttl_s and cache_entries >= 0")
         if self.judge is not None and self.judge not in JUDGE_MODES:
             raise ValueError(f"judge must be one of {', '.join(JUDGE_MODES)}, got {self.judge!r}")
+        if not 0.0 <= self.wrong_share <= 1.0:
+            raise ValueError(f"wrong_share must be in [0, 1], got {self.wrong_share}")
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -273,6 +283,9 @@ class _Simulator:
         if chat.model is not None and chat.model != config.model:
             stats["status_404"] += 1
             return dialect.unknown_model(chat.model, headers)
+        if config.answers:
+            chat.answer = answer_for(chat.messages, chat.salt, config.answers, config.wrong_share)
+            chat.answer_field = config.answer_field
         fault = self._draw_fault() if self._bands else None
         # The prompt cache is read as the request arrives and written once it is answered (below).
         if chat.marked is not None:

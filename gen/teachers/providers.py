@@ -50,6 +50,7 @@ class Launch:
     vllm: VLLMSpec
     servers: list[Any] = field(default_factory=list)
     served: list[dict[str, Any]] = field(default_factory=list)
+    sim_answers: dict[str, str] | None = None  # the simulator's references ([sim] answer_from)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +139,17 @@ def _union_rate_headers() -> tuple[tuple[str, str], ...]:
 # --- the launchers ---
 
 
-def sim_config(prompt: PromptFile, model: str) -> Any:
+def sim_config(prompt: PromptFile, model: str, answers: dict[str, str] | None = None) -> Any:
     """The simulated teacher's settings from the prompt file's [sim] table (SimConfig)."""
+    extra = {"answers": answers} if answers is not None else {}
     try:
-        return load(f"{SIM_MODULE}:SimConfig")(**{"model": model, **prompt.spec.sim})
+        return load(f"{SIM_MODULE}:SimConfig")(**{"model": model, **prompt.spec.sim, **extra})
     except (TypeError, ValueError) as e:
         raise ConfigError(prompt.path, f"[sim]: {e}") from None
 
 
 async def launch_sim(launch: Launch) -> list[str]:
-    sim = load(f"{SIM_MODULE}:SimServer")(sim_config(launch.prompt, launch.model))
+    sim = load(f"{SIM_MODULE}:SimServer")(sim_config(launch.prompt, launch.model, launch.sim_answers))
     await sim.start()
     launch.servers.append(sim)
     return [sim.base_url]
