@@ -197,6 +197,7 @@ class RunOptions:
     lineage: dict[str, Any] | None = None  # the dataset this run is a new version of
     vllm: dict[str, Any] = field(default_factory=dict)  # overrides of the prompt file's [vllm] table
     no_near_dedup: bool = False
+    dedup: bool = True  # False: keep every answer (gen eval: no answer is a duplicate)
     near_threshold: float | None = None
     dedup_against: list[Path] = field(default_factory=list)  # other outputs whose rows count as kept
     # The dedup key of a new output instead of the prompt file's [dedup] on (the cluster driver sets it

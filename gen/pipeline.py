@@ -173,7 +173,7 @@ class Run:
         # An output keeps the key it was begun with; one made before [dedup] on existed keeps "output".
         on, self.legacy_dedup_key = key_of(d.on, p.previous, p.opts.dedup_on, self.out.manifest)
         self.dedup = Deduplicator(
-            near=d.near and not p.opts.no_near_dedup,
+            near=d.near and not p.opts.no_near_dedup and p.opts.dedup,
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
             on=on,
@@ -220,6 +220,9 @@ class Run:
         )
         self.writer: ShardWriter | None = None
         self.journal: Journal | None = None
+        # Called with every answer the teacher gives (the task, the completion, its attempt number), on
+        # the event loop, before validation: gen eval records each request's latency with it.
+        self.on_reply: Callable[[Task, Completion, int], None] | None = None
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
@@ -366,6 +369,7 @@ class Run:
         # A manifest without `journal_committed` was written by a gen whose journal entries were not
         # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
         unsealed = self.p.previous is not None and "journal_committed" not in self.p.previous
+        p_dedup = self.p.opts.dedup
         for entry in journal_entries(self.p.out_dir, self.partition, skip=committed, unsealed=unsealed):
             if isinstance(entry, BadEntry):
                 self._skip_entry(f"{entry}")
@@ -393,7 +397,7 @@ class Run:
             if split in ("train", "eval"):
                 # The journal holds rows that passed the exact check (so it finds none here, only indexes
                 # them); the batched steps are redone in order.
-                exact = self.dedup.check_batch([row], steps=("exact",))[0]
+                exact = self.dedup.check_batch([row], steps=("exact",))[0] if p_dedup else None
                 if exact is not None:
                     self._accept("duplicates", self._duplicate_row(row, exact.kept, exact.kind))
                 else:
@@ -723,7 +727,9 @@ class Run:
             return
         comp, verdict, attempts, prompt_tokens, completion_tokens, last = asked
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
+        kept = None
+        if self.p.opts.dedup:
+            kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
         if kept is not None:
             dup = {
                 "id": task.id,
@@ -780,6 +786,8 @@ class Run:
                 return
             self._in_flight.pop(key, None)
             last = (comp.prompt_tokens, comp.completion_tokens)
+            if self.on_reply is not None:
+                self.on_reply(task, comp, attempts)
             if self.first_failures.armed:
                 await self._record_held_failures()
             self.stats.requests += 1

@@ -66,6 +66,10 @@ class _Chat:
     schema: Gen | None
     tool: str | None = None  # "tool" mode: the tool's name and its input_schema
     tool_schema: dict[str, Any] | None = None
+    json_schema: Any = None  # "json_schema" mode: the schema as sent
+    # The simulated student's disagreement (SimConfig.perturb_*): the field it changes ("*": every
+    # top-level field), or None to answer as the teacher would.
+    perturb: str | None = None
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -136,7 +140,10 @@ def _parse_chat(raw: bytes) -> _Chat:
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"Invalid 'model': expected a string, got {model!r}.", "model")
     prompt_tokens = chars // 4 + 4 * len(messages)
-    return _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+    raw = fmt["json_schema"]["schema"] if mode == "json_schema" else None
+    chat = _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+    chat.json_schema = raw
+    return chat
 
 
 def _block_chars(content: Any, where: str) -> int:
@@ -260,10 +267,53 @@ def _parse_messages(raw: bytes) -> _Chat:
 # --------------------------------------------------------------------------- answers
 
 
+def perturb_value(value: Any, schema: Any, field: str) -> Any:
+    """`value` (an instance of `schema`) with top-level `field` ("*": every one) changed to another valid
+    value: the next enum member, the other boolean, the integer beside it, a longer string."""
+    if not isinstance(value, dict) or not isinstance(schema, dict):
+        return value
+    props = schema.get("properties") or {}
+    out = dict(value)
+    for name in list(out) if field == "*" else [field]:
+        if name in out:
+            out[name] = _other(out[name], _resolve(schema, props.get(name) or {}))
+    return out
+
+
+def _resolve(root: dict[str, Any], node: Any) -> dict[str, Any]:
+    ref = node.get("$ref") if isinstance(node, dict) else None
+    if isinstance(ref, str) and ref.startswith("#/"):
+        for part in ref[2:].split("/"):
+            root = root.get(part, {})
+        return root
+    return node if isinstance(node, dict) else {}
+
+
+def _other(v: Any, node: dict[str, Any]) -> Any:
+    enum = node.get("enum")
+    if isinstance(enum, list) and v in enum and len(enum) > 1:
+        return enum[(enum.index(v) + 1) % len(enum)]
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        hi = node.get("maximum")
+        return v - 1 if hi is not None and v + 1 > hi else v + 1
+    if isinstance(v, float):
+        hi = node.get("maximum")
+        return v - 1.0 if hi is not None and v + 1.0 > hi else v + 1.0
+    if isinstance(v, str):
+        most = node.get("maxLength")
+        return ("x" + v)[: most or None] if v[:1] != "x" else ("y" + v[1:])
+    return v
+
+
 def _content(chat: _Chat, rng: random.Random) -> str:
     if chat.mode == "json_schema":
         assert chat.schema is not None
-        return orjson.dumps(chat.schema(rng, 0)).decode()
+        value = chat.schema(rng, 0)
+        if chat.perturb is not None:
+            value = perturb_value(value, chat.json_schema, chat.perturb)
+        return orjson.dumps(value).decode()
     if chat.mode == "json_object":
         obj = {
             "answer": sentences(rng, rng.randint(10, 30)),
@@ -271,7 +321,8 @@ def _content(chat: _Chat, rng: random.Random) -> str:
             "keywords": list(rng.choices(VOCAB, k=rng.randint(1, 4))),
         }
         return orjson.dumps(obj).decode()
-    return sentences(rng, rng.randint(30, 80))
+    text = sentences(rng, rng.randint(30, 80))
+    return f"Otherwise: {text}" if chat.perturb is not None else text
 
 
 def _broken(content: str) -> str:
@@ -618,6 +669,8 @@ class AnthropicDialect:
             value = chat.schema(rng, 0)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
             raise BadRequest(f"tools: input_schema of {chat.tool!r} has no instance: {exc}") from None
+        if chat.perturb is not None:
+            value = perturb_value(value, chat.tool_schema, chat.perturb)
         content: list[dict[str, Any]] = []
         if fault == "rate_invalid_json":  # the input is an object, so it breaks the schema instead
             stats["invalid_json"] += 1

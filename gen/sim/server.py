@@ -39,7 +39,7 @@ from aiohttp import web
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
 
-__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
+__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "perturbed", "sample_from_schema", "serve"]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -90,6 +90,11 @@ class SimConfig:
     echo_headers: bool = False
     echo_key: bool = False
     list_models: bool = True
+    # A simulated student (`gen eval` tests): answers as the teacher would (the same messages and seed
+    # give the same answer), except on the requests `perturbed()` picks, a `perturb_share` of them,
+    # whose top-level field `perturb_field` ("*": every field; a text answer gains a word) it changes.
+    perturb_share: float = 0.0
+    perturb_field: str = "*"
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -108,6 +113,8 @@ class SimConfig:
             raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
         if self.oversize_bytes < 0 or self.bomb_bytes < 0 or self.endless_interval_s < 0:
             raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
+        if not 0.0 <= self.perturb_share <= 1.0:
+            raise ValueError(f"perturb_share must be in [0, 1], got {self.perturb_share}")
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -274,6 +281,8 @@ class _Simulator:
                 bomb_headers = {**(headers or {}), "Content-Encoding": "gzip"}
                 bomb = _gzip_bomb(config.bomb_bytes)
                 return web.Response(body=bomb, content_type="application/json", headers=bomb_headers)
+        if config.perturb_share and perturbed(chat.salt, config.perturb_share):
+            chat.perturb = config.perturb_field
         digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         if fault == "rate_oversize":
@@ -321,6 +330,14 @@ class _Simulator:
         for k in self.stats:
             self.stats[k] = 0
         return web.Response(body=orjson.dumps(self.stats), content_type="application/json")
+
+
+def perturbed(salt: bytes, share: float) -> bool:
+    """Whether the simulated student changes its answer to a request with this salt (on the OpenAI path
+    the request's `seed` as decimal digits; gen sends `int(id[:8], 16) & 0x7FFFFFFF`): a fixed `share`
+    of salts, picked by a hash, so a test knows which rows disagree."""
+    h = int.from_bytes(hashlib.sha256(b"perturb\0" + salt).digest()[:8], "big")
+    return h / 2**64 < share
 
 
 async def _endless(request: web.Request, interval_s: float) -> web.StreamResponse:

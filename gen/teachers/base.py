@@ -15,6 +15,7 @@ class Completion:
     completion_tokens: int
     model: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    latency_s: float | None = None  # set by the limiter around the request (gen eval reports it)
 
 
 class Teacher(Protocol):
