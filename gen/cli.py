@@ -512,8 +512,13 @@ def _eval(args: argparse.Namespace) -> int:
             if v is not None
         },
     )
-    plan = prepare_eval(args.dataset, opts)
-    result = run_eval(plan)
+    from gen.errors import FatalTeacherError
+
+    try:
+        result = run_eval(prepare_eval(args.dataset, opts))
+    except FatalTeacherError as e:  # main() would call the student "the teacher"
+        print(f"gen eval: aborted, the student refused: {e}", file=sys.stderr)
+        return EXIT_ABORTED
     if result.report is None:
         print(
             f"gen eval: {result.message or result.status}. Committed; resume with `gen eval {args.dataset} "

@@ -140,6 +140,8 @@ def summary_line(d: dict[str, Any], eval_dir: Path) -> str:
     gate = d["gate"]
     verdict = gate["verdict"].upper() if gate["passed"] is not None else "no gate set"
     missed = f" ({'; '.join(gate['missed'])})" if gate["missed"] else ""
+    if d["rows"] and d["valid"]["k"] == 0:
+        missed += "; the student gave no valid answer"
     return (
         f"gen eval: {d['student']['model']} vs {d['teacher']['model']} on {d['rows']:,} {d['split']} rows: "
         f"agreement {pct(d['agreement'])}, first-answer valid {pct(d['first_answer_valid'])}, "
@@ -162,6 +164,10 @@ def render_markdown(d: dict[str, Any]) -> str:
         lines.append(
             f"- **{n} rows is a small sample**: every figure below carries a wide 95% interval; "
             "read the interval, not the percentage"
+        )
+    if n and d["valid"]["k"] == 0:
+        lines.append(
+            "- **the student gave no valid answer**: every answer failed the schema (see `answers/rejects/`)"
         )
     gate = d["gate"]
     lines += [

@@ -299,8 +299,10 @@ def _other(v: Any, node: dict[str, Any]) -> Any:
         hi = node.get("maximum")
         return v - 1 if hi is not None and v + 1 > hi else v + 1
     if isinstance(v, float):
-        hi = node.get("maximum")
-        return v - 1.0 if hi is not None and v + 1.0 > hi else v + 1.0
+        hi, lo = node.get("maximum"), node.get("minimum")
+        if hi is None or v + 1.0 <= hi:
+            return v + 1.0
+        return (v + lo) / 2 if lo is not None else v - 1.0
     if isinstance(v, str):
         most = node.get("maxLength")
         return ("x" + v)[: most or None] if v[:1] != "x" else ("y" + v[1:])
