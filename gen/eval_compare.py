@@ -19,7 +19,6 @@ gives the same interval). Plain Python and numpy; no pyarrow.
 from __future__ import annotations
 
 import math
-import re
 import string
 from collections import Counter
 from collections.abc import Sequence
@@ -82,18 +81,23 @@ def _kind(root: dict[str, Any], node: Any) -> Kind:
 
 # ---------------------------------------------------------------------------------- text similarity
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_ARTICLES = frozenset(("a", "an", "the"))
 _PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalise_text(s: str) -> str:
     """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    return " ".join(_ARTICLES.sub(" ", s.casefold().translate(_PUNCT)).split())
+    return " ".join(w for w in s.casefold().translate(_PUNCT).split() if w not in _ARTICLES)
 
 
 def token_f1(student: str, teacher: str) -> float:
     """Token F1 of two strings after `normalise_text` (1.0 when both are empty)."""
-    a, b = normalise_text(student).split(), normalise_text(teacher).split()
+    return _f1(normalise_text(student).split(), normalise_text(teacher).split())
+
+
+def _f1(a: list[str], b: list[str]) -> float:
+    if a == b:  # the same tokens (the common case for a student that learned well): no counting
+        return 1.0
     if not a or not b:
         return float(a == b)
     common = sum((Counter(a) & Counter(b)).values())
@@ -151,12 +155,16 @@ def bootstrap_mean(values: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
     import numpy as np
 
     data = np.asarray(values, dtype=np.float64)
+    if data.min() == data.max():  # every resample of constant data has the same mean
+        v = float(data[0])
+        return {"mean": v, "n": n, "ci95": [v, v], "method": "bootstrap"}
     rng = np.random.default_rng(seed)
     means = np.empty(BOOTSTRAP_RESAMPLES)
     step = max(1, 4_000_000 // n)  # resamples per chunk: bounded memory for a large split
     for start in range(0, BOOTSTRAP_RESAMPLES, step):
         stop = min(BOOTSTRAP_RESAMPLES, start + step)
-        means[start:stop] = data[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        idx = rng.integers(0, n, size=(stop - start, n), dtype=np.int32 if n < 2**31 else np.int64)
+        means[start:stop] = data[idx].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"mean": float(data.mean()), "n": n, "ci95": [float(lo), float(hi)], "method": "bootstrap"}
 
@@ -215,8 +223,12 @@ def score_row(
         if spec.kind == "number" and _is_number(s) and _is_number(t):
             match[spec.name] = abs(float(s) - float(t)) <= tolerance
         elif spec.kind == "text" and isinstance(s, str) and isinstance(t, str):
-            match[spec.name] = normalise_text(s) == normalise_text(t)
-            f1[spec.name] = token_f1(s, t)
+            if s == t:
+                match[spec.name], f1[spec.name] = True, 1.0
+            else:
+                ns, nt = normalise_text(s), normalise_text(t)
+                match[spec.name] = ns == nt
+                f1[spec.name] = _f1(ns.split(), nt.split())
         else:
             match[spec.name] = _same(s, t)
             if spec.kind == "text":
@@ -230,8 +242,8 @@ def score_text(teacher: str, student: str | None) -> RowScore:
     """A free-text answer (no schema): the whole answer as one text field named `answer`."""
     if student is None:
         return RowScore({"answer": False}, {"answer": 0.0}, False)
-    same = normalise_text(student) == normalise_text(teacher)
-    return RowScore({"answer": same}, {"answer": token_f1(student, teacher)}, same)
+    ns, nt = normalise_text(student), normalise_text(teacher)
+    return RowScore({"answer": ns == nt}, {"answer": _f1(ns.split(), nt.split())}, ns == nt)
 
 
 def _is_number(v: Any) -> bool:
