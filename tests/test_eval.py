@@ -403,3 +403,40 @@ def test_field_kinds_from_pydantic_schema() -> None:
         "summary": "text",
         "needs_human": "categorical",
     }
+
+
+# ------------------------------------------------------------------------------ launchers, refresh
+
+
+def test_student_launched_by_gen_sim_and_vllm(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    out = _copy(dataset, tmp_path)
+    n = len([r for r in rows_in(out) if r["split"] == "eval"])
+    sim = gen.evaluate(out, student="student-sim", student_provider="sim")
+    assert sim.agreement.k == n and sim.data["student"]["provider"] == "sim"
+    # The vLLM launcher, as `gen run` uses it: a fake `vllm` (tests/fakes/vllm) serving the simulator.
+    fakes = ROOT / "tests" / "fakes"
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(fakes), str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    vllm = gen.evaluate(out, student="org/student-7b", student_provider="vllm")
+    assert vllm.agreement.k == n and vllm.data["student"]["provider"] == "vllm"
+    assert vllm.eval_dir.name.startswith("student-7b-")
+
+
+def test_eval_of_a_refreshed_dataset_and_compare(dataset: Path, tmp_path: Path, sim_server, capsys) -> None:
+    from gen.pipeline import prepare_refresh, run_prepared
+
+    out = _copy(dataset, tmp_path)
+    newer = run_prepared(prepare_refresh(out, RunOptions(model="gen-sim-2", progress=False)))
+    assert newer.status == "complete"
+    server = sim_server(model="student-1", perturb_share=0.4, perturb_field="label")
+    old = gen.evaluate(out, student="student-1", student_base_url=server.base_url, split="all")
+    new = gen.evaluate(newer.output_dir, student="student-1", student_base_url=server.base_url, split="all")
+    assert new.teacher == "gen-sim-2" and new.agreement.k == old.agreement.k  # the same inputs, asked again
+    assert main(["eval", "--compare", str(old.eval_dir), str(new.eval_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "teacher: gen-sim-1 -> gen-sim-2 (changed)" in printed
+        and "student: student-1 -> student-1 (same)" in printed
+    )
