@@ -281,24 +281,30 @@ def audit(out_dir: str | Path) -> AuditReport:
 
 def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
     """Each finished `gen eval` (evals/NAME/report.json): made against this manifest (its sha256), and
-    its results name only rows of the dataset, as many as the report says."""
+    its results, as many as the report says, name only rows of the dataset (with fresh inputs,
+    `--inputs`: none of its ids)."""
     reports = sorted(OutputDir(out).evals.glob("*/report.json"))
     if not reports:
         return
     manifest_sha = sha256_file(OutputDir(out).manifest)
     kept: set[str] = set()
+    every: set[str] = set()  # any shard's: a fresh input must be in none
     for shard in m["shards"]:
-        if shard.get("split") in ("train", "eval") and (out / shard["path"]).is_file():
+        if (out / shard["path"]).is_file():
             try:
-                kept.update(read_columns(out, shard["path"], ["id"])["id"])
+                ids = read_columns(out, shard["path"], ["id"])["id"]
             except Exception:  # an unreadable shard is already a finding above
                 continue
+            every.update(ids)
+            if shard.get("split") in ("train", "eval"):
+                kept.update(ids)
     for path in reports:
         where = str(path.relative_to(out))
         try:
             data = orjson.loads(path.read_bytes())
             recorded = data["dataset"]["manifest_sha256"]
             rows = data["rows"]
+            fresh = bool(data.get("inputs"))
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as e:
             report.add(where, None, f"unreadable evaluation report: {e}")
             continue
@@ -319,7 +325,9 @@ def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
         if len(ids) != rows:
             report.add(rel, None, f"{len(ids)} rows, its report.json says {rows}")
         for i, tid in enumerate(ids):
-            if tid not in kept:
+            if fresh and tid in every:
+                report.add(rel, i, f"id {tid} is in the dataset, yet evaluated as a fresh input")
+            elif not fresh and tid not in kept:
                 report.add(rel, i, f"id {tid} is not a row of the dataset")
 
 

@@ -166,6 +166,19 @@ def _eval_flags(e: argparse.ArgumentParser) -> None:
     )
     e.add_argument("--resume", type=Path, metavar="EVAL_DIR", help="finish an interrupted evaluation")
     e.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="PROMPT_FILE",
+        help="fresh inputs: a prompt file with the dataset's template and schema (the teacher answers too)",
+    )
+    e.add_argument(
+        "--teacher-base-url", action="append", metavar="URL", help="--inputs: the teacher's server"
+    )
+    e.add_argument("--teacher-api-key-env", metavar="VAR", help="--inputs: the teacher's API key variable")
+    e.add_argument(
+        "--max-usd", type=float, metavar="USD", help="--inputs: stop the teacher's run at this cost"
+    )
+    e.add_argument(
         "--compare",
         nargs=2,
         type=Path,
@@ -492,6 +505,10 @@ def _eval(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         min_valid=args.min_valid,
         resume=args.resume,
+        inputs=args.inputs,
+        teacher_base_url=args.teacher_base_url,
+        teacher_api_key_env=args.teacher_api_key_env,
+        max_usd=args.max_usd,
         max_concurrency=args.max_concurrency,
         rpm=args.rpm,
         tpm=args.tpm,

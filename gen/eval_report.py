@@ -143,7 +143,8 @@ def summary_line(d: dict[str, Any], eval_dir: Path) -> str:
     if d["rows"] and d["valid"]["k"] == 0:
         missed += "; the student gave no valid answer"
     return (
-        f"gen eval: {d['student']['model']} vs {d['teacher']['model']}, {d['split']} split ({d['rows']:,} rows): "
+        f"gen eval: {d['student']['model']} vs {d['teacher']['model']}, "
+        f"{d['split']} split ({d['rows']:,} rows): "
         f"agreement {pct(d['agreement'])}, first-answer valid {pct(d['first_answer_valid'])}, "
         f"p50 {_ms(d['latency_ms']['p50'])} -> {eval_dir}; verdict: {verdict}{missed}"
     )

@@ -8,6 +8,7 @@ deduplication off so that no answer is dropped. Then every answer is compared wi
 
     OUTPUT/evals/<student>-<UTC timestamp>/
       eval.json         what is being evaluated (written first: `--resume` reads it)
+      teacher/          fresh inputs only (`--inputs`, gen.eval_inputs): the teacher's answers to them
       answers/          the student's answers: a gen output of their own (manifest, data, rejects, journal)
       requests.jsonl    each request's latency and tokens
       results.parquet   one row per evaluated input (id, answers, per-field scores, latency, tokens)
@@ -33,12 +34,13 @@ import orjson
 
 from gen.budget import Price, price_for
 from gen.config import PromptFile, RunOptions, TeacherSpec, load_prompt_file, resolve_teacher
-from gen.errors import ConfigError
+from gen.errors import ConfigError, GenError
 from gen.eval_compare import Comparison, field_specs, free_text_specs, percentile, score_row, score_text
+from gen.eval_inputs import check_fresh, teacher_options
 from gen.eval_report import EvalReport, gate_verdict, render_markdown, summary_line
 from gen.ledger import load_manifest
 from gen.outdir import NOT_AN_OUTPUT, OutputDir
-from gen.prepare import Prepared, check_api_key
+from gen.prepare import Prepared, check_api_key, prepare
 from gen.provenance import Review
 from gen.schema import Schema, load_schema
 from gen.shards import (
@@ -53,13 +55,14 @@ from gen.templates import Task
 
 FORMAT = "gen-eval/1"
 SPLITS = ("eval", "train", "all")
-ANSWERS, REQUESTS, RESULTS, REPORT_JSON, REPORT_MD, SETTINGS = (
+ANSWERS, REQUESTS, RESULTS, REPORT_JSON, REPORT_MD, SETTINGS, TEACHER = (
     "answers",
     "requests.jsonl",
     "results.parquet",
     "report.json",
     "report.md",
     "eval.json",
+    "teacher",
 )
 _TEACHER_COLUMNS = ["id", "messages", "vars", "sample", "split", "output", "response"]
 _TEACHER_USAGE = ["prompt_tokens", "completion_tokens"]
@@ -82,6 +85,12 @@ class EvalOptions:
     min_agreement: float | None = None
     min_valid: float | None = None
     resume: Path | None = None  # an eval directory to finish
+    # Fresh inputs (gen.eval_inputs): a prompt file with the dataset's template and schema and new
+    # inputs; the dataset's teacher answers them first (its base URL and key, and a budget in USD).
+    inputs: Path | None = None
+    teacher_base_url: str | list[str] | None = None
+    teacher_api_key_env: str | None = None
+    max_usd: float | None = None
     max_concurrency: int | None = None
     rpm: float | None = None
     tpm: float | None = None
@@ -109,6 +118,8 @@ class EvalPlan:
     teacher_rows: list[dict[str, Any]]
     settings: dict[str, Any]
     opts: EvalOptions
+    teacher_run: Prepared | None = None  # fresh inputs: the teacher's run, before the student's
+    refused: int = 0  # fresh inputs refused: in the dataset already
 
 
 @dataclass(slots=True)
@@ -164,12 +175,50 @@ def prepare_eval(dataset: str | Path, opts: EvalOptions) -> EvalPlan:
         )
 
     eval_dir, settings, resumed = _eval_dir(out, manifest, opts)
-    rows = _teacher_rows(out, manifest, settings["split"], settings["limit"])
-    if not rows:
-        raise ConfigError(
-            out,
-            f"the {settings['split']} split has no rows to evaluate on: try --split train or --split all",
-        )
+    teacher_run: Prepared | None = None
+    refused = 0
+    sampling = dict(manifest.get("sampling") or {})
+    if settings.get("inputs"):
+        fresh = check_fresh(Path(settings["inputs"]), out, manifest, prompt, settings["limit"])
+        prompt, schema, refused = fresh.prompt, fresh.schema, fresh.refused
+        rows: list[dict[str, Any]] = []  # filled by the teacher's run (run_eval)
+        run = {
+            "max_concurrency": opts.max_concurrency,
+            "rpm": opts.rpm,
+            "tpm": opts.tpm,
+            "max_usd": opts.max_usd,
+            "max_retries": opts.max_retries,
+            "max_pause_s": opts.max_pause_s,
+            "request_timeout_s": opts.request_timeout_s,
+            "connect_timeout_s": opts.connect_timeout_s,
+            "grace_s": opts.grace_s,
+            "progress": opts.progress,
+        }
+        try:
+            teacher_run = prepare(
+                fresh.prompt.path,
+                teacher_options(
+                    manifest,
+                    fresh,
+                    eval_dir / TEACHER,
+                    base_url=opts.teacher_base_url,
+                    api_key_env=opts.teacher_api_key_env,
+                    run=run,
+                ),
+            )
+        except BaseException:
+            if not resumed:  # prepare's writability probe made the folders
+                shutil.rmtree(eval_dir, ignore_errors=True)
+            raise
+        sampling = dict(teacher_run.sampling)
+    else:
+        rows = _teacher_rows(out, manifest, settings["split"], settings["limit"])
+        if not rows:
+            raise ConfigError(
+                out,
+                f"the {settings['split']} split has no rows to evaluate on: try --split train or "
+                "--split all, or --inputs PROMPT_FILE for fresh inputs",
+            )
     student_prompt = dataclasses.replace(
         prompt, spec=prompt.spec.model_copy(update={"teacher": TeacherSpec()})
     )  # the student is not the recipe's teacher: no default of it may leak in
@@ -211,7 +260,7 @@ def prepare_eval(dataset: str | Path, opts: EvalOptions) -> EvalPlan:
         api_key,
         answers,
         run_opts,
-        dict(manifest.get("sampling") or {}),
+        sampling,
         price,
         previous,
         {"kind": "eval", "dataset": str(out), "dataset_run_id": manifest.get("run_id")},
@@ -228,6 +277,8 @@ def prepare_eval(dataset: str | Path, opts: EvalOptions) -> EvalPlan:
         rows,
         settings,
         opts,
+        teacher_run,
+        refused,
     )
 
 
@@ -288,6 +339,8 @@ def _eval_dir(out: Path, manifest: dict[str, Any], opts: EvalOptions) -> tuple[P
             )
         if (d / REPORT_JSON).exists():
             raise ConfigError("--resume", f"{d} is finished: its report.json is written")
+        if opts.inputs is not None and str(opts.inputs) != settings.get("inputs"):
+            raise ConfigError("--resume", f"{d} evaluates inputs {settings.get('inputs')}, not {opts.inputs}")
         return d, settings, True
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     base = OutputDir(out).evals / f"{_safe_name(opts.student_model)}-{stamp}"
@@ -299,8 +352,9 @@ def _eval_dir(out: Path, manifest: dict[str, Any], opts: EvalOptions) -> tuple[P
         "format": FORMAT,
         "dataset": str(out),
         "student_model": opts.student_model,
-        "split": opts.split,
+        "split": "fresh" if opts.inputs is not None else opts.split,
         "limit": opts.limit,
+        "inputs": str(opts.inputs) if opts.inputs is not None else None,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return d, settings, False
@@ -310,7 +364,7 @@ def _teacher_rows(out: Path, manifest: dict[str, Any], split: str, limit: int | 
     """The dataset's kept rows of `split` (train, eval or all), in shard order, at most `limit`."""
     wanted = ("train", "eval") if split == "all" else (split,)
     rows: list[dict[str, Any]] = []
-    for shard in manifest["shards"]:
+    for shard in manifest.get("shards", []):
         if shard.get("split") not in wanted:
             continue
         cols = read_columns(out, shard["path"], _TEACHER_COLUMNS + _TEACHER_USAGE)
@@ -396,6 +450,19 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     plan.eval_dir.mkdir(parents=True, exist_ok=True)
     if not plan.resumed:
         write_json(plan.eval_dir / SETTINGS, plan.settings)
+    if plan.teacher_run is not None:
+        try:
+            asked = run_loop(Run(plan.teacher_run).execute())
+        except BaseException:
+            if not plan.resumed and not (plan.eval_dir / TEACHER / "manifest.json").exists():
+                shutil.rmtree(plan.eval_dir, ignore_errors=True)
+            raise
+        if asked.status != "complete":
+            return EvalResult(plan.eval_dir, asked.status, None, asked.message, asked.signal)
+        teacher_dir = plan.eval_dir / TEACHER
+        plan.teacher_rows.extend(_teacher_rows(teacher_dir, load_manifest(teacher_dir) or {}, "all", None))
+        if not plan.teacher_rows:
+            raise GenError(f"the teacher kept no answer to the fresh inputs: see {teacher_dir}/rejects/")
     requests = _Requests(plan.eval_dir / REQUESTS)
     run = Run(plan.prepared)
     run.on_reply = requests.record
@@ -403,7 +470,9 @@ def run_eval(plan: EvalPlan) -> EvalResult:
         result = run_loop(run.execute())
     except BaseException:
         requests.close()
-        if not plan.resumed and not (plan.eval_dir / ANSWERS / "manifest.json").exists():
+        if not plan.resumed and not any(
+            (plan.eval_dir / d / "manifest.json").exists() for d in (ANSWERS, TEACHER)
+        ):
             shutil.rmtree(plan.eval_dir, ignore_errors=True)  # nothing was answered: leave no trace
         raise
     requests.close()
@@ -573,6 +642,8 @@ def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalRep
         },
         "teacher": {"provider": teacher.get("provider"), "model": teacher.get("model")},
         "split": plan.settings["split"],
+        "inputs": plan.settings.get("inputs"),
+        "refused_inputs": plan.refused,
         "rows": n,
         "limit": plan.settings.get("limit"),
         "schema": (plan.manifest.get("schema") or {}).get("ref"),

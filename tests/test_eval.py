@@ -43,16 +43,24 @@ SCHEMA = {
 }
 
 
-def _recipe(d: Path, *, schema: bool = True, eval_fraction: float = 0.3, n: int = 40) -> Path:
+def _recipe(
+    d: Path,
+    *,
+    schema: bool = True,
+    eval_fraction: float = 0.3,
+    n: int = 40,
+    topics: list[str] | None = None,
+    user: str = "About {{ topic }}",
+) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "s.json").write_text(json.dumps(SCHEMA))
-    topics = json.dumps([f"topic {i}" for i in range(n)])
+    listed = json.dumps(topics if topics is not None else [f"topic {i}" for i in range(n)])
     text = (
         f'name = "t"\nversion = "1"\nintended_use = "research"\neval_fraction = {eval_fraction}\n'
         + ('schema = "s.json"\n' if schema else "")
         + '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
-        + '[sampling]\nmax_tokens = 200\n[messages]\nsystem = "Label it."\nuser = "About {{ topic }}"\n'
-        + f"[variables]\ntopic = {topics}\n"
+        + f'[sampling]\nmax_tokens = 200\n[messages]\nsystem = "Label it."\nuser = {json.dumps(user)}\n'
+        + f"[variables]\ntopic = {listed}\n"
     )
     (d / "p.toml").write_text(text)
     return d / "p.toml"
@@ -440,3 +448,60 @@ def test_eval_of_a_refreshed_dataset_and_compare(dataset: Path, tmp_path: Path, 
         "teacher: gen-sim-1 -> gen-sim-2 (changed)" in printed
         and "student: student-1 -> student-1 (same)" in printed
     )
+
+
+# ------------------------------------------------------------------------------ fresh inputs
+
+
+def test_fresh_inputs_are_asked_of_the_teacher_then_the_student(
+    dataset: Path, tmp_path: Path, sim_server
+) -> None:
+    from gen.audit import audit
+
+    out = _copy(dataset, tmp_path)
+    before = _dataset_state(out)
+    # Five inputs the dataset has (the same variables, in another prompt file: other ids), ten new ones.
+    topics = [f"topic {i}" for i in range(5)] + [f"new topic {i}" for i in range(10)]
+    fresh = _recipe(tmp_path / "fresh", topics=topics)
+    server = sim_server(model="student-1", perturb_share=0.4, perturb_field="label")
+    report = gen.evaluate(out, student="student-1", student_base_url=server.base_url, inputs=fresh)
+    assert report.split == "fresh" and report.rows == 10 and report.data["refused_inputs"] == 5
+    teacher_rows = rows_in(report.eval_dir / "teacher")
+    assert sorted(json.loads(r["vars"])["topic"] for r in teacher_rows) == sorted(topics[5:])
+    changed = _perturbed_ids(teacher_rows, 0.4)
+    assert report.agreement.k == 10 - len(changed)
+    dataset_ids = {r["id"] for r in rows_in(out)}
+    results = pq.read_table(report.eval_dir / "results.parquet").column("id").to_pylist()
+    assert len(results) == 10 and not set(results) & dataset_ids
+    assert _dataset_state(out) == before and audit(out).clean
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"user": "Tell me about {{ topic }}"}, "messages.user template differs"),
+        ({"schema": False}, "schema differs"),
+    ],
+)
+def test_fresh_inputs_with_another_template_or_schema(
+    dataset: Path, tmp_path: Path, sim_server, capsys, change: dict, needle: str
+) -> None:
+    fresh = _recipe(tmp_path / "fresh", topics=["new topic"], **change)
+    server = sim_server(model="student-1")
+    code = main(
+        ["eval", str(dataset), "--inputs", str(fresh), "--student-model", "student-1",
+         "--student-base-url", server.base_url]
+    )  # fmt: skip
+    _one_line(code, capsys.readouterr().err, 2, str(fresh), needle)
+    assert server.stats()["requests"] == 0
+
+
+def test_fresh_inputs_all_in_the_dataset(dataset: Path, tmp_path: Path, sim_server, capsys) -> None:
+    fresh = _recipe(tmp_path / "fresh", topics=["topic 1", "topic 2"])
+    server = sim_server(model="student-1")
+    code = main(
+        ["eval", str(dataset), "--inputs", str(fresh), "--student-model", "student-1",
+         "--student-base-url", server.base_url]
+    )  # fmt: skip
+    _one_line(code, capsys.readouterr().err, 2, "every one of its 2 inputs is in the dataset")
+    assert server.stats()["requests"] == 0 and not (dataset / "evals").exists()
