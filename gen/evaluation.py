@@ -34,6 +34,7 @@ import orjson
 
 from gen.budget import Price, price_for
 from gen.config import PromptFile, RunOptions, TeacherSpec, load_prompt_file, resolve_teacher
+from gen.config import _check_base_url as check_base_url
 from gen.errors import ConfigError, GenError
 from gen.eval_compare import Comparison, field_specs, free_text_specs, percentile, score_row, score_text
 from gen.eval_inputs import check_fresh, teacher_options
@@ -166,6 +167,8 @@ def prepare_eval(dataset: str | Path, opts: EvalOptions) -> EvalPlan:
         raise ConfigError("--limit", "must be at least 1")
     if opts.tolerance < 0:
         raise ConfigError("--tolerance", f"must be >= 0, got {opts.tolerance:g}")
+    if opts.inputs is not None and opts.split != "eval":
+        raise ConfigError("--split", "does not apply to --inputs: every fresh input is evaluated")
     prompt, schema = _recipe(out, manifest)
     if schema is None and opts.min_agreement is not None:
         raise ConfigError(
@@ -383,6 +386,10 @@ def _run_options(opts: EvalOptions, answers: Path) -> RunOptions:
             "where is the student served? give --student-base-url URL (an OpenAI-compatible server such "
             "as `vllm serve`), or --student-provider vllm|sim to have gen start it",
         )
+    providers.get(provider, where="--student-provider")  # an unknown name, named by its flag
+    urls = opts.student_base_url
+    for url in [urls] if isinstance(urls, str) else urls or []:
+        check_base_url(url, "--student-base-url")
     return RunOptions(
         provider=provider,
         base_url=opts.student_base_url,

@@ -361,6 +361,9 @@ def test_flags_checked_before_any_request(dataset: Path, sim_server, capsys) -> 
         (["--split", "test"], "--split"),
         (["--min-agreement", "1.5"], "--min-agreement"),
         (["--resume", "/nonexistent"], "--resume"),
+        (["--student-provider", "nope"], "--student-provider"),
+        (["--split", "train", "--inputs", "x.toml"], "--split"),
+        (["--tolerance", "-1"], "--tolerance"),
     ):
         code = main(
             [
@@ -376,6 +379,10 @@ def test_flags_checked_before_any_request(dataset: Path, sim_server, capsys) -> 
         _one_line(code, capsys.readouterr().err, 2, needle)
     code = main(["eval", str(dataset), "--student-base-url", server.base_url])
     _one_line(code, capsys.readouterr().err, 2, "--student-model")
+    code = main(["eval", str(dataset), "--student-model", "s", "--student-base-url", "localhost:8000"])
+    _one_line(code, capsys.readouterr().err, 2, "--student-base-url")
+    code = main(["eval", str(dataset), "--student-model", "s"])
+    _one_line(code, capsys.readouterr().err, 2, "--student-base-url", "--student-provider")
     assert server.stats()["requests"] == 0
 
 
