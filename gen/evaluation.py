@@ -680,7 +680,7 @@ def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalRep
             "teacher": None if teacher_price is None else teacher_price.cost(*teacher_tokens) / n * 1000,
             "teacher_basis": "price table" if teacher_price is not None else "unpriced",
         },
-        "wall_s": round(wall_s, 3),
+        "wall_s": round(wall_s, 6),
     }
     data["gate"] = gate_verdict(data, opts.min_agreement, opts.min_valid)
     report = EvalReport.from_dict(plan.eval_dir, data)

@@ -174,6 +174,29 @@ def test_every_field_and_tolerance(dataset: Path, tmp_path: Path, sim_server) ->
     assert {f.kind for f in tight.fields.values()} == {"categorical", "number", "text"}
 
 
+def test_cost_per_1000_rows(dataset: Path, tmp_path: Path, sim_server) -> None:
+    out = _copy(dataset, tmp_path)
+    server = sim_server(model="student-1")
+    by_token = gen.evaluate(
+        out,
+        student="student-1",
+        student_base_url=server.base_url,
+        student_price_in=1.0,
+        student_price_out=2.0,
+    )
+    usage = json.loads((by_token.eval_dir / "answers" / "manifest.json").read_text())["usage"]
+    expected = (usage["prompt_tokens"] * 1.0 + usage["completion_tokens"] * 2.0) / 1e6 / by_token.rows * 1000
+    assert by_token.student_cost_per_1000_rows_usd == pytest.approx(expected)
+    assert by_token.data["cost_per_1000_rows_usd"]["student_basis"] == "--student-price-in/out"
+    per_tokens = by_token.data["tokens_per_row"]["student"]["total"]
+    assert per_tokens == (usage["prompt_tokens"] + usage["completion_tokens"]) / by_token.rows
+    by_gpu = gen.evaluate(
+        out, student="student-1", student_base_url=server.base_url, student_gpu_hour_usd=3600.0
+    )
+    wall = by_gpu.data["wall_s"]
+    assert by_gpu.student_cost_per_1000_rows_usd == pytest.approx(wall / by_gpu.rows * 1000, rel=0.01)
+
+
 def test_gate_exits_4_and_says_the_verdict(dataset: Path, tmp_path: Path, sim_server) -> None:
     out = _copy(dataset, tmp_path)
     before = _dataset_state(out)
