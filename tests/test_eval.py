@@ -269,6 +269,31 @@ def test_resume_after_ctrl_c_asks_nothing_twice(dataset: Path, tmp_path: Path, s
     assert report["latency_ms"]["requests"] == 40
 
 
+def test_resume_after_sigkill_keeps_every_journaled_answer(dataset: Path, tmp_path: Path, sim_server) -> None:
+    out = _copy(dataset, tmp_path)
+    server = sim_server(model="student-1", latency_ms=150, perturb_share=0.4, perturb_field="label")
+    args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", server.base_url,
+            "--student-model", "student-1", "--no-progress", "--split", "all",
+            "--max-concurrency", "2"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while server.stats()["ok"] < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    d = next((out / "evals").iterdir())
+    asked_before = server.stats()["requests"]
+    assert 0 < asked_before < 40
+    code, err = _eval(out, server, "--split", "all", "--resume", str(d))
+    assert code == 0, err
+    # Every answer that reached the journal is kept; at most the two in flight at the kill are asked again.
+    assert 40 <= server.stats()["requests"] <= 42
+    results = pq.read_table(d / "results.parquet").to_pylist()
+    assert len(results) == len({r["id"] for r in results}) == 40
+    report = json.loads((d / "report.json").read_text())
+    assert report["agreement"]["k"] == 40 - len(_perturbed_ids(rows_in(out), 0.4))
+
+
 def test_compare_two_evaluations(dataset: Path, tmp_path: Path, sim_server, capsys) -> None:
     out = _copy(dataset, tmp_path)
     same = sim_server(model="student-1")
