@@ -178,6 +178,24 @@ def prepare_eval(dataset: str | Path, opts: EvalOptions) -> EvalPlan:
         )
 
     eval_dir, settings, resumed = _eval_dir(out, manifest, opts)
+    try:
+        return _plan(out, manifest, opts, prompt, schema, eval_dir, settings, resumed)
+    except BaseException:
+        if not resumed:  # prepare's writability probe (fresh inputs) may have made the folders
+            shutil.rmtree(eval_dir, ignore_errors=True)
+        raise
+
+
+def _plan(
+    out: Path,
+    manifest: dict[str, Any],
+    opts: EvalOptions,
+    prompt: PromptFile,
+    schema: Schema | None,
+    eval_dir: Path,
+    settings: dict[str, Any],
+    resumed: bool,
+) -> EvalPlan:
     teacher_run: Prepared | None = None
     refused = 0
     sampling = dict(manifest.get("sampling") or {})
@@ -197,22 +215,17 @@ def prepare_eval(dataset: str | Path, opts: EvalOptions) -> EvalPlan:
             "grace_s": opts.grace_s,
             "progress": opts.progress,
         }
-        try:
-            teacher_run = prepare(
-                fresh.prompt.path,
-                teacher_options(
-                    manifest,
-                    fresh,
-                    eval_dir / TEACHER,
-                    base_url=opts.teacher_base_url,
-                    api_key_env=opts.teacher_api_key_env,
-                    run=run,
-                ),
-            )
-        except BaseException:
-            if not resumed:  # prepare's writability probe made the folders
-                shutil.rmtree(eval_dir, ignore_errors=True)
-            raise
+        teacher_run = prepare(
+            fresh.prompt.path,
+            teacher_options(
+                manifest,
+                fresh,
+                eval_dir / TEACHER,
+                base_url=opts.teacher_base_url,
+                api_key_env=opts.teacher_api_key_env,
+                run=run,
+            ),
+        )
         sampling = dict(teacher_run.sampling)
     else:
         rows = _teacher_rows(out, manifest, settings["split"], settings["limit"])

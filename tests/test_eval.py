@@ -560,3 +560,17 @@ def test_fresh_inputs_all_in_the_dataset(dataset: Path, tmp_path: Path, sim_serv
     )  # fmt: skip
     _one_line(code, capsys.readouterr().err, 2, "every one of its 2 inputs is in the dataset")
     assert server.stats()["requests"] == 0 and not (dataset / "evals").exists()
+
+
+def test_fresh_inputs_student_key_missing_leaves_nothing(
+    dataset: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = _copy(dataset, tmp_path)
+    fresh = _recipe(tmp_path / "fresh", topics=["new topic"])
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    code = main(
+        ["eval", str(out), "--inputs", str(fresh), "--student-model", "s", "--student-base-url",
+         "http://127.0.0.1:9/v1", "--student-api-key-env", "NO_SUCH_KEY"]
+    )  # fmt: skip
+    _one_line(code, capsys.readouterr().err, 2, "NO_SUCH_KEY")
+    assert not (out / "evals").exists() or not any((out / "evals").iterdir())
