@@ -574,3 +574,19 @@ def test_fresh_inputs_student_key_missing_leaves_nothing(
     )  # fmt: skip
     _one_line(code, capsys.readouterr().err, 2, "NO_SUCH_KEY")
     assert not (out / "evals").exists() or not any((out / "evals").iterdir())
+
+
+def test_anthropic_student(dataset: Path, tmp_path: Path, sim_server, monkeypatch) -> None:
+    out = _copy(dataset, tmp_path)
+    server = sim_server(model="student-claude")
+    monkeypatch.setenv("GEN_TEST_STUDENT_KEY", "sk-ant-test")
+    report = gen.evaluate(
+        out,
+        student="student-claude",
+        student_provider="anthropic",
+        student_base_url=server.base_url,
+        student_api_key_env="GEN_TEST_STUDENT_KEY",
+    )
+    n = len([r for r in rows_in(out) if r["split"] == "eval"])
+    assert report.valid.k == n and report.data["student"]["provider"] == "anthropic"
+    assert report.agreement.n == n  # its answers differ from the OpenAI-path teacher's: compared, not assumed
