@@ -355,6 +355,11 @@ def _eval_dir(out: Path, manifest: dict[str, Any], opts: EvalOptions) -> tuple[P
             )
         if (d / REPORT_JSON).exists():
             raise ConfigError("--resume", f"{d} is finished: its report.json is written")
+        if settings.get("manifest_sha256") not in (None, sha256_file(OutputDir(out).manifest)):
+            raise ConfigError(
+                "--resume",
+                f"{out} changed since {d} began (its manifest's sha256 differs): begin a new evaluation",
+            )
         if opts.inputs is not None and str(opts.inputs) != settings.get("inputs"):
             raise ConfigError("--resume", f"{d} evaluates inputs {settings.get('inputs')}, not {opts.inputs}")
         return d, settings, True
@@ -372,6 +377,7 @@ def _eval_dir(out: Path, manifest: dict[str, Any], opts: EvalOptions) -> tuple[P
         "limit": opts.limit,
         "inputs": str(opts.inputs) if opts.inputs is not None else None,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "manifest_sha256": sha256_file(OutputDir(out).manifest),
     }
     return d, settings, False
 

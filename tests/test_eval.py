@@ -267,6 +267,22 @@ def test_resume_after_ctrl_c_asks_nothing_twice(dataset: Path, tmp_path: Path, s
     n = 40
     assert report["agreement"]["k"] == n - len(_perturbed_ids(rows_in(out), 0.4))
     assert report["latency_ms"]["requests"] == 40
+    code, err = _eval(out, server, "--split", "all", "--resume", str(d))
+    assert code == 2 and "is finished" in err
+
+
+def test_resume_refused_when_the_dataset_changed(dataset: Path, tmp_path: Path, sim_server) -> None:
+    out = _copy(dataset, tmp_path)
+    server = sim_server(model="student-1", rate_500=1.0, retry_after_s=0.01)
+    code, err = _eval(
+        out, server, "--max-retries", "0"
+    )  # every request fails: nothing to report, a dir to resume
+    d = next((out / "evals").iterdir())
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["updated_at"] = "2030-01-01T00:00:00+00:00"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    code, err = _eval(out, server, "--resume", str(d))
+    assert code == 2 and "changed since" in err and "--resume" in err, err
 
 
 def test_resume_after_sigkill_keeps_every_journaled_answer(dataset: Path, tmp_path: Path, sim_server) -> None:
