@@ -273,11 +273,18 @@ def test_resume_after_ctrl_c_asks_nothing_twice(dataset: Path, tmp_path: Path, s
 
 def test_resume_refused_when_the_dataset_changed(dataset: Path, tmp_path: Path, sim_server) -> None:
     out = _copy(dataset, tmp_path)
-    server = sim_server(model="student-1", rate_500=1.0, retry_after_s=0.01)
-    code, err = _eval(
-        out, server, "--max-retries", "0"
-    )  # every request fails: nothing to report, a dir to resume
+    server = sim_server(model="student-1", latency_ms=150)
+    args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", server.base_url,
+            "--student-model", "student-1", "--no-progress", "--split", "all",
+            "--max-concurrency", "2"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while server.stats()["ok"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # an unfinished evaluation
+    proc.wait(timeout=30)
     d = next((out / "evals").iterdir())
+    assert not (d / "report.json").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["updated_at"] = "2030-01-01T00:00:00+00:00"
     (out / "manifest.json").write_text(json.dumps(manifest))
