@@ -144,8 +144,7 @@ class RecordedTasks:
 
     def tasks(self, keep: Callable[[str], bool] | None = None) -> Iterator[Task]:
         for r in self.rows:
-            turns = [{"role": m["role"], "content": m["content"]} for m in r["messages"][:-1]]
-            yield Task(r["id"], r["vars"], r["sample"], r["split"], turns)
+            yield Task(r["id"], r["vars"], r["sample"], r["split"], r["messages"][:-1])  # the input turns
 
     def count(self) -> int:
         return len(self.rows)

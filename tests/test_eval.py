@@ -613,3 +613,18 @@ def test_anthropic_student(dataset: Path, tmp_path: Path, sim_server, monkeypatc
     n = len([r for r in rows_in(out) if r["split"] == "eval"])
     assert report.valid.k == n and report.data["student"]["provider"] == "anthropic"
     assert report.agreement.n == n  # its answers differ from the OpenAI-path teacher's: compared, not assumed
+
+
+def test_normal_interval_for_large_samples_matches_the_bootstrap(monkeypatch) -> None:
+    import random
+
+    from gen import eval_compare
+
+    rng = random.Random(1)
+    values = [rng.random() for _ in range(3000)]
+    normal = bootstrap_mean(values)
+    assert normal["method"] == "normal"
+    monkeypatch.setattr(eval_compare, "NORMAL_FROM", 10**9)
+    boot = bootstrap_mean(values)
+    assert boot["method"] == "bootstrap"
+    assert normal["ci95"] == pytest.approx(boot["ci95"], abs=0.003)
