@@ -369,7 +369,7 @@ class Run:
         # A manifest without `journal_committed` was written by a gen whose journal entries were not
         # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
         unsealed = self.p.previous is not None and "journal_committed" not in self.p.previous
-        p_dedup = self.p.opts.dedup
+        deduplicate = self.p.opts.dedup  # off for gen eval: every answer is kept
         for entry in journal_entries(self.p.out_dir, self.partition, skip=committed, unsealed=unsealed):
             if isinstance(entry, BadEntry):
                 self._skip_entry(f"{entry}")
@@ -397,7 +397,7 @@ class Run:
             if split in ("train", "eval"):
                 # The journal holds rows that passed the exact check (so it finds none here, only indexes
                 # them); the batched steps are redone in order.
-                exact = self.dedup.check_batch([row], steps=("exact",))[0] if p_dedup else None
+                exact = self.dedup.check_batch([row], steps=("exact",))[0] if deduplicate else None
                 if exact is not None:
                     self._accept("duplicates", self._duplicate_row(row, exact.kept, exact.kind))
                 else:

@@ -449,8 +449,3 @@ def write_eval_results(path: Path, rows: list[dict[str, Any]], columns: list[tup
     pa.parquet.write_table(table, sink, compression="zstd")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, sink.getvalue())
-
-
-def read_eval_ids(path: Path) -> list[str]:
-    """The `id` column of a `gen eval` results file (audit checks each refers to the dataset)."""
-    return _pyarrow().parquet.ParquetFile(path).read(columns=["id"]).column("id").to_pylist()
