@@ -557,8 +557,12 @@ def _parse(text: str | None) -> Any:
 
 
 def _judge_free_text(plan: EvalPlan, pairs: list[tuple[str, str]]) -> dict[str, Any] | None:
-    """The LLM judge's win / tie / loss for free-text answers (student, teacher), or None while gen has
-    no judge: the report then says `judge not available`."""
+    """The LLM judge's verdict on free-text answers, `pairs` of (student, teacher) answer, or None while
+    gen has no judge: the report then says `judge not available`.
+
+    The seam for gen/judge.py: run `judge_pairs(pairs, client=..., model=...)` (the judge defaulting to
+    the teacher the manifest records) and return {"win": Rate, "tie": Rate, "loss": Rate} as dicts
+    (`Rate(k, n).as_dict()`) plus the judge's identity; report.json's `judge` then holds it."""
     return None
 
 

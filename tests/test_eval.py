@@ -398,7 +398,7 @@ def test_empty_eval_split_suggests_train(tmp_path: Path, sim_server, capsys) -> 
     assert server.stats()["requests"] == 0 and not (tmp_path / "o" / "evals").exists()
 
 
-def test_student_answering_401(dataset: Path, tmp_path: Path, sim_server, monkeypatch) -> None:
+def test_student_answering_401(dataset: Path, tmp_path: Path, sim_server) -> None:
     out = _copy(dataset, tmp_path)
     before = _dataset_state(out)
     server = sim_server(model="student-1", api_key="right-key")
