@@ -7,6 +7,8 @@ decision consistent with the intended use; and, for an output whose manifest say
 decides every task of its recipe (rows + rejects + duplicates = tasks: each id of the prompt file's task
 set, within the recorded --limit, is in some shard). It then breaks the data down by teacher, licence,
 template and split, and lists the obligations the user must honour when publishing a student.
+Each finished evaluation under evals/ is checked too: its report was made against this manifest, and
+its results name rows of the dataset.
 """
 
 from __future__ import annotations
@@ -273,7 +275,60 @@ def audit(out_dir: str | Path) -> AuditReport:
     _audit_totals(report, manifest, listed)
     _audit_complete(report, manifest, seen_ids)
     _audit_licence(report, manifest)
+    _audit_evals(report, out, manifest)
     return report
+
+
+def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
+    """Each finished `gen eval` (evals/NAME/report.json): made against this manifest (its sha256), and
+    its results, as many as the report says, name only rows of the dataset (with fresh inputs,
+    `--inputs`: none of its ids)."""
+    reports = sorted(OutputDir(out).evals.glob("*/report.json"))
+    if not reports:
+        return
+    manifest_sha = sha256_file(OutputDir(out).manifest)
+    kept: set[str] = set()
+    every: set[str] = set()  # any shard's: a fresh input must be in none
+    for shard in m["shards"]:
+        if (out / shard["path"]).is_file():
+            try:
+                ids = read_columns(out, shard["path"], ["id"])["id"]
+            except Exception:  # an unreadable shard is already a finding above
+                continue
+            every.update(ids)
+            if shard.get("split") in ("train", "eval"):
+                kept.update(ids)
+    for path in reports:
+        where = str(path.relative_to(out))
+        try:
+            data = orjson.loads(path.read_bytes())
+            recorded = data["dataset"]["manifest_sha256"]
+            rows = data["rows"]
+            fresh = bool(data.get("inputs"))
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as e:
+            report.add(where, None, f"unreadable evaluation report: {e}")
+            continue
+        if recorded != manifest_sha:
+            report.add(
+                where,
+                None,
+                "made against another manifest (its sha256 differs): the dataset changed after this "
+                "evaluation; run gen eval again",
+            )
+        results = path.parent / "results.parquet"
+        rel = str(results.relative_to(out))
+        try:
+            ids = pq.read_table(results, columns=["id"]).column("id").to_pylist()
+        except Exception as e:  # missing or corrupt: a finding, the audit goes on
+            report.add(rel, None, f"unreadable evaluation results: {e}")
+            continue
+        if len(ids) != rows:
+            report.add(rel, None, f"{len(ids)} rows, its report.json says {rows}")
+        for i, tid in enumerate(ids):
+            if fresh and tid in every:
+                report.add(rel, i, f"id {tid} is in the dataset, yet evaluated as a fresh input")
+            elif not fresh and tid not in kept:
+                report.add(rel, i, f"id {tid} is not a row of the dataset")
 
 
 def _audit_rows(

@@ -142,5 +142,21 @@ def _licence_lines(review: dict[str, Any], intended_use: str | None) -> list[str
     return lines
 
 
+def finished_evals(out_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(name, report.json) of every finished `gen eval` under OUTPUT/evals/, oldest first."""
+    found = []
+    for report in sorted(OutputDir(out_dir).evals.glob("*/report.json")):
+        try:
+            data = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        found.append((report.parent.name, data))
+    return found
+
+
 def write_card(out_dir: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_bytes(OutputDir(out_dir).card, render_card(manifest).encode())
+    from gen.eval_report import card_section
+
+    section = card_section(finished_evals(out_dir))
+    card = render_card(manifest) + ("\n" + "\n".join(section) + "\n" if section else "")
+    atomic_write_bytes(OutputDir(out_dir).card, card.encode())

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from gen import __version__
 
-EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_BUDGET = 0, 1, 2, 3
+EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_BUDGET, EXIT_GATE = 0, 1, 2, 3, 4
 INTENDED_USES = ("research", "internal", "commercial-model", "competing-model")
 
 
@@ -147,6 +147,76 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _eval_flags(e: argparse.ArgumentParser) -> None:
+    e.add_argument("dataset", type=Path, metavar="OUTPUT", nargs="?", help="the dataset (a gen output)")
+    e.add_argument("--student-model", metavar="NAME", help="the student model's name, as its server lists it")
+    e.add_argument(
+        "--student-base-url",
+        action="append",
+        metavar="URL",
+        help="the student's OpenAI-compatible server, e.g. http://localhost:8001/v1 (repeatable)",
+    )
+    e.add_argument(
+        "--student-provider",
+        help="openai | anthropic | vllm | sim (default: openai with --student-base-url)",
+    )
+    e.add_argument("--student-api-key-env", metavar="VAR", help="environment variable holding its API key")
+    e.add_argument("--split", default="eval", help="train | eval | all (default: eval, the held-out split)")
+    e.add_argument("--limit", type=int, metavar="N", help="only the first N rows of the split")
+    e.add_argument(
+        "--tolerance", type=float, default=1e-9, metavar="X", help="numbers within X of the teacher's agree"
+    )
+    e.add_argument("--min-agreement", type=float, metavar="F", help="exit 4 when agreement is below F")
+    e.add_argument(
+        "--min-valid", type=float, metavar="F", help="exit 4 when the first-answer valid rate is below F"
+    )
+    e.add_argument("--student-price-in", type=float, metavar="USD", help="USD per million prompt tokens")
+    e.add_argument("--student-price-out", type=float, metavar="USD", help="USD per million completion tokens")
+    e.add_argument(
+        "--student-gpu-hour-usd",
+        type=float,
+        metavar="USD",
+        help="price a self-hosted student per GPU-hour of this evaluation's wall time",
+    )
+    e.add_argument("--resume", type=Path, metavar="EVAL_DIR", help="finish an interrupted evaluation")
+    e.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="PROMPT_FILE",
+        help="fresh inputs: a prompt file with the dataset's template and schema (the teacher answers too)",
+    )
+    e.add_argument(
+        "--teacher-base-url", action="append", metavar="URL", help="--inputs: the teacher's server"
+    )
+    e.add_argument("--teacher-api-key-env", metavar="VAR", help="--inputs: the teacher's API key variable")
+    e.add_argument(
+        "--max-usd", type=float, metavar="USD", help="--inputs: stop the teacher's run at this cost"
+    )
+    e.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("EVAL_DIR_A", "EVAL_DIR_B"),
+        help="print what changed between two finished evaluations, field by field",
+    )
+    e.add_argument("--json", action="store_true", help="print the report (or the comparison) as JSON")
+    e.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight (default 64)")
+    e.add_argument("--rpm", type=float, metavar="R", help="requests per minute, paced smoothly")
+    e.add_argument("--tpm", type=float, metavar="T", help="tokens per minute (prompt + completion)")
+    e.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries per request on 429/5xx")
+    e.add_argument("--max-pause", type=float, default=60.0, metavar="S", help="longest 429 wait, seconds")
+    e.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
+    e.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
+    e.add_argument("--max-reply-bytes", type=int, metavar="N", help="refuse a reply larger than this")
+    e.add_argument("--no-model-check", action="store_true", help="do not require the model in /v1/models")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--grace-period", type=float, default=30.0, metavar="S", help="on Ctrl-C, seconds to finish"
+    )
+    e.add_argument("--tensor-parallel-size", type=int, metavar="N", help="vllm: GPUs per replica")
+    e.add_argument("--max-model-len", type=int, metavar="N", help="vllm: context length")
+
+
 def _run_flags(r: argparse.ArgumentParser) -> None:
     """The flags of `run`, which `plan` takes too."""
     r.add_argument("prompt_file", type=Path)
@@ -209,6 +279,9 @@ def _parser() -> _Parser:
     a.add_argument("dataset", type=Path, metavar="OUTPUT")
     a.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    e = sub.add_parser("eval", help="test a student against the dataset's teacher (exit 4: the gate failed)")
+    _eval_flags(e)
+
     d = sub.add_parser("diff", help="compare two versions of a dataset")
     d.add_argument("old", type=Path)
     d.add_argument("new", type=Path)
@@ -237,6 +310,15 @@ def _parser() -> _Parser:
         "--cache-ttl", type=float, default=300.0, dest="cache_ttl_s", help="seconds a cached prefix lives"
     )
     s.add_argument("--cache-entries", type=int, default=10_000, help="cached prefixes kept (LRU)")
+    s.add_argument(
+        "--perturb-share",
+        type=float,
+        default=0.0,
+        help="play a student: change this share of answers (picked by a hash of the request's seed)",
+    )
+    s.add_argument(
+        "--perturb-field", default="*", help="the top-level field a changed answer changes (*: every one)"
+    )
     s.add_argument(
         "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
     )
@@ -438,6 +520,86 @@ def _diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from gen.errors import ConfigError
+
+    if args.compare:
+        from gen.eval_report import render_comparison
+        from gen.evaluation import compare_evals
+
+        c = compare_evals(*args.compare)
+        print(json.dumps(c, indent=2) if args.json else render_comparison(c))
+        return EXIT_OK
+    if args.dataset is None:
+        raise ConfigError("gen eval", "give the dataset (OUTPUT), or --compare EVAL_DIR_A EVAL_DIR_B")
+    if not args.student_model:
+        raise ConfigError("--student-model", "required: the student model's name, as its server lists it")
+    for flag in ("limit", "max_concurrency", "max_reply_bytes"):
+        _positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    from gen.eval_report import summary_line
+    from gen.evaluation import EvalOptions, prepare_eval, run_eval
+
+    opts = EvalOptions(
+        student_model=args.student_model,
+        student_provider=args.student_provider,
+        student_base_url=args.student_base_url,
+        student_api_key_env=args.student_api_key_env,
+        student_price_in=args.student_price_in,
+        student_price_out=args.student_price_out,
+        student_gpu_hour_usd=args.student_gpu_hour_usd,
+        split=args.split,
+        limit=args.limit,
+        tolerance=args.tolerance,
+        min_agreement=args.min_agreement,
+        min_valid=args.min_valid,
+        resume=args.resume,
+        inputs=args.inputs,
+        teacher_base_url=args.teacher_base_url,
+        teacher_api_key_env=args.teacher_api_key_env,
+        max_usd=args.max_usd,
+        max_concurrency=args.max_concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_retries=args.max_retries,
+        max_pause_s=args.max_pause,
+        request_timeout_s=args.request_timeout,
+        connect_timeout_s=args.connect_timeout,
+        max_reply_bytes=args.max_reply_bytes,
+        no_model_check=args.no_model_check,
+        grace_s=args.grace_period,
+        progress=not args.no_progress,
+        vllm={
+            k: v
+            for k, v in {
+                "tensor_parallel_size": args.tensor_parallel_size,
+                "max_model_len": args.max_model_len,
+            }.items()
+            if v is not None
+        },
+    )
+    from gen.errors import FatalTeacherError
+
+    try:
+        result = run_eval(prepare_eval(args.dataset, opts))
+    except FatalTeacherError as e:  # main() would call the student "the teacher"
+        print(f"gen eval: aborted, the student refused: {e}", file=sys.stderr)
+        return EXIT_ABORTED
+    if result.report is None:
+        print(
+            f"gen eval: {result.message or result.status}. Committed; resume with `gen eval {args.dataset} "
+            f"--student-model {args.student_model} ... --resume {result.eval_dir}`.",
+            file=sys.stderr,
+        )
+        return 128 + result.signal if result.signal else EXIT_ABORTED
+    data = result.report.data
+    if args.json:
+        print(json.dumps(data, indent=2))
+    print(summary_line(data, result.eval_dir), file=sys.stderr)
+    return EXIT_GATE if result.report.passed is False else EXIT_OK
+
+
 def _sim(args: argparse.Namespace) -> int:
     from gen.errors import ConfigError
     from gen.sim import SimConfig, serve
@@ -459,6 +621,8 @@ def _sim(args: argparse.Namespace) -> int:
         "cache_min_tokens",
         "cache_ttl_s",
         "cache_entries",
+        "perturb_share",
+        "perturb_field",
     )
     api_key = None
     if args.api_key_env:
@@ -480,7 +644,15 @@ def _sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "plan": _plan, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
+COMMANDS = {
+    "run": _run,
+    "plan": _plan,
+    "refresh": _refresh,
+    "eval": _eval,
+    "audit": _audit,
+    "diff": _diff,
+    "sim": _sim,
+}
 
 
 def _limit_malloc_arenas() -> None:

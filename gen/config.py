@@ -240,6 +240,7 @@ class RunOptions:
     lineage: dict[str, Any] | None = None  # the dataset this run is a new version of
     vllm: dict[str, Any] = field(default_factory=dict)  # overrides of the prompt file's [vllm] table
     no_near_dedup: bool = False
+    dedup: bool = True  # False: keep every answer (gen eval: no answer is a duplicate)
     near_threshold: float | None = None
     dedup_against: list[Path] = field(default_factory=list)  # other outputs whose rows count as kept
     # Files or globs (relative to the working directory) to decontaminate against, besides the prompt

@@ -7,7 +7,7 @@
       rejects/rejects-00000.parquet, duplicates/duplicates-00000.parquet
       journal/                  answers not yet in a shard (journal/p003/ for partition 3)
       partitions/p003.json      a cluster partition's resume state (and p003.lock while it runs)
-      evals/                    reserved for `gen eval`
+      evals/NAME/               one `gen eval` each (gen.evaluation): answers/, results.parquet, report.json
 
 A partition of a cluster run names its shards `data/train-p003-00000.parquet`; the cluster merge pass
 writes `duplicates/duplicates-merge-00000.parquet` and rewrites a partition shard as `...-00002-m.parquet`.
@@ -158,7 +158,7 @@ class OutputDir:
 
     @property
     def evals(self) -> Path:
-        """OUTPUT/evals/: reserved for `gen eval`; nothing writes it yet."""
+        """OUTPUT/evals/: one directory per `gen eval` (gen.evaluation)."""
         return self.root / EVALS
 
     def folder(self, split: str) -> Path:

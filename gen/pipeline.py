@@ -225,7 +225,7 @@ class Run:
             if p.decontamination:
                 steps.insert(1, "contaminated")
         self.dedup = Deduplicator(
-            near=near,
+            near=near and p.opts.dedup,
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
             on=on,
@@ -291,6 +291,9 @@ class Run:
         )
         self._checks_carried = {k: int(before.get(k) or 0) for k in CHECK_KEYS}
         self._checks: Counter[str] = Counter()
+        # Called with every answer the teacher gives (the task, the completion, its attempt number), on
+        # the event loop, before validation: gen eval records each request's latency with it.
+        self.on_reply: Callable[[Task, Completion, int], None] | None = None
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
@@ -466,6 +469,7 @@ class Run:
         # A manifest without `journal_committed` was written by a gen whose journal entries were not
         # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
         unsealed = self.p.previous is not None and "journal_committed" not in self.p.previous
+        deduplicate = self.p.opts.dedup  # off for gen eval: every answer is kept
         for entry in journal_entries(self.p.out_dir, self.partition, skip=committed, unsealed=unsealed):
             if isinstance(entry, BadEntry):
                 self._skip_entry(f"{entry}")
@@ -495,7 +499,7 @@ class Run:
             if split in ("train", "eval"):
                 # The journal holds rows that passed the exact check (so it finds none here, only indexes
                 # them); the batched steps are redone in order.
-                exact = self.dedup.check_batch([row], steps=("exact",))[0]
+                exact = self.dedup.check_batch([row], steps=("exact",))[0] if deduplicate else None
                 if exact is not None:
                     self._accept("duplicates", self._duplicate_row(row, exact.kept, exact.kind))
                 else:
@@ -940,7 +944,9 @@ class Run:
                 )
                 await self._finish(task, "rejects", _carry_over(row, reject), last)
                 return False
-        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
+        kept = None
+        if self.p.opts.dedup:
+            kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
         if kept is not None:
             dup = {
                 "id": task.id,
@@ -1005,6 +1011,8 @@ class Run:
                 if cached or written
                 else (comp.prompt_tokens, comp.completion_tokens)
             )
+            if self.on_reply is not None:
+                self.on_reply(task, comp, attempts)
             if self.first_failures.armed:
                 await self._record_held_failures()
             self.stats.requests += 1

@@ -22,7 +22,7 @@ from gen.rows import ROW_SCHEMA_VERSION
 from gen.schema import Schema, load_schema
 from gen.shards import committed_shards, parse_shard_name, read_columns
 from gen.teachers import providers
-from gen.templates import Expansion
+from gen.templates import Expansion, TaskSource
 from gen.verify import Verifier
 
 
@@ -32,7 +32,7 @@ class Prepared:
 
     prompt: PromptFile
     schema: Schema | None
-    expansion: Expansion
+    expansion: TaskSource  # the prompt file's Expansion; gen eval's recorded tasks
     teacher: Teacher
     api_key: str | None
     out_dir: Path

@@ -441,3 +441,17 @@ def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
 
 def write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def write_eval_results(path: Path, rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+    """`gen eval`'s per-row results as one zstd Parquet file, committed atomically. `columns` names each
+    column and its type (string, bool, int64, float64): the per-field score columns vary by schema."""
+    pa = _pyarrow()
+    types = {"string": pa.string(), "bool": pa.bool_(), "int64": pa.int64(), "float64": pa.float64()}
+    schema = pa.schema([(name, types[kind]) for name, kind in columns])
+    with WITHOUT_PANDAS:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    sink = pa.BufferOutputStream()
+    pa.parquet.write_table(table, sink, compression="zstd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, sink.getvalue())

@@ -13,7 +13,7 @@ import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 import jinja2.meta
@@ -34,6 +34,17 @@ class Task:
     split: str
     messages: list[dict[str, str]] | None  # None when rendering failed
     render_error: str | None = None
+
+
+class TaskSource(Protocol):
+    """What a run draws its tasks from: a prompt file's Expansion, or recorded rows (gen eval)."""
+
+    samples: int
+    template_sha256: str
+
+    def tasks(self, keep: Callable[[str], bool] | None = None) -> Iterator[Task]: ...
+
+    def count(self) -> int: ...
 
 
 def canonical_json(value: Any) -> str:

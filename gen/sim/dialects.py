@@ -77,6 +77,10 @@ class _Chat:
     fixed: str | None = None  # the text to answer instead of a drawn one (the judge mode)
     answer: str | None = None  # the final answer to give (gen.sim.answers), when the input has a reference
     answer_field: str | None = None
+    json_schema: Any = None  # "json_schema" mode: the schema as sent
+    # The simulated student's disagreement (SimConfig.perturb_*): the field it changes ("*": every
+    # top-level field), or None to answer as the teacher would.
+    perturb: str | None = None
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -147,8 +151,10 @@ def _parse_chat(raw: bytes) -> _Chat:
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"Invalid 'model': expected a string, got {model!r}.", "model")
     prompt_tokens = chars // 4 + 4 * len(messages)
+    raw = fmt["json_schema"]["schema"] if mode == "json_schema" else None
     chat = _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
     chat.prefixes = _leading_prefixes(model, messages)
+    chat.json_schema = raw
     return chat
 
 
@@ -305,14 +311,59 @@ def _parse_messages(raw: bytes) -> _Chat:
 # --------------------------------------------------------------------------- answers
 
 
+def perturb_value(value: Any, schema: Any, field: str) -> Any:
+    """`value` (an instance of `schema`) with top-level `field` ("*": every one) changed to another valid
+    value: the next enum member, the other boolean, the integer beside it, a longer string."""
+    if not isinstance(value, dict) or not isinstance(schema, dict):
+        return value
+    props = schema.get("properties") or {}
+    out = dict(value)
+    for name in list(out) if field == "*" else [field]:
+        if name in out:
+            out[name] = _other(out[name], _resolve(schema, props.get(name) or {}))
+    return out
+
+
+def _resolve(root: dict[str, Any], node: Any) -> dict[str, Any]:
+    ref = node.get("$ref") if isinstance(node, dict) else None
+    if isinstance(ref, str) and ref.startswith("#/"):
+        for part in ref[2:].split("/"):
+            root = root.get(part, {})
+        return root
+    return node if isinstance(node, dict) else {}
+
+
+def _other(v: Any, node: dict[str, Any]) -> Any:
+    enum = node.get("enum")
+    if isinstance(enum, list) and v in enum and len(enum) > 1:
+        return enum[(enum.index(v) + 1) % len(enum)]
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        hi = node.get("maximum")
+        return v - 1 if hi is not None and v + 1 > hi else v + 1
+    if isinstance(v, float):
+        hi, lo = node.get("maximum"), node.get("minimum")
+        if hi is None or v + 1.0 <= hi:
+            return v + 1.0
+        return (v + lo) / 2 if lo is not None else v - 1.0
+    if isinstance(v, str):
+        most = node.get("maxLength")
+        return ("x" + v)[: most or None] if v[:1] != "x" else ("y" + v[1:])
+    return v
+
+
 def _content(chat: _Chat, rng: random.Random) -> str:
     if chat.fixed is not None:
         return chat.fixed
     if chat.mode == "json_schema":
         assert chat.schema is not None
+        value = chat.schema(rng, 0)
         if chat.answer is not None:
-            return orjson.dumps(with_answer(chat.schema(rng, 0), chat.answer_field, chat.answer)).decode()
-        return orjson.dumps(chat.schema(rng, 0)).decode()
+            value = with_answer(value, chat.answer_field, chat.answer)
+        if chat.perturb is not None:
+            value = perturb_value(value, chat.json_schema, chat.perturb)
+        return orjson.dumps(value).decode()
     if chat.answer is not None and chat.mode == "text":
         return reasoned_text(chat.answer, rng)
     if chat.mode == "json_object":
@@ -322,7 +373,8 @@ def _content(chat: _Chat, rng: random.Random) -> str:
             "keywords": list(rng.choices(VOCAB, k=rng.randint(1, 4))),
         }
         return orjson.dumps(obj).decode()
-    return sentences(rng, rng.randint(30, 80))
+    text = sentences(rng, rng.randint(30, 80))
+    return f"Otherwise: {text}" if chat.perturb is not None else text
 
 
 def _broken(content: str) -> str:
@@ -682,6 +734,8 @@ class AnthropicDialect:
             raise BadRequest(f"tools: input_schema of {chat.tool!r} has no instance: {exc}") from None
         if chat.answer is not None:
             value = with_answer(value, chat.answer_field, chat.answer)
+        if chat.perturb is not None:
+            value = perturb_value(value, chat.tool_schema, chat.perturb)
         content: list[dict[str, Any]] = []
         if fault == "rate_invalid_json":  # the input is an object, so it breaks the schema instead
             stats["invalid_json"] += 1

@@ -43,7 +43,7 @@ from gen.sim.instances import sample_from_schema
 from gen.sim.judge import MODES as JUDGE_MODES
 from gen.sim.judge import reply as judge_reply
 
-__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
+__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "perturbed", "sample_from_schema", "serve"]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -110,6 +110,11 @@ class SimConfig:
     answer_field: str | None = None
     answers: dict[str, str] | None = None
     wrong_share: float = 0.0
+    # A simulated student (`gen eval` tests): answers as the teacher would (the same messages and seed
+    # give the same answer), except on the requests `perturbed()` picks, a `perturb_share` of them,
+    # whose top-level field `perturb_field` ("*": every field; a text answer gains a word) it changes.
+    perturb_share: float = 0.0
+    perturb_field: str = "*"
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -134,6 +139,8 @@ class SimConfig:
             raise ValueError(f"judge must be one of {', '.join(JUDGE_MODES)}, got {self.judge!r}")
         if not 0.0 <= self.wrong_share <= 1.0:
             raise ValueError(f"wrong_share must be in [0, 1], got {self.wrong_share}")
+        if not 0.0 <= self.perturb_share <= 1.0:
+            raise ValueError(f"perturb_share must be in [0, 1], got {self.perturb_share}")
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -317,6 +324,8 @@ class _Simulator:
             garbage = self._judged < config.judge_garbage_first
             chat.fixed = judge_reply(chat.messages, config.judge, garbage)
             self._judged += chat.fixed is not None
+        if config.perturb_share and perturbed(chat.salt, config.perturb_share):
+            chat.perturb = config.perturb_field
         digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         if fault == "rate_oversize":
@@ -368,6 +377,14 @@ class _Simulator:
         for k in self.stats:
             self.stats[k] = 0
         return web.Response(body=orjson.dumps(self.stats), content_type="application/json")
+
+
+def perturbed(salt: bytes, share: float) -> bool:
+    """Whether the simulated student changes its answer to a request with this salt (on the OpenAI path
+    the request's `seed` as decimal digits; gen sends `int(id[:8], 16) & 0x7FFFFFFF`): a fixed `share`
+    of salts, picked by a hash, so a test knows which rows disagree."""
+    h = int.from_bytes(hashlib.sha256(b"perturb\0" + salt).digest()[:8], "big")
+    return h / 2**64 < share
 
 
 async def _endless(request: web.Request, interval_s: float) -> web.StreamResponse:

@@ -19,6 +19,7 @@ class Completion:
     # written to it (Anthropic reports writes; OpenAI and vLLM only reads).
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    latency_s: float | None = None  # set by the limiter around the request (gen eval reports it)
 
 
 class Teacher(Protocol):
