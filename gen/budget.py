@@ -20,6 +20,10 @@ class Price:
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
 
+    def scaled(self, factor: float) -> Price:
+        """This price times `factor` (a batch API's discount)."""
+        return Price(self.input * factor, self.output * factor)
+
 
 def load_prices(path: Path = PRICES) -> list[tuple[str, Price]]:
     try:
@@ -57,10 +61,13 @@ class Budget:
         self.spent_usd = spent_usd
         self.spent_tokens = spent_tokens
 
-    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def charge(self, prompt_tokens: int, completion_tokens: int, *, price: Price | None = None) -> None:
+        """Count a request's usage, at `price` when it has one of its own (a batch run's online
+        fallback), else at the run's."""
         self.spent_tokens += prompt_tokens + completion_tokens
-        if self.price is not None:
-            self.spent_usd += self.price.cost(prompt_tokens, completion_tokens)
+        price = price or self.price
+        if price is not None:
+            self.spent_usd += price.cost(prompt_tokens, completion_tokens)
 
     def exhausted(self, *, reserved_tokens: int = 0) -> str | None:
         """Why no further request may leave, or None. `reserved_tokens` covers requests in flight."""

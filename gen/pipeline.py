@@ -97,6 +97,13 @@ class RunStats:
     unanswered_tokens: int = 0
     journal_skipped: int = 0  # journal entries not intact or not a valid row: their tasks asked again
     reject_reasons: Counter[str] = field(default_factory=Counter)
+    # Batch mode (gen.batching): batches submitted; requests of a batch that failed alone or expired;
+    # of those, sent again in a later batch and sent online (--batch-fallback online).
+    batches: int = 0
+    batch_failed: int = 0
+    batch_expired: int = 0
+    batch_retried: int = 0
+    batch_online: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +124,19 @@ class RunStats:
             "unanswered_tokens": self.unanswered_tokens,
             "journal_skipped": self.journal_skipped,
             "reject_reasons": dict(self.reject_reasons),
+            **(
+                {
+                    "batch": {
+                        "batches": self.batches,
+                        "failed": self.batch_failed,
+                        "expired": self.batch_expired,
+                        "retried_in_batch": self.batch_retried,
+                        "retried_online": self.batch_online,
+                    }
+                }
+                if self.batches or self.batch_failed or self.batch_expired
+                else {}
+            ),
         }
 
 
@@ -207,7 +227,9 @@ class Run:
         self.served: list[dict[str, Any]] = []  # what launched vLLM servers report (model path, revision)
         self.status = "running"
         self.stop_reason: str | None = None
+        self.stop_status: str | None = None  # how it ended, when _final_status cannot tell (batch --cancel)
         self.signal: int | None = None
+        self._urls: list[str] = []  # the teacher's base URLs (the ones gen launched, else the given ones)
         self._exhausted = False  # a worker found the task stream at its end: every task was handed out
         self._sampling_json = canonical_json(p.sampling)
         self._workers: list[asyncio.Task[None]] = []
@@ -407,7 +429,9 @@ class Run:
         self._carried["completion_tokens"] += spent[1]
         self.budget.charge(spent[0], spent[1])
         for task_id, estimate in open_.items():
-            if id_key(task_id) not in self.claimed:
+            # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
+            # request itself is in a provider batch, which the batch log tracks): never in flight here.
+            if id_key(task_id) not in self.claimed and estimate != (0, 0):
                 self._carried["unanswered_requests"] += 1
                 self._carried["unanswered_tokens"] += estimate[0] + estimate[1]
                 self.budget.charge(*estimate)
@@ -482,10 +506,16 @@ class Run:
                 ]
             keep = self._keep()
             tasks = _take(p.expansion.tasks(keep=keep), p.opts.limit)
-            self._workers = [
-                asyncio.create_task(self._worker(tasks, keep, teacher, progress))
-                for _ in range(p.teacher.max_concurrency)
-            ]
+            if p.opts.batch:  # the provider's batch API (gen.batching): one driver instead of workers
+                from gen.batching import BatchDriver
+
+                driver = BatchDriver(self, teacher, progress, self._urls[0], p.fingerprint)
+                self._workers = [asyncio.create_task(driver.drive(tasks, keep))]
+            else:
+                self._workers = [
+                    asyncio.create_task(self._worker(tasks, keep, teacher, progress))
+                    for _ in range(p.teacher.max_concurrency)
+                ]
             try:
                 await asyncio.gather(*self._workers)
                 await self._record_held_failures()  # fewer than FAIL_FAST_AFTER, and nothing else came
@@ -544,6 +574,7 @@ class Run:
                 await server.stop()
             raise
         self.served += launch.served
+        self._urls = urls
         if spec.records_base_urls:
             self.base_urls = urls
         client_class = spec.client_class()
@@ -582,6 +613,8 @@ class Run:
             return FAILED
         if error is not None and not isinstance(error, asyncio.CancelledError):
             return ABORTED
+        if self.stop_status is not None and error is None:
+            return self.stop_status
         if self.signal is not None:
             return INTERRUPTED
         if self.stop_reason is not None:
@@ -696,6 +729,18 @@ class Run:
             self.stats.tasks += 1
             progress.tick()
 
+    async def gather(self, coros: list[Coroutine[Any, Any, None]]) -> None:
+        """Run coroutines side by side (the batch driver's online fallback): the pipeline owns every
+        asyncio task, so they are created here, bounded by the limiter's concurrency."""
+        tasks = [asyncio.create_task(c) for c in coros]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
     def _in_flight_tokens(self) -> int:
         if not self.stats.requests:  # nothing answered yet to average: the reservations bound them
             return sum(estimate[0] + estimate[1] for _, estimate in self._in_flight.values())
@@ -721,9 +766,22 @@ class Run:
         asked = await self._ask(task, key, teacher)
         if asked is None:
             return
-        comp, verdict, attempts, prompt_tokens, completion_tokens, last = asked
+        await self._decide(task, *asked)
+
+    async def _decide(
+        self,
+        task: Task,
+        comp: Completion,
+        verdict: Verdict,
+        attempts: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        last: Usage,
+    ) -> None:
+        """A valid answer to its outcome: the exact-duplicate check, then the row (or the duplicate)."""
+        assert task.messages is not None
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
+        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), id_key(task.id))
         if kept is not None:
             dup = {
                 "id": task.id,

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from gen.sim.batches import HOLD_POINTS, SimBatches
+from gen.sim.batches import STATS as BATCH_STATS
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
 
@@ -90,6 +92,16 @@ class SimConfig:
     echo_headers: bool = False
     echo_key: bool = False
     list_models: bool = True
+    # Batch APIs (gen.sim.batches): seconds from creation until a batch has ended, the share of its
+    # requests that fail alone or expire, a message refusing every batch as a whole, the most requests
+    # a batch may hold, and where the first request is held unanswered ("upload", "create", "poll",
+    # "download").
+    batch_delay_s: float = 0.0
+    batch_rate_failed: float = 0.0
+    batch_rate_expired: float = 0.0
+    batch_reject: str | None = None
+    batch_max_requests: int | None = None
+    batch_hold: str | None = None
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -108,6 +120,15 @@ class SimConfig:
             raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
         if self.oversize_bytes < 0 or self.bomb_bytes < 0 or self.endless_interval_s < 0:
             raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
+        failed, expired = self.batch_rate_failed, self.batch_rate_expired
+        if failed < 0 or expired < 0 or failed + expired > 1.0:
+            raise ValueError("batch_rate_failed and batch_rate_expired must be >= 0 and sum to at most 1")
+        if self.batch_delay_s < 0:
+            raise ValueError(f"batch_delay_s must be >= 0, got {self.batch_delay_s}")
+        if self.batch_hold is not None and self.batch_hold not in HOLD_POINTS:
+            raise ValueError(f"batch_hold must be one of {', '.join(HOLD_POINTS)}, got {self.batch_hold!r}")
+        if self.batch_max_requests is not None and self.batch_max_requests < 1:
+            raise ValueError(f"batch_max_requests must be >= 1, got {self.batch_max_requests}")
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -128,7 +149,7 @@ _STATS = (
     "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
     "invalid_json", "fenced_json", "truncated", "bad_request", "rate_limited", "status_401", "status_404",
     "oversize", "endless", "gzip_bomb", "malformed",
-    "prompt_tokens", "completion_tokens",
+    "prompt_tokens", "completion_tokens", *BATCH_STATS,
 )  # fmt: skip
 
 
@@ -162,6 +183,7 @@ class _Simulator:
         self._bands = bands
         self._openai = OpenAIDialect(config)
         self._anthropic = AnthropicDialect(config)
+        self._batches = SimBatches(self)
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         """The OpenAI path's 401 answer for a request without our key, else None."""
@@ -176,6 +198,7 @@ class _Simulator:
         app.router.add_get("/health", self.health)
         app.router.add_get("/sim/stats", self.get_stats)
         app.router.add_post("/sim/reset", self.reset)
+        self._batches.routes(app)
         return app
 
     def _admit(self, dialect: Dialect) -> tuple[float | None, dict[str, str]]:

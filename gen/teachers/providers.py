@@ -75,9 +75,16 @@ class ProviderSpec:
     default_license: str | None = None  # None: the licence review decides from the model id
     records_base_urls: bool = False  # the manifest lists its (public, credential-free) base URLs
     mode: Literal["request", "batch"] = "request"
+    # Its batch API beside the chat one (submit-and-poll, gen.teachers.batch.BatchClient): "module:Class",
+    # built with the client's arguments; None when the provider has none (`gen run --batch` refuses it).
+    batch: str | None = None
 
     def client_class(self) -> type[Any]:
         return load(self.client)
+
+    def batch_class(self) -> type[Any]:
+        assert self.batch is not None
+        return load(self.batch)
 
     def launches(self, base_urls: tuple[str, ...] | list[str]) -> bool:
         """Whether gen starts the server(s) for this run itself."""
@@ -197,6 +204,7 @@ register(
     ProviderSpec(
         name="openai",
         client="gen.teachers.openai:OpenAIChat",
+        batch="gen.teachers.batch_openai:OpenAIBatches",
         rate_limit_headers=OPENAI_RATE_HEADERS,
         records_base_urls=True,
     )
@@ -205,6 +213,7 @@ register(
     ProviderSpec(
         name="anthropic",
         client="gen.teachers.anthropic:AnthropicMessages",
+        batch="gen.teachers.batch_anthropic:AnthropicBatches",
         default_base_url="https://api.anthropic.com/v1",
         rate_limit_headers=ANTHROPIC_RATE_HEADERS,
         records_base_urls=True,
@@ -223,6 +232,7 @@ register(
     ProviderSpec(
         name="sim",
         client="gen.teachers.openai:OpenAIChat",
+        batch="gen.teachers.batch_openai:OpenAIBatches",  # it has OpenAI's batch endpoints too
         default_model="gen-sim-1",
         launcher=launch_sim,
         launch_always=True,
