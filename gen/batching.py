@@ -90,8 +90,9 @@ def batch_discount(provider: str) -> float:
     return float(table.get(provider, 1.0))
 
 
-def check_batch_options(opts: Any, provider: str) -> None:
-    """Bad batch flags, as one ConfigError each, before anything is sent."""
+def check_batch_options(opts: Any, provider: str | None = None) -> None:
+    """Bad batch flags, as one ConfigError each, before anything is sent; with `provider`, whether it
+    has a batch API too."""
     if opts.batch_cancel and not opts.batch:
         raise ConfigError("--cancel", "cancels the batches of a batch run: pass it with --batch")
     if opts.batch_fallback != "batch" and not opts.batch:
@@ -102,7 +103,7 @@ def check_batch_options(opts: Any, provider: str) -> None:
         raise ConfigError("--batch-fallback", f"must be one of {', '.join(FALLBACKS)}")
     if opts.executor != "local" or opts.partition is not None:
         raise ConfigError("--batch", "runs in one process: it cannot be combined with --executor ray")
-    if providers.get(provider).batch is None:
+    if provider is not None and providers.get(provider).batch is None:
         raise ConfigError(
             "--batch",
             f"provider {provider!r} has no batch API (openai and anthropic have one, and so does the "
@@ -288,8 +289,9 @@ class BatchDriver:
         for task in self._fresh:
             key = id_key(task.id)
             if key in run.claimed:
-                run.stats.skipped += 1
-                self.progress.tick()
+                if key in self.answered:  # done before; otherwise in a batch submitted before
+                    run.stats.skipped += 1
+                    self.progress.tick()
                 continue
             run.claimed.add(key)
             return Req(task, 1, 0, None, _seed(task.id))

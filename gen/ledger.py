@@ -406,7 +406,7 @@ class BatchLog:
         problems: list[str] = []
         try:
             raw = self.path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no log (or no output directory) yet
             return batches, pending, problems
         lines = raw.split(b"\n")
         for n, line in enumerate(lines, 1):

@@ -52,6 +52,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     spec = prompt.spec
     if opts.near_threshold is not None and not 0.0 < opts.near_threshold <= 1.0:
         raise ConfigError("--near-threshold", f"must be in (0, 1], got {opts.near_threshold:g}")
+    check_batch_options(opts)
     teacher = resolve_teacher(prompt, opts)
     check_batch_options(opts, teacher.provider)  # before the licence review: a flag to fix comes first
     review, registry_sources = licence_review(prompt, teacher, opts)

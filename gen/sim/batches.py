@@ -67,6 +67,7 @@ class SimBatches:
         self.batches: dict[str, _Batch] = {}
         self._rng = random.Random(f"{sim.config.seed}/batch")
         self._held: set[str] = set()
+        self.submitted: list[str] = []  # the custom_id of every request of every accepted batch, in order
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self.upload)
@@ -137,6 +138,7 @@ class SimBatches:
         else:
             dialect = self.sim._openai if kind == "openai" else self.sim._anthropic
             batch.lines = [(cid, *self._answer(dialect, raw)[:2]) for cid, raw in requests]
+            self.submitted += [cid for cid, _ in requests]
             self.sim.stats["batches"] += 1
             self.sim.stats["batch_requests"] += len(requests)
         self.batches[batch.id] = batch

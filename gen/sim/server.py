@@ -421,6 +421,11 @@ class SimServer:
     def stats(self) -> dict[str, int]:
         return self._sim.stats
 
+    @property
+    def batch_custom_ids(self) -> list[str]:
+        """The custom_id of every request of every batch accepted so far: what a provider would bill."""
+        return list(self._sim._batches.submitted)
+
     async def start(self) -> None:
         """Listen on host:port. Raises OSError if the port is taken."""
         if self._runner is not None:
