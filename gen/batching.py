@@ -113,7 +113,7 @@ def check_batch_options(opts: Any, provider: str | None = None) -> None:
         raise ConfigError("--batch-poll", f"must be a positive number of seconds, got {opts.batch_poll_s:g}")
 
 
-def check_output(out_dir: Path, fingerprint: str, *, batch: bool, again: str) -> None:
+def check_output(out_dir: Path, fingerprint: dict[str, Any], *, batch: bool, again: str) -> None:
     """An output whose batch log holds batches of another recipe, or batches still at the provider
     while this run is not a batch run (it would ask their tasks again, and pay twice): ConfigError."""
     log = BatchLog(OutputDir(out_dir).batches)
@@ -140,13 +140,15 @@ class BatchDriver:
     """Runs a prepared run's tasks through the provider's batch API. One coroutine (`drive`), created
     as a task by the pipeline, which owns every asyncio task."""
 
-    def __init__(self, run: Run, online: Any, progress: Progress, base_url: str, fingerprint: str) -> None:
+    def __init__(
+        self, run: Run, online: Any, progress: Progress, base_url: str, fingerprint: dict[str, Any] | None
+    ) -> None:
         self.run = run
         self.p = p = run.p
         self.opts = p.opts
         self.online = online  # the limited chat client: --batch-fallback online
         self.progress = progress
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprint or {}
         self.log = BatchLog(OutputDir(p.out_dir).batches)
         t = p.teacher
         spec = providers.get(t.provider)
@@ -171,6 +173,9 @@ class BatchDriver:
         self.live: dict[str, Live] = {}
         self.queue: deque[Req] = deque()
         self.answered: set[int] = set()  # tasks decided (a row, reject or duplicate): their results skip
+        # (attempt, retry) of each task's latest request queued or logged: a result of an earlier one is
+        # read again only when a run died collecting its batch, and is passed over then.
+        self.step: dict[str, tuple[int, int]] = {}
         self.outstanding = 0  # the reserved tokens of requests in live batches (budget)
         self.stopped: str | None = None  # why no new batch is submitted (the budget)
         self._count = 0
@@ -235,6 +240,7 @@ class BatchDriver:
         latest: dict[str, Pending] = {}
         for p in pending.values():  # in the order written: the last one of a task is its next request
             latest[p.task_id] = p
+            self.step[p.task_id] = (p.attempt, p.retry)
         for b in batches.values():
             if b.done is None and b.id is None:  # never known to be accepted: maybe it was
                 found = await self._call(lambda b=b: self.client.find(b.name))
@@ -411,8 +417,11 @@ class BatchDriver:
             if req is None or r.custom_id in seen:
                 continue
             seen.add(r.custom_id)
-            if id_key(req.task.id) in self.answered:
-                continue  # journaled by a run that died collecting this batch
+            if id_key(req.task.id) in self.answered or self.step.get(req.task.id, (1, 0)) > (
+                req.attempt,
+                req.retry,
+            ):
+                continue  # decided, or asked again, by a run that died collecting this batch
             again = await self._settle(req, r)
             if again is not None:
                 fallback.append(again)
@@ -428,6 +437,12 @@ class BatchDriver:
         self.log.done(name, "cancelled" if state.status in ("cancelled", "canceled") else "collected")
         del self.live[name]
         self.outstanding -= b.logged.estimate[0] + b.logged.estimate[1]
+
+    def _queue(self, req: Req) -> None:
+        """Log a request to send in a later batch (a re-ask or a retry), then queue it."""
+        self.step[req.task.id] = (req.attempt, req.retry)
+        self.log.pending(req.pending())
+        self.queue.append(req)
 
     def _requeue(self, req: Req) -> None:
         if self.opts.batch_cancel:
@@ -458,9 +473,7 @@ class BatchDriver:
             if self.opts.batch_fallback == "online":
                 return req
             run.stats.batch_retried += 1
-            nxt = Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last)
-            self.log.pending(nxt.pending())
-            self.queue.append(nxt)
+            self._queue(Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last))
             return None
         await self._judge(req, r.completion, self.p.price)
         return None
@@ -518,8 +531,7 @@ class BatchDriver:
             nxt = Req(task, req.attempt + 1, 0, messages, req.seed, used, last)
         assert run.journal is not None
         run.journal.reserve(task.id, (0, 0), last, write=False)  # what this request cost, for a resume
-        self.log.pending(nxt.pending())
-        self.queue.append(nxt)
+        self._queue(nxt)
 
     async def _decide_reject(
         self, req: Req, reason: str, error: str, response: str | None, usage: Usage

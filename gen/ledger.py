@@ -340,7 +340,7 @@ class Pending:
 @dataclass(slots=True)
 class LoggedBatch:
     name: str
-    fingerprint: str
+    fingerprint: dict[str, Any]  # the recipe's (gen.manifest.recipe_fingerprint)
     provider: str
     requests: list[tuple[str, int, int]]  # (task id, attempt, retry)
     estimate: Usage

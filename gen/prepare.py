@@ -43,7 +43,8 @@ class Prepared:
     lineage: dict[str, Any] | None  # the dataset this one is a new version of
     review: Review
     registry_sources: list[dict[str, Any]]  # which licence registries (and versions) decided
-    fingerprint: str = ""  # the recipe's (gen.manifest.recipe_fingerprint): batch mode logs it per batch
+    # The recipe's gen.manifest.recipe_fingerprint: batch mode logs it with every batch.
+    fingerprint: dict[str, Any] | None = None
 
 
 def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:

@@ -261,3 +261,22 @@ def test_python_api_batch_option(tmp_path: Path, sim_server) -> None:
         ),
     )
     assert result.status == "complete" and result.stats.rows + result.stats.rejects == 10
+
+
+def test_sigkill_while_collecting_reads_the_batch_again_and_sends_nothing_twice(
+    tmp_path: Path, sim_server
+) -> None:
+    # One large batch: judging its results takes long enough to be killed halfway, with some answers
+    # and re-asks journaled and the batch not yet marked collected.
+    sim = sim_server(batch_delay_s=0.2, rate_invalid_json=0.3)
+    prompt = _recipe(tmp_path, 2000)
+    out = tmp_path / "o"
+    args = _args(prompt, out, sim, "openai", "--shard-rows", "50")  # checkpoints while collecting
+    proc = _gen(args)
+    _wait(lambda: any((out / "data").glob("*.parquet")), "a first shard", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    log = (out / "batches.jsonl").read_bytes()
+    assert b'"br"' in log and b'"bd"' not in log  # killed halfway through collecting
+    assert main(args) == 0
+    _check_outcome(prompt, out, sim)
