@@ -362,8 +362,9 @@ class BatchDriver:
         except TeacherError as e:
             if not e.retryable:  # refused: nothing was created, nothing paid
                 self.log.done(name, "failed")
+                why = str(e).rstrip(".")
                 raise BatchRejected(
-                    f"the provider refused batch {name} ({len(reqs):,} requests) as a whole: {e}. Nothing "
+                    f"the provider refused batch {name} ({len(reqs):,} requests) as a whole: {why}. Nothing "
                     "of it ran; what was collected is committed"
                 ) from None
             raise  # it may have been created: the next run looks for it before sending anything
@@ -400,9 +401,10 @@ class BatchDriver:
             if state.failed:
                 self.log.done(name, "failed")
                 del self.live[name]
+                why = redact(state.message).rstrip(".")
                 raise BatchRejected(
                     f"the provider refused batch {state.id} ({len(b.logged.requests):,} requests) as a "
-                    f"whole: {redact(state.message)}. Nothing of it ran; the next run sends them again"
+                    f"whole: {why}. Nothing of it ran; the next run sends them again"
                 )
             if state.ended:
                 await self._collect(name, b, state)

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import web
+from aiohttp import MultipartReader, web
 
 from gen.sim.dialects import BadRequest
 
@@ -38,6 +38,7 @@ STATS = (
     "batch_polls", "batch_downloads", "batch_cancels", "batch_held",
 )  # fmt: skip
 HOLD_POINTS = ("upload", "create", "poll", "download")
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # above both providers' documented file and batch sizes
 _CONTENT_FAULTS = ("rate_invalid_json", "rate_fenced_json", "rate_truncated")
 
 
@@ -164,7 +165,10 @@ class SimBatches:
         self.sim.stats["batch_uploads"] += 1
         if await self._hold("upload", request):
             return web.Response()
-        reader = await request.multipart()
+        try:  # the request's own multipart() caps the file at aiohttp's 1 MiB client_max_size
+            reader = MultipartReader(request.headers, request.content, client_max_size=MAX_UPLOAD_BYTES)
+        except TypeError:  # an aiohttp from before the cap
+            reader = MultipartReader(request.headers, request.content)
         purpose, data = None, None
         while (part := await reader.next()) is not None:
             if part.name == "purpose":
