@@ -280,3 +280,17 @@ def test_sigkill_while_collecting_reads_the_batch_again_and_sends_nothing_twice(
     assert b'"br"' in log and b'"bd"' not in log  # killed halfway through collecting
     assert main(args) == 0
     _check_outcome(prompt, out, sim)
+
+
+def test_polling_respects_the_rate_limit(tmp_path: Path, sim_server) -> None:
+    # Two polls a second allowed; gen asks every 10 ms at first: the 429s' Retry-After paces it.
+    sim = sim_server(batch_delay_s=1.5, rpm=120, rpm_window_s=1.0)
+    prompt = _recipe(tmp_path, 20)
+    out = tmp_path / "o"
+    args = _args(prompt, out, sim, "openai", "--batch-size", "5")
+    args[args.index("--batch-poll") + 1] = "0.01"
+    assert main(args) == 0
+    stats = json.loads((out / "manifest.json").read_text())["runs"][-1]
+    assert sim.stats()["rate_limited"] > 0
+    assert stats["throttled"] == sim.stats()["rate_limited"]  # each 429 waited for and asked again
+    _check_outcome(prompt, out, sim)

@@ -6,8 +6,9 @@ until `batch_delay_s` has passed, and `completed` / `ended` after. Per-request f
 (`batch_rate_failed`, a 500 for that request alone) and expiry (`batch_rate_expired`) are drawn from
 their own seeded RNG. `batch_reject` refuses every batch as a whole with that message (OpenAI: the
 batch `failed` at validation; Anthropic: a 400 at creation), as does a batch over
-`batch_max_requests`. `batch_hold` ("upload", "create", "poll" or "download") keeps the first such
-request unanswered until its client goes away: a test kills gen there.
+`batch_max_requests`. The `rpm` limit applies to polls too. `batch_hold` ("upload", "create", "poll"
+or "download") keeps the first such request unanswered until its client goes away: a test kills gen
+there.
 
 Counters (in /sim/stats): `batches` accepted, `batch_requests` (requests in accepted batches: what a
 provider bills), `batch_failed`, `batch_expired`, `batch_rejected`, `batch_uploads`, `batch_polls`,
@@ -145,6 +146,17 @@ class SimBatches:
         self.batches[batch.id] = batch
         return batch
 
+    def _limited(self, dialect: Any) -> web.Response | None:
+        """The `rpm` limit on polls too (a provider rate-limits its batch endpoints): a 429 with the
+        protocol's Retry-After and rate-limit headers, or None."""
+        if self.sim._window is None:
+            return None
+        wait, headers = self.sim._admit(dialect)
+        if wait is None:
+            return None
+        self.sim.stats["rate_limited"] += 1
+        return dialect.rate_limited(wait, headers)
+
     def _done(self, batch: _Batch) -> bool:
         return batch.cancelled_at is not None or time.time() >= batch.created + self.config.batch_delay_s
 
@@ -279,7 +291,8 @@ class SimBatches:
         self.sim.stats["batch_polls"] += 1
         if await self._hold("poll", request):
             return web.Response()
-        return self._openai_doc(self._batch(request, "openai"))
+        limited = self._limited(self.sim._openai)
+        return limited or self._openai_doc(self._batch(request, "openai"))
 
     async def list_openai(self, request: web.Request) -> web.StreamResponse:
         refused = self.sim._openai.refuse(request)
@@ -356,7 +369,8 @@ class SimBatches:
         self.sim.stats["batch_polls"] += 1
         if await self._hold("poll", request):
             return web.Response()
-        return self._anthropic_doc(request, self._batch(request, "anthropic"))
+        limited = self._limited(self.sim._anthropic)
+        return limited or self._anthropic_doc(request, self._batch(request, "anthropic"))
 
     async def cancel_anthropic(self, request: web.Request) -> web.StreamResponse:
         refused = self.sim._anthropic.refuse(request)
