@@ -241,10 +241,14 @@ class BatchDriver:
         for p in pending.values():  # in the order written: the last one of a task is its next request
             latest[p.task_id] = p
             self.step[p.task_id] = (p.attempt, p.retry)
+        known = {b.id for b in batches.values() if b.id is not None}
         for b in batches.values():
             if b.done is None and b.id is None:  # never known to be accepted: maybe it was
-                found = await self._call(lambda b=b: self.client.find(b.name))
+                found = await self._call(
+                    lambda b=b: self.client.find(b.name, since=b.at, count=len(b.requests), known=known)
+                )
                 if found is not None:
+                    known.add(found.id)
                     self.log.created(b.name, found.id)
                     b.id = found.id
                     run._say(f"found batch {found.id}, accepted before the last run died; collecting it")
@@ -355,6 +359,7 @@ class BatchDriver:
             self.p.teacher.provider,
             [(r.task.id, r.attempt, r.retry) for r in reqs],
             estimate,
+            time.time(),
         )
         self.log.intent(logged)  # before the upload: a run killed from here on knows what it sent
         try:

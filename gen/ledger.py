@@ -344,6 +344,7 @@ class LoggedBatch:
     provider: str
     requests: list[tuple[str, int, int]]  # (task id, attempt, retry)
     estimate: Usage
+    at: float = 0.0  # when it was about to be submitted (epoch seconds)
     id: str | None = None  # the provider's batch id, once it accepted the batch
     done: str | None = None  # "collected", "failed" (refused as a whole) or "cancelled"
 
@@ -377,7 +378,14 @@ class BatchLog:
 
     def intent(self, b: LoggedBatch) -> None:
         self._write(
-            {"bi": b.name, "f": b.fingerprint, "p": b.provider, "t": b.requests, "e": list(b.estimate)}
+            {
+                "bi": b.name,
+                "f": b.fingerprint,
+                "p": b.provider,
+                "t": b.requests,
+                "e": list(b.estimate),
+                "ts": b.at,
+            }
         )
 
     def created(self, name: str, batch_id: str) -> None:
@@ -421,7 +429,7 @@ class BatchLog:
                     reqs = [(str(t), int(a), int(k)) for t, a, k in entry["t"]]
                     e = entry["e"]
                     batches[entry["bi"]] = LoggedBatch(
-                        entry["bi"], entry["f"], entry["p"], reqs, (int(e[0]), int(e[1]))
+                        entry["bi"], entry["f"], entry["p"], reqs, (int(e[0]), int(e[1])), float(entry["ts"])
                     )
                 elif "bc" in entry:
                     batches[entry["bc"]].id = str(entry["id"])

@@ -294,3 +294,23 @@ def test_polling_respects_the_rate_limit(tmp_path: Path, sim_server) -> None:
     assert sim.stats()["rate_limited"] > 0
     assert stats["throttled"] == sim.stats()["rate_limited"]  # each 429 waited for and asked again
     _check_outcome(prompt, out, sim)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_sigkill_after_the_provider_accepted_but_before_the_id_was_logged(
+    tmp_path: Path, sim_server, provider
+) -> None:
+    # The batch is made, but its creation reply never arrives: the log has its requests, not its id.
+    # OpenAI's is found again by its metadata, Anthropic's by its size and time; neither is sent again.
+    sim = sim_server(batch_delay_s=0.2, batch_hold="accepted")
+    prompt = _recipe(tmp_path, 30)
+    out = tmp_path / "o"
+    args = _args(prompt, out, sim, provider, "--batch-size", "10")
+    proc = _gen(args)
+    _wait(lambda: sim.stats()["batch_held"] == 1, "the batch to be accepted", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert b'"bc"' not in (out / "batches.jsonl").read_bytes()
+    assert sim.stats()["batches"] == 1
+    assert main(args) == 0
+    _check_outcome(prompt, out, sim)

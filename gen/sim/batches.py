@@ -6,9 +6,9 @@ until `batch_delay_s` has passed, and `completed` / `ended` after. Per-request f
 (`batch_rate_failed`, a 500 for that request alone) and expiry (`batch_rate_expired`) are drawn from
 their own seeded RNG. `batch_reject` refuses every batch as a whole with that message (OpenAI: the
 batch `failed` at validation; Anthropic: a 400 at creation), as does a batch over
-`batch_max_requests`. The `rpm` limit applies to polls too. `batch_hold` ("upload", "create", "poll"
-or "download") keeps the first such request unanswered until its client goes away: a test kills gen
-there.
+`batch_max_requests`. The `rpm` limit applies to polls too. `batch_hold` ("upload", "create",
+"accepted": the batch is made but its id not sent, "poll" or "download") keeps the first such request
+unanswered until its client goes away: a test kills gen there.
 
 Counters (in /sim/stats): `batches` accepted, `batch_requests` (requests in accepted batches: what a
 provider bills), `batch_failed`, `batch_expired`, `batch_rejected`, `batch_uploads`, `batch_polls`,
@@ -38,7 +38,7 @@ STATS = (
     "batches", "batch_requests", "batch_failed", "batch_expired", "batch_rejected", "batch_uploads",
     "batch_polls", "batch_downloads", "batch_cancels", "batch_held",
 )  # fmt: skip
-HOLD_POINTS = ("upload", "create", "poll", "download")
+HOLD_POINTS = ("upload", "create", "accepted", "poll", "download")
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # above both providers' documented file and batch sizes
 _CONTENT_FAULTS = ("rate_invalid_json", "rate_fenced_json", "rate_truncated")
 
@@ -79,6 +79,7 @@ class SimBatches:
         app.router.add_get("/v1/batches/{id}", self.get_openai)
         app.router.add_post("/v1/batches/{id}/cancel", self.cancel_openai)
         app.router.add_post("/v1/messages/batches", self.create_anthropic)
+        app.router.add_get("/v1/messages/batches", self.list_anthropic)
         app.router.add_get("/v1/messages/batches/{id}", self.get_anthropic)
         app.router.add_post("/v1/messages/batches/{id}/cancel", self.cancel_anthropic)
         app.router.add_get("/v1/messages/batches/{id}/results", self.results_anthropic)
@@ -226,6 +227,8 @@ class SimBatches:
         batch = self._accept(
             "openai", requests, metadata=body.get("metadata") or {}, input_file_id=body["input_file_id"]
         )
+        if await self._hold("accepted", request):  # made, but its id never reaches the client
+            return web.Response()
         return self._openai_doc(batch)
 
     def _openai_doc(self, batch: _Batch) -> web.Response:
@@ -332,6 +335,8 @@ class SimBatches:
         if await self._hold("create", request):
             return web.Response()
         batch = self._accept("anthropic", requests)
+        if await self._hold("accepted", request):  # made, but its id never reaches the client
+            return web.Response()
         if batch.rejected is not None:
             doc = {"type": "error", "error": {"type": "invalid_request_error", "message": batch.rejected}}
             return web.Response(body=orjson.dumps(doc), status=400, content_type="application/json")
@@ -359,6 +364,26 @@ class SimBatches:
             "archived_at": None,
             "cancel_initiated_at": _iso(batch.cancelled_at) if batch.cancelled_at else None,
             "results_url": results if done else None,
+        }
+        return web.Response(body=orjson.dumps(doc), content_type="application/json")
+
+    async def list_anthropic(self, request: web.Request) -> web.StreamResponse:
+        refused = self.sim._anthropic.refuse(request)
+        if refused is not None:
+            return refused[1]
+        mine = [b for b in reversed(self.batches.values()) if b.kind == "anthropic" and b.rejected is None]
+        after = request.query.get("after_id")
+        if after:
+            ids = [b.id for b in mine]
+            mine = mine[ids.index(after) + 1 :] if after in ids else []
+        limit = int(request.query.get("limit", "20"))
+        page = mine[:limit]
+        docs = [orjson.loads(self._anthropic_doc(request, b).body) for b in page]  # type: ignore[arg-type]
+        doc = {
+            "data": docs,
+            "has_more": len(mine) > limit,
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None,
         }
         return web.Response(body=orjson.dumps(doc), content_type="application/json")
 

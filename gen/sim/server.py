@@ -94,8 +94,8 @@ class SimConfig:
     list_models: bool = True
     # Batch APIs (gen.sim.batches): seconds from creation until a batch has ended, the share of its
     # requests that fail alone or expire, a message refusing every batch as a whole, the most requests
-    # a batch may hold, and where the first request is held unanswered ("upload", "create", "poll",
-    # "download").
+    # a batch may hold, and where the first request is held unanswered ("upload", "create", "accepted",
+    # "poll", "download").
     batch_delay_s: float = 0.0
     batch_rate_failed: float = 0.0
     batch_rate_expired: float = 0.0

@@ -63,9 +63,11 @@ class BatchClient(Protocol):
         """Send the requests as one batch; returns it once the provider accepted it (its id is set)."""
         ...
 
-    async def find(self, name: str) -> BatchState | None:
-        """The batch `submit(..., name)` created, when the provider can tell (a crash may have come
-        between its acceptance and the journal entry); None when it cannot or there is none."""
+    async def find(self, name: str, *, since: float, count: int, known: set[str]) -> BatchState | None:
+        """The batch `submit(..., name)` created, if the provider accepted it (a crash may have come
+        between its acceptance and the log entry): by its metadata where the provider keeps some, else a
+        batch of `count` requests created after `since` (epoch seconds) whose id is not in `known`.
+        None when there is none."""
         ...
 
     async def state(self, batch_id: str) -> BatchState: ...

@@ -10,6 +10,7 @@ size") and the batch-processing guide (platform.claude.com/docs/build-with-claud
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from gen.teachers.wire import WireError
 
 LIMITS = BatchLimits(max_requests=100_000, max_bytes=256 * 1000 * 1000)
 MAX_RESULTS_BYTES = 8 << 30
+LIST_PAGES = 20  # batches listed (100 a page) when looking for one whose id a crash lost
 _OUTCOME = {"succeeded": "ok", "errored": "failed", "expired": "expired", "canceled": "canceled"}
 
 
@@ -40,8 +42,29 @@ class AnthropicBatches(AnthropicMessages):
         raw, _ = await self._post(self.base_url + "/messages/batches", body, 1 << 20)
         return _state(_doc(raw))
 
-    async def find(self, name: str) -> BatchState | None:
-        return None  # a Message Batch carries no metadata to find it by
+    async def find(self, name: str, *, since: float, count: int, known: set[str]) -> BatchState | None:
+        """A Message Batch carries no metadata: the newest one of `count` requests, created since
+        `since` (less a minute of clock skew), that the log does not know. Another process's batch of
+        the same size from the same minutes could be taken for it; its results then match none of the
+        requests, which are sent again once it ends: delayed, never paid twice."""
+        params = {"limit": "100"}
+        for _ in range(LIST_PAGES):
+            doc = await self._get_json(self.base_url + "/messages/batches", params, strict=True)
+            data = doc.get("data") if isinstance(doc, dict) else None
+            for b in data or []:
+                try:
+                    state = _state(b)
+                    created = datetime.fromisoformat(str(b.get("created_at"))).timestamp()
+                except (TeacherError, ValueError):
+                    continue
+                if created < since - 60:
+                    return None  # newest first: the rest are older still
+                if state.id not in known and sum(state.counts.values()) == count:
+                    return state
+            if not data or not doc.get("has_more") or not doc.get("last_id"):
+                return None
+            params["after_id"] = str(doc["last_id"])
+        return None
 
     async def state(self, batch_id: str) -> BatchState:
         return _state(await self._get_json(f"{self.base_url}/messages/batches/{batch_id}", strict=True))

@@ -88,7 +88,7 @@ class OpenAIBatches(OpenAIChat):
         raw, _ = await self._post(self.base_url + "/batches", body, 1 << 20)
         return _state(_doc(raw))
 
-    async def find(self, name: str) -> BatchState | None:
+    async def find(self, name: str, *, since: float, count: int, known: set[str]) -> BatchState | None:
         params = {"limit": "100"}
         for _ in range(LIST_PAGES):
             doc = await self._get_json(self.base_url + "/batches", params, strict=True)
