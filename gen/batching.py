@@ -537,7 +537,9 @@ class BatchDriver:
             messages = repair_messages(task.messages, comp.text, verdict.error or "")
             nxt = Req(task, req.attempt + 1, 0, messages, req.seed, used, last)
         assert run.journal is not None
-        run.journal.reserve(task.id, (0, 0), last, write=False)  # what this request cost, for a resume
+        # What this request cost, on disk before the re-ask is logged: a resumed run that finds the
+        # re-ask skips this result, and counts its usage from the journal.
+        run.journal.reserve(task.id, (0, 0), last)
         self._queue(nxt)
 
     async def _decide_reject(

@@ -314,3 +314,24 @@ def test_sigkill_after_the_provider_accepted_but_before_the_id_was_logged(
     assert sim.stats()["batches"] == 1
     assert main(args) == 0
     _check_outcome(prompt, out, sim)
+
+
+def test_offline_with_the_launched_simulator_and_its_sim_table(tmp_path: Path, capsys) -> None:
+    from gen.audit import audit
+
+    prompt = _recipe(tmp_path, 30)
+    text = prompt.read_text().replace('provider = "openai"', 'provider = "sim"')
+    prompt.write_text(text + "[sim]\nbatch_delay_s = 0.1\nbatch_rate_expired = 0.2\n")
+    out = tmp_path / "o"
+    assert (
+        main(["run", str(prompt), "--output", str(out), "--no-progress", "--batch", "--batch-poll", "0.05"])
+        == 0
+    )
+    stats = json.loads((out / "manifest.json").read_text())["runs"][-1]
+    assert stats["batch"]["expired"] > 0 and stats["rows"] + stats["rejects"] + stats["duplicates"] == 30
+    assert audit(out).clean
+    prompt.write_text(text + '[sim]\nbatch_hold = "nowhere"\n')
+    capsys.readouterr()
+    assert main(["run", str(prompt), "--output", str(tmp_path / "o2"), "--batch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[sim]" in err and "batch_hold" in err
