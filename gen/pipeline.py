@@ -199,6 +199,7 @@ class Run:
             on=on,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
+        self._uncounted: set[int] = set()  # id keys in shards the manifest missed: usage not yet counted
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
         self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
@@ -366,10 +367,13 @@ class Run:
                 self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
             if shards[-1].split in ("train", "eval"):
                 batch = self.dedup.read_keys(out, rel)  # by the output's key
-                self.claimed.update(id_key(tid) for tid in batch.ids)
+                keys = [id_key(tid) for tid in batch.ids]
                 self.dedup.remember(batch)
             else:
-                self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
+                keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
+            self.claimed.update(keys)
+            if not info:  # the manifest did not count these rows' usage: their journal entries still say it
+                self._uncounted.update(keys)
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
             for rel in committed_shards(other):
                 if split_of_path(rel) in ("train", "eval"):
@@ -401,7 +405,11 @@ class Run:
             split, row = entry.split, entry.row
             assert split is not None and row is not None
             key = id_key(entry.task_id)
-            if key in self.claimed:  # in a shard: the manifest counted it
+            if key in self.claimed:  # in a shard: the manifest counted it, unless it missed the shard
+                if key in self._uncounted:
+                    self._uncounted.discard(key)
+                    spent[0] += entry.usage[0]
+                    spent[1] += entry.usage[1]
                 continue
             spent[0] += entry.usage[0]
             spent[1] += entry.usage[1]

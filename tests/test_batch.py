@@ -85,6 +85,13 @@ def _check_outcome(prompt: Path, out: Path, sim) -> list[str]:
     firsts = [c for c in sent if c.endswith("-1-0")]
     assert len(firsts) == len(all_task_ids(prompt))
     assert not (out / "batches.jsonl").exists()  # everything collected: the log is gone
+    usage = json.loads((out / "manifest.json").read_text())["usage"]
+    served = sim.stats()
+    # What the simulator billed is what the manifest counts, across the kills too.
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (
+        served["prompt_tokens"],
+        served["completion_tokens"],
+    )
     return sent
 
 
