@@ -1077,6 +1077,10 @@ def summary(result: RunResult) -> str:
     rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
     if s.truncated_kept:
         rejects += f", {s.truncated_kept:,} truncated rows kept"
+    if s.batches:
+        extra += (
+            f"; {s.batches:,} batches, {s.batch_failed + s.batch_expired:,} batch requests failed or expired"
+        )
     return (
         f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {rejects}, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "

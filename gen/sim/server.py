@@ -554,7 +554,8 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
     async with SimServer(config, host=host, port=port) as server:
         print(
             f"gen sim: serving the OpenAI protocol on {server.base_url} (model {config.model})\n"
-            f"gen sim: and Anthropic Messages at {server.base_url}/messages",
+            f"gen sim: and Anthropic Messages at {server.base_url}/messages\n"
+            f"gen sim: batch APIs at {server.base_url}/batches and {server.base_url}/messages/batches",
             file=sys.stderr,
             flush=True,
         )
