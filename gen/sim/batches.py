@@ -6,7 +6,8 @@ until `batch_delay_s` has passed, and `completed` / `ended` after. Per-request f
 (`batch_rate_failed`, a 500 for that request alone) and expiry (`batch_rate_expired`) are drawn from
 their own seeded RNG. `batch_reject` refuses every batch as a whole with that message (OpenAI: the
 batch `failed` at validation; Anthropic: a 400 at creation), as does a batch over
-`batch_max_requests`. The `rpm` limit applies to polls too. `batch_hold` ("upload", "create",
+`batch_max_requests`, with duplicate custom_ids, or (Anthropic) a custom_id past its rule. The `rpm` limit
+applies to polls too. `batch_hold` ("upload", "create",
 "accepted": the batch is made but its id not sent, "poll" or "download") keeps the first such request
 unanswered until its client goes away: a test kills gen there.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ STATS = (
 )  # fmt: skip
 HOLD_POINTS = ("upload", "create", "accepted", "poll", "download")
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # above both providers' documented file and batch sizes
+_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's rule for a request's custom_id
 _CONTENT_FAULTS = ("rate_invalid_json", "rate_fenced_json", "rate_truncated")
 
 
@@ -132,10 +135,17 @@ class SimBatches:
             **extra,
         )
         limit = self.config.batch_max_requests
+        ids = [cid for cid, _ in requests]
         if self.config.batch_reject is not None:
             batch.rejected = self.config.batch_reject
         elif limit is not None and len(requests) > limit:
             batch.rejected = f"a batch may hold at most {limit:,} requests; this one holds {len(requests):,}"
+        elif not requests:
+            batch.rejected = "a batch needs at least one request"
+        elif len(set(ids)) != len(ids):
+            batch.rejected = "custom_id values must be unique within a batch"
+        elif kind == "anthropic" and not all(_CUSTOM_ID.fullmatch(cid) for cid in ids):
+            batch.rejected = "custom_id must match ^[a-zA-Z0-9_-]{1,64}$"
         if batch.rejected is not None:
             self.sim.stats["batch_rejected"] += 1
         else:
