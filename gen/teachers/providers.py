@@ -2,9 +2,11 @@
 
 A provider is a client class plus a few facts about it: its default base URL, the server gen starts for
 it when none is given (the simulator, `vllm serve`), the rate-limit headers its replies carry, whether
-its URLs are recorded in the manifest, and whether it answers each request (`mode="request"`) or takes
-a batch and is polled later (`mode="batch"`, not run yet). Adding a provider is one client module plus
-one `register(ProviderSpec(...))`; config, prepare, the pipeline, cluster and limits only look it up.
+its URLs are recorded in the manifest, whether it answers each request (`mode="request"`) or only
+takes a batch and is polled later (`mode="batch"`, not run yet), and its batch API beside the chat one
+(`batch`, a submit-and-poll client of gen.teachers.batch, used by `gen run --batch`). Adding a
+provider is one client module plus one `register(ProviderSpec(...))`; config, prepare, the pipeline,
+cluster and limits only look it up.
 
 It lives beside the clients (shared/DESIGN.md: "clients only, each registered once as a provider spec")
 and names everything by dotted path, imported when used: `import gen` stays fast, and moving the
