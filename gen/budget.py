@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import tomllib
 from dataclasses import dataclass
@@ -33,6 +34,20 @@ class Price:
         return (
             plain * self.input + cached * cached_rate + written * write_rate + completion_tokens * self.output
         ) / 1e6
+
+    def scaled(self, factor: float) -> Price:
+        """Every rate times `factor` (a batch API's discount, or its inverse)."""
+
+        def times(rate: float | None) -> float | None:
+            return None if rate is None else rate * factor
+
+        return dataclasses.replace(
+            self,
+            input=self.input * factor,
+            output=self.output * factor,
+            cached_input=times(self.cached_input),
+            cache_write=times(self.cache_write),
+        )
 
     def saved(self, cached: int, written: int = 0) -> float:
         """What caching saved against billing every prompt token at the input price (negative when
@@ -89,12 +104,22 @@ class Budget:
         self.spent_usd = spent_usd
         self.spent_tokens = spent_tokens
 
-    def charge(self, prompt_tokens: int, completion_tokens: int, cached: int = 0, written: int = 0) -> None:
+    def charge(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached: int = 0,
+        written: int = 0,
+        *,
+        price: Price | None = None,
+    ) -> None:
         """Count a request's usage: `cached` and `written` are the prompt tokens read from and written
-        to the provider's cache (part of `prompt_tokens`), priced at their own rates."""
+        to the provider's cache (part of `prompt_tokens`), priced at their own rates; at `price` when it
+        has one of its own (a batch run's online fallback), else at the run's."""
         self.spent_tokens += prompt_tokens + completion_tokens
-        if self.price is not None:
-            self.spent_usd += self.price.cost(prompt_tokens, completion_tokens, cached, written)
+        price = price or self.price
+        if price is not None:
+            self.spent_usd += price.cost(prompt_tokens, completion_tokens, cached, written)
 
     def exhausted(self, *, reserved_tokens: int = 0) -> str | None:
         """Why no further request may leave, or None. `reserved_tokens` covers requests in flight."""

@@ -245,6 +245,28 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
         metavar="N",
         help="ray: split the tasks into N partitions by id hash (default: as before, else one per URL)",
     )
+    r.add_argument(
+        "--batch",
+        action="store_true",
+        help="send the requests through the provider's batch API (openai, anthropic): half price, "
+        "results within 24 h; run the same command again to collect batches submitted earlier",
+    )
+    r.add_argument("--cancel", action="store_true", help="with --batch: cancel the batches submitted")
+    r.add_argument(
+        "--batch-fallback",
+        choices=("batch", "online"),
+        default="batch",
+        help="with --batch: send requests that failed or expired in a batch again in a later batch "
+        "(default) or online at once",
+    )
+    r.add_argument("--batch-size", type=int, metavar="N", help="with --batch: requests per batch at most")
+    r.add_argument(
+        "--batch-poll",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="with --batch: seconds before the first poll of a batch; the wait grows while it runs",
+    )
     _teacher_flags(r)
 
 
@@ -302,6 +324,11 @@ def _parser() -> _Parser:
     s.add_argument("--rate-drop", type=float, default=0.0, help="fraction of connections dropped unanswered")
     s.add_argument("--rate-truncated", type=float, default=0.0, help="fraction of answers cut off (length)")
     s.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit (429 beyond it)")
+    s.add_argument(
+        "--batch-delay", type=float, default=0.0, dest="batch_delay_s", help="seconds until a batch ends"
+    )
+    s.add_argument("--batch-rate-failed", type=float, default=0.0, help="fraction failing")
+    s.add_argument("--batch-rate-expired", type=float, default=0.0, help="fraction expiring")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
     s.add_argument(
         "--cache-min-tokens", type=int, default=1024, help="shortest prompt prefix the simulated cache keeps"
@@ -373,6 +400,7 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         "max_tokens",
         "partitions",
         "max_reply_bytes",
+        "batch_size",
     ):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
     executor = getattr(args, "executor", "local")
@@ -422,6 +450,11 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         near_threshold=args.near_threshold,
         dedup_against=args.dedup_against,
         decontaminate_against=args.decontaminate_against,
+        batch=getattr(args, "batch", False),
+        batch_cancel=getattr(args, "cancel", False),
+        batch_fallback=getattr(args, "batch_fallback", "batch"),
+        batch_size=getattr(args, "batch_size", None),
+        batch_poll_s=getattr(args, "batch_poll", 10.0),
         vllm={
             k: v
             for k, v in {
@@ -459,6 +492,9 @@ def _exit_status(result, again: str) -> int:
         )
         return EXIT_ABORTED
     if result.status == "complete":
+        return EXIT_OK
+    if result.status == "cancelled":  # gen run --batch --cancel did what it was asked
+        print(f"gen: {result.message}; run `{again}` to submit the rest again.", file=sys.stderr)
         return EXIT_OK
     if result.status == "budget":
         print(
@@ -623,6 +659,9 @@ def _sim(args: argparse.Namespace) -> int:
         "cache_entries",
         "perturb_share",
         "perturb_field",
+        "batch_delay_s",
+        "batch_rate_failed",
+        "batch_rate_expired",
     )
     api_key = None
     if args.api_key_env:

@@ -256,6 +256,14 @@ class RunOptions:
     # (index, count): produce only tasks with int(id[:8], 16) % count == index, as partition `index` of a
     # cluster run: its own shards (data/train-p003-00000.parquet), journal and partitions/p003.json.
     partition: tuple[int, int] | None = None
+    # Batch mode (gen.batching): the provider's batch API at its batch price; --cancel cancels the batches
+    # submitted; failed or expired requests are sent again in a later batch or online; requests per
+    # batch at most (and the provider's limit); the first wait between polls, in seconds.
+    batch: bool = False
+    batch_cancel: bool = False
+    batch_fallback: str = "batch"
+    batch_size: int | None = None
+    batch_poll_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@
       data/train-00000.parquet  kept rows (and data/eval-*.parquet)
       rejects/rejects-00000.parquet, duplicates/duplicates-00000.parquet
       journal/                  answers not yet in a shard (journal/p003/ for partition 3)
+      batches.jsonl             batch mode: the provider batches submitted and not yet collected
       partitions/p003.json      a cluster partition's resume state (and p003.lock while it runs)
       evals/NAME/               one `gen eval` each (gen.evaluation): answers/, results.parquet, report.json
 
@@ -25,6 +26,7 @@ MANIFEST: Final = "manifest.json"
 CARD: Final = "README.md"
 JOURNAL: Final = "journal"
 PARTITIONS: Final = "partitions"
+BATCHES: Final = "batches.jsonl"
 EVALS: Final = "evals"
 SPLITS: Final = ("train", "eval", "rejects", "duplicates")
 FOLDERS: Final = {"train": "data", "eval": "data", "rejects": "rejects", "duplicates": "duplicates"}
@@ -130,6 +132,11 @@ class OutputDir:
         if self.partition is None:
             return self.journal_root
         return self.journal_root / partition_tag(self.partition)
+
+    @property
+    def batches(self) -> Path:
+        """OUTPUT/batches.jsonl: the batch log of `gen run --batch` (gen.ledger.BatchLog)."""
+        return self.root / BATCHES
 
     @property
     def partitions_dir(self) -> Path:

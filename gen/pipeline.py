@@ -112,6 +112,13 @@ class RunStats:
     unanswered_tokens: int = 0
     journal_skipped: int = 0  # journal entries not intact or not a valid row: their tasks asked again
     reject_reasons: Counter[str] = field(default_factory=Counter)
+    # Batch mode (gen.batching): batches submitted; requests of a batch that failed alone or expired;
+    # of those, sent again in a later batch and sent online (--batch-fallback online).
+    batches: int = 0
+    batch_failed: int = 0
+    batch_expired: int = 0
+    batch_retried: int = 0
+    batch_online: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +141,19 @@ class RunStats:
             "unanswered_tokens": self.unanswered_tokens,
             "journal_skipped": self.journal_skipped,
             "reject_reasons": dict(self.reject_reasons),
+            **(
+                {
+                    "batch": {
+                        "batches": self.batches,
+                        "failed": self.batch_failed,
+                        "expired": self.batch_expired,
+                        "retried_in_batch": self.batch_retried,
+                        "retried_online": self.batch_online,
+                    }
+                }
+                if self.batches or self.batch_failed or self.batch_expired
+                else {}
+            ),
         }
 
 
@@ -234,6 +254,7 @@ class Run:
             decontaminate=p.decontamination,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
+        self._uncounted: set[int] = set()  # id keys in shards the manifest missed: usage not yet counted
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
         self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
@@ -262,7 +283,9 @@ class Run:
         self.served: list[dict[str, Any]] = []  # what launched vLLM servers report (model path, revision)
         self.status = "running"
         self.stop_reason: str | None = None
+        self.stop_status: str | None = None  # how it ended, when _final_status cannot tell (batch --cancel)
         self.signal: int | None = None
+        self._urls: list[str] = []  # the teacher's base URLs (the ones gen launched, else the given ones)
         self._exhausted = False  # a worker found the task stream at its end: every task was handed out
         self._sampling_json = canonical_json(p.sampling)
         self._workers: list[asyncio.Task[None]] = []
@@ -442,15 +465,17 @@ class Run:
                 self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
             if shards[-1].split in ("train", "eval"):
                 batch = self.dedup.read_keys(out, rel)  # by the output's key
-                self.claimed.update(id_key(tid) for tid in batch.ids)
+                keys = [id_key(tid) for tid in batch.ids]
                 self.dedup.remember(batch)
                 if self.max_samples is not None:
-                    self._verified.update(id_key(tid) for tid in batch.ids)
+                    self._verified.update(keys)
             else:
                 keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
-                self.claimed.update(keys)
                 if self.max_samples is not None and shards[-1].split == "duplicates":  # they passed
                     self._verified.update(keys)
+            self.claimed.update(keys)
+            if not info:  # the manifest did not count these rows' usage: their journal entries still say it
+                self._uncounted.update(keys)
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
             for rel in committed_shards(other):
                 if split_of_path(rel) in ("train", "eval"):
@@ -483,7 +508,11 @@ class Run:
             split, row = entry.split, entry.row
             assert split is not None and row is not None
             key = id_key(entry.task_id)
-            if key in self.claimed:  # in a shard: the manifest counted it
+            if key in self.claimed:  # in a shard: the manifest counted it, unless it missed the shard
+                if key in self._uncounted:
+                    self._uncounted.discard(key)
+                    spent[0] += entry.usage[0]
+                    spent[1] += entry.usage[1]
                 continue
             for i, n in enumerate(entry.usage):
                 spent[i] += n
@@ -515,7 +544,9 @@ class Run:
         self._carried["cache_write_tokens"] += spent[3]
         self.budget.charge(*spent)
         for task_id, estimate in open_.items():
-            if id_key(task_id) not in self.claimed:
+            # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
+            # request itself is in a provider batch, which the batch log tracks): never in flight here.
+            if id_key(task_id) not in self.claimed and estimate != (0, 0):
                 self._carried["unanswered_requests"] += 1
                 self._carried["unanswered_tokens"] += estimate[0] + estimate[1]
                 self.budget.charge(*estimate)
@@ -591,15 +622,21 @@ class Run:
             keep = self._keep()
             # Tasks sharing a prompt prefix leave together, while the provider's cache still holds it.
             tasks = grouped(_take(p.expansion.tasks(keep=keep), p.opts.limit), p.opts.dispatch_window)
-            inputs = _inputs(tasks)
-            self._workers = [
-                asyncio.create_task(
-                    self._sampling_worker(inputs, keep, teacher, progress)
-                    if self.max_samples is not None
-                    else self._worker(tasks, keep, teacher, progress)
-                )
-                for _ in range(p.teacher.max_concurrency)
-            ]
+            if p.opts.batch:  # the provider's batch API (gen.batching): one driver instead of workers
+                from gen.batching import BatchDriver
+
+                driver = BatchDriver(self, teacher, progress, self._urls[0], p.fingerprint)
+                self._workers = [asyncio.create_task(driver.drive(tasks, keep))]
+            else:
+                inputs = _inputs(tasks)
+                self._workers = [
+                    asyncio.create_task(
+                        self._sampling_worker(inputs, keep, teacher, progress)
+                        if self.max_samples is not None
+                        else self._worker(tasks, keep, teacher, progress)
+                    )
+                    for _ in range(p.teacher.max_concurrency)
+                ]
             try:
                 await asyncio.gather(*self._workers)
                 await self._record_held_failures()  # fewer than FAIL_FAST_AFTER, and nothing else came
@@ -667,6 +704,7 @@ class Run:
                 await server.stop()
             raise
         self.served += launch.served
+        self._urls = urls
         if spec.records_base_urls:
             self.base_urls = urls
         client_class = spec.client_class()
@@ -709,6 +747,8 @@ class Run:
             return FAILED
         if error is not None and not isinstance(error, asyncio.CancelledError):
             return ABORTED
+        if self.stop_status is not None and error is None:
+            return self.stop_status
         if self.signal is not None:
             return INTERRUPTED
         if self.stop_reason is not None:
@@ -903,6 +943,18 @@ class Run:
             self.stats.tasks += 1
             progress.tick()
 
+    async def gather(self, coros: list[Coroutine[Any, Any, None]]) -> None:
+        """Run coroutines side by side (the batch driver's online fallback): the pipeline owns every
+        asyncio task, so they are created here, bounded by the limiter's concurrency."""
+        tasks = [asyncio.create_task(c) for c in coros]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
     def _in_flight_tokens(self) -> int:
         if not self.stats.requests:  # nothing answered yet to average: the reservations bound them
             return sum(estimate[0] + estimate[1] for _, estimate in self._in_flight.values())
@@ -929,7 +981,23 @@ class Run:
         asked = await self._ask(task, key, teacher)
         if asked is None:
             return False
-        comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last = asked
+        return await self._decide(task, *asked)
+
+    async def _decide(
+        self,
+        task: Task,
+        comp: Completion,
+        verdict: Verdict,
+        attempts: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+        last: Usage,
+    ) -> bool:
+        """A valid answer to its outcome: verification ([verify]), the exact-duplicate check, then the row
+        (or the duplicate). True when the answer was kept (a row or a duplicate), else a reject. The
+        online workers and the batch driver (gen.batching) both end a task here."""
+        assert task.messages is not None
         answer = verdict.output_json if verdict.output_json is not None else comp.text
         if self.verifier is not None:
             outcome = await asyncio.get_running_loop().run_in_executor(
@@ -946,7 +1014,7 @@ class Run:
                 return False
         kept = None
         if self.p.opts.dedup:
-            kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
+            kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), id_key(task.id))
         if kept is not None:
             dup = {
                 "id": task.id,
@@ -1279,6 +1347,10 @@ def summary(result: RunResult) -> str:
     rejects = f"{s.rejects:,} rejects" + (f" ({', '.join(why)})" if why else "")
     if s.truncated_kept:
         rejects += f", {s.truncated_kept:,} truncated rows kept"
+    if s.batches:
+        extra += (
+            f"; {s.batches:,} batches, {s.batch_failed + s.batch_expired:,} batch requests failed or expired"
+        )
     return (
         f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {rejects}, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "

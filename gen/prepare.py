@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gen.batching import check_batch_options
+from gen.batching import check_output as check_batch_output
 from gen.budget import Price, price_for
 from gen.config import PromptFile, RunOptions, Teacher, load_prompt_file, resolve_teacher
 from gen.decontaminate import Decontamination, prepare_decontamination
@@ -46,6 +48,8 @@ class Prepared:
     # The n-gram index of [decontaminate] / --decontaminate-against (gen.decontaminate), or None.
     decontamination: Decontamination | None = None
     verifier: Verifier | None = None  # the prompt file's [verify] table, checked
+    # The recipe's gen.manifest.recipe_fingerprint: batch mode logs it with every batch.
+    fingerprint: dict[str, Any] | None = None
 
 
 def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
@@ -54,7 +58,9 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     spec = prompt.spec
     if opts.near_threshold is not None and not 0.0 < opts.near_threshold <= 1.0:
         raise ConfigError("--near-threshold", f"must be in (0, 1], got {opts.near_threshold:g}")
+    check_batch_options(opts)
     teacher = resolve_teacher(prompt, opts)
+    check_batch_options(opts, teacher.provider)  # before the licence review: a flag to fix comes first
     review, registry_sources = licence_review(prompt, teacher, opts)
     teacher = dataclasses.replace(teacher, license=review.licence_id)
     schema = load_schema(spec.schema_, base_dir=prompt.base_dir, where=prompt.path) if spec.schema_ else None
@@ -99,6 +105,8 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             cached_input=price.cached_input if opts.price_cached_in is None else opts.price_cached_in,
             cache_write=price.cache_write if opts.price_cache_write is None else opts.price_cache_write,
         )
+    if opts.batch and price is not None:  # list prices (table or flags), billed at the batch discount
+        price = price.scaled(price.batch_discount)
     if opts.max_usd is not None and price is None:
         raise ConfigError(
             prompt.path,
@@ -112,14 +120,17 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             raise ConfigError(None, f"partition {index} of {count} does not exist")
     previous = load_manifest_or_fail(out_dir, opts.partition[0] if opts.partition else None)
     lineage = opts.lineage
+    fingerprint = recipe_fingerprint(_recipe(prompt, expansion, schema, teacher))
+    if previous is not None and opts.new_version and fingerprint != recipe_fingerprint(previous):
+        lineage = {"previous": str(out_dir), "previous_run_id": previous.get("run_id")}
+        out_dir = next_version_dir(out_dir)
+        previous = None
+    # Batches at the provider for another recipe, or for an online run: before the manifest's check,
+    # which would name the recipe but not the batches.
+    again = f"gen run {prompt.path} --output {out_dir}"
+    check_batch_output(out_dir, fingerprint, batch=opts.batch, again=again)
     if previous is not None:
-        fingerprint = recipe_fingerprint(_recipe(prompt, expansion, schema, teacher))
-        if opts.new_version and fingerprint != recipe_fingerprint(previous):
-            lineage = {"previous": str(out_dir), "previous_run_id": previous.get("run_id")}
-            out_dir = next_version_dir(out_dir)
-            previous = None
-        else:
-            check_compatible(out_dir, previous, _recipe(prompt, expansion, schema, teacher))
+        check_compatible(out_dir, previous, _recipe(prompt, expansion, schema, teacher))
     if opts.executor == "local" and not opts.partition and _holds_cluster_run(out_dir, previous):
         raise ConfigError(out_dir, "holds a cluster run; resume it with --executor ray")
     _check_writable(out_dir)
@@ -140,6 +151,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         registry_sources,
         decontamination,
         verifier,
+        fingerprint,
     )
 
 

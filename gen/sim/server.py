@@ -37,6 +37,8 @@ import orjson
 from aiohttp import web
 
 from gen.sim.answers import answer_for
+from gen.sim.batches import HOLD_POINTS, SimBatches
+from gen.sim.batches import STATS as BATCH_STATS
 from gen.sim.cache import PromptCache
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
@@ -115,6 +117,16 @@ class SimConfig:
     # whose top-level field `perturb_field` ("*": every field; a text answer gains a word) it changes.
     perturb_share: float = 0.0
     perturb_field: str = "*"
+    # Batch APIs (gen.sim.batches): seconds from creation until a batch has ended, the share of its
+    # requests that fail alone or expire, a message refusing every batch as a whole, the most requests
+    # a batch may hold, and where the first request is held unanswered ("upload", "create", "accepted",
+    # "poll", "download").
+    batch_delay_s: float = 0.0
+    batch_rate_failed: float = 0.0
+    batch_rate_expired: float = 0.0
+    batch_reject: str | None = None
+    batch_max_requests: int | None = None
+    batch_hold: str | None = None
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -141,6 +153,15 @@ class SimConfig:
             raise ValueError(f"wrong_share must be in [0, 1], got {self.wrong_share}")
         if not 0.0 <= self.perturb_share <= 1.0:
             raise ValueError(f"perturb_share must be in [0, 1], got {self.perturb_share}")
+        failed, expired = self.batch_rate_failed, self.batch_rate_expired
+        if failed < 0 or expired < 0 or failed + expired > 1.0:
+            raise ValueError("batch_rate_failed and batch_rate_expired must be >= 0 and sum to at most 1")
+        if self.batch_delay_s < 0:
+            raise ValueError(f"batch_delay_s must be >= 0, got {self.batch_delay_s}")
+        if self.batch_hold is not None and self.batch_hold not in HOLD_POINTS:
+            raise ValueError(f"batch_hold must be one of {', '.join(HOLD_POINTS)}, got {self.batch_hold!r}")
+        if self.batch_max_requests is not None and self.batch_max_requests < 1:
+            raise ValueError(f"batch_max_requests must be >= 1, got {self.batch_max_requests}")
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -161,7 +182,7 @@ _STATS = (
     "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
     "invalid_json", "fenced_json", "truncated", "bad_request", "rate_limited", "status_401", "status_404",
     "oversize", "endless", "gzip_bomb", "malformed",
-    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", *BATCH_STATS,
 )  # fmt: skip
 
 
@@ -200,6 +221,7 @@ class _Simulator:
         self.cache = PromptCache(
             min_tokens=config.cache_min_tokens, ttl_s=config.cache_ttl_s, entries=config.cache_entries
         )
+        self._batches = SimBatches(self)
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         """The OpenAI path's 401 answer for a request without our key, else None."""
@@ -214,6 +236,7 @@ class _Simulator:
         app.router.add_get("/health", self.health)
         app.router.add_get("/sim/stats", self.get_stats)
         app.router.add_post("/sim/reset", self.reset)
+        self._batches.routes(app)
         return app
 
     def _admit(self, dialect: Dialect) -> tuple[float | None, dict[str, str]]:
@@ -462,6 +485,11 @@ class SimServer:
     def stats(self) -> dict[str, int]:
         return self._sim.stats
 
+    @property
+    def batch_custom_ids(self) -> list[str]:
+        """The custom_id of every request of every batch accepted so far: what a provider would bill."""
+        return list(self._sim._batches.submitted)
+
     async def start(self) -> None:
         """Listen on host:port. Raises OSError if the port is taken."""
         if self._runner is not None:
@@ -590,7 +618,8 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
     async with SimServer(config, host=host, port=port) as server:
         print(
             f"gen sim: serving the OpenAI protocol on {server.base_url} (model {config.model})\n"
-            f"gen sim: and Anthropic Messages at {server.base_url}/messages",
+            f"gen sim: and Anthropic Messages at {server.base_url}/messages\n"
+            f"gen sim: batch APIs at {server.base_url}/batches and {server.base_url}/messages/batches",
             file=sys.stderr,
             flush=True,
         )

@@ -12,13 +12,21 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
-from pydantic import Discriminator, Tag, TypeAdapter, with_config
+from pydantic import Discriminator, Tag, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from gen.errors import TeacherError
 from gen.schema import Schema
 from gen.teachers.base import Completion
-from gen.teachers.http import STRICT, HTTPClient, ShortText, TokenCount, parse_reply, schema_name
+from gen.teachers.http import (
+    STRICT,
+    HTTPClient,
+    ShortText,
+    TokenCount,
+    malformed,
+    parse_reply,
+    schema_name,
+)
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this when the recipe's sampling sets none
@@ -188,7 +196,17 @@ class AnthropicMessages(HTTPClient):
     ) -> Completion:
         body = self.body(messages, seed=seed, sampling=sampling)
         raw, headers = await self._post(self.url, body, self.reply_limit(sampling))
-        reply = parse_reply(_REPLY, raw)
+        return self.completion(parse_reply(_REPLY, raw), headers)
+
+    def read_completion(self, doc: Any) -> Completion:
+        """A Message already parsed from JSON (a batch result's `message`), checked against the reply
+        model as complete() checks a reply: malformed is a TeacherError."""
+        try:
+            return self.completion(_REPLY.validate_python(doc), {})
+        except ValidationError as e:
+            raise malformed(e) from None
+
+    def completion(self, reply: _Message, headers: Mapping[str, str]) -> Completion:
         usage = reply.get("usage") or {}
         stop_reason = reply.get("stop_reason")
         read = usage.get("cache_read_input_tokens") or 0

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, NotRequired
 
 import orjson
-from pydantic import Field, TypeAdapter, with_config
+from pydantic import Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from gen.schema import Schema
@@ -19,6 +19,7 @@ from gen.teachers.http import (
     ShortText,
     TokenCount,
     error_from_response,
+    malformed,
     parse_reply,
     parse_retry_after,
     schema_name,
@@ -121,20 +122,7 @@ class OpenAIChat(HTTPClient):
     ) -> Completion:
         body = self.body(messages, seed=seed, sampling=sampling)
         raw, headers = await self._post(self.url, body, self.reply_limit(sampling))
-        reply = parse_reply(_REPLY, raw)
-        choice = reply["choices"][0]
-        usage = reply.get("usage") or {}
-        prompt_tokens = usage.get("prompt_tokens") or 0
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        return Completion(
-            text=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=usage.get("completion_tokens") or 0,
-            model=reply.get("model"),
-            headers=headers,
-            cached_tokens=min(cached, prompt_tokens),  # a part of prompt_tokens: never more than it
-        )
+        return _completion(parse_reply(_REPLY, raw), headers)
 
     async def models(self, *, strict: bool = False) -> list[dict[str, Any]]:
         """The model entries the server reports at /v1/models (vLLM adds `root`: the weights' path).
@@ -142,3 +130,28 @@ class OpenAIChat(HTTPClient):
         doc = await self._get_json(self._models_url, strict=strict)
         data = doc.get("data") if isinstance(doc, dict) else None
         return [m for m in data or [] if isinstance(m, dict) and m.get("id")]
+
+
+def read_completion(doc: Any) -> Completion:
+    """A chat completion already parsed from JSON (a batch output line's `response.body`), checked
+    against the reply model as complete() checks a reply: malformed is a TeacherError."""
+    try:
+        return _completion(_REPLY.validate_python(doc), {})
+    except ValidationError as e:
+        raise malformed(e) from None
+
+
+def _completion(reply: _ChatCompletion, headers: Mapping[str, str]) -> Completion:
+    choice = reply["choices"][0]
+    usage = reply.get("usage") or {}
+    prompt_tokens = usage.get("prompt_tokens") or 0
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return Completion(
+        text=choice["message"].get("content") or "",
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        model=reply.get("model"),
+        headers=headers,
+        cached_tokens=min(cached, prompt_tokens),  # a part of prompt_tokens: never more than it
+    )

@@ -2,9 +2,11 @@
 
 A provider is a client class plus a few facts about it: its default base URL, the server gen starts for
 it when none is given (the simulator, `vllm serve`), the rate-limit headers its replies carry, whether
-its URLs are recorded in the manifest, and whether it answers each request (`mode="request"`) or takes
-a batch and is polled later (`mode="batch"`, not run yet). Adding a provider is one client module plus
-one `register(ProviderSpec(...))`; config, prepare, the pipeline, cluster and limits only look it up.
+its URLs are recorded in the manifest, whether it answers each request (`mode="request"`) or only
+takes a batch and is polled later (`mode="batch"`, not run yet), and its batch API beside the chat one
+(`batch`, a submit-and-poll client of gen.teachers.batch, used by `gen run --batch`). Adding a
+provider is one client module plus one `register(ProviderSpec(...))`; config, prepare, the pipeline,
+cluster and limits only look it up.
 
 It lives beside the clients (shared/DESIGN.md: "clients only, each registered once as a provider spec")
 and names everything by dotted path, imported when used: `import gen` stays fast, and moving the
@@ -76,9 +78,16 @@ class ProviderSpec:
     default_license: str | None = None  # None: the licence review decides from the model id
     records_base_urls: bool = False  # the manifest lists its (public, credential-free) base URLs
     mode: Literal["request", "batch"] = "request"
+    # Its batch API beside the chat one (submit-and-poll, gen.teachers.batch.BatchClient): "module:Class",
+    # built with the client's arguments; None when the provider has none (`gen run --batch` refuses it).
+    batch: str | None = None
 
     def client_class(self) -> type[Any]:
         return load(self.client)
+
+    def batch_class(self) -> type[Any]:
+        assert self.batch is not None
+        return load(self.batch)
 
     def launches(self, base_urls: tuple[str, ...] | list[str]) -> bool:
         """Whether gen starts the server(s) for this run itself."""
@@ -199,6 +208,7 @@ register(
     ProviderSpec(
         name="openai",
         client="gen.teachers.openai:OpenAIChat",
+        batch="gen.teachers.batch_openai:OpenAIBatches",
         rate_limit_headers=OPENAI_RATE_HEADERS,
         records_base_urls=True,
     )
@@ -207,6 +217,7 @@ register(
     ProviderSpec(
         name="anthropic",
         client="gen.teachers.anthropic:AnthropicMessages",
+        batch="gen.teachers.batch_anthropic:AnthropicBatches",
         default_base_url="https://api.anthropic.com/v1",
         rate_limit_headers=ANTHROPIC_RATE_HEADERS,
         records_base_urls=True,
@@ -225,6 +236,7 @@ register(
     ProviderSpec(
         name="sim",
         client="gen.teachers.openai:OpenAIChat",
+        batch="gen.teachers.batch_openai:OpenAIBatches",  # it has OpenAI's batch endpoints too
         default_model="gen-sim-1",
         launcher=launch_sim,
         launch_always=True,
