@@ -180,6 +180,10 @@ def _parser() -> _Parser:
     a.add_argument("dataset", type=Path, metavar="OUTPUT")
     a.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    rp = sub.add_parser("report", help="write OUTPUT/report.html: the figures to look at before training")
+    rp.add_argument("dataset", type=Path, metavar="OUTPUT")
+    rp.add_argument("--open", action="store_true", help="open the page in the default browser")
+
     d = sub.add_parser("diff", help="compare two versions of a dataset")
     d.add_argument("old", type=Path)
     d.add_argument("new", type=Path)
@@ -378,6 +382,29 @@ def _audit(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_ABORTED
 
 
+def _report(args: argparse.Namespace) -> int:
+    from gen.report import write_report
+
+    result = write_report(args.dataset)
+    print(
+        f"gen: wrote {result.path} ({result.bytes / 1e6:.2f} MB, {result.figures} figures)", file=sys.stderr
+    )
+    if result.state:
+        print(f"gen report: {result.state}", file=sys.stderr)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(result.path.resolve().as_uri())
+    if result.findings:
+        print(
+            f"gen report: gen audit found {len(result.findings)} problem(s) in {args.dataset}, "
+            f"first: {result.findings[0]}; the page lists them first, in red",
+            file=sys.stderr,
+        )
+        return EXIT_ABORTED
+    return EXIT_OK
+
+
 def _diff(args: argparse.Namespace) -> int:
     import json
 
@@ -427,7 +454,14 @@ def _sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
+COMMANDS = {
+    "run": _run,
+    "refresh": _refresh,
+    "audit": _audit,
+    "report": _report,
+    "diff": _diff,
+    "sim": _sim,
+}
 
 
 def _limit_malloc_arenas() -> None:
