@@ -183,6 +183,9 @@ def _parser() -> _Parser:
     rp = sub.add_parser("report", help="write OUTPUT/report.html: the figures to look at before training")
     rp.add_argument("dataset", type=Path, metavar="OUTPUT")
     rp.add_argument("--open", action="store_true", help="open the page in the default browser")
+    rp.add_argument(
+        "--no-audit", action="store_true", help="skip gen audit's checks (most of the time on a large output)"
+    )
 
     d = sub.add_parser("diff", help="compare two versions of a dataset")
     d.add_argument("old", type=Path)
@@ -385,7 +388,7 @@ def _audit(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from gen.report import write_report
 
-    result = write_report(args.dataset)
+    result = write_report(args.dataset, audit=not args.no_audit)
     print(
         f"gen: wrote {result.path} ({result.bytes / 1e6:.2f} MB, {result.figures} figures)", file=sys.stderr
     )

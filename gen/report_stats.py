@@ -58,8 +58,10 @@ class ReportData:
     attempts: Counter[int] = field(default_factory=Counter)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     seconds: Counter[int] = field(default_factory=Counter)  # epoch second of created_at -> data rows
-    lengths: dict[str, Counter[int]] = field(default_factory=dict)  # text field -> characters -> rows
-    labels: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)  # field -> split -> value
+    lengths: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))  # field -> chars
+    labels: dict[str, dict[str, Counter[str]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(Counter))
+    )  # field -> split -> value -> rows
     categorical_from: str = "schema"  # "schema" or "data" (inferred: the schema could not be loaded)
     unreadable: list[str] = field(default_factory=list)  # shards skipped, with why
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"name", "report"} per OUTPUT/evals/*/
@@ -90,12 +92,14 @@ def collect(out_dir: Path, manifest: dict[str, Any], listed: list[str] | None = 
         )
     inferred: dict[str, dict[str, Counter[str]]] = {}
     seen_columns: set[str] = set()
+    # The raw reply is read only where there is no validated output to read instead (no schema).
+    columns = [c for c in DATA_COLUMNS if c != "response" or not manifest.get("schema")]
     for split in ("train", "eval"):
         for rel in by_kind[split]:
             _read(
                 data,
                 rel,
-                list(DATA_COLUMNS),
+                columns,
                 lambda b, s=split: _data(data, s, b, categorical, inferred, wanted, seen_columns),
             )
     data.token_columns_absent = [c for c in TOKEN_COLUMNS if c not in seen_columns]
@@ -180,14 +184,15 @@ def _data(
     if wanted:
         for i, rid in enumerate(b["id"]):
             for example in wanted.pop(rid[:16], ()) if rid else ():
-                example["kept"] = clip(b["output"][i] if b["output"][i] is not None else b["response"][i])
+                kept = b["output"][i] if b["output"][i] is not None else b.get("response", [None] * n)[i]
+                example["kept"] = clip(kept)
     outputs = b.get("output") or [None] * n
     responses = b.get("response") or [None] * n
     lengths = data.lengths
     labels = data.labels
     for out_text, response in zip(outputs, responses, strict=True):
         if out_text is None:  # no schema: the answer is free text
-            lengths.setdefault("response", Counter())[len(response or "")] += 1
+            lengths["response"][len(response or "")] += 1
             continue
         try:
             value = orjson.loads(out_text)
@@ -198,15 +203,15 @@ def _data(
         for name, v in value.items():
             if categorical is not None:
                 if name in categorical:
-                    labels.setdefault(name, {}).setdefault(split, Counter())[_label(v)] += 1
+                    labels[name][split][_label(v)] += 1
                 elif isinstance(v, str):
-                    lengths.setdefault(name, Counter())[len(v)] += 1
+                    lengths[name][len(v)] += 1
                 continue
             # No schema to ask: booleans and fields with few distinct values are categorical.
             if isinstance(v, str):
-                lengths.setdefault(name, Counter())[len(v)] += 1
+                lengths[name][len(v)] += 1
             if isinstance(v, (str, bool, int)) and inferred.get(name, {}) is not None:
-                inferred.setdefault(name, {}).setdefault(split, Counter())[_label(v)] += 1
+                inferred.setdefault(name, defaultdict(Counter))[split][_label(v)] += 1
     if categorical is None:  # checked once a batch: a field with too many distinct values is text
         for name, per in inferred.items():
             if per is not None and len(set().union(*per.values())) > MAX_CLASSES:
