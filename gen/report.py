@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from gen.card import write_card
 from gen.errors import ConfigError
 from gen.ledger import load_manifest
 from gen.manifest import FORMAT
@@ -57,7 +58,35 @@ def write_report(out_dir: str | Path, *, audit: bool = True) -> ReportResult:
     page, figures = render(data, findings=findings, state=state, notes=notes)
     body = page.encode()
     atomic_write_bytes(OutputDir(out).report, body)
+    if manifest.get("status") != "running":  # a live run rewrites the card itself
+        try:
+            write_card(out, manifest, headline(data, findings))
+        except (KeyError, TypeError):  # a manifest too damaged for a card: the audit findings say why
+            pass
     return ReportResult(OutputDir(out).report, len(body), findings, state, figures, notes + data.unreadable)
+
+
+def headline(data: ReportData, findings: list[str]) -> list[str]:
+    """The lines the dataset card gets from the report: lengths, label warnings, the audit's verdict."""
+    lines = []
+    completion = data.tokens.get("completion_tokens")
+    if completion:
+        ordered = sorted(completion.items())
+        total = sum(completion.values())
+        seen, median = 0, 0
+        for value, n in ordered:
+            seen += n
+            if seen * 2 >= total:
+                median = value
+                break
+        lines.append(f"completion tokens per row: median {median:,}, max {ordered[-1][0]:,}")
+    warnings = [w for name, per in sorted(data.labels.items()) for w in _label_warnings(name, per, list(
+        Counter(c for counts in per.values() for c in counts)))]  # fmt: skip
+    lines += [f"label warning: {w}" for w in warnings[:5]]
+    lines.append(
+        "gen audit: clean" if not findings else f"gen audit: {len(findings)} finding(s), see the report"
+    )
+    return lines
 
 
 def _manifest(out: Path) -> dict[str, Any]:
@@ -82,13 +111,13 @@ def _state(out: Path, m: dict[str, Any]) -> str | None:
     pending = journal.is_dir() and any(p.is_file() for p in journal.rglob("*"))
     if status == "running" or layout.locks():
         return (
-            f"This output is still being written (status {status!r}): the page shows what was committed "
-            f"when it was made, as of {m.get('updated_at')}."
+            f"This output is still being written, or its run was killed (status {status!r}): the page "
+            f"shows what was committed when it was made, as of {m.get('updated_at')}."
         )
     if status != "complete":
         return (
             f"The run stopped before finishing (status {status!r}): the page shows what is committed; "
-            + ("answers in journal/ are not in it yet; " if pending else "")
+            + ("answers journaled but not yet in a shard are not in it; " if pending else "")
             + "run the same `gen run` command again to finish."
         )
     return None

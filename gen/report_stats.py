@@ -62,7 +62,7 @@ class ReportData:
     labels: dict[str, dict[str, Counter[str]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(Counter))
     )  # field -> split -> value -> rows
-    categorical_from: str = "schema"  # "schema" or "data" (inferred: the schema could not be loaded)
+    categorical_from: str = "schema"  # "schema", or "inferred" (the schema could not be loaded)
     unreadable: list[str] = field(default_factory=list)  # shards skipped, with why
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"name", "report"} per OUTPUT/evals/*/
     eval_problems: list[str] = field(default_factory=list)
@@ -73,7 +73,7 @@ def collect(out_dir: Path, manifest: dict[str, Any], listed: list[str] | None = 
     data = ReportData(out_dir, manifest)
     categorical = categorical_fields(manifest)
     if categorical is None:
-        data.categorical_from = "data"
+        data.categorical_from = "inferred"
     shards = listed if listed is not None else committed_shards(out_dir)
     by_kind: dict[str, list[str]] = defaultdict(list)
     for rel in shards:
