@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,8 +440,8 @@ def _walk_eval(report: dict[str, Any]) -> dict[str, Any]:
             if (
                 "confusion" in path.rsplit(".", 1)[-1]
                 and obj
-                and all(isinstance(r, dict) for r in obj.values())
-            ):
+                and all(isinstance(r, dict) and r and all(map(_number, r.values())) for r in obj.values())
+            ):  # {teacher label: {student label: count}}
                 names = sorted({*obj, *(k for r in obj.values() for k in r)}, key=str)[:40]
                 matrix = [
                     [obj.get(a, {}).get(b, 0) if _number(obj.get(a, {}).get(b, 0)) else 0 for b in names]
@@ -474,11 +475,24 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _template() -> Any:
     import jinja2
+    import markupsafe
+
+    def finalize(value: Any) -> Any:  # control characters are invalid in HTML: shown as "?"
+        if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+            return _CONTROL.sub("?", value)
+        return value
 
     env = jinja2.Environment(
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+        finalize=finalize,
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["fmt"] = _fmt
     env.globals["sections"] = SECTIONS

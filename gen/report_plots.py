@@ -100,7 +100,7 @@ def histogram(counts: Counter[int], *, title: str, xlabel: str) -> str:
         p50 = float(values[order][np.searchsorted(cum, total * 0.5)])
         p99 = float(values[order][min(np.searchsorted(cum, total * 0.99), len(cum) - 1)])
         ax.set_title(
-            f"{title}  (mean {mean:,.1f}, median {p50:,.0f}, p99 {p99:,.0f}, max {hi:,.0f})", loc="left"
+            f"{title} (mean {mean:,.1f}, median {p50:,.0f}, p99 {p99:,.0f}, max {hi:,.0f})", loc="left"
         )
     else:
         ax.set_title(title, loc="left")

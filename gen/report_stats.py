@@ -105,8 +105,12 @@ def collect(out_dir: Path, manifest: dict[str, Any], listed: list[str] | None = 
     data.token_columns_absent = [c for c in TOKEN_COLUMNS if c not in seen_columns]
     if categorical is None:
         _inferred_labels(data, inferred)
+    if wanted:  # the row named was itself removed later (by the near step, after the exact one kept it)
+        for rel in by_kind["duplicates"]:
+            _read(data, rel, ["id", "kind", "output"], lambda b: _removed_kept(b, wanted))
     for example in (e for examples in data.duplicate_examples.values() for e in examples):
         example.setdefault("kept", "")
+        example.setdefault("kept_note", "")
     data.evals, data.eval_problems = read_evals(out_dir)
     return data
 
@@ -140,6 +144,13 @@ def _duplicates(data: ReportData, b: dict[str, list[Any]], wanted: dict[str, lis
             data.duplicate_examples[kind].append(example)
             if example["duplicate_of"]:
                 wanted.setdefault(example["duplicate_of"], []).append(example)
+
+
+def _removed_kept(b: dict[str, list[Any]], wanted: dict[str, list[dict[str, str]]]) -> None:
+    for i, rid in enumerate(b["id"]):
+        for example in wanted.pop(rid[:16], ()) if rid else ():
+            example["kept"] = clip(b["output"][i])
+            example["kept_note"] = f"itself removed later, as a {b['kind'][i]} duplicate"
 
 
 def _rejects(data: ReportData, b: dict[str, list[Any]]) -> None:
