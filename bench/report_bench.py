@@ -157,16 +157,18 @@ def build(out: Path, n: int) -> None:
     shards.write_json(out / "manifest.json", m)
 
 
-def timed(cmd: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS (MB) and exit status of a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def timed(cmd: list[str]) -> tuple[float, float, float, int]:
+    """Wall seconds, CPU seconds (user + system: the figure that holds on a loaded machine), peak RSS
+    (MB) and exit status of a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode:
         print(proc.stderr.strip()[-2000:])
-    return wall, max(peak, before) / 1024, proc.returncode
+    return wall, cpu, max(after.ru_maxrss, before.ru_maxrss) / 1024, proc.returncode
 
 
 def main() -> None:
@@ -190,14 +192,14 @@ def main() -> None:
         build(out, args.n)
         print(f"built {args.n:,} tasks in {time.perf_counter() - t:.0f} s: {out}")
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    wall, rss, code = timed([*pin, sys.executable, "-m", "gen", "report", str(out)])
+    wall, cpu, rss, code = timed([*pin, sys.executable, "-m", "gen", "report", str(out)])
     size = (out / "report.html").stat().st_size
     print(
-        f"gen report: {wall:.1f} s on one core, peak RSS {rss:.0f} MB, "
+        f"gen report: {wall:.1f} s on one core ({cpu:.1f} s CPU), peak RSS {rss:.0f} MB, "
         f"report.html {size / 1e6:.2f} MB (exit {code})"
     )
-    wall, _, code = timed([*pin, sys.executable, "-m", "gen", "audit", str(out)])
-    print(f"  gen audit alone: {wall:.1f} s (exit {code})")
+    wall, cpu, _, code = timed([*pin, sys.executable, "-m", "gen", "audit", str(out)])
+    print(f"  gen audit alone: {wall:.1f} s ({cpu:.1f} s CPU, exit {code})")
     # Peak RSS of children is a running maximum: this figure is measured in a fresh grandchild.
     subprocess.run([sys.executable, __file__, "--only-no-audit", str(out)], check=False)
     if args.dir is None:
