@@ -221,6 +221,8 @@ def _lengths(data: ReportData, plots: Any) -> dict[str, Any]:
         counts = data.tokens.get(column)
         if counts:
             figs.append(plots.histogram(counts, title=column.replace("_", " "), xlabel="tokens per row"))
+    if data.reasoning_chars:
+        figs.append(plots.histogram(data.reasoning_chars, title="reasoning text", xlabel="characters"))
     for name, counts in sorted(data.lengths.items()):
         if counts:
             figs.append(plots.histogram(counts, title=f"output field `{name}`", xlabel="characters"))

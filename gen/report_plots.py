@@ -2,11 +2,11 @@
 
 Why matplotlib: the best-kept plotting library in Python, whose SVG backend needs no browser, no
 JavaScript and no CDN, so the page works offline and in a review attachment. It costs about 80 MB
-installed (matplotlib 35 MB, fontTools 30 MB, pillow 7 MB, kiwisolver, contourpy, pyparsing) and 0.55 s
-to import, so it is an optional extra (`pip install 'gen[report]'`) imported here only, on the first figure: `gen run`
-never loads it (tests/test_report.py checks). Text is written as SVG text (`svg.fonttype: none`), not
-as glyph paths, which keeps a figure at a few kilobytes; `text.parse_math` is off, since labels come
-from the teacher and a `$` must not be read as TeX.
+installed (matplotlib 35 MB, fontTools 30 MB, pillow 7 MB, kiwisolver, contourpy, pyparsing) and
+0.55 s to import, so it is an optional extra (`pip install 'gen[report]'`) imported here only, on the
+first figure: `gen run` never loads it (tests/test_report.py checks). Text is written as SVG text
+(`svg.fonttype: none`), not as glyph paths, which keeps a figure at a few kilobytes; `text.parse_math`
+is off, since labels come from the teacher and a `$` must not be read as TeX.
 """
 
 from __future__ import annotations

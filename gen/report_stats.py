@@ -23,10 +23,13 @@ EXAMPLE_CHARS = 1_500  # an example's text is cut here: the page stays small wha
 MAX_CLASSES = 30  # a field with more distinct values than this is not categorical
 SMALL_INT_RANGE = 20  # an integer field with a schema range this small is categorical
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+# `reasoning` (the teacher's reasoning text) and the token columns past the first two are read where an
+# output has them (newer row schemas), skipped where it does not.
 DATA_COLUMNS = (
     "id",
     "output",
     "response",
+    "reasoning",
     "split",
     *TOKEN_COLUMNS,
     "attempts",
@@ -56,6 +59,7 @@ class ReportData:
     tokens: dict[str, Counter[int]] = field(default_factory=dict)  # column -> value -> rows
     token_columns_absent: list[str] = field(default_factory=list)
     attempts: Counter[int] = field(default_factory=Counter)
+    reasoning_chars: Counter[int] = field(default_factory=Counter)  # characters of `reasoning`, where set
     finish_reasons: Counter[str] = field(default_factory=Counter)
     seconds: Counter[int] = field(default_factory=Counter)  # epoch second of created_at -> data rows
     lengths: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))  # field -> chars
@@ -192,6 +196,7 @@ def _data(
     data.attempts.update(v for v in b.get("attempts", ()) if v is not None)
     data.finish_reasons.update(v or "none" for v in b.get("finish_reason", ()))
     data.seconds.update(v // 1000 for v in b.get("created_at", ()) if v is not None)
+    data.reasoning_chars.update(len(v) for v in b.get("reasoning", ()) if v)
     if wanted:
         for i, rid in enumerate(b["id"]):
             for example in wanted.pop(rid[:16], ()) if rid else ():

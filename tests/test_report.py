@@ -265,3 +265,25 @@ def test_gen_run_never_imports_matplotlib(tmp_path: Path) -> None:
         env=ENV, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.stdout.strip() == "[]"
+
+
+def test_reasoning_and_cached_token_columns_are_read_where_an_output_has_them(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "o"
+    run(QUICKSTART, RunOptions(output=out, progress=False, limit=30))
+    before = write_report(out, audit=False).path.read_text()
+    assert "Not recorded in this output: reasoning_tokens, cached_tokens." in before
+    shard = out / "data" / "train-00000.parquet"
+    table = pq.read_table(shard)
+    n = table.num_rows
+    table = table.append_column("reasoning_tokens", pa.array([7] * n, pa.int64()))
+    table = table.append_column("cached_tokens", pa.array([64] * n, pa.int64()))
+    table = table.append_column("reasoning", pa.array(["because"] * n))
+    pq.write_table(table, shard)
+    after = write_report(out, audit=False).path.read_text()
+    assert "Not recorded in this output" not in after
+    assert "reasoning tokens (mean 7.0" in after and "cached tokens (mean 64.0" in after
+    assert "reasoning text (mean 7.0" in after  # characters of the reasoning column
+    assert f'<th>cached_tokens in kept rows</th><td class="n">{64 * n:,}</td>' in after
