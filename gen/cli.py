@@ -386,9 +386,18 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from gen.errors import GenError
     from gen.report import write_report
 
-    result = write_report(args.dataset, audit=not args.no_audit)
+    try:
+        result = write_report(args.dataset, audit=not args.no_audit)
+    except (GenError, OSError):
+        raise
+    except Exception as e:  # input the page's readers did not foresee: one line, the traceback on --debug
+        if args.debug or os.environ.get("GEN_DEBUG") == "1":
+            raise
+        print(f"gen report: cannot report on {args.dataset}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ABORTED
     print(
         f"gen: wrote {result.path} ({result.bytes / 1e6:.2f} MB, {result.figures} figures)", file=sys.stderr
     )

@@ -52,9 +52,13 @@ def write_report(out_dir: str | Path, *, audit: bool = True) -> ReportResult:
     state = _state(out, manifest)
     findings, notes = _audit(out) if audit else ([], ["gen audit was not run (--no-audit)"])
     on_disk = set(committed_shards(out))
-    listed = [
-        s["path"] for s in manifest.get("shards", []) if isinstance(s, dict) and s.get("path") in on_disk
-    ]
+    entries = manifest.get("shards")
+    # A malformed list is the audit's finding (at the top of the page); the shards on disk are read then.
+    listed = (
+        [e["path"] for e in entries if isinstance(e, dict) and e.get("path") in on_disk]
+        if isinstance(entries, list)
+        else sorted(on_disk)
+    )
     data = collect(out, manifest, listed)
     page, figures = render(data, findings=findings, state=state, notes=notes)
     body = page.encode()
@@ -62,7 +66,12 @@ def write_report(out_dir: str | Path, *, audit: bool = True) -> ReportResult:
     if manifest.get("status") != "running":  # a live run rewrites the card itself
         try:
             write_card(out, manifest, headline(data, findings))
-        except (KeyError, TypeError):  # a manifest too damaged for a card: the audit findings say why
+        except (
+            KeyError,
+            TypeError,
+            AttributeError,
+            ValueError,
+        ):  # a manifest too damaged for a card: the audit findings say why
             pass
     return ReportResult(OutputDir(out).report, len(body), findings, state, figures, notes + data.unreadable)
 
@@ -142,7 +151,7 @@ def render(data: ReportData, *, findings: list[str], state: str | None, notes: l
 
     m = data.manifest
     ctx: dict[str, Any] = {"findings": findings, "state": state, "notes": notes + data.unreadable}
-    ctx["title"] = f"{(m.get('template') or {}).get('name', data.out_dir.name)}"
+    ctx["title"] = str(_part(m, "template").get("name", data.out_dir.name))
     ctx["out_dir"] = str(data.out_dir)
     ctx["generated"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     ctx["funnel"], ctx["funnel_figs"] = _funnel(data, plots)
@@ -204,7 +213,7 @@ def _rejects(data: ReportData, plots: Any) -> dict[str, Any]:
 
 def _duplicates(data: ReportData, plots: Any) -> dict[str, Any]:
     kinds = data.duplicate_kinds.most_common()
-    dedup = data.manifest.get("dedup") or {}
+    dedup = _part(data.manifest, "dedup")
     near = dedup.get("near") if isinstance(dedup.get("near"), dict) else {}
     return {
         "total": data.splits["duplicates"],
@@ -335,11 +344,9 @@ def _cost(data: ReportData, plots: Any) -> dict[str, Any]:
 
 def _provenance(data: ReportData, findings: list[str]) -> dict[str, Any]:
     m = data.manifest
-    t = m.get("teacher") or {}
-    tpl = m.get("template") or {}
-    review = m.get("licence_review") or {}
-    licence = review.get("licence") or {}
-    prompt = m.get("prompt_file") or {}
+    t, tpl, prompt = _part(m, "teacher"), _part(m, "template"), _part(m, "prompt_file")
+    review = _part(m, "licence_review")
+    licence = _part(review, "licence")
     return {
         "rows": [
             (
@@ -364,7 +371,7 @@ def _provenance(data: ReportData, findings: list[str]) -> dict[str, Any]:
                 "prompt file",
                 f"{prompt.get('path')} (sha256 {str(prompt.get('sha256'))[:16]})",
             ),
-            ("schema", (m.get("schema") or {}).get("ref") or "none (free text)"),
+            ("schema", _part(m, "schema").get("ref") or "none (free text)"),
             ("sampling", orjson.dumps(m.get("sampling")).decode()),
             ("generator", f"gen {m.get('generator_version')}, row schema {m.get('row_schema_version', 1)}"),
             (
@@ -372,7 +379,7 @@ def _provenance(data: ReportData, findings: list[str]) -> dict[str, Any]:
                 f"{m.get('run_id')}, status {m.get('status')}, "
                 f"created {m.get('created_at')}, updated {m.get('updated_at')}",
             ),
-            ("dedup", (m.get("dedup") or {}).get("on")),
+            ("dedup", _part(m, "dedup").get("on")),
         ],  # fmt: skip
         "obligations": review.get("obligations") or [],
         "reasons": review.get("reasons") or [],
@@ -380,6 +387,12 @@ def _provenance(data: ReportData, findings: list[str]) -> dict[str, Any]:
         "attribution": licence.get("attribution"),
         "verdict": "clean" if not findings else f"{len(findings)} finding(s)",
     }
+
+
+def _part(m: dict[str, Any], key: str) -> dict[str, Any]:
+    """A section of the manifest, or {} where it is missing or malformed (the audit says which)."""
+    value = m.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _evaluations(data: ReportData, plots: Any) -> dict[str, Any]:

@@ -255,6 +255,8 @@ def categorical_fields(manifest: dict[str, Any]) -> dict[str, list[str] | None] 
     recorded = manifest.get("schema") or None
     if recorded is None:
         return {}
+    if not isinstance(recorded, dict) or not isinstance(manifest.get("prompt_file"), dict):
+        return None
     try:
         from gen.schema import load_schema
 

@@ -287,3 +287,17 @@ def test_reasoning_and_cached_token_columns_are_read_where_an_output_has_them(tm
     assert "reasoning tokens (mean 7.0" in after and "cached tokens (mean 64.0" in after
     assert "reasoning text (mean 7.0" in after  # characters of the reasoning column
     assert f'<th>cached_tokens in kept rows</th><td class="n">{64 * n:,}</td>' in after
+
+
+def test_a_malformed_manifest_is_the_audit_finding_not_a_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    run(QUICKSTART, RunOptions(output=out, progress=False, limit=20))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(shards=5, runs="x", teacher=[], usage=None, licence_review="ok", schema=3, totals={})
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    done = gen("report", str(out))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "gen audit found" in done.stderr and "malformed" in done.stderr
+    page = (out / "report.html").read_text()
+    assert '<section id="audit" class="bad">' in page and "malformed: shards" in page
+    assert re.search(r'<td>kept</td><td class="n">20</td>', page)  # the shards on disk, read all the same
