@@ -31,7 +31,10 @@ from gen.shards import atomic_write_bytes, committed_shards
 MAX_BYTES = 5_000_000  # the page's size limit (issue 17): the examples are cut to fit under it
 DOMINANT = 0.8  # a class holding more of a split than this is flagged
 DIVERGENT = 0.15  # train and eval further apart than this (total variation distance) are flagged
+MAX_TABLE = 50  # classes listed per label table (the figure shows 30)
+MAX_EVALS = 10  # evaluation reports drawn (the newest); older ones are named
 MIN_EVAL_ROWS = 30  # below this many eval rows, the train/eval comparison is noise: not flagged
+_DAMAGED = (KeyError, TypeError, AttributeError, ValueError)  # what a malformed manifest raises when read
 SECTIONS = ("funnel", "rejects", "duplicates", "lengths", "labels", "cost", "provenance", "evaluations")
 
 
@@ -66,12 +69,7 @@ def write_report(out_dir: str | Path, *, audit: bool = True) -> ReportResult:
     if manifest.get("status") != "running":  # a live run rewrites the card itself
         try:
             write_card(out, manifest, headline(data, findings))
-        except (
-            KeyError,
-            TypeError,
-            AttributeError,
-            ValueError,
-        ):  # a manifest too damaged for a card: the audit findings say why
+        except _DAMAGED:  # a manifest too damaged for a card: the audit's findings say why
             pass
     return ReportResult(OutputDir(out).report, len(body), findings, state, figures, notes + data.unreadable)
 
@@ -264,7 +262,8 @@ def _labels(data: ReportData, plots: Any) -> dict[str, Any]:
                 "name": name,
                 "figure": plots.grouped_shares(name, per, classes),
                 "warnings": warnings,
-                "table": [(c, train.get(c, 0), ev.get(c, 0)) for c in classes],
+                "table": [(c, train.get(c, 0), ev.get(c, 0)) for c in classes[:MAX_TABLE]],
+                "more": max(0, len(classes) - MAX_TABLE),
             }
         )
     return {
@@ -399,14 +398,15 @@ def _evaluations(data: ReportData, plots: Any) -> dict[str, Any]:
     """Each `gen eval` report.json, read generically: scalars as a table, any name -> {estimate, interval}
     mapping as a figure with intervals, any confusion matrix as a heat map."""
     shown = []
-    for ev in data.evals:
+    older = [ev["name"] for ev in data.evals[:-MAX_EVALS]]  # names sort by time: the newest are drawn
+    for ev in data.evals[-MAX_EVALS:]:
         view = _walk_eval(ev["report"])
         figs = [plots.intervals(*zip(*g, strict=True), title=path) for path, g in view["intervals"]]
         figs += [
             plots.confusion(mx, labels, title=f"confusion: {path}") for path, labels, mx in view["confusions"]
         ]
         shown.append({"name": ev["name"], "path": ev["path"], "scalars": view["scalars"], "figures": figs})
-    return {"reports": shown, "problems": data.eval_problems}
+    return {"reports": shown, "problems": data.eval_problems, "older": older}
 
 
 _POINT = ("agreement", "value", "estimate", "accuracy", "mean", "rate", "score", "f1")
