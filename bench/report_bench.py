@@ -179,10 +179,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.only_no_audit:  # a child: one `gen report --no-audit`, its own peak RSS
         pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-        wall, rss, code = timed(
+        wall, cpu, rss, code = timed(
             [*pin, sys.executable, "-m", "gen", "report", "--no-audit", str(args.only_no_audit)]
         )
-        print(f"  gen report --no-audit: {wall:.1f} s on one core, peak RSS {rss:.0f} MB")
+        print(f"  gen report --no-audit: {wall:.1f} s on one core ({cpu:.1f} s CPU), peak RSS {rss:.0f} MB")
         sys.exit(code)
     folder = args.dir or Path(tempfile.mkdtemp(prefix="gen-report-bench-"))
     folder.mkdir(parents=True, exist_ok=True)

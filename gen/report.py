@@ -308,7 +308,7 @@ def _cost(data: ReportData, plots: Any) -> dict[str, Any]:
     runs = [r for r in m.get("runs") or [] if isinstance(r, dict)]
     totals = Counter[str]()
     for r in runs:
-        for key in ("requests", "retries", "throttled", "repairs", "unanswered_requests"):
+        for key in ("requests", "retries", "throttled", "repairs"):  # the usage table has the rest
             if isinstance(r.get(key), int | float):
                 totals[key] += r[key]
     wall = sum(r.get("wall_time_s") or 0 for r in runs if isinstance(r.get("wall_time_s"), int | float))

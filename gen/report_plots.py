@@ -150,8 +150,8 @@ def rate_over_time(seconds: Counter[int]) -> str:
     fig, ax = _figure()
     minutes = span > 600
     x = edges[:-1] / (60 if minutes else 1)
-    ax.step(x, sums / width, where="post", color=COLOURS["train"])
-    ax.fill_between(x, sums / width, step="post", alpha=0.25, color=COLOURS["train"])
+    # Bars, not a line: a run inside one second is one bar, and a pause is a visible gap.
+    ax.bar(x, sums / width, width=width / (60 if minutes else 1), align="edge", color=COLOURS["train"])
     ax.set_xlabel("minutes since the first row" if minutes else "seconds since the first row")
     ax.set_ylabel("rows / s")
     ax.set_title(f"rows written per second ({width:.0f} s bins; gaps are pauses or resumed runs)", loc="left")
