@@ -301,3 +301,21 @@ def test_a_malformed_manifest_is_the_audit_finding_not_a_traceback(tmp_path: Pat
     page = (out / "report.html").read_text()
     assert '<section id="audit" class="bad">' in page and "malformed: shards" in page
     assert re.search(r'<td>kept</td><td class="n">20</td>', page)  # the shards on disk, read all the same
+
+
+def test_without_matplotlib_the_report_says_how_to_install_it(quickstart: Path) -> None:
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from gen.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "report", str(quickstart)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        == "gen: error: gen report: needs matplotlib: pip install 'gen[report]' (or pip install matplotlib)"
+    )
