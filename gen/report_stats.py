@@ -3,11 +3,13 @@
 Shards are read through gen/shards.py a record batch at a time, only the columns a section needs, so
 memory does not grow with the number of rows: every distribution is a Counter of values (token counts,
 lengths, labels, seconds of `created_at`), whose size is bounded by the range of the values, and the
-examples are the first few of each kind. A million-row output is read in seconds (bench/report_bench.py).
+examples are a uniform sample of a few of each kind (reservoir sampling). A million-row output is read
+in about 4 s of CPU (bench/report_bench.py).
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import orjson
 from gen.outdir import OutputDir
 from gen.shards import committed_shards, iter_column_batches, split_of_path
 
-EXAMPLES = 3  # examples kept per reject reason and per duplicate kind
+EXAMPLES = 3  # examples sampled per reject reason and per duplicate kind
 EXAMPLE_CHARS = 1_500  # an example's text is cut here: the page stays small whatever the teacher wrote
 MAX_CLASSES = 30  # a field with more distinct values than this is not categorical
 SMALL_INT_RANGE = 20  # an integer field with a schema range this small is categorical
@@ -68,6 +70,7 @@ class ReportData:
     )  # field -> split -> value -> rows
     categorical_from: str = "schema"  # "schema", or "inferred" (the schema could not be loaded)
     unreadable: list[str] = field(default_factory=list)  # shards skipped, with why
+    rng: random.Random = field(default_factory=lambda: random.Random(0))  # the examples' sampling
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"name", "report"} per OUTPUT/evals/*/
     eval_problems: list[str] = field(default_factory=list)
 
@@ -88,8 +91,11 @@ def collect(out_dir: Path, manifest: dict[str, Any], listed: list[str] | None = 
             data,
             rel,
             ["id", "duplicate_of", "kind", "output", "vars"],
-            lambda b: _duplicates(data, b, wanted),
+            lambda b: _duplicates(data, b),
         )
+    for example in (e for examples in data.duplicate_examples.values() for e in examples):
+        if example["duplicate_of"]:
+            wanted.setdefault(example["duplicate_of"], []).append(example)
     for rel in by_kind["rejects"]:
         _read(
             data, rel, ["id", "reason", "error", "response", "vars", "attempts"], lambda b: _rejects(data, b)
@@ -131,23 +137,40 @@ def _rows(batch: dict[str, list[Any]]) -> int:
     return len(next(iter(batch.values()))) if batch else 0
 
 
-def _duplicates(data: ReportData, b: dict[str, list[Any]], wanted: dict[str, list[dict[str, str]]]) -> None:
+def _slot(data: ReportData, sample: list[Any], seen: int) -> int | None:
+    """Reservoir sampling (algorithm R, seeded): where the `seen`-th item of a kind goes in its sample of
+    EXAMPLES, or None. Every item has the same chance, whatever the size: examples come from the whole
+    run, not its first minutes, and the same output gives the same page."""
+    if len(sample) < EXAMPLES:
+        return len(sample)
+    j = data.rng.randrange(seen)
+    return j if j < EXAMPLES else None
+
+
+def _put(sample: list[Any], slot: int, item: Any) -> None:
+    if slot == len(sample):
+        sample.append(item)
+    else:
+        sample[slot] = item
+
+
+def _duplicates(data: ReportData, b: dict[str, list[Any]]) -> None:
     n = _rows(b)
     data.splits["duplicates"] += n
     kinds = b.get("kind") or [None] * n
     for i, kind in enumerate(kinds):
         kind = kind or "unknown"
         data.duplicate_kinds[kind] += 1
-        if len(data.duplicate_examples[kind]) < EXAMPLES:
+        sample = data.duplicate_examples[kind]
+        slot = _slot(data, sample, data.duplicate_kinds[kind])
+        if slot is not None:
             example = {
                 "id": str(b["id"][i]),
                 "duplicate_of": str(b["duplicate_of"][i] or ""),
                 "output": clip(b["output"][i]),
                 "vars": clip(b["vars"][i], 300),
             }
-            data.duplicate_examples[kind].append(example)
-            if example["duplicate_of"]:
-                wanted.setdefault(example["duplicate_of"], []).append(example)
+            _put(sample, slot, example)
 
 
 def _removed_kept(b: dict[str, list[Any]], wanted: dict[str, list[dict[str, str]]]) -> None:
@@ -165,15 +188,19 @@ def _rejects(data: ReportData, b: dict[str, list[Any]]) -> None:
         data.reject_reasons[reason] += 1
         if b["response"][i] is None:
             data.rejects_without_answer += 1
-        if len(data.reject_examples[reason]) < EXAMPLES:
-            data.reject_examples[reason].append(
+        sample = data.reject_examples[reason]
+        slot = _slot(data, sample, data.reject_reasons[reason])
+        if slot is not None:
+            _put(
+                sample,
+                slot,
                 {
                     "id": str(b["id"][i]),
                     "error": clip(b["error"][i], 500),
                     "response": clip(b["response"][i]) if b["response"][i] is not None else "(no answer)",
                     "vars": clip(b["vars"][i], 300),
                     "attempts": str(b["attempts"][i]),
-                }
+                },
             )
 
 
