@@ -319,3 +319,17 @@ def test_without_matplotlib_the_report_says_how_to_install_it(quickstart: Path) 
         done.stderr.strip()
         == "gen: error: gen report: needs matplotlib: pip install 'gen[report]' (or pip install matplotlib)"
     )
+
+
+def test_open_hands_the_page_to_the_browser(quickstart: Path, tmp_path: Path) -> None:
+    opened = tmp_path / "opened"
+    browser = f"{sys.executable} -c \"import sys; open(r'{opened}', 'w').write(sys.argv[1])\" %s"
+    done = subprocess.run(
+        [sys.executable, "-m", "gen", "report", str(quickstart), "--open", "--no-audit"],
+        env={**ENV, "BROWSER": browser}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 10  # webbrowser may start the command in the background
+    while not opened.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert opened.read_text() == (quickstart / "report.html").resolve().as_uri()
