@@ -303,6 +303,12 @@ def _parser() -> _Parser:
 
     e = sub.add_parser("eval", help="test a student against the dataset's teacher (exit 4: the gate failed)")
     _eval_flags(e)
+    rp = sub.add_parser("report", help="write OUTPUT/report.html: the figures to look at before training")
+    rp.add_argument("dataset", type=Path, metavar="OUTPUT")
+    rp.add_argument("--open", action="store_true", help="open the page in the default browser")
+    rp.add_argument(
+        "--no-audit", action="store_true", help="skip gen audit's checks (most of the time on a large output)"
+    )
 
     d = sub.add_parser("diff", help="compare two versions of a dataset")
     d.add_argument("old", type=Path)
@@ -546,6 +552,38 @@ def _audit(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_ABORTED
 
 
+def _report(args: argparse.Namespace) -> int:
+    from gen.errors import GenError
+    from gen.report import write_report
+
+    try:
+        result = write_report(args.dataset, audit=not args.no_audit)
+    except (GenError, OSError):
+        raise
+    except Exception as e:  # input the page's readers did not foresee: one line, the traceback on --debug
+        if args.debug or os.environ.get("GEN_DEBUG") == "1":
+            raise
+        print(f"gen report: cannot report on {args.dataset}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ABORTED
+    print(
+        f"gen: wrote {result.path} ({result.bytes / 1e6:.2f} MB, {result.figures} figures)", file=sys.stderr
+    )
+    if result.state:
+        print(f"gen report: {result.state}", file=sys.stderr)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(result.path.resolve().as_uri())
+    if result.findings:
+        print(
+            f"gen report: gen audit found {len(result.findings)} problem(s) in {args.dataset}, "
+            f"first: {result.findings[0]}; the page lists them first, in red",
+            file=sys.stderr,
+        )
+        return EXIT_ABORTED
+    return EXIT_OK
+
+
 def _diff(args: argparse.Namespace) -> int:
     import json
 
@@ -689,6 +727,7 @@ COMMANDS = {
     "refresh": _refresh,
     "eval": _eval,
     "audit": _audit,
+    "report": _report,
     "diff": _diff,
     "sim": _sim,
 }

@@ -3,6 +3,7 @@
     OUTPUT/
       manifest.json             what the output holds and how it was made (the commit point)
       README.md                 the dataset card
+      report.html               `gen report`'s page (written only by it)
       data/train-00000.parquet  kept rows (and data/eval-*.parquet)
       rejects/rejects-00000.parquet, duplicates/duplicates-00000.parquet
       journal/                  answers not yet in a shard (journal/p003/ for partition 3)
@@ -24,6 +25,7 @@ from typing import Final
 
 MANIFEST: Final = "manifest.json"
 CARD: Final = "README.md"
+REPORT: Final = "report.html"
 JOURNAL: Final = "journal"
 PARTITIONS: Final = "partitions"
 BATCHES: Final = "batches.jsonl"
@@ -121,6 +123,11 @@ class OutputDir:
     @property
     def card(self) -> Path:
         return self.root / CARD
+
+    @property
+    def report(self) -> Path:
+        """OUTPUT/report.html, `gen report`'s page."""
+        return self.root / REPORT
 
     @property
     def journal_root(self) -> Path:
