@@ -24,8 +24,8 @@ from typing import Any
 from gen import __version__
 from gen.budget import Budget
 from gen.card import write_card
-from gen.config import RunOptions
-from gen.dedup import Deduplicator, key_of
+from gen.config import RunOptions, request_timeout
+from gen.dedup import Deduplicator, key_of, reasoning_of
 from gen.errors import FatalTeacherError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import (
     BadEntry,
@@ -42,6 +42,7 @@ from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
+from gen.reasoning import CLOSE, OPEN, assistant_message, estimated_tokens, split_think
 from gen.retry import RetryPolicy, with_retries
 from gen.rows import Row, duplicate_row, reject_row
 from gen.shards import (
@@ -92,6 +93,7 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     truncated_kept: int = 0  # rows kept although cut off at max_tokens (keep_truncated = true)
+    reasoning_tokens: int = 0  # in the traces of answers received (reported, else about chars / 4)
     # Requests this run gave up waiting for (cancelled in flight): counted at their reservation.
     unanswered_requests: int = 0
     unanswered_tokens: int = 0
@@ -113,6 +115,7 @@ class RunStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "truncated_kept": self.truncated_kept,
+            "reasoning_tokens": self.reasoning_tokens,
             "unanswered_requests": self.unanswered_requests,
             "unanswered_tokens": self.unanswered_tokens,
             "journal_skipped": self.journal_skipped,
@@ -177,6 +180,7 @@ class Run:
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
             on=on,
+            reasoning=reasoning_of(d.reasoning, p.previous),
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
@@ -556,7 +560,7 @@ class Run:
                 schema=p.schema,
                 strict=self.spec.strict,
                 max_connections=t.max_concurrency,
-                request_timeout_s=p.opts.request_timeout_s,
+                request_timeout_s=request_timeout(p.opts.request_timeout_s, p.sampling),
                 connect_timeout_s=p.opts.connect_timeout_s,
                 max_reply_bytes=p.opts.max_reply_bytes,
             )
@@ -723,12 +727,13 @@ class Run:
             return
         comp, verdict, attempts, prompt_tokens, completion_tokens, last = asked
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
+        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer, comp.reasoning), key)
         if kept is not None:
             dup = {
                 "id": task.id,
                 "output": verdict.output_json,
                 "response": comp.text,
+                "reasoning": comp.reasoning,
                 "vars": task.vars_json,
             }
             await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
@@ -779,6 +784,8 @@ class Run:
                     await self._finish(task, "rejects", row, spent)
                 return
             self._in_flight.pop(key, None)
+            if comp.reasoning is None and CLOSE in comp.text or comp.text.lstrip().startswith(OPEN):
+                comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only
             last = (comp.prompt_tokens, comp.completion_tokens)
             if self.first_failures.armed:
                 await self._record_held_failures()
@@ -788,7 +795,11 @@ class Run:
             self.budget.charge(comp.prompt_tokens, comp.completion_tokens)
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
-            if leaks_secret(comp.text, comp.model):  # a teacher that echoes our key: never keep a byte of it
+            if comp.reasoning is not None:
+                self.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
+            if leaks_secret(comp.text, comp.model) or (
+                comp.reasoning is not None and leaks_secret(comp.reasoning, None)
+            ):  # a teacher that echoes our key: never keep a byte of it
                 row = self._reject_row(
                     task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
                 )
@@ -800,7 +811,12 @@ class Run:
                 break
             if attempts >= self.spec.max_attempts:
                 row = self._reject_row(
-                    task, verdict.reason or "invalid", verdict.error or "", comp.text, attempts
+                    task,
+                    verdict.reason or "invalid",
+                    verdict.error or "",
+                    comp.text,
+                    attempts,
+                    comp.reasoning,
                 )
                 await self._finish(task, "rejects", row, last)
                 return
@@ -826,9 +842,12 @@ class Run:
         t = self.p.teacher
         row: Row = {
             "id": task.id,
-            "messages": [*task.messages, {"role": "assistant", "content": answer}],
+            "messages": [*task.messages, assistant_message(answer, comp.reasoning, self.p.reasoning_format)],
             "response": comp.text,
             "output": verdict.output_json,
+            "reasoning": comp.reasoning,
+            "reasoning_tokens": comp.reasoning_tokens if comp.reasoning is not None else None,
+            "logprobs": comp.logprobs,
             "vars": task.vars_json,
             "sample": task.sample,
             "split": task.split,
@@ -882,13 +901,20 @@ class Run:
             await self._finish(held_task, "rejects", row)
 
     def _reject_row(
-        self, task: Task, reason: str, error: str, response: str | None, attempts: int
+        self,
+        task: Task,
+        reason: str,
+        error: str,
+        response: str | None,
+        attempts: int,
+        reasoning: str | None = None,
     ) -> dict[str, Any]:
         return reject_row(
             id=task.id,
             reason=reason,
             error=error,
             response=response,
+            reasoning=reasoning,
             vars=task.vars_json,
             sample=task.sample,
             template=self.spec.name,

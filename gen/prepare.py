@@ -17,6 +17,7 @@ from gen.ledger import id_key, load_manifest
 from gen.manifest import check_compatible, next_version_dir, recipe_fingerprint
 from gen.outdir import NOT_AN_OUTPUT, OutputDir
 from gen.provenance import INTENDED_USES, Review, load_registry, review_teacher
+from gen.reasoning import REASONING_FORMATS
 from gen.rows import ROW_SCHEMA_VERSION
 from gen.schema import Schema, load_schema
 from gen.shards import committed_shards, parse_shard_name, read_columns
@@ -41,6 +42,7 @@ class Prepared:
     lineage: dict[str, Any] | None  # the dataset this one is a new version of
     review: Review
     registry_sources: list[dict[str, Any]]  # which licence registries (and versions) decided
+    reasoning_format: str = "field"  # how a trace enters `messages` (gen.reasoning.REASONING_FORMATS)
 
 
 def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
@@ -74,6 +76,8 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             f"--max-usd needs a price for model {teacher.model!r}: pass --price-in and --price-out",
         )
 
+    sampling, reasoning_format = reasoning_settings(prompt, opts, provider)
+
     out_dir = Path(opts.output) if opts.output else Path("outputs") / spec.name
     if opts.partition is not None:
         index, count = opts.partition
@@ -100,13 +104,62 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         api_key,
         out_dir,
         opts,
-        dict(spec.sampling),
+        sampling,
         price,
         previous,
         lineage,
         review,
         registry_sources,
+        reasoning_format,
     )
+
+
+MAX_LOGPROBS = 20  # what vLLM returns at most (OpenAI: 20 too)
+MIN_THINKING_BUDGET = 1024  # Anthropic refuses a smaller budget_tokens
+
+
+def reasoning_settings(
+    prompt: PromptFile, opts: RunOptions, provider: providers.ProviderSpec
+) -> tuple[dict[str, Any], str]:
+    """The run's sampling (with --thinking-budget applied) and reasoning format (--reasoning-format over
+    the prompt file's), checked: `logprobs = K` an integer in 1..20 on an OpenAI-protocol teacher,
+    `thinking_budget` at least 1,024 and below max_tokens on an Anthropic one. ConfigError otherwise."""
+    sampling = dict(prompt.spec.sampling)
+    fmt = opts.reasoning_format or prompt.spec.reasoning_format
+    if fmt not in REASONING_FORMATS:
+        raise ConfigError("--reasoning-format", f"{fmt!r} is not one of {', '.join(REASONING_FORMATS)}")
+    if opts.thinking_budget is not None:
+        sampling["thinking_budget"] = opts.thinking_budget
+    where = "--thinking-budget" if opts.thinking_budget is not None else f"{prompt.path}: [sampling]"
+    anthropic = provider.client.endswith("AnthropicMessages")
+    budget = sampling.get("thinking_budget")
+    if budget is not None:
+        if not anthropic:
+            raise ConfigError(
+                where,
+                f"thinking_budget is Anthropic's extended thinking; provider {provider.name!r} does not "
+                "take it (OpenAI-compatible reasoning teachers send their trace without being asked)",
+            )
+        if type(budget) is not int or budget < MIN_THINKING_BUDGET:
+            raise ConfigError(
+                where, f"thinking_budget must be an integer >= {MIN_THINKING_BUDGET}, got {budget!r}"
+            )
+        cap = sampling.get("max_tokens") or sampling.get("max_completion_tokens")
+        if cap is not None and (type(cap) is not int or cap <= budget):
+            raise ConfigError(
+                where,
+                f"max_tokens ({cap!r}) must be larger than thinking_budget ({budget}): thinking counts in it",
+            )
+    k = sampling.get("logprobs")
+    if k is not None:
+        where = f"{prompt.path}: [sampling] logprobs"
+        if anthropic:
+            raise ConfigError(where, f"provider {provider.name!r} (Anthropic Messages) returns no logprobs")
+        if type(k) is not int or not 1 <= k <= MAX_LOGPROBS:
+            raise ConfigError(
+                where, f"must be an integer K in 1..{MAX_LOGPROBS} (top-K alternatives), got {k!r}"
+            )
+    return sampling, fmt
 
 
 def check_api_key(key: str, variable: str) -> None:

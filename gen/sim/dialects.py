@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from gen.sim import reasoning
 from gen.sim.instances import FENCE_INTROS, VOCAB, Gen, compiled_sampler, sentences
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class _Chat:
     schema: Gen | None
     tool: str | None = None  # "tool" mode: the tool's name and its input_schema
     tool_schema: dict[str, Any] | None = None
+    top_logprobs: int | None = None  # OpenAI: logprobs asked for, with K alternatives (gen.sim.reasoning)
+    thinking: int | None = None  # Anthropic: the extended-thinking budget enabled
+    fixed: str | None = None  # SimConfig.answer_text, for a text answer
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -136,7 +140,13 @@ def _parse_chat(raw: bytes) -> _Chat:
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"Invalid 'model': expected a string, got {model!r}.", "model")
     prompt_tokens = chars // 4 + 4 * len(messages)
-    return _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+    try:
+        top_logprobs = reasoning.parse_openai(body)
+    except ValueError as exc:
+        raise BadRequest(str(exc), "top_logprobs") from None
+    chat = _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+    chat.top_logprobs = top_logprobs
+    return chat
 
 
 def _block_chars(content: Any, where: str) -> int:
@@ -245,10 +255,16 @@ def _parse_messages(raw: bytes) -> _Chat:
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise BadRequest("stop_sequences: Input should be a list of strings.")
     forced = _forced_tool(body)
+    try:
+        thinking = reasoning.parse_anthropic(body, max_tokens, forced is not None)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     salt = orjson.dumps(system)
     prompt_tokens = chars // 4 + 4 * n_turns
     if forced is None:
-        return _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
+        chat = _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
+        chat.thinking = thinking
+        return chat
     name, input_schema = forced
     try:
         sampler = _sampler(input_schema)
@@ -261,6 +277,8 @@ def _parse_messages(raw: bytes) -> _Chat:
 
 
 def _content(chat: _Chat, rng: random.Random) -> str:
+    if chat.fixed is not None and chat.mode == "text":
+        return chat.fixed
     if chat.mode == "json_schema":
         assert chat.schema is not None
         return orjson.dumps(chat.schema(rng, 0)).decode()
@@ -450,12 +468,11 @@ class OpenAIDialect:
         return _openai_error(503, msg, "overloaded", headers=headers)
 
     def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
+        chat.fixed = self.config.answer_text
         try:
             content, cut, completion_tokens = _text_answer(chat, rng, fault, stats)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
             raise BadRequest(f"Invalid schema for response_format: {exc}", "response_format") from None
-        stats["prompt_tokens"] += chat.prompt_tokens
-        stats["completion_tokens"] += completion_tokens
         body = {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
@@ -475,6 +492,10 @@ class OpenAIDialect:
                 "total_tokens": chat.prompt_tokens + completion_tokens,
             },
         }
+        reasoning.openai_logprobs(body, chat.top_logprobs, rng)  # of the answer, before a trace joins it
+        reasoning.openai_reasoning(body, self.config, chat.messages, chat.max_tokens, rng)
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += body["usage"]["completion_tokens"]
         return orjson.dumps(body)
 
     @staticmethod
@@ -561,14 +582,13 @@ class AnthropicDialect:
         return _anthropic_error(529, "Overloaded (simulated).", "overloaded_error", headers)
 
     def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
+        chat.fixed = self.config.answer_text
         if chat.mode == "tool":
             content, stop_reason, output_tokens = self._tool_use(chat, rng, fault, stats)
         else:
             text, cut, output_tokens = _text_answer(chat, rng, fault, stats)
             content = [{"type": "text", "text": text}]
             stop_reason = "max_tokens" if cut else "end_turn"
-        stats["prompt_tokens"] += chat.prompt_tokens
-        stats["completion_tokens"] += output_tokens
         body = {
             "id": f"msg_{secrets.token_hex(12)}",
             "type": "message",
@@ -579,6 +599,9 @@ class AnthropicDialect:
             "stop_sequence": None,
             "usage": {"input_tokens": chat.prompt_tokens, "output_tokens": output_tokens},
         }
+        reasoning.anthropic_thinking(body, self.config, chat.messages, chat.thinking, rng)
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += body["usage"]["output_tokens"]
         return orjson.dumps(body)
 
     @staticmethod

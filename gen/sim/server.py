@@ -38,6 +38,7 @@ from aiohttp import web
 
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
+from gen.sim.reasoning import check_config as check_reasoning
 
 __all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
 
@@ -90,6 +91,15 @@ class SimConfig:
     echo_headers: bool = False
     echo_key: bool = False
     list_models: bool = True
+    # A reasoning teacher (gen.sim.reasoning): how the OpenAI path sends a trace ("reasoning_content",
+    # "reasoning", "think-tags"; None: no trace), how long, whether the samples of one input get
+    # near-identical traces, and whether usage reports reasoning_tokens. `answer_text`: a fixed text
+    # answer (a shared short final answer such as \boxed{42}).
+    reasoning: str | None = None
+    reasoning_tokens: int = 200
+    reasoning_near_copies: bool = False
+    reasoning_usage: bool = True
+    answer_text: str | None = None
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -108,6 +118,7 @@ class SimConfig:
             raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
         if self.oversize_bytes < 0 or self.bomb_bytes < 0 or self.endless_interval_s < 0:
             raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
+        check_reasoning(self)
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
