@@ -10,9 +10,9 @@ finds the second in any answer's text):
 Validation, verification and the `messages` answer see the answer only; the trace is kept in the row's
 `reasoning` column and, as `reasoning_format` asks, in the assistant message (REASONING_FORMATS).
 
-Dedup sees the trace through two bounded keys (gen.dedup): an 8-byte hash of its bytes for the exact
-check, and `trace_sample`, a fixed-size sample of its text, for the near check, so the near check costs
-the same for a trace of 300 tokens or of 30,000.
+Dedup sees the trace through two keys (gen.dedup): an 8-byte hash of its bytes for the exact check,
+and `trace_sample`, a bounded sample of its text, for the near check, so the near check costs the same
+for a trace of 2,000 tokens or of 30,000.
 """
 
 from __future__ import annotations
@@ -29,13 +29,19 @@ REASONING_FORMATS: Final = ("field", "think-tags", "drop")
 
 OPEN, CLOSE = "<think>", "</think>"
 
-# The near check's sample of a trace: SAMPLE_WINDOWS windows of SAMPLE_WIDTH characters at evenly spaced
-# offsets (the head and the tail among them). Two near-identical traces (a few words changed, inserted
-# or removed) have windows at almost the same offsets, so the samples share almost every shingle; a
-# trace that differs throughout differs in every window. 8 x 256 characters is ~350 words, a few times
-# a short answer, whatever the trace's length.
-SAMPLE_WINDOWS = 8
-SAMPLE_WIDTH = 256
+# The near check's sample of a trace: SAMPLE_WINDOWS windows of SAMPLE_WIDTH characters spread over it
+# (the head and the tail among them), ~350 words whatever the trace's length. An edit (a sentence
+# changed, added or dropped) moves the text after it; so that windows land on the same text in two
+# near-identical traces, each window's nominal offset is a multiple of SAMPLE_REACH counted from the
+# head (the first half of the windows) or from the tail (the second half), and the window then starts
+# at the lexicographically greatest whole sentence (else line, else word) of the SAMPLE_REACH
+# characters from that offset, a piece of text seldom repeated: text the edit did not move gives the
+# same windows, and text it moved by a few dozen characters still does unless that sentence is in the
+# moved-out part (probability about shift / SAMPLE_REACH). The anchor costs a str.split and a max()
+# in C over SAMPLE_REACH characters, a few microseconds a window.
+SAMPLE_WINDOWS = 4
+SAMPLE_WIDTH = 512
+SAMPLE_REACH = 2048
 
 
 def split_think(text: str) -> tuple[str | None, str]:
@@ -78,17 +84,28 @@ def trace_digest(reasoning: str | None) -> bytes:
 
 def trace_sample(reasoning: str | None) -> str:
     """The part of a trace the near check compares: all of a short one, else SAMPLE_WINDOWS windows of
-    SAMPLE_WIDTH characters at evenly spaced offsets, from the first character to the last."""
+    SAMPLE_WIDTH characters, spread from its head to its tail, each anchored on its content (see
+    SAMPLE_REACH). Bounded: at most SAMPLE_WINDOWS x (SAMPLE_WIDTH + 1) characters."""
     if not reasoning:
         return ""
     n = len(reasoning)
-    budget = SAMPLE_WINDOWS * SAMPLE_WIDTH
-    if n <= budget:
-        return reasoning
-    step = (n - SAMPLE_WIDTH) / (SAMPLE_WINDOWS - 1)
-    return " ".join(
-        reasoning[round(i * step) : round(i * step) + SAMPLE_WIDTH] for i in range(SAMPLE_WINDOWS)
-    )
+    last = n - SAMPLE_WIDTH - SAMPLE_REACH  # the last nominal offset
+    if last < SAMPLE_WINDOWS * SAMPLE_REACH:
+        return reasoning  # short enough to compare whole (at most ~10 kB)
+    span = last / (SAMPLE_WINDOWS - 1)
+    half = (SAMPLE_WINDOWS + 1) // 2
+    parts = []
+    for i in range(SAMPLE_WINDOWS):
+        if i < half:  # from the head
+            start = int(i * span) // SAMPLE_REACH * SAMPLE_REACH
+        else:  # from the tail
+            start = last - int((SAMPLE_WINDOWS - 1 - i) * span) // SAMPLE_REACH * SAMPLE_REACH
+        reach = reasoning[start : start + SAMPLE_REACH]
+        # whole sentences (or lines) of the reach: the cut ones at its ends change as it moves
+        pieces = reach.split(". ")[1:-1] or reach.split("\n")[1:-1] or reach.split()[1:-1]
+        at = start + reach.find(max(pieces)) if pieces else start
+        parts.append(reasoning[at : at + SAMPLE_WIDTH])
+    return " ".join(parts)
 
 
 def estimated_tokens(reasoning: str | None) -> int:

@@ -264,6 +264,12 @@ def _parse_messages(raw: bytes) -> _Chat:
     if forced is None:
         chat = _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
         chat.thinking = thinking
+        asked = reasoning.schema_in_text(system)
+        if asked is not None:  # JSON asked for in the text (thinking rules out a forced tool)
+            try:
+                chat.mode, chat.schema = "json_schema", _sampler(asked)
+            except ValueError as exc:
+                raise BadRequest(f"system: the JSON schema asked for is not valid: {exc}") from None
         return chat
     name, input_schema = forced
     try:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 OPENAI_FORMATS = ("reasoning_content", "reasoning", "think-tags")
 MIN_BUDGET = 1024  # the Messages API's least budget_tokens
+SCHEMA_MARKER = "JSON Schema:\n"  # where a system prompt gives the schema of a JSON answer in text
 _POOL_SIZE = 512
 
 
@@ -115,6 +116,21 @@ def parse_anthropic(body: dict[str, Any], max_tokens: int, forced_tool: bool) ->
     if forced_tool:
         raise ValueError("Thinking may not be enabled when tool_choice forces tool use.")
     return budget
+
+
+def schema_in_text(system: Any) -> dict[str, Any] | None:
+    """The JSON schema a system prompt asks the answer to follow ("... JSON Schema:" and the schema on
+    the next line, as gen asks when thinking rules out a forced tool), or None: the simulator then
+    answers with an instance of it in the text, as a compliant model does."""
+    text = system if isinstance(system, str) else ""
+    head, marker, tail = text.rpartition(SCHEMA_MARKER)
+    if not marker:
+        return None
+    try:
+        schema = orjson.loads(tail.split("\n\n", 1)[0])
+    except orjson.JSONDecodeError:
+        return None
+    return schema if isinstance(schema, dict) else None
 
 
 # --------------------------------------------------------------------------- answers
