@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gen.sim.instances import sentences
+from gen.sim.instances import VOCAB, sentences
 
 if TYPE_CHECKING:
     from gen.sim.server import SimConfig
@@ -185,7 +185,8 @@ def fixed_answer(config: SimConfig, mode: str, content: str) -> str:
 
 
 def openai_logprobs(body: dict[str, Any], k: int | None, rng: random.Random) -> None:
-    """`choices[0].logprobs.content` for the answer, in 4-character tokens with `k` alternatives each."""
+    """`choices[0].logprobs.content` for the answer, in 4-character tokens with `k` alternatives each
+    (the token itself first, then words of the vocabulary, each less likely than the one before)."""
     if k is None:
         return
     choice = body["choices"][0]
@@ -196,11 +197,9 @@ def openai_logprobs(body: dict[str, Any], k: int | None, rng: random.Random) -> 
         logprob = -round(rng.expovariate(4.0), 4)
         top = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
         for j in range(1, k):
-            alt = content[(i + 4 * j) % max(1, len(content)) :][:4] or "x"
-            top.append(
-                {"token": alt, "logprob": round(logprob - j - rng.random(), 4), "bytes": list(alt.encode())}
-            )
-        entries.append(
-            {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top[:k]}
-        )
+            alt = " " + rng.choice(VOCAB)[:5]
+            alt_logprob = round(logprob - j - rng.random(), 4)
+            top.append({"token": alt, "logprob": alt_logprob, "bytes": list(alt.encode())})
+        entry = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top[:k]}
+        entries.append(entry)
     choice["logprobs"] = {"content": entries}
