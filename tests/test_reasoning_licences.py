@@ -40,4 +40,4 @@ def test_the_distilled_qwen_models_name_the_qwen_terms_they_bring() -> None:
     licence = load_registry().for_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B")
     assert licence is not None
     assert "Apache-2.0" in licence.note and "Qwen2.5-14B" in licence.note and "Qwen3-8B" in licence.note
-    assert licence.obligations == []  # they bind the weights' redistribution, not a student
+    assert not licence.obligations  # they bind the weights' redistribution, not a student
