@@ -1037,6 +1037,9 @@ def summary(result: RunResult) -> str:
     rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
     if s.truncated_kept:
         rejects += f", {s.truncated_kept:,} truncated rows kept"
+    if s.reasoning_tokens:
+        tokens_s = s.reasoning_tokens / result.wall_s if result.wall_s > 0 else 0.0
+        rejects += f", {s.reasoning_tokens:,} reasoning tokens ({tokens_s:,.0f}/s)"
     return (
         f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {rejects}, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "

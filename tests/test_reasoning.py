@@ -177,3 +177,15 @@ def test_a_trace_that_holds_the_api_key_is_a_secret_echo_reject(
     for folder in ("data", "rejects"):
         for f in (out / folder).glob("*.parquet"):
             assert key.encode() not in f.read_bytes()
+
+
+def test_progress_and_the_summary_show_reasoning_tokens_per_second(
+    tmp_path: Path, sim_server, capsys
+) -> None:
+    sim = sim_server(reasoning="reasoning_content", reasoning_tokens=100)
+    out = tmp_path / "o"
+    prompt = _prompt(tmp_path, n=3)
+    assert main(["run", str(prompt), "--base-url", sim.base_url, "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "reasoning=" in err and "tok/s" in err  # the bar's postfix
+    assert "reasoning tokens (" in err.strip().splitlines()[-1]  # the summary line
