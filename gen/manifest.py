@@ -55,6 +55,7 @@ class RunSnapshot:
     runs: list[dict[str, Any]]  # every run of the output, this one last (see run_entry)
     partition: dict[str, Any] | None = None  # a partition's scope (index, count, limit, samples)
     cluster: dict[str, Any] | None = None  # the merged manifest's cluster section
+    reasoning_format: str = "field"  # how traces enter `messages` (gen.reasoning.REASONING_FORMATS)
 
 
 def run_entry(run_id: str, status: str, wall_time_s: float, stats: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +94,7 @@ def build_manifest(snap: RunSnapshot) -> dict[str, Any]:
         "intended_use": snap.intended_use,
         "licence_review": snap.licence_review,
         "sampling": snap.sampling,
+        "reasoning_format": snap.reasoning_format,
         "samples": snap.samples,
         "limit": snap.limit,  # with samples, the task set a complete output decides (audit)
         "eval_fraction": snap.eval_fraction,
@@ -135,6 +137,8 @@ def recipe_fingerprint(m: dict[str, Any]) -> dict[str, Any]:
         "teacher provider": m["teacher"]["provider"],
         "teacher model": m["teacher"]["model"],
         "teacher licence": m["teacher"]["license"],
+        # how traces enter `messages`: one dataset holds one shape (before it was recorded: "field")
+        "reasoning format": m.get("reasoning_format", "field"),
     }
 
 

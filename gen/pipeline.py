@@ -298,6 +298,7 @@ class Run:
             journal_committed=[s.name for s in at.segments] if at is not None else [],
             runs=self._earlier_runs() + [this_run],
             partition=self._partition_scope() if self.partition is not None else None,
+            reasoning_format=self.p.reasoning_format,
         )
 
     def _earlier_runs(self) -> list[dict[str, Any]]:

@@ -86,13 +86,14 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     previous = load_manifest_or_fail(out_dir, opts.partition[0] if opts.partition else None)
     lineage = opts.lineage
     if previous is not None:
-        fingerprint = recipe_fingerprint(_recipe(prompt, expansion, schema, teacher))
+        recipe = _recipe(prompt, expansion, schema, teacher, reasoning_format)
+        fingerprint = recipe_fingerprint(recipe)
         if opts.new_version and fingerprint != recipe_fingerprint(previous):
             lineage = {"previous": str(out_dir), "previous_run_id": previous.get("run_id")}
             out_dir = next_version_dir(out_dir)
             previous = None
         else:
-            check_compatible(out_dir, previous, _recipe(prompt, expansion, schema, teacher))
+            check_compatible(out_dir, previous, recipe)
     if opts.executor == "local" and not opts.partition and _holds_cluster_run(out_dir, previous):
         raise ConfigError(out_dir, "holds a cluster run; resume it with --executor ray")
     _check_writable(out_dir)
@@ -213,9 +214,10 @@ def load_manifest_or_fail(out_dir: Path, partition: int | None = None) -> dict[s
 
 
 def _recipe(
-    prompt: PromptFile, expansion: Expansion, schema: Schema | None, teacher: Teacher
+    prompt: PromptFile, expansion: Expansion, schema: Schema | None, teacher: Teacher, reasoning_format: str
 ) -> dict[str, Any]:
     return {
+        "reasoning_format": reasoning_format,
         "row_schema_version": ROW_SCHEMA_VERSION,
         "prompt_file": {"sha256": prompt.sha256},
         "template": {"sha256": expansion.template_sha256},

@@ -85,3 +85,24 @@ def test_datasets_polars_and_duckdb_load_the_messages(tmp_path: Path, sim_server
         assert all(r for _, r in got)
     else:
         assert all(c.startswith("<think>\n") and r is None for c, r in got)
+
+
+def test_the_format_is_recorded_and_resuming_with_another_is_refused(
+    tmp_path: Path, sim_server, capsys
+) -> None:
+    import json
+
+    sim = sim_server(reasoning="reasoning_content", reasoning_tokens=50)
+    out = tmp_path / "o"
+    prompt = _prompt(tmp_path, n=4)
+    argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--no-progress"]
+    assert main([*argv, "--limit", "2"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["reasoning_format"] == "field"
+    capsys.readouterr()
+    asked = sim.stats()["requests"]
+    assert main([*argv, "--reasoning-format", "think-tags"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reasoning format (field -> think-tags)" in err[0] and "--new-version" in err[0]
+    assert sim.stats()["requests"] == asked
+    assert main(argv) == 0  # the same format resumes
+    assert len(rows_in(out)) == 4
