@@ -42,7 +42,15 @@ from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
-from gen.reasoning import CLOSE, OPEN, assistant_message, estimated_tokens, split_think
+from gen.reasoning import (
+    CLOSE,
+    OPEN,
+    assistant_message,
+    estimated_tokens,
+    journal_form,
+    restored,
+    split_think,
+)
 from gen.retry import RetryPolicy, with_retries
 from gen.rows import Row, duplicate_row, reject_row
 from gen.shards import (
@@ -383,6 +391,8 @@ class Run:
             open_.pop(entry.task_id, None)
             split, row = entry.split, entry.row
             assert split is not None and row is not None
+            if split in ("train", "eval"):
+                row = restored(row, self.p.reasoning_format)  # the trace back in its message
             key = id_key(entry.task_id)
             if key in self.claimed:  # in a shard: the manifest counted it
                 continue
@@ -932,7 +942,8 @@ class Run:
         """Journal the outcome at once, with what its last request cost, then buffer it; checkpoint when
         a shard is full."""
         assert self.journal is not None
-        self.journal.append(split, row, usage)
+        journaled = journal_form(row, self.p.reasoning_format) if split in ("train", "eval") else row
+        self.journal.append(split, journaled, usage)
         if split in ("train", "eval") and self.dedup.near_enabled:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()

@@ -17,8 +17,9 @@ for a trace of 2,000 tokens or of 30,000.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Final, Literal
+
+import xxhash
 
 ReasoningFormat = Literal["field", "think-tags", "drop"]
 REASONING_FORMATS: Final = ("field", "think-tags", "drop")
@@ -30,18 +31,23 @@ REASONING_FORMATS: Final = ("field", "think-tags", "drop")
 OPEN, CLOSE = "<think>", "</think>"
 
 # The near check's sample of a trace: SAMPLE_WINDOWS windows of SAMPLE_WIDTH characters spread over it
-# (the head and the tail among them), ~350 words whatever the trace's length. An edit (a sentence
+# (the head and the tail among them), ~250 words whatever the trace's length: the near check's cost per
+# row then stays within a few times that of a short answer (bench/reasoning.py). An edit (a sentence
 # changed, added or dropped) moves the text after it; so that windows land on the same text in two
 # near-identical traces, each window's nominal offset is a multiple of SAMPLE_REACH counted from the
 # head (the first half of the windows) or from the tail (the second half), and the window then starts
-# at the lexicographically greatest whole sentence (else line, else word) of the SAMPLE_REACH
-# characters from that offset, a piece of text seldom repeated: text the edit did not move gives the
-# same windows, and text it moved by a few dozen characters still does unless that sentence is in the
-# moved-out part (probability about shift / SAMPLE_REACH). The anchor costs a str.split and a max()
-# in C over SAMPLE_REACH characters, a few microseconds a window.
+# at the whole sentence (else line, else word) of the SAMPLE_REACH characters from that offset whose
+# first SAMPLE_HEAD characters have the greatest XXH3, text seldom repeated: text the edit did not move
+# gives the same windows, and text it moved by a few dozen characters still does unless that sentence
+# is in the moved-out part (probability about shift / SAMPLE_REACH), or the edit made or unmade the
+# greatest head of the reach's ~25 sentences (about 2 in 25 of the edits that touch a sentence's head,
+# a fifth of those in a reach). The anchor costs a str.split and a max() over SAMPLE_REACH characters,
+# a few microseconds a window.
 SAMPLE_WINDOWS = 4
-SAMPLE_WIDTH = 512
+SAMPLE_WIDTH = 384
 SAMPLE_REACH = 2048
+SAMPLE_HEAD = 16
+SAMPLE_WHOLE = 2 * SAMPLE_REACH  # a trace up to this long (~1,000 tokens) is compared whole
 
 
 def split_think(text: str) -> tuple[str | None, str]:
@@ -74,24 +80,49 @@ def assistant_message(answer: str, reasoning: str | None, fmt: str) -> dict[str,
     return {"role": "assistant", "content": answer}
 
 
+def journal_form(row: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """A data row as the journal keeps it: with the plain answer as its assistant message, since the
+    `reasoning` column already holds the trace (the journal is written on the event loop, one answer at
+    a time: a trace written twice there costs as much as the rest of the row). `restored` undoes it."""
+    if fmt == "drop" or not row.get("reasoning"):
+        return row
+    answer = row["output"] if row["output"] is not None else row["response"]
+    return {**row, "messages": [*row["messages"][:-1], {"role": "assistant", "content": answer}]}
+
+
+def restored(row: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """A data row read back from the journal with its assistant message in format `fmt` again. The
+    journal is read as untrusted: a row of the wrong shape is returned as it is, for the row check to
+    refuse."""
+    reasoning, messages = row.get("reasoning"), row.get("messages")
+    answer = row.get("output") if row.get("output") is not None else row.get("response")
+    if fmt == "drop" or not reasoning or not isinstance(reasoning, str) or not isinstance(answer, str):
+        return row
+    if not isinstance(messages, list) or not messages:
+        return row
+    return {**row, "messages": [*messages[:-1], assistant_message(answer, reasoning, fmt)]}
+
+
 def trace_digest(reasoning: str | None) -> bytes:
-    """8 bytes of a trace for the exact dedup key (empty for none): a hash of its bytes, not folded
-    (folding case and whitespace of 100 kB costs more than everything else a row costs)."""
+    """8 bytes of a trace for the exact dedup key (empty for none): XXH3 of its bytes, not folded.
+    Folding case and whitespace of 100 kB, or blake2b over it (~100 us for 32 kB on a busy core), costs
+    more than the rest of a row; XXH3 reads it at memory speed (under 1 us for 32 kB). The key is 8
+    bytes either way, as the answer's: a 64-bit digest, not a cryptographic one."""
     if not reasoning:
         return b""
-    return hashlib.blake2b(reasoning.encode(), digest_size=8).digest()
+    return xxhash.xxh3_64_digest(reasoning.encode())
 
 
 def trace_sample(reasoning: str | None) -> str:
     """The part of a trace the near check compares: all of a short one, else SAMPLE_WINDOWS windows of
     SAMPLE_WIDTH characters, spread from its head to its tail, each anchored on its content (see
-    SAMPLE_REACH). Bounded: at most SAMPLE_WINDOWS x (SAMPLE_WIDTH + 1) characters."""
+    SAMPLE_REACH). Bounded: at most SAMPLE_WHOLE characters."""
     if not reasoning:
         return ""
     n = len(reasoning)
-    last = n - SAMPLE_WIDTH - SAMPLE_REACH  # the last nominal offset
-    if last < SAMPLE_WINDOWS * SAMPLE_REACH:
-        return reasoning  # short enough to compare whole (at most ~10 kB)
+    if n <= SAMPLE_WHOLE:
+        return reasoning  # compared whole: sampled, every edit would fall in a window's reach
+    last = max(0, n - SAMPLE_WIDTH - SAMPLE_REACH)  # the last nominal offset
     span = last / (SAMPLE_WINDOWS - 1)
     half = (SAMPLE_WINDOWS + 1) // 2
     parts = []
@@ -103,7 +134,13 @@ def trace_sample(reasoning: str | None) -> str:
         reach = reasoning[start : start + SAMPLE_REACH]
         # whole sentences (or lines) of the reach: the cut ones at its ends change as it moves
         pieces = reach.split(". ")[1:-1] or reach.split("\n")[1:-1] or reach.split()[1:-1]
-        at = start + reach.find(max(pieces)) if pieces else start
+        if pieces:  # the head of greatest XXH3 (map, zip and max over (hash, head) pairs run in C)
+            heads = [piece[:SAMPLE_HEAD] for piece in pieces]
+            hashes = map(xxhash.xxh3_64_intdigest, map(str.encode, heads))
+            _, anchor = max(zip(hashes, heads, strict=True))
+            at = start + reach.find(anchor)
+        else:
+            at = start
         parts.append(reasoning[at : at + SAMPLE_WIDTH])
     return " ".join(parts)
 

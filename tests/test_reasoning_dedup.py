@@ -11,7 +11,7 @@ import pytest
 
 from gen import RunOptions, run
 from gen.dedup import Deduplicator
-from gen.reasoning import SAMPLE_REACH, SAMPLE_WIDTH, SAMPLE_WINDOWS, trace_sample
+from gen.reasoning import SAMPLE_REACH, SAMPLE_WHOLE, SAMPLE_WIDTH, SAMPLE_WINDOWS, trace_sample
 from tests.helpers import rows_in
 from tests.test_reasoning import _prompt
 
@@ -69,12 +69,12 @@ def test_the_near_text_of_a_trace_is_bounded() -> None:
     for n_words in (2_000, 30_000, 120_000):
         long = " ".join(f"w{i}" for i in range(n_words))
         sample = trace_sample(long)
-        assert len(sample) <= SAMPLE_WINDOWS * (SAMPLE_WIDTH + 1)
+        assert len(sample) <= SAMPLE_WINDOWS * (SAMPLE_WIDTH + 1) <= SAMPLE_WHOLE
         head, tail = sample[:SAMPLE_WIDTH], sample[-SAMPLE_WIDTH:]
         assert head in long[: 2 * SAMPLE_REACH] and tail in long[-2 * SAMPLE_REACH :]
     d = Deduplicator(on="output")
     row = {"output": None, "response": BOXED, "vars": "{}", "reasoning": "x " * 200_000}
-    assert len(d.near_item(row)) <= len(BOXED) + 1 + SAMPLE_WINDOWS * (SAMPLE_WIDTH + 1)
+    assert len(d.near_item(row)) <= len(BOXED) + 1 + SAMPLE_WHOLE
 
 
 def test_resume_keys_the_committed_rows_as_the_run_did(tmp_path: Path, sim_server) -> None:

@@ -11,8 +11,8 @@ thinking, a budget under 1,024 tokens or not under max_tokens.
 A trace is `reasoning_tokens` tokens long (about 4 characters a token, +-25% drawn per answer), made
 of sentences drawn from a fixed pool (cheap: a trace of 30,000 tokens costs the simulator well under a
 millisecond to write). It is drawn from the request's seed like the answer, or with
-`reasoning_near_copies` from the messages alone with one sentence changed per seed, so that the samples
-of one input have near-identical traces. Usage reports the trace's tokens in `completion_tokens` and,
+`reasoning_near_copies` from the messages alone with one word changed per seed, so that the samples of
+one input have near-identical traces. Usage reports the trace's tokens in `completion_tokens` and,
 unless `reasoning_usage` is false, in `completion_tokens_details.reasoning_tokens`. An answer cut at
 max_tokens inside its trace has an empty answer (and an unclosed `<think>`).
 
@@ -63,7 +63,7 @@ def check_config(config: SimConfig) -> None:
 
 def trace(config: SimConfig, messages: list[Any], rng: random.Random, limit: int | None = None) -> str:
     """A trace of about `reasoning_tokens` tokens (at most `limit`, an Anthropic budget), drawn from
-    `rng`, or with `reasoning_near_copies` from the messages with one sentence changed by `rng`."""
+    `rng`, or with `reasoning_near_copies` from the messages with one word changed by `rng`."""
     pool = _pool()
     own = rng
     if config.reasoning_near_copies:
@@ -74,8 +74,11 @@ def trace(config: SimConfig, messages: list[Any], rng: random.Random, limit: int
         tokens = min(tokens, limit)
     n = max(1, tokens * 4 // 80)  # a pool sentence is about 80 characters
     chosen = own.choices(pool, k=n)
-    if config.reasoning_near_copies:
-        chosen[rng.randrange(n)] = rng.choice(pool)
+    if config.reasoning_near_copies:  # one word of one sentence changed
+        i = rng.randrange(n)
+        words = chosen[i].split(" ")
+        words[rng.randrange(len(words))] = rng.choice(VOCAB)
+        chosen[i] = " ".join(words)
     return " ".join(chosen)
 
 
