@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from gen import RunOptions, run
 from gen.cli import main
@@ -73,3 +78,48 @@ def test_dedup_against_a_version_1_output_reads_its_rows(tmp_path: Path, sim_ser
     new = tmp_path / "new"
     result = run(prompt, RunOptions(base_url=sim.base_url, output=new, progress=False, dedup_against=[old]))
     assert result.stats.rows == 0 and result.stats.duplicates == 5  # the same answers, already kept there
+
+
+def _journaled_traces(out: Path) -> int:
+    """Answers in the journal now that hold a trace (one copy: the journal leaves it out of messages)."""
+    count = 0
+    for segment in (out / "journal").rglob("*.jsonl") if (out / "journal").exists() else []:
+        for line in segment.read_bytes().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a torn last line
+            row = entry.get("r")
+            if row and row.get("reasoning"):
+                assert row["messages"][-1].get("reasoning_content") is None  # the trace once, not twice
+                assert "<think>" not in row["messages"][-1]["content"]
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize("fmt", ["field", "think-tags"])
+def test_traces_journaled_before_a_sigkill_come_back_in_their_messages(
+    tmp_path: Path, sim_server, fmt: str
+) -> None:
+    sim = sim_server(reasoning="reasoning_content", reasoning_tokens=300, latency_ms=20)
+    prompt = _prompt(tmp_path, n=60, top=f'reasoning_format = "{fmt}"')
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", sim.base_url, "--output", str(out)]
+    proc = subprocess.Popen([*cmd, "--no-progress", "--max-concurrency", "4"], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while _journaled_traces(out) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "data").exists() or not list((out / "data").glob("*.parquet"))
+    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
+    assert result.status == "complete" and result.stats.replayed >= 5
+    rows = rows_in(out)
+    assert len(rows) == 60
+    for row in rows:
+        answer = row["messages"][-1]
+        if fmt == "field":
+            assert answer["reasoning_content"] == row["reasoning"] and answer["content"] == row["response"]
+        else:
+            assert answer["content"] == f"<think>\n{row['reasoning']}\n</think>\n\n{row['response']}"
