@@ -31,7 +31,7 @@ REASONING_FORMATS: Final = ("field", "think-tags", "drop")
 OPEN, CLOSE = "<think>", "</think>"
 
 # The near check's sample of a trace: SAMPLE_WINDOWS windows of SAMPLE_WIDTH characters spread over it
-# (the head and the tail among them), ~250 words whatever the trace's length: the near check's cost per
+# (the head and the tail among them), ~170 words whatever the trace's length: the near check's cost per
 # row then stays within a few times that of a short answer (bench/reasoning.py). An edit (a sentence
 # changed, added or dropped) moves the text after it; so that windows land on the same text in two
 # near-identical traces, each window's nominal offset is a multiple of SAMPLE_REACH counted from the
@@ -44,7 +44,7 @@ OPEN, CLOSE = "<think>", "</think>"
 # a fifth of those in a reach). The anchor costs a str.split and a max() over SAMPLE_REACH characters,
 # a few microseconds a window.
 SAMPLE_WINDOWS = 4
-SAMPLE_WIDTH = 384
+SAMPLE_WIDTH = 256
 SAMPLE_REACH = 2048
 SAMPLE_HEAD = 16
 SAMPLE_WHOLE = 2 * SAMPLE_REACH  # a trace up to this long (~1,000 tokens) is compared whole
