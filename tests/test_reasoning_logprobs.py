@@ -74,3 +74,55 @@ def test_the_thinking_budget_flag_is_checked_like_the_key(tmp_path: Path, sim_se
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gen: error: --thinking-budget"), err
     assert sim.stats()["requests"] == 0
+
+
+def test_the_reply_cap_counts_k_alternatives_a_token() -> None:
+    from gen.teachers.http import (
+        REPLY_BYTES_PER_LOGPROB,
+        REPLY_BYTES_PER_TOKEN,
+        REPLY_ENVELOPE_BYTES,
+        reply_limit,
+    )
+
+    per_token = REPLY_BYTES_PER_TOKEN + REPLY_BYTES_PER_LOGPROB * 6
+    assert reply_limit({"max_tokens": 1000, "logprobs": 5}) == REPLY_ENVELOPE_BYTES + 1000 * per_token
+    wire = {"max_tokens": 1000, "logprobs": True, "top_logprobs": 5}
+    assert reply_limit(wire) == REPLY_ENVELOPE_BYTES + 1000 * per_token
+
+
+def test_gen_sim_answers_as_a_reasoning_teacher_from_its_flags(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [
+        "--port",
+        str(port),
+        "--reasoning",
+        "think-tags",
+        "--reasoning-tokens",
+        "40",
+        "--answer-text",
+        "42",
+    ]
+    sim = subprocess.Popen([sys.executable, "-m", "gen", "sim", *argv], stderr=subprocess.DEVNULL)
+    try:
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "seed": 1}).encode()
+        for _ in range(200):
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body)
+                reply = json.loads(urllib.request.urlopen(req, timeout=5).read())
+                break
+            except OSError:
+                time.sleep(0.05)
+        content = reply["choices"][0]["message"]["content"]
+        assert content.startswith("<think>\n") and content.endswith("</think>\n\n42")
+        assert reply["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
