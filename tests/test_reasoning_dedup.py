@@ -101,3 +101,44 @@ def test_resume_keys_the_committed_rows_as_the_run_did(tmp_path: Path, sim_serve
             want = d.keys("exact", [rows[i] for i in batch.ids])
             assert batch.keys["exact"] == want
             assert batch.keys["near"] == d.keys("near", [rows[i] for i in batch.ids])
+
+
+def test_shard_buffers_are_bounded_by_the_text_they_hold(tmp_path: Path) -> None:
+    """A shard's worth is rows_per_shard rows or max_buffer_chars characters of answers and traces,
+    whichever comes first: 30,000-token traces do not pile up 50,000 rows deep in memory."""
+    import asyncio
+
+    import pyarrow.parquet as pq
+
+    from gen.shards import ShardWriter
+
+    row = rows_in_one(tmp_path)
+    trace = "t" * 120_000  # ~30,000 tokens
+
+    async def go() -> list[int]:
+        writer = ShardWriter(tmp_path / "w", rows_per_shard=50_000, max_buffer_chars=1_000_000)
+        full_at = []
+        for i in range(12):
+            if writer.add("train", {**row, "id": f"{i:032x}", "reasoning": trace}):
+                full_at.append(i)
+                await writer.checkpoint()
+        await writer.close()
+        return full_at
+
+    full_at = asyncio.run(go())
+    assert full_at == [4, 9]  # 5 rows x 2 x 120,000 characters passed 1,000,000
+    sizes = sorted(pq.read_metadata(f).num_rows for f in (tmp_path / "w" / "data").glob("*.parquet"))
+    assert sizes == [2, 5, 5]
+
+
+def rows_in_one(tmp_path: Path) -> dict:
+    """One valid data row, as a run writes it."""
+    from gen.sim import SimConfig, SimThread
+
+    with SimThread(SimConfig()) as sim:
+        folder = tmp_path / "one"
+        folder.mkdir()
+        run(_prompt(folder, n=1), RunOptions(base_url=sim.base_url, output=folder / "out", progress=False))
+    (row,) = rows_in(folder / "out")
+    row["created_at"] = int(row["created_at"].timestamp() * 1000)
+    return row
