@@ -40,14 +40,14 @@ OPEN, CLOSE = "<think>", "</think>"
 # first SAMPLE_HEAD characters have the greatest XXH3, text seldom repeated: text the edit did not move
 # gives the same windows, and text it moved by a few dozen characters still does unless that sentence
 # is in the moved-out part (probability about shift / SAMPLE_REACH), or the edit made or unmade the
-# greatest head of the reach's ~25 sentences (about 2 in 25 of the edits that touch a sentence's head,
+# greatest head of the reach's ~12 sentences (about 2 in 12 of the edits that touch a sentence's head,
 # a fifth of those in a reach). The anchor costs a str.split and a max() over SAMPLE_REACH characters,
 # a few microseconds a window.
 SAMPLE_WINDOWS = 4
 SAMPLE_WIDTH = 256
-SAMPLE_REACH = 2048
+SAMPLE_REACH = 1024
 SAMPLE_HEAD = 16
-SAMPLE_WHOLE = 2 * SAMPLE_REACH  # a trace up to this long (~1,000 tokens) is compared whole
+SAMPLE_WHOLE = 2 * SAMPLE_REACH  # a trace up to this long (~500 tokens) is compared whole
 
 
 def split_think(text: str) -> tuple[str | None, str]:
