@@ -744,7 +744,6 @@ class Run:
                 "id": task.id,
                 "output": verdict.output_json,
                 "response": comp.text,
-                "reasoning": comp.reasoning,
                 "vars": task.vars_json,
             }
             await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
@@ -795,7 +794,7 @@ class Run:
                     await self._finish(task, "rejects", row, spent)
                 return
             self._in_flight.pop(key, None)
-            if comp.reasoning is None and CLOSE in comp.text or comp.text.lstrip().startswith(OPEN):
+            if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
                 comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only
             last = (comp.prompt_tokens, comp.completion_tokens)
             if self.first_failures.armed:
