@@ -87,7 +87,7 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         "--request-timeout",
         type=float,
         metavar="S",
-        help="seconds per request (default 600, longer when max_tokens asks for more than 20 tokens/s fill)",
+        help="seconds per request (default 600, or max_tokens at 20 tokens/s when that is longer)",
     )
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
     p.add_argument(
