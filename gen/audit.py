@@ -25,12 +25,13 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gen.config import load_prompt_file
-from gen.dedup import KEYS, LEGACY_KEY, Deduplicator
+from gen.dedup import KEYS, LEGACY_KEY, Deduplicator, reasoning_of
 from gen.errors import ConfigError
 from gen.ledger import load_manifest, partition_of
 from gen.manifest import FORMAT
 from gen.outdir import MANIFEST, NOT_AN_OUTPUT, OutputDir
 from gen.provenance import load_registry, review_teacher
+from gen.reasoning import assistant_message
 from gen.rows import COLUMNS, PROVENANCE
 from gen.shards import DATA_SCHEMA, committed_shards, read_columns, sha256_file, split_of_path
 from gen.templates import Expansion, split_of, task_id
@@ -387,8 +388,14 @@ def _audit_rows(
         except orjson.JSONDecodeError:
             report.add(rel, i, "output is not valid JSON")
             output = None
-        if output is not None and m.get("schema") and row["messages"][-1]["content"] != row["output"]:
-            report.add(rel, i, "the assistant message differs from the validated output")
+        if output is not None and m.get("schema"):
+            # the answer as the recorded reasoning_format writes it (with a trace: think-tags around it)
+            fmt = m.get("reasoning_format", "field")
+            if (
+                row["messages"][-1]["content"]
+                != assistant_message(row["output"], row.get("reasoning"), fmt)["content"]
+            ):
+                report.add(rel, i, "the assistant message differs from the validated output")
         report.rows[
             (row["teacher_provider"], row["teacher_model"], row["teacher_license"], row["template"], split)
         ] += 1
@@ -403,7 +410,8 @@ def _dedup_of(report: AuditReport, m: dict[str, Any]) -> Deduplicator | None:
         report.add(None, None, f"dedup.on is {on!r}, not one of {', '.join(KEYS)}")
         return None
     report.dedup_on = on
-    return Deduplicator(on=on, near=False)
+    # traces are part of the key where the manifest says so (an output made before they were: no)
+    return Deduplicator(on=on, near=False, reasoning=reasoning_of(False, m))
 
 
 def _audit_dedup(
@@ -413,7 +421,10 @@ def _audit_dedup(
     for i, row in enumerate(rows):
         try:
             messages = row["messages"]
-            digest = dedup.message_digest(messages[:-1], messages[-1]["content"])
+            messages[-1]["content"]  # noqa: B018 (a row must end with its answer)
+            # the answer as the run keyed it: the output, else the text (the message may hold the trace)
+            answer = row["output"] if row.get("output") is not None else row["response"]
+            digest = dedup.message_digest(messages[:-1], answer, row.get("reasoning"))
         except (TypeError, KeyError, IndexError):
             report.add(rel, i, "messages do not end with the answer")
             continue

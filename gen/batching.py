@@ -29,6 +29,7 @@ from gen.errors import ConfigError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import BatchLog, LoggedBatch, Pending, Usage, id_key
 from gen.limits import estimate_tokens
 from gen.outdir import OutputDir
+from gen.reasoning import CLOSE, OPEN, split_think
 from gen.retry import with_retries
 from gen.teachers import providers
 from gen.teachers.batch import BatchClient, BatchResult, BatchState, custom_id
@@ -497,6 +498,8 @@ class BatchDriver:
         """An answer, as Run._ask judges one: count and charge it, then a row, a reject or a re-ask."""
         run, spec = self.run, self.run.spec
         task = req.task
+        if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
+            comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only, as online
         cached, written = comp.cached_tokens, comp.cache_write_tokens
         last = (
             (comp.prompt_tokens, comp.completion_tokens, cached, written)
@@ -510,7 +513,9 @@ class BatchDriver:
         run.stats.cached_tokens += cached
         run.stats.cache_write_tokens += written
         run.budget.charge(*last, price=price)
-        if leaks_secret(comp.text, comp.model):
+        if leaks_secret(comp.text, comp.model) or (
+            comp.reasoning is not None and leaks_secret(comp.reasoning, None)
+        ):
             error = "the reply holds the API key (redacted)"
             await self._decide_reject(req, "secret_echo", error, redact(comp.text), last)
             return

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gen import __version__
+from gen.reasoning import REASONING_FORMATS
 
 EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_BUDGET, EXIT_GATE = 0, 1, 2, 3, 4
 INTENDED_USES = ("research", "internal", "commercial-model", "competing-model")
@@ -82,7 +83,12 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="longest wait a 429's Retry-After or a rate-limit reset may impose, in seconds (default 60)",
     )
-    p.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="S",
+        help="seconds per request (default 600, or max_tokens at 20 tokens/s when that is longer)",
+    )
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
     p.add_argument(
         "--max-reply-bytes",
@@ -125,6 +131,17 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         help="go ahead although the licence review found a conflict (recorded in the manifest)",
     )
     p.add_argument("--licences", type=Path, metavar="FILE", help="your licence registry, consulted first")
+    p.add_argument(
+        "--reasoning-format",
+        choices=REASONING_FORMATS,
+        help="how a reasoning trace enters `messages` (overrides the prompt file's reasoning_format)",
+    )
+    p.add_argument(
+        "--thinking-budget",
+        type=int,
+        metavar="N",
+        help="Anthropic extended thinking with this token budget (overrides [sampling] thinking_budget)",
+    )
     p.add_argument("--no-near-dedup", action="store_true", help="remove exact duplicates only")
     p.add_argument(
         "--near-threshold", type=float, metavar="J", help="Jaccard above which rows are near duplicates"
@@ -353,6 +370,13 @@ def _parser() -> _Parser:
         "--perturb-field", default="*", help="the top-level field a changed answer changes (*: every one)"
     )
     s.add_argument(
+        "--reasoning",
+        choices=("reasoning_content", "reasoning", "think-tags"),
+        help="answer as a reasoning teacher, sending the trace this way (Anthropic path: when asked)",
+    )
+    s.add_argument("--reasoning-tokens", type=int, default=200, metavar="N", help="a trace's mean length")
+    s.add_argument("--answer-text", metavar="TEXT", help="this fixed text as every free-text answer")
+    s.add_argument(
         "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
     )
     for p in sub.choices.values():
@@ -436,6 +460,8 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         no_model_check=args.no_model_check,
         max_pause_s=args.max_pause,
         request_timeout_s=args.request_timeout,
+        reasoning_format=getattr(args, "reasoning_format", None),
+        thinking_budget=getattr(args, "thinking_budget", None),
         connect_timeout_s=args.connect_timeout,
         max_reply_bytes=args.max_reply_bytes,
         progress=not args.no_progress,
@@ -700,6 +726,9 @@ def _sim(args: argparse.Namespace) -> int:
         "batch_delay_s",
         "batch_rate_failed",
         "batch_rate_expired",
+        "reasoning",
+        "reasoning_tokens",
+        "answer_text",
     )
     api_key = None
     if args.api_key_env:

@@ -71,6 +71,9 @@ class DedupSpec(_Strict):
     near: bool = True
     threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # Jaccard of word 3-grams
     field: str | None = None  # the answer's part of the near text: one top-level field, not all its text
+    # Whether a reasoning trace is part of what is compared (gen.reasoning: a bounded sample of it for
+    # the near check, a hash of it for the exact one); false compares the answers alone.
+    reasoning: bool = True
     # The chain, in order (gen.dedup.resolve_steps): built-in names ("exact", "near") or a method of the
     # user's own as "module:Class" or "file.py:Class" (beside the prompt file). None: exact, then near.
     steps: list[str] | None = None
@@ -119,6 +122,8 @@ class PromptSpec(_Strict):
     intended_use: str | None = None  # research | internal | commercial-model | competing-model
     max_attempts: int = Field(default=3, ge=1)
     keep_truncated: bool = False  # keep answers cut off at max_tokens as rows (default: reject `truncated`)
+    # How a reasoning trace enters the assistant message of `messages` (gen.reasoning.REASONING_FORMATS).
+    reasoning_format: Literal["field", "think-tags", "drop"] = "field"
     teacher: TeacherSpec = TeacherSpec()
     sampling: dict[str, Any] = Field(default_factory=dict)
     messages: Messages
@@ -215,9 +220,11 @@ class RunOptions:
     max_retries: int = 6
     no_model_check: bool = False  # do not require the model in the teacher's /models listing
     max_pause_s: float = 60.0  # the longest any 429 Retry-After or rate-limit reset may hold a request
-    request_timeout_s: float = 600.0
+    request_timeout_s: float | None = None  # None: DEFAULT_REQUEST_TIMEOUT_S, longer for long answers
     connect_timeout_s: float = 10.0
     max_reply_bytes: int | None = None  # a reply's size cap; None: derived from each request's max_tokens
+    reasoning_format: str | None = None  # overrides the prompt file's reasoning_format
+    thinking_budget: int | None = None  # overrides [sampling] thinking_budget (Anthropic extended thinking)
     progress: bool = True
     rpm: float | None = None
     tpm: float | None = None
@@ -279,6 +286,23 @@ class Teacher:
 
 
 DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+# The slowest fill a request's deadline allows for when it grows with max_tokens: a reasoning model
+# writing 30,000 tokens on a busy server (20 tokens/s per sequence) gets 25 minutes, not 10.
+SLOWEST_TOKENS_PER_S = 20.0
+
+
+def request_timeout(given: float | None, sampling: dict[str, Any]) -> float:
+    """A request's deadline: `given` (--request-timeout), else DEFAULT_REQUEST_TIMEOUT_S or, when the
+    sampling asks for more (max_tokens, a thinking budget), that many tokens at SLOWEST_TOKENS_PER_S."""
+    if given is not None:
+        return given
+    tokens = 0
+    for key in ("max_tokens", "max_completion_tokens", "thinking_budget"):
+        value = sampling.get(key)
+        if type(value) is int and value > 0:
+            tokens = max(tokens, value)
+    return max(DEFAULT_REQUEST_TIMEOUT_S, tokens / SLOWEST_TOKENS_PER_S)
 
 
 def _check_base_url(url: str, where: str) -> None:

@@ -14,6 +14,14 @@ system prompt) is the same in every row and would make every pair of examples lo
 `example` the input and the answer weigh the same (NearDedup.add_pairs), so an example is a near
 duplicate when both its input and its answer are near another's.
 
+A reasoning trace (the row's `reasoning`) is part of the answer's side of the key when `[dedup]
+reasoning = true` (the default): an 8-byte hash of its bytes joins the exact key, and a bounded sample
+of its text (gen.reasoning.trace_sample: 8 windows of 256 characters) joins the answer's near text. So
+two inputs that share a short final answer (`\boxed{42}`) stay apart even with `on = "output"` when
+their traces differ, two near-identical traces of one input are near duplicates whatever their final
+answers, and the cost of both checks does not grow with the trace (the exact hash reads its bytes once,
+at memory speed). `reasoning = false` compares the answers alone.
+
 The chain: `Deduplicator` runs its steps (exact, then near when on) over a batch of rows with one
 `check_batch()`, which the run, journal replay and the cluster merge pass all use. A step is a
 `DedupStep` (its own module) named in STEPS; adding a dedup method is one module plus a `register_step`.
@@ -35,6 +43,7 @@ import orjson
 from gen.errors import ConfigError
 from gen.ledger import id_key
 from gen.outdir import MANIFEST
+from gen.reasoning import trace_digest, trace_sample
 
 KEYS = ("example", "output", "input")
 DedupKey = Literal["example", "output", "input"]
@@ -68,6 +77,14 @@ def key_of(
     if recorded not in KEYS:
         raise ConfigError(where, f"dedup.on is {recorded!r}, not one of {', '.join(KEYS)}")
     return recorded, False
+
+
+def reasoning_of(spec: bool, previous: dict[str, Any] | None) -> bool:
+    """Whether traces are part of the key: an output being resumed keeps what it was begun with (an
+    output made before the setting existed held no traces: false), a new one takes `[dedup] reasoning`."""
+    if previous is None:
+        return spec
+    return bool((previous.get("dedup") or {}).get("reasoning", False))
 
 
 class ExactDedup:
@@ -310,6 +327,7 @@ class Deduplicator:
         steps: Sequence[str] | None = None,
         given: Sequence[str] | None = None,
         decontaminate: Any = None,
+        reasoning: bool = True,
     ) -> None:
         if on not in KEYS:
             raise ValueError(f"on must be one of {', '.join(KEYS)}, got {on!r}")
@@ -322,6 +340,7 @@ class Deduplicator:
             raise ValueError(f"unknown dedup step in {names} (known: {', '.join(STEPS)}); exact comes first")
         self.on: DedupKey = on
         self.field = field
+        self.reasoning = reasoning and on != "input"  # the input key never looks at what was written
         self.near_enabled = "near" in names
         self.names = names  # the chain, in order: exact is checked per answer as it arrives
         # `[dedup] steps` as written, for the manifest.
@@ -356,42 +375,68 @@ class Deduplicator:
     def pending(self) -> int:
         return len(self._queue)
 
-    def exact_digest(self, turns: Iterable[tuple[str, str]] | None, answer: str) -> int:
+    def exact_digest(
+        self, turns: Iterable[tuple[str, str]] | None, answer: str, reasoning: str | None = None
+    ) -> int:
         """The 8-byte key the exact check compares for an answer to the input `turns` ((role, content)
         pairs; None is allowed for the `output` key, which does not look at them).
 
         The answer is case and whitespace folded; the input turns are hashed as rendered (a template
         renders one input the same way every time), so a long system prompt costs a hash, not a fold.
         """
+        trace = trace_digest(reasoning) if self.reasoning else b""
         if self.on == "output":
-            return ExactDedup.digest(answer)
+            if not trace:
+                return ExactDedup.digest(answer)
+            folded = normalise(answer).encode() + b"\x03" + trace
+            return int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "big")
         assert turns is not None
-        return self._combine(b"".join(_turn(role, _digest8(content)) for role, content in turns), answer)
+        inputs = b"".join(_turn(role, _digest8(content)) for role, content in turns)
+        return self._combine(inputs, answer, trace)
 
-    def _combine(self, inputs: bytes, answer: str) -> int:
-        """The key from the input turns' bytes (`_turn` of each) and the answer."""
+    def _combine(self, inputs: bytes, answer: str, trace: bytes = b"") -> int:
+        """The key from the input turns' bytes (`_turn` of each), the answer and its trace's digest."""
         if self.on == "example":
             inputs += b"\x02" + normalise(answer).encode()
+            if trace:
+                inputs += b"\x03" + trace
         return int.from_bytes(hashlib.blake2b(inputs, digest_size=8).digest(), "big")
 
-    def message_digest(self, turns: Sequence[dict[str, str]], answer: str) -> int:
+    def message_digest(
+        self, turns: Sequence[dict[str, Any]], answer: str, reasoning: str | None = None
+    ) -> int:
         """`exact_digest` for input turns as message dicts (`role`, `content`)."""
-        return self.exact_digest(((m["role"], m["content"]) for m in turns), answer)
+        return self.exact_digest(((m["role"], m["content"]) for m in turns), answer, reasoning)
+
+    def _answer_text(self, row: dict[str, Any]) -> str:
+        """The answer's near text of a row, with the sample of its trace when traces count."""
+        text = near_text(row["output"], row["response"], self.field)
+        if self.reasoning and row.get("reasoning"):
+            text += " " + trace_sample(row["reasoning"])
+        return text
 
     def near_item(self, row: dict[str, Any]) -> NearItem:
         """What the near check compares for a row with `output`, `response` and `vars`: the answer's
         text values (`output`), the input's (`input`), or both, weighing the same (`example`)."""
         if self.on == "output":
-            return near_text(row["output"], row["response"], self.field)
+            return self._answer_text(row)
         inputs = near_text(row["vars"], "")
         if self.on == "input":
             return inputs
-        return inputs, near_text(row["output"], row["response"], self.field)
+        return inputs, self._answer_text(row)
 
     def keys(self, name: str, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """What step `name` compares for each row (a data row: `messages`, `output`, `response`, `vars`)."""
         if name == "exact":
-            return [self.message_digest(r["messages"][:-1], r["messages"][-1]["content"]) for r in rows]
+            # The answer is the output (else the text), as the last message holds it without a trace.
+            return [
+                self.message_digest(
+                    r["messages"][:-1],
+                    r["output"] if r["output"] is not None else r["response"],
+                    r.get("reasoning"),
+                )
+                for r in rows
+            ]
         if name == "near":
             return [self.near_item(r) for r in rows]
         return [self.step(name).row_key(r) for r in rows]  # type: ignore[attr-defined]
@@ -442,10 +487,11 @@ class Deduplicator:
 
     def columns(self) -> list[str]:
         """The data-shard columns `read_keys` reads for this key."""
+        trace = ["reasoning"] if self.reasoning else []
         if self.on == "output":
-            return ["id", "output", "response", *(("vars",) if self.contaminated_enabled else ())]
-        wants_more = self.near_enabled or self.contaminated_enabled
-        return ["id", "messages", *(("output", "vars") if wants_more else ())]
+            return ["id", "output", "response", *(("vars",) if self.contaminated_enabled else ()), *trace]
+        wants_vars = self.near_enabled or self.contaminated_enabled
+        return ["id", "messages", "output", "response", *(["vars"] if wants_vars else []), *trace]
 
     def _own_steps(self) -> list[str]:
         """The chain's steps that `_read_keys` does not know: they make their keys from whole rows."""
@@ -473,8 +519,10 @@ class Deduplicator:
         pa = _pyarrow()
         path = out_dir / rel
         pf = pa.parquet.ParquetFile(path)
-        want = self.columns()
-        missing = [c for c in want if c not in pf.schema_arrow.names]
+        names = pf.schema_arrow.names
+        # A shard written before traces were kept (row schema 1) has none: its rows have no trace.
+        want = [c for c in self.columns() if c != "reasoning" or c in names]
+        missing = [c for c in want if c not in names]
         if missing:
             raise ConfigError(path, self._cannot(f"it has no {missing[0]!r} column"))
         if self.on != "output":
@@ -485,23 +533,26 @@ class Deduplicator:
             pf = pa.parquet.ParquetFile(path, read_dictionary=content)
         table = pf.read(columns=want)
         ids: list[str] = table.column("id").to_pylist()
+        outputs = table.column("output").to_pylist()
+        responses = table.column("response").to_pylist()
+        traces = table.column("reasoning").to_pylist() if "reasoning" in want else [None] * len(ids)
         if self.on == "output":
-            outputs = table.column("output").to_pylist()
-            responses = table.column("response").to_pylist()
             digests = [
-                ExactDedup.digest(o if o is not None else r) for o, r in zip(outputs, responses, strict=True)
+                self.exact_digest(None, o if o is not None else r, t)
+                for o, r, t in zip(outputs, responses, traces, strict=True)
             ]
             batch = Batch(ids, {"exact": digests})
             if self.near_enabled:
                 batch.keys["near"] = [
-                    near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)
+                    self._answer_text({"output": o, "response": r, "reasoning": t})
+                    for o, r, t in zip(outputs, responses, traces, strict=True)
                 ]
             if self.contaminated_enabled:
                 self._contaminated_keys(batch, rel, outputs, responses, table.column("vars").to_pylist())
             return batch
-        # messages = input turns + the assistant's answer. Each distinct content is hashed once.
+        # messages = input turns + the assistant's answer. Each distinct content is hashed once. The
+        # answer is the output, else the text: the last message may carry the trace (think-tags).
         digests: list[int] = []
-        answers: list[str] = []
         for chunk in table.column("messages").chunks:
             offsets = chunk.offsets.to_pylist()
             values = chunk.values
@@ -517,25 +568,23 @@ class Deduplicator:
                 if b <= a or roles[b - 1] != "assistant" or index[b - 1] is None:
                     row = len(digests)
                     raise ConfigError(path, self._cannot(f"row {row} has no answer as its last message"))
-                answer = distinct[index[b - 1]]
-                answers.append(answer)
+                n = len(digests)
+                answer = outputs[n] if outputs[n] is not None else responses[n]
                 turns = b"".join(
                     _turn(role, hashed[j] if j is not None else _digest8(None))
                     for role, j in zip(roles[a : b - 1], index[a : b - 1], strict=True)
                 )
-                digests.append(self._combine(turns, answer))
+                trace = trace_digest(traces[n]) if self.reasoning else b""
+                digests.append(self._combine(turns, answer, trace))
         batch = Batch(ids, {"exact": digests})
         if self.near_enabled:
-            outputs = table.column("output").to_pylist()
             vars_ = table.column("vars").to_pylist()
-            # A row without `output` (no schema) answered in free text: that text is the last message.
             batch.keys["near"] = [
-                self.near_item({"output": o, "response": ans, "vars": v})
-                for o, ans, v in zip(outputs, answers, vars_, strict=True)
+                self.near_item({"output": o, "response": r, "vars": v, "reasoning": t})
+                for o, r, v, t in zip(outputs, responses, vars_, traces, strict=True)
             ]
         if self.contaminated_enabled:
-            outputs = table.column("output").to_pylist()
-            self._contaminated_keys(batch, rel, outputs, answers, table.column("vars").to_pylist())
+            self._contaminated_keys(batch, rel, outputs, responses, table.column("vars").to_pylist())
         return batch
 
     def _contaminated_keys(
@@ -578,6 +627,7 @@ class Deduplicator:
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "on": self.on,
+            "reasoning": self.reasoning,
             "exact_removed": self.counts["exact"],
             "near_removed": self.counts["near"],
             "near": {**self.step("near").describe(), "field": self.field} if self.near_enabled else None,

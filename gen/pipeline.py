@@ -25,8 +25,8 @@ from typing import Any
 from gen import __version__
 from gen.budget import Budget
 from gen.card import write_card
-from gen.config import RunOptions
-from gen.dedup import Deduplicator, key_of, resolve_steps
+from gen.config import RunOptions, request_timeout
+from gen.dedup import Deduplicator, key_of, reasoning_of, resolve_steps
 from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import (
     BadEntry,
@@ -44,6 +44,15 @@ from gen.outdir import OutputDir
 from gen.prefix import PrefixGate, grouped
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
+from gen.reasoning import (
+    CLOSE,
+    OPEN,
+    assistant_message,
+    estimated_tokens,
+    journal_form,
+    restored,
+    split_think,
+)
 from gen.retry import RetryPolicy, with_retries
 from gen.rows import COLUMNS, Row, duplicate_row, reject_row
 from gen.shards import (
@@ -107,6 +116,7 @@ class RunStats:
     cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
     cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
     truncated_kept: int = 0  # rows kept although cut off at max_tokens (keep_truncated = true)
+    reasoning_tokens: int = 0  # in the traces of answers received (reported, else about chars / 4)
     # Requests this run gave up waiting for (cancelled in flight): counted at their reservation.
     unanswered_requests: int = 0
     unanswered_tokens: int = 0
@@ -137,6 +147,7 @@ class RunStats:
             "cached_tokens": self.cached_tokens,
             "cache_write_tokens": self.cache_write_tokens,
             "truncated_kept": self.truncated_kept,
+            "reasoning_tokens": self.reasoning_tokens,
             "unanswered_requests": self.unanswered_requests,
             "unanswered_tokens": self.unanswered_tokens,
             "journal_skipped": self.journal_skipped,
@@ -252,6 +263,7 @@ class Run:
             steps=steps,
             given=d.steps,
             decontaminate=p.decontamination,
+            reasoning=reasoning_of(d.reasoning, p.previous),
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self._uncounted: set[int] = set()  # id keys in shards the manifest missed: usage not yet counted
@@ -415,6 +427,7 @@ class Run:
             runs=self._earlier_runs() + [this_run],
             partition=self._partition_scope() if self.partition is not None else None,
             verification=self._verification(at.checks if at is not None else dict(self._checks)),
+            reasoning_format=self.p.reasoning_format,
         )
 
     def _earlier_runs(self) -> list[dict[str, Any]]:
@@ -507,6 +520,8 @@ class Run:
             open_.pop(entry.task_id, None)
             split, row = entry.split, entry.row
             assert split is not None and row is not None
+            if split in ("train", "eval"):
+                row = restored(row, self.p.reasoning_format)  # the trace back in its message
             key = id_key(entry.task_id)
             if key in self.claimed:  # in a shard: the manifest counted it, unless it missed the shard
                 if key in self._uncounted:
@@ -720,7 +735,7 @@ class Run:
                 schema=p.schema,
                 strict=self.spec.strict,
                 max_connections=t.max_concurrency,
-                request_timeout_s=p.opts.request_timeout_s,
+                request_timeout_s=request_timeout(p.opts.request_timeout_s, p.sampling),
                 connect_timeout_s=p.opts.connect_timeout_s,
                 max_reply_bytes=p.opts.max_reply_bytes,
                 **extra,
@@ -1014,7 +1029,9 @@ class Run:
                 return False
         kept = None
         if self.p.opts.dedup:
-            kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), id_key(task.id))
+            kept = self.dedup.check_exact(
+                self.dedup.message_digest(task.messages, answer, comp.reasoning), id_key(task.id)
+            )
         if kept is not None:
             dup = {
                 "id": task.id,
@@ -1073,6 +1090,8 @@ class Run:
                     await self._finish(task, "rejects", row, spent)
                 return
             self._in_flight.pop(key, None)
+            if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
+                comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only
             cached, written = comp.cached_tokens, comp.cache_write_tokens
             last = (
                 (comp.prompt_tokens, comp.completion_tokens, cached, written)
@@ -1092,7 +1111,11 @@ class Run:
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
             cached_tokens += cached
-            if leaks_secret(comp.text, comp.model):  # a teacher that echoes our key: never keep a byte of it
+            if comp.reasoning is not None:
+                self.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
+            if leaks_secret(comp.text, comp.model) or (
+                comp.reasoning is not None and leaks_secret(comp.reasoning, None)
+            ):  # a teacher that echoes our key: never keep a byte of it
                 row = self._reject_row(
                     task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
                 )
@@ -1104,7 +1127,12 @@ class Run:
                 break
             if attempts >= self.spec.max_attempts:
                 row = self._reject_row(
-                    task, verdict.reason or "invalid", verdict.error or "", comp.text, attempts
+                    task,
+                    verdict.reason or "invalid",
+                    verdict.error or "",
+                    comp.text,
+                    attempts,
+                    comp.reasoning,
                 )
                 await self._finish(task, "rejects", row, last)
                 return
@@ -1131,9 +1159,12 @@ class Run:
         t = self.p.teacher
         row: Row = {
             "id": task.id,
-            "messages": [*task.messages, {"role": "assistant", "content": answer}],
+            "messages": [*task.messages, assistant_message(answer, comp.reasoning, self.p.reasoning_format)],
             "response": comp.text,
             "output": verdict.output_json,
+            "reasoning": comp.reasoning,
+            "reasoning_tokens": comp.reasoning_tokens if comp.reasoning is not None else None,
+            "logprobs": comp.logprobs,
             "vars": task.vars_json,
             "sample": task.sample,
             "split": task.split,
@@ -1195,6 +1226,7 @@ class Run:
         response: str | None,
         attempts: int,
         reference: str | None = None,
+        reasoning: str | None = None,
     ) -> dict[str, Any]:
         return reject_row(
             reference=reference,
@@ -1202,6 +1234,7 @@ class Run:
             reason=reason,
             error=error,
             response=response,
+            reasoning=reasoning,
             vars=task.vars_json,
             sample=task.sample,
             template=self.spec.name,
@@ -1218,7 +1251,8 @@ class Run:
         """Journal the outcome at once, with what its last request cost, then buffer it; checkpoint when
         a shard is full."""
         assert self.journal is not None
-        self.journal.append(split, row, usage)
+        journaled = journal_form(row, self.p.reasoning_format) if split in ("train", "eval") else row
+        self.journal.append(split, journaled, usage)
         if split in ("train", "eval") and self.dedup.batched:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()
@@ -1351,6 +1385,9 @@ def summary(result: RunResult) -> str:
         extra += (
             f"; {s.batches:,} batches, {s.batch_failed + s.batch_expired:,} batch requests failed or expired"
         )
+    if s.reasoning_tokens:
+        tokens_s = s.reasoning_tokens / result.wall_s if result.wall_s > 0 else 0.0
+        rejects += f", {s.reasoning_tokens:,} reasoning tokens ({tokens_s:,.0f}/s)"
     return (
         f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {rejects}, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "

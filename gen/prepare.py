@@ -20,6 +20,7 @@ from gen.ledger import id_key, load_manifest
 from gen.manifest import check_compatible, next_version_dir, recipe_fingerprint
 from gen.outdir import NOT_AN_OUTPUT, OutputDir
 from gen.provenance import INTENDED_USES, Review, load_registry, review_teacher
+from gen.reasoning import REASONING_FORMATS
 from gen.rows import ROW_SCHEMA_VERSION
 from gen.schema import Schema, load_schema
 from gen.shards import committed_shards, parse_shard_name, read_columns
@@ -50,6 +51,7 @@ class Prepared:
     verifier: Verifier | None = None  # the prompt file's [verify] table, checked
     # The recipe's gen.manifest.recipe_fingerprint: batch mode logs it with every batch.
     fingerprint: dict[str, Any] | None = None
+    reasoning_format: str = "field"  # how a trace enters `messages` (gen.reasoning.REASONING_FORMATS)
 
 
 def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
@@ -113,6 +115,8 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             f"--max-usd needs a price for model {teacher.model!r}: pass --price-in and --price-out",
         )
 
+    sampling, reasoning_format = reasoning_settings(prompt, opts, provider)
+
     out_dir = Path(opts.output) if opts.output else Path("outputs") / spec.name
     if opts.partition is not None:
         index, count = opts.partition
@@ -120,7 +124,8 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             raise ConfigError(None, f"partition {index} of {count} does not exist")
     previous = load_manifest_or_fail(out_dir, opts.partition[0] if opts.partition else None)
     lineage = opts.lineage
-    fingerprint = recipe_fingerprint(_recipe(prompt, expansion, schema, teacher))
+    recipe = _recipe(prompt, expansion, schema, teacher, reasoning_format)
+    fingerprint = recipe_fingerprint(recipe)
     if previous is not None and opts.new_version and fingerprint != recipe_fingerprint(previous):
         lineage = {"previous": str(out_dir), "previous_run_id": previous.get("run_id")}
         out_dir = next_version_dir(out_dir)
@@ -130,7 +135,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
     again = f"gen run {prompt.path} --output {out_dir}"
     check_batch_output(out_dir, fingerprint, batch=opts.batch, again=again)
     if previous is not None:
-        check_compatible(out_dir, previous, _recipe(prompt, expansion, schema, teacher))
+        check_compatible(out_dir, previous, recipe)
     if opts.executor == "local" and not opts.partition and _holds_cluster_run(out_dir, previous):
         raise ConfigError(out_dir, "holds a cluster run; resume it with --executor ray")
     _check_writable(out_dir)
@@ -143,7 +148,7 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         api_key,
         out_dir,
         opts,
-        dict(spec.sampling),
+        sampling,
         price,
         previous,
         lineage,
@@ -152,7 +157,56 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
         decontamination,
         verifier,
         fingerprint,
+        reasoning_format,
     )
+
+
+MAX_LOGPROBS = 20  # what vLLM returns at most (OpenAI: 20 too)
+MIN_THINKING_BUDGET = 1024  # Anthropic refuses a smaller budget_tokens
+
+
+def reasoning_settings(
+    prompt: PromptFile, opts: RunOptions, provider: providers.ProviderSpec
+) -> tuple[dict[str, Any], str]:
+    """The run's sampling (with --thinking-budget applied) and reasoning format (--reasoning-format over
+    the prompt file's), checked: `logprobs = K` an integer in 1..20 on an OpenAI-protocol teacher,
+    `thinking_budget` at least 1,024 and below max_tokens on an Anthropic one. ConfigError otherwise."""
+    sampling = dict(prompt.spec.sampling)
+    fmt = opts.reasoning_format or prompt.spec.reasoning_format
+    if fmt not in REASONING_FORMATS:
+        raise ConfigError("--reasoning-format", f"{fmt!r} is not one of {', '.join(REASONING_FORMATS)}")
+    if opts.thinking_budget is not None:
+        sampling["thinking_budget"] = opts.thinking_budget
+    where = "--thinking-budget" if opts.thinking_budget is not None else f"{prompt.path}: [sampling]"
+    anthropic = provider.client.endswith("AnthropicMessages")
+    budget = sampling.get("thinking_budget")
+    if budget is not None:
+        if not anthropic:
+            raise ConfigError(
+                where,
+                f"thinking_budget is Anthropic's extended thinking; provider {provider.name!r} does not "
+                "take it (OpenAI-compatible reasoning teachers send their trace without being asked)",
+            )
+        if type(budget) is not int or budget < MIN_THINKING_BUDGET:
+            raise ConfigError(
+                where, f"thinking_budget must be an integer >= {MIN_THINKING_BUDGET}, got {budget!r}"
+            )
+        cap = sampling.get("max_tokens") or sampling.get("max_completion_tokens")
+        if cap is not None and (type(cap) is not int or cap <= budget):
+            raise ConfigError(
+                where,
+                f"max_tokens ({cap!r}) must be larger than thinking_budget ({budget}): thinking counts in it",
+            )
+    k = sampling.get("logprobs")
+    if k is not None:
+        where = f"{prompt.path}: [sampling] logprobs"
+        if anthropic:
+            raise ConfigError(where, f"provider {provider.name!r} (Anthropic Messages) returns no logprobs")
+        if type(k) is not int or not 1 <= k <= MAX_LOGPROBS:
+            raise ConfigError(
+                where, f"must be an integer K in 1..{MAX_LOGPROBS} (top-K alternatives), got {k!r}"
+            )
+    return sampling, fmt
 
 
 def check_api_key(key: str, variable: str) -> None:
@@ -206,9 +260,10 @@ def load_manifest_or_fail(out_dir: Path, partition: int | None = None) -> dict[s
 
 
 def _recipe(
-    prompt: PromptFile, expansion: Expansion, schema: Schema | None, teacher: Teacher
+    prompt: PromptFile, expansion: Expansion, schema: Schema | None, teacher: Teacher, reasoning_format: str
 ) -> dict[str, Any]:
     return {
+        "reasoning_format": reasoning_format,
         "row_schema_version": ROW_SCHEMA_VERSION,
         "prompt_file": {"sha256": prompt.sha256},
         "template": {"sha256": expansion.template_sha256},

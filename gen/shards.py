@@ -88,7 +88,14 @@ WITHOUT_PANDAS = _PandasHidden()
 def _arrow_type(pa: Any, name: str) -> pa.DataType:
     """The pyarrow type of a type named in gen.rows."""
     if name == "messages":
-        return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+        return pa.list_(
+            pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string())])
+        )
+    if name == "logprobs":  # float32: a log-probability needs no more, and 1,000 tokens x top-5 stay small
+        alternative = pa.struct([("token", pa.string()), ("logprob", pa.float32())])
+        return pa.list_(
+            pa.struct([("token", pa.string()), ("logprob", pa.float32()), ("top", pa.list_(alternative))])
+        )
     if name == "timestamp_ms_utc":
         return pa.timestamp("ms", tz="UTC")
     return {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64()}[name]
@@ -126,6 +133,8 @@ def _row_checks() -> dict[str, list[tuple[str, str, Callable[[Any], bool]]]]:
                 else (0, (1 << bits) - 1)
             )
             return lambda v: v is None or (type(v) is int and lo <= v <= hi)
+        if pa.types.is_floating(t):
+            return lambda v: v is None or type(v) is float
         if pa.types.is_list(t):
             item = test(t.value_type)
             return lambda v: v is None or (type(v) is list and all(item(x) for x in v))
@@ -361,8 +370,12 @@ class ShardWriter:
         on_checkpoint: Callable[[list[ShardInfo], Any], None] | None = None,
         max_pending: int = 2,
         partition: int | None = None,
+        max_buffer_chars: int = 64 * 1024 * 1024,
     ) -> None:
         self.out_dir = out_dir
+        self.max_buffer_chars = max_buffer_chars
+        self._chars = 0  # characters of `response` and `reasoning` buffered since the last checkpoint
+        self._batch_chars = max_buffer_chars // 8  # hand the rows to the writer thread past this
         self.partition = partition
         self.rows_per_shard = rows_per_shard
         self.batch_rows = batch_rows
@@ -384,14 +397,19 @@ class ShardWriter:
         return sum(self._counts.values())
 
     def add(self, split: str, row: dict[str, Any]) -> bool:
-        """Buffer a row; True when a split holds a shard's worth and `checkpoint()` should be awaited."""
+        """Buffer a row; True when a split holds a shard's worth (`rows_per_shard` rows, or
+        `max_buffer_chars` characters of text and traces) and `checkpoint()` should be awaited."""
         rows = self._rows[split]
         rows.append(row)
-        if len(rows) >= self.batch_rows:
+        # Long rows (reasoning traces of tens of thousands of tokens) fill memory long before a shard's
+        # rows: the size of what the buffers hold is bounded too, by their two big text columns.
+        self._chars += len(row.get("response") or "") + 2 * len(row.get("reasoning") or "")
+        if len(rows) >= self.batch_rows or self._chars >= self._batch_chars:
             self._rows[split] = []
             self._batches[split].append(self._pool.submit(_to_batch, rows, split))
+            self._batch_chars = self._chars + self.max_buffer_chars // 8
         self._counts[split] += 1
-        return self._counts[split] >= self.rows_per_shard
+        return self._counts[split] >= self.rows_per_shard or self._chars >= self.max_buffer_chars
 
     async def checkpoint(self, token: Any = None) -> None:
         """Hand every buffer to the writer thread; waits only when too many checkpoints are queued."""
@@ -405,6 +423,7 @@ class ShardWriter:
                 self._batches[split].append(self._pool.submit(_to_batch, self._rows[split], split))
             jobs.append((split, self._batches[split]))
             self._rows[split], self._batches[split], self._counts[split] = [], [], 0
+        self._chars, self._batch_chars = 0, self.max_buffer_chars // 8
         if not jobs and token is None:
             return
         self._pending.append(self._pool.submit(self._commit, jobs, token))

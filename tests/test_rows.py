@@ -17,12 +17,19 @@ from gen.shards import SCHEMAS, row_problem
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-# Version 1's columns as the shards have always stored them. A change here is a new row schema: bump
-# rows.ROW_SCHEMA_VERSION with it (resume then refuses outputs of the old one).
-V1 = {
+# Version 2's columns as the shards store them (2 added the reasoning trace, its tokens, logprobs and
+# the messages' reasoning_content). A change here is a new row schema: bump rows.ROW_SCHEMA_VERSION
+# with it (resume then refuses outputs of the old one).
+_LOGPROBS = (
+    "list<item: struct<token: string, logprob: float, top: list<item: struct<token: string, "
+    "logprob: float>>>>"
+)
+_V2 = {
     "data": [
-        ("id", "string"), ("messages", "list<item: struct<role: string, content: string>>"),
-        ("response", "string"), ("output", "string"), ("vars", "string"), ("sample", "int32"),
+        ("id", "string"),
+        ("messages", "list<item: struct<role: string, content: string, reasoning_content: string>>"),
+        ("response", "string"), ("output", "string"), ("reasoning", "string"), ("reasoning_tokens", "int64"),
+        ("logprobs", _LOGPROBS), ("vars", "string"), ("sample", "int32"),
         ("split", "string"), ("template", "string"), ("template_version", "string"),
         ("template_sha256", "string"), ("prompt_sha256", "string"), ("teacher_provider", "string"),
         ("teacher_model", "string"), ("teacher_license", "string"), ("sampling", "string"),
@@ -32,7 +39,8 @@ V1 = {
     ],
     "rejects": [
         ("id", "string"), ("reason", "string"), ("error", "string"), ("response", "string"),
-        ("vars", "string"), ("sample", "int32"), ("template", "string"), ("teacher_model", "string"),
+        ("reasoning", "string"), ("vars", "string"), ("sample", "int32"), ("template", "string"),
+        ("teacher_model", "string"),
         ("attempts", "int32"), ("created_at", "timestamp[ms, tz=UTC]"), ("run_id", "string"),
     ],
     "duplicates": [
@@ -40,12 +48,12 @@ V1 = {
         ("vars", "string"), ("created_at", "timestamp[ms, tz=UTC]"), ("run_id", "string"),
     ],
 }  # fmt: skip
-# Version 2: `cached_tokens` (what the teacher read from its prompt cache) after `completion_tokens`;
-# rejects' `reference` (answer verification) after `response`.
+# Version 2 also added `cached_tokens` (what the teacher read from its prompt cache) after
+# `completion_tokens`, and rejects' `reference` (answer verification) after `reasoning`.
 V2 = {
-    **V1,
-    "data": [*V1["data"][:17], ("cached_tokens", "int64"), *V1["data"][17:]],
-    "rejects": [*V1["rejects"][:4], ("reference", "string"), *V1["rejects"][4:]],
+    **_V2,
+    "data": [*_V2["data"][:20], ("cached_tokens", "int64"), *_V2["data"][20:]],
+    "rejects": [*_V2["rejects"][:5], ("reference", "string"), *_V2["rejects"][5:]],
 }
 
 

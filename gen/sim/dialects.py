@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from gen.sim import reasoning
 from gen.sim.answers import reasoned_text, with_answer
 from gen.sim.instances import FENCE_INTROS, VOCAB, Gen, compiled_sampler, sentences
 
@@ -81,6 +82,8 @@ class _Chat:
     # The simulated student's disagreement (SimConfig.perturb_*): the field it changes ("*": every
     # top-level field), or None to answer as the teacher would.
     perturb: str | None = None
+    top_logprobs: int | None = None  # OpenAI: logprobs asked for, with K alternatives (gen.sim.reasoning)
+    thinking: int | None = None  # Anthropic: the extended-thinking budget enabled
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -151,10 +154,15 @@ def _parse_chat(raw: bytes) -> _Chat:
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"Invalid 'model': expected a string, got {model!r}.", "model")
     prompt_tokens = chars // 4 + 4 * len(messages)
+    try:
+        top_logprobs = reasoning.parse_openai(body)
+    except ValueError as exc:
+        raise BadRequest(str(exc), "top_logprobs") from None
     raw = fmt["json_schema"]["schema"] if mode == "json_schema" else None
     chat = _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
     chat.prefixes = _leading_prefixes(model, messages)
     chat.json_schema = raw
+    chat.top_logprobs = top_logprobs
     return chat
 
 
@@ -292,11 +300,22 @@ def _parse_messages(raw: bytes) -> _Chat:
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise BadRequest("stop_sequences: Input should be a list of strings.")
     forced = _forced_tool(body)
+    try:
+        thinking = reasoning.parse_anthropic(body, max_tokens, forced is not None)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     salt = orjson.dumps(system)
     prompt_tokens = chars // 4 + 4 * n_turns
     marked = _breakpoint(model, body.get("tools"), system)
     if forced is None:
         chat = _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
+        chat.thinking = thinking
+        asked = reasoning.schema_in_text(system)
+        if asked is not None:  # JSON asked for in the text (thinking rules out a forced tool)
+            try:
+                chat.mode, chat.schema = "json_schema", _sampler(asked)
+            except ValueError as exc:
+                raise BadRequest(f"system: the JSON schema asked for is not valid: {exc}") from None
     else:
         name, input_schema = forced
         try:
@@ -354,7 +373,7 @@ def _other(v: Any, node: dict[str, Any]) -> Any:
 
 
 def _content(chat: _Chat, rng: random.Random) -> str:
-    if chat.fixed is not None:
+    if chat.fixed is not None and chat.mode == "text":
         return chat.fixed
     if chat.mode == "json_schema":
         assert chat.schema is not None
@@ -553,12 +572,12 @@ class OpenAIDialect:
         return _openai_error(503, msg, "overloaded", headers=headers)
 
     def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
+        if chat.fixed is None:  # the judge mode's verdict (gen.sim.judge) comes first
+            chat.fixed = self.config.answer_text
         try:
             content, cut, completion_tokens = _text_answer(chat, rng, fault, stats)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
             raise BadRequest(f"Invalid schema for response_format: {exc}", "response_format") from None
-        stats["prompt_tokens"] += chat.prompt_tokens
-        stats["completion_tokens"] += completion_tokens
         stats["cached_tokens"] += chat.cached
         body = {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
@@ -580,6 +599,10 @@ class OpenAIDialect:
                 "prompt_tokens_details": {"cached_tokens": chat.cached},
             },
         }
+        reasoning.openai_logprobs(body, chat.top_logprobs, rng)  # of the answer, before a trace joins it
+        reasoning.openai_reasoning(body, self.config, chat.messages, chat.max_tokens, rng)
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += body["usage"]["completion_tokens"]
         return orjson.dumps(body)
 
     @staticmethod
@@ -666,14 +689,14 @@ class AnthropicDialect:
         return _anthropic_error(529, "Overloaded (simulated).", "overloaded_error", headers)
 
     def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
+        if chat.fixed is None:  # the judge mode's verdict (gen.sim.judge) comes first
+            chat.fixed = self.config.answer_text
         if chat.mode == "tool":
             content, stop_reason, output_tokens = self._tool_use(chat, rng, fault, stats)
         else:
             text, cut, output_tokens = _text_answer(chat, rng, fault, stats)
             content = [{"type": "text", "text": text}]
             stop_reason = "max_tokens" if cut else "end_turn"
-        stats["prompt_tokens"] += chat.prompt_tokens
-        stats["completion_tokens"] += output_tokens
         stats["cached_tokens"] += chat.cached
         stats["cache_write_tokens"] += chat.written
         usage = {
@@ -693,6 +716,9 @@ class AnthropicDialect:
             "stop_sequence": None,
             "usage": usage,
         }
+        reasoning.anthropic_thinking(body, self.config, chat.messages, chat.thinking, rng)
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += body["usage"]["output_tokens"]
         return orjson.dumps(body)
 
     @staticmethod

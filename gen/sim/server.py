@@ -44,6 +44,7 @@ from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, O
 from gen.sim.instances import sample_from_schema
 from gen.sim.judge import MODES as JUDGE_MODES
 from gen.sim.judge import reply as judge_reply
+from gen.sim.reasoning import check_config as check_reasoning
 
 __all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "perturbed", "sample_from_schema", "serve"]
 
@@ -127,6 +128,15 @@ class SimConfig:
     batch_reject: str | None = None
     batch_max_requests: int | None = None
     batch_hold: str | None = None
+    # A reasoning teacher (gen.sim.reasoning): how the OpenAI path sends a trace ("reasoning_content",
+    # "reasoning", "think-tags"; None: no trace), how long, whether the samples of one input get
+    # near-identical traces, and whether usage reports reasoning_tokens. `answer_text`: a fixed text
+    # answer (a shared short final answer such as \boxed{42}).
+    reasoning: str | None = None
+    reasoning_tokens: int = 200
+    reasoning_near_copies: bool = False
+    reasoning_usage: bool = True
+    answer_text: str | None = None
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -162,6 +172,7 @@ class SimConfig:
             raise ValueError(f"batch_hold must be one of {', '.join(HOLD_POINTS)}, got {self.batch_hold!r}")
         if self.batch_max_requests is not None and self.batch_max_requests < 1:
             raise ValueError(f"batch_max_requests must be >= 1, got {self.batch_max_requests}")
+        check_reasoning(self)
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")

@@ -20,6 +20,12 @@ class Completion:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     latency_s: float | None = None  # set by the limiter around the request (gen eval reports it)
+    # A reasoning teacher's trace, as the protocol carried it apart from the text (a reasoning field,
+    # thinking blocks); an inline <think> block is still in `text` (gen.reasoning.split_think).
+    reasoning: str | None = None
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens, where reported
+    # The answer's tokens with their log-probabilities (gen.reasoning.compact_logprobs), when asked for.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class Teacher(Protocol):
