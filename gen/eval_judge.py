@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,15 +228,21 @@ async def judge_rows(
     max_pause_s: float,
     request_timeout_s: float,
     connect_timeout_s: float,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
-    """The verdict of every (row id, pair), reusing those `log` holds and appending the new ones. A
-    judge that refuses the key (401/403) is a ConfigError naming it."""
+    """The verdict of every (row id, pair), reusing those `log` holds and appending the new ones (`say`
+    is told how many are asked). A judge that refuses the key (401/403) is a ConfigError naming it."""
     from gen.limits import LimitedTeacher, Limiter
     from gen.pipeline import worker_pool
     from gen.retry import RetryPolicy
 
     verdicts = log.load()
-    todo = iter([(tid, pair) for tid, pair in rows if tid not in verdicts])
+    pending = [(tid, pair) for tid, pair in rows if tid not in verdicts]
+    if not pending:
+        return verdicts
+    if say is not None:
+        say(f"judging {len(pending):,} answers with {judge.model} (each pair asked in both orders)")
+    todo = iter(pending)
     prompt = load_prompt(judge.prompt_path)
     policy = RetryPolicy(max_retries=max_retries, max_wait_s=max_pause_s)
     limiter = Limiter(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm, max_pause_s=max_pause_s)
@@ -263,7 +269,7 @@ async def judge_rows(
                     verdicts[tid] = verdict
                     record(tid, verdict)
 
-            await worker_pool(max(1, min(max_concurrency, len(rows))), work)
+            await worker_pool(min(max_concurrency, len(pending)), work)
     return verdicts
 
 

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -662,6 +663,7 @@ def _judge_free_text(
             max_retries=opts.max_retries,
             max_pause_s=opts.max_pause_s,
             **_client_limits(opts),
+            say=(lambda line: print(f"gen eval: {line}", file=sys.stderr)) if opts.progress else None,
         )
     )
     wanted = {tid for tid, _ in pairs}
