@@ -181,8 +181,9 @@ async def check_reachable(judge: JudgeSpec, recipe: PromptFile, *, check_model: 
 
 
 class VerdictLog:
-    """`judge.jsonl`: one line per judged row ({"id", "verdict", "judge"}), flushed as it is written so
-    that an interrupted evaluation keeps its verdicts; a line a crash cut short is skipped on reading."""
+    """`judge.jsonl`: one line per judged row ({"id", "verdict", "judge"}; `error` verdicts are not kept),
+    flushed as it is written so that an interrupted evaluation keeps its verdicts; a line a crash cut
+    short is skipped on reading."""
 
     def __init__(self, path: Path, judge: JudgeSpec) -> None:
         self.path = path
@@ -267,7 +268,8 @@ async def judge_rows(
                     except FatalTeacherError as e:
                         raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
                     verdicts[tid] = verdict
-                    record(tid, verdict)
+                    if verdict != "error":  # a request that failed is asked again by a resume
+                        record(tid, verdict)
 
             await worker_pool(min(max_concurrency, len(pending)), work)
     return verdicts

@@ -33,17 +33,19 @@ N = 12
 SHARE = 0.5
 
 
-def _recipe(d: Path, *, sim: str = "", schema: bool = False, n: int = N) -> Path:
+def _recipe(
+    d: Path, *, sim: str = "", schema: bool = False, n: int = N, topics: list[str] | None = None
+) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "s.json").write_text(json.dumps({"type": "object", "properties": {"a": {"type": "string"}}}))
-    topics = json.dumps([f"topic {i}" for i in range(n)])
+    listed = json.dumps(topics if topics is not None else [f"topic {i}" for i in range(n)])
     (d / "p.toml").write_text(
         'name = "t"\nversion = "1"\nintended_use = "research"\neval_fraction = 0.3\n'
         + ('schema = "s.json"\n' if schema else "")
         + '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
         + (f"[sim]\n{sim}\n" if sim else "")
         + '[sampling]\nmax_tokens = 200\n[messages]\nsystem = "Answer briefly."\nuser = "About {{ topic }}"\n'
-        + f"[variables]\ntopic = {topics}\n"
+        + f"[variables]\ntopic = {listed}\n"
     )
     return d / "p.toml"
 
@@ -182,6 +184,14 @@ def test_undecided_rows_and_a_student_without_answers(dataset: Path, tmp_path: P
     assert report.judge is not None and report.judge.counts["no_answer"] == 3
     assert (report.judge.loss.k, report.judge.loss.n) == (3, 3)
     assert judge.stats()["requests"] == 0
+    # A judge that keeps failing: `error` rows, left out of the rates and not kept for a resume.
+    failing = sim_server(model="judge-1", rate_500=1.0)
+    report = gen.evaluate(
+        out, student="student-1", student_base_url=student.base_url, split="all", limit=2, max_retries=0,
+        judge_model="judge-1", judge_base_url=failing.base_url,
+    )  # fmt: skip
+    assert report.judge is not None and report.judge.counts["error"] == 2 and report.judge.win.n == 0
+    assert (report.eval_dir / "judge.jsonl").read_text() == ""
 
 
 def _free_port() -> int:
@@ -294,3 +304,21 @@ def test_compare_shows_the_judge(dataset: Path, tmp_path: Path, sim_server, caps
     assert main(["eval", "--compare", str(a.eval_dir), str(b.eval_dir)]) == 0
     printed = capsys.readouterr().out
     assert "judge win" in printed and "judge non-loss" in printed and "judge: judge-1" in printed
+
+
+def test_fresh_inputs_are_judged_too(dataset: Path, tmp_path: Path, sim_server) -> None:
+    """--inputs on free text: the teacher answers the new inputs first, then the student, then the judge
+    compares the two, with the conversation of the fresh rows."""
+    out = _copy(dataset, tmp_path)
+    fresh = _recipe(tmp_path / "fresh", topics=[f"new topic {i}" for i in range(8)])
+    student = sim_server(model="student-1", perturb_share=SHARE)
+    judge = sim_server(model="judge-1", judge="longer")
+    report = gen.evaluate(
+        out, student="student-1", student_base_url=student.base_url, inputs=fresh,
+        judge_model="judge-1", judge_base_url=judge.base_url,
+    )  # fmt: skip
+    won = _perturbed_ids(rows_in(report.eval_dir / "teacher"), SHARE)
+    assert report.split == "fresh" and report.rows == 8 and 0 < len(won) < 8
+    assert report.judge is not None
+    assert (report.judge.counts["win"], report.judge.counts["tie"]) == (len(won), 8 - len(won))
+    assert judge.stats()["requests"] == 16
