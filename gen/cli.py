@@ -344,6 +344,11 @@ def _parser() -> _Parser:
         "--perturb-field", default="*", help="the top-level field a changed answer changes (*: every one)"
     )
     s.add_argument(
+        "--judge",
+        metavar="MODE",
+        help="play a judge of two answers: longer | longer_a | first | garbage (gen eval on free text)",
+    )
+    s.add_argument(
         "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
     )
     for p in sub.choices.values():
@@ -653,6 +658,7 @@ def _sim(args: argparse.Namespace) -> int:
         "cache_entries",
         "perturb_share",
         "perturb_field",
+        "judge",
     )
     api_key = None
     if args.api_key_env:

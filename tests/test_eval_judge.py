@@ -322,3 +322,24 @@ def test_fresh_inputs_are_judged_too(dataset: Path, tmp_path: Path, sim_server) 
     assert report.judge is not None
     assert (report.judge.counts["win"], report.judge.counts["tie"]) == (len(won), 8 - len(won))
     assert judge.stats()["requests"] == 16
+
+
+def test_gen_sim_plays_the_judge_from_the_command_line(dataset: Path, tmp_path: Path, sim_server) -> None:
+    out = _copy(dataset, tmp_path)
+    port = _free_port()
+    judge = subprocess.Popen(
+        [sys.executable, "-m", "gen", "sim", "--port", str(port), "--model", "judge-1", "--judge", "longer"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert judge.stderr is not None and f":{port}/v1" in judge.stderr.readline()  # serving
+        student = sim_server(model="student-1", perturb_share=SHARE)
+        won = _perturbed_ids(rows_in(out), SHARE)
+        code, err = _eval(
+            out, student, "--judge-model", "judge-1", "--judge-base-url", f"http://127.0.0.1:{port}/v1"
+        )
+        assert code == 0, err
+        assert f"judge win/tie/loss {len(won)}/{N - len(won)}/0" in err.strip().splitlines()[-1]
+    finally:
+        judge.terminate()
+        judge.communicate(timeout=30)
