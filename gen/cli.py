@@ -210,6 +210,30 @@ def _eval_flags(e: argparse.ArgumentParser) -> None:
         "--max-usd", type=float, metavar="USD", help="--inputs: stop the teacher's run at this cost"
     )
     e.add_argument(
+        "--judge-model",
+        metavar="NAME",
+        help="free text: the LLM judge's model (default: the dataset's teacher, from its manifest)",
+    )
+    e.add_argument(
+        "--judge-base-url", metavar="URL", help="free text: the judge's server (default: the teacher's)"
+    )
+    e.add_argument(
+        "--judge-provider",
+        help="free text: openai | anthropic | vllm | sim (default: the teacher's; openai with a URL if sim)",
+    )
+    e.add_argument(
+        "--judge-api-key-env", metavar="VAR", help="free text: environment variable of the judge's key"
+    )
+    e.add_argument(
+        "--judge-prompt",
+        type=Path,
+        metavar="FILE",
+        help="free text: replace the judge's prompt (gen/prompts/judge.md)",
+    )
+    e.add_argument(
+        "--no-judge", action="store_true", help="free text: no LLM judge (exact match and token F1 only)"
+    )
+    e.add_argument(
         "--compare",
         nargs=2,
         type=Path,
@@ -376,6 +400,11 @@ def _parser() -> _Parser:
     )
     s.add_argument("--reasoning-tokens", type=int, default=200, metavar="N", help="a trace's mean length")
     s.add_argument("--answer-text", metavar="TEXT", help="this fixed text as every free-text answer")
+    s.add_argument(
+        "--judge",
+        metavar="MODE",
+        help="play a judge of two answers: longer | longer_a | first | garbage (gen eval on free text)",
+    )
     s.add_argument(
         "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
     )
@@ -659,6 +688,12 @@ def _eval(args: argparse.Namespace) -> int:
         teacher_base_url=args.teacher_base_url,
         teacher_api_key_env=args.teacher_api_key_env,
         max_usd=args.max_usd,
+        judge_model=args.judge_model,
+        judge_provider=args.judge_provider,
+        judge_base_url=args.judge_base_url,
+        judge_api_key_env=args.judge_api_key_env,
+        judge_prompt=args.judge_prompt,
+        no_judge=args.no_judge,
         max_concurrency=args.max_concurrency,
         rpm=args.rpm,
         tpm=args.tpm,
@@ -729,6 +764,7 @@ def _sim(args: argparse.Namespace) -> int:
         "reasoning",
         "reasoning_tokens",
         "answer_text",
+        "judge",
     )
     api_key = None
     if args.api_key_env:

@@ -40,6 +40,29 @@ class FieldFigure:
 
 
 @dataclass(frozen=True, slots=True)
+class JudgeFigure:
+    """A free-text evaluation's LLM judge: who judged, each verdict's count, and win / tie / loss /
+    non-loss (win + tie) over the decided rows, each with its 95% interval (gen.eval_judge.RULE)."""
+
+    model: str
+    counts: dict[str, int]
+    win: RateFigure
+    tie: RateFigure
+    loss: RateFigure
+    non_loss: RateFigure
+
+    @classmethod
+    def from_dict(cls, d: Any) -> JudgeFigure | None:
+        if not isinstance(d, dict):
+            return None
+        return cls(
+            d["model"],
+            dict(d["counts"]),
+            *(RateFigure.from_dict(d[k]) for k in ("win", "tie", "loss", "non_loss")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class EvalReport:
     """A finished evaluation (report.json as typed data; `data` holds every figure as written)."""
 
@@ -60,6 +83,7 @@ class EvalReport:
     passed: bool | None  # the gate's verdict; None when no gate was set
     verdict: str
     data: dict[str, Any]
+    judge: JudgeFigure | None = None  # free text: the LLM judge's verdicts
 
     @classmethod
     def from_dict(cls, eval_dir: Path, d: dict[str, Any]) -> EvalReport:
@@ -94,16 +118,20 @@ class EvalReport:
             passed=d["gate"]["passed"],
             verdict=d["gate"]["verdict"],
             data=d,
+            judge=JudgeFigure.from_dict(d.get("judge")),
         )
 
 
 def gate_verdict(d: dict[str, Any], min_agreement: float | None, min_valid: float | None) -> dict[str, Any]:
-    """PASS when every threshold set is met by the point estimate; FAIL names each one missed."""
+    """PASS when every threshold set is met by the point estimate; FAIL names each one missed. With an
+    LLM judge (free text), --min-agreement is met by the judge's non-loss rate (win + tie)."""
     missed = []
     if min_agreement is not None:
-        rate = d["agreement"]["rate"] or 0.0
+        judged = isinstance(d.get("judge"), dict)
+        rate = (d["judge"]["non_loss"] if judged else d["agreement"])["rate"] or 0.0
         if rate < min_agreement:
-            missed.append(f"agreement {rate:.1%} < --min-agreement {min_agreement:g}")
+            what = "judge non-loss" if judged else "agreement"
+            missed.append(f"{what} {rate:.1%} < --min-agreement {min_agreement:g}")
     if min_valid is not None:
         rate = d["first_answer_valid"]["rate"] or 0.0
         if rate < min_valid:
@@ -142,12 +170,46 @@ def summary_line(d: dict[str, Any], eval_dir: Path) -> str:
     missed = f" ({'; '.join(gate['missed'])})" if gate["missed"] else ""
     if d["rows"] and d["valid"]["k"] == 0:
         missed += "; the student gave no valid answer"
+    judge = d.get("judge")
+    judged = (
+        f"judge {judge_counts(judge)}, non-loss {pct(judge['non_loss'])}, " if isinstance(judge, dict) else ""
+    )
     return (
         f"gen eval: {d['student']['model']} vs {d['teacher']['model']}, "
-        f"{d['split']} split ({d['rows']:,} rows): "
+        f"{d['split']} split ({d['rows']:,} rows): {judged}"
         f"agreement {pct(d['agreement'])}, first-answer valid {pct(d['first_answer_valid'])}, "
         f"p50 {_ms(d['latency_ms']['p50'])} -> {eval_dir}; verdict: {verdict}{missed}"
     )
+
+
+def judge_counts(j: dict[str, Any]) -> str:
+    """`win/tie/loss 3/9/0` (and the rows the judge could not decide, when there are any)."""
+    c = j["counts"]
+    text = f"win/tie/loss {c['win']}/{c['tie']}/{c['loss'] + c.get('no_answer', 0)}"
+    undecided = [f"{c[k]} {k}" for k in ("unparseable", "error") if c.get(k)]
+    return text + (f" ({', '.join(undecided)})" if undecided else "")
+
+
+def _judge_lines(j: dict[str, Any]) -> list[str]:
+    c = j["counts"]
+    where = f" at {j['base_url']}" if j.get("base_url") else ", started by gen"
+    return [
+        "## Judge",
+        "",
+        f"Free-text answers judged by `{j['model']}` ({j['provider']}{where}), prompt `{j['prompt']}` "
+        f"(sha256 `{j['prompt_sha256'][:12]}`): {j['rule']}.",
+        "",
+        "| verdict for the student | rows (95% interval) |",
+        "| --- | --- |",
+        f"| win | {pct(j['win'])} |",
+        f"| tie | {pct(j['tie'])} |",
+        f"| loss | {pct(j['loss'])}"
+        + (f", {c['no_answer']} without a valid answer" if c.get("no_answer") else "")
+        + " |",
+        f"| non-loss (win + tie) | {pct(j['non_loss'])} |",
+        f"| unparseable / error (left out) | {c['unparseable']} / {c['error']} |",
+        "",
+    ]
 
 
 def render_markdown(d: dict[str, Any]) -> str:
@@ -189,8 +251,11 @@ def render_markdown(d: dict[str, Any]) -> str:
         f"| teacher cost per 1,000 rows | {_usd(d['cost_per_1000_rows_usd']['teacher'])} |",
         "",
     ]
-    if d.get("judge") == "judge not available":
-        lines += ["Free-text answers: judge not available (token F1 and exact match below).", ""]
+    judge = d.get("judge")
+    if isinstance(judge, dict):
+        lines += _judge_lines(judge)
+    elif isinstance(judge, str):
+        lines += [f"Free-text answers: {judge} (token F1 and exact match below).", ""]
     lines += ["## Fields", "", "| field | kind | match (95% interval) | token F1 (95% interval) |"]
     lines.append("| --- | --- | --- | --- |")
     for name, f in d["fields"].items():
@@ -225,18 +290,21 @@ def card_section(reports: list[tuple[str, dict[str, Any]]]) -> list[str]:
         "",
         "Students evaluated against this dataset's teacher with `gen eval` (95% intervals):",
         "",
-        "| evaluation | student | split (rows) | agreement | first-answer valid | verdict |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| evaluation | student | split (rows) | agreement | judge (free text) | first-answer valid "
+        "| verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, d in reports:
         try:
+            j = d.get("judge")
+            judged = f"{judge_counts(j)}; non-loss {pct(j['non_loss'])}" if isinstance(j, dict) else ""
             lines.append(
                 f"| [{name}](evals/{name}/report.md) | `{d['student']['model']}` "
-                f"| {d['split']} ({d['rows']}) "
-                f"| {pct(d['agreement'])} | {pct(d['first_answer_valid'])} | {d['gate']['verdict']} |"
+                f"| {d['split']} ({d['rows']}) | {pct(d['agreement'])} | {judged} "
+                f"| {pct(d['first_answer_valid'])} | {d['gate']['verdict']} |"
             )
         except (KeyError, TypeError):
-            lines.append(f"| [{name}](evals/{name}/) | unreadable report.json | | | | |")
+            lines.append(f"| [{name}](evals/{name}/) | unreadable report.json | | | | | |")
     lines.append("")
     return lines
 
@@ -258,6 +326,8 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         }
 
     names = list(a["fields"]) + [n for n in b["fields"] if n not in a["fields"]]
+    ja = a.get("judge") if isinstance(a.get("judge"), dict) else None
+    jb = b.get("judge") if isinstance(b.get("judge"), dict) else None
     setup = {}
     for key, get in (
         ("student", lambda d: d["student"]["model"]),
@@ -266,6 +336,12 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         ("dataset", lambda d: d["dataset"]["path"]),
     ):
         setup[key] = {"a": get(a), "b": get(b), "changed": get(a) != get(b)}
+    if ja or jb:
+
+        def judge_of(j: dict[str, Any] | None) -> str:
+            return f"{j['model']} (prompt {j['prompt_sha256'][:12]})" if j else "none"
+
+        setup["judge"] = {"a": judge_of(ja), "b": judge_of(jb), "changed": judge_of(ja) != judge_of(jb)}
     return {
         "a": a["eval_id"],
         "b": b["eval_id"],
@@ -273,6 +349,9 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "agreement": figure(a["agreement"], b["agreement"]),
         "first_answer_valid": figure(a["first_answer_valid"], b["first_answer_valid"]),
         "valid": figure(a["valid"], b["valid"]),
+        "judge": {k: figure((ja or {}).get(k), (jb or {}).get(k)) for k in ("win", "tie", "loss", "non_loss")}
+        if ja or jb
+        else {},
         "fields": {
             n: figure(
                 (a["fields"].get(n) or {}).get("match"),
@@ -303,6 +382,8 @@ def render_comparison(c: dict[str, Any]) -> str:
     lines.append(row("agreement", c["agreement"]))
     lines.append(row("first-answer valid", c["first_answer_valid"]))
     lines.append(row("valid after re-asks", c["valid"]))
+    for name, f in (c.get("judge") or {}).items():
+        lines.append(row(f"judge {name.replace('_', '-')}", f))
     for name, f in c["fields"].items():
         lines.append(row(f"field {name}", f))
     return "\n".join(lines)

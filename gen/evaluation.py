@@ -11,6 +11,7 @@ deduplication off so that no answer is dropped. Then every answer is compared wi
       teacher/          fresh inputs only (`--inputs`, gen.eval_inputs): the teacher's answers to them
       answers/          the student's answers: a gen output of their own (manifest, data, rejects, journal)
       requests.jsonl    each request's latency and tokens
+      judge.jsonl       free text: the judge's verdict on each row (gen.eval_judge; `--resume` reuses them)
       results.parquet   one row per evaluated input (id, answers, per-field scores, latency, tokens)
       report.json       every figure with its 95% interval, identities, split, the dataset manifest's sha256
       report.md         the human summary (the dataset card's "Evaluation" section lists every one)
@@ -24,6 +25,8 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +41,9 @@ from gen.config import _check_base_url as check_base_url
 from gen.errors import ConfigError, GenError
 from gen.eval_compare import Comparison, field_specs, free_text_specs, percentile, score_row, score_text
 from gen.eval_inputs import check_fresh, teacher_options
+from gen.eval_judge import NO_ANSWER, VERDICTS_FILE, JudgeSpec, VerdictLog, resolve_judge
 from gen.eval_report import EvalReport, gate_verdict, render_markdown, summary_line
+from gen.judge import Pair
 from gen.ledger import load_manifest
 from gen.outdir import NOT_AN_OUTPUT, OutputDir
 from gen.prepare import Prepared, check_api_key, prepare
@@ -55,6 +60,7 @@ from gen.teachers import providers
 from gen.templates import Task
 
 FORMAT = "gen-eval/1"
+NOT_JUDGED = "not judged (--no-judge)"  # report.json's `judge` for free text evaluated without the judge
 SPLITS = ("eval", "train", "all")
 ANSWERS, REQUESTS, RESULTS, REPORT_JSON, REPORT_MD, SETTINGS, TEACHER = (
     "answers",
@@ -104,6 +110,23 @@ class EvalOptions:
     grace_s: float = 30.0
     progress: bool = True
     vllm: dict[str, Any] = field(default_factory=dict)
+    # Free text (no schema): the LLM judge (gen.eval_judge), each default the dataset's teacher as the
+    # manifest records it; `judge_prompt` replaces gen/prompts/judge.md; `no_judge`: token F1 only.
+    judge_model: str | None = None
+    judge_provider: str | None = None
+    judge_base_url: str | None = None
+    judge_api_key_env: str | None = None
+    judge_prompt: Path | None = None
+    no_judge: bool = False
+
+
+_JUDGE_FLAGS = {
+    "judge_model": "--judge-model",
+    "judge_provider": "--judge-provider",
+    "judge_base_url": "--judge-base-url",
+    "judge_api_key_env": "--judge-api-key-env",
+    "judge_prompt": "--judge-prompt",
+}
 
 
 @dataclass(slots=True)
@@ -121,6 +144,8 @@ class EvalPlan:
     opts: EvalOptions
     teacher_run: Prepared | None = None  # fresh inputs: the teacher's run, before the student's
     refused: int = 0  # fresh inputs refused: in the dataset already
+    judge: JudgeSpec | None = None  # free text: the LLM judge (None: structured, or --no-judge)
+    recipe: PromptFile | None = None  # the dataset's prompt file (a launched judge is started from it)
 
 
 @dataclass(slots=True)
@@ -144,7 +169,10 @@ class RecordedTasks:
 
     def tasks(self, keep: Callable[[str], bool] | None = None) -> Iterator[Task]:
         for r in self.rows:
-            yield Task(r["id"], r["vars"], r["sample"], r["split"], r["messages"][:-1])  # the input turns
+            # The input turns as the teacher was sent them: role and content (a row's message structs
+            # also carry `reasoning_content`, null on input turns, which no request had).
+            turns = [{"role": m["role"], "content": m["content"]} for m in r["messages"][:-1]]
+            yield Task(r["id"], r["vars"], r["sample"], r["split"], turns)
 
     def count(self) -> int:
         return len(self.rows)
@@ -169,20 +197,50 @@ def prepare_eval(dataset: str | Path, opts: EvalOptions) -> EvalPlan:
     if opts.inputs is not None and opts.split != "eval":
         raise ConfigError("--split", "does not apply to --inputs: every fresh input is evaluated")
     prompt, schema = _recipe(out, manifest)
-    if schema is None and opts.min_agreement is not None:
-        raise ConfigError(
-            "--min-agreement",
-            f"{out} holds free text (no schema): agreement needs the LLM judge, which gen eval does not "
-            "have yet; gate on --min-valid, or compare token F1 in the report",
-        )
+    judge = _judge(out, manifest, prompt, schema, opts)
 
     eval_dir, settings, resumed = _eval_dir(out, manifest, opts)
     try:
-        return _plan(out, manifest, opts, prompt, schema, eval_dir, settings, resumed)
+        plan = _plan(out, manifest, opts, prompt, schema, eval_dir, settings, resumed)
+        plan.judge, plan.recipe = judge, prompt
+        return plan
     except BaseException:
         if not resumed:  # prepare's writability probe (fresh inputs) may have made the folders
             shutil.rmtree(eval_dir, ignore_errors=True)
         raise
+
+
+def _judge(
+    out: Path, manifest: dict[str, Any], recipe: PromptFile, schema: Schema | None, opts: EvalOptions
+) -> JudgeSpec | None:
+    """The judge of a free-text dataset (None: a schema, or --no-judge). ConfigError for a judge flag
+    that does not apply or is bad, and for --min-agreement without a judge."""
+    given = [flag for name, flag in _JUDGE_FLAGS.items() if getattr(opts, name) is not None]
+    if schema is not None:
+        if given:
+            raise ConfigError(
+                given[0], f"{out} has a schema: its answers are compared field by field, not judged"
+            )
+        return None
+    if opts.no_judge:
+        if given:
+            raise ConfigError(given[0], "does not go with --no-judge")
+        if opts.min_agreement is not None:
+            raise ConfigError(
+                "--min-agreement",
+                f"{out} holds free text (no schema): with --no-judge there is no agreement to gate on; "
+                "gate on --min-valid, or let the judge run",
+            )
+        return None
+    return resolve_judge(
+        manifest,
+        recipe,
+        provider=opts.judge_provider,
+        model=opts.judge_model,
+        base_url=opts.judge_base_url,
+        api_key_env=opts.judge_api_key_env,
+        prompt=opts.judge_prompt,
+    )
 
 
 def _plan(
@@ -472,6 +530,10 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     """Ask the student (resuming what the eval directory holds), then compare and write the report."""
     from gen.pipeline import Run, run_loop
 
+    if plan.judge is not None:
+        # A judge that cannot be reached stops the evaluation before the student (or, with --inputs,
+        # the teacher) gets any request, and before anything is written.
+        run_loop(_check_judge(plan))
     plan.eval_dir.mkdir(parents=True, exist_ok=True)
     if not plan.resumed:
         write_json(plan.eval_dir / SETTINGS, plan.settings)
@@ -503,8 +565,29 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     requests.close()
     if result.status != "complete":
         return EvalResult(plan.eval_dir, result.status, None, result.message, result.signal)
-    report = write_report(plan, served=run.served_models, wall_s=result.wall_s)
+    try:
+        report = write_report(plan, served=run.served_models, wall_s=result.wall_s)
+    except KeyboardInterrupt:  # Ctrl-C while the judge was asked: its verdicts so far are in judge.jsonl
+        message = f"interrupted while judging (the verdicts so far are kept in {VERDICTS_FILE})"
+        return EvalResult(plan.eval_dir, "interrupted", None, message, signal.SIGINT)
     return EvalResult(plan.eval_dir, "complete", report)
+
+
+def _client_limits(opts: EvalOptions) -> dict[str, Any]:
+    return {"request_timeout_s": opts.request_timeout_s, "connect_timeout_s": opts.connect_timeout_s}
+
+
+async def _check_judge(plan: EvalPlan) -> None:
+    from gen.eval_judge import check_reachable
+
+    assert plan.judge is not None and plan.recipe is not None
+    await check_reachable(
+        plan.judge,
+        plan.recipe,
+        check_model=not plan.opts.no_model_check,
+        max_connections=1,
+        **_client_limits(plan.opts),
+    )
 
 
 # ---------------------------------------------------------------------------------- comparing
@@ -556,14 +639,39 @@ def _parse(text: str | None) -> Any:
         return None
 
 
-def _judge_free_text(plan: EvalPlan, pairs: list[tuple[str, str]]) -> dict[str, Any] | None:
-    """The LLM judge's verdict on free-text answers, `pairs` of (student, teacher) answer, or None while
-    gen has no judge: the report then says `judge not available`.
+def _judge_free_text(
+    plan: EvalPlan, pairs: list[tuple[str, Pair]], no_answer: int
+) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """The LLM judge's verdicts on free-text answers: `pairs` of (row id, Pair of the conversation, the
+    student's and the teacher's answer), `no_answer` rows the student gave no valid answer to. Returns
+    report.json's `judge` (gen.eval_judge.figures: identity, counts, win / tie / loss / non-loss with
+    95% Wilson intervals) and each row's verdict; None with --no-judge. Verdicts judge.jsonl holds from
+    an interrupted run of this judge are reused, new ones appended as they arrive."""
+    from gen.eval_judge import figures, judge_rows
+    from gen.pipeline import run_loop
 
-    The seam for gen/judge.py: run `judge_pairs(pairs, client=..., model=...)` (the judge defaulting to
-    the teacher the manifest records) and return {"win": Rate, "tie": Rate, "loss": Rate} as dicts
-    (`Rate(k, n).as_dict()`) plus the judge's identity; report.json's `judge` then holds it."""
-    return None
+    if plan.judge is None:
+        return None
+    opts = plan.opts
+    assert plan.recipe is not None
+    verdicts = run_loop(
+        judge_rows(
+            plan.judge,
+            plan.recipe,
+            pairs,
+            VerdictLog(plan.eval_dir / VERDICTS_FILE, plan.judge),
+            max_concurrency=plan.prepared.teacher.max_concurrency,
+            rpm=opts.rpm,
+            tpm=opts.tpm,
+            max_retries=opts.max_retries,
+            max_pause_s=opts.max_pause_s,
+            **_client_limits(opts),
+            say=(lambda line: print(f"gen eval: {line}", file=sys.stderr)) if opts.progress else None,
+        )
+    )
+    wanted = {tid for tid, _ in pairs}
+    verdicts = {tid: v for tid, v in verdicts.items() if tid in wanted}
+    return figures(plan.judge, verdicts, no_answer), verdicts
 
 
 def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalReport:
@@ -579,7 +687,8 @@ def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalRep
     latencies: list[float] = []
     first_valid = valid = 0
     teacher_tokens = [0, 0]
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, Pair]] = []
+    no_answer = 0
     for t in plan.teacher_rows:
         s = student.get(t["id"])
         ok = s is not None and s["valid"]
@@ -592,7 +701,9 @@ def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalRep
             t_answer, s_answer = t["response"], s["response"] if ok else None
             score = score_text(t_answer, s_answer)
             if s_answer is not None:
-                pairs.append((s_answer, t_answer))
+                pairs.append((t["id"], Pair(t["messages"], teacher=t_answer, student=s_answer)))
+            else:
+                no_answer += 1
         comparison.add(score, t_answer, s_answer)
         requests = log.get(t["id"], [])
         first = min(requests, key=lambda r: r["attempt"]) if requests else None
@@ -641,6 +752,11 @@ def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalRep
         columns.append((f"match.{spec.name}", "bool"))
         if spec.kind == "text":
             columns.append((f"f1.{spec.name}", "float64"))
+    judged = _judge_free_text(plan, pairs, no_answer) if schema is None else None
+    if judged is not None:
+        columns.append(("judge", "string"))
+        for row in results:
+            row["judge"] = judged[1].get(row["id"], NO_ANSWER if not row["valid"] else None)
     write_eval_results(plan.eval_dir / RESULTS, results, columns)
 
     n = len(plan.teacher_rows)
@@ -649,7 +765,6 @@ def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalRep
     teacher = plan.manifest.get("teacher") or {}
     teacher_price = _teacher_price(teacher)
     student_cost, basis = _student_cost(plan, s_prompt, s_completion, wall_s)
-    judge = _judge_free_text(plan, pairs) if schema is None else None
     opts = plan.opts
     data: dict[str, Any] = {
         "format": FORMAT,
@@ -686,7 +801,7 @@ def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalRep
         "valid": _rate(valid, n),
         "first_answer_valid": _rate(first_valid, n),
         "fields": comparison.fields(),
-        "judge": judge if judge is not None else ("judge not available" if schema is None else None),
+        "judge": judged[0] if judged is not None else (NOT_JUDGED if schema is None else None),
         "tokens_per_row": {
             "student": _per_row(s_prompt, s_completion, n),
             "teacher": _per_row(*teacher_tokens, n),

@@ -1339,6 +1339,20 @@ def _public_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+async def worker_pool(n: int, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `n` copies of `work()` side by side until every one returns (they share their input, e.g. one
+    iterator); the first error cancels the others and is raised. For gen's other loops of requests (the
+    evaluation's judge, gen.eval_judge): every asyncio task is the pipeline's to create and cancel."""
+    workers = [asyncio.create_task(work()) for _ in range(n)]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+
+
 async def run_prepared_async(prepared: Prepared) -> RunResult:
     """Execute a prepared run (or one partition of it) in this process, on the running loop."""
     return await Run(prepared).execute()

@@ -351,19 +351,22 @@ def test_audit_checks_eval_files(dataset: Path, tmp_path: Path, sim_server) -> N
     assert any("1 rows, its report.json says" in p for p in problems)
 
 
-def test_free_text_reports_judge_not_available(tmp_path: Path, sim_server) -> None:
+def test_free_text_without_the_judge(tmp_path: Path, sim_server) -> None:
+    # The judge itself: tests/test_eval_judge.py.
     result = run(
         _recipe(tmp_path / "r", schema=False, n=10), RunOptions(output=tmp_path / "o", progress=False)
     )
     assert result.status == "complete"
     server = sim_server(model="student-1", perturb_share=0.5)
     rows = rows_in(tmp_path / "o")
-    report = gen.evaluate(tmp_path / "o", student="student-1", student_base_url=server.base_url, split="all")
+    report = gen.evaluate(
+        tmp_path / "o", student="student-1", student_base_url=server.base_url, split="all", no_judge=True
+    )
     changed = _perturbed_ids(rows, 0.5)
-    assert report.data["judge"] == "judge not available"
+    assert report.data["judge"] == "not judged (--no-judge)"
     assert report.fields["answer"].match.k == len(rows) - len(changed)
     code = main(["eval", str(tmp_path / "o"), "--student-base-url", server.base_url,
-                 "--student-model", "student-1", "--min-agreement", "0.5"])  # fmt: skip
+                 "--student-model", "student-1", "--no-judge", "--min-agreement", "0.5"])  # fmt: skip
     assert code == 2
 
 
