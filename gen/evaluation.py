@@ -541,7 +541,7 @@ def run_eval(plan: EvalPlan) -> EvalResult:
         try:
             asked = run_loop(Run(plan.teacher_run).execute())
         except BaseException:
-            if not plan.resumed and not (plan.eval_dir / TEACHER / "manifest.json").exists():
+            if not plan.resumed and not OutputDir(plan.eval_dir / TEACHER).merged_manifest.exists():
                 shutil.rmtree(plan.eval_dir, ignore_errors=True)
             raise
         if asked.status != "complete":
@@ -558,7 +558,7 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     except BaseException:
         requests.close()
         if not plan.resumed and not any(
-            (plan.eval_dir / d / "manifest.json").exists() for d in (ANSWERS, TEACHER)
+            OutputDir(plan.eval_dir / d).merged_manifest.exists() for d in (ANSWERS, TEACHER)
         ):
             shutil.rmtree(plan.eval_dir, ignore_errors=True)  # nothing was answered: leave no trace
         raise

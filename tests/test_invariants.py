@@ -24,6 +24,7 @@ REJECT = st.fixed_dictionaries(
         "error": TEXT,
         "response": st.none() | TEXT,
         "reasoning": st.none() | TEXT,
+        "reference": st.none() | TEXT,
         "vars": TEXT,
         "sample": st.integers(0, 5),
         "template": TEXT,
