@@ -530,11 +530,13 @@ def _shares_traces(rows: list[dict[str, Any]]) -> bool:
     shared = False
     for r in rows:
         trace, messages = r.get("reasoning"), r.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return False  # not a row as gen makes it: Arrow's own conversion says what is wrong
         if trace is None:
-            if messages and any(m.get("reasoning_content") is not None for m in messages):
+            if any(m.get("reasoning_content") is not None for m in messages):
                 return False
             continue
-        if not messages or messages[-1].get("reasoning_content") is not trace:
+        if not isinstance(trace, str) or not messages or messages[-1].get("reasoning_content") is not trace:
             return False
         if any(m.get("reasoning_content") is not None for m in messages[:-1]):
             return False

@@ -109,3 +109,21 @@ def test_long_text_columns_have_no_dictionary_or_statistics(tmp_path: Path) -> N
     for name in ("id", "template", "messages.list.element.role"):
         assert "RLE_DICTIONARY" in columns[name].encodings, name
         assert columns[name].is_stats_set, name
+
+
+def test_a_row_of_the_wrong_shape_is_refused_by_arrow_as_before(tmp_path: Path) -> None:
+    """The shared conversion looks only at rows as gen makes them; anything else goes to Arrow's own
+    conversion, which says what is wrong (and the writer fails as it always has)."""
+    import pyarrow as pa
+
+    from gen.shards import _to_batch
+
+    base = rows_in_one(tmp_path)
+    rows = [_with_trace(base, i, _trace(i), "field") for i in range(3)]
+    for bad in ("not a list", ["not a dict"], [{"role": "user", "content": 5}]):
+        with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+            _to_batch([*rows, {**rows[0], "messages": bad}], "train")
+    odd = [*rows, {**rows[0], "reasoning": b"bytes"}]  # Arrow takes bytes for a string: as before
+    assert _to_batch(odd, "train").equals(
+        pa.RecordBatch.from_pylist(odd, schema=_to_batch(rows, "train").schema)
+    )
