@@ -316,8 +316,9 @@ def parquet_batch_sizes(path: Path) -> Iterator[int]:
 
 # Leaf columns of long, mostly unique text (answers, traces): no dictionary and no min/max statistics.
 # A dictionary of unique 40 kB traces is built, hashed and thrown away (Arrow falls back to plain past
-# 1 MB), and min/max of free text prunes nothing; skipping both cuts a trace's write cost by a quarter
-# (bench/reasoning.py). The short columns keep both (ids, template names, counts).
+# 1 MB), and min/max of free text prunes nothing; skipping both cuts the write of a batch of traces by a
+# fifth to a quarter when timed alone (less in a whole run: bench/README.md). The short columns keep both
+# (ids, template names, counts).
 _LONG_TEXT = frozenset(
     {
         "response",
