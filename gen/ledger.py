@@ -42,6 +42,8 @@ _TASK_ID = re.compile(r"[0-9a-f]{16,128}")
 # (prompt tokens, completion tokens), or with the prompt tokens read from and written to the provider's
 # prompt cache: (prompt, completion, cached, cache_written). Journaled as it is, two or four numbers.
 Usage = tuple[int, ...]
+# Buffers a writev may take; even, so that a piece ends with an entry (each is a head and a tail).
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) // 2 * 2 if hasattr(os, "sysconf") else 16
 
 
 def seal(entry: dict[str, Any]) -> bytes:
@@ -52,8 +54,16 @@ def seal(entry: dict[str, Any]) -> bytes:
     all; a forger who recomputes a checksum beats SHA-256 just as well. The shards' SHA-256 in the
     manifest covers what is committed.
     """
-    head = orjson.dumps(entry)[:-1]  # without the closing brace
-    return b'%s,"c":%d}\n' % (head, zlib.crc32(head))
+    head, tail = sealed_parts(entry)
+    return b"%s%s" % (head, tail)
+
+
+def sealed_parts(entry: dict[str, Any]) -> tuple[memoryview, bytes]:
+    """`seal(entry)` in two parts, the JSON without its closing brace and the checksum's tail, for a
+    vectored write: an entry holding a 40 kB trace is copied once (by orjson), not three more times (a
+    slice, the formatting and the join of a tick's entries)."""
+    head = memoryview(orjson.dumps(entry))[:-1]  # without the closing brace
+    return head, b',"c":%d}\n' % zlib.crc32(head)
 
 
 def id_key(task_id: str) -> int:
@@ -89,7 +99,7 @@ class Journal:
         self._segment = 0
         self._fd: int | None = None
         self.path: Path | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []  # whole entries, each as one or two parts
         self._scheduled = False
         self.error: OSError | None = None
         self._open()
@@ -104,7 +114,7 @@ class Journal:
         of an earlier failed write."""
         if self.error is not None:
             raise self.error
-        self._pending.append(seal({"s": split, "r": row, "u": usage}))
+        self._pending.extend(sealed_parts({"s": split, "r": row, "u": usage}))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
@@ -120,7 +130,7 @@ class Journal:
         entry: dict[str, Any] = {"q": task_id, "e": estimate}
         if usage is not None:
             entry["u"] = usage
-        self._pending.append(seal(entry))
+        self._pending.extend(sealed_parts(entry))
         if write:
             self.write_pending()
             if self.error is not None:
@@ -142,11 +152,13 @@ class Journal:
     def flush(self) -> None:
         if not self._pending or self._fd is None:
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
-        written = os.write(self._fd, data)
-        if written != len(data):  # a short write means the disk filled up mid-entry
-            raise OSError(28, "short write to the journal (disk full?)", str(self.path))
+        parts, self._pending = self._pending, []
+        # One writev of the tick's entries (in pieces of whole entries past the system's IOV_MAX).
+        for at in range(0, len(parts), _IOV_MAX):
+            chunk = parts[at : at + _IOV_MAX]
+            written = os.writev(self._fd, chunk)
+            if written != sum(map(len, chunk)):  # a short write means the disk filled up mid-entry
+                raise OSError(28, "short write to the journal (disk full?)", str(self.path))
 
     def rotate(self) -> Path:
         """Close the current segment and start the next; returns the closed segment's path."""

@@ -314,11 +314,43 @@ def parquet_batch_sizes(path: Path) -> Iterator[int]:
                 yield batch.num_rows
 
 
+# Leaf columns of long, mostly unique text (answers, traces): no dictionary and no min/max statistics.
+# A dictionary of unique 40 kB traces is built, hashed and thrown away (Arrow falls back to plain past
+# 1 MB), and min/max of free text prunes nothing; skipping both cuts the write of a batch of traces by a
+# fifth to a quarter when timed alone (less in a whole run: bench/README.md). The short columns keep both
+# (ids, template names, counts).
+_LONG_TEXT = frozenset(
+    {
+        "response",
+        "reasoning",
+        "messages.list.element.content",
+        "messages.list.element.reasoning_content",
+    }
+)
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """The dotted paths of a schema's Parquet leaf columns (`messages.list.element.role`, ...)."""
+    pa = _pyarrow()
+
+    def walk(prefix: str, t: pa.DataType) -> Iterator[str]:
+        if pa.types.is_list(t):
+            yield from walk(f"{prefix}.list.element", t.value_type)
+        elif pa.types.is_struct(t):
+            for f in t:
+                yield from walk(f"{prefix}.{f.name}", f.type)
+        else:
+            yield prefix
+
+    return [path for f in schema for path in walk(f.name, f.type)]
+
+
 def write_table(out_dir: Path, rel_path: str, table: pa.Table) -> ShardInfo:
     """Compress, checksum and atomically commit one shard (runs in the writer thread)."""
     pa = _pyarrow()
     sink = pa.BufferOutputStream()
-    pa.parquet.write_table(table, sink, compression="zstd", write_statistics=True)
+    short = [c for c in _leaf_paths(table.schema) if c not in _LONG_TEXT]
+    pa.parquet.write_table(table, sink, compression="zstd", use_dictionary=short, write_statistics=short)
     data = sink.getvalue()  # an Arrow buffer: hashed and written without a copy into Python bytes
     atomic_write_bytes(out_dir / rel_path, data)
     return ShardInfo(
@@ -477,8 +509,76 @@ class ShardWriter:
 
 def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
     # Arrow's C++ converter builds the columns; this runs in the writer thread, off the event loop.
+    schema = _schemas()[split]
     with WITHOUT_PANDAS:
-        return _pyarrow().RecordBatch.from_pylist(rows, schema=_schemas()[split])
+        if "reasoning" not in schema.names or not _shares_traces(rows):
+            return _pyarrow().RecordBatch.from_pylist(rows, schema=schema)
+        # With reasoning_format = "field" each trace is in `reasoning` and in the assistant message's
+        # `reasoning_content`, one str object in both: it is converted once, and the messages' child
+        # column points into the `reasoning` column's bytes (`_with_shared_traces`), not a copy of them.
+        stripped = [
+            {**r, "messages": [*r["messages"][:-1], {**r["messages"][-1], "reasoning_content": None}]}
+            for r in rows
+        ]
+        batch = _pyarrow().RecordBatch.from_pylist(stripped, schema=schema)
+        return _with_shared_traces(batch, schema)
+
+
+def _shares_traces(rows: list[dict[str, Any]]) -> bool:
+    """Whether every row with a trace carries that same str object as its last message's
+    `reasoning_content`, and no other message has one (what `gen.reasoning.assistant_message` makes
+    in `field` format)."""
+    shared = False
+    for r in rows:
+        trace, messages = r.get("reasoning"), r.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return False  # not a row as gen makes it: Arrow's own conversion says what is wrong
+        if trace is None:
+            if any(m.get("reasoning_content") is not None for m in messages):
+                return False
+            continue
+        if not isinstance(trace, str) or not messages or messages[-1].get("reasoning_content") is not trace:
+            return False
+        if any(m.get("reasoning_content") is not None for m in messages[:-1]):
+            return False
+        shared = True
+    return shared
+
+
+def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """`batch` (its messages' `reasoning_content` all null) with the last message of each row that has a
+    trace pointing at that trace in the `reasoning` column: a string column over the same data buffer,
+    whose offsets give each such message its row's bytes and every other message none (null)."""
+    import numpy as np
+
+    pa = _pyarrow()
+    traces, messages = batch.column("reasoning"), batch.column("messages")
+    ends = np.frombuffer(traces.buffers()[1], dtype=np.int32, count=len(traces) + 1)[1:]
+    list_offsets = np.frombuffer(messages.buffers()[1], dtype=np.int32, count=len(messages) + 1)
+    values = messages.values
+    has = ~np.asarray(traces.is_null().to_numpy(zero_copy_only=False))
+    last = list_offsets[1:][has] - 1  # the child position of each such row's last message
+    child_ends = np.zeros(len(values), dtype=np.int32)
+    child_ends[last] = ends[has]
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.maximum.accumulate(child_ends, out=offsets[1:])
+    valid = np.zeros(len(values), dtype=bool)
+    valid[last] = True
+    child = pa.StringArray.from_buffers(
+        len(values),
+        pa.py_buffer(offsets),
+        traces.buffers()[2],
+        pa.array(valid).buffers()[1],
+        int(len(values) - valid.sum()),
+    )
+    struct_type = schema.field("messages").type.value_type
+    fields = [values.field(f.name) if f.name != "reasoning_content" else child for f in struct_type]
+    structs = pa.StructArray.from_arrays(fields, fields=list(struct_type))
+    rebuilt = pa.ListArray.from_arrays(
+        messages.offsets, structs, type=schema.field("messages").type, mask=messages.is_null()
+    )
+    columns = [rebuilt if name == "messages" else batch.column(name) for name in schema.names]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 def write_json(path: Path, value: Any) -> None:
