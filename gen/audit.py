@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,7 +36,7 @@ from gen.outdir import MANIFEST, NOT_AN_OUTPUT, OutputDir
 from gen.provenance import load_registry, review_teacher
 from gen.reasoning import assistant_message
 from gen.rows import COLUMNS, PROVENANCE
-from gen.shards import DATA_SCHEMA, committed_shards, read_columns, sha256_file, split_of_path
+from gen.shards import DATA_SCHEMA, committed_shards, read_checked, read_columns, sha256_file, split_of_path
 from gen.templates import Expansion, split_of, task_id
 
 
@@ -244,11 +247,13 @@ def audit(out_dir: str | Path) -> AuditReport:
     on_disk = set(committed_shards(out))
     for rel in sorted(on_disk - set(listed)):
         report.add(rel, None, "shard on disk is not listed in the manifest (added after the fact?)")
-    seen_ids: dict[str, str] = {}
+    seen_ids: dict[int | str, int | None] = {}  # id key (_id_key) -> the index in `order` of its last shard
     dedup = _dedup_of(report, manifest)
-    seen_keys: dict[int, str] = {}
+    seen_keys: dict[int, int | str] = {}  # exact dedup key -> the id key of the row that kept it
+    expect = _Expect.of(manifest)
     # Unlisted shards are read too: a Parquet reader pointed at data/ would load them with the rest.
-    for rel in [*listed, *sorted(on_disk - set(listed))]:
+    order = [*listed, *sorted(on_disk - set(listed))]
+    for number, rel in enumerate(order):
         entry = listed.get(rel)
         path = out / rel
         if rel not in on_disk or not path.is_file():
@@ -256,22 +261,23 @@ def audit(out_dir: str | Path) -> AuditReport:
             continue
         if entry is not None and sha256_file(path) != entry.get("sha256"):
             report.add(rel, None, "sha256 differs from the manifest: changed after it was written")
-        try:
-            table = pq.read_table(path)
+        split = split_of_path(rel)
+        try:  # every page of every column is decoded; only the columns the checks read are kept
+            schema, num_rows, batches = read_checked(path, _READ.get(split, []))
         except Exception as e:  # a corrupt file: report it as a finding, keep auditing the rest
             report.add(rel, None, f"unreadable Parquet: {e}")
             continue
-        if entry is not None and table.num_rows != entry.get("rows"):
-            report.add(rel, None, f"{table.num_rows} rows, the manifest says {entry.get('rows')}")
-        split = split_of_path(rel)
+        if entry is not None and num_rows != entry.get("rows"):
+            report.add(rel, None, f"{num_rows} rows, the manifest says {entry.get('rows')}")
         expected = COLUMNS.get(split)
-        if expected is None or not {c.name for c in expected} <= set(table.column_names):
+        if expected is None or not {c.name for c in expected} <= set(schema.names):
             report.add(rel, None, "columns differ from gen's schema for this folder")
             continue
-        rows = table.to_pylist()
-        _audit_rows(report, manifest, rel, split, rows, seen_ids)
+        shard = _Read(rel, number, split, order, _typed(schema, split))
+        keys = [_audit_batch(report, expect, shard, b, start, seen_ids) for b, start in _starts(batches)]
         if dedup is not None and split in ("train", "eval"):
-            _audit_dedup(report, dedup, rel, rows, seen_keys)
+            for (batch, start), ids in zip(_starts(batches), keys, strict=True):
+                _audit_dedup_batch(report, dedup, shard, batch, start, ids, seen_keys)
 
     _audit_totals(report, manifest, listed)
     _audit_complete(report, manifest, seen_ids)
@@ -332,28 +338,250 @@ def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
                 report.add(rel, i, f"id {tid} is not a row of the dataset")
 
 
+# What the checks read of each kind of shard. Every page of every column is still decoded (a corrupt one
+# is a finding, as before), but only these columns are kept, in Arrow form, and turned into Python values
+# column by column where a check needs them: a million rows as Python dicts took most of the audit's time
+# and memory.
+_DATA_READ = [
+    "id",
+    *(c for c in PROVENANCE if c != "id"),
+    *("split", "sample", "output", "messages", "reasoning", "response"),
+]
+_READ = {"train": _DATA_READ, "eval": _DATA_READ, "rejects": ["id"], "duplicates": ["id"]}
+# Data columns compared as Arrow strings; the rest of PROVENANCE need only not be null.
+_STRINGS = (
+    "id", "vars", "template", "template_version", "template_sha256", "prompt_sha256", "teacher_provider",
+    "teacher_model", "teacher_license", "run_id", "split", "output", "reasoning", "response",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Expect:
+    """What the manifest says every data row holds."""
+
+    checks: tuple[tuple[str, str], ...]  # (column, the value the manifest records), in finding order
+    models: frozenset[str]
+    run_ids: frozenset[Any]
+    prompt_sha: str
+    fraction: float
+    schema: bool
+    fmt: Any
+
+    @classmethod
+    def of(cls, m: dict[str, Any]) -> _Expect:
+        template, teacher, prompt_sha = m["template"], m["teacher"], m["prompt_file"]["sha256"]
+        return cls(
+            checks=(
+                ("template", template["name"]),
+                ("template_version", template["version"]),
+                ("template_sha256", template["sha256"]),
+                ("prompt_sha256", prompt_sha),
+                ("teacher_provider", teacher["provider"]),
+                ("teacher_license", teacher["license"]),
+            ),
+            models=frozenset({teacher["model"], *teacher.get("served_models", [])}),
+            run_ids=frozenset({r["run_id"] for r in m.get("runs", [])} | {m.get("run_id")}),
+            prompt_sha=prompt_sha,
+            fraction=m.get("eval_fraction", 0.05),
+            schema=bool(m.get("schema")),
+            # the answer as the recorded reasoning_format writes it (with a trace: think-tags around it)
+            fmt=m.get("reasoning_format", "field"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """The shard being checked: its path, its place in the audit's order, its split, and whether its
+    columns have the types gen writes (`_typed`)."""
+
+    rel: str
+    number: int
+    split: str
+    order: list[str]
+    typed: bool
+
+
+def _typed(schema: Any, split: str) -> bool:
+    """Whether a shard's columns have the types gen writes, so that the checks can compare them as Arrow
+    arrays. Any other shard (edited by hand or by another tool) is checked row by row as Python values."""
+    if split not in ("train", "eval"):
+        return True  # only ids are read, as Python values either way
+    if any(schema.field(name).type != pa.string() for name in _STRINGS):
+        return False
+    messages = schema.field("messages").type
+    if not pa.types.is_integer(schema.field("sample").type) or not pa.types.is_list(messages):
+        return False
+    if not pa.types.is_struct(messages.value_type):
+        return False
+    fields = {f.name: f.type for f in messages.value_type}
+    return fields.get("role") == pa.string() and fields.get("content") == pa.string()
+
+
+def _by_rows(shard: _Read, batch: Any) -> bool:
+    """Whether a batch is checked row by row: a shard of other types, or a null message struct inside a
+    list (the Arrow path reads message fields without their struct's nulls)."""
+    if not shard.typed:
+        return True
+    return shard.split in ("train", "eval") and batch.column("messages").values.null_count > 0
+
+
+def _starts(batches: list[Any]) -> Iterator[tuple[Any, int]]:
+    """Each batch with the shard row number of its first row (findings name rows of the shard)."""
+    start = 0
+    for batch in batches:
+        yield batch, start
+        start += batch.num_rows
+
+
+def _id_key(tid: str) -> int | str:
+    """What the id sets hold for an id: gen's ids (32 lowercase hex digits) as a 128-bit int, a third
+    less memory than the string; any other string as itself (an int never equals a str, so two ids
+    share a key only when they are equal)."""
+    if len(tid) == 32:
+        try:
+            key = int(tid, 16)
+        except ValueError:
+            return tid
+        if f"{key:032x}" == tid:  # int() also takes upper case, "_" and "0x": those stay strings
+            return key
+    return tid
+
+
+def _id_str(key: int | str) -> str:
+    return f"{key:032x}" if isinstance(key, int) else key
+
+
+def _see(
+    report: AuditReport, shard: _Read, i: int, tid: Any, seen_ids: dict[int | str, int | None]
+) -> int | str | None:
+    """The id check of one row: its id key, or None (and a finding) for a row without an id."""
+    if not isinstance(tid, str):
+        report.add(shard.rel, i, "row without an id")
+        return None
+    key = _id_key(tid)
+    last = seen_ids.get(key)
+    if last is not None:
+        report.add(shard.rel, i, f"id {tid} appears twice (also in {shard.order[last]})")
+    seen_ids[key] = shard.number
+    return key
+
+
+def _np(array: Any) -> Any:
+    """A boolean Arrow array (no nulls) as a numpy array."""
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _last_contents(messages: Any) -> Any:
+    """Each row's last message content as an Arrow string array: null for null or empty messages."""
+    offsets = messages.offsets.to_numpy()
+    valid = _np(messages.is_valid()) & (offsets[1:] > offsets[:-1])
+    return messages.values.field("content").take(pa.array(offsets[1:] - 1, mask=~valid))
+
+
+def _audit_batch(
+    report: AuditReport,
+    expect: _Expect,
+    shard: _Read,
+    batch: Any,
+    start: int,
+    seen_ids: dict[int | str, int | None],
+) -> list[int | str | None]:
+    """Check the rows of one record batch, in order, as `_audit_rows` does, with the comparisons every
+    row passes made on Arrow arrays; Python values are built only for what each row needs hashed or
+    parsed, and for the rows a comparison flags. Returns each row's id key (None: no id)."""
+    if _by_rows(shard, batch):
+        return _audit_rows(report, expect, shard, batch.to_pylist(), start, seen_ids)
+    rel, split, col = shard.rel, shard.split, batch.column
+    ids = col("id").to_pylist()
+    if split not in ("train", "eval"):  # rejects and duplicates: their ids only
+        keys = [_see(report, shard, start + j, tid, seen_ids) for j, tid in enumerate(ids)]
+        counted = sum(k is not None for k in keys)
+        if split == "rejects":
+            report.rejects += counted
+        elif split == "duplicates":
+            report.duplicates += counted
+        return keys
+    n = batch.num_rows
+    missing = np.zeros(n, dtype=bool)
+    for c in PROVENANCE:
+        if col(c).null_count:
+            missing |= _np(col(c).is_null())
+    # rows whose provenance differs from the manifest somewhere (nulls are `missing`, checked first)
+    odd = np.zeros(n, dtype=bool)
+    for c, want in expect.checks:
+        odd |= _np(pc.not_equal(col(c), pa.scalar(want, pa.string())).fill_null(False))
+    templates = col("template").to_pylist() if odd.any() else None
+    for c, allowed in (("teacher_model", expect.models), ("run_id", expect.run_ids)):
+        odd |= ~_np(pc.is_in(col(c), value_set=pa.array(sorted(allowed, key=str), pa.string())))
+    wrong_split = _np(pc.not_equal(col("split"), pa.scalar(split, pa.string())).fill_null(True))
+    vars_, samples = col("vars").to_pylist(), col("sample").to_pylist()
+    outputs, models = col("output").to_pylist(), col("teacher_model").to_pylist()
+    differs = _np(pc.not_equal(_last_contents(col("messages")), col("output")).fill_null(True))
+    if expect.fmt == "think-tags" and col("reasoning").null_count < n:
+        last, reasoning = _last_contents(col("messages")), col("reasoning")
+        for j in np.flatnonzero(_np(reasoning.is_valid())):
+            if outputs[j] is not None:
+                want = assistant_message(outputs[j], reasoning[j].as_py(), expect.fmt)["content"]
+                differs[j] = last[j].as_py() != want
+    (_, name), provider, licence = expect.checks[0], expect.checks[4][1], expect.checks[5][1]
+    keys: list[int | str | None] = []
+    for j in range(n):
+        i = start + j
+        key = _see(report, shard, i, ids[j], seen_ids)
+        keys.append(key)
+        if key is None:
+            continue
+        if missing[j]:
+            gone = [c for c in PROVENANCE if not col(c)[j].is_valid]
+            report.add(rel, i, f"provenance incomplete: {', '.join(gone)} missing")
+            continue
+        tid, v = ids[j], vars_[j]
+        if odd[j]:
+            value = {c: col(c)[j].as_py() for c in (*(c for c, _ in expect.checks), "run_id")}
+            for c, want in expect.checks:
+                if value[c] != want:
+                    report.add(rel, i, f"{c} is {value[c]!r}, the manifest says {want!r}")
+            if models[j] not in expect.models:
+                report.add(rel, i, f"teacher_model {models[j]!r} is not the manifest's teacher")
+            if value["run_id"] not in expect.run_ids:
+                report.add(rel, i, f"run_id {value['run_id']!r} is not a run of this dataset")
+            group = (value["teacher_provider"], models[j], value["teacher_license"], value["template"], split)
+        else:
+            group = (provider, models[j], licence, name, split)
+        if task_id(expect.prompt_sha, templates[j] if templates else name, v, samples[j]) != tid:
+            report.add(rel, i, "id does not match its inputs (vars, sample, template, prompt file)")
+        if wrong_split[j] or split_of(v, expect.fraction) != split:
+            report.add(rel, i, f"split {col('split')[j].as_py()!r} does not follow from its inputs")
+        if outputs[j] is not None:
+            try:
+                output = orjson.loads(outputs[j])
+            except orjson.JSONDecodeError:
+                report.add(rel, i, "output is not valid JSON")
+                output = None
+            if output is not None and expect.schema and differs[j]:
+                report.add(rel, i, "the assistant message differs from the validated output")
+        report.rows[group] += 1
+    return keys
+
+
 def _audit_rows(
     report: AuditReport,
-    m: dict[str, Any],
-    rel: str,
-    split: str,
+    expect: _Expect,
+    shard: _Read,
     rows: list[dict[str, Any]],
-    seen_ids: dict[str, str],
-) -> None:
-    template = m["template"]
-    teacher = m["teacher"]
-    models = {teacher["model"], *teacher.get("served_models", [])}
-    run_ids = {r["run_id"] for r in m.get("runs", [])} | {m.get("run_id")}
-    prompt_sha = m["prompt_file"]["sha256"]
-    fraction = m.get("eval_fraction", 0.05)
-    for i, row in enumerate(rows):
-        tid = row.get("id")
-        if not isinstance(tid, str):
-            report.add(rel, i, "row without an id")
+    start: int,
+    seen_ids: dict[int | str, int | None],
+) -> list[int | str | None]:
+    """`_audit_batch` for rows as Python dicts: the checks as written, for shards of other types."""
+    rel, split = shard.rel, shard.split
+    keys: list[int | str | None] = []
+    for j, row in enumerate(rows):
+        i = start + j
+        key = _see(report, shard, i, row.get("id"), seen_ids)
+        keys.append(key)
+        if key is None:
             continue
-        if tid in seen_ids:
-            report.add(rel, i, f"id {tid} appears twice (also in {seen_ids[tid]})")
-        seen_ids[tid] = rel
+        tid = row["id"]
         if split == "rejects":
             report.rejects += 1
             continue
@@ -364,41 +592,33 @@ def _audit_rows(
         if missing:
             report.add(rel, i, f"provenance incomplete: {', '.join(missing)} missing")
             continue
-        checks = (
-            ("template", template["name"]),
-            ("template_version", template["version"]),
-            ("template_sha256", template["sha256"]),
-            ("prompt_sha256", prompt_sha),
-            ("teacher_provider", teacher["provider"]),
-            ("teacher_license", teacher["license"]),
-        )
-        for column, want in checks:
+        for column, want in expect.checks:
             if row[column] != want:
                 report.add(rel, i, f"{column} is {row[column]!r}, the manifest says {want!r}")
-        if row["teacher_model"] not in models:
+        if row["teacher_model"] not in expect.models:
             report.add(rel, i, f"teacher_model {row['teacher_model']!r} is not the manifest's teacher")
-        if row["run_id"] not in run_ids:
+        if row["run_id"] not in expect.run_ids:
             report.add(rel, i, f"run_id {row['run_id']!r} is not a run of this dataset")
-        if task_id(prompt_sha, row["template"], row["vars"], row["sample"]) != tid:
+        if task_id(expect.prompt_sha, row["template"], row["vars"], row["sample"]) != tid:
             report.add(rel, i, "id does not match its inputs (vars, sample, template, prompt file)")
-        if row["split"] != split or split_of(row["vars"], fraction) != split:
+        if row["split"] != split or split_of(row["vars"], expect.fraction) != split:
             report.add(rel, i, f"split {row['split']!r} does not follow from its inputs")
         try:
             output = orjson.loads(row["output"]) if row["output"] is not None else None
         except orjson.JSONDecodeError:
             report.add(rel, i, "output is not valid JSON")
             output = None
-        if output is not None and m.get("schema"):
-            # the answer as the recorded reasoning_format writes it (with a trace: think-tags around it)
-            fmt = m.get("reasoning_format", "field")
-            if (
-                row["messages"][-1]["content"]
-                != assistant_message(row["output"], row.get("reasoning"), fmt)["content"]
-            ):
+        if output is not None and expect.schema:
+            try:
+                last = row["messages"][-1]["content"]
+            except (TypeError, KeyError, IndexError):  # no messages: no assistant message to match
+                last = None
+            if last != assistant_message(row["output"], row.get("reasoning"), expect.fmt)["content"]:
                 report.add(rel, i, "the assistant message differs from the validated output")
         report.rows[
             (row["teacher_provider"], row["teacher_model"], row["teacher_license"], row["template"], split)
         ] += 1
+    return keys
 
 
 def _dedup_of(report: AuditReport, m: dict[str, Any]) -> Deduplicator | None:
@@ -414,11 +634,81 @@ def _dedup_of(report: AuditReport, m: dict[str, Any]) -> Deduplicator | None:
     return Deduplicator(on=on, near=False, reasoning=reasoning_of(False, m))
 
 
-def _audit_dedup(
-    report: AuditReport, dedup: Deduplicator, rel: str, rows: list[dict[str, Any]], seen: dict[int, str]
+def _audit_dedup_batch(
+    report: AuditReport,
+    dedup: Deduplicator,
+    shard: _Read,
+    batch: Any,
+    start: int,
+    keys: list[int | str | None],
+    seen: dict[int, int | str],
 ) -> None:
-    """No two kept rows may be exact duplicates by the output's key (near ones are a matter of degree)."""
-    for i, row in enumerate(rows):
+    """No two kept rows may be exact duplicates by the output's key (near ones are a matter of degree).
+    The message fields are read as two flat string columns, not as a dict per message."""
+    if _by_rows(shard, batch):
+        _audit_dedup(report, dedup, shard, batch.to_pylist(), start, keys, seen)
+        return
+    col, n = batch.column, batch.num_rows
+    messages = col("messages")
+    offsets = messages.offsets.to_numpy()
+    valid = _np(messages.is_valid())
+    base = int(offsets[0])
+    turns = messages.values.slice(base, int(offsets[-1]) - base)
+    roles, contents = turns.field("role").to_pylist(), turns.field("content").to_pylist()
+    outputs = col("output").to_pylist()
+    responses = col("response").to_pylist() if col("output").null_count else None
+    traces = col("reasoning").to_pylist() if col("reasoning").null_count < n else None
+    ids = col("id")
+    for j in range(n):
+        a, b = int(offsets[j]) - base, int(offsets[j + 1]) - base
+        if not valid[j] or b == a:
+            report.add(shard.rel, start + j, "messages do not end with the answer")
+            continue
+        # the answer as the run keyed it: the output, else the text (the message may hold the trace)
+        answer = outputs[j] if outputs[j] is not None else responses[j]  # type: ignore[index]
+        try:
+            pairs = zip(roles[a : b - 1], contents[a : b - 1], strict=True)
+            digest = dedup.exact_digest(pairs, answer, traces[j] if traces else None)
+        except (TypeError, KeyError, IndexError):
+            report.add(shard.rel, start + j, "messages do not end with the answer")
+            continue
+        _kept(report, dedup, shard, start + j, digest, keys[j], ids[j].as_py, seen)
+
+
+def _kept(
+    report: AuditReport,
+    dedup: Deduplicator,
+    shard: _Read,
+    i: int,
+    digest: int,
+    key: int | str | None,
+    tid: Any,
+    seen: dict[int, int | str],
+) -> None:
+    """Remember a kept row's exact key, or (a finding) name the earlier row that has it. `tid` gives
+    the row's id as read (called only for a finding)."""
+    first = seen.get(digest)
+    if first is not None:
+        report.add(
+            shard.rel,
+            i,
+            f"id {tid()} is an exact duplicate by {dedup.on} of id {_id_str(first)}, which was kept",
+        )
+    else:
+        seen[digest] = key if key is not None else str(tid())
+
+
+def _audit_dedup(
+    report: AuditReport,
+    dedup: Deduplicator,
+    shard: _Read,
+    rows: list[dict[str, Any]],
+    start: int,
+    keys: list[int | str | None],
+    seen: dict[int, int | str],
+) -> None:
+    """`_audit_dedup_batch` for rows as Python dicts."""
+    for j, row in enumerate(rows):
         try:
             messages = row["messages"]
             messages[-1]["content"]  # noqa: B018 (a row must end with its answer)
@@ -426,17 +716,9 @@ def _audit_dedup(
             answer = row["output"] if row.get("output") is not None else row["response"]
             digest = dedup.message_digest(messages[:-1], answer, row.get("reasoning"))
         except (TypeError, KeyError, IndexError):
-            report.add(rel, i, "messages do not end with the answer")
+            report.add(shard.rel, start + j, "messages do not end with the answer")
             continue
-        first = seen.get(digest)
-        if first is not None:
-            report.add(
-                rel,
-                i,
-                f"id {row.get('id')} is an exact duplicate by {dedup.on} of id {first}, which was kept",
-            )
-        else:
-            seen[digest] = str(row.get("id"))
+        _kept(report, dedup, shard, start + j, digest, keys[j], lambda r=row: r.get("id"), seen)
 
 
 def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]) -> None:
@@ -453,7 +735,7 @@ def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]
             report.add(None, None, f"totals.{key} is {totals.get(key)}, the shards hold {value}")
 
 
-def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: dict[str, Any]) -> None:
+def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: dict[int | str, Any]) -> None:
     """A complete output decides every task of its recipe: each id is a row, a reject or a duplicate.
 
     The task set is expanded again from the prompt file the manifest names (ids only: nothing is
@@ -469,10 +751,11 @@ def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: dict[str, 
     missing: set[str] = set()
     try:
         for tid in ids:
-            if tid in seen_ids:
+            key = _id_key(tid)
+            if key in seen_ids:
                 # Counted once: two identical inputs share an id (one task). seen_ids is not read again.
-                if seen_ids[tid] is not None:
-                    seen_ids[tid] = None
+                if seen_ids[key] is not None:
+                    seen_ids[key] = None
                     found += 1
             else:
                 missing.add(tid)
