@@ -247,9 +247,9 @@ def audit(out_dir: str | Path) -> AuditReport:
     on_disk = set(committed_shards(out))
     for rel in sorted(on_disk - set(listed)):
         report.add(rel, None, "shard on disk is not listed in the manifest (added after the fact?)")
-    seen_ids: dict[int | str, int | None] = {}  # id key (_id_key) -> the index in `order` of its last shard
+    seen_ids = _Ids()
     dedup = _dedup_of(report, manifest)
-    seen_keys: dict[int, int | str] = {}  # exact dedup key -> the id key of the row that kept it
+    kept = _Kept()
     expect = _Expect.of(manifest)
     # Unlisted shards are read too: a Parquet reader pointed at data/ would load them with the rest.
     order = [*listed, *sorted(on_disk - set(listed))]
@@ -263,7 +263,7 @@ def audit(out_dir: str | Path) -> AuditReport:
             report.add(rel, None, "sha256 differs from the manifest: changed after it was written")
         split = split_of_path(rel)
         try:  # every page of every column is decoded; only the columns the checks read are kept
-            schema, num_rows, batches = read_checked(path, _READ.get(split, []))
+            schema, num_rows, batches = read_checked(path, _READ.get(split, []), _BATCH)
         except Exception as e:  # a corrupt file: report it as a finding, keep auditing the rest
             report.add(rel, None, f"unreadable Parquet: {e}")
             continue
@@ -274,10 +274,12 @@ def audit(out_dir: str | Path) -> AuditReport:
             report.add(rel, None, "columns differ from gen's schema for this folder")
             continue
         shard = _Read(rel, number, split, order, _typed(schema, split))
-        keys = [_audit_batch(report, expect, shard, b, start, seen_ids) for b, start in _starts(batches)]
+        ids = [tid for b in batches for tid in b.column("id").to_pylist()]
+        also = seen_ids.add(ids, number)  # rows whose id was read before
+        for batch, start in _starts(batches):
+            _audit_batch(report, expect, shard, batch, start, ids[start : start + batch.num_rows], also)
         if dedup is not None and split in ("train", "eval"):
-            for (batch, start), ids in zip(_starts(batches), keys, strict=True):
-                _audit_dedup_batch(report, dedup, shard, batch, start, ids, seen_keys)
+            _audit_dedup_shard(report, dedup, shard, batches, ids, kept)
 
     _audit_totals(report, manifest, listed)
     _audit_complete(report, manifest, seen_ids)
@@ -347,6 +349,7 @@ _DATA_READ = [
     *(c for c in PROVENANCE if c != "id"),
     *("split", "sample", "output", "messages", "reasoning", "response"),
 ]
+_BATCH = 8192  # rows a record batch: the Python values of one batch's columns are alive at a time
 _READ = {"train": _DATA_READ, "eval": _DATA_READ, "rejects": ["id"], "duplicates": ["id"]}
 # Data columns compared as Arrow strings; the rest of PROVENANCE need only not be null.
 _STRINGS = (
@@ -433,37 +436,156 @@ def _starts(batches: list[Any]) -> Iterator[tuple[Any, int]]:
         start += batch.num_rows
 
 
-def _id_key(tid: str) -> int | str:
-    """What the id sets hold for an id: gen's ids (32 lowercase hex digits) as a 128-bit int, a third
-    less memory than the string; any other string as itself (an int never equals a str, so two ids
-    share a key only when they are equal)."""
-    if len(tid) == 32:
-        try:
-            key = int(tid, 16)
-        except ValueError:
-            return tid
-        if f"{key:032x}" == tid:  # int() also takes upper case, "_" and "0x": those stay strings
-            return key
-    return tid
+def _canonical(tid: Any) -> bytes | None:
+    """The 16 bytes of one of gen's ids (32 lowercase hex digits); None for any other value."""
+    if type(tid) is not str or len(tid) != 32:
+        return None
+    try:
+        raw = bytes.fromhex(tid)
+    except ValueError:
+        return None
+    return raw if raw.hex() == tid else None  # fromhex also takes upper case and spaces
 
 
-def _id_str(key: int | str) -> str:
-    return f"{key:032x}" if isinstance(key, int) else key
+class _Ids:
+    """Every id read so far, with the shard (its number in the audit's order) that held it last.
+
+    gen's ids are kept as 16 bytes in a sorted numpy array, beside an int32 array of shards: about 20
+    bytes an id, where a dict of strings took ten times that. Any other id (a hand-edited shard) is kept
+    as itself in a dict; the two never hold equal ids. A shard's ids are added at once, and which rows
+    repeat an id read before (earlier in the same shard included) is decided as reading them one by one
+    in order would."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, dtype="S16")
+        self.last = np.empty(0, dtype=np.int32)
+        self.other: dict[str, int | None] = {}
+        self.done: Any = None  # per key: decided a task of the recipe (_audit_complete)
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.other)
+
+    def add(self, ids: list[Any], shard: int) -> dict[int, int]:
+        """Record a shard's ids (its rows', in order; a row whose id is not a string has none). Returns
+        {row: the shard that held its id last} for every row whose id was read before."""
+        also: dict[int, int] = {}
+        raw, rows = [], []
+        for j, tid in enumerate(ids):
+            key = _canonical(tid)
+            if key is not None:
+                raw.append(key)
+                rows.append(j)
+            elif isinstance(tid, str):
+                last = self.other.get(tid)
+                if last is not None:
+                    also[j] = last
+                self.other[tid] = shard
+        if not raw:
+            return also
+        keys = np.frombuffer(b"".join(raw), dtype="S16")
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self.keys, unique)
+        found = np.zeros(len(unique), dtype=bool)
+        if len(self.keys):
+            found = self.keys[np.minimum(pos, len(self.keys) - 1)] == unique
+        index = np.arange(len(keys))
+        repeat = first[inverse] != index  # an earlier row of this shard has it
+        earlier = found[inverse] & ~repeat  # the first of this shard, and an earlier shard's
+        for j in index[repeat]:
+            also[rows[j]] = shard
+        for j, last in zip(index[earlier], self.last[pos[inverse[earlier]]], strict=True):
+            also[rows[j]] = int(last)
+        self.last[pos[found]] = shard
+        self.keys = np.insert(self.keys, pos[~found], unique[~found])
+        self.last = np.insert(self.last, pos[~found], shard)
+        return dict(sorted(also.items()))
+
+    def decide(self, tids: list[str]) -> tuple[int, list[str]]:
+        """For a chunk of the recipe's ids: how many are ids read here and not counted before (each
+        counted once: two identical inputs share an id), and those that are not read here."""
+        if self.done is None:
+            self.done = np.zeros(len(self.keys), dtype=bool)
+        found, missing, raw, canonical = 0, [], [], []
+        for tid in tids:
+            key = _canonical(tid)
+            if key is not None:
+                raw.append(key)
+                canonical.append(tid)
+            elif tid in self.other:
+                if self.other[tid] is not None:
+                    self.other[tid] = None
+                    found += 1
+            else:
+                missing.append(tid)
+        if raw:
+            keys = np.frombuffer(b"".join(raw), dtype="S16")
+            pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+            hit = self.keys[pos] == keys if len(self.keys) else np.zeros(len(keys), dtype=bool)
+            fresh = np.unique(pos[hit][~self.done[pos[hit]]])
+            self.done[fresh] = True
+            found += len(fresh)
+            missing += [tid for tid, h in zip(canonical, hit, strict=True) if not h]
+        return found, missing
 
 
-def _see(
-    report: AuditReport, shard: _Read, i: int, tid: Any, seen_ids: dict[int | str, int | None]
-) -> int | str | None:
-    """The id check of one row: its id key, or None (and a finding) for a row without an id."""
+class _Kept:
+    """The exact dedup key (8 bytes, as the run computed it) of every kept row so far, with the id of
+    the row that kept it: numpy arrays, sorted by key (gen's ids as 16 bytes; any other id as an index
+    into a list of strings)."""
+
+    def __init__(self) -> None:
+        self.digests = np.empty(0, dtype=np.uint64)
+        self.ids = np.empty(0, dtype="S16")
+        self.names = np.empty(0, dtype=np.int32)  # -1: the id is `ids`; else an index into `other`
+        self.other: list[str] = []
+
+    def _name(self, tid: Any) -> tuple[bytes, int]:
+        key = _canonical(tid)
+        if key is not None:
+            return key, -1
+        self.other.append(str(tid))
+        return b"", len(self.other) - 1
+
+    def _text(self, raw: bytes, name: int) -> str:
+        return self.other[name] if name >= 0 else raw.ljust(16, b"\0").hex()
+
+    def add(self, digests: list[int], rows: list[int], ids: list[Any]) -> dict[int, str]:
+        """Record a shard's kept rows (their exact keys, in row order, and row numbers; `ids`: the
+        shard's ids). Returns {row: id of the earlier row it duplicates} for each row whose key was
+        kept before, the first row holding a key being the one kept."""
+        if not digests:
+            return {}
+        keys = np.array(digests, dtype=np.uint64)
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self.digests, unique)
+        found = np.zeros(len(unique), dtype=bool)
+        if len(self.digests):
+            found = self.digests[np.minimum(pos, len(self.digests) - 1)] == unique
+        dup: dict[int, str] = {}
+        index = np.arange(len(keys))
+        for j in index[found[inverse] | (first[inverse] != index)]:
+            u = inverse[j]
+            if found[u]:  # kept in an earlier shard
+                dup[rows[j]] = self._text(self.ids[pos[u]], int(self.names[pos[u]]))
+            else:  # kept earlier in this shard
+                dup[rows[j]] = str(ids[rows[first[u]]])
+        new = [self._name(ids[rows[j]]) for j in first[~found]]
+        at = pos[~found]
+        self.digests = np.insert(self.digests, at, unique[~found])
+        self.ids = np.insert(self.ids, at, np.array([r for r, _ in new], dtype="S16"))
+        self.names = np.insert(self.names, at, np.array([n for _, n in new], dtype=np.int32))
+        return dup
+
+
+def _see(report: AuditReport, shard: _Read, i: int, tid: Any, also: dict[int, int]) -> bool:
+    """The id check of row i: False (and a finding) for a row without an id."""
     if not isinstance(tid, str):
         report.add(shard.rel, i, "row without an id")
-        return None
-    key = _id_key(tid)
-    last = seen_ids.get(key)
+        return False
+    last = also.get(i)
     if last is not None:
         report.add(shard.rel, i, f"id {tid} appears twice (also in {shard.order[last]})")
-    seen_ids[key] = shard.number
-    return key
+    return True
 
 
 def _np(array: Any) -> Any:
@@ -484,23 +606,23 @@ def _audit_batch(
     shard: _Read,
     batch: Any,
     start: int,
-    seen_ids: dict[int | str, int | None],
-) -> list[int | str | None]:
-    """Check the rows of one record batch, in order, as `_audit_rows` does, with the comparisons every
-    row passes made on Arrow arrays; Python values are built only for what each row needs hashed or
-    parsed, and for the rows a comparison flags. Returns each row's id key (None: no id)."""
+    ids: list[Any],
+    also: dict[int, int],
+) -> None:
+    """Check the rows of one record batch (`ids`: theirs; `also`: `_Ids.add`'s answer for the shard),
+    in order, as `_audit_rows` does, with the comparisons every row passes made on Arrow arrays; Python
+    values are built only for what each row needs hashed or parsed, and for the rows a check flags."""
     if _by_rows(shard, batch):
-        return _audit_rows(report, expect, shard, batch.to_pylist(), start, seen_ids)
+        _audit_rows(report, expect, shard, batch.to_pylist(), start, also)
+        return
     rel, split, col = shard.rel, shard.split, batch.column
-    ids = col("id").to_pylist()
     if split not in ("train", "eval"):  # rejects and duplicates: their ids only
-        keys = [_see(report, shard, start + j, tid, seen_ids) for j, tid in enumerate(ids)]
-        counted = sum(k is not None for k in keys)
+        counted = sum(_see(report, shard, start + j, tid, also) for j, tid in enumerate(ids))
         if split == "rejects":
             report.rejects += counted
         elif split == "duplicates":
             report.duplicates += counted
-        return keys
+        return
     n = batch.num_rows
     missing = np.zeros(n, dtype=bool)
     for c in PROVENANCE:
@@ -524,12 +646,9 @@ def _audit_batch(
                 want = assistant_message(outputs[j], reasoning[j].as_py(), expect.fmt)["content"]
                 differs[j] = last[j].as_py() != want
     (_, name), provider, licence = expect.checks[0], expect.checks[4][1], expect.checks[5][1]
-    keys: list[int | str | None] = []
     for j in range(n):
         i = start + j
-        key = _see(report, shard, i, ids[j], seen_ids)
-        keys.append(key)
-        if key is None:
+        if not _see(report, shard, i, ids[j], also):
             continue
         if missing[j]:
             gone = [c for c in PROVENANCE if not col(c)[j].is_valid]
@@ -561,7 +680,6 @@ def _audit_batch(
             if output is not None and expect.schema and differs[j]:
                 report.add(rel, i, "the assistant message differs from the validated output")
         report.rows[group] += 1
-    return keys
 
 
 def _audit_rows(
@@ -570,16 +688,13 @@ def _audit_rows(
     shard: _Read,
     rows: list[dict[str, Any]],
     start: int,
-    seen_ids: dict[int | str, int | None],
-) -> list[int | str | None]:
+    also: dict[int, int],
+) -> None:
     """`_audit_batch` for rows as Python dicts: the checks as written, for shards of other types."""
     rel, split = shard.rel, shard.split
-    keys: list[int | str | None] = []
     for j, row in enumerate(rows):
         i = start + j
-        key = _see(report, shard, i, row.get("id"), seen_ids)
-        keys.append(key)
-        if key is None:
+        if not _see(report, shard, i, row.get("id"), also):
             continue
         tid = row["id"]
         if split == "rejects":
@@ -618,7 +733,6 @@ def _audit_rows(
         report.rows[
             (row["teacher_provider"], row["teacher_model"], row["teacher_license"], row["template"], split)
         ] += 1
-    return keys
 
 
 def _dedup_of(report: AuditReport, m: dict[str, Any]) -> Deduplicator | None:
@@ -634,20 +748,35 @@ def _dedup_of(report: AuditReport, m: dict[str, Any]) -> Deduplicator | None:
     return Deduplicator(on=on, near=False, reasoning=reasoning_of(False, m))
 
 
-def _audit_dedup_batch(
+def _audit_dedup_shard(
     report: AuditReport,
     dedup: Deduplicator,
     shard: _Read,
-    batch: Any,
-    start: int,
-    keys: list[int | str | None],
-    seen: dict[int, int | str],
+    batches: list[Any],
+    ids: list[Any],
+    kept: _Kept,
 ) -> None:
     """No two kept rows may be exact duplicates by the output's key (near ones are a matter of degree).
-    The message fields are read as two flat string columns, not as a dict per message."""
-    if _by_rows(shard, batch):
-        _audit_dedup(report, dedup, shard, batch.to_pylist(), start, keys, seen)
-        return
+    The keys of a shard's rows are computed first, then compared with every kept row's at once; the
+    findings come in row order, as comparing row by row gives them."""
+    digests: list[int] = []
+    rows: list[int] = []
+    broken: list[int] = []  # rows whose messages do not end with an answer
+    for batch, start in _starts(batches):
+        digest = _digests_by_rows if _by_rows(shard, batch) else _digests
+        digest(dedup, batch, start, digests, rows, broken)
+    found = {i: "messages do not end with the answer" for i in broken}
+    for i, first in kept.add(digests, rows, ids).items():
+        found[i] = f"id {ids[i]} is an exact duplicate by {dedup.on} of id {first}, which was kept"
+    for i in sorted(found):
+        report.add(shard.rel, i, found[i])
+
+
+def _digests(
+    dedup: Deduplicator, batch: Any, start: int, digests: list[int], rows: list[int], broken: list[int]
+) -> None:
+    """The exact keys of a batch's rows, the message fields read as two flat string columns, not as a
+    dict per message."""
     col, n = batch.column, batch.num_rows
     messages = col("messages")
     offsets = messages.offsets.to_numpy()
@@ -658,67 +787,36 @@ def _audit_dedup_batch(
     outputs = col("output").to_pylist()
     responses = col("response").to_pylist() if col("output").null_count else None
     traces = col("reasoning").to_pylist() if col("reasoning").null_count < n else None
-    ids = col("id")
     for j in range(n):
         a, b = int(offsets[j]) - base, int(offsets[j + 1]) - base
         if not valid[j] or b == a:
-            report.add(shard.rel, start + j, "messages do not end with the answer")
+            broken.append(start + j)
             continue
         # the answer as the run keyed it: the output, else the text (the message may hold the trace)
         answer = outputs[j] if outputs[j] is not None else responses[j]  # type: ignore[index]
         try:
             pairs = zip(roles[a : b - 1], contents[a : b - 1], strict=True)
-            digest = dedup.exact_digest(pairs, answer, traces[j] if traces else None)
+            digests.append(dedup.exact_digest(pairs, answer, traces[j] if traces else None))
         except (TypeError, KeyError, IndexError):
-            report.add(shard.rel, start + j, "messages do not end with the answer")
+            broken.append(start + j)
             continue
-        _kept(report, dedup, shard, start + j, digest, keys[j], ids[j].as_py, seen)
+        rows.append(start + j)
 
 
-def _kept(
-    report: AuditReport,
-    dedup: Deduplicator,
-    shard: _Read,
-    i: int,
-    digest: int,
-    key: int | str | None,
-    tid: Any,
-    seen: dict[int, int | str],
+def _digests_by_rows(
+    dedup: Deduplicator, batch: Any, start: int, digests: list[int], rows: list[int], broken: list[int]
 ) -> None:
-    """Remember a kept row's exact key, or (a finding) name the earlier row that has it. `tid` gives
-    the row's id as read (called only for a finding)."""
-    first = seen.get(digest)
-    if first is not None:
-        report.add(
-            shard.rel,
-            i,
-            f"id {tid()} is an exact duplicate by {dedup.on} of id {_id_str(first)}, which was kept",
-        )
-    else:
-        seen[digest] = key if key is not None else str(tid())
-
-
-def _audit_dedup(
-    report: AuditReport,
-    dedup: Deduplicator,
-    shard: _Read,
-    rows: list[dict[str, Any]],
-    start: int,
-    keys: list[int | str | None],
-    seen: dict[int, int | str],
-) -> None:
-    """`_audit_dedup_batch` for rows as Python dicts."""
-    for j, row in enumerate(rows):
+    """`_digests` for rows as Python dicts."""
+    for j, row in enumerate(batch.to_pylist()):
         try:
             messages = row["messages"]
             messages[-1]["content"]  # noqa: B018 (a row must end with its answer)
-            # the answer as the run keyed it: the output, else the text (the message may hold the trace)
             answer = row["output"] if row.get("output") is not None else row["response"]
-            digest = dedup.message_digest(messages[:-1], answer, row.get("reasoning"))
+            digests.append(dedup.message_digest(messages[:-1], answer, row.get("reasoning")))
         except (TypeError, KeyError, IndexError):
-            report.add(shard.rel, start + j, "messages do not end with the answer")
+            broken.append(start + j)
             continue
-        _kept(report, dedup, shard, start + j, digest, keys[j], lambda r=row: r.get("id"), seen)
+        rows.append(start + j)
 
 
 def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]) -> None:
@@ -735,7 +833,7 @@ def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]
             report.add(None, None, f"totals.{key} is {totals.get(key)}, the shards hold {value}")
 
 
-def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: dict[int | str, Any]) -> None:
+def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: _Ids) -> None:
     """A complete output decides every task of its recipe: each id is a row, a reject or a duplicate.
 
     The task set is expanded again from the prompt file the manifest names (ids only: nothing is
@@ -750,15 +848,11 @@ def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: dict[int |
     found = 0
     missing: set[str] = set()
     try:
-        for tid in ids:
-            key = _id_key(tid)
-            if key in seen_ids:
-                # Counted once: two identical inputs share an id (one task). seen_ids is not read again.
-                if seen_ids[key] is not None:
-                    seen_ids[key] = None
-                    found += 1
-            else:
-                missing.add(tid)
+        while chunk := list(itertools.islice(ids, 65_536)):
+            # Counted once: two identical inputs share an id (one task).
+            decided, absent = seen_ids.decide(chunk)
+            found += decided
+            missing.update(absent)
     except Exception as e:  # a seed file that no longer reads: say so, do not guess
         report.notes.append(f"completeness not checked: {e}")
         return
