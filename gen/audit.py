@@ -498,7 +498,7 @@ class _Ids:
         self.last[pos[found]] = shard
         self.keys = np.insert(self.keys, pos[~found], unique[~found])
         self.last = np.insert(self.last, pos[~found], shard)
-        return dict(sorted(also.items()))
+        return also
 
     def decide(self, tids: list[str]) -> tuple[int, list[str]]:
         """For a chunk of the recipe's ids: how many are ids read here and not counted before (each
