@@ -103,8 +103,9 @@ def test_missing_or_empty_messages_are_findings_not_a_traceback(copy: Path) -> N
     _set(shard, "messages", {0: None, 1: []})
     found = _findings(copy)
     for row in (0, 1):
-        assert f"data/{shard.name} row {row}: the assistant message differs from the validated output" in found
-        assert f"data/{shard.name} row {row}: messages do not end with the answer" in found
+        where = f"data/{shard.name} row {row}"
+        assert f"{where}: the assistant message differs from the validated output" in found
+        assert f"{where}: messages do not end with the answer" in found
 
 
 def test_a_null_message_inside_the_list_is_checked_row_by_row(copy: Path) -> None:
