@@ -4,7 +4,8 @@ Builds the output once (kept with --dir): a real `gen run` against the simulator
 (teacher, licence review, template, prompt file), then N rows of that recipe's task set, ids and splits
 computed as gen computes them, are written as real shards (1% rejects, 0.5% duplicates), so `gen audit`
 finds it clean and checks every row. Then it times `gen report OUTPUT` in a child process pinned to one
-core, and `gen audit OUTPUT` alone for the share of the time that is the audit.
+core, `gen audit OUTPUT` alone (the share of the time that is the audit) and `gen report --no-audit`,
+each with its own peak RSS.
 
     python bench/report_bench.py                     # 1,000,000 rows (~1 min to build, then the report)
     python bench/report_bench.py -n 100000 --dir /tmp/rb  # smaller, kept for a second look
@@ -176,7 +177,16 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1_000_000, help="tasks (rows + rejects + duplicates)")
     ap.add_argument("--dir", type=Path, help="build (or reuse) the output here and keep it")
     ap.add_argument("--only-no-audit", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--only-audit", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.only_audit:  # a child: one `gen audit`, its own peak RSS
+        pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+        wall, cpu, rss, code = timed([*pin, sys.executable, "-m", "gen", "audit", str(args.only_audit)])
+        print(
+            f"  gen audit alone: {wall:.1f} s on one core ({cpu:.1f} s CPU), peak RSS {rss:.0f} MB "
+            f"(exit {code})"
+        )
+        sys.exit(0 if code in (0, 1) else code)
     if args.only_no_audit:  # a child: one `gen report --no-audit`, its own peak RSS
         pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
         wall, cpu, rss, code = timed(
@@ -198,9 +208,8 @@ def main() -> None:
         f"gen report: {wall:.1f} s on one core ({cpu:.1f} s CPU), peak RSS {rss:.0f} MB, "
         f"report.html {size / 1e6:.2f} MB (exit {code})"
     )
-    wall, cpu, _, code = timed([*pin, sys.executable, "-m", "gen", "audit", str(out)])
-    print(f"  gen audit alone: {wall:.1f} s ({cpu:.1f} s CPU, exit {code})")
-    # Peak RSS of children is a running maximum: this figure is measured in a fresh grandchild.
+    # Peak RSS of children is a running maximum: these figures are measured in fresh grandchildren.
+    subprocess.run([sys.executable, __file__, "--only-audit", str(out)], check=False)
     subprocess.run([sys.executable, __file__, "--only-no-audit", str(out)], check=False)
     if args.dir is None:
         shutil.rmtree(folder)

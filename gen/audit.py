@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,7 +36,7 @@ from gen.outdir import MANIFEST, NOT_AN_OUTPUT, OutputDir
 from gen.provenance import load_registry, review_teacher
 from gen.reasoning import assistant_message
 from gen.rows import COLUMNS, PROVENANCE
-from gen.shards import DATA_SCHEMA, committed_shards, read_columns, sha256_file, split_of_path
+from gen.shards import DATA_SCHEMA, committed_shards, read_checked, read_columns, sha256_file, split_of_path
 from gen.templates import Expansion, split_of, task_id
 
 
@@ -244,11 +247,13 @@ def audit(out_dir: str | Path) -> AuditReport:
     on_disk = set(committed_shards(out))
     for rel in sorted(on_disk - set(listed)):
         report.add(rel, None, "shard on disk is not listed in the manifest (added after the fact?)")
-    seen_ids: dict[str, str] = {}
+    seen_ids = _Ids()
     dedup = _dedup_of(report, manifest)
-    seen_keys: dict[int, str] = {}
+    kept = _Kept()
+    expect = _Expect.of(manifest)
     # Unlisted shards are read too: a Parquet reader pointed at data/ would load them with the rest.
-    for rel in [*listed, *sorted(on_disk - set(listed))]:
+    order = [*listed, *sorted(on_disk - set(listed))]
+    for number, rel in enumerate(order):
         entry = listed.get(rel)
         path = out / rel
         if rel not in on_disk or not path.is_file():
@@ -256,22 +261,25 @@ def audit(out_dir: str | Path) -> AuditReport:
             continue
         if entry is not None and sha256_file(path) != entry.get("sha256"):
             report.add(rel, None, "sha256 differs from the manifest: changed after it was written")
-        try:
-            table = pq.read_table(path)
+        split = split_of_path(rel)
+        try:  # every page of every column is decoded; only the columns the checks read are kept
+            schema, num_rows, batches = read_checked(path, _READ.get(split, []), _BATCH)
         except Exception as e:  # a corrupt file: report it as a finding, keep auditing the rest
             report.add(rel, None, f"unreadable Parquet: {e}")
             continue
-        if entry is not None and table.num_rows != entry.get("rows"):
-            report.add(rel, None, f"{table.num_rows} rows, the manifest says {entry.get('rows')}")
-        split = split_of_path(rel)
+        if entry is not None and num_rows != entry.get("rows"):
+            report.add(rel, None, f"{num_rows} rows, the manifest says {entry.get('rows')}")
         expected = COLUMNS.get(split)
-        if expected is None or not {c.name for c in expected} <= set(table.column_names):
+        if expected is None or not {c.name for c in expected} <= set(schema.names):
             report.add(rel, None, "columns differ from gen's schema for this folder")
             continue
-        rows = table.to_pylist()
-        _audit_rows(report, manifest, rel, split, rows, seen_ids)
+        shard = _Read(rel, number, split, order, _typed(schema, split))
+        ids = [tid for b in batches for tid in b.column("id").to_pylist()]
+        also = seen_ids.add(ids, number)  # rows whose id was read before
+        for batch, start in _starts(batches):
+            _audit_batch(report, expect, shard, batch, start, ids[start : start + batch.num_rows], also)
         if dedup is not None and split in ("train", "eval"):
-            _audit_dedup(report, dedup, rel, rows, seen_keys)
+            _audit_dedup_shard(report, dedup, shard, batches, ids, kept)
 
     _audit_totals(report, manifest, listed)
     _audit_complete(report, manifest, seen_ids)
@@ -332,28 +340,363 @@ def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
                 report.add(rel, i, f"id {tid} is not a row of the dataset")
 
 
+# What the checks read of each kind of shard. Every page of every column is still decoded (a corrupt one
+# is a finding, as before), but only these columns are kept, in Arrow form, and turned into Python values
+# column by column where a check needs them: a million rows as Python dicts took most of the audit's time
+# and memory.
+_DATA_READ = [
+    "id",
+    *(c for c in PROVENANCE if c != "id"),
+    *("split", "sample", "output", "messages", "reasoning", "response"),
+]
+_BATCH = 8192  # rows a record batch: the Python values of one batch's columns are alive at a time
+_READ = {"train": _DATA_READ, "eval": _DATA_READ, "rejects": ["id"], "duplicates": ["id"]}
+# Data columns compared as Arrow strings; the rest of PROVENANCE need only not be null.
+_STRINGS = (
+    "id", "vars", "template", "template_version", "template_sha256", "prompt_sha256", "teacher_provider",
+    "teacher_model", "teacher_license", "run_id", "split", "output", "reasoning", "response",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Expect:
+    """What the manifest says every data row holds."""
+
+    checks: tuple[tuple[str, str], ...]  # (column, the value the manifest records), in finding order
+    models: frozenset[str]
+    run_ids: frozenset[Any]
+    prompt_sha: str
+    fraction: float
+    schema: bool
+    fmt: Any
+
+    @classmethod
+    def of(cls, m: dict[str, Any]) -> _Expect:
+        template, teacher, prompt_sha = m["template"], m["teacher"], m["prompt_file"]["sha256"]
+        return cls(
+            checks=(
+                ("template", template["name"]),
+                ("template_version", template["version"]),
+                ("template_sha256", template["sha256"]),
+                ("prompt_sha256", prompt_sha),
+                ("teacher_provider", teacher["provider"]),
+                ("teacher_license", teacher["license"]),
+            ),
+            models=frozenset({teacher["model"], *teacher.get("served_models", [])}),
+            run_ids=frozenset({r["run_id"] for r in m.get("runs", [])} | {m.get("run_id")}),
+            prompt_sha=prompt_sha,
+            fraction=m.get("eval_fraction", 0.05),
+            schema=bool(m.get("schema")),
+            # the answer as the recorded reasoning_format writes it (with a trace: think-tags around it)
+            fmt=m.get("reasoning_format", "field"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """The shard being checked: its path, its place in the audit's order, its split, and whether its
+    columns have the types gen writes (`_typed`)."""
+
+    rel: str
+    number: int
+    split: str
+    order: list[str]
+    typed: bool
+
+
+def _typed(schema: Any, split: str) -> bool:
+    """Whether a shard's columns have the types gen writes, so that the checks can compare them as Arrow
+    arrays. Any other shard (edited by hand or by another tool) is checked row by row as Python values."""
+    if split not in ("train", "eval"):
+        return True  # only ids are read, as Python values either way
+    if any(schema.field(name).type != pa.string() for name in _STRINGS):
+        return False
+    messages = schema.field("messages").type
+    if not pa.types.is_integer(schema.field("sample").type) or not pa.types.is_list(messages):
+        return False
+    if not pa.types.is_struct(messages.value_type):
+        return False
+    fields = {f.name: f.type for f in messages.value_type}
+    return fields.get("role") == pa.string() and fields.get("content") == pa.string()
+
+
+def _by_rows(shard: _Read, batch: Any) -> bool:
+    """Whether a batch is checked row by row: a shard of other types, or a null message struct inside a
+    list (the Arrow path reads message fields without their struct's nulls)."""
+    if not shard.typed:
+        return True
+    return shard.split in ("train", "eval") and batch.column("messages").values.null_count > 0
+
+
+def _starts(batches: list[Any]) -> Iterator[tuple[Any, int]]:
+    """Each batch with the shard row number of its first row (findings name rows of the shard)."""
+    start = 0
+    for batch in batches:
+        yield batch, start
+        start += batch.num_rows
+
+
+def _canonical(tid: Any) -> bytes | None:
+    """The 16 bytes of one of gen's ids (32 lowercase hex digits); None for any other value."""
+    if type(tid) is not str or len(tid) != 32:
+        return None
+    try:
+        raw = bytes.fromhex(tid)
+    except ValueError:
+        return None
+    return raw if raw.hex() == tid else None  # fromhex also takes upper case and spaces
+
+
+class _Ids:
+    """Every id read so far, with the shard (its number in the audit's order) that held it last.
+
+    gen's ids are kept as 16 bytes in a sorted numpy array, beside an int32 array of shards: about 20
+    bytes an id, where a dict of strings took ten times that. Any other id (a hand-edited shard) is kept
+    as itself in a dict; the two never hold equal ids. A shard's ids are added at once, and which rows
+    repeat an id read before (earlier in the same shard included) is decided as reading them one by one
+    in order would."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, dtype="S16")
+        self.last = np.empty(0, dtype=np.int32)
+        self.other: dict[str, int | None] = {}
+        self.done: Any = None  # per key: decided a task of the recipe (_audit_complete)
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.other)
+
+    def add(self, ids: list[Any], shard: int) -> dict[int, int]:
+        """Record a shard's ids (its rows', in order; a row whose id is not a string has none). Returns
+        {row: the shard that held its id last} for every row whose id was read before."""
+        also: dict[int, int] = {}
+        raw, rows = [], []
+        for j, tid in enumerate(ids):
+            key = _canonical(tid)
+            if key is not None:
+                raw.append(key)
+                rows.append(j)
+            elif isinstance(tid, str):
+                last = self.other.get(tid)
+                if last is not None:
+                    also[j] = last
+                self.other[tid] = shard
+        if not raw:
+            return also
+        keys = np.frombuffer(b"".join(raw), dtype="S16")
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self.keys, unique)
+        found = np.zeros(len(unique), dtype=bool)
+        if len(self.keys):
+            found = self.keys[np.minimum(pos, len(self.keys) - 1)] == unique
+        index = np.arange(len(keys))
+        repeat = first[inverse] != index  # an earlier row of this shard has it
+        earlier = found[inverse] & ~repeat  # the first of this shard, and an earlier shard's
+        for j in index[repeat]:
+            also[rows[j]] = shard
+        for j, last in zip(index[earlier], self.last[pos[inverse[earlier]]], strict=True):
+            also[rows[j]] = int(last)
+        self.last[pos[found]] = shard
+        self.keys = np.insert(self.keys, pos[~found], unique[~found])
+        self.last = np.insert(self.last, pos[~found], shard)
+        return also
+
+    def decide(self, tids: list[str]) -> tuple[int, list[str]]:
+        """For a chunk of the recipe's ids: how many are ids read here and not counted before (each
+        counted once: two identical inputs share an id), and those that are not read here."""
+        if self.done is None:
+            self.done = np.zeros(len(self.keys), dtype=bool)
+        found, missing, raw, canonical = 0, [], [], []
+        for tid in tids:
+            key = _canonical(tid)
+            if key is not None:
+                raw.append(key)
+                canonical.append(tid)
+            elif tid in self.other:
+                if self.other[tid] is not None:
+                    self.other[tid] = None
+                    found += 1
+            else:
+                missing.append(tid)
+        if raw:
+            keys = np.frombuffer(b"".join(raw), dtype="S16")
+            pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+            hit = self.keys[pos] == keys if len(self.keys) else np.zeros(len(keys), dtype=bool)
+            fresh = np.unique(pos[hit][~self.done[pos[hit]]])
+            self.done[fresh] = True
+            found += len(fresh)
+            missing += [tid for tid, h in zip(canonical, hit, strict=True) if not h]
+        return found, missing
+
+
+class _Kept:
+    """The exact dedup key (8 bytes, as the run computed it) of every kept row so far, with the id of
+    the row that kept it: numpy arrays, sorted by key (gen's ids as 16 bytes; any other id as an index
+    into a list of strings)."""
+
+    def __init__(self) -> None:
+        self.digests = np.empty(0, dtype=np.uint64)
+        self.ids = np.empty(0, dtype="S16")
+        self.names = np.empty(0, dtype=np.int32)  # -1: the id is `ids`; else an index into `other`
+        self.other: list[str] = []
+
+    def _name(self, tid: Any) -> tuple[bytes, int]:
+        key = _canonical(tid)
+        if key is not None:
+            return key, -1
+        self.other.append(str(tid))
+        return b"", len(self.other) - 1
+
+    def _text(self, raw: bytes, name: int) -> str:
+        return self.other[name] if name >= 0 else raw.ljust(16, b"\0").hex()
+
+    def add(self, digests: list[int], rows: list[int], ids: list[Any]) -> dict[int, str]:
+        """Record a shard's kept rows (their exact keys, in row order, and row numbers; `ids`: the
+        shard's ids). Returns {row: id of the earlier row it duplicates} for each row whose key was
+        kept before, the first row holding a key being the one kept."""
+        if not digests:
+            return {}
+        keys = np.array(digests, dtype=np.uint64)
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self.digests, unique)
+        found = np.zeros(len(unique), dtype=bool)
+        if len(self.digests):
+            found = self.digests[np.minimum(pos, len(self.digests) - 1)] == unique
+        dup: dict[int, str] = {}
+        index = np.arange(len(keys))
+        for j in index[found[inverse] | (first[inverse] != index)]:
+            u = inverse[j]
+            if found[u]:  # kept in an earlier shard
+                dup[rows[j]] = self._text(self.ids[pos[u]], int(self.names[pos[u]]))
+            else:  # kept earlier in this shard
+                dup[rows[j]] = str(ids[rows[first[u]]])
+        new = [self._name(ids[rows[j]]) for j in first[~found]]
+        at = pos[~found]
+        self.digests = np.insert(self.digests, at, unique[~found])
+        self.ids = np.insert(self.ids, at, np.array([r for r, _ in new], dtype="S16"))
+        self.names = np.insert(self.names, at, np.array([n for _, n in new], dtype=np.int32))
+        return dup
+
+
+def _see(report: AuditReport, shard: _Read, i: int, tid: Any, also: dict[int, int]) -> bool:
+    """The id check of row i: False (and a finding) for a row without an id."""
+    if not isinstance(tid, str):
+        report.add(shard.rel, i, "row without an id")
+        return False
+    last = also.get(i)
+    if last is not None:
+        report.add(shard.rel, i, f"id {tid} appears twice (also in {shard.order[last]})")
+    return True
+
+
+def _np(array: Any) -> Any:
+    """A boolean Arrow array (no nulls) as a numpy array."""
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _last_contents(messages: Any) -> Any:
+    """Each row's last message content as an Arrow string array: null for null or empty messages."""
+    offsets = messages.offsets.to_numpy()
+    valid = _np(messages.is_valid()) & (offsets[1:] > offsets[:-1])
+    return messages.values.field("content").take(pa.array(offsets[1:] - 1, mask=~valid))
+
+
+def _audit_batch(
+    report: AuditReport,
+    expect: _Expect,
+    shard: _Read,
+    batch: Any,
+    start: int,
+    ids: list[Any],
+    also: dict[int, int],
+) -> None:
+    """Check the rows of one record batch (`ids`: theirs; `also`: `_Ids.add`'s answer for the shard),
+    in order, as `_audit_rows` does, with the comparisons every row passes made on Arrow arrays; Python
+    values are built only for what each row needs hashed or parsed, and for the rows a check flags."""
+    if _by_rows(shard, batch):
+        _audit_rows(report, expect, shard, batch.to_pylist(), start, also)
+        return
+    rel, split, col = shard.rel, shard.split, batch.column
+    if split not in ("train", "eval"):  # rejects and duplicates: their ids only
+        counted = sum(_see(report, shard, start + j, tid, also) for j, tid in enumerate(ids))
+        if split == "rejects":
+            report.rejects += counted
+        elif split == "duplicates":
+            report.duplicates += counted
+        return
+    n = batch.num_rows
+    missing = np.zeros(n, dtype=bool)
+    for c in PROVENANCE:
+        if col(c).null_count:
+            missing |= _np(col(c).is_null())
+    # rows whose provenance differs from the manifest somewhere (nulls are `missing`, checked first)
+    odd = np.zeros(n, dtype=bool)
+    for c, want in expect.checks:
+        odd |= _np(pc.not_equal(col(c), pa.scalar(want, pa.string())).fill_null(False))
+    templates = col("template").to_pylist() if odd.any() else None
+    for c, allowed in (("teacher_model", expect.models), ("run_id", expect.run_ids)):
+        odd |= ~_np(pc.is_in(col(c), value_set=pa.array(sorted(allowed, key=str), pa.string())))
+    wrong_split = _np(pc.not_equal(col("split"), pa.scalar(split, pa.string())).fill_null(True))
+    vars_, samples = col("vars").to_pylist(), col("sample").to_pylist()
+    outputs, models = col("output").to_pylist(), col("teacher_model").to_pylist()
+    differs = _np(pc.not_equal(_last_contents(col("messages")), col("output")).fill_null(True))
+    if expect.fmt == "think-tags" and col("reasoning").null_count < n:
+        last, reasoning = _last_contents(col("messages")), col("reasoning")
+        for j in np.flatnonzero(_np(reasoning.is_valid())):
+            if outputs[j] is not None:
+                want = assistant_message(outputs[j], reasoning[j].as_py(), expect.fmt)["content"]
+                differs[j] = last[j].as_py() != want
+    (_, name), provider, licence = expect.checks[0], expect.checks[4][1], expect.checks[5][1]
+    for j in range(n):
+        i = start + j
+        if not _see(report, shard, i, ids[j], also):
+            continue
+        if missing[j]:
+            gone = [c for c in PROVENANCE if not col(c)[j].is_valid]
+            report.add(rel, i, f"provenance incomplete: {', '.join(gone)} missing")
+            continue
+        tid, v = ids[j], vars_[j]
+        if odd[j]:
+            value = {c: col(c)[j].as_py() for c in (*(c for c, _ in expect.checks), "run_id")}
+            for c, want in expect.checks:
+                if value[c] != want:
+                    report.add(rel, i, f"{c} is {value[c]!r}, the manifest says {want!r}")
+            if models[j] not in expect.models:
+                report.add(rel, i, f"teacher_model {models[j]!r} is not the manifest's teacher")
+            if value["run_id"] not in expect.run_ids:
+                report.add(rel, i, f"run_id {value['run_id']!r} is not a run of this dataset")
+            group = (value["teacher_provider"], models[j], value["teacher_license"], value["template"], split)
+        else:
+            group = (provider, models[j], licence, name, split)
+        if task_id(expect.prompt_sha, templates[j] if templates else name, v, samples[j]) != tid:
+            report.add(rel, i, "id does not match its inputs (vars, sample, template, prompt file)")
+        if wrong_split[j] or split_of(v, expect.fraction) != split:
+            report.add(rel, i, f"split {col('split')[j].as_py()!r} does not follow from its inputs")
+        if outputs[j] is not None:
+            try:
+                output = orjson.loads(outputs[j])
+            except orjson.JSONDecodeError:
+                report.add(rel, i, "output is not valid JSON")
+                output = None
+            if output is not None and expect.schema and differs[j]:
+                report.add(rel, i, "the assistant message differs from the validated output")
+        report.rows[group] += 1
+
+
 def _audit_rows(
     report: AuditReport,
-    m: dict[str, Any],
-    rel: str,
-    split: str,
+    expect: _Expect,
+    shard: _Read,
     rows: list[dict[str, Any]],
-    seen_ids: dict[str, str],
+    start: int,
+    also: dict[int, int],
 ) -> None:
-    template = m["template"]
-    teacher = m["teacher"]
-    models = {teacher["model"], *teacher.get("served_models", [])}
-    run_ids = {r["run_id"] for r in m.get("runs", [])} | {m.get("run_id")}
-    prompt_sha = m["prompt_file"]["sha256"]
-    fraction = m.get("eval_fraction", 0.05)
-    for i, row in enumerate(rows):
-        tid = row.get("id")
-        if not isinstance(tid, str):
-            report.add(rel, i, "row without an id")
+    """`_audit_batch` for rows as Python dicts: the checks as written, for shards of other types."""
+    rel, split = shard.rel, shard.split
+    for j, row in enumerate(rows):
+        i = start + j
+        if not _see(report, shard, i, row.get("id"), also):
             continue
-        if tid in seen_ids:
-            report.add(rel, i, f"id {tid} appears twice (also in {seen_ids[tid]})")
-        seen_ids[tid] = rel
+        tid = row["id"]
         if split == "rejects":
             report.rejects += 1
             continue
@@ -364,37 +707,28 @@ def _audit_rows(
         if missing:
             report.add(rel, i, f"provenance incomplete: {', '.join(missing)} missing")
             continue
-        checks = (
-            ("template", template["name"]),
-            ("template_version", template["version"]),
-            ("template_sha256", template["sha256"]),
-            ("prompt_sha256", prompt_sha),
-            ("teacher_provider", teacher["provider"]),
-            ("teacher_license", teacher["license"]),
-        )
-        for column, want in checks:
+        for column, want in expect.checks:
             if row[column] != want:
                 report.add(rel, i, f"{column} is {row[column]!r}, the manifest says {want!r}")
-        if row["teacher_model"] not in models:
+        if row["teacher_model"] not in expect.models:
             report.add(rel, i, f"teacher_model {row['teacher_model']!r} is not the manifest's teacher")
-        if row["run_id"] not in run_ids:
+        if row["run_id"] not in expect.run_ids:
             report.add(rel, i, f"run_id {row['run_id']!r} is not a run of this dataset")
-        if task_id(prompt_sha, row["template"], row["vars"], row["sample"]) != tid:
+        if task_id(expect.prompt_sha, row["template"], row["vars"], row["sample"]) != tid:
             report.add(rel, i, "id does not match its inputs (vars, sample, template, prompt file)")
-        if row["split"] != split or split_of(row["vars"], fraction) != split:
+        if row["split"] != split or split_of(row["vars"], expect.fraction) != split:
             report.add(rel, i, f"split {row['split']!r} does not follow from its inputs")
         try:
             output = orjson.loads(row["output"]) if row["output"] is not None else None
         except orjson.JSONDecodeError:
             report.add(rel, i, "output is not valid JSON")
             output = None
-        if output is not None and m.get("schema"):
-            # the answer as the recorded reasoning_format writes it (with a trace: think-tags around it)
-            fmt = m.get("reasoning_format", "field")
-            if (
-                row["messages"][-1]["content"]
-                != assistant_message(row["output"], row.get("reasoning"), fmt)["content"]
-            ):
+        if output is not None and expect.schema:
+            try:
+                last = row["messages"][-1]["content"]
+            except (TypeError, KeyError, IndexError):  # no messages: no assistant message to match
+                last = None
+            if last != assistant_message(row["output"], row.get("reasoning"), expect.fmt)["content"]:
                 report.add(rel, i, "the assistant message differs from the validated output")
         report.rows[
             (row["teacher_provider"], row["teacher_model"], row["teacher_license"], row["template"], split)
@@ -414,29 +748,75 @@ def _dedup_of(report: AuditReport, m: dict[str, Any]) -> Deduplicator | None:
     return Deduplicator(on=on, near=False, reasoning=reasoning_of(False, m))
 
 
-def _audit_dedup(
-    report: AuditReport, dedup: Deduplicator, rel: str, rows: list[dict[str, Any]], seen: dict[int, str]
+def _audit_dedup_shard(
+    report: AuditReport,
+    dedup: Deduplicator,
+    shard: _Read,
+    batches: list[Any],
+    ids: list[Any],
+    kept: _Kept,
 ) -> None:
-    """No two kept rows may be exact duplicates by the output's key (near ones are a matter of degree)."""
-    for i, row in enumerate(rows):
+    """No two kept rows may be exact duplicates by the output's key (near ones are a matter of degree).
+    The keys of a shard's rows are computed first, then compared with every kept row's at once; the
+    findings come in row order, as comparing row by row gives them."""
+    digests: list[int] = []
+    rows: list[int] = []
+    broken: list[int] = []  # rows whose messages do not end with an answer
+    for batch, start in _starts(batches):
+        digest = _digests_by_rows if _by_rows(shard, batch) else _digests
+        digest(dedup, batch, start, digests, rows, broken)
+    found = {i: "messages do not end with the answer" for i in broken}
+    for i, first in kept.add(digests, rows, ids).items():
+        found[i] = f"id {ids[i]} is an exact duplicate by {dedup.on} of id {first}, which was kept"
+    for i in sorted(found):
+        report.add(shard.rel, i, found[i])
+
+
+def _digests(
+    dedup: Deduplicator, batch: Any, start: int, digests: list[int], rows: list[int], broken: list[int]
+) -> None:
+    """The exact keys of a batch's rows, the message fields read as two flat string columns, not as a
+    dict per message."""
+    col, n = batch.column, batch.num_rows
+    messages = col("messages")
+    offsets = messages.offsets.to_numpy()
+    valid = _np(messages.is_valid())
+    base = int(offsets[0])
+    turns = messages.values.slice(base, int(offsets[-1]) - base)
+    roles, contents = turns.field("role").to_pylist(), turns.field("content").to_pylist()
+    outputs = col("output").to_pylist()
+    responses = col("response").to_pylist() if col("output").null_count else None
+    traces = col("reasoning").to_pylist() if col("reasoning").null_count < n else None
+    for j in range(n):
+        a, b = int(offsets[j]) - base, int(offsets[j + 1]) - base
+        if not valid[j] or b == a:
+            broken.append(start + j)
+            continue
+        # the answer as the run keyed it: the output, else the text (the message may hold the trace)
+        answer = outputs[j] if outputs[j] is not None else responses[j]  # type: ignore[index]
+        try:
+            pairs = zip(roles[a : b - 1], contents[a : b - 1], strict=True)
+            digests.append(dedup.exact_digest(pairs, answer, traces[j] if traces else None))
+        except (TypeError, KeyError, IndexError):
+            broken.append(start + j)
+            continue
+        rows.append(start + j)
+
+
+def _digests_by_rows(
+    dedup: Deduplicator, batch: Any, start: int, digests: list[int], rows: list[int], broken: list[int]
+) -> None:
+    """`_digests` for rows as Python dicts."""
+    for j, row in enumerate(batch.to_pylist()):
         try:
             messages = row["messages"]
             messages[-1]["content"]  # noqa: B018 (a row must end with its answer)
-            # the answer as the run keyed it: the output, else the text (the message may hold the trace)
             answer = row["output"] if row.get("output") is not None else row["response"]
-            digest = dedup.message_digest(messages[:-1], answer, row.get("reasoning"))
+            digests.append(dedup.message_digest(messages[:-1], answer, row.get("reasoning")))
         except (TypeError, KeyError, IndexError):
-            report.add(rel, i, "messages do not end with the answer")
+            broken.append(start + j)
             continue
-        first = seen.get(digest)
-        if first is not None:
-            report.add(
-                rel,
-                i,
-                f"id {row.get('id')} is an exact duplicate by {dedup.on} of id {first}, which was kept",
-            )
-        else:
-            seen[digest] = str(row.get("id"))
+        rows.append(start + j)
 
 
 def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]) -> None:
@@ -453,7 +833,7 @@ def _audit_totals(report: AuditReport, m: dict[str, Any], listed: dict[str, Any]
             report.add(None, None, f"totals.{key} is {totals.get(key)}, the shards hold {value}")
 
 
-def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: dict[str, Any]) -> None:
+def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: _Ids) -> None:
     """A complete output decides every task of its recipe: each id is a row, a reject or a duplicate.
 
     The task set is expanded again from the prompt file the manifest names (ids only: nothing is
@@ -468,14 +848,11 @@ def _audit_complete(report: AuditReport, m: dict[str, Any], seen_ids: dict[str, 
     found = 0
     missing: set[str] = set()
     try:
-        for tid in ids:
-            if tid in seen_ids:
-                # Counted once: two identical inputs share an id (one task). seen_ids is not read again.
-                if seen_ids[tid] is not None:
-                    seen_ids[tid] = None
-                    found += 1
-            else:
-                missing.add(tid)
+        while chunk := list(itertools.islice(ids, 65_536)):
+            # Counted once: two identical inputs share an id (one task).
+            decided, absent = seen_ids.decide(chunk)
+            found += decided
+            missing.update(absent)
     except Exception as e:  # a seed file that no longer reads: say so, do not guess
         report.notes.append(f"completeness not checked: {e}")
         return

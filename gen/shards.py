@@ -286,6 +286,24 @@ def iter_column_batches(
             yield out
 
 
+def read_checked(
+    path: Path, keep: list[str], batch_size: int = 65_536
+) -> tuple[pa.Schema, int, list[pa.RecordBatch]]:
+    """Decode every page of every column of a Parquet file, a record batch at a time, and keep only the
+    columns `keep` names (those it has): its Arrow schema, its row count and those batches. A corrupt
+    page anywhere raises pyarrow's error, as reading the whole table would, but what stays in memory is
+    the kept columns in Arrow form, not the file's rows as Python objects (`gen audit` reads shards so)."""
+    pa = _pyarrow()
+    with pa.parquet.ParquetFile(path) as pf:
+        schema = pf.schema_arrow
+        have = [c for c in keep if c in schema.names]
+        rows, batches = 0, []
+        for batch in pf.iter_batches(batch_size=batch_size):
+            rows += batch.num_rows
+            batches.append(batch.select(have))
+    return schema, rows, batches
+
+
 def parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[dict[str, Any]]:
     """Every row of a Parquet file (a seed table), a batch at a time; pyarrow's errors propagate."""
     with _pyarrow().parquet.ParquetFile(path) as pf:
