@@ -508,28 +508,28 @@ def _run_options(opts: EvalOptions, answers: Path) -> RunOptions:
 
 class _Requests:
     """Appends each student request's latency and tokens to requests.jsonl (buffered: a crash may lose
-    the last few latencies, never an answer, which the run's journal holds)."""
+    the last few latencies, never an answer, which the run's journal holds), and keeps them by id in
+    `by_id` as well: the report of an evaluation that was not resumed reads them there, not from the
+    file (the same entries, without parsing them back)."""
 
     FLUSH_EVERY = 256
 
     def __init__(self, path: Path) -> None:
         self._f = open(path, "ab")  # noqa: SIM115 (closed by close())
         self._pending = 0
+        self.by_id: dict[str, list[dict[str, Any]]] = {}
 
     def record(self, task: Task, comp: Any, attempt: int) -> None:
         latency = comp.latency_s
-        self._f.write(
-            orjson.dumps(
-                {
-                    "id": task.id,
-                    "attempt": attempt,
-                    "latency_ms": None if latency is None else round(latency * 1000, 3),
-                    "prompt_tokens": comp.prompt_tokens,
-                    "completion_tokens": comp.completion_tokens,
-                }
-            )
-            + b"\n"
-        )
+        entry = {
+            "id": task.id,
+            "attempt": attempt,
+            "latency_ms": None if latency is None else round(latency * 1000, 3),
+            "prompt_tokens": comp.prompt_tokens,
+            "completion_tokens": comp.completion_tokens,
+        }
+        self._f.write(orjson.dumps(entry) + b"\n")
+        self.by_id.setdefault(task.id, []).append(entry)
         self._pending += 1
         if self._pending >= self.FLUSH_EVERY:
             self._f.flush()
@@ -579,7 +579,8 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     if result.status != "complete":
         return EvalResult(plan.eval_dir, result.status, None, result.message, result.signal)
     try:
-        report = write_report(plan, served=run.served_models, wall_s=result.wall_s)
+        log = None if plan.resumed else requests.by_id  # a resumed eval's file holds earlier requests too
+        report = write_report(plan, served=run.served_models, wall_s=result.wall_s, log=log)
     except KeyboardInterrupt:  # Ctrl-C while the judge was asked: its verdicts so far are in judge.jsonl
         from gen.eval_judge import VERDICTS_FILE
 
@@ -689,15 +690,23 @@ def _judge_free_text(
     return figures(plan.judge, verdicts, no_answer), verdicts
 
 
-def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalReport:
+def write_report(
+    plan: EvalPlan,
+    *,
+    served: list[str],
+    wall_s: float,
+    log: dict[str, list[dict[str, Any]]] | None = None,
+) -> EvalReport:
     """Compare every answered row with the teacher's; write results.parquet, report.json, report.md and
-    the dataset card's Evaluation section."""
+    the dataset card's Evaluation section. `log`: each request's entry by row id, as requests.jsonl
+    holds them (None: read the file)."""
     schema = plan.prepared.schema
     specs = field_specs(schema.json_schema) if schema else free_text_specs()
     comparison = Comparison(specs)
     answers = plan.eval_dir / ANSWERS
     student, answers_manifest = _student_rows(answers)
-    log = _request_log(plan.eval_dir / REQUESTS)
+    if log is None:
+        log = _request_log(plan.eval_dir / REQUESTS)
     latencies: list[float] = []
     first_valid = valid = 0
     teacher_tokens = [0, 0]
