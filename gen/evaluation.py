@@ -460,10 +460,11 @@ def _teacher_rows(out: Path, manifest: dict[str, Any], split: str, limit: int | 
         if shard.get("split") not in wanted:
             continue
         cols = read_columns(out, shard["path"], _TEACHER_COLUMNS + _TEACHER_USAGE)
-        for i in range(len(cols["id"])):
-            rows.append({name: cols[name][i] for name in cols})
-            if limit is not None and len(rows) >= limit:
-                return rows
+        names = list(cols)
+        rows.extend(dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True))
+        if limit is not None and len(rows) >= limit:
+            del rows[limit:]
+            return rows
     return rows
 
 
@@ -626,8 +627,9 @@ def _student_rows(answers: Path) -> tuple[dict[str, dict[str, Any]], dict[str, A
             valid = False
         else:
             continue
-        for i, tid in enumerate(cols["id"]):
-            found[tid] = {name: cols[name][i] for name in cols} | {"valid": valid}
+        names = [*cols, "valid"]
+        for values in zip(*cols.values(), strict=True):
+            found[values[0]] = dict(zip(names, (*values, valid), strict=True))
     return found, m
 
 
