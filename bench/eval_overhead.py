@@ -128,7 +128,7 @@ def main() -> None:
             for report in (out / "evals").glob("*/report.json"):
                 eval_rows.append(json.loads(report.read_text())["rows"])
         r, e = statistics.median(run_cpu), statistics.median(eval_cpu)
-        n_eval = statistics.median(eval_rows)
+        n_eval = int(statistics.median(eval_rows))
         print(
             f"{a.n:,} tasks run, {n_eval:,} rows evaluated, 0 ms, {a.concurrency} in flight, "
             f"median of {a.repeats}"
