@@ -11,6 +11,11 @@ the medians.
 
     python bench/eval_overhead.py                 # 5,000 rows, 3 repeats
     python bench/eval_overhead.py -n 2000 --repeats 1
+    python bench/eval_overhead.py --baseline becc154   # also `gen eval` as of that commit, same datasets
+
+`--baseline REF` exports REF's gen/ (git archive) and, in each repeat, evaluates the same dataset with it
+as well (a fresh evaluation directory each, the two evals in alternating order): before and after,
+measured in the same run.
 
 A benchmark, not a test: it asserts only that every run handled N rows.
 """
@@ -18,6 +23,7 @@ A benchmark, not a test: it asserts only that every run handled N rows.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -25,6 +31,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -51,6 +58,16 @@ def _timed(args: list[str], env: dict[str, str]) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _export(ref: str, dest: Path) -> Path:
+    """`git archive REF gen` unpacked under dest: a frozen copy of the package."""
+    blob = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "gen"], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=5000, help="rows (default 5,000)")
@@ -59,6 +76,7 @@ def main() -> None:
     ap.add_argument(
         "--perturb-share", type=float, default=0.3, help="share of rows the student answers differently"
     )
+    ap.add_argument("--baseline", metavar="REF", help="also time `gen eval` as of this git ref")
     a = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     port = _free_port()
@@ -87,7 +105,10 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.1)
         common = ["--no-progress", "--max-concurrency", str(a.concurrency)]
-        run_cpu, eval_cpu, eval_rows = [], [], []
+        base_env = None
+        if a.baseline:
+            base_env = {**os.environ, "PYTHONPATH": str(_export(a.baseline, work / "baseline"))}
+        run_cpu, eval_cpu, eval_rows, base_cpu = [], [], [], []
         for i in range(a.repeats):
             out = work / f"ds{i}"
             run_cpu.append(
@@ -98,17 +119,16 @@ def main() -> None:
                     env,
                 )
             )  # fmt: skip
-            eval_cpu.append(
-                _timed(
-                    [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student_url,
-                     "--student-model", "gen-sim-1", "--split", "all", *common],
-                    env,
-                )
-            )  # fmt: skip
-            report = next((out / "evals").glob("*/report.json"))
-            eval_rows.append(json.loads(report.read_text())["rows"])
+            evaluate = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student_url,
+                        "--student-model", "gen-sim-1", "--split", "all", *common]  # fmt: skip
+            order = [(eval_cpu, env), (base_cpu, base_env)] if base_env else [(eval_cpu, env)]
+            for cpu, child_env in order if i % 2 == 0 else reversed(order):
+                cpu.append(_timed(evaluate, child_env))
+                time.sleep(1.1)  # evaluation directories are named to the second
+            for report in (out / "evals").glob("*/report.json"):
+                eval_rows.append(json.loads(report.read_text())["rows"])
         r, e = statistics.median(run_cpu), statistics.median(eval_cpu)
-        n_eval = statistics.median(eval_rows)
+        n_eval = int(statistics.median(eval_rows))
         print(
             f"{a.n:,} tasks run, {n_eval:,} rows evaluated, 0 ms, {a.concurrency} in flight, "
             f"median of {a.repeats}"
@@ -117,7 +137,12 @@ def main() -> None:
         print("| --- | --- | --- |")
         print(f"| gen run  | {r:.2f} | {r / a.n * 1000:.3f} |")
         print(f"| gen eval | {e:.2f} | {e / n_eval * 1000:.3f} |")
+        if base_cpu:
+            b = statistics.median(base_cpu)
+            print(f"| gen eval ({a.baseline}) | {b:.2f} | {b / n_eval * 1000:.3f} |")
         print(f"eval / run, per row: {(e / n_eval) / (r / a.n):.2f}")
+        if base_cpu:
+            print(f"eval ({a.baseline}) / run, per row: {(b / n_eval) / (r / a.n):.2f}")
     finally:
         for sim in sims:
             sim.terminate()

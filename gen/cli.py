@@ -714,13 +714,27 @@ def _eval(args: argparse.Namespace) -> int:
             if v is not None
         },
     )
+    import gc
+
     from gen.errors import FatalTeacherError
 
+    # Reading the split builds tens of thousands of acyclic objects (rows, their messages) that live
+    # until the evaluation ends: the cyclic collector would walk them while they are built and again in
+    # every full collection of the run (a few % of the evaluation's CPU). So no collection while they
+    # are built, then they are frozen (out of the collector's sight) until the evaluation is over.
     try:
-        result = run_eval(prepare_eval(args.dataset, opts))
+        gc.disable()
+        try:
+            plan = prepare_eval(args.dataset, opts)
+        finally:
+            gc.freeze()
+            gc.enable()
+        result = run_eval(plan)
     except FatalTeacherError as e:  # main() would call the student "the teacher"
         print(f"gen eval: aborted, the student refused: {e}", file=sys.stderr)
         return EXIT_ABORTED
+    finally:
+        gc.unfreeze()
     if result.report is None:
         print(
             f"gen eval: {result.message or result.status}. Committed; resume with `gen eval {args.dataset} "

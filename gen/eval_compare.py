@@ -19,6 +19,7 @@ Plain Python and numpy; no pyarrow.
 
 from __future__ import annotations
 
+import functools
 import math
 import string
 from collections import Counter
@@ -89,12 +90,18 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 
 def normalise_text(s: str) -> str:
     """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    return " ".join(w for w in s.casefold().translate(_PUNCT).split() if w not in _ARTICLES)
+    return " ".join(_tokens(s))
+
+
+def _tokens(s: str) -> list[str]:
+    """`normalise_text(s).split()`, without joining and splitting again. Two strings normalise to the
+    same text exactly when their token lists are equal (no token holds whitespace)."""
+    return [w for w in s.casefold().translate(_PUNCT).split() if w not in _ARTICLES]
 
 
 def token_f1(student: str, teacher: str) -> float:
     """Token F1 of two strings after `normalise_text` (1.0 when both are empty)."""
-    return _f1(normalise_text(student).split(), normalise_text(teacher).split())
+    return _f1(_tokens(student), _tokens(teacher))
 
 
 def _f1(a: list[str], b: list[str]) -> float:
@@ -102,7 +109,13 @@ def _f1(a: list[str], b: list[str]) -> float:
         return 1.0
     if not a or not b:
         return float(a == b)
-    common = sum((Counter(a) & Counter(b)).values())
+    counts = Counter(a)  # common = sum over tokens of min(count in a, count in b)
+    common = 0
+    for w in b:
+        n = counts.get(w)
+        if n:
+            counts[w] = n - 1
+            common += 1
     if common == 0:
         return 0.0
     precision, recall = common / len(a), common / len(b)
@@ -232,24 +245,41 @@ def score_row(
             if s == t:
                 match[spec.name], f1[spec.name] = True, 1.0
             else:
-                ns, nt = normalise_text(s), normalise_text(t)
-                match[spec.name] = ns == nt
-                f1[spec.name] = _f1(ns.split(), nt.split())
+                ts, tt = _tokens(s), _tokens(t)
+                match[spec.name] = ts == tt
+                f1[spec.name] = _f1(ts, tt)
         else:
             match[spec.name] = _same(s, t)
             if spec.kind == "text":
                 f1[spec.name] = float(match[spec.name])
-    categorical = [s.name for s in specs if s.kind == "categorical"] or [s.name for s in specs]
-    agrees = s_obj is not None and all(match[name] for name in categorical)
+    agrees = s_obj is not None and all(match[name] for name in _agreement_fields(tuple(specs)))
     return RowScore(match, f1, agrees)
+
+
+def identical_score(specs: Sequence[FieldSpec]) -> RowScore:
+    """`score_row` of a student answer that is the teacher's, object for object (the caller checked that
+    the two validated answers serialise to the same JSON and that it is an object): every field matches,
+    every text field has F1 1.0, the row agrees. Skips the per-field work for the common case."""
+    return RowScore({s.name: True for s in specs}, {s.name: 1.0 for s in specs if s.kind == "text"}, True)
+
+
+@functools.cache
+def _categorical(specs: tuple[FieldSpec, ...]) -> tuple[str, ...]:
+    return tuple(s.name for s in specs if s.kind == "categorical")
+
+
+@functools.cache
+def _agreement_fields(specs: tuple[FieldSpec, ...]) -> tuple[str, ...]:
+    """The fields a row must match to agree: the categorical ones, or every one when there are none."""
+    return _categorical(specs) or tuple(s.name for s in specs)
 
 
 def score_text(teacher: str, student: str | None) -> RowScore:
     """A free-text answer (no schema): the whole answer as one text field named `answer`."""
     if student is None:
         return RowScore({"answer": False}, {"answer": 0.0}, False)
-    ns, nt = normalise_text(student), normalise_text(teacher)
-    return RowScore({"answer": ns == nt}, {"answer": _f1(ns.split(), nt.split())}, ns == nt)
+    ts, tt = _tokens(student), _tokens(teacher)
+    return RowScore({"answer": ts == tt}, {"answer": _f1(ts, tt)}, ts == tt)
 
 
 def _is_number(v: Any) -> bool:
@@ -259,6 +289,8 @@ def _is_number(v: Any) -> bool:
 def _same(a: Any, b: Any) -> bool:
     if type(a) is not type(b) and not (_is_number(a) and _is_number(b)):
         return False
+    if type(a) is type(b) and type(a) in (str, bool, int):  # as JSON: equal exactly when equal
+        return bool(a == b)
     return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
 
 
@@ -272,7 +304,10 @@ class Confusion:
     counts: dict[str, Counter[str]] = field(default_factory=dict)
 
     def add(self, teacher: str, student: str) -> None:
-        self.counts.setdefault(teacher, Counter())[student] += 1
+        row = self.counts.get(teacher)
+        if row is None:  # not setdefault: that would build a Counter on every call
+            row = self.counts[teacher] = Counter()
+        row[student] += 1
 
     def classes(self) -> list[str]:
         """Every label seen, the teacher's first (by frequency), `(invalid)` last."""
@@ -324,6 +359,10 @@ class Comparison:
     matched: Counter[str] = field(default_factory=Counter)
     f1: dict[str, list[float]] = field(default_factory=dict)
     confusion: dict[str, Confusion] = field(default_factory=dict)
+    categorical: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.categorical = _categorical(tuple(self.specs))
 
     def add(self, score: RowScore, teacher: Any, student: Any | None) -> None:
         self.rows += 1
@@ -332,14 +371,15 @@ class Comparison:
             self.matched[name] += ok
         for name, value in score.f1.items():
             self.f1.setdefault(name, []).append(value)
-        for spec in self.specs:
-            if spec.kind != "categorical":
-                continue
-            t = teacher.get(spec.name) if isinstance(teacher, dict) else None
-            s = student.get(spec.name) if isinstance(student, dict) else None
-            self.confusion.setdefault(spec.name, Confusion()).add(
-                label(t), INVALID if not isinstance(student, dict) else label(s)
-            )
+        t_obj = teacher if isinstance(teacher, dict) else {}
+        s_obj = student if isinstance(student, dict) else None
+        for name in self.categorical:
+            t = label(t_obj.get(name))
+            s = INVALID if s_obj is None else t if s_obj is t_obj else label(s_obj.get(name))
+            confusion = self.confusion.get(name)
+            if confusion is None:
+                confusion = self.confusion[name] = Confusion()
+            confusion.add(t, s)
 
     def fields(self) -> dict[str, dict[str, Any]]:
         out = {}

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -39,11 +39,16 @@ from gen.budget import Price, price_for
 from gen.config import PromptFile, RunOptions, TeacherSpec, load_prompt_file, resolve_teacher
 from gen.config import _check_base_url as check_base_url
 from gen.errors import ConfigError, GenError
-from gen.eval_compare import Comparison, field_specs, free_text_specs, percentile, score_row, score_text
-from gen.eval_inputs import check_fresh, teacher_options
-from gen.eval_judge import NO_ANSWER, VERDICTS_FILE, JudgeSpec, VerdictLog, resolve_judge
+from gen.eval_compare import (
+    Comparison,
+    field_specs,
+    free_text_specs,
+    identical_score,
+    percentile,
+    score_row,
+    score_text,
+)
 from gen.eval_report import EvalReport, gate_verdict, render_markdown, summary_line
-from gen.judge import Pair
 from gen.ledger import load_manifest
 from gen.outdir import NOT_AN_OUTPUT, OutputDir
 from gen.prepare import Prepared, check_api_key, prepare
@@ -53,11 +58,15 @@ from gen.shards import (
     atomic_write_bytes,
     read_columns,
     sha256_file,
-    write_eval_results,
+    write_eval_columns,
     write_json,
 )
 from gen.teachers import providers
 from gen.templates import Task
+
+if TYPE_CHECKING:  # fresh inputs and the judge are imported where used: a structured eval needs neither
+    from gen.eval_judge import JudgeSpec
+    from gen.judge import Pair
 
 FORMAT = "gen-eval/1"
 NOT_JUDGED = "not judged (--no-judge)"  # report.json's `judge` for free text evaluated without the judge
@@ -232,6 +241,8 @@ def _judge(
                 "gate on --min-valid, or let the judge run",
             )
         return None
+    from gen.eval_judge import resolve_judge
+
     return resolve_judge(
         manifest,
         recipe,
@@ -257,6 +268,8 @@ def _plan(
     refused = 0
     sampling = dict(manifest.get("sampling") or {})
     if settings.get("inputs"):
+        from gen.eval_inputs import check_fresh, teacher_options
+
         fresh = check_fresh(Path(settings["inputs"]), out, manifest, prompt, settings["limit"])
         prompt, schema, refused = fresh.prompt, fresh.schema, fresh.refused
         rows: list[dict[str, Any]] = []  # filled by the teacher's run (run_eval)
@@ -447,10 +460,11 @@ def _teacher_rows(out: Path, manifest: dict[str, Any], split: str, limit: int | 
         if shard.get("split") not in wanted:
             continue
         cols = read_columns(out, shard["path"], _TEACHER_COLUMNS + _TEACHER_USAGE)
-        for i in range(len(cols["id"])):
-            rows.append({name: cols[name][i] for name in cols})
-            if limit is not None and len(rows) >= limit:
-                return rows
+        names = list(cols)
+        rows.extend(dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True))
+        if limit is not None and len(rows) >= limit:
+            del rows[limit:]
+            return rows
     return rows
 
 
@@ -495,28 +509,28 @@ def _run_options(opts: EvalOptions, answers: Path) -> RunOptions:
 
 class _Requests:
     """Appends each student request's latency and tokens to requests.jsonl (buffered: a crash may lose
-    the last few latencies, never an answer, which the run's journal holds)."""
+    the last few latencies, never an answer, which the run's journal holds), and keeps them by id in
+    `by_id` as well: the report of an evaluation that was not resumed reads them there, not from the
+    file (the same entries, without parsing them back)."""
 
     FLUSH_EVERY = 256
 
     def __init__(self, path: Path) -> None:
         self._f = open(path, "ab")  # noqa: SIM115 (closed by close())
         self._pending = 0
+        self.by_id: dict[str, list[dict[str, Any]]] = {}
 
     def record(self, task: Task, comp: Any, attempt: int) -> None:
         latency = comp.latency_s
-        self._f.write(
-            orjson.dumps(
-                {
-                    "id": task.id,
-                    "attempt": attempt,
-                    "latency_ms": None if latency is None else round(latency * 1000, 3),
-                    "prompt_tokens": comp.prompt_tokens,
-                    "completion_tokens": comp.completion_tokens,
-                }
-            )
-            + b"\n"
-        )
+        entry = {
+            "id": task.id,
+            "attempt": attempt,
+            "latency_ms": None if latency is None else round(latency * 1000, 3),
+            "prompt_tokens": comp.prompt_tokens,
+            "completion_tokens": comp.completion_tokens,
+        }
+        self._f.write(orjson.dumps(entry) + b"\n")
+        self.by_id.setdefault(task.id, []).append(entry)
         self._pending += 1
         if self._pending >= self.FLUSH_EVERY:
             self._f.flush()
@@ -566,8 +580,11 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     if result.status != "complete":
         return EvalResult(plan.eval_dir, result.status, None, result.message, result.signal)
     try:
-        report = write_report(plan, served=run.served_models, wall_s=result.wall_s)
+        log = None if plan.resumed else requests.by_id  # a resumed eval's file holds earlier requests too
+        report = write_report(plan, served=run.served_models, wall_s=result.wall_s, log=log)
     except KeyboardInterrupt:  # Ctrl-C while the judge was asked: its verdicts so far are in judge.jsonl
+        from gen.eval_judge import VERDICTS_FILE
+
         message = f"interrupted while judging (the verdicts so far are kept in {VERDICTS_FILE})"
         return EvalResult(plan.eval_dir, "interrupted", None, message, signal.SIGINT)
     return EvalResult(plan.eval_dir, "complete", report)
@@ -610,8 +627,9 @@ def _student_rows(answers: Path) -> tuple[dict[str, dict[str, Any]], dict[str, A
             valid = False
         else:
             continue
-        for i, tid in enumerate(cols["id"]):
-            found[tid] = {name: cols[name][i] for name in cols} | {"valid": valid}
+        names = [*cols, "valid"]
+        for values in zip(*cols.values(), strict=True):
+            found[values[0]] = dict(zip(names, (*values, valid), strict=True))
     return found, m
 
 
@@ -647,7 +665,7 @@ def _judge_free_text(
     report.json's `judge` (gen.eval_judge.figures: identity, counts, win / tie / loss / non-loss with
     95% Wilson intervals) and each row's verdict; None with --no-judge. Verdicts judge.jsonl holds from
     an interrupted run of this judge are reused, new ones appended as they arrive."""
-    from gen.eval_judge import figures, judge_rows
+    from gen.eval_judge import VERDICTS_FILE, VerdictLog, figures, judge_rows
     from gen.pipeline import run_loop
 
     if plan.judge is None:
@@ -674,65 +692,28 @@ def _judge_free_text(
     return figures(plan.judge, verdicts, no_answer), verdicts
 
 
-def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalReport:
+def write_report(
+    plan: EvalPlan,
+    *,
+    served: list[str],
+    wall_s: float,
+    log: dict[str, list[dict[str, Any]]] | None = None,
+) -> EvalReport:
     """Compare every answered row with the teacher's; write results.parquet, report.json, report.md and
-    the dataset card's Evaluation section."""
+    the dataset card's Evaluation section. `log`: each request's entry by row id, as requests.jsonl
+    holds them (None: read the file)."""
     schema = plan.prepared.schema
     specs = field_specs(schema.json_schema) if schema else free_text_specs()
     comparison = Comparison(specs)
     answers = plan.eval_dir / ANSWERS
     student, answers_manifest = _student_rows(answers)
-    log = _request_log(plan.eval_dir / REQUESTS)
-    results: list[dict[str, Any]] = []
+    if log is None:
+        log = _request_log(plan.eval_dir / REQUESTS)
     latencies: list[float] = []
     first_valid = valid = 0
     teacher_tokens = [0, 0]
     pairs: list[tuple[str, Pair]] = []
     no_answer = 0
-    for t in plan.teacher_rows:
-        s = student.get(t["id"])
-        ok = s is not None and s["valid"]
-        teacher_tokens[0] += t["prompt_tokens"] or 0
-        teacher_tokens[1] += t["completion_tokens"] or 0
-        if schema is not None:
-            t_answer, s_answer = _parse(t["output"]), _parse(s["output"]) if ok else None
-            score = score_row(specs, t_answer, s_answer, tolerance=plan.opts.tolerance)
-        else:
-            t_answer, s_answer = t["response"], s["response"] if ok else None
-            score = score_text(t_answer, s_answer)
-            if s_answer is not None:
-                pairs.append((t["id"], Pair(t["messages"], teacher=t_answer, student=s_answer)))
-            else:
-                no_answer += 1
-        comparison.add(score, t_answer, s_answer)
-        requests = log.get(t["id"], [])
-        first = min(requests, key=lambda r: r["attempt"]) if requests else None
-        if first is not None and first.get("latency_ms") is not None:
-            latencies.extend(r["latency_ms"] for r in requests if r.get("latency_ms") is not None)
-        attempts = s["attempts"] if s is not None else None
-        valid += ok
-        first_valid += ok and attempts == 1
-        row: dict[str, Any] = {
-            "id": t["id"],
-            "split": t["split"],
-            "valid": ok,
-            "first_answer_valid": bool(ok and attempts == 1),
-            "attempts": attempts,
-            "reason": None if s is None else s.get("reason"),
-            "student_response": None if s is None else s.get("response"),
-            "student_output": s.get("output") if ok else None,
-            "teacher_output": t["output"] if schema is not None else t["response"],
-            "agrees": score.agrees,
-            "latency_ms": None if first is None else first.get("latency_ms"),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in requests) if requests else None,
-            "completion_tokens": sum(r["completion_tokens"] for r in requests) if requests else None,
-        }
-        for spec in specs:
-            row[f"match.{spec.name}"] = score.match[spec.name]
-            if spec.name in score.f1:
-                row[f"f1.{spec.name}"] = score.f1[spec.name]
-        results.append(row)
-
     columns = [
         ("id", "string"),
         ("split", "string"),
@@ -752,12 +733,77 @@ def write_report(plan: EvalPlan, *, served: list[str], wall_s: float) -> EvalRep
         columns.append((f"match.{spec.name}", "bool"))
         if spec.kind == "text":
             columns.append((f"f1.{spec.name}", "float64"))
+    # results.parquet built column by column (one list per column, no dict per row)
+    results: dict[str, list[Any]] = {name: [] for name, _ in columns}
+    score_columns = [
+        (spec.name, results[f"match.{spec.name}"], results.get(f"f1.{spec.name}")) for spec in specs
+    ]
+    same = identical_score(specs)
+    if schema is None:
+        from gen.judge import Pair
+    tolerance = plan.opts.tolerance
+    for t in plan.teacher_rows:
+        tid = t["id"]
+        s = student.get(tid)
+        ok = s is not None and s["valid"]
+        teacher_tokens[0] += t["prompt_tokens"] or 0
+        teacher_tokens[1] += t["completion_tokens"] or 0
+        if schema is not None:
+            t_answer = _parse(t["output"])
+            if ok and s["output"] == t["output"] and isinstance(t_answer, dict):
+                # The student's validated answer is the teacher's, byte for byte (both were serialised
+                # by the same schema): one parse, and score_row's result without its per-field work.
+                s_answer, score = t_answer, same
+            else:
+                s_answer = _parse(s["output"]) if ok else None
+                score = score_row(specs, t_answer, s_answer, tolerance=tolerance)
+        else:
+            t_answer, s_answer = t["response"], s["response"] if ok else None
+            score = score_text(t_answer, s_answer)
+            if s_answer is not None:
+                pairs.append((tid, Pair(t["messages"], teacher=t_answer, student=s_answer)))
+            else:
+                no_answer += 1
+        comparison.add(score, t_answer, s_answer)
+        requests = log.get(tid)
+        first = None
+        if requests:
+            first = requests[0] if len(requests) == 1 else min(requests, key=lambda r: r["attempt"])
+            if first.get("latency_ms") is not None:
+                latencies.extend(r["latency_ms"] for r in requests if r.get("latency_ms") is not None)
+        attempts = s["attempts"] if s is not None else None
+        valid += ok
+        first_valid += ok and attempts == 1
+        results["id"].append(tid)
+        results["split"].append(t["split"])
+        results["valid"].append(ok)
+        results["first_answer_valid"].append(bool(ok and attempts == 1))
+        results["attempts"].append(attempts)
+        results["reason"].append(None if s is None else s.get("reason"))
+        results["student_response"].append(None if s is None else s.get("response"))
+        results["student_output"].append(s.get("output") if ok else None)
+        results["teacher_output"].append(t["output"] if schema is not None else t["response"])
+        results["agrees"].append(score.agrees)
+        results["latency_ms"].append(None if first is None else first.get("latency_ms"))
+        results["prompt_tokens"].append(sum(r["prompt_tokens"] for r in requests) if requests else None)
+        results["completion_tokens"].append(
+            sum(r["completion_tokens"] for r in requests) if requests else None
+        )
+        for name, match_col, f1_col in score_columns:
+            match_col.append(score.match[name])
+            if f1_col is not None:
+                f1_col.append(score.f1.get(name))
+
     judged = _judge_free_text(plan, pairs, no_answer) if schema is None else None
     if judged is not None:
+        from gen.eval_judge import NO_ANSWER
+
         columns.append(("judge", "string"))
-        for row in results:
-            row["judge"] = judged[1].get(row["id"], NO_ANSWER if not row["valid"] else None)
-    write_eval_results(plan.eval_dir / RESULTS, results, columns)
+        results["judge"] = [
+            judged[1].get(tid, NO_ANSWER if not ok else None)
+            for tid, ok in zip(results["id"], results["valid"], strict=True)
+        ]
+    write_eval_columns(plan.eval_dir / RESULTS, results, columns)
 
     n = len(plan.teacher_rows)
     usage = answers_manifest.get("usage") or {}

@@ -615,3 +615,16 @@ def write_eval_results(path: Path, rows: list[dict[str, Any]], columns: list[tup
     pa.parquet.write_table(table, sink, compression="zstd")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, sink.getvalue())
+
+
+def write_eval_columns(path: Path, data: dict[str, list[Any]], columns: list[tuple[str, str]]) -> None:
+    """`write_eval_results` for results already held column by column (`data`: name -> values)."""
+    pa = _pyarrow()
+    types = {"string": pa.string(), "bool": pa.bool_(), "int64": pa.int64(), "float64": pa.float64()}
+    with WITHOUT_PANDAS:
+        arrays = [pa.array(data[name], type=types[kind]) for name, kind in columns]
+    table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, types[k]) for n, k in columns]))
+    sink = pa.BufferOutputStream()
+    pa.parquet.write_table(table, sink, compression="zstd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, sink.getvalue())
