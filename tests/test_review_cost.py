@@ -1,0 +1,47 @@
+"""A hostile review of the cost features (issue 15: batch APIs, prompt caching, `gen plan`, budgets) as
+they sit beside verification, reasoning traces and eval: each test is a defect found and fixed, run
+against the simulator over real HTTP, in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TIMEOUT = 120
+
+
+def _gen(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gen", *args], capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def _verify_recipe(tmp_path: Path, verify: str) -> Path:
+    with (tmp_path / "problems.jsonl").open("w") as f:
+        for i in range(6):
+            f.write(json.dumps({"pid": f"P{i:03d}", "q": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n")
+    path = tmp_path / "vmath.toml"
+    path.write_text(
+        'name = "vmath"\nversion = "1"\nintended_use = "research"\nmax_attempts = 1\n'
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[messages]\nuser = "{{ pid }}: {{ q }}"\n[seed]\npath = "problems.jsonl"\n'
+        f"[verify]\n{verify}\n"
+    )
+    return path
+
+
+def test_batch_with_rejection_sampling_is_refused_before_any_request(tmp_path: Path, sim_server) -> None:
+    """[verify] max_samples asks an input again until its answers pass; a batch run cannot (it sends
+    each task once, as a batch line): it must say so, not quietly make one try per input."""
+    sim = sim_server(batch_delay_s=0.05)
+    prompt = _verify_recipe(tmp_path, 'reference = "{{ answer }}"\nmax_samples = 3')
+    proc = _gen(
+        "run", str(prompt), "--provider", "openai", "--base-url", sim.base_url, "--output",
+        str(tmp_path / "o"), "--no-progress", "--batch", "--batch-poll", "0.05",
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "max_samples" in lines[0] and "--batch" in lines[0], lines[0]
+    assert sim.stats()["batches"] == 0 and sim.stats()["batch_uploads"] == 0
