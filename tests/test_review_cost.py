@@ -5,9 +5,13 @@ against the simulator over real HTTP, in real subprocesses."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from helpers import rows_in
 
 TIMEOUT = 120
 
@@ -45,3 +49,38 @@ def test_batch_with_rejection_sampling_is_refused_before_any_request(tmp_path: P
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "max_samples" in lines[0] and "--batch" in lines[0], lines[0]
     assert sim.stats()["batches"] == 0 and sim.stats()["batch_uploads"] == 0
+
+
+KEY = "sk-live-" + "Qx7" * 12
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_key_echoed_in_a_batch_requests_error_never_reaches_disk(
+    tmp_path: Path, sim_server, provider: str
+) -> None:
+    """A hostile provider puts the request headers (the API key) in a failed batch request's message:
+    with no retries the task is a teacher_error reject, whose error must hold the message redacted."""
+    sim = sim_server(api_key=KEY, echo_headers=True, batch_rate_failed=1.0, batch_delay_s=0.05)
+    prompt = tmp_path / "p.toml"
+    prompt.write_text(
+        'name = "echo"\nversion = "1"\nintended_use = "research"\n'
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[messages]\nuser = "Say {{ n }}."\n[variables]\nn = [1, 2, 3, 4]\n'
+    )
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "gen", "run", str(prompt), "--provider", provider, "--base-url",
+            sim.base_url, "--api-key-env", "GEN_SECRET_KEY", "--output", str(out), "--no-progress",
+            "--batch", "--batch-poll", "0.05", "--max-retries", "0",
+        ],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "GEN_SECRET_KEY": KEY},
+    )  # fmt: skip
+    rejects = rows_in(out, "rejects")
+    assert len(rejects) == 4, proc.stderr
+    assert all("request headers" in r["error"] and "[REDACTED]" in r["error"] for r in rejects)
+    written = "\n".join(json.dumps(r, default=str) for r in rejects) + "".join(
+        p.read_text("utf-8", "replace") for p in out.rglob("*") if p.is_file() and p.suffix != ".parquet"
+    )
+    assert KEY not in written and KEY not in proc.stderr + proc.stdout
+    assert "Qx7Qx7" not in written + proc.stderr

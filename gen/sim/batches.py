@@ -126,7 +126,9 @@ class SimBatches:
             return "failed", orjson.dumps({"error": {"message": exc.message}}), 400
         return "ok", body, 200
 
-    def _accept(self, kind: str, requests: list[tuple[str, bytes]], **extra: Any) -> _Batch:
+    def _accept(
+        self, kind: str, requests: list[tuple[str, bytes]], echo: str | None = None, **extra: Any
+    ) -> _Batch:
         batch = _Batch(
             id=("batch_" if kind == "openai" else "msgbatch_") + secrets.token_hex(12),
             kind=kind,
@@ -151,11 +153,24 @@ class SimBatches:
         else:
             dialect = self.sim._openai if kind == "openai" else self.sim._anthropic
             batch.lines = [(cid, *self._answer(dialect, raw)[:2]) for cid, raw in requests]
+            if (
+                echo is not None
+            ):  # echo_headers: a failed request's message carries the create request's headers
+                message = f"The server had an error (simulated) (request headers: {echo})"
+                failed = orjson.dumps({"error": {"message": message}})
+                batch.lines = [(c, o, failed if o == "failed" and not b else b) for c, o, b in batch.lines]
             self.submitted += [cid for cid, _ in requests]
             self.sim.stats["batches"] += 1
             self.sim.stats["batch_requests"] += len(requests)
         self.batches[batch.id] = batch
         return batch
+
+    def _echo(self, request: web.Request) -> str | None:
+        """With `echo_headers`, the request's headers (the API key among them), as a hostile provider
+        puts them in the messages of a batch's failed requests."""
+        if not self.config.echo_headers:
+            return None
+        return orjson.dumps({str(k): v for k, v in request.headers.items()}).decode()
 
     def _limited(self, dialect: Any) -> web.Response | None:
         """The `rpm` limit on polls too (a provider rate-limits its batch endpoints): a 429 with the
@@ -235,7 +250,11 @@ class SimBatches:
         if await self._hold("create", request):
             return web.Response()  # the batch is not made: a client killed here paid nothing
         batch = self._accept(
-            "openai", requests, metadata=body.get("metadata") or {}, input_file_id=body["input_file_id"]
+            "openai",
+            requests,
+            self._echo(request),
+            metadata=body.get("metadata") or {},
+            input_file_id=body["input_file_id"],
         )
         if await self._hold("accepted", request):  # made, but its id never reaches the client
             return web.Response()
@@ -344,7 +363,7 @@ class SimBatches:
         requests = [(r["custom_id"], orjson.dumps(r["params"])) for r in body.get("requests") or []]
         if await self._hold("create", request):
             return web.Response()
-        batch = self._accept("anthropic", requests)
+        batch = self._accept("anthropic", requests, self._echo(request))
         if await self._hold("accepted", request):  # made, but its id never reaches the client
             return web.Response()
         if batch.rejected is not None:

@@ -180,19 +180,20 @@ def _result(line: bytes) -> BatchResult | None:
     error = doc.get("error")
     code = error.get("code") if isinstance(error, Mapping) else None
     if code == "batch_expired":
-        return BatchResult(cid, "expired", error=str(error.get("message") or code))
+        return BatchResult(cid, "expired", error=redact(str(error.get("message") or code))[:500])
     if code == "batch_cancelled":
-        return BatchResult(cid, "canceled", error=str(error.get("message") or code))
+        return BatchResult(cid, "canceled", error=redact(str(error.get("message") or code))[:500])
     response = doc.get("response")
     if isinstance(response, Mapping) and response.get("status_code") == 200:
         try:
             return BatchResult(cid, "ok", read_completion(response.get("body")))
         except TeacherError as e:
             return BatchResult(cid, "failed", error=str(e))
+    # The provider's message goes into a reject row: redacted (a gateway may echo the key), then cut.
     if isinstance(error, Mapping):
-        return BatchResult(cid, "failed", error=str(error.get("message") or code or "failed"))
+        return BatchResult(cid, "failed", error=redact(str(error.get("message") or code or "failed"))[:500])
     body = response.get("body") if isinstance(response, Mapping) else None
     err = body.get("error") if isinstance(body, Mapping) else None
     message = err.get("message") if isinstance(err, Mapping) else None
     status = response.get("status_code") if isinstance(response, Mapping) else None
-    return BatchResult(cid, "failed", error=str(message or f"status {status}"))
+    return BatchResult(cid, "failed", error=redact(str(message or f"status {status}"))[:500])
