@@ -84,3 +84,37 @@ def test_a_key_echoed_in_a_batch_requests_error_never_reaches_disk(
     )
     assert KEY not in written and KEY not in proc.stderr + proc.stdout
     assert "Qx7Qx7" not in written + proc.stderr
+
+
+def _cached_recipe(tmp_path: Path, n: int) -> Path:
+    system = "You follow the house style guide to the letter. " * 120  # ~1,400 tokens shared
+    path = tmp_path / "cached.toml"
+    path.write_text(
+        'name = "cached"\nversion = "1"\nintended_use = "research"\n'
+        '[teacher]\nprovider = "anthropic"\nmodel = "claude-sonnet-4-5"\nlicense = "mit"\n'
+        "[sampling]\nmax_tokens = 100\n"
+        f'[messages]\nsystem = "{system}"\nuser = "Explain item {{{{ n }}}}."\n'
+        f"[variables]\nn = {list(range(n))}\n"
+    )
+    return path
+
+
+def _plan_json(*argv: str) -> dict:
+    proc = _gen("plan", *argv, "--json", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_plan_with_batch_discounts_the_batch_price_once(tmp_path: Path, sim_server) -> None:
+    """`gen plan ... --batch` (the flags of the batch run it plans) must price online at the list price
+    and the batch at the discount once: the run's batch price was discounted a second time."""
+    sim = sim_server(model="claude-sonnet-4-5")
+    prompt = _cached_recipe(tmp_path, 40)
+    flags = [str(prompt), "--base-url", sim.base_url, "--output", str(tmp_path / "o")]
+    flags += ["--acknowledge-licence-conflict"]
+    online = _plan_json(*flags)
+    batch = _plan_json(*flags, "--batch")
+    assert online["cost_usd"]["online"] > 0
+    assert batch["cost_usd"] == online["cost_usd"]
+    assert batch["price"] == online["price"]  # the list prices, with the share the batch API bills
+    assert sim.stats()["requests"] == 0 and sim.stats()["batches"] == 0
