@@ -168,6 +168,7 @@ class BatchDriver:
         # read again only when a run died collecting its batch, and is passed over then.
         self.step: dict[str, tuple[int, int]] = {}
         self.outstanding = 0  # the reserved tokens of requests in live batches (budget)
+        self.outstanding_out = 0  # of them, completion tokens: priced at the output rate
         self.stopped: str | None = None  # why no new batch is submitted (the budget)
         self._count = 0
         self._fresh: Iterator[Task] | None = None
@@ -273,6 +274,7 @@ class BatchDriver:
                 run.claimed.add(id_key(tid))
             self.live[b.name] = Live(b, reqs, self.opts.batch_poll_s)
             self.outstanding += b.estimate[0] + b.estimate[1]
+            self.outstanding_out += b.estimate[1]
         for tid, p in latest.items():
             task = found_tasks.get(tid)
             if task is None or (tid, p.attempt, p.retry) in in_batches:
@@ -314,8 +316,13 @@ class BatchDriver:
                     continue
                 messages = req.messages or req.task.messages
                 cost = (estimate_tokens(messages, 0), self.run._max_completion)
+                reserved_out = self.outstanding_out + estimate[1] + cost[1]
+                reserved = self.outstanding + estimate[0] + estimate[1] + sum(cost)
+                price = self.run.budget.price
                 reason = self.run.budget.exhausted(
-                    reserved_tokens=self.outstanding + estimate[0] + estimate[1] + sum(cost)
+                    reserved_tokens=reserved,
+                    # A batch is paid whatever follows: its completion tokens at the output rate.
+                    reserved_usd=price.cost(reserved - reserved_out, reserved_out) if price else None,
                 )
                 if reason is not None:
                     self.stopped = reason
@@ -369,6 +376,7 @@ class BatchDriver:
         self.live[name] = Live(logged, {r.custom_id: r for r in reqs}, self.opts.batch_poll_s, state=state)
         self.live[name].next_poll = time.monotonic() + self.opts.batch_poll_s
         self.outstanding += estimate[0] + estimate[1]
+        self.outstanding_out += estimate[1]
         run.stats.batches += 1
         run._say(f"batch {state.id}: submitted {len(reqs):,} requests ({state.status})")
 
@@ -435,6 +443,7 @@ class BatchDriver:
         self.log.done(name, "cancelled" if state.status in ("cancelled", "canceled") else "collected")
         del self.live[name]
         self.outstanding -= b.logged.estimate[0] + b.logged.estimate[1]
+        self.outstanding_out -= b.logged.estimate[1]
 
     def _queue(self, req: Req) -> None:
         """Log a request to send in a later batch (a re-ask or a retry), then queue it."""

@@ -118,3 +118,27 @@ def test_plan_with_batch_discounts_the_batch_price_once(tmp_path: Path, sim_serv
     assert batch["cost_usd"] == online["cost_usd"]
     assert batch["price"] == online["price"]  # the list prices, with the share the batch API bills
     assert sim.stats()["requests"] == 0 and sim.stats()["batches"] == 0
+
+
+def test_batch_budget_reserves_completion_tokens_at_the_output_price(tmp_path: Path, sim_server) -> None:
+    """A batch reserves its requests' tokens against --max-usd before it is sent, and pays for them
+    whatever follows: reserved completion tokens priced at the (cheap) input rate let the run submit
+    every task and spend many times its budget when output costs more than input, as it usually does."""
+    sim = sim_server(batch_delay_s=0.05)
+    prompt = tmp_path / "p.toml"
+    prompt.write_text(
+        'name = "b"\nversion = "1"\nintended_use = "research"\n'
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        "[sampling]\nmax_tokens = 100\n"
+        f'[messages]\nuser = "Explain item {{{{ n }}}}."\n[variables]\nn = {list(range(200))}\n'
+    )
+    out = tmp_path / "o"
+    proc = _gen(
+        "run", str(prompt), "--provider", "openai", "--base-url", sim.base_url, "--output", str(out),
+        "--no-progress", "--batch", "--batch-poll", "0.05", "--batch-size", "20",
+        "--price-in", "1", "--price-out", "400", "--max-usd", "0.5",
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr  # stopped by the budget
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["cost_usd"] <= 0.5, manifest["cost_usd"]
+    assert sim.stats()["batch_requests"] < 200
