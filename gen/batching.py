@@ -431,9 +431,18 @@ class BatchDriver:
             again = await self._settle(req, r)
             if again is not None:
                 fallback.append(again)
-        for cid, req in b.reqs.items():  # never run (the batch was cancelled first): not paid, sent again
-            if cid not in seen and id_key(req.task.id) not in self.answered:
+        cancelled = state.status in ("cancelled", "canceled", "cancelling")
+        for cid, req in b.reqs.items():
+            if cid in seen or id_key(req.task.id) in self.answered:
+                continue
+            if cancelled:  # never run (the batch was cancelled first): not paid, sent again
                 self._requeue(req)
+                continue
+            # Left out of an ended batch's results: it may have run and been billed, so it is a failed
+            # request (retried up to --max-retries), never one resent as if it had not been sent.
+            again = await self._settle(req, BatchResult(cid, "failed", error="not in the batch's results"))
+            if again is not None:
+                fallback.append(again)
         if fallback:
             await run.gather([self._online(req) for req in fallback])
         assert run.journal is not None

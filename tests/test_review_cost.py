@@ -142,3 +142,47 @@ def test_batch_budget_reserves_completion_tokens_at_the_output_price(tmp_path: P
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["cost_usd"] <= 0.5, manifest["cost_usd"]
     assert sim.stats()["batch_requests"] < 200
+
+
+def _plain_recipe(tmp_path: Path, n: int) -> Path:
+    prompt = tmp_path / "plain.toml"
+    prompt.write_text(
+        'name = "plain"\nversion = "1"\nintended_use = "research"\n'
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        f'[messages]\nuser = "Explain item {{{{ n }}}}."\n[variables]\nn = {list(range(n))}\n'
+    )
+    return prompt
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("fault", ["missing", "duplicate", "foreign", "garbled"])
+def test_a_hostile_results_file_never_gets_a_request_paid_twice(
+    tmp_path: Path, sim_server, provider: str, fault: str
+) -> None:
+    """Results with a request left out, every result twice, one for a custom_id gen never sent, or lines
+    that are not JSON: every task ends once, and no request is submitted twice. A request the provider
+    left out of an ended batch ran (and was billed) as far as gen can tell: it is a failed request,
+    retried up to --max-retries like one, never resubmitted as if it had not been sent."""
+    sim = sim_server(batch_delay_s=0.05, batch_results=fault)
+    prompt = _plain_recipe(tmp_path, 12)
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "gen", "run", str(prompt), "--provider", provider, "--base-url",
+            sim.base_url, "--output", str(out), "--no-progress", "--batch", "--batch-poll", "0.05",
+            "--max-retries", "2",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr
+    sent = sim.server.batch_custom_ids
+    assert len(sent) == len(set(sent)), "a request was submitted (and paid for) twice"
+    rows, rejects = rows_in(out), rows_in(out, "rejects")
+    ids = [r["id"] for r in rows + rejects + rows_in(out, "duplicates")]
+    assert len(ids) == len(set(ids)) == 12
+    if fault == "missing":  # each batch loses its first result: that task's retries are lost too
+        assert len(rejects) == 1 and rejects[0]["reason"] == "teacher_error", rejects
+        assert "not in the batch's results" in rejects[0]["error"]
+        assert len(sent) == 12 + 2  # the first request and its two retries
+    else:
+        assert not rejects and len(sent) == 12

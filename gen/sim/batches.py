@@ -10,6 +10,9 @@ batch `failed` at validation; Anthropic: a 400 at creation), as does a batch ove
 applies to polls too. `batch_hold` ("upload", "create",
 "accepted": the batch is made but its id not sent, "poll" or "download") keeps the first such request
 unanswered until its client goes away: a test kills gen there.
+`batch_results` plays a hostile provider's results file: "missing" (the first result left out),
+"duplicate" (every result twice), "foreign" (one for a custom_id of no request), "garbled" (lines that
+are not JSON).
 
 Counters (in /sim/stats): `batches` accepted, `batch_requests` (requests in accepted batches: what a
 provider bills), `batch_failed`, `batch_expired`, `batch_rejected`, `batch_uploads`, `batch_polls`,
@@ -41,6 +44,7 @@ STATS = (
     "batch_polls", "batch_downloads", "batch_cancels", "batch_held",
 )  # fmt: skip
 HOLD_POINTS = ("upload", "create", "accepted", "poll", "download")
+RESULT_FAULTS = ("missing", "duplicate", "foreign", "garbled")
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # above both providers' documented file and batch sizes
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's rule for a request's custom_id
 _CONTENT_FAULTS = ("rate_invalid_json", "rate_fenced_json", "rate_truncated")
@@ -294,21 +298,20 @@ class SimBatches:
         doc["request_counts"] = {"total": len(batch.lines), "completed": len(ok), "failed": len(bad)}
         if ok:
             out_id = f"file-out-{batch.id}"
-            self.files.setdefault(
-                out_id,
-                b"".join(
-                    orjson.dumps(
-                        {
-                            "id": f"batch_req_{i}",
-                            "custom_id": c,
-                            "response": {"status_code": 200, "request_id": str(i), "body": orjson.loads(b)},
-                            "error": None,
-                        }
-                    )
-                    + b"\n"
-                    for i, (c, b) in enumerate(ok)
-                ),
-            )
+            out = [
+                orjson.dumps(
+                    {
+                        "id": f"batch_req_{i}",
+                        "custom_id": c,
+                        "response": {"status_code": 200, "request_id": str(i), "body": orjson.loads(b)},
+                        "error": None,
+                    }
+                )
+                + b"\n"
+                for i, (c, b) in enumerate(ok)
+            ]
+            fault = self.config.batch_results
+            self.files.setdefault(out_id, b"".join(out) if fault is None else _hostile(fault, out))
             doc["output_file_id"] = out_id
         if bad:
             err_id = f"file-err-{batch.id}"
@@ -464,6 +467,10 @@ class SimBatches:
                     "error": {"type": "error", "error": {"type": "api_error", "message": message}},
                 }
             lines.append(orjson.dumps({"custom_id": cid, "result": result}) + b"\n")
+        if self.config.batch_results is not None:
+            return web.Response(
+                body=_hostile(self.config.batch_results, lines), content_type="application/binary"
+            )
         return web.Response(body=b"".join(lines), content_type="application/binary")
 
 
@@ -481,3 +488,18 @@ def _openai_error_line(cid: str, outcome: str, body: bytes) -> bytes:
     status = 500 if not body else 400
     response = {"status_code": status, "request_id": "sim", "body": message}
     return orjson.dumps({"id": "batch_req", "custom_id": cid, "response": response, "error": None})
+
+
+def _hostile(fault: str, lines: list[bytes]) -> bytes:
+    """A results file as a hostile or broken provider sends it (SimConfig.batch_results)."""
+    if fault == "missing":
+        lines = lines[1:]
+    elif fault == "duplicate":
+        lines = [line for line in lines for _ in range(2)]
+    elif fault == "foreign" and lines:
+        doc = orjson.loads(lines[0])
+        doc["custom_id"] = "f" * 32 + "-1-0"
+        lines = [orjson.dumps(doc) + b"\n", *lines]
+    elif fault == "garbled":
+        lines = [b'{"custom_id": "\n', *lines, b"\xff\xfe not json\n"]
+    return b"".join(lines)
