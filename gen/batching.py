@@ -500,7 +500,8 @@ class BatchDriver:
         messages = req.messages or req.task.messages
         assert messages is not None
         key = id_key(req.task.id)
-        run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), req.last)
+        # req.last (what the request before it cost) is in the journal already, with its re-ask: not again.
+        run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), None)
         try:
             comp = await self._call(
                 lambda: self.online.complete(messages, seed=req.seed, sampling=self.p.sampling)

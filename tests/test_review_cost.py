@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,11 +145,15 @@ def test_batch_budget_reserves_completion_tokens_at_the_output_price(tmp_path: P
     assert sim.stats()["batch_requests"] < 200
 
 
-def _plain_recipe(tmp_path: Path, n: int) -> Path:
+def _plain_recipe(tmp_path: Path, n: int, *, schema: bool = False) -> Path:
     prompt = tmp_path / "plain.toml"
+    if schema:
+        doc = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+        (tmp_path / "answer.json").write_text(json.dumps(doc))
     prompt.write_text(
         'name = "plain"\nversion = "1"\nintended_use = "research"\n'
-        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        + ('schema = "answer.json"\n' if schema else "")
+        + '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
         f'[messages]\nuser = "Explain item {{{{ n }}}}."\n[variables]\nn = {list(range(n))}\n'
     )
     return prompt
@@ -186,3 +191,47 @@ def test_a_hostile_results_file_never_gets_a_request_paid_twice(
         assert len(sent) == 12 + 2  # the first request and its two retries
     else:
         assert not rejects and len(sent) == 12
+
+
+def _wait_for(cond, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"gen ended before {what}: {proc.communicate()[1]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_online_fallback_after_a_reask_counts_its_earlier_usage_once_after_sigkill(
+    tmp_path: Path, sim_server
+) -> None:
+    """A re-ask journals what the answer before it cost; its online fallback (--batch-fallback online)
+    journaled that usage again with its own reservation, so a run killed with it in flight counted the
+    earlier answer twice on resume (usage, and --max-usd)."""
+    sim = sim_server(batch_delay_s=0.3, rate_invalid_json=1.0, latency_ms=3000)
+    prompt = _plain_recipe(tmp_path, 6, schema=True)
+    out = tmp_path / "o"
+    args = [
+        "run", str(prompt), "--provider", "openai", "--base-url", sim.base_url, "--output", str(out),
+        "--no-progress", "--batch", "--batch-poll", "0.05", "--batch-fallback", "online",
+    ]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "gen", *args], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: sim.stats()["batches"] >= 1, "the first batch", proc)
+        first = sim.stats()["prompt_tokens"]  # every first answer is invalid: each task is re-asked
+        sim.server.config.batch_rate_failed = 1.0  # the re-asks' batch fails: they go online
+        _wait_for(lambda: sim.stats()["requests"] >= 6, "the online fallbacks", proc)
+        proc.kill()  # SIGKILL, with the online requests in flight
+    finally:
+        proc.kill()
+        proc.communicate()
+    time.sleep(3.5)  # the simulator answers (and counts) the abandoned requests all the same
+    abandoned = sim.stats()["prompt_tokens"] - first
+    sim.server.config.latency_ms = 0
+    proc2 = subprocess.run([sys.executable, "-m", "gen", *args], capture_output=True, text=True, timeout=60)
+    assert proc2.returncode in (0, 1), proc2.stderr  # every answer stays invalid: 1, nothing kept
+    assert len(rows_in(out) + rows_in(out, "rejects")) == 6
+    usage = json.loads((out / "manifest.json").read_text())["usage"]
+    # Answered requests: the first answers and the resumed run's online answers; the abandoned ones
+    # (the same messages) are the manifest's unanswered requests, not its prompt tokens.
+    assert usage["prompt_tokens"] == sim.stats()["prompt_tokens"] - abandoned
