@@ -30,7 +30,7 @@ from gen.errors import ConfigError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import BatchLog, LoggedBatch, Pending, Usage, id_key
 from gen.limits import estimate_tokens
 from gen.outdir import OutputDir
-from gen.reasoning import CLOSE, OPEN, split_think
+from gen.reasoning import CLOSE, OPEN, estimated_tokens, split_think
 from gen.retry import with_retries
 from gen.teachers import providers
 from gen.teachers.batch import BatchClient, BatchResult, BatchState, custom_id
@@ -533,6 +533,8 @@ class BatchDriver:
         run.stats.cached_tokens += cached
         run.stats.cache_write_tokens += written
         run.budget.charge(*last, price=price)
+        if comp.reasoning is not None:  # as Run._ask counts it
+            run.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
         if leaks_secret(comp.text, comp.model) or (
             comp.reasoning is not None and leaks_secret(comp.reasoning, None)
         ):

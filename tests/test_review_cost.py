@@ -235,3 +235,26 @@ def test_online_fallback_after_a_reask_counts_its_earlier_usage_once_after_sigki
     # Answered requests: the first answers and the resumed run's online answers; the abandoned ones
     # (the same messages) are the manifest's unanswered requests, not its prompt tokens.
     assert usage["prompt_tokens"] == sim.stats()["prompt_tokens"] - abandoned
+
+
+@pytest.mark.parametrize("mode", ["reasoning_content", "think-tags"])
+def test_a_batch_run_counts_and_keeps_reasoning_as_an_online_run_does(
+    tmp_path: Path, sim_server, mode: str
+) -> None:
+    """Traces that come back in batch results: split from the answer (think-tags), kept in the row,
+    and counted in the manifest's reasoning_tokens, as online."""
+    figures = {}
+    for batch in (False, True):
+        sim = sim_server(batch_delay_s=0.05, reasoning=mode, reasoning_tokens=50)
+        out = tmp_path / ("b" if batch else "o")
+        proc = _gen(
+            "run", str(_plain_recipe(tmp_path, 8)), "--provider", "openai", "--base-url", sim.base_url,
+            "--output", str(out), "--no-progress", *(["--batch", "--batch-poll", "0.05"] if batch else []),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        rows = rows_in(out)
+        assert len(rows) == 8 and all(r["reasoning"] for r in rows)
+        assert not any("<think>" in r["response"] for r in rows)
+        figures[batch] = json.loads((out / "manifest.json").read_text())["runs"][-1]["reasoning_tokens"]
+    assert figures[False] > 0
+    assert figures[True] == figures[False]
