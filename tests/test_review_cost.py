@@ -145,7 +145,7 @@ def test_batch_budget_reserves_completion_tokens_at_the_output_price(tmp_path: P
     assert sim.stats()["batch_requests"] < 200
 
 
-def _plain_recipe(tmp_path: Path, n: int, *, schema: bool = False) -> Path:
+def _plain_recipe(tmp_path: Path, n: int, *, schema: bool = False, extra: str = "") -> Path:
     prompt = tmp_path / "plain.toml"
     if schema:
         doc = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
@@ -153,6 +153,7 @@ def _plain_recipe(tmp_path: Path, n: int, *, schema: bool = False) -> Path:
     prompt.write_text(
         'name = "plain"\nversion = "1"\nintended_use = "research"\n'
         + ('schema = "answer.json"\n' if schema else "")
+        + extra
         + '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
         f'[messages]\nuser = "Explain item {{{{ n }}}}."\n[variables]\nn = {list(range(n))}\n'
     )
@@ -258,3 +259,23 @@ def test_a_batch_run_counts_and_keeps_reasoning_as_an_online_run_does(
         figures[batch] = json.loads((out / "manifest.json").read_text())["runs"][-1]["reasoning_tokens"]
     assert figures[False] > 0
     assert figures[True] == figures[False]
+
+
+def test_a_batch_reject_keeps_its_trace_as_an_online_reject_does(tmp_path: Path, sim_server) -> None:
+    """An answer that fails validation at its last attempt is a reject holding the raw answer and, as
+    online, the trace that came with it."""
+    kept = {}
+    for batch in (False, True):
+        sim = sim_server(batch_delay_s=0.05, reasoning="reasoning_content", rate_invalid_json=1.0)
+        out = tmp_path / ("b" if batch else "o")
+        proc = _gen(
+            "run", str(_plain_recipe(tmp_path, 5, schema=True, extra="max_attempts = 1\n")), "--provider",
+            "openai", "--base-url", sim.base_url, "--output", str(out), "--no-progress",
+            *(["--batch", "--batch-poll", "0.05"] if batch else []),
+        )  # fmt: skip
+        rejects = rows_in(out, "rejects")
+        assert len(rejects) == 5, proc.stderr
+        kept[batch] = [bool(r["reasoning"]) for r in rejects]
+        assert not any(r["reference"] for r in rejects)  # no [verify]: the trace is no reference
+    assert all(kept[False])
+    assert kept[True] == kept[False]
