@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import rows_in
 
+from gen import RunOptions, run
+
 TIMEOUT = 120
 
 
@@ -279,3 +281,30 @@ def test_a_batch_reject_keeps_its_trace_as_an_online_reject_does(tmp_path: Path,
         assert not any(r["reference"] for r in rejects)  # no [verify]: the trace is no reference
     assert all(kept[False])
     assert kept[True] == kept[False]
+
+
+def test_prefix_grouping_keeps_an_inputs_samples_together_for_rejection_sampling(tmp_path: Path) -> None:
+    """Prompt-cache dispatch (gen.prefix.grouped) reorders tasks within windows; an input whose samples
+    a window boundary split came out in two places, and rejection sampling ([verify] max_samples), which
+    reads an input's samples as consecutive tasks, then made no further tries for it. The tries made
+    must not depend on the dispatch order."""
+    with (tmp_path / "problems.jsonl").open("w") as f:
+        for i in range(8):
+            f.write(json.dumps({"q": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n")
+    prompt = tmp_path / "v.toml"
+    prompt.write_text(
+        'name = "v"\nversion = "1"\nintended_use = "research"\nsamples = 2\nmax_attempts = 1\n'
+        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[messages]\nsystem = "Answer in the {{ style }} style."\nuser = "{{ q }}"\n'
+        '[variables]\nstyle = ["terse", "plain"]\n[seed]\npath = "problems.jsonl"\n'
+        '[verify]\nreference = "{{ answer }}"\nmax_samples = 4\n'
+        '[sim]\nanswer_from = "answer"\nwrong_share = 0.5\n'
+    )
+    tried = {}
+    for window in (1, 5):
+        out = tmp_path / f"w{window}"
+        result = run(prompt, RunOptions(output=out, progress=False, dispatch_window=window))
+        assert result.status == "complete"
+        tried[window] = {r["id"] for r in rows_in(out) + rows_in(out, "rejects")}
+    assert len(tried[1]) > 32  # some inputs needed more tries than their 2 samples
+    assert tried[5] == tried[1]
