@@ -61,7 +61,7 @@ class Req:
     retry: int
     messages: list[dict[str, str]] | None  # None: the task's own
     seed: int
-    used: Usage = (0, 0)  # the usage of the task's earlier requests, summed
+    used: Usage = (0, 0)  # the usage of the task's earlier requests, summed: prompt, completion[, cached]
     last: Usage | None = None  # what its previous request cost
 
     @property
@@ -526,7 +526,8 @@ class BatchDriver:
             if cached or written
             else (comp.prompt_tokens, comp.completion_tokens)
         )
-        used = (req.used[0] + last[0], req.used[1] + last[1])
+        earlier_cached = req.used[2] if len(req.used) > 2 else 0
+        used = (req.used[0] + last[0], req.used[1] + last[1], earlier_cached + cached)
         run.stats.requests += 1
         run.stats.prompt_tokens += last[0]
         run.stats.completion_tokens += last[1]
@@ -545,7 +546,7 @@ class BatchDriver:
         verdict = check(comp.text, self.p.schema, truncated=cut)
         if verdict.ok:
             self.answered.add(id_key(task.id))
-            await run._decide(task, comp, verdict, req.attempt, used[0], used[1], cached, last)
+            await run._decide(task, comp, verdict, req.attempt, used[0], used[1], used[2], last)
             run.stats.tasks += 1
             self.progress.tick()
             return

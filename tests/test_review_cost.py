@@ -308,3 +308,34 @@ def test_prefix_grouping_keeps_an_inputs_samples_together_for_rejection_sampling
         tried[window] = {r["id"] for r in rows_in(out) + rows_in(out, "rejects")}
     assert len(tried[1]) > 32  # some inputs needed more tries than their 2 samples
     assert tried[5] == tried[1]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_reasked_rows_cached_tokens_count_every_attempt_as_its_prompt_tokens_do(
+    tmp_path: Path, sim_server, batch: bool
+) -> None:
+    """A row's prompt_tokens sum its attempts; its cached_tokens must too (online they did; a batch
+    row kept only its last attempt's), so the rows add up to the manifest's totals."""
+    sim = sim_server(model="claude-sonnet-4-5", batch_delay_s=0.05, rate_invalid_json=0.4, seed=3)
+    (tmp_path / "answer.json").write_text(
+        json.dumps({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]})
+    )
+    prompt = _cached_recipe(tmp_path, 30)
+    prompt.write_text(
+        prompt.read_text().replace(
+            'version = "1"\n', 'version = "1"\nschema = "answer.json"\nmax_attempts = 10\n'
+        )
+    )
+    out = tmp_path / "o"
+    proc = _gen(
+        "run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--no-progress",
+        "--acknowledge-licence-conflict", *(["--batch", "--batch-poll", "0.05"] if batch else []),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = rows_in(out)
+    assert len(rows) == 30 and not rows_in(out, "rejects")
+    assert any(r["attempts"] > 1 for r in rows)
+    usage = json.loads((out / "manifest.json").read_text())["usage"]
+    assert usage["cached_input_tokens"] > 0
+    assert sum(r["prompt_tokens"] for r in rows) == usage["prompt_tokens"]
+    assert sum(r["cached_tokens"] for r in rows) == usage["cached_input_tokens"]

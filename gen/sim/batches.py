@@ -122,12 +122,22 @@ class SimBatches:
         fault = self.sim._draw_fault() if self.sim._bands else None
         if fault not in _CONTENT_FAULTS:
             fault = None
+        # The prompt cache as for a chat request: providers cache within batches too (best effort).
+        cache = self.sim.cache
+        if chat.marked is not None:
+            chat.cached, chat.written = cache.marked(*chat.marked)
+        elif dialect is self.sim._openai:
+            chat.cached = cache.automatic(chat.prefixes)
         digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         try:
             body = dialect.answer(chat, rng, fault, self.sim.stats)
         except BadRequest as exc:
             return "failed", orjson.dumps({"error": {"message": exc.message}}), 400
+        if chat.marked is not None:
+            cache.store_marked(*chat.marked)
+        elif dialect is self.sim._openai:
+            cache.store_automatic(chat.prefixes)
         return "ok", body, 200
 
     def _accept(
