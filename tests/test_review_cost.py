@@ -339,3 +339,22 @@ def test_a_reasked_rows_cached_tokens_count_every_attempt_as_its_prompt_tokens_d
     assert usage["cached_input_tokens"] > 0
     assert sum(r["prompt_tokens"] for r in rows) == usage["prompt_tokens"]
     assert sum(r["cached_tokens"] for r in rows) == usage["cached_input_tokens"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_batch_answer_past_the_reply_cap_is_refused_as_online(
+    tmp_path: Path, sim_server, provider: str
+) -> None:
+    """One result line far past what its max_tokens allows (a hostile provider): online such a reply is
+    refused at the reply size cap; in a batch it became a row."""
+    sim = sim_server(batch_delay_s=0.05, batch_results="oversize", oversize_bytes=400_000)
+    prompt = _plain_recipe(tmp_path, 12, extra="[sampling]\nmax_tokens = 400\n")
+    out = tmp_path / "o"
+    proc = _gen(
+        "run", str(prompt), "--provider", provider, "--base-url", sim.base_url, "--output", str(out),
+        "--no-progress", "--batch", "--batch-poll", "0.05", "--max-retries", "0",
+    )  # fmt: skip
+    rows, rejects = rows_in(out), rows_in(out, "rejects")
+    assert len(rows) + len(rejects) == 12, proc.stderr
+    assert max(len(r["response"]) for r in rows) < 400 * 128
+    assert len(rejects) == 1 and "size cap" in rejects[0]["error"], rejects

@@ -12,7 +12,7 @@ applies to polls too. `batch_hold` ("upload", "create",
 unanswered until its client goes away: a test kills gen there.
 `batch_results` plays a hostile provider's results file: "missing" (the first result left out),
 "duplicate" (every result twice), "foreign" (one for a custom_id of no request), "garbled" (lines that
-are not JSON).
+are not JSON), "oversize" (the first answer padded by `oversize_bytes`).
 
 Counters (in /sim/stats): `batches` accepted, `batch_requests` (requests in accepted batches: what a
 provider bills), `batch_failed`, `batch_expired`, `batch_rejected`, `batch_uploads`, `batch_polls`,
@@ -44,7 +44,7 @@ STATS = (
     "batch_polls", "batch_downloads", "batch_cancels", "batch_held",
 )  # fmt: skip
 HOLD_POINTS = ("upload", "create", "accepted", "poll", "download")
-RESULT_FAULTS = ("missing", "duplicate", "foreign", "garbled")
+RESULT_FAULTS = ("missing", "duplicate", "foreign", "garbled", "oversize")
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # above both providers' documented file and batch sizes
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's rule for a request's custom_id
 _CONTENT_FAULTS = ("rate_invalid_json", "rate_fenced_json", "rate_truncated")
@@ -321,7 +321,9 @@ class SimBatches:
                 for i, (c, b) in enumerate(ok)
             ]
             fault = self.config.batch_results
-            self.files.setdefault(out_id, b"".join(out) if fault is None else _hostile(fault, out))
+            self.files.setdefault(
+                out_id, b"".join(out) if fault is None else _hostile(fault, out, self.config.oversize_bytes)
+            )
             doc["output_file_id"] = out_id
         if bad:
             err_id = f"file-err-{batch.id}"
@@ -479,7 +481,8 @@ class SimBatches:
             lines.append(orjson.dumps({"custom_id": cid, "result": result}) + b"\n")
         if self.config.batch_results is not None:
             return web.Response(
-                body=_hostile(self.config.batch_results, lines), content_type="application/binary"
+                body=_hostile(self.config.batch_results, lines, self.config.oversize_bytes),
+                content_type="application/binary",
             )
         return web.Response(body=b"".join(lines), content_type="application/binary")
 
@@ -500,7 +503,7 @@ def _openai_error_line(cid: str, outcome: str, body: bytes) -> bytes:
     return orjson.dumps({"id": "batch_req", "custom_id": cid, "response": response, "error": None})
 
 
-def _hostile(fault: str, lines: list[bytes]) -> bytes:
+def _hostile(fault: str, lines: list[bytes], oversize: int) -> bytes:
     """A results file as a hostile or broken provider sends it (SimConfig.batch_results)."""
     if fault == "missing":
         lines = lines[1:]
@@ -512,4 +515,12 @@ def _hostile(fault: str, lines: list[bytes]) -> bytes:
         lines = [orjson.dumps(doc) + b"\n", *lines]
     elif fault == "garbled":
         lines = [b'{"custom_id": "\n', *lines, b"\xff\xfe not json\n"]
+    elif fault == "oversize" and lines:  # the first answer far past what its max_tokens allows
+        filler = b"word " * (oversize // 5)
+        first = (
+            lines[0]
+            .replace(b'"text":"', b'"text":"' + filler, 1)
+            .replace(b'"content":"', b'"content":"' + filler, 1)
+        )
+        lines = [first, *lines[1:]]
     return b"".join(lines)

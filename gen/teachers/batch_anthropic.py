@@ -18,7 +18,7 @@ import orjson
 
 from gen.errors import TeacherError, redact
 from gen.teachers.anthropic import AnthropicMessages
-from gen.teachers.batch import BatchLimits, BatchResult, BatchState
+from gen.teachers.batch import BatchLimits, BatchResult, BatchState, capped
 from gen.teachers.http import error_from_response
 from gen.teachers.wire import WireError
 
@@ -87,7 +87,8 @@ class AnthropicBatches(AnthropicMessages):
             raise self._failed(e) from None
         if status >= 400:
             raise error_from_response(status, raw, headers)
-        return [r for r in map(self._result, raw.splitlines()) if r is not None]
+        cap = self.reply_limit(sampling)
+        return [r for line in raw.splitlines() if (r := capped(self._result(line), len(line), cap))]
 
     def _result(self, line: bytes) -> BatchResult | None:
         try:

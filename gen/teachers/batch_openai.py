@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from gen.errors import TeacherError, redact
-from gen.teachers.batch import BatchLimits, BatchResult, BatchState
+from gen.teachers.batch import BatchLimits, BatchResult, BatchState, capped
 from gen.teachers.http import error_from_response
 from gen.teachers.openai import OpenAIChat, read_completion
 from gen.teachers.transports import open_transport
@@ -116,7 +116,8 @@ class OpenAIBatches(OpenAIChat):
             file_id = state.raw.get(key)
             if file_id:
                 raw = await self._download(f"{self.base_url}/files/{file_id}/content", limit)
-                out += [r for r in map(_result, raw.splitlines()) if r is not None]
+                cap = self.reply_limit(sampling)
+                out += [r for line in raw.splitlines() if (r := capped(_result(line), len(line), cap))]
         return out
 
     async def _download(self, url: str, limit: int) -> bytes:
