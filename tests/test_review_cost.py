@@ -358,3 +358,26 @@ def test_a_batch_answer_past_the_reply_cap_is_refused_as_online(
     assert len(rows) + len(rejects) == 12, proc.stderr
     assert max(len(r["response"]) for r in rows) < 400 * 128
     assert len(rejects) == 1 and "size cap" in rejects[0]["error"], rejects
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_key_echoed_in_batch_answers_never_reaches_disk(tmp_path: Path, sim_server, provider: str) -> None:
+    """Batch answers that name the credential (as their model): secret_echo rejects, redacted, and the
+    key nowhere in the output or on stderr."""
+    sim = sim_server(api_key=KEY, echo_key=True, batch_delay_s=0.05)
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "gen", "run", str(_plain_recipe(tmp_path, 4)), "--provider", provider,
+            "--base-url", sim.base_url, "--api-key-env", "GEN_SECRET_KEY", "--output", str(out),
+            "--no-progress", "--batch", "--batch-poll", "0.05",
+        ],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "GEN_SECRET_KEY": KEY},
+    )  # fmt: skip
+    rejects = rows_in(out, "rejects")
+    assert len(rejects) == 4 and {r["reason"] for r in rejects} == {"secret_echo"}, proc.stderr
+    written = "\n".join(json.dumps(r, default=str) for r in rejects) + "".join(
+        p.read_text("utf-8", "replace") for p in out.rglob("*") if p.is_file() and p.suffix != ".parquet"
+    )
+    assert KEY not in written and KEY not in proc.stderr + proc.stdout
+    assert "Qx7Qx7" not in written + proc.stderr

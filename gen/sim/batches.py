@@ -141,7 +141,12 @@ class SimBatches:
         return "ok", body, 200
 
     def _accept(
-        self, kind: str, requests: list[tuple[str, bytes]], echo: str | None = None, **extra: Any
+        self,
+        kind: str,
+        requests: list[tuple[str, bytes]],
+        echo: str | None = None,
+        credential: str | None = None,
+        **extra: Any,
     ) -> _Batch:
         batch = _Batch(
             id=("batch_" if kind == "openai" else "msgbatch_") + secrets.token_hex(12),
@@ -167,12 +172,12 @@ class SimBatches:
         else:
             dialect = self.sim._openai if kind == "openai" else self.sim._anthropic
             batch.lines = [(cid, *self._answer(dialect, raw)[:2]) for cid, raw in requests]
-            if (
-                echo is not None
-            ):  # echo_headers: a failed request's message carries the create request's headers
+            if echo is not None:  # echo_headers: a failed request's message carries the request headers
                 message = f"The server had an error (simulated) (request headers: {echo})"
                 failed = orjson.dumps({"error": {"message": message}})
                 batch.lines = [(c, o, failed if o == "failed" and not b else b) for c, o, b in batch.lines]
+            if credential is not None:  # echo_key: every answer names the credential as its model
+                batch.lines = [(c, o, _named(b, credential) if o == "ok" else b) for c, o, b in batch.lines]
             self.submitted += [cid for cid, _ in requests]
             self.sim.stats["batches"] += 1
             self.sim.stats["batch_requests"] += len(requests)
@@ -185,6 +190,12 @@ class SimBatches:
         if not self.config.echo_headers:
             return None
         return orjson.dumps({str(k): v for k, v in request.headers.items()}).decode()
+
+    def _credential(self, request: web.Request) -> str | None:
+        """With `echo_key`, the request's credential, which the batch's answers then name as their model."""
+        if not self.config.echo_key:
+            return None
+        return request.headers.get("Authorization") or request.headers.get("x-api-key") or ""
 
     def _limited(self, dialect: Any) -> web.Response | None:
         """The `rpm` limit on polls too (a provider rate-limits its batch endpoints): a 429 with the
@@ -267,6 +278,7 @@ class SimBatches:
             "openai",
             requests,
             self._echo(request),
+            self._credential(request),
             metadata=body.get("metadata") or {},
             input_file_id=body["input_file_id"],
         )
@@ -378,7 +390,7 @@ class SimBatches:
         requests = [(r["custom_id"], orjson.dumps(r["params"])) for r in body.get("requests") or []]
         if await self._hold("create", request):
             return web.Response()
-        batch = self._accept("anthropic", requests, self._echo(request))
+        batch = self._accept("anthropic", requests, self._echo(request), self._credential(request))
         if await self._hold("accepted", request):  # made, but its id never reaches the client
             return web.Response()
         if batch.rejected is not None:
@@ -524,3 +536,9 @@ def _hostile(fault: str, lines: list[bytes], oversize: int) -> bytes:
         )
         lines = [first, *lines[1:]]
     return b"".join(lines)
+
+
+def _named(body: bytes, credential: str) -> bytes:
+    doc = orjson.loads(body)
+    doc["model"] = credential
+    return orjson.dumps(doc)
