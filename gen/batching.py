@@ -415,7 +415,8 @@ class BatchDriver:
 
     async def _collect(self, name: str, b: Live, state: BatchState) -> None:
         run = self.run
-        results = await self._call(lambda: self.client.results(state, self.p.sampling))
+        count = len(b.logged.requests)
+        results = await self._call(lambda: self.client.results(state, self.p.sampling, count))
         seen: set[str] = set()
         fallback: list[Req] = []
         for r in results:

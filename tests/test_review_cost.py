@@ -381,3 +381,27 @@ def test_a_key_echoed_in_batch_answers_never_reaches_disk(tmp_path: Path, sim_se
     )
     assert KEY not in written and KEY not in proc.stderr + proc.stdout
     assert "Qx7Qx7" not in written + proc.stderr
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_batch_whose_provider_reports_no_counts_is_still_collected(
+    tmp_path: Path, sim_server, provider: str
+) -> None:
+    """The results of an ended batch are read within a size bound; bounded by the provider's request
+    counts alone, a gateway that reports 0 left a large batch over the bound: never collected, its
+    answers (paid for) lost on every run. gen knows how many requests it put in the batch."""
+    # Answers with ~2 kB traces: 600 of them, over a megabyte (the bound's fixed allowance).
+    sim = sim_server(
+        batch_delay_s=0.05, batch_results="uncounted", reasoning="reasoning_content", reasoning_tokens=600
+    )
+    sampling = "max_tokens = 2000\n" + ("thinking_budget = 1024\n" if provider == "anthropic" else "")
+    prompt = _plain_recipe(tmp_path, 600, extra=f"[sampling]\n{sampling}")
+    out = tmp_path / "o"
+    proc = _gen(
+        "run", str(prompt), "--provider", provider, "--base-url", sim.base_url, "--output", str(out),
+        "--no-progress", "--batch", "--batch-poll", "0.05", "--max-retries", "0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = rows_in(out)
+    assert len(rows) == 600 and sum(len(r["reasoning"]) + len(r["response"]) for r in rows) > 1.2e6
+    assert sim.stats()["batch_requests"] == 600

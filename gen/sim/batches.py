@@ -12,7 +12,8 @@ applies to polls too. `batch_hold` ("upload", "create",
 unanswered until its client goes away: a test kills gen there.
 `batch_results` plays a hostile provider's results file: "missing" (the first result left out),
 "duplicate" (every result twice), "foreign" (one for a custom_id of no request), "garbled" (lines that
-are not JSON), "oversize" (the first answer padded by `oversize_bytes`).
+are not JSON), "oversize" (the first answer padded by `oversize_bytes`), "uncounted" (the batch object
+reports every request count as 0).
 
 Counters (in /sim/stats): `batches` accepted, `batch_requests` (requests in accepted batches: what a
 provider bills), `batch_failed`, `batch_expired`, `batch_rejected`, `batch_uploads`, `batch_polls`,
@@ -44,7 +45,7 @@ STATS = (
     "batch_polls", "batch_downloads", "batch_cancels", "batch_held",
 )  # fmt: skip
 HOLD_POINTS = ("upload", "create", "accepted", "poll", "download")
-RESULT_FAULTS = ("missing", "duplicate", "foreign", "garbled", "oversize")
+RESULT_FAULTS = ("missing", "duplicate", "foreign", "garbled", "oversize", "uncounted")
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # above both providers' documented file and batch sizes
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's rule for a request's custom_id
 _CONTENT_FAULTS = ("rate_invalid_json", "rate_fenced_json", "rate_truncated")
@@ -318,6 +319,8 @@ class SimBatches:
         bad = [(c, o, b) for c, o, b in batch.lines if o != "ok"]
         doc["status"] = "completed"
         doc["request_counts"] = {"total": len(batch.lines), "completed": len(ok), "failed": len(bad)}
+        if self.config.batch_results == "uncounted":  # a gateway that counts nothing
+            doc["request_counts"] = {"total": 0, "completed": 0, "failed": 0}
         if ok:
             out_id = f"file-out-{batch.id}"
             out = [
@@ -408,6 +411,8 @@ class SimBatches:
             counts["processing"] = 0
             for _, outcome, _ in batch.lines:
                 counts[{"ok": "succeeded", "failed": "errored", "expired": "expired"}[outcome]] += 1
+        if self.config.batch_results == "uncounted":  # a gateway that counts nothing
+            counts = dict.fromkeys(counts, 0)
         results = f"{request.scheme}://{request.host}/v1/messages/batches/{batch.id}/results"
         doc = {
             "id": batch.id,

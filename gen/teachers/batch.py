@@ -72,8 +72,9 @@ class BatchClient(Protocol):
 
     async def state(self, batch_id: str) -> BatchState: ...
 
-    async def results(self, state: BatchState, sampling: Any) -> list[BatchResult]:
-        """Every result of an ended batch (requests it never reached are absent)."""
+    async def results(self, state: BatchState, sampling: Any, count: int = 0) -> list[BatchResult]:
+        """Every result of an ended batch (requests it never reached are absent). `count`: the requests
+        the batch was sent with, which bounds the size read as the provider's counts do."""
         ...
 
     async def cancel(self, batch_id: str) -> BatchState: ...

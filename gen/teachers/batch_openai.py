@@ -108,8 +108,8 @@ class OpenAIBatches(OpenAIChat):
         raw, _ = await self._post(f"{self.base_url}/batches/{batch_id}/cancel", b"{}", 1 << 20)
         return _state(_doc(raw))
 
-    async def results(self, state: BatchState, sampling: Any) -> list[BatchResult]:
-        total = max(1, int(state.counts.get("total") or 0))
+    async def results(self, state: BatchState, sampling: Any, count: int = 0) -> list[BatchResult]:
+        total = max(1, count, int(state.counts.get("total") or 0))  # a provider may count nothing
         limit = min(MAX_FILE_BYTES, total * self.reply_limit(sampling) + (1 << 20))
         out: list[BatchResult] = []
         for key in ("output_file_id", "error_file_id"):
