@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -405,3 +407,37 @@ def test_a_batch_whose_provider_reports_no_counts_is_still_collected(
     rows = rows_in(out)
     assert len(rows) == 600 and sum(len(r["reasoning"]) + len(r["response"]) for r in rows) > 1.2e6
     assert sim.stats()["batch_requests"] == 600
+
+
+def test_the_command_printed_on_ctrl_c_collects_the_batches(tmp_path: Path, sim_server) -> None:
+    """Ctrl-C leaves the batches at the provider and prints the command that collects them later. Run
+    verbatim, that command must reach the same teacher: the --provider and --base-url the run was
+    given on the command line, not the prompt file's."""
+    sim = sim_server(batch_delay_s=2.0)
+    prompt = _plain_recipe(tmp_path, 10)  # its [teacher] says openai, with no base URL
+    out = tmp_path / "o"
+    args = [
+        "run", str(prompt), "--provider", "anthropic", "--base-url", sim.base_url, "--output", str(out),
+        "--no-progress", "--batch", "--batch-poll", "0.05",
+    ]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "gen", *args], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: sim.stats()["batches"] >= 1, "a batch", proc)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    command = err.split("run `", 1)[1].split("`", 1)[0]
+    argv = shlex.split(command)
+    assert argv[:2] == ["gen", "run"]
+    again = subprocess.run(
+        [sys.executable, "-m", "gen", *argv[1:], "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert again.returncode == 0, again.stderr
+    assert len(rows_in(out)) == 10
+    assert sim.stats()["batch_requests"] == 10  # collected, not sent again
