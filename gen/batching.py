@@ -30,7 +30,7 @@ from gen.errors import ConfigError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import BatchLog, LoggedBatch, Pending, Usage, id_key
 from gen.limits import estimate_tokens
 from gen.outdir import OutputDir
-from gen.reasoning import CLOSE, OPEN, split_think
+from gen.reasoning import CLOSE, OPEN, estimated_tokens, split_think
 from gen.retry import with_retries
 from gen.teachers import providers
 from gen.teachers.batch import BatchClient, BatchResult, BatchState, custom_id
@@ -61,7 +61,7 @@ class Req:
     retry: int
     messages: list[dict[str, str]] | None  # None: the task's own
     seed: int
-    used: Usage = (0, 0)  # the usage of the task's earlier requests, summed
+    used: Usage = (0, 0)  # the usage of the task's earlier requests, summed: prompt, completion[, cached]
     last: Usage | None = None  # what its previous request cost
 
     @property
@@ -168,6 +168,7 @@ class BatchDriver:
         # read again only when a run died collecting its batch, and is passed over then.
         self.step: dict[str, tuple[int, int]] = {}
         self.outstanding = 0  # the reserved tokens of requests in live batches (budget)
+        self.outstanding_out = 0  # of them, completion tokens: priced at the output rate
         self.stopped: str | None = None  # why no new batch is submitted (the budget)
         self._count = 0
         self._fresh: Iterator[Task] | None = None
@@ -273,6 +274,7 @@ class BatchDriver:
                 run.claimed.add(id_key(tid))
             self.live[b.name] = Live(b, reqs, self.opts.batch_poll_s)
             self.outstanding += b.estimate[0] + b.estimate[1]
+            self.outstanding_out += b.estimate[1]
         for tid, p in latest.items():
             task = found_tasks.get(tid)
             if task is None or (tid, p.attempt, p.retry) in in_batches:
@@ -314,8 +316,13 @@ class BatchDriver:
                     continue
                 messages = req.messages or req.task.messages
                 cost = (estimate_tokens(messages, 0), self.run._max_completion)
+                reserved_out = self.outstanding_out + estimate[1] + cost[1]
+                reserved = self.outstanding + estimate[0] + estimate[1] + sum(cost)
+                price = self.run.budget.price
                 reason = self.run.budget.exhausted(
-                    reserved_tokens=self.outstanding + estimate[0] + estimate[1] + sum(cost)
+                    reserved_tokens=reserved,
+                    # A batch is paid whatever follows: its completion tokens at the output rate.
+                    reserved_usd=price.cost(reserved - reserved_out, reserved_out) if price else None,
                 )
                 if reason is not None:
                     self.stopped = reason
@@ -369,6 +376,7 @@ class BatchDriver:
         self.live[name] = Live(logged, {r.custom_id: r for r in reqs}, self.opts.batch_poll_s, state=state)
         self.live[name].next_poll = time.monotonic() + self.opts.batch_poll_s
         self.outstanding += estimate[0] + estimate[1]
+        self.outstanding_out += estimate[1]
         run.stats.batches += 1
         run._say(f"batch {state.id}: submitted {len(reqs):,} requests ({state.status})")
 
@@ -407,7 +415,8 @@ class BatchDriver:
 
     async def _collect(self, name: str, b: Live, state: BatchState) -> None:
         run = self.run
-        results = await self._call(lambda: self.client.results(state, self.p.sampling))
+        count = len(b.logged.requests)
+        results = await self._call(lambda: self.client.results(state, self.p.sampling, count))
         seen: set[str] = set()
         fallback: list[Req] = []
         for r in results:
@@ -423,9 +432,18 @@ class BatchDriver:
             again = await self._settle(req, r)
             if again is not None:
                 fallback.append(again)
-        for cid, req in b.reqs.items():  # never run (the batch was cancelled first): not paid, sent again
-            if cid not in seen and id_key(req.task.id) not in self.answered:
+        cancelled = state.status in ("cancelled", "canceled", "cancelling")
+        for cid, req in b.reqs.items():
+            if cid in seen or id_key(req.task.id) in self.answered:
+                continue
+            if cancelled:  # never run (the batch was cancelled first): not paid, sent again
                 self._requeue(req)
+                continue
+            # Left out of an ended batch's results: it may have run and been billed, so it is a failed
+            # request (retried up to --max-retries), never one resent as if it had not been sent.
+            again = await self._settle(req, BatchResult(cid, "failed", error="not in the batch's results"))
+            if again is not None:
+                fallback.append(again)
         if fallback:
             await run.gather([self._online(req) for req in fallback])
         assert run.journal is not None
@@ -435,6 +453,7 @@ class BatchDriver:
         self.log.done(name, "cancelled" if state.status in ("cancelled", "canceled") else "collected")
         del self.live[name]
         self.outstanding -= b.logged.estimate[0] + b.logged.estimate[1]
+        self.outstanding_out -= b.logged.estimate[1]
 
     def _queue(self, req: Req) -> None:
         """Log a request to send in a later batch (a re-ask or a retry), then queue it."""
@@ -482,7 +501,8 @@ class BatchDriver:
         messages = req.messages or req.task.messages
         assert messages is not None
         key = id_key(req.task.id)
-        run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), req.last)
+        # req.last (what the request before it cost) is in the journal already, with its re-ask: not again.
+        run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), None)
         try:
             comp = await self._call(
                 lambda: self.online.complete(messages, seed=req.seed, sampling=self.p.sampling)
@@ -507,13 +527,16 @@ class BatchDriver:
             if cached or written
             else (comp.prompt_tokens, comp.completion_tokens)
         )
-        used = (req.used[0] + last[0], req.used[1] + last[1])
+        earlier_cached = req.used[2] if len(req.used) > 2 else 0
+        used = (req.used[0] + last[0], req.used[1] + last[1], earlier_cached + cached)
         run.stats.requests += 1
         run.stats.prompt_tokens += last[0]
         run.stats.completion_tokens += last[1]
         run.stats.cached_tokens += cached
         run.stats.cache_write_tokens += written
         run.budget.charge(*last, price=price)
+        if comp.reasoning is not None:  # as Run._ask counts it
+            run.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
         if leaks_secret(comp.text, comp.model) or (
             comp.reasoning is not None and leaks_secret(comp.reasoning, None)
         ):
@@ -524,12 +547,14 @@ class BatchDriver:
         verdict = check(comp.text, self.p.schema, truncated=cut)
         if verdict.ok:
             self.answered.add(id_key(task.id))
-            await run._decide(task, comp, verdict, req.attempt, used[0], used[1], cached, last)
+            await run._decide(task, comp, verdict, req.attempt, used[0], used[1], used[2], last)
             run.stats.tasks += 1
             self.progress.tick()
             return
         if req.attempt >= spec.max_attempts:
-            await self._decide_reject(req, verdict.reason or "invalid", verdict.error or "", comp.text, last)
+            await self._decide_reject(
+                req, verdict.reason or "invalid", verdict.error or "", comp.text, last, comp.reasoning
+            )
             return
         run.stats.repairs += 1
         assert task.messages is not None
@@ -545,10 +570,16 @@ class BatchDriver:
         self._queue(nxt)
 
     async def _decide_reject(
-        self, req: Req, reason: str, error: str, response: str | None, usage: Usage
+        self,
+        req: Req,
+        reason: str,
+        error: str,
+        response: str | None,
+        usage: Usage,
+        reasoning: str | None = None,
     ) -> None:
         self.answered.add(id_key(req.task.id))
-        row = self.run._reject_row(req.task, reason, error, response, req.attempt)
+        row = self.run._reject_row(req.task, reason, error, response, req.attempt, reasoning=reasoning)
         await self.run._finish(req.task, "rejects", row, usage)
         self.run.stats.tasks += 1
         self.progress.tick()

@@ -121,12 +121,13 @@ class Budget:
         if price is not None:
             self.spent_usd += price.cost(prompt_tokens, completion_tokens, cached, written)
 
-    def exhausted(self, *, reserved_tokens: int = 0) -> str | None:
-        """Why no further request may leave, or None. `reserved_tokens` covers requests in flight."""
+    def exhausted(self, *, reserved_tokens: int = 0, reserved_usd: float | None = None) -> str | None:
+        """Why no further request may leave, or None. `reserved_tokens` covers requests in flight;
+        `reserved_usd`, when given, is what they cost (else they are priced at the input rate)."""
         if self.max_tokens is not None and self.spent_tokens + reserved_tokens >= self.max_tokens:
             return f"token budget reached: {self.spent_tokens:,} of {self.max_tokens:,} tokens spent"
         if self.max_usd is not None and self.price is not None:
-            reserved = self.price.cost(reserved_tokens, 0)
+            reserved = self.price.cost(reserved_tokens, 0) if reserved_usd is None else reserved_usd
             if self.spent_usd + reserved >= self.max_usd:
                 return f"spending budget reached: ${self.spent_usd:,.4f} of ${self.max_usd:,.2f} spent"
         return None

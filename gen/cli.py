@@ -574,8 +574,23 @@ def _run(args: argparse.Namespace) -> int:
     executor = executor_for(opts.executor)  # the one choice; Ray missing is a ConfigError before any request
     result = executor.run(args.prompt_file, opts)
     return _exit_status(
-        result, f"gen run {args.prompt_file} --output {result.output_dir}{executor.resume_flags(opts)}"
+        result,
+        f"gen run {args.prompt_file} --output {result.output_dir}{_given_teacher(opts)}"
+        f"{executor.resume_flags(opts)}",
     )
+
+
+def _given_teacher(opts: Any) -> str:
+    """The teacher flags a run was given (not the key: the name of its variable), for the command that
+    resumes it: without them it would ask the prompt file's teacher, which may not hold its batches."""
+    import shlex
+
+    from gen.errors import redact
+
+    urls = [opts.base_url] if isinstance(opts.base_url, str) else list(opts.base_url or [])
+    flags = [("--provider", opts.provider), ("--model", opts.model)]
+    flags += [("--base-url", redact(u)) for u in urls] + [("--api-key-env", opts.api_key_env)]
+    return "".join(f" {flag} {shlex.quote(str(value))}" for flag, value in flags if value)
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -458,7 +458,7 @@ class BatchLog:
                         int(entry["k"]),
                         entry["m"],
                         int(entry["s"]),
-                        (int(u[0]), int(u[1])),
+                        tuple(int(x) for x in u[:3]),  # prompt, completion[, cached]
                         (int(last[0]), int(last[1])) if last else None,
                     )
                     key = (p.task_id, p.attempt, p.retry)

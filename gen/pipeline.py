@@ -1132,7 +1132,7 @@ class Run:
                     verdict.error or "",
                     comp.text,
                     attempts,
-                    reasoning=comp.reasoning,
+                    reasoning=comp.reasoning,  # by name: the argument before it is `reference`
                 )
                 await self._finish(task, "rejects", row, last)
                 return

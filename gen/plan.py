@@ -136,6 +136,9 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
     out_guess = Path(opts.output) if opts.output else Path("outputs") / spec.name
     made_here = not out_guess.exists()
     p = prepare(prompt_path, opts)
+    if opts.batch and p.price is not None and p.price.batch_discount:
+        # prepare gives a batch run its batch price; the plan prices online and batch from the list price.
+        p = dataclasses.replace(p, price=p.price.scaled(1 / p.price.batch_discount))
     if pilot is None and made_here:  # prepare's writability probe made it; a plan leaves nothing behind
         with contextlib.suppress(OSError):
             p.out_dir.rmdir()

@@ -37,10 +37,20 @@ def grouped(tasks: Iterator[Task], window: int = DISPATCH_WINDOW) -> Iterator[Ta
     if window <= 1:
         yield from tasks
         return
+    tasks = iter(tasks)
+    carry: list[Task] = []  # the task read past a window's end: the first of the next window
     while True:
-        chunk = list(islice(tasks, window))
+        chunk = carry + list(islice(tasks, window - len(carry)))
+        carry = []
         if not chunk:
             return
+        # A window ends at an input's end: the samples of one input stay adjacent (rejection sampling
+        # reads them as consecutive tasks), however the groups are ordered.
+        for task in tasks:
+            if task.sample == 0 or task.vars_json != chunk[-1].vars_json:
+                carry = [task]
+                break
+            chunk.append(task)
         groups: dict[tuple[str, ...] | None, list[Task]] = {}
         for task in chunk:
             groups.setdefault(prefix_key(task), []).append(task)

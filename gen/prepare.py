@@ -78,6 +78,13 @@ def prepare(prompt_path: str | Path, opts: RunOptions) -> Prepared:
             prompt.path,
             "[verify] max_samples: rejection sampling runs on one machine only (--executor local)",
         )
+    if verifier is not None and spec.verify and spec.verify.max_samples and opts.batch:
+        # A batch run sends each task once as a batch line: it would silently make one try per input.
+        raise ConfigError(
+            prompt.path,
+            "[verify] max_samples: rejection sampling asks an input again until its answers pass, which "
+            "--batch cannot do; run without --batch, or drop max_samples",
+        )
     provider = providers.get(teacher.provider)
     if provider.check_prompt is not None:  # a typo in [sim] is bad input too: report it before anything runs
         provider.check_prompt(prompt, teacher.model)

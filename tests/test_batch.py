@@ -175,7 +175,8 @@ def test_ctrl_c_leaves_batches_running_then_cancel_and_collect(tmp_path: Path, s
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130
     assert "3 batch(es) still running at the provider" in err
-    assert f"--output {out} --batch`" in err  # the command that collects them
+    # The command that collects them, with the teacher flags the run was given.
+    assert f"--output {out} --provider openai --base-url {sim.base_url} --batch`" in err
     assert sim.stats()["batch_cancels"] == 0
     # An online run would ask their tasks again: refused, with the command to use.
     code = main([a for a in args if a not in ("--batch", "--batch-poll", "0.05")])

@@ -10,6 +10,10 @@ batch `failed` at validation; Anthropic: a 400 at creation), as does a batch ove
 applies to polls too. `batch_hold` ("upload", "create",
 "accepted": the batch is made but its id not sent, "poll" or "download") keeps the first such request
 unanswered until its client goes away: a test kills gen there.
+`batch_results` plays a hostile provider's results file: "missing" (the first result left out),
+"duplicate" (every result twice), "foreign" (one for a custom_id of no request), "garbled" (lines that
+are not JSON), "oversize" (the first answer padded by `oversize_bytes`), "uncounted" (the batch object
+reports every request count as 0).
 
 Counters (in /sim/stats): `batches` accepted, `batch_requests` (requests in accepted batches: what a
 provider bills), `batch_failed`, `batch_expired`, `batch_rejected`, `batch_uploads`, `batch_polls`,
@@ -41,6 +45,7 @@ STATS = (
     "batch_polls", "batch_downloads", "batch_cancels", "batch_held",
 )  # fmt: skip
 HOLD_POINTS = ("upload", "create", "accepted", "poll", "download")
+RESULT_FAULTS = ("missing", "duplicate", "foreign", "garbled", "oversize", "uncounted")
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # above both providers' documented file and batch sizes
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's rule for a request's custom_id
 _CONTENT_FAULTS = ("rate_invalid_json", "rate_fenced_json", "rate_truncated")
@@ -118,15 +123,32 @@ class SimBatches:
         fault = self.sim._draw_fault() if self.sim._bands else None
         if fault not in _CONTENT_FAULTS:
             fault = None
+        # The prompt cache as for a chat request: providers cache within batches too (best effort).
+        cache = self.sim.cache
+        if chat.marked is not None:
+            chat.cached, chat.written = cache.marked(*chat.marked)
+        elif dialect is self.sim._openai:
+            chat.cached = cache.automatic(chat.prefixes)
         digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         try:
             body = dialect.answer(chat, rng, fault, self.sim.stats)
         except BadRequest as exc:
             return "failed", orjson.dumps({"error": {"message": exc.message}}), 400
+        if chat.marked is not None:
+            cache.store_marked(*chat.marked)
+        elif dialect is self.sim._openai:
+            cache.store_automatic(chat.prefixes)
         return "ok", body, 200
 
-    def _accept(self, kind: str, requests: list[tuple[str, bytes]], **extra: Any) -> _Batch:
+    def _accept(
+        self,
+        kind: str,
+        requests: list[tuple[str, bytes]],
+        echo: str | None = None,
+        credential: str | None = None,
+        **extra: Any,
+    ) -> _Batch:
         batch = _Batch(
             id=("batch_" if kind == "openai" else "msgbatch_") + secrets.token_hex(12),
             kind=kind,
@@ -151,11 +173,30 @@ class SimBatches:
         else:
             dialect = self.sim._openai if kind == "openai" else self.sim._anthropic
             batch.lines = [(cid, *self._answer(dialect, raw)[:2]) for cid, raw in requests]
+            if echo is not None:  # echo_headers: a failed request's message carries the request headers
+                message = f"The server had an error (simulated) (request headers: {echo})"
+                failed = orjson.dumps({"error": {"message": message}})
+                batch.lines = [(c, o, failed if o == "failed" and not b else b) for c, o, b in batch.lines]
+            if credential is not None:  # echo_key: every answer names the credential as its model
+                batch.lines = [(c, o, _named(b, credential) if o == "ok" else b) for c, o, b in batch.lines]
             self.submitted += [cid for cid, _ in requests]
             self.sim.stats["batches"] += 1
             self.sim.stats["batch_requests"] += len(requests)
         self.batches[batch.id] = batch
         return batch
+
+    def _echo(self, request: web.Request) -> str | None:
+        """With `echo_headers`, the request's headers (the API key among them), as a hostile provider
+        puts them in the messages of a batch's failed requests."""
+        if not self.config.echo_headers:
+            return None
+        return orjson.dumps({str(k): v for k, v in request.headers.items()}).decode()
+
+    def _credential(self, request: web.Request) -> str | None:
+        """With `echo_key`, the request's credential, which the batch's answers then name as their model."""
+        if not self.config.echo_key:
+            return None
+        return request.headers.get("Authorization") or request.headers.get("x-api-key") or ""
 
     def _limited(self, dialect: Any) -> web.Response | None:
         """The `rpm` limit on polls too (a provider rate-limits its batch endpoints): a 429 with the
@@ -235,7 +276,12 @@ class SimBatches:
         if await self._hold("create", request):
             return web.Response()  # the batch is not made: a client killed here paid nothing
         batch = self._accept(
-            "openai", requests, metadata=body.get("metadata") or {}, input_file_id=body["input_file_id"]
+            "openai",
+            requests,
+            self._echo(request),
+            self._credential(request),
+            metadata=body.get("metadata") or {},
+            input_file_id=body["input_file_id"],
         )
         if await self._hold("accepted", request):  # made, but its id never reaches the client
             return web.Response()
@@ -273,22 +319,25 @@ class SimBatches:
         bad = [(c, o, b) for c, o, b in batch.lines if o != "ok"]
         doc["status"] = "completed"
         doc["request_counts"] = {"total": len(batch.lines), "completed": len(ok), "failed": len(bad)}
+        if self.config.batch_results == "uncounted":  # a gateway that counts nothing
+            doc["request_counts"] = {"total": 0, "completed": 0, "failed": 0}
         if ok:
             out_id = f"file-out-{batch.id}"
+            out = [
+                orjson.dumps(
+                    {
+                        "id": f"batch_req_{i}",
+                        "custom_id": c,
+                        "response": {"status_code": 200, "request_id": str(i), "body": orjson.loads(b)},
+                        "error": None,
+                    }
+                )
+                + b"\n"
+                for i, (c, b) in enumerate(ok)
+            ]
+            fault = self.config.batch_results
             self.files.setdefault(
-                out_id,
-                b"".join(
-                    orjson.dumps(
-                        {
-                            "id": f"batch_req_{i}",
-                            "custom_id": c,
-                            "response": {"status_code": 200, "request_id": str(i), "body": orjson.loads(b)},
-                            "error": None,
-                        }
-                    )
-                    + b"\n"
-                    for i, (c, b) in enumerate(ok)
-                ),
+                out_id, b"".join(out) if fault is None else _hostile(fault, out, self.config.oversize_bytes)
             )
             doc["output_file_id"] = out_id
         if bad:
@@ -344,7 +393,7 @@ class SimBatches:
         requests = [(r["custom_id"], orjson.dumps(r["params"])) for r in body.get("requests") or []]
         if await self._hold("create", request):
             return web.Response()
-        batch = self._accept("anthropic", requests)
+        batch = self._accept("anthropic", requests, self._echo(request), self._credential(request))
         if await self._hold("accepted", request):  # made, but its id never reaches the client
             return web.Response()
         if batch.rejected is not None:
@@ -362,6 +411,8 @@ class SimBatches:
             counts["processing"] = 0
             for _, outcome, _ in batch.lines:
                 counts[{"ok": "succeeded", "failed": "errored", "expired": "expired"}[outcome]] += 1
+        if self.config.batch_results == "uncounted":  # a gateway that counts nothing
+            counts = dict.fromkeys(counts, 0)
         results = f"{request.scheme}://{request.host}/v1/messages/batches/{batch.id}/results"
         doc = {
             "id": batch.id,
@@ -445,6 +496,11 @@ class SimBatches:
                     "error": {"type": "error", "error": {"type": "api_error", "message": message}},
                 }
             lines.append(orjson.dumps({"custom_id": cid, "result": result}) + b"\n")
+        if self.config.batch_results is not None:
+            return web.Response(
+                body=_hostile(self.config.batch_results, lines, self.config.oversize_bytes),
+                content_type="application/binary",
+            )
         return web.Response(body=b"".join(lines), content_type="application/binary")
 
 
@@ -462,3 +518,32 @@ def _openai_error_line(cid: str, outcome: str, body: bytes) -> bytes:
     status = 500 if not body else 400
     response = {"status_code": status, "request_id": "sim", "body": message}
     return orjson.dumps({"id": "batch_req", "custom_id": cid, "response": response, "error": None})
+
+
+def _hostile(fault: str, lines: list[bytes], oversize: int) -> bytes:
+    """A results file as a hostile or broken provider sends it (SimConfig.batch_results)."""
+    if fault == "missing":
+        lines = lines[1:]
+    elif fault == "duplicate":
+        lines = [line for line in lines for _ in range(2)]
+    elif fault == "foreign" and lines:
+        doc = orjson.loads(lines[0])
+        doc["custom_id"] = "f" * 32 + "-1-0"
+        lines = [orjson.dumps(doc) + b"\n", *lines]
+    elif fault == "garbled":
+        lines = [b'{"custom_id": "\n', *lines, b"\xff\xfe not json\n"]
+    elif fault == "oversize" and lines:  # the first answer far past what its max_tokens allows
+        filler = b"word " * (oversize // 5)
+        first = (
+            lines[0]
+            .replace(b'"text":"', b'"text":"' + filler, 1)
+            .replace(b'"content":"', b'"content":"' + filler, 1)
+        )
+        lines = [first, *lines[1:]]
+    return b"".join(lines)
+
+
+def _named(body: bytes, credential: str) -> bytes:
+    doc = orjson.loads(body)
+    doc["model"] = credential
+    return orjson.dumps(doc)

@@ -37,7 +37,7 @@ import orjson
 from aiohttp import web
 
 from gen.sim.answers import answer_for
-from gen.sim.batches import HOLD_POINTS, SimBatches
+from gen.sim.batches import HOLD_POINTS, RESULT_FAULTS, SimBatches
 from gen.sim.batches import STATS as BATCH_STATS
 from gen.sim.cache import PromptCache
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
@@ -128,6 +128,10 @@ class SimConfig:
     batch_reject: str | None = None
     batch_max_requests: int | None = None
     batch_hold: str | None = None
+    # A hostile provider's results of an ended batch: "missing" leaves the first request's result out,
+    # "duplicate" sends every result twice, "foreign" adds one for a custom_id of no request, "garbled"
+    # adds lines that are not JSON.
+    batch_results: str | None = None
     # A reasoning teacher (gen.sim.reasoning): how the OpenAI path sends a trace ("reasoning_content",
     # "reasoning", "think-tags"; None: no trace), how long, whether the samples of one input get
     # near-identical traces, and whether usage reports reasoning_tokens. `answer_text`: a fixed text
@@ -168,6 +172,8 @@ class SimConfig:
             raise ValueError("batch_rate_failed and batch_rate_expired must be >= 0 and sum to at most 1")
         if self.batch_delay_s < 0:
             raise ValueError(f"batch_delay_s must be >= 0, got {self.batch_delay_s}")
+        if self.batch_results is not None and self.batch_results not in RESULT_FAULTS:
+            raise ValueError(f"batch_results must be one of {', '.join(RESULT_FAULTS)}")
         if self.batch_hold is not None and self.batch_hold not in HOLD_POINTS:
             raise ValueError(f"batch_hold must be one of {', '.join(HOLD_POINTS)}, got {self.batch_hold!r}")
         if self.batch_max_requests is not None and self.batch_max_requests < 1:

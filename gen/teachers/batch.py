@@ -72,8 +72,9 @@ class BatchClient(Protocol):
 
     async def state(self, batch_id: str) -> BatchState: ...
 
-    async def results(self, state: BatchState, sampling: Any) -> list[BatchResult]:
-        """Every result of an ended batch (requests it never reached are absent)."""
+    async def results(self, state: BatchState, sampling: Any, count: int = 0) -> list[BatchResult]:
+        """Every result of an ended batch (requests it never reached are absent). `count`: the requests
+        the batch was sent with, which bounds the size read as the provider's counts do."""
         ...
 
     async def cancel(self, batch_id: str) -> BatchState: ...
@@ -85,3 +86,13 @@ def custom_id(task_id: str, attempt: int, retry: int) -> str:
     """The id a request carries through a batch: the task (its first 128 bits), the attempt and the
     retry. It fits both providers' rules (Anthropic: ^[a-zA-Z0-9_-]{1,64}$)."""
     return f"{task_id[:32]}-{attempt}-{retry}"
+
+
+def capped(result: BatchResult | None, size: int, cap: int) -> BatchResult | None:
+    """`result`, read from a line of `size` bytes, as a failed result when the line is longer than one
+    reply may be (`cap`, the chat client's for the same sampling): online such a reply is refused."""
+    if result is None or size <= cap:
+        return result
+    return BatchResult(
+        result.custom_id, "failed", error=f"a result of {size:,} bytes: over the reply size cap"
+    )

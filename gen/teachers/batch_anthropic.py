@@ -18,7 +18,7 @@ import orjson
 
 from gen.errors import TeacherError, redact
 from gen.teachers.anthropic import AnthropicMessages
-from gen.teachers.batch import BatchLimits, BatchResult, BatchState
+from gen.teachers.batch import BatchLimits, BatchResult, BatchState, capped
 from gen.teachers.http import error_from_response
 from gen.teachers.wire import WireError
 
@@ -73,13 +73,13 @@ class AnthropicBatches(AnthropicMessages):
         raw, _ = await self._post(f"{self.base_url}/messages/batches/{batch_id}/cancel", b"", 1 << 20)
         return _state(_doc(raw))
 
-    async def results(self, state: BatchState, sampling: Any) -> list[BatchResult]:
+    async def results(self, state: BatchState, sampling: Any, count: int = 0) -> list[BatchResult]:
         url = state.raw.get("results_url")
         own = urlsplit(self.base_url)
         # The key goes only to the host it was given for: a results_url elsewhere is read from here.
         if not isinstance(url, str) or urlsplit(url)[:2] != own[:2]:
             url = f"{self.base_url}/messages/batches/{state.id}/results"
-        total = max(1, sum(state.counts.values()))
+        total = max(1, count, sum(state.counts.values()))  # a provider may count nothing
         limit = min(MAX_RESULTS_BYTES, total * self.reply_limit(sampling) + (1 << 20))
         try:
             status, headers, raw = await self._transport.request("GET", url, b"", limit)
@@ -87,7 +87,8 @@ class AnthropicBatches(AnthropicMessages):
             raise self._failed(e) from None
         if status >= 400:
             raise error_from_response(status, raw, headers)
-        return [r for r in map(self._result, raw.splitlines()) if r is not None]
+        cap = self.reply_limit(sampling)
+        return [r for line in raw.splitlines() if (r := capped(self._result(line), len(line), cap))]
 
     def _result(self, line: bytes) -> BatchResult | None:
         try:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from gen.errors import TeacherError, redact
-from gen.teachers.batch import BatchLimits, BatchResult, BatchState
+from gen.teachers.batch import BatchLimits, BatchResult, BatchState, capped
 from gen.teachers.http import error_from_response
 from gen.teachers.openai import OpenAIChat, read_completion
 from gen.teachers.transports import open_transport
@@ -108,15 +108,16 @@ class OpenAIBatches(OpenAIChat):
         raw, _ = await self._post(f"{self.base_url}/batches/{batch_id}/cancel", b"{}", 1 << 20)
         return _state(_doc(raw))
 
-    async def results(self, state: BatchState, sampling: Any) -> list[BatchResult]:
-        total = max(1, int(state.counts.get("total") or 0))
+    async def results(self, state: BatchState, sampling: Any, count: int = 0) -> list[BatchResult]:
+        total = max(1, count, int(state.counts.get("total") or 0))  # a provider may count nothing
         limit = min(MAX_FILE_BYTES, total * self.reply_limit(sampling) + (1 << 20))
         out: list[BatchResult] = []
         for key in ("output_file_id", "error_file_id"):
             file_id = state.raw.get(key)
             if file_id:
                 raw = await self._download(f"{self.base_url}/files/{file_id}/content", limit)
-                out += [r for r in map(_result, raw.splitlines()) if r is not None]
+                cap = self.reply_limit(sampling)
+                out += [r for line in raw.splitlines() if (r := capped(_result(line), len(line), cap))]
         return out
 
     async def _download(self, url: str, limit: int) -> bytes:
@@ -180,19 +181,20 @@ def _result(line: bytes) -> BatchResult | None:
     error = doc.get("error")
     code = error.get("code") if isinstance(error, Mapping) else None
     if code == "batch_expired":
-        return BatchResult(cid, "expired", error=str(error.get("message") or code))
+        return BatchResult(cid, "expired", error=redact(str(error.get("message") or code))[:500])
     if code == "batch_cancelled":
-        return BatchResult(cid, "canceled", error=str(error.get("message") or code))
+        return BatchResult(cid, "canceled", error=redact(str(error.get("message") or code))[:500])
     response = doc.get("response")
     if isinstance(response, Mapping) and response.get("status_code") == 200:
         try:
             return BatchResult(cid, "ok", read_completion(response.get("body")))
         except TeacherError as e:
             return BatchResult(cid, "failed", error=str(e))
+    # The provider's message goes into a reject row: redacted (a gateway may echo the key), then cut.
     if isinstance(error, Mapping):
-        return BatchResult(cid, "failed", error=str(error.get("message") or code or "failed"))
+        return BatchResult(cid, "failed", error=redact(str(error.get("message") or code or "failed"))[:500])
     body = response.get("body") if isinstance(response, Mapping) else None
     err = body.get("error") if isinstance(body, Mapping) else None
     message = err.get("message") if isinstance(err, Mapping) else None
     status = response.get("status_code") if isinstance(response, Mapping) else None
-    return BatchResult(cid, "failed", error=str(message or f"status {status}"))
+    return BatchResult(cid, "failed", error=redact(str(message or f"status {status}"))[:500])
