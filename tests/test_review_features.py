@@ -1,0 +1,48 @@
+"""Hostile-input review of `gen eval`, reasoning traces and verification, and `gen report`.
+
+Each test here failed on the code as merged: a hostile teacher or student, a tampered output, and what
+gen must do about it. Real simulator on loopback, real runs, real subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import rows_in
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _verify_prompt(tmp_path: Path, verify: str, answer_text: str, n: int = 3) -> Path:
+    with (tmp_path / "problems.jsonl").open("w") as f:
+        for i in range(n):
+            f.write(
+                json.dumps({"pid": f"P{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+            )
+    path = tmp_path / "p.toml"
+    path.write_text(
+        'name = "vnum"\nversion = "1"\nintended_use = "research"\nmax_attempts = 1\n'
+        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[messages]\nuser = "{{ pid }}: {{ problem }}"\n[seed]\npath = "problems.jsonl"\n'
+        f"[verify]\n{verify}\n[sim]\nanswer_text = {json.dumps(answer_text)}\n"
+    )
+    return path
+
+
+def test_a_numeric_answer_with_a_huge_exponent_fails_at_once_not_after_hours(tmp_path: Path) -> None:
+    """`1e999999999/2` is 15 characters; Fraction() of its numerator builds a billion-digit integer
+    (10**7 already takes 15 s): a hostile teacher stalled the numeric verifier for hours per answer."""
+    prompt = _verify_prompt(
+        tmp_path, 'reference = "{{ answer }}"\nmethod = "numeric"', "\\boxed{1e999999999/2}"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "gen", "run", str(prompt), "--output", str(tmp_path / "o"), "--no-progress"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert "3 failed verification" in proc.stderr, proc.stderr  # finished, every answer decided
+    rejects = rows_in(tmp_path / "o", "rejects")
+    assert len(rejects) == 3 and {r["reason"] for r in rejects} == {"verification_failed"}
+    assert all("holds no number" in r["error"] for r in rejects), rejects[0]["error"]
