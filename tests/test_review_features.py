@@ -13,6 +13,8 @@ from pathlib import Path
 
 from helpers import rows_in
 
+from gen import RunOptions, run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,3 +48,25 @@ def test_a_numeric_answer_with_a_huge_exponent_fails_at_once_not_after_hours(tmp
     rejects = rows_in(tmp_path / "o", "rejects")
     assert len(rejects) == 3 and {r["reason"] for r in rejects} == {"verification_failed"}
     assert all("holds no number" in r["error"] for r in rejects), rejects[0]["error"]
+
+
+def test_a_json_answer_whose_string_holds_a_closing_think_tag_is_all_answer(tmp_path: Path) -> None:
+    """A schema about markup (`"tag": "</think>"`): the valid JSON answer was cut at the tag as if it
+    ended an untagged trace, and every row became an invalid_json reject whose raw answer was `"}`."""
+    schema = {
+        "type": "object",
+        "properties": {"word": {"type": "string", "maxLength": 20}, "tag": {"const": "</think>"}},
+        "required": ["word", "tag"],
+        "additionalProperties": False,
+    }
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    prompt = tmp_path / "p.toml"
+    prompt.write_text(
+        'name = "tags"\nversion = "1"\nintended_use = "research"\nschema = "s.json"\n'
+        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
+        '[messages]\nuser = "Which closing tag fits {{ t }}?"\n[variables]\nt = ["a", "b", "c", "d"]\n'
+    )
+    run(prompt, RunOptions(output=tmp_path / "o", progress=False))
+    rows = rows_in(tmp_path / "o")
+    assert len(rows) == 4, [r["error"] for r in rows_in(tmp_path / "o", "rejects")]
+    assert all(json.loads(r["output"])["tag"] == "</think>" and r["reasoning"] is None for r in rows)
