@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gen.budget import Price
+from gen.config import request_timeout
 from gen.errors import ConfigError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import BatchLog, LoggedBatch, Pending, Usage, id_key
 from gen.limits import estimate_tokens
@@ -150,7 +151,7 @@ class BatchDriver:
             schema=p.schema,
             strict=run.spec.strict,
             max_connections=4,
-            request_timeout_s=p.opts.request_timeout_s,
+            request_timeout_s=request_timeout(p.opts.request_timeout_s, p.sampling),
             connect_timeout_s=p.opts.connect_timeout_s,
             max_reply_bytes=p.opts.max_reply_bytes,
         )
