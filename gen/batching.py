@@ -529,7 +529,8 @@ class BatchDriver:
             self.progress.tick()
             return
         if req.attempt >= spec.max_attempts:
-            await self._decide_reject(req, verdict.reason or "invalid", verdict.error or "", comp.text, last)
+            reason, error = verdict.reason or "invalid", verdict.error or ""
+            await self._decide_reject(req, reason, error, comp.text, last, comp.reasoning)
             return
         run.stats.repairs += 1
         assert task.messages is not None
@@ -545,10 +546,16 @@ class BatchDriver:
         self._queue(nxt)
 
     async def _decide_reject(
-        self, req: Req, reason: str, error: str, response: str | None, usage: Usage
+        self,
+        req: Req,
+        reason: str,
+        error: str,
+        response: str | None,
+        usage: Usage,
+        reasoning: str | None = None,
     ) -> None:
         self.answered.add(id_key(req.task.id))
-        row = self.run._reject_row(req.task, reason, error, response, req.attempt)
+        row = self.run._reject_row(req.task, reason, error, response, req.attempt, reasoning=reasoning)
         await self.run._finish(req.task, "rejects", row, usage)
         self.run.stats.tasks += 1
         self.progress.tick()

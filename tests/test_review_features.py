@@ -70,3 +70,23 @@ def test_a_json_answer_whose_string_holds_a_closing_think_tag_is_all_answer(tmp_
     rows = rows_in(tmp_path / "o")
     assert len(rows) == 4, [r["error"] for r in rows_in(tmp_path / "o", "rejects")]
     assert all(json.loads(r["output"])["tag"] == "</think>" and r["reasoning"] is None for r in rows)
+
+
+def test_a_batch_reject_of_a_truncated_trace_keeps_the_trace(tmp_path: Path, sim_server) -> None:
+    """Online, a reasoning teacher's truncated answer is rejected with its trace; through a batch the
+    trace was dropped (the batch path's reject took no `reasoning`), so what the teacher wrote vanished."""
+    sim = sim_server(reasoning="think-tags", reasoning_tokens=400)
+    prompt = tmp_path / "p.toml"
+    prompt.write_text(
+        'name = "r"\nversion = "1"\nintended_use = "research"\nmax_attempts = 1\n'
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
+        '[sampling]\nmax_tokens = 100\n[messages]\nuser = "Think about {{ t }}"\n'
+        '[variables]\nt = ["a", "b"]\n'
+    )
+    opts = RunOptions(
+        base_url=sim.base_url, output=tmp_path / "o", progress=False, batch=True, batch_poll_s=0.05
+    )
+    result = run(prompt, opts)
+    assert result.stats.reject_reasons == {"truncated": 2}
+    rejects = rows_in(tmp_path / "o", "rejects")
+    assert all(r["reasoning"] and not r["response"] and r["reference"] is None for r in rejects)
