@@ -90,3 +90,25 @@ def test_a_batch_reject_of_a_truncated_trace_keeps_the_trace(tmp_path: Path, sim
     assert result.stats.reject_reasons == {"truncated": 2}
     rejects = rows_in(tmp_path / "o", "rejects")
     assert all(r["reasoning"] and not r["response"] and r["reference"] is None for r in rejects)
+
+
+def test_a_benchmark_csv_with_a_long_passage_is_indexed_not_refused(tmp_path: Path) -> None:
+    """Reading-comprehension benchmarks carry passages of hundreds of kB in one cell: the csv module's
+    default field limit (131,072 characters) refused such a file as unreadable, so it could not be
+    decontaminated against."""
+    import csv
+
+    passage = " ".join(f"word{i}" for i in range(30_000))  # ~240 kB in one cell
+    with (tmp_path / "bench.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["question", "passage"], ["what is up", passage]])
+    prompt = tmp_path / "p.toml"
+    prompt.write_text(
+        'name = "d"\nversion = "1"\nintended_use = "research"\n'
+        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
+        '[messages]\nuser = "Recite {{ t }}"\n[variables]\nt = ["word100 word101 word102 word103 word104 '
+        'word105 word106 word107 word108 word109 word110 word111 word112", "something else entirely"]\n'
+        '[decontaminate]\nagainst = ["bench.csv"]\n'
+    )
+    run(prompt, RunOptions(output=tmp_path / "o", progress=False))
+    removed = rows_in(tmp_path / "o", "duplicates")
+    assert [r["kind"] for r in removed] == ["contaminated"] and len(rows_in(tmp_path / "o")) == 1
