@@ -112,3 +112,37 @@ def test_a_benchmark_csv_with_a_long_passage_is_indexed_not_refused(tmp_path: Pa
     run(prompt, RunOptions(output=tmp_path / "o", progress=False))
     removed = rows_in(tmp_path / "o", "duplicates")
     assert [r["kind"] for r in removed] == ["contaminated"] and len(rows_in(tmp_path / "o")) == 1
+
+
+def _seed_recipe(d: Path, name: str, records: list[dict]) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (d / f"{name}.toml").write_text(
+        'name = "f"\nversion = "1"\nintended_use = "research"\neval_fraction = 0.3\n'
+        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
+        f'[messages]\nuser = "Answer: {{{{ q }}}}"\n[seed]\npath = "{name}"\n'
+    )
+    return d / f"{name}.toml"
+
+
+def test_fresh_inputs_that_render_a_dataset_prompt_are_refused_whatever_their_unused_columns(
+    tmp_path: Path, sim_server
+) -> None:
+    """A fresh seed table that adds a column the template does not use (a batch tag, a source) asks the
+    teacher and the student exactly the dataset's prompts: those inputs were let through as fresh, so a
+    "fresh" evaluation scored the student on rows it may have trained on."""
+    import gen
+
+    recipe = _seed_recipe(tmp_path / "r", "seed.jsonl", [{"q": f"question number {i}"} for i in range(10)])
+    out = tmp_path / "out"
+    run(recipe, RunOptions(output=out, progress=False))
+    fresh = _seed_recipe(
+        tmp_path / "r", "fresh.jsonl", [{"q": f"question number {i}", "batch": "dec"} for i in range(8, 14)]
+    )
+    server = sim_server(model="student-1")
+    report = gen.evaluate(
+        out, student="student-1", student_base_url=server.base_url, inputs=fresh, no_judge=True
+    )
+    assert report.data["refused_inputs"] == 2 and report.rows == 4
+    asked = sorted(json.loads(r["vars"])["q"] for r in rows_in(report.eval_dir / "teacher"))
+    assert asked == [f"question number {i}" for i in range(10, 14)]
