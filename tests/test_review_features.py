@@ -146,3 +146,39 @@ def test_fresh_inputs_that_render_a_dataset_prompt_are_refused_whatever_their_un
     assert report.data["refused_inputs"] == 2 and report.rows == 4
     asked = sorted(json.loads(r["vars"])["q"] for r in rows_in(report.eval_dir / "teacher"))
     assert asked == [f"question number {i}" for i in range(10, 14)]
+
+
+HANGING_VERIFIER = """
+import pathlib, time
+def check(output, reference, row):
+    if row["pid"] == "P1":
+        pathlib.Path("hung").write_text("")
+        time.sleep(3600)  # a checker that never answers (a stuck external tool)
+    return True
+"""
+
+
+def test_ctrl_c_exits_even_while_a_python_verifier_hangs(tmp_path: Path) -> None:
+    """Ctrl-C committed what had arrived and said so, then the process never exited: the exit waited for
+    the verification thread, stuck in the user's function for good."""
+    import signal
+    import time
+
+    (tmp_path / "v.py").write_text(HANGING_VERIFIER)
+    prompt = _verify_prompt(tmp_path, 'reference = "{{ answer }}"\npython = "v.py:check"', "\\boxed{0}", n=4)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gen", "run", str(prompt), "--output", str(tmp_path / "o"), "--no-progress",
+         "--grace-period", "1"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "hung").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)  # a hang, not a slow exit: it never comes back
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("gen run did not exit after Ctrl-C while the verifier hung") from None
+    assert proc.returncode == 130 and "Committed" in err, err
