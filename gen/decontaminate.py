@@ -174,6 +174,7 @@ def _read_records(path: Path, kind: str) -> tuple[list[str] | None, Iterator[dic
 
         return names, rows()
     raw = path.read_bytes()
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark (Windows tools): not part of a value
     if kind == "json" and raw.lstrip()[:1] == b"[":
         value = orjson.loads(raw)
         if not all(isinstance(r, dict) for r in value):

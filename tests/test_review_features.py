@@ -182,3 +182,24 @@ def test_ctrl_c_exits_even_while_a_python_verifier_hangs(tmp_path: Path) -> None
         proc.communicate()
         raise AssertionError("gen run did not exit after Ctrl-C while the verifier hung") from None
     assert proc.returncode == 130 and "Committed" in err, err
+
+
+def test_a_benchmark_jsonl_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Windows tools write a UTF-8 BOM before the first line; seed tables and decontamination CSVs skip
+    it, but a decontamination JSONL or JSON file was refused: `line 1 is not JSON`."""
+    text = "the quick brown fox jumps over the lazy dog near the old river bank today"
+    for name, body in (
+        ("bench.jsonl", json.dumps({"q": text}) + "\n"),
+        ("bench.json", json.dumps([{"q": text}])),
+    ):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + body.encode())
+        prompt = tmp_path / "p.toml"
+        prompt.write_text(
+            'name = "d"\nversion = "1"\nintended_use = "research"\n'
+            '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
+            f'[messages]\nuser = "Recite {{{{ t }}}}"\n[variables]\nt = ["{text}", "something else"]\n'
+            f'[decontaminate]\nagainst = ["{name}"]\n'
+        )
+        out = tmp_path / f"o-{name}"
+        run(prompt, RunOptions(output=out, progress=False))
+        assert [r["kind"] for r in rows_in(out, "duplicates")] == ["contaminated"], name
