@@ -902,7 +902,13 @@ def compare_evals(a: str | Path, b: str | Path) -> dict[str, Any]:
     """Two finished evaluations' reports, field by field (gen.eval_report.compare_reports)."""
     from gen.eval_report import compare_reports
 
-    return compare_reports(_read_report(Path(a)), _read_report(Path(b)))
+    reports = [(Path(d) / REPORT_JSON, _read_report(Path(d))) for d in (a, b)]
+    for path, data in reports:  # a report is untrusted input (hand-edited, another version): one line
+        try:
+            compare_reports(data, data)
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+            raise ConfigError(path, f"malformed report ({type(e).__name__}: {e})") from None
+    return compare_reports(reports[0][1], reports[1][1])
 
 
 def _read_report(d: Path) -> dict[str, Any]:

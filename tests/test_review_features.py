@@ -203,3 +203,30 @@ def test_a_benchmark_jsonl_with_a_byte_order_mark_is_read(tmp_path: Path) -> Non
         out = tmp_path / f"o-{name}"
         run(prompt, RunOptions(output=out, progress=False))
         assert [r["kind"] for r in rows_in(out, "duplicates")] == ["contaminated"], name
+
+
+def test_compare_names_a_malformed_report_in_one_line(tmp_path: Path, sim_server) -> None:
+    """`gen eval --compare` read report.json as trusted: a hand-edited or truncated-by-a-tool report
+    (a field of the wrong type) ended in a traceback instead of one line naming the file."""
+    import shutil
+
+    import gen
+
+    recipe = _seed_recipe(tmp_path / "r", "seed.jsonl", [{"q": f"question {i}"} for i in range(6)])
+    out = tmp_path / "out"
+    run(recipe, RunOptions(output=out, progress=False))
+    server = sim_server(model="student-1")
+    good = gen.evaluate(
+        out, student="student-1", student_base_url=server.base_url, split="all", no_judge=True
+    )
+    bad = out / "evals" / "edited"
+    shutil.copytree(good.eval_dir, bad)
+    data = json.loads((bad / "report.json").read_text())
+    data["dataset"] = None
+    (bad / "report.json").write_text(json.dumps(data))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gen", "eval", "--compare", str(good.eval_dir), str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(bad / "report.json") in proc.stderr
