@@ -905,6 +905,8 @@ def compare_evals(a: str | Path, b: str | Path) -> dict[str, Any]:
     reports = [(Path(d) / REPORT_JSON, _read_report(Path(d))) for d in (a, b)]
     for path, data in reports:  # a report is untrusted input (hand-edited, another version): one line
         try:
+            if not isinstance(data.get("fields"), dict):
+                raise TypeError("fields is not an object")
             compare_reports(data, data)
         except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
             raise ConfigError(path, f"malformed report ({type(e).__name__}: {e})") from None
