@@ -230,3 +230,30 @@ def test_compare_names_a_malformed_report_in_one_line(tmp_path: Path, sim_server
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and str(bad / "report.json") in proc.stderr
+
+
+def test_audit_flags_an_evaluation_that_counts_a_row_twice(tmp_path: Path, sim_server) -> None:
+    """An evaluation whose results name one dataset row twice (a tampered or badly merged results file,
+    its report's row count edited to match) weighs that row double in every figure: audit said clean."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import gen
+    from gen.audit import audit
+
+    recipe = _seed_recipe(tmp_path / "r", "seed.jsonl", [{"q": f"question {i}"} for i in range(6)])
+    out = tmp_path / "out"
+    run(recipe, RunOptions(output=out, progress=False))
+    server = sim_server(model="student-1")
+    report = gen.evaluate(
+        out, student="student-1", student_base_url=server.base_url, split="all", no_judge=True
+    )
+    assert audit(out).clean
+    results = pq.read_table(report.eval_dir / "results.parquet")
+    pq.write_table(pa.concat_tables([results, results.slice(0, 1)]), report.eval_dir / "results.parquet")
+    data = json.loads((report.eval_dir / "report.json").read_text())
+    data["rows"] += 1
+    (report.eval_dir / "report.json").write_text(json.dumps(data))
+    found = audit(out)
+    assert not found.clean
+    assert any("twice" in str(f) and results.column("id")[0].as_py() in str(f) for f in found.findings), found
