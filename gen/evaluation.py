@@ -555,12 +555,14 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     run.on_reply = requests.record
     try:
         result = run_loop(run.execute())
-    except BaseException:
+    except BaseException as e:
         requests.close()
         if not plan.resumed and not any(
             (plan.eval_dir / d / "manifest.json").exists() for d in (ANSWERS, TEACHER)
         ):
             shutil.rmtree(plan.eval_dir, ignore_errors=True)  # nothing was answered: leave no trace
+        if isinstance(e, ConfigError):
+            raise _as_student(e) from None
         raise
     requests.close()
     if result.status != "complete":
@@ -896,6 +898,14 @@ class EvalInterrupted(Exception):
             f"evaluation {result.status} ({result.message or 'stopped'}): "
             f"resume with resume={result.eval_dir}"
         )
+
+
+def _as_student(e: ConfigError) -> ConfigError:
+    """A check of the run that asks the student (gen.teachers.checks) speaks of the teacher and of gen
+    run's flags: say who it is about, and the flag of gen eval."""
+    problem = e.problem.replace("the teacher", "the student")
+    problem = problem.replace("pass --model ", "pass --student-model ")
+    return ConfigError(f"student {e.where}" if e.where else "student", problem)
 
 
 def compare_evals(a: str | Path, b: str | Path) -> dict[str, Any]:

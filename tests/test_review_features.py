@@ -257,3 +257,38 @@ def test_audit_flags_an_evaluation_that_counts_a_row_twice(tmp_path: Path, sim_s
     found = audit(out)
     assert not found.clean
     assert any("twice" in str(f) and results.column("id")[0].as_py() in str(f) for f in found.findings), found
+
+
+def test_a_student_that_cannot_be_reached_is_called_the_student(tmp_path: Path) -> None:
+    """`gen eval` with a wrong --student-base-url said "cannot reach the teacher": the user went to check
+    the teacher, which was fine. And a student that does not list its model was told to pass --model,
+    a flag gen eval does not have."""
+    import socket
+
+    recipe = _seed_recipe(tmp_path / "r", "seed.jsonl", [{"q": f"question {i}"} for i in range(6)])
+    out = tmp_path / "out"
+    run(recipe, RunOptions(output=out, progress=False))
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gen", "eval", str(out), "--student-model", "student-1", "--split", "all",
+         "--student-base-url", f"http://127.0.0.1:{port}/v1", "--no-judge", "--no-progress"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "student" in proc.stderr and "teacher" not in proc.stderr, proc.stderr
+
+
+def test_a_student_that_does_not_list_its_model_is_told_the_eval_flag(tmp_path: Path, sim_server) -> None:
+    recipe = _seed_recipe(tmp_path / "r", "seed.jsonl", [{"q": f"question {i}"} for i in range(6)])
+    out = tmp_path / "out"
+    run(recipe, RunOptions(output=out, progress=False))
+    server = sim_server(model="student-1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gen", "eval", str(out), "--student-model", "student-9", "--split", "all",
+         "--student-base-url", server.base_url, "--no-judge", "--no-progress"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--student-model" in proc.stderr and "--model " not in proc.stderr, proc.stderr
