@@ -291,7 +291,7 @@ def audit(out_dir: str | Path) -> AuditReport:
 def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
     """Each finished `gen eval` (evals/NAME/report.json): made against this manifest (its sha256), and
     its results, as many as the report says, name only rows of the dataset (with fresh inputs,
-    `--inputs`: none of its ids)."""
+    `--inputs`: none of its ids), each once."""
     reports = sorted(OutputDir(out).evals.glob("*/report.json"))
     if not reports:
         return
@@ -333,7 +333,11 @@ def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
             continue
         if len(ids) != rows:
             report.add(rel, None, f"{len(ids)} rows, its report.json says {rows}")
+        seen: set[str] = set()
         for i, tid in enumerate(ids):
+            if tid in seen:  # one row counted twice weighs double in every figure of the report
+                report.add(rel, i, f"id {tid} is evaluated twice")
+            seen.add(tid)
             if fresh and tid in every:
                 report.add(rel, i, f"id {tid} is in the dataset, yet evaluated as a fresh input")
             elif not fresh and tid not in kept:

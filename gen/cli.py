@@ -877,10 +877,15 @@ def console() -> NoReturn:
     What normal exit would still do is free every module and object one by one: about 0.4 s of CPU
     with pyarrow, numpy, pydantic and aiohttp loaded, a tenth of a 5,000-row run. atexit handlers
     (the vLLM launcher's stop, Ray's shutdown) still run. A live non-daemon thread means work may be
-    unfinished: then the normal exit runs, which waits for it."""
+    unfinished: then the normal exit runs, which waits for it. Not for a verification thread
+    (gen.pipeline's "gen-verify" pool): its pool is shut down by then, so one still alive is stuck in the
+    user's `[verify] python` function, whose verdict nobody is waiting for."""
     code = main()
     main_thread = threading.main_thread()
-    if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
+    if any(
+        t is not main_thread and not t.daemon and not t.name.startswith("gen-verify")
+        for t in threading.enumerate()
+    ):
         sys.exit(code)
     atexit._run_exitfuncs()  # noqa: SLF001 (the documented handlers, run as normal exit would)
     sys.stdout.flush()

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 NAME = "contaminated"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+CSV_FIELD_LIMIT = (1 << 31) - 1  # the most a CSV cell may hold here: the file itself bounds it
 _WORD = re.compile(r"\w+")
 
 
@@ -162,11 +163,18 @@ def _read_records(path: Path, kind: str) -> tuple[list[str] | None, Iterator[dic
             names = next(csv.reader(f), [])
 
         def rows() -> Iterator[dict[str, Any]]:
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                yield from csv.DictReader(f)
+            # A benchmark's passage may fill hundreds of kB of one cell: lift the csv module's 128 kB
+            # field limit (process-wide) while this file is read, then put it back.
+            was = csv.field_size_limit(CSV_FIELD_LIMIT)
+            try:
+                with path.open(newline="", encoding="utf-8-sig") as f:
+                    yield from csv.DictReader(f)
+            finally:
+                csv.field_size_limit(was)
 
         return names, rows()
     raw = path.read_bytes()
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark (Windows tools): not part of a value
     if kind == "json" and raw.lstrip()[:1] == b"[":
         value = orjson.loads(raw)
         if not all(isinstance(r, dict) for r in value):

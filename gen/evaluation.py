@@ -569,12 +569,14 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     run.on_reply = requests.record
     try:
         result = run_loop(run.execute())
-    except BaseException:
+    except BaseException as e:
         requests.close()
         if not plan.resumed and not any(
             OutputDir(plan.eval_dir / d).merged_manifest.exists() for d in (ANSWERS, TEACHER)
         ):
             shutil.rmtree(plan.eval_dir, ignore_errors=True)  # nothing was answered: leave no trace
+        if isinstance(e, ConfigError):
+            raise _as_student(e) from None
         raise
     requests.close()
     if result.status != "complete":
@@ -944,11 +946,27 @@ class EvalInterrupted(Exception):
         )
 
 
+def _as_student(e: ConfigError) -> ConfigError:
+    """A check of the run that asks the student (gen.teachers.checks) speaks of the teacher and of gen
+    run's flags: say who it is about, and the flag of gen eval."""
+    problem = e.problem.replace("the teacher", "the student")
+    problem = problem.replace("pass --model ", "pass --student-model ")
+    return ConfigError(f"student {e.where}" if e.where else "student", problem)
+
+
 def compare_evals(a: str | Path, b: str | Path) -> dict[str, Any]:
     """Two finished evaluations' reports, field by field (gen.eval_report.compare_reports)."""
     from gen.eval_report import compare_reports
 
-    return compare_reports(_read_report(Path(a)), _read_report(Path(b)))
+    reports = [(Path(d) / REPORT_JSON, _read_report(Path(d))) for d in (a, b)]
+    for path, data in reports:  # a report is untrusted input (hand-edited, another version): one line
+        try:
+            if not isinstance(data.get("fields"), dict):
+                raise TypeError("fields is not an object")
+            compare_reports(data, data)
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+            raise ConfigError(path, f"malformed report ({type(e).__name__}: {e})") from None
+    return compare_reports(reports[0][1], reports[1][1])
 
 
 def _read_report(d: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
+import orjson
 import xxhash
 
 ReasoningFormat = Literal["field", "think-tags", "drop"]
@@ -54,9 +55,10 @@ def split_think(text: str) -> tuple[str | None, str]:
     """(the trace, the answer) of a text that may open with an inline `<think> ... </think>` block.
 
     The opening tag may be missing (R1-style chat templates put `<think>\\n` in the prompt, so the
-    model's text starts inside the trace): then a `</think>` with no `<think>` before it ends the trace.
-    A trace that never closes (cut off at max_tokens) is all trace, with an empty answer. A text without
-    the tags is all answer (None, text)."""
+    model's text starts inside the trace): then a `</think>` with no `<think>` before it ends the trace,
+    unless the text is one JSON document (the tag is inside one of its strings). A trace that never
+    closes (cut off at max_tokens) is all trace, with an empty answer. A text without the tags is all
+    answer (None, text)."""
     head = text.lstrip()
     if head.startswith(OPEN):
         body = head[len(OPEN) :]
@@ -65,9 +67,21 @@ def split_think(text: str) -> tuple[str | None, str]:
             return trace.strip(), ""
         return trace.strip(), answer.strip()
     end = text.find(CLOSE)
-    if end < 0 or OPEN in text[:end]:
+    if end < 0 or OPEN in text[:end] or _is_json(head):
         return None, text
     return text[:end].strip(), text[end + len(CLOSE) :].strip()
+
+
+def _is_json(text: str) -> bool:
+    """Whether `text` is one JSON object or array: a structured answer whose string values may hold
+    a `</think>` of their own (a schema about markup), never a trace before it."""
+    if not text.startswith(("{", "[")):
+        return False
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def assistant_message(answer: str, reasoning: str | None, fmt: str) -> dict[str, Any]:

@@ -300,10 +300,12 @@ def _number(text: str) -> float | None:
     raw = found[-1].replace(",", "").replace(" ", "")
     try:
         if "/" in raw:
+            # float, not Fraction: Fraction("1e999999999") builds a billion-digit integer (hours)
             num, den = raw.split("/")
-            return float(Fraction(num) / Fraction(den)) if float(den) != 0 else None
-        value = float(raw)
-    except (ValueError, ZeroDivisionError):
+            value = float(num) / float(den) if float(den) != 0 else math.nan
+        else:
+            value = float(raw)
+    except (ValueError, ZeroDivisionError, OverflowError):
         return None
     return value if math.isfinite(value) else None
 
