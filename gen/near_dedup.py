@@ -53,7 +53,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import rensa
 
 __all__ = ["NearDedup", "binomial_quantile", "candidate_probability", "choose_bands", "confirm_probability"]
 
@@ -400,13 +399,172 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the deduplicator
+# signatures: one-permutation MinHash, densified, in numpy
 
-# Memory model for bytes_per_row, from RSS growth with rensa 0.5 (bench/dedup_bench.py checks it):
-# an RMinHash is its num_perm uint32 plus ~160 bytes; RMinHashLSH keeps ~100 bytes per band per key
-# (a Rust HashMap entry with a Vec of keys per band, plus the key's band-hash list); 8 for our key slot.
-_BYTES_PER_MINHASH = 160
-_BYTES_PER_BAND = 100
+_EMPTY = np.uint32(0xFFFFFFFF)
+_LOW32 = _U64(0xFFFFFFFF)
+_SIG_ROWS = 4096  # texts per signature pass: bounds the temporary arrays
+
+
+@lru_cache(maxsize=16)
+def _band_mults(bands: int, words: int) -> tuple[np.ndarray, np.ndarray]:
+    """Odd multipliers for each 8-byte word of a band, and a salt per band (band i never matches band j)."""
+    mults = np.array(_splitmix64(0x62616E64, words), _U64) | _U64(1)
+    salts = np.array(_splitmix64(0x73616C74, bands), _U64)
+    return mults, salts
+
+
+def signatures(
+    flat: np.ndarray, offsets: np.ndarray, bands: int, rows: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sig uint8 (n, bands * rows), band fingerprints uint32 (n, bands)) of the shingle hashes of n texts.
+
+    One-permutation MinHash (Li, Owen, Zhang 2012): each shingle hash is mixed with the seed; its high 32
+    bits pick one of k = bands * rows bins, its low 32 bits are its value, and each bin keeps its least
+    value: one hash per shingle instead of k. The signature kept for confirmation is each bin's value
+    reduced to 8 bits, 1-255, with 0 for an empty bin (b-bit MinHash: unequal values agree 1 time in
+    255); `agreement` estimates Jaccard from the bins not empty in either. A text of fewer shingles than
+    bins leaves most bins empty, so for the bands each empty bin copies the next non-empty bin to its
+    right (rotation densification, Shrivastava and Li 2014). Band i is bins i * rows ... (i + 1) * rows
+    - 1: a shingle two texts do not share then changes the one or two bands its copies fall in, not
+    more, which keeps near duplicates of short texts candidates (bands spread over the bins lost 1.2%
+    of pairs at J ~0.92); the price is more candidates between short texts at J 0.4-0.7, which the
+    confirmation drops. A band's values hash to 32 bits.
+    """
+    n = offsets.size - 1
+    k = bands * rows
+    sig = np.empty((n, k), np.uint8)
+    fps = np.empty((n, bands), np.uint32)
+    mix = _U64(_fmix_int(seed ^ 0x6F6E655F7065726D) | 1)
+    words = (rows + 7) // 8
+    mults, salts = _band_mults(bands, words)
+    cols = np.arange(k, dtype=np.int32)
+    for a in range(0, n, _SIG_ROWS):
+        b = min(n, a + _SIG_ROWS)
+        lo, hi = int(offsets[a]), int(offsets[b])
+        x = flat[lo:hi] ^ mix
+        _fmix_(x)
+        row = np.repeat(np.arange(0, (b - a) * k, k), np.diff(offsets[a : b + 1]).astype(np.intp))
+        row += ((x >> _U64(32)) * _U64(k) >> _U64(32)).astype(np.intp)  # the bin, in the flat matrix
+        mat = np.full((b - a, k), _EMPTY, np.uint32)
+        np.minimum.at(mat.ravel(), row, x.astype(np.uint32))  # the low 32 bits: the value
+        # 8 bits a value: the low byte (uniform, unlike the high byte of a minimum) + 1, so an empty bin
+        # (all ones) wraps to 0; the 1 value in 256 whose low byte is 255 reads as empty too, in every set.
+        part = sig[a:b]
+        np.add(mat.astype(np.uint8), np.uint8(1), out=part)
+        filled = part != 0
+        # Rotation: the index of the next filled bin at or after each bin, wrapping to the first.
+        nxt = np.where(filled[:, ::-1], cols[::-1], 2 * k)
+        nxt = np.minimum.accumulate(nxt, axis=1)[:, ::-1]
+        nxt = np.where(nxt >= k, nxt[:, :1], nxt)
+        nxt[nxt >= k] = 0  # a text with no value at all (all bins empty) stays so
+        # A band's bytes, zero-padded to whole 8-byte words, hashed as words.
+        padded = np.zeros((b - a, bands, 8 * words), np.uint8)
+        padded[:, :, :rows] = np.take_along_axis(part, nxt, axis=1).reshape(b - a, bands, rows)
+        h = padded.view(_U64)
+        h *= mults
+        v = h.sum(axis=2, dtype=_U64)  # wraps mod 2**64, as wanted
+        v += salts
+        fps[a:b] = _fmix_(v) >> _U64(32)
+    return sig, fps
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bins equal and not empty, bins not empty in either) of pairs of signatures, row by row.
+
+    The first over the second estimates Jaccard: the least value of a bin non-empty in either set is
+    that of one element of the union, uniformly, and both sets have it only when it is shared. For a
+    set smaller than the bins it is nearly the exact Jaccard (few bins hold two elements).
+    """
+    both = np.count_nonzero((a == b) & (a != 0), axis=1)
+    either = np.count_nonzero(a | b, axis=1)
+    return both, either
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the index
+
+
+@lru_cache(maxsize=1)
+def _large_allocations_to_mmap() -> None:
+    """Make glibc serve allocations of 1 MiB and more with mmap, so each goes back to the system when
+    freed. By default its threshold rises to 32 MiB as large blocks are freed, and the band table's merges
+    (new runs of a few MB, the old ones freed) then fragment the heap: RSS measured about twice the
+    index's own bytes. No-op where there is no glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_CHUNK = 1 << 16  # rows per signature/key chunk: the store grows by chunks, never by copying
+_HEX16 = re.compile(r"[0-9a-f]{16}\Z")
+
+
+_RUN_RATIO = 4  # a run is merged into the last while that is at most this many times its size
+
+
+class BandRuns:
+    """The LSH band table: sorted uint64 runs of (band fingerprint << 32 | row), merged like a log-
+    structured tree (a new run is merged into the last while that is at most _RUN_RATIO times its
+    size), so there are about log4(rows / batch) runs and each entry costs 8 bytes, with no free
+    slots. Each run has a table of where each bucket of top fingerprint bits starts (about 4 entries a
+    bucket, 1 byte an entry): fingerprints are uniform hashes, so a lookup reads one small bucket
+    instead of a binary search through the whole run."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.runs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.runs) + sum(s.nbytes for s in self._starts)
+
+    def add(self, entries: np.ndarray) -> None:
+        run = np.sort(entries)
+        while self.runs and self.runs[-1].size <= _RUN_RATIO * run.size:
+            self._starts.pop()
+            run = np.concatenate((self.runs.pop(), run))
+            run.sort(kind="stable")  # timsort: two sorted runs merge in linear time
+        self.runs.append(run)
+        self._starts.append(_bucket_starts(run))
+
+    def lookup(self, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query position, row) for every stored entry whose fingerprint equals fps[query position]."""
+        needle = fps.astype(_U64)
+        qs, rows = [], []
+        for run, starts in zip(self.runs, self._starts, strict=True):
+            bits = (starts.size - 1).bit_length() - 1  # starts has 2**bits + 1 values
+            shift = _U64(32 - bits)
+            bucket = (needle >> shift).astype(np.intp)
+            first = starts[bucket]
+            count = (starts[bucket + 1] - first).astype(np.intp)
+            q = np.repeat(np.arange(needle.size), count)
+            if not q.size:
+                continue
+            skip = first.astype(np.intp) - (np.cumsum(count) - count)
+            entry = run[np.arange(q.size) + np.repeat(skip, count)]
+            hit = (entry >> _U64(32)) == needle[q]
+            qs.append(q[hit])
+            rows.append(entry[hit] & _LOW32)
+        if not qs:
+            return np.empty(0, np.intp), np.empty(0, _U64)
+        return np.concatenate(qs), np.concatenate(rows)
+
+
+def _bucket_starts(run: np.ndarray) -> np.ndarray:
+    """Where each bucket of the top `bits` fingerprint bits starts in the sorted run (2**bits + 1 values)."""
+    bits = max(1, min(32, (run.size // 4).bit_length()))
+    counts = np.bincount((run >> _U64(64 - bits)).astype(np.intp), minlength=1 << bits)
+    starts = np.zeros((1 << bits) + 1, np.uint32 if run.size < 1 << 32 else np.uint64)
+    np.cumsum(counts, out=starts[1:])
+    return starts
 
 
 class NearDedup:
@@ -418,10 +576,13 @@ class NearDedup:
     keeps a and c.
 
     Shape: with neither num_perm nor bands, (bands, rows) = choose_bands(threshold) and num_perm =
-    bands * rows (21 x 12 = 252 at 0.85). With num_perm only, rows come from choose_bands(threshold,
+    bands * rows (21 x 11 = 231 at 0.85). With num_perm only, rows come from choose_bands(threshold,
     max_perm=num_perm) and bands = num_perm // rows, at least choose_bands' count, so the bound holds
-    and the whole signature is banded (rensa's LSH needs bands * rows == num_perm). With bands only,
-    rows is the largest that still meets the bound. With both, rows = num_perm // bands.
+    and the whole signature is banded. With bands only, rows is the largest that still meets the bound.
+    With both, rows = num_perm // bands.
+
+    Memory per kept row: num_perm bytes of 8-bit signature, 8 bytes per band in the band table, 8 for
+    its key when keys are 16 hex digits (gen's id prefixes; other keys are kept as Python strings).
     """
 
     def __init__(
@@ -462,25 +623,29 @@ class NearDedup:
         self.num_perm = bands * rows
         self.seed = seed
         # Confirmation cut, as a count of equal signature values (no float rounding at the boundary).
-        # The MinHash estimate is Binomial(num_perm, J) / num_perm, so cutting exactly at the threshold
-        # would miss a pair at threshold + margin about 0.5% of the time at 252 values; the cut is
-        # lowered to the (1 - target) / 2 quantile at threshold + margin instead. Pairs a little below
-        # the threshold are then sometimes removed too: the price of an estimate, stated in the README.
+        # The estimate is Binomial(num_perm, J) / num_perm (8-bit values agree a little more often: 1 in
+        # 256 of the unequal ones), so cutting exactly at the threshold would miss a pair at threshold +
+        # margin about 0.5% of the time at 231 values; the cut is lowered to the (1 - target) / 2
+        # quantile at threshold + margin instead. Pairs a little below the threshold are then sometimes
+        # removed too: the price of an estimate, stated in the README.
         self._min_equal = min(
             math.ceil(threshold * self.num_perm - 1e-9),
             binomial_quantile(self.num_perm, s, (1.0 - target) / 2),
         )
         self.target = target
         self.catch_similarity = s
-        self._lsh = rensa.RMinHashLSH(threshold, self.num_perm, bands)
-        self._minhashes: list[rensa.RMinHash] = []  # kept rows, by LSH key
-        self._keys: list[str] = []
+        self._runs = BandRuns()
+        _large_allocations_to_mmap()
+        self._sigs: list[np.ndarray] = []  # chunks of _CHUNK rows x num_perm uint8
+        self._hex: list[np.ndarray] = []  # chunks of _CHUNK uint64 keys, while every key is 16 hex digits
+        self._str: list[str] | None = None  # the keys, once one is not
+        self._n = 0
         self._offered = 0
 
     # -- public API --------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._n
 
     def __repr__(self) -> str:
         return (
@@ -493,19 +658,19 @@ class NearDedup:
 
         `key` defaults to the text's 0-based position among all texts offered to this NearDedup.
         """
-        return self._add(self._minhash_list([text]), None if key is None else [key])[0]
+        return self._add(*shingle_hashes([text]), None if key is None else [key])[0]
 
     def add_batch(self, texts: Sequence[str], keys: Sequence[str] | None = None) -> list[str | None]:
         """`add` for each text in order (later texts are checked against kept earlier ones of the batch).
 
-        Same answers as calling add on each, at about half the cost per row: shingles are hashed and
-        signatures computed for the whole batch at once.
+        Same answers as calling add on each, at a fraction of the cost per row: shingles are hashed,
+        signatures computed and the band table searched for the whole batch at once.
         """
         if keys is not None and len(keys) != len(texts):
             raise ValueError("texts and keys differ in length")
         if not texts:
             return []
-        return self._add(self._minhash_list(texts), keys)
+        return self._add(*shingle_hashes(texts), keys)
 
     def add_pairs(
         self, pairs: Sequence[tuple[str, str]], keys: Sequence[str] | None = None
@@ -524,32 +689,19 @@ class NearDedup:
             raise ValueError("pairs and keys differ in length")
         if not pairs:
             return []
-        return self._add(self._minhash_pairs(pairs), keys)
+        return self._add(*self._pair_hashes(pairs), keys)
 
     @property
     def bytes_per_row(self) -> int:
-        """Approximate memory per indexed row (rensa's structures are not introspectable; see the model)."""
-        return 4 * self.num_perm + _BYTES_PER_MINHASH + _BYTES_PER_BAND * self.bands + 8
+        """Memory per indexed row: the 8-bit signature, 8 bytes per band entry, 8 for the key."""
+        return self.num_perm + 8 * self.bands + 8
 
     def candidate_probability(self, s: float) -> float:
         return candidate_probability(s, self.bands, self.rows)
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _minhash_list(self, texts: Sequence[str]) -> list[rensa.RMinHash]:
-        flat, offsets = shingle_hashes(texts)
-        # Each shingle hash goes to rensa as an 8-byte token. 'S8' drops trailing NUL bytes, i.e. the
-        # high zero bytes of a little-endian integer, so distinct hashes stay distinct tokens.
-        tokens = flat.astype("<u8", copy=False).view("S8").tolist()
-        if len(texts) == 1:
-            m = rensa.RMinHash(self.num_perm, self.seed)  # cheaper than from_token_sets for one row
-            m.update(tokens)
-            return [m]
-        bounds = offsets.tolist()
-        rows = [tokens[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
-        return rensa.RMinHash.from_token_sets(rows, self.num_perm, self.seed)
-
-    def _minhash_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[rensa.RMinHash]:
+    def _pair_hashes(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         first, f_off = shingle_hashes([p[0] for p in pairs])
         second, s_off = shingle_hashes([p[1] for p in pairs])
         fb, sb = f_off.tolist(), s_off.tolist()
@@ -557,48 +709,129 @@ class NearDedup:
         for r, (a, b) in enumerate(pairs):
             ha, hb = first[fb[r] : fb[r + 1]], second[sb[r] : sb[r + 1]]
             if not b or b.isspace():
-                tokens = ha
+                rows.append(ha)
             elif not a or a.isspace():
-                tokens = hb
+                rows.append(hb)
             else:
                 ra = max(1, round(hb.size / ha.size))
                 rb = max(1, round(ha.size / hb.size))
-                parts = [ha] if ra == 1 else [np.bitwise_xor.outer(ha, _salts(ra, 0)).ravel()]
-                parts.append(np.bitwise_xor.outer(hb, _salts(rb, 1)).ravel())
-                tokens = np.concatenate(parts)
-            rows.append(tokens.astype("<u8", copy=False).view("S8").tolist())
-        return rensa.RMinHash.from_token_sets(rows, self.num_perm, self.seed)
+                part = ha if ra == 1 else np.bitwise_xor.outer(ha, _salts(ra, 0)).ravel()
+                rows.append(np.concatenate((part, np.bitwise_xor.outer(hb, _salts(rb, 1)).ravel())))
+        offsets = np.zeros(len(pairs) + 1, _U64)
+        np.cumsum(np.fromiter((x.size for x in rows), np.int64, len(rows)), out=offsets[1:])
+        return np.concatenate(rows), offsets
 
-    def _add(self, minhashes: list[rensa.RMinHash], keys: Sequence[str] | None) -> list[str | None]:
+    def _sig_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The stored signatures of kept rows `rows` (uint64 array)."""
+        out = np.empty((rows.size, self.num_perm), np.uint8)
+        chunk = (rows >> _U64(16)).astype(np.intp)
+        within = (rows & _U64(_CHUNK - 1)).astype(np.intp)
+        for c in np.unique(chunk).tolist():
+            sel = chunk == c
+            out[sel] = self._sigs[c][within[sel]]
+        return out
+
+    def _key(self, row: int) -> str:
+        if self._str is not None:
+            return self._str[row]
+        return f"{int(self._hex[row >> 16][row & (_CHUNK - 1)]):016x}"
+
+    def _store(self, sig: np.ndarray, keys: list[str]) -> None:
+        """Append kept rows' signatures and keys (rows self._n, self._n + 1, ...)."""
+        n, done = len(keys), 0
+        if self._str is None and not all(len(k) == 16 and _HEX16.match(k) for k in keys):
+            self._str = [self._key(r) for r in range(self._n)]
+            self._hex = []
+        if self._str is not None:
+            self._str.extend(keys)
+        while done < n:
+            row = self._n + done
+            c, at = divmod(row, _CHUNK)
+            if c == len(self._sigs):
+                self._sigs.append(np.empty((_CHUNK, self.num_perm), np.uint8))
+                if self._str is None:
+                    self._hex.append(np.empty(_CHUNK, _U64))
+            take = min(n - done, _CHUNK - at)
+            self._sigs[c][at : at + take] = sig[done : done + take]
+            if self._str is None:
+                self._hex[c][at : at + take] = [int(k, 16) for k in keys[done : done + take]]
+            done += take
+        self._n += n
+
+    def _confirm(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(estimated Jaccard, positions at or above the cut) of pairs of signatures: the cut is
+        _min_equal of num_perm, applied to the bins not empty in either (no float rounding at it)."""
+        both, either = agreement(a, b)
+        good = np.flatnonzero(both * self.num_perm >= self._min_equal * either)
+        return both / np.maximum(either, 1), good
+
+    def _add(self, flat: np.ndarray, offsets: np.ndarray, keys: Sequence[str] | None) -> list[str | None]:
+        n = offsets.size - 1
         if keys is None:
-            keys = [str(self._offered + i) for i in range(len(minhashes))]
-        self._offered += len(minhashes)
-        out: list[str | None] = []
-        lsh, kept, kept_keys, num_perm, need = (
-            self._lsh,
-            self._minhashes,
-            self._keys,
-            self.num_perm,
-            self._min_equal,
-        )
-        for m, key in zip(minhashes, keys, strict=True):
-            # Confirmation: LSH returns every kept row that agrees with this one on some whole band,
-            # which also happens for pairs well below the threshold (P(0.7) is ~25% with 21 x 12). The
-            # share of all num_perm values that agree is the MinHash estimate of their Jaccard
-            # similarity, so a candidate counts as a duplicate only when that estimate reaches the
-            # threshold: LSH false positives cost one signature compare and are never reported.
-            best, best_equal = -1, need - 1
-            for c in sorted(lsh.query(m)):
-                equal = round(m.jaccard(kept[c]) * num_perm)
-                if equal > best_equal:  # ties keep the earliest kept row
-                    best, best_equal = c, equal
-            if best >= 0:
-                out.append(kept_keys[best])
+            keys = [str(self._offered + i) for i in range(n)]
+        self._offered += n
+        sig, fps = signatures(flat, offsets, self.bands, self.rows, self.seed)
+        # Candidates among kept rows: any whole band equal; confirmed when >= need of the values agree.
+        q, rows = self._runs.lookup(fps.ravel())
+        q //= self.bands
+        dup: dict[int, tuple[float, int]] = {}  # batch position -> (-estimate, kept row) of its best match
+        if q.size:
+            pair = np.unique((q.astype(_U64) << _U64(32)) | rows)
+            q, rows = (pair >> _U64(32)).astype(np.intp), pair & _LOW32
+            score, good = self._confirm(sig[q], self._sig_rows(rows))
+            for i, e, r in zip(q[good].tolist(), score[good].tolist(), rows[good].tolist(), strict=True):
+                best = dup.get(i)
+                if best is None or (-e, r) < best:  # the highest estimate; ties keep the earliest row
+                    dup[i] = (-e, r)
+        # Candidates inside the batch: an earlier row with an equal band that is itself kept.
+        inner: dict[int, list[tuple[float, int]]] = {}
+        if n > 1:
+            entry = (fps.astype(_U64) << _U64(32)) | np.repeat(np.arange(n, dtype=_U64), self.bands).reshape(
+                n, self.bands
+            )
+            entry = np.sort(entry.ravel())
+            fp = entry >> _U64(32)
+            same = np.flatnonzero(fp[1:] == fp[:-1])
+            if same.size:
+                pos = (entry & _LOW32).astype(np.intp)
+                pairs: set[tuple[int, int]] = set()
+                start = -2
+                for s in same.tolist():  # runs of equal fingerprints: every pair in a run
+                    if s != start + 1:
+                        group = [int(pos[s])]
+                    group.append(int(pos[s + 1]))
+                    for j in group[:-1]:
+                        if j != group[-1]:
+                            pairs.add((min(j, group[-1]), max(j, group[-1])))
+                    start = s
+                if pairs:
+                    pj = np.array(sorted(pairs), np.intp)
+                    score, good = self._confirm(sig[pj[:, 0]], sig[pj[:, 1]])
+                    for (j, i), e in zip(pj[good].tolist(), score[good].tolist(), strict=True):
+                        inner.setdefault(i, []).append((-e, j))
+        out: list[str | None] = [None] * n
+        kept: list[int] = []
+        new_row: dict[int, int] = {}
+        for i in range(n):
+            best = dup.get(i)
+            found = None if best is None else self._key(best[1])
+            if i in inner:
+                cands = [(e, new_row[j]) for e, j in inner[i] if j in new_row]
+                if cands:
+                    e, r = min(cands)
+                    if best is None or (e, r) < best:
+                        found = keys[kept[r - self._n]]
+            if found is not None:
+                out[i] = found
                 continue
-            lsh.insert(len(kept), m)
-            kept.append(m)
-            kept_keys.append(key)
-            out.append(None)
+            new_row[i] = self._n + len(kept)
+            kept.append(i)
+        if kept:
+            sel = np.array(kept, np.intp)
+            base = self._n
+            self._store(sig[sel], [keys[i] for i in kept])
+            rows_new = np.arange(base, base + sel.size, dtype=_U64)
+            self._runs.add(((fps[sel].astype(_U64) << _U64(32)) | rows_new[:, None]).ravel())
         return out
 
 
