@@ -134,6 +134,23 @@ class ExactDedup:
             out.append(old)
         return out
 
+    def load(self, digests: Any, keys: Any) -> None:
+        """Add rows as one run, unchecked (a persisted segment, gen.dedup_index): uint64 arrays. A digest
+        already present keeps its earlier key (runs are searched oldest first; merges are stable)."""
+        import numpy as np
+
+        if self._seen:
+            self._flush()
+        self._n += digests.size
+        order = np.argsort(digests, kind="stable")
+        self._runs.append((digests[order], keys[order]))
+        while len(self._runs) > 1 and self._runs[-2][0].size <= 4 * self._runs[-1][0].size:
+            new_d, new_k = self._runs.pop()
+            old_d, old_k = self._runs.pop()
+            d, k = np.concatenate((old_d, new_d)), np.concatenate((old_k, new_k))
+            order = np.argsort(d, kind="stable")
+            self._runs.append((d[order], k[order]))
+
     def _in_runs(self, d: int) -> int | None:
         for digests, keys in self._runs:
             at = int(digests.searchsorted(d))
@@ -308,6 +325,7 @@ class Deduplicator:
         self.field = field
         self.near_enabled = "near" in names
         self.names = names  # the chain, in order: exact is checked per answer as it arrives
+        self.threshold = threshold
         self._settings = {"on": on, "field": field, "threshold": threshold}
         self._exact = ExactStep()
         self._steps: dict[str, DedupStep] = {"exact": self._exact}
@@ -497,6 +515,17 @@ class Deduplicator:
             f'its rows cannot be deduplicated by {self.on} ([dedup] on = "{self.on}"): {why}; '
             f"{instead}leave this output out of --dedup-against"
         )
+
+    def can_load(self) -> bool:
+        """Whether persisted segments (gen.dedup_index) hold everything this chain indexes: exact and
+        near only; a chain with another step reads the shards instead."""
+        return set(self.names) <= {"exact", "near"}
+
+    def remember_segment(self, seg: Any) -> None:
+        """`remember` for a shard's persisted segment (gen.dedup_index.Segment): nothing re-hashed."""
+        self._exact.index.load(seg.exact, seg.ids)
+        if self.near_enabled:
+            self.step("near").load(seg)  # type: ignore[attr-defined]
 
     def remember(self, batch: Batch) -> None:
         """Index rows already kept (committed shards, --dedup-against outputs), as `read_keys` gives them."""

@@ -177,6 +177,11 @@ def choose_bands(
     return best[2], best[3]
 
 
+def default_shape(threshold: float = DEFAULT_THRESHOLD) -> tuple[int, int]:
+    """(bands, rows) of NearDedup(threshold=threshold): the shape gen's near step uses."""
+    return choose_bands(threshold, 0.05, 1.0 - (1.0 - 0.999) / 2, DEFAULT_MAX_PERM)
+
+
 def _rows_for_bands(s: float, bands: int, target: float, cap: int) -> int:
     """Largest rows (<= cap) with which `bands` bands still catch similarity s with probability target."""
     rows = 1
@@ -481,6 +486,28 @@ def agreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return both, either
 
 
+def pair_hashes(pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """`shingle_hashes` for (input, answer) pairs weighed equally (see NearDedup.add_pairs)."""
+    first, f_off = shingle_hashes([p[0] for p in pairs])
+    second, s_off = shingle_hashes([p[1] for p in pairs])
+    fb, sb = f_off.tolist(), s_off.tolist()
+    rows = []
+    for r, (a, b) in enumerate(pairs):
+        ha, hb = first[fb[r] : fb[r + 1]], second[sb[r] : sb[r + 1]]
+        if not b or b.isspace():
+            rows.append(ha)
+        elif not a or a.isspace():
+            rows.append(hb)
+        else:
+            ra = max(1, round(hb.size / ha.size))
+            rb = max(1, round(ha.size / hb.size))
+            part = ha if ra == 1 else np.bitwise_xor.outer(ha, _salts(ra, 0)).ravel()
+            rows.append(np.concatenate((part, np.bitwise_xor.outer(hb, _salts(rb, 1)).ravel())))
+    offsets = np.zeros(len(pairs) + 1, _U64)
+    np.cumsum(np.fromiter((x.size for x in rows), np.int64, len(rows)), out=offsets[1:])
+    return np.concatenate(rows), offsets
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the index
 
@@ -526,8 +553,8 @@ class BandRuns:
     def nbytes(self) -> int:
         return sum(r.nbytes for r in self.runs) + sum(s.nbytes for s in self._starts)
 
-    def add(self, entries: np.ndarray) -> None:
-        run = np.sort(entries)
+    def add(self, entries: np.ndarray, *, presorted: bool = False) -> None:
+        run = entries if presorted else np.sort(entries)
         while self.runs and self.runs[-1].size <= _RUN_RATIO * run.size:
             self._starts.pop()
             run = np.concatenate((self.runs.pop(), run))
@@ -689,7 +716,7 @@ class NearDedup:
             raise ValueError("pairs and keys differ in length")
         if not pairs:
             return []
-        return self._add(*self._pair_hashes(pairs), keys)
+        return self._add(*pair_hashes(pairs), keys)
 
     @property
     def bytes_per_row(self) -> int:
@@ -700,26 +727,6 @@ class NearDedup:
         return candidate_probability(s, self.bands, self.rows)
 
     # -- internals -----------------------------------------------------------------------------------------
-
-    def _pair_hashes(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-        first, f_off = shingle_hashes([p[0] for p in pairs])
-        second, s_off = shingle_hashes([p[1] for p in pairs])
-        fb, sb = f_off.tolist(), s_off.tolist()
-        rows = []
-        for r, (a, b) in enumerate(pairs):
-            ha, hb = first[fb[r] : fb[r + 1]], second[sb[r] : sb[r + 1]]
-            if not b or b.isspace():
-                rows.append(ha)
-            elif not a or a.isspace():
-                rows.append(hb)
-            else:
-                ra = max(1, round(hb.size / ha.size))
-                rb = max(1, round(ha.size / hb.size))
-                part = ha if ra == 1 else np.bitwise_xor.outer(ha, _salts(ra, 0)).ravel()
-                rows.append(np.concatenate((part, np.bitwise_xor.outer(hb, _salts(rb, 1)).ravel())))
-        offsets = np.zeros(len(pairs) + 1, _U64)
-        np.cumsum(np.fromiter((x.size for x in rows), np.int64, len(rows)), out=offsets[1:])
-        return np.concatenate(rows), offsets
 
     def _sig_rows(self, rows: np.ndarray) -> np.ndarray:
         """The stored signatures of kept rows `rows` (uint64 array)."""
@@ -757,6 +764,13 @@ class NearDedup:
                 self._hex[c][at : at + take] = [int(k, 16) for k in keys[done : done + take]]
             done += take
         self._n += n
+
+    def load(self, keys: np.ndarray, sig: np.ndarray, bands: np.ndarray) -> None:
+        """Index rows as they are, unchecked (a persisted segment, gen.dedup_index): uint64 keys (hex
+        keys `f"{key:016x}"`), their signatures and sorted band entries with rows numbered from 0."""
+        base = self._n
+        self._store(sig, [f"{k:016x}" for k in keys.tolist()])
+        self._runs.add(bands + np.uint64(base), presorted=True)
 
     def _confirm(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimated Jaccard, positions at or above the cut) of pairs of signatures: the cut is
@@ -854,6 +868,10 @@ class NearStep:
             0, len(ids), 4096
         ):  # bounded batches: signatures of a whole output at once are big
             self.check_batch(ids[start : start + 4096], keys[start : start + 4096])
+
+    def load(self, seg: Any) -> None:
+        """Index a persisted segment's rows (gen.dedup_index.Segment) without re-hashing them."""
+        self.index.load(seg.ids, seg.sig, seg.bands)
 
     def describe(self) -> dict[str, Any] | None:
         n = self.index

@@ -6,6 +6,7 @@
       data/train-00000.parquet  kept rows (and data/eval-*.parquet)
       rejects/rejects-00000.parquet, duplicates/duplicates-00000.parquet
       journal/                  answers not yet in a shard (journal/p003/ for partition 3)
+      index/train-00000.gidx    the dedup indexes of data/train-00000.parquet's rows (gen.dedup_index)
       partitions/p003.json      a cluster partition's resume state (and p003.lock while it runs)
       evals/                    reserved for `gen eval`
 
@@ -26,6 +27,7 @@ CARD: Final = "README.md"
 JOURNAL: Final = "journal"
 PARTITIONS: Final = "partitions"
 EVALS: Final = "evals"
+INDEX: Final = "index"
 SPLITS: Final = ("train", "eval", "rejects", "duplicates")
 FOLDERS: Final = {"train": "data", "eval": "data", "rejects": "rejects", "duplicates": "duplicates"}
 SHARD_FOLDERS: Final = tuple(sorted(set(FOLDERS.values())))  # data, duplicates, rejects
@@ -161,6 +163,10 @@ class OutputDir:
         """OUTPUT/evals/: reserved for `gen eval`; nothing writes it yet."""
         return self.root / EVALS
 
+    def dedup_index(self, rel: str) -> Path:
+        """OUTPUT/index/train-00003.gidx: the persisted dedup indexes of shard `rel` (gen.dedup_index)."""
+        return self.root / INDEX / (Path(rel).name.removesuffix(".parquet") + ".gidx")
+
     def folder(self, split: str) -> Path:
         """The folder a split's shards are in: OUTPUT/data/ for train and eval."""
         return self.root / FOLDERS[split]
@@ -194,4 +200,4 @@ class OutputDir:
             pattern = f".*-{partition_tag(self.partition)}-*.tmp-*"
         else:
             pattern = ".*.tmp-*"
-        return [p for folder in (*SHARD_FOLDERS, ".") for p in (self.root / folder).glob(pattern)]
+        return [p for folder in (*SHARD_FOLDERS, INDEX, ".") for p in (self.root / folder).glob(pattern)]

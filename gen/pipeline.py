@@ -179,6 +179,7 @@ class Run:
             on=on,
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
+        self._indexed: set[str] = set()  # data shards whose dedup index is persisted (gen.dedup_index)
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
         self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
@@ -314,6 +315,7 @@ class Run:
         }
 
     def _on_checkpoint(self, shards: list[ShardInfo], at: _Checkpoint | None) -> None:
+        self._write_indexes(shards)  # before the manifest lists them; an OSError fails as a shard's does
         manifest = self.manifest(shards, at)
         if self.partition is not None:  # the driver merges the partitions into manifest.json and the card
             self.out.manifest.parent.mkdir(exist_ok=True)
@@ -322,6 +324,20 @@ class Run:
             write_card(self.p.out_dir, manifest)
         for segment in at.segments if at is not None else []:  # their entries are in shards now
             segment.unlink(missing_ok=True)
+
+    def _write_indexes(self, shards: list[ShardInfo]) -> None:
+        """Persist the dedup indexes of data shards that have none yet (gen.dedup_index), in the writer
+        thread: read back from the shard just written, as a resume would."""
+        if not self.dedup.can_load():
+            return
+        from gen import dedup_index
+
+        settings = dedup_index.settings_of(self.dedup)
+        for s in shards:
+            if s.split in ("train", "eval") and s.path not in self._indexed:
+                seg = dedup_index.build(self.dedup, self.p.out_dir, s.path)
+                dedup_index.write(self.p.out_dir, s.path, s.sha256, settings, seg)
+                self._indexed.add(s.path)
 
     # --- resume ---
 
@@ -342,16 +358,33 @@ class Run:
             else:
                 shards.append(describe_shard(out, rel))
                 self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
-            if shards[-1].split in ("train", "eval"):
+            if shards[-1].split in ("train", "eval") and self.dedup.can_load():
+                from gen import dedup_index  # the persisted index, or the shard read and hashed
+
+                seg = dedup_index.load_or_build(self.dedup, out, rel, shards[-1].sha256)
+                self.claimed.update(seg.ids.tolist())
+                self.dedup.remember_segment(seg)
+                self._indexed.add(rel)
+            elif shards[-1].split in ("train", "eval"):
                 batch = self.dedup.read_keys(out, rel)  # by the output's key
                 self.claimed.update(id_key(tid) for tid in batch.ids)
                 self.dedup.remember(batch)
             else:
                 self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
+            theirs = _listed_sha256(other) if self.dedup.can_load() else {}
             for rel in committed_shards(other):
                 if split_of_path(rel) in ("train", "eval"):
-                    self.dedup.remember(self.dedup.read_keys(other, rel))  # by this run's key
+                    seg = None
+                    if rel in theirs:  # its persisted index, when made with this run's settings
+                        from gen import dedup_index
+
+                        settings = dedup_index.settings_of(self.dedup)
+                        seg, _ = dedup_index.read(other, rel, theirs[rel], settings)
+                    if seg is not None:
+                        self.dedup.remember_segment(seg)
+                    else:
+                        self.dedup.remember(self.dedup.read_keys(other, rel))  # by this run's key
         return shards
 
     def _replay_journal(self) -> list[Path]:
@@ -950,6 +983,17 @@ class Run:
         closed = self.journal.rotate()
         self._carry_reservations()
         await self.writer.checkpoint(self._closing([closed]))
+
+
+def _listed_sha256(out_dir: Path) -> dict[str, str]:
+    """Shard path -> sha256 as another output's manifest lists them ({} when it cannot be read)."""
+    from gen.ledger import load_manifest
+
+    try:
+        manifest = load_manifest(out_dir) or {}
+        return {s["path"]: s["sha256"] for s in manifest.get("shards", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
 
 
 class OutputError(GenError):
