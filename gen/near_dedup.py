@@ -441,7 +441,7 @@ def signatures(
     sig = np.empty((n, k), np.uint8)
     fps = np.empty((n, bands), np.uint32)
     mix = _U64(_fmix_int(seed ^ 0x6F6E655F7065726D) | 1)
-    words = (rows + 7) // 8
+    words = (4 * rows + 7) // 8
     mults, salts = _band_mults(bands, words)
     cols = np.arange(k, dtype=np.int32)
     for a in range(0, n, _SIG_ROWS):
@@ -463,9 +463,11 @@ def signatures(
         nxt = np.minimum.accumulate(nxt, axis=1)[:, ::-1]
         nxt = np.where(nxt >= k, nxt[:, :1], nxt)
         nxt[nxt >= k] = 0  # a text with no value at all (all bins empty) stays so
-        # A band's bytes, zero-padded to whole 8-byte words, hashed as words.
+        # A band's 32-bit values (not the 8-bit ones: a band of one value copied `rows` times would then
+        # have 255 possible fingerprints), zero-padded to whole 8-byte words, hashed as words.
         padded = np.zeros((b - a, bands, 8 * words), np.uint8)
-        padded[:, :, :rows] = np.take_along_axis(part, nxt, axis=1).reshape(b - a, bands, rows)
+        dense = np.take_along_axis(mat, nxt, axis=1).reshape(b - a, bands, rows)
+        padded[:, :, : 4 * rows] = dense.view(np.uint8)
         h = padded.view(_U64)
         h *= mults
         v = h.sum(axis=2, dtype=_U64)  # wraps mod 2**64, as wanted
