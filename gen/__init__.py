@@ -8,10 +8,11 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from gen.config import RunOptions
+    from gen.evaluation import EvalReport, evaluate
     from gen.executors import run, run_async
     from gen.pipeline import RunResult
 
-__all__ = ["RunOptions", "RunResult", "__version__", "run", "run_async"]
+__all__ = ["EvalReport", "RunOptions", "RunResult", "__version__", "evaluate", "run", "run_async"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from gen import executors
 
         return getattr(executors, name)
+    if name in ("evaluate", "EvalReport"):  # gen.evaluation: `gen eval`
+        from gen import evaluation
+
+        return getattr(evaluation, name)
     if name == "RunResult":
         from gen.pipeline import RunResult
 

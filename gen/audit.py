@@ -7,6 +7,8 @@ decision consistent with the intended use; and, for an output whose manifest say
 decides every task of its recipe (rows + rejects + duplicates = tasks: each id of the prompt file's task
 set, within the recorded --limit, is in some shard). It then breaks the data down by teacher, licence,
 template and split, and lists the obligations the user must honour when publishing a student.
+Each finished evaluation under evals/ is checked too: its report was made against this manifest, and
+its results name rows of the dataset.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gen.config import load_prompt_file
-from gen.dedup import KEYS, LEGACY_KEY, Deduplicator
+from gen.dedup import KEYS, LEGACY_KEY, Deduplicator, reasoning_of
 from gen.errors import ConfigError
 from gen.ledger import load_manifest, partition_of
 from gen.manifest import FORMAT
 from gen.outdir import MANIFEST, NOT_AN_OUTPUT, OutputDir
 from gen.provenance import load_registry, review_teacher
+from gen.reasoning import assistant_message
 from gen.rows import COLUMNS, PROVENANCE
 from gen.shards import DATA_SCHEMA, committed_shards, read_columns, sha256_file, split_of_path
 from gen.templates import Expansion, split_of, task_id
@@ -275,9 +278,11 @@ def audit(out_dir: str | Path) -> AuditReport:
     _audit_totals(report, manifest, listed)
     _audit_complete(report, manifest, seen_ids)
     _audit_licence(report, manifest)
+    _audit_evals(report, out, manifest)
     return report
 
 
+<<<<<<< HEAD
 def _audit_index(report: AuditReport, rel: str, sha256: str | None) -> None:
     """A shard's persisted dedup index (gen.dedup_index), when there is one: whole, and made for this
     shard. Not a finding: the data is sound either way, and a resume rebuilds a bad index."""
@@ -287,6 +292,58 @@ def _audit_index(report: AuditReport, rel: str, sha256: str | None) -> None:
     if problem is not None:
         path = OutputDir(report.out_dir).dedup_index(rel).relative_to(report.out_dir)
         report.notes.append(f"{path}: {problem}; the next resume rebuilds it from {rel}")
+=======
+def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
+    """Each finished `gen eval` (evals/NAME/report.json): made against this manifest (its sha256), and
+    its results, as many as the report says, name only rows of the dataset (with fresh inputs,
+    `--inputs`: none of its ids)."""
+    reports = sorted(OutputDir(out).evals.glob("*/report.json"))
+    if not reports:
+        return
+    manifest_sha = sha256_file(OutputDir(out).manifest)
+    kept: set[str] = set()
+    every: set[str] = set()  # any shard's: a fresh input must be in none
+    for shard in m["shards"]:
+        if (out / shard["path"]).is_file():
+            try:
+                ids = read_columns(out, shard["path"], ["id"])["id"]
+            except Exception:  # an unreadable shard is already a finding above
+                continue
+            every.update(ids)
+            if shard.get("split") in ("train", "eval"):
+                kept.update(ids)
+    for path in reports:
+        where = str(path.relative_to(out))
+        try:
+            data = orjson.loads(path.read_bytes())
+            recorded = data["dataset"]["manifest_sha256"]
+            rows = data["rows"]
+            fresh = bool(data.get("inputs"))
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as e:
+            report.add(where, None, f"unreadable evaluation report: {e}")
+            continue
+        if recorded != manifest_sha:
+            report.add(
+                where,
+                None,
+                "made against another manifest (its sha256 differs): the dataset changed after this "
+                "evaluation; run gen eval again",
+            )
+        results = path.parent / "results.parquet"
+        rel = str(results.relative_to(out))
+        try:
+            ids = pq.read_table(results, columns=["id"]).column("id").to_pylist()
+        except Exception as e:  # missing or corrupt: a finding, the audit goes on
+            report.add(rel, None, f"unreadable evaluation results: {e}")
+            continue
+        if len(ids) != rows:
+            report.add(rel, None, f"{len(ids)} rows, its report.json says {rows}")
+        for i, tid in enumerate(ids):
+            if fresh and tid in every:
+                report.add(rel, i, f"id {tid} is in the dataset, yet evaluated as a fresh input")
+            elif not fresh and tid not in kept:
+                report.add(rel, i, f"id {tid} is not a row of the dataset")
+>>>>>>> main
 
 
 def _audit_rows(
@@ -345,8 +402,14 @@ def _audit_rows(
         except orjson.JSONDecodeError:
             report.add(rel, i, "output is not valid JSON")
             output = None
-        if output is not None and m.get("schema") and row["messages"][-1]["content"] != row["output"]:
-            report.add(rel, i, "the assistant message differs from the validated output")
+        if output is not None and m.get("schema"):
+            # the answer as the recorded reasoning_format writes it (with a trace: think-tags around it)
+            fmt = m.get("reasoning_format", "field")
+            if (
+                row["messages"][-1]["content"]
+                != assistant_message(row["output"], row.get("reasoning"), fmt)["content"]
+            ):
+                report.add(rel, i, "the assistant message differs from the validated output")
         report.rows[
             (row["teacher_provider"], row["teacher_model"], row["teacher_license"], row["template"], split)
         ] += 1
@@ -361,7 +424,8 @@ def _dedup_of(report: AuditReport, m: dict[str, Any]) -> Deduplicator | None:
         report.add(None, None, f"dedup.on is {on!r}, not one of {', '.join(KEYS)}")
         return None
     report.dedup_on = on
-    return Deduplicator(on=on, near=False)
+    # traces are part of the key where the manifest says so (an output made before they were: no)
+    return Deduplicator(on=on, near=False, reasoning=reasoning_of(False, m))
 
 
 def _audit_dedup(
@@ -371,7 +435,10 @@ def _audit_dedup(
     for i, row in enumerate(rows):
         try:
             messages = row["messages"]
-            digest = dedup.message_digest(messages[:-1], messages[-1]["content"])
+            messages[-1]["content"]  # noqa: B018 (a row must end with its answer)
+            # the answer as the run keyed it: the output, else the text (the message may hold the trace)
+            answer = row["output"] if row.get("output") is not None else row["response"]
+            digest = dedup.message_digest(messages[:-1], answer, row.get("reasoning"))
         except (TypeError, KeyError, IndexError):
             report.add(rel, i, "messages do not end with the answer")
             continue

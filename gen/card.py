@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gen.outdir import OutputDir, shard_glob
+from gen.outdir import REPORT, OutputDir, shard_glob
 from gen.shards import atomic_write_bytes
 
 
@@ -22,7 +23,9 @@ def _size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
 
 
-def render_card(m: dict[str, Any]) -> str:
+def render_card(m: dict[str, Any], report: list[str] | None = None) -> str:
+    """The card of a manifest. `report`: headline lines `gen report` read from the data (it rewrites the
+    card with them when it writes report.html); without them the card says how to make the report."""
     t = m["teacher"]
     totals = m["totals"]
     tpl = m["template"]
@@ -81,6 +84,8 @@ def render_card(m: dict[str, Any]) -> str:
         f"| {totals['train']} | {totals['eval']} | {totals['rejects']} | {totals['duplicates']} "
         f"| {m['usage']['prompt_tokens']} | {m['usage']['completion_tokens']} |",
         "",
+        *_verification_lines(m.get("verification")),
+        *_headline(m, report),
         "## Limits",
         "",
         "- A student trained on this data will match its teacher only on this distribution of inputs: "
@@ -91,6 +96,62 @@ def render_card(m: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _verification_lines(v: dict[str, Any] | None) -> list[str]:
+    """The card's account of answer verification: the check, and what it took per template."""
+    if not v:
+        return []
+    how = f"`{v['method']}`" + (f" (`{v['python']}`)" if v.get("python") else "")
+    field = f", field `{v['field']}`" if v.get("field") else ""
+    lines = [
+        "## Verification",
+        "",
+        f"Every kept answer passed a check against a reference: method {how}{field}, reference "
+        f"`{v['reference']}`. Answers that failed are in `rejects/` (reason `verification_failed`).",
+    ]
+    if v.get("max_samples"):
+        lines.append(
+            f"Rejection sampling: each input was sampled until {v['samples']} answer(s) passed, "
+            f"at most {v['max_samples']} tries."
+        )
+    lines += [
+        "",
+        "| template | tries | passed | failed | pass@1 | tries per kept row |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, n in (v.get("per_template") or {}).items():
+        p1 = "n/a" if n.get("pass_at_1") is None else f"{n['pass_at_1']:.1%}"
+        per = "n/a" if n.get("tries_per_kept_row") is None else f"{n['tries_per_kept_row']:.2f}"
+        lines.append(f"| {name} | {n['tries']} | {n['verified']} | {n['failed']} | {p1} | {per} |")
+    return [*lines, ""]
+
+
+def _headline(m: dict[str, Any], report: list[str] | None) -> list[str]:
+    """The figures a reviewer asks first, and where the plots are."""
+    totals = m["totals"]
+    decided = totals["rows"] + totals["rejects"] + totals["duplicates"]
+    reasons: Counter[str] = Counter()
+    for run in m.get("runs") or []:
+        reasons.update((run.get("reject_reasons") or {}) if isinstance(run, dict) else {})
+    lines = ["## At a glance", ""]
+    if decided:
+        lines.append(
+            f"- {totals['rows']:,} of {decided:,} tasks kept ({totals['rows'] / decided:.1%}); "
+            f"{totals['rejects']:,} rejected"
+            + (f" ({', '.join(f'{r}: {n:,}' for r, n in reasons.most_common())})" if reasons else "")
+            + f", {totals['duplicates']:,} removed as duplicates"
+        )
+    cost = m.get("cost_usd")
+    if isinstance(cost, int | float) and totals["rows"]:
+        lines.append(f"- cost: ${cost:,.4f} (${cost / totals['rows'] * 1000:,.4f} per 1,000 kept rows)")
+    lines += [f"- {line}" for line in report or []]
+    lines.append(
+        f"- figures (funnel, rejects, lengths, labels, cost, provenance): [{REPORT}]({REPORT})"
+        + ("" if report is not None else ", written by `gen report OUTPUT`")
+    )
+    lines.append("")
+    return lines
 
 
 def _licence_lines(review: dict[str, Any], intended_use: str | None) -> list[str]:
@@ -112,5 +173,21 @@ def _licence_lines(review: dict[str, Any], intended_use: str | None) -> list[str
     return lines
 
 
-def write_card(out_dir: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_bytes(OutputDir(out_dir).card, render_card(manifest).encode())
+def finished_evals(out_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(name, report.json) of every finished `gen eval` under OUTPUT/evals/, oldest first."""
+    found = []
+    for report in sorted(OutputDir(out_dir).evals.glob("*/report.json")):
+        try:
+            data = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        found.append((report.parent.name, data))
+    return found
+
+
+def write_card(out_dir: Path, manifest: dict[str, Any], report: list[str] | None = None) -> None:
+    from gen.eval_report import card_section
+
+    section = card_section(finished_evals(out_dir))
+    card = render_card(manifest, report) + ("\n" + "\n".join(section) + "\n" if section else "")
+    atomic_write_bytes(OutputDir(out_dir).card, card.encode())

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gen import __version__
+from gen.reasoning import REASONING_FORMATS
 
-EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_BUDGET = 0, 1, 2, 3
+EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_BUDGET, EXIT_GATE = 0, 1, 2, 3, 4
 INTENDED_USES = ("research", "internal", "commercial-model", "competing-model")
 
 
@@ -82,7 +83,12 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="longest wait a 429's Retry-After or a rate-limit reset may impose, in seconds (default 60)",
     )
-    p.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="S",
+        help="seconds per request (default 600, or max_tokens at 20 tokens/s when that is longer)",
+    )
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
     p.add_argument(
         "--max-reply-bytes",
@@ -102,6 +108,12 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
     p.add_argument(
+        "--price-cached-in", type=float, metavar="USD", help="USD per million prompt tokens read from cache"
+    )
+    p.add_argument(
+        "--price-cache-write", type=float, metavar="USD", help="USD per million prompt tokens cache-written"
+    )
+    p.add_argument(
         "--grace-period",
         type=float,
         default=30.0,
@@ -119,6 +131,17 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         help="go ahead although the licence review found a conflict (recorded in the manifest)",
     )
     p.add_argument("--licences", type=Path, metavar="FILE", help="your licence registry, consulted first")
+    p.add_argument(
+        "--reasoning-format",
+        choices=REASONING_FORMATS,
+        help="how a reasoning trace enters `messages` (overrides the prompt file's reasoning_format)",
+    )
+    p.add_argument(
+        "--thinking-budget",
+        type=int,
+        metavar="N",
+        help="Anthropic extended thinking with this token budget (overrides [sampling] thinking_budget)",
+    )
     p.add_argument("--no-near-dedup", action="store_true", help="remove exact duplicates only")
     p.add_argument(
         "--near-threshold", type=float, metavar="J", help="Jaccard above which rows are near duplicates"
@@ -131,16 +154,112 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also drop rows that duplicate this other output's rows (repeatable)",
     )
+    p.add_argument(
+        "--decontaminate-against",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="drop train rows sharing a word n-gram with this eval set or benchmark (JSONL, CSV or "
+        "Parquet; a path or a quoted glob; repeatable; columns as [decontaminate] columns)",
+    )
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog="gen", description="Synthetic data for distillation, from prompt files.")
-    parser.add_argument("--version", action="version", version=f"gen {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
-    # Checked in _parse(): an unknown flag is reported before a missing command.
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+def _eval_flags(e: argparse.ArgumentParser) -> None:
+    e.add_argument("dataset", type=Path, metavar="OUTPUT", nargs="?", help="the dataset (a gen output)")
+    e.add_argument("--student-model", metavar="NAME", help="the student model's name, as its server lists it")
+    e.add_argument(
+        "--student-base-url",
+        action="append",
+        metavar="URL",
+        help="the student's OpenAI-compatible server, e.g. http://localhost:8001/v1 (repeatable)",
+    )
+    e.add_argument(
+        "--student-provider",
+        help="openai | anthropic | vllm | sim (default: openai with --student-base-url)",
+    )
+    e.add_argument("--student-api-key-env", metavar="VAR", help="environment variable holding its API key")
+    e.add_argument("--split", default="eval", help="train | eval | all (default: eval, the held-out split)")
+    e.add_argument("--limit", type=int, metavar="N", help="only the first N rows of the split")
+    e.add_argument(
+        "--tolerance", type=float, default=1e-9, metavar="X", help="numbers within X of the teacher's agree"
+    )
+    e.add_argument("--min-agreement", type=float, metavar="F", help="exit 4 when agreement is below F")
+    e.add_argument(
+        "--min-valid", type=float, metavar="F", help="exit 4 when the first-answer valid rate is below F"
+    )
+    e.add_argument("--student-price-in", type=float, metavar="USD", help="USD per million prompt tokens")
+    e.add_argument("--student-price-out", type=float, metavar="USD", help="USD per million completion tokens")
+    e.add_argument(
+        "--student-gpu-hour-usd",
+        type=float,
+        metavar="USD",
+        help="price a self-hosted student per GPU-hour of this evaluation's wall time",
+    )
+    e.add_argument("--resume", type=Path, metavar="EVAL_DIR", help="finish an interrupted evaluation")
+    e.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="PROMPT_FILE",
+        help="fresh inputs: a prompt file with the dataset's template and schema (the teacher answers too)",
+    )
+    e.add_argument(
+        "--teacher-base-url", action="append", metavar="URL", help="--inputs: the teacher's server"
+    )
+    e.add_argument("--teacher-api-key-env", metavar="VAR", help="--inputs: the teacher's API key variable")
+    e.add_argument(
+        "--max-usd", type=float, metavar="USD", help="--inputs: stop the teacher's run at this cost"
+    )
+    e.add_argument(
+        "--judge-model",
+        metavar="NAME",
+        help="free text: the LLM judge's model (default: the dataset's teacher, from its manifest)",
+    )
+    e.add_argument(
+        "--judge-base-url", metavar="URL", help="free text: the judge's server (default: the teacher's)"
+    )
+    e.add_argument(
+        "--judge-provider",
+        help="free text: openai | anthropic | vllm | sim (default: the teacher's; openai with a URL if sim)",
+    )
+    e.add_argument(
+        "--judge-api-key-env", metavar="VAR", help="free text: environment variable of the judge's key"
+    )
+    e.add_argument(
+        "--judge-prompt",
+        type=Path,
+        metavar="FILE",
+        help="free text: replace the judge's prompt (gen/prompts/judge.md)",
+    )
+    e.add_argument(
+        "--no-judge", action="store_true", help="free text: no LLM judge (exact match and token F1 only)"
+    )
+    e.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("EVAL_DIR_A", "EVAL_DIR_B"),
+        help="print what changed between two finished evaluations, field by field",
+    )
+    e.add_argument("--json", action="store_true", help="print the report (or the comparison) as JSON")
+    e.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight (default 64)")
+    e.add_argument("--rpm", type=float, metavar="R", help="requests per minute, paced smoothly")
+    e.add_argument("--tpm", type=float, metavar="T", help="tokens per minute (prompt + completion)")
+    e.add_argument("--max-retries", type=int, default=6, metavar="N", help="retries per request on 429/5xx")
+    e.add_argument("--max-pause", type=float, default=60.0, metavar="S", help="longest 429 wait, seconds")
+    e.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="seconds per request")
+    e.add_argument("--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to connect")
+    e.add_argument("--max-reply-bytes", type=int, metavar="N", help="refuse a reply larger than this")
+    e.add_argument("--no-model-check", action="store_true", help="do not require the model in /v1/models")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--grace-period", type=float, default=30.0, metavar="S", help="on Ctrl-C, seconds to finish"
+    )
+    e.add_argument("--tensor-parallel-size", type=int, metavar="N", help="vllm: GPUs per replica")
+    e.add_argument("--max-model-len", type=int, metavar="N", help="vllm: context length")
 
-    r = sub.add_parser("run", help="generate (or resume) a dataset from a prompt file")
+
+def _run_flags(r: argparse.ArgumentParser) -> None:
+    """The flags of `run`, which `plan` takes too."""
     r.add_argument("prompt_file", type=Path)
     r.add_argument("--model", help="the teacher model name")
     r.add_argument("--samples", type=int, metavar="K", help="completions per input")
@@ -167,7 +286,50 @@ def _parser() -> _Parser:
         metavar="N",
         help="ray: split the tasks into N partitions by id hash (default: as before, else one per URL)",
     )
+    r.add_argument(
+        "--batch",
+        action="store_true",
+        help="send the requests through the provider's batch API (openai, anthropic): half price, "
+        "results within 24 h; run the same command again to collect batches submitted earlier",
+    )
+    r.add_argument("--cancel", action="store_true", help="with --batch: cancel the batches submitted")
+    r.add_argument(
+        "--batch-fallback",
+        choices=("batch", "online"),
+        default="batch",
+        help="with --batch: send requests that failed or expired in a batch again in a later batch "
+        "(default) or online at once",
+    )
+    r.add_argument("--batch-size", type=int, metavar="N", help="with --batch: requests per batch at most")
+    r.add_argument(
+        "--batch-poll",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="with --batch: seconds before the first poll of a batch; the wait grows while it runs",
+    )
     _teacher_flags(r)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="gen", description="Synthetic data for distillation, from prompt files.")
+    parser.add_argument("--version", action="version", version=f"gen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set GEN_DEBUG=1)")
+    # Checked in _parse(): an unknown flag is reported before a missing command.
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+
+    r = sub.add_parser("run", help="generate (or resume) a dataset from a prompt file")
+    _run_flags(r)
+
+    pl = sub.add_parser("plan", help="tasks, tokens, cost and time of a run, before any paid request")
+    _run_flags(pl)
+    pl.add_argument(
+        "--pilot",
+        type=int,
+        metavar="N",
+        help="first run N real tasks into the output (a later run skips them) and extrapolate from them",
+    )
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     f = sub.add_parser("refresh", help="regenerate a dataset's inputs with a new teacher, as a new version")
     f.add_argument("dataset", type=Path, metavar="OUTPUT")
@@ -179,6 +341,15 @@ def _parser() -> _Parser:
     )
     a.add_argument("dataset", type=Path, metavar="OUTPUT")
     a.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    e = sub.add_parser("eval", help="test a student against the dataset's teacher (exit 4: the gate failed)")
+    _eval_flags(e)
+    rp = sub.add_parser("report", help="write OUTPUT/report.html: the figures to look at before training")
+    rp.add_argument("dataset", type=Path, metavar="OUTPUT")
+    rp.add_argument("--open", action="store_true", help="open the page in the default browser")
+    rp.add_argument(
+        "--no-audit", action="store_true", help="skip gen audit's checks (most of the time on a large output)"
+    )
 
     d = sub.add_parser("diff", help="compare two versions of a dataset")
     d.add_argument("old", type=Path)
@@ -200,7 +371,40 @@ def _parser() -> _Parser:
     s.add_argument("--rate-drop", type=float, default=0.0, help="fraction of connections dropped unanswered")
     s.add_argument("--rate-truncated", type=float, default=0.0, help="fraction of answers cut off (length)")
     s.add_argument("--rpm", type=int, default=None, help="requests-per-minute limit (429 beyond it)")
+    s.add_argument(
+        "--batch-delay", type=float, default=0.0, dest="batch_delay_s", help="seconds until a batch ends"
+    )
+    s.add_argument("--batch-rate-failed", type=float, default=0.0, help="fraction failing")
+    s.add_argument("--batch-rate-expired", type=float, default=0.0, help="fraction expiring")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    s.add_argument(
+        "--cache-min-tokens", type=int, default=1024, help="shortest prompt prefix the simulated cache keeps"
+    )
+    s.add_argument(
+        "--cache-ttl", type=float, default=300.0, dest="cache_ttl_s", help="seconds a cached prefix lives"
+    )
+    s.add_argument("--cache-entries", type=int, default=10_000, help="cached prefixes kept (LRU)")
+    s.add_argument(
+        "--perturb-share",
+        type=float,
+        default=0.0,
+        help="play a student: change this share of answers (picked by a hash of the request's seed)",
+    )
+    s.add_argument(
+        "--perturb-field", default="*", help="the top-level field a changed answer changes (*: every one)"
+    )
+    s.add_argument(
+        "--reasoning",
+        choices=("reasoning_content", "reasoning", "think-tags"),
+        help="answer as a reasoning teacher, sending the trace this way (Anthropic path: when asked)",
+    )
+    s.add_argument("--reasoning-tokens", type=int, default=200, metavar="N", help="a trace's mean length")
+    s.add_argument("--answer-text", metavar="TEXT", help="this fixed text as every free-text answer")
+    s.add_argument(
+        "--judge",
+        metavar="MODE",
+        help="play a judge of two answers: longer | longer_a | first | garbage (gen eval on free text)",
+    )
     s.add_argument(
         "--api-key-env", metavar="VAR", help="require this environment variable's value as the API key"
     )
@@ -255,6 +459,7 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         "max_tokens",
         "partitions",
         "max_reply_bytes",
+        "batch_size",
     ):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag, None))
     executor = getattr(args, "executor", "local")
@@ -284,6 +489,8 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         no_model_check=args.no_model_check,
         max_pause_s=args.max_pause,
         request_timeout_s=args.request_timeout,
+        reasoning_format=getattr(args, "reasoning_format", None),
+        thinking_budget=getattr(args, "thinking_budget", None),
         connect_timeout_s=args.connect_timeout,
         max_reply_bytes=args.max_reply_bytes,
         progress=not args.no_progress,
@@ -293,6 +500,8 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         max_tokens=args.max_tokens,
         price_in=args.price_in,
         price_out=args.price_out,
+        price_cached_in=args.price_cached_in,
+        price_cache_write=args.price_cache_write,
         grace_s=args.grace_period,
         new_version=getattr(args, "new_version", False),
         intended_use=args.intended_use,
@@ -301,6 +510,12 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         no_near_dedup=args.no_near_dedup,
         near_threshold=args.near_threshold,
         dedup_against=args.dedup_against,
+        decontaminate_against=args.decontaminate_against,
+        batch=getattr(args, "batch", False),
+        batch_cancel=getattr(args, "cancel", False),
+        batch_fallback=getattr(args, "batch_fallback", "batch"),
+        batch_size=getattr(args, "batch_size", None),
+        batch_poll_s=getattr(args, "batch_poll", 10.0),
         vllm={
             k: v
             for k, v in {
@@ -339,6 +554,9 @@ def _exit_status(result, again: str) -> int:
         return EXIT_ABORTED
     if result.status == "complete":
         return EXIT_OK
+    if result.status == "cancelled":  # gen run --batch --cancel did what it was asked
+        print(f"gen: {result.message}; run `{again}` to submit the rest again.", file=sys.stderr)
+        return EXIT_OK
     if result.status == "budget":
         print(
             f"gen: {result.message}. Committed. Raise the limit and run `{again}` to continue.",
@@ -360,6 +578,17 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from gen.plan import make_plan
+
+    _positive("--pilot", args.pilot)
+    plan = make_plan(args.prompt_file, _options(args), pilot=args.pilot)
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.render())
+    return EXIT_OK
+
+
 def _refresh(args: argparse.Namespace) -> int:
     from gen.prepare import prepare_refresh
 
@@ -378,6 +607,38 @@ def _audit(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_ABORTED
 
 
+def _report(args: argparse.Namespace) -> int:
+    from gen.errors import GenError
+    from gen.report import write_report
+
+    try:
+        result = write_report(args.dataset, audit=not args.no_audit)
+    except (GenError, OSError):
+        raise
+    except Exception as e:  # input the page's readers did not foresee: one line, the traceback on --debug
+        if args.debug or os.environ.get("GEN_DEBUG") == "1":
+            raise
+        print(f"gen report: cannot report on {args.dataset}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ABORTED
+    print(
+        f"gen: wrote {result.path} ({result.bytes / 1e6:.2f} MB, {result.figures} figures)", file=sys.stderr
+    )
+    if result.state:
+        print(f"gen report: {result.state}", file=sys.stderr)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(result.path.resolve().as_uri())
+    if result.findings:
+        print(
+            f"gen report: gen audit found {len(result.findings)} problem(s) in {args.dataset}, "
+            f"first: {result.findings[0]}; the page lists them first, in red",
+            file=sys.stderr,
+        )
+        return EXIT_ABORTED
+    return EXIT_OK
+
+
 def _diff(args: argparse.Namespace) -> int:
     import json
 
@@ -386,6 +647,92 @@ def _diff(args: argparse.Namespace) -> int:
     d = diff(args.old, args.new)
     print(json.dumps(d, indent=2) if args.json else render(d))
     return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from gen.errors import ConfigError
+
+    if args.compare:
+        from gen.eval_report import render_comparison
+        from gen.evaluation import compare_evals
+
+        c = compare_evals(*args.compare)
+        print(json.dumps(c, indent=2) if args.json else render_comparison(c))
+        return EXIT_OK
+    if args.dataset is None:
+        raise ConfigError("gen eval", "give the dataset (OUTPUT), or --compare EVAL_DIR_A EVAL_DIR_B")
+    if not args.student_model:
+        raise ConfigError("--student-model", "required: the student model's name, as its server lists it")
+    for flag in ("limit", "max_concurrency", "max_reply_bytes"):
+        _positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    from gen.eval_report import summary_line
+    from gen.evaluation import EvalOptions, prepare_eval, run_eval
+
+    opts = EvalOptions(
+        student_model=args.student_model,
+        student_provider=args.student_provider,
+        student_base_url=args.student_base_url,
+        student_api_key_env=args.student_api_key_env,
+        student_price_in=args.student_price_in,
+        student_price_out=args.student_price_out,
+        student_gpu_hour_usd=args.student_gpu_hour_usd,
+        split=args.split,
+        limit=args.limit,
+        tolerance=args.tolerance,
+        min_agreement=args.min_agreement,
+        min_valid=args.min_valid,
+        resume=args.resume,
+        inputs=args.inputs,
+        teacher_base_url=args.teacher_base_url,
+        teacher_api_key_env=args.teacher_api_key_env,
+        max_usd=args.max_usd,
+        judge_model=args.judge_model,
+        judge_provider=args.judge_provider,
+        judge_base_url=args.judge_base_url,
+        judge_api_key_env=args.judge_api_key_env,
+        judge_prompt=args.judge_prompt,
+        no_judge=args.no_judge,
+        max_concurrency=args.max_concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_retries=args.max_retries,
+        max_pause_s=args.max_pause,
+        request_timeout_s=args.request_timeout,
+        connect_timeout_s=args.connect_timeout,
+        max_reply_bytes=args.max_reply_bytes,
+        no_model_check=args.no_model_check,
+        grace_s=args.grace_period,
+        progress=not args.no_progress,
+        vllm={
+            k: v
+            for k, v in {
+                "tensor_parallel_size": args.tensor_parallel_size,
+                "max_model_len": args.max_model_len,
+            }.items()
+            if v is not None
+        },
+    )
+    from gen.errors import FatalTeacherError
+
+    try:
+        result = run_eval(prepare_eval(args.dataset, opts))
+    except FatalTeacherError as e:  # main() would call the student "the teacher"
+        print(f"gen eval: aborted, the student refused: {e}", file=sys.stderr)
+        return EXIT_ABORTED
+    if result.report is None:
+        print(
+            f"gen eval: {result.message or result.status}. Committed; resume with `gen eval {args.dataset} "
+            f"--student-model {args.student_model} ... --resume {result.eval_dir}`.",
+            file=sys.stderr,
+        )
+        return 128 + result.signal if result.signal else EXIT_ABORTED
+    data = result.report.data
+    if args.json:
+        print(json.dumps(data, indent=2))
+    print(summary_line(data, result.eval_dir), file=sys.stderr)
+    return EXIT_GATE if result.report.passed is False else EXIT_OK
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -406,6 +753,18 @@ def _sim(args: argparse.Namespace) -> int:
         "rate_truncated",
         "rpm",
         "seed",
+        "cache_min_tokens",
+        "cache_ttl_s",
+        "cache_entries",
+        "perturb_share",
+        "perturb_field",
+        "batch_delay_s",
+        "batch_rate_failed",
+        "batch_rate_expired",
+        "reasoning",
+        "reasoning_tokens",
+        "answer_text",
+        "judge",
     )
     api_key = None
     if args.api_key_env:
@@ -427,7 +786,16 @@ def _sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "refresh": _refresh, "audit": _audit, "diff": _diff, "sim": _sim}
+COMMANDS = {
+    "run": _run,
+    "plan": _plan,
+    "refresh": _refresh,
+    "eval": _eval,
+    "audit": _audit,
+    "report": _report,
+    "diff": _diff,
+    "sim": _sim,
+}
 
 
 def _limit_malloc_arenas() -> None:

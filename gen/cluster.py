@@ -69,10 +69,12 @@ from gen.shards import (
     write_rows,
 )
 from gen.teachers import providers
+from gen.verify import merge_verification
 
 SUMMED = ("tasks", "skipped", "replayed", "rows", "train", "eval", "rejects", "duplicates", "requests",
-          "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens",
-          "truncated_kept", "unanswered_requests", "unanswered_tokens", "journal_skipped")  # fmt: skip
+          "retries", "throttled", "repairs", "prompt_tokens", "completion_tokens", "cached_tokens",
+          "cache_write_tokens", "truncated_kept", "unanswered_requests", "unanswered_tokens",
+          "journal_skipped")  # fmt: skip
 POLL_S = 1.0  # how often a partition asks RateShare for its share (and whether to stop)
 LOCK_WAIT_S = 60.0  # how long a partition waits for an earlier run's partition to let go of its output
 
@@ -352,7 +354,8 @@ def _find_duplicates(
                 dedup.remember(batch)
                 continue
             found: dict[int, tuple[str, str]] = {}
-            for j, decision in enumerate(dedup.check_batch(batch)):
+            # Contamination was decided in each partition, against the same files: not redone here.
+            for j, decision in enumerate(dedup.check_batch(batch, steps=("exact", "near"))):
                 if decision is None:
                     continue
                 if partition_of(decision.kept, count) == index:
@@ -377,7 +380,7 @@ def _rewrite_shards(
         gone, replaced = rewrite_without(out, rel, set(found), rewritten_name(rel))
         for j, row in zip(sorted(found), gone, strict=True):
             kind, kept = found[j]
-            outcome.removed[kind] += 1
+            outcome.removed[kind] = outcome.removed.get(kind, 0) + 1
             dup_rows.append(duplicate_row(row, kept, kind, created_at=now, run_id=run.run_id))
             if len(outcome.examples) < 5:
                 outcome.examples.append({"id": row["id"], "duplicate_of": kept, "kind": kind})
@@ -434,12 +437,13 @@ def _merged_manifest(
     completion_tokens = sum(pm["usage"]["completion_tokens"] for pm in parts)
     costs = [pm.get("cost_usd") for pm in parts if pm.get("cost_usd") is not None]
     dedup = dict(snap.dedup)
-    dedup["exact_removed"] = sum(pm["dedup"]["exact_removed"] for pm in parts)
-    dedup["near_removed"] = sum(pm["dedup"]["near_removed"] for pm in parts)
+    # Every step's count (`<name>_removed`: exact, near and any of `[dedup] steps`), over the partitions
+    # and the merge pass.
+    for counted in [k for k in dedup if k.endswith("_removed")]:
+        dedup[counted] = sum(pm["dedup"].get(counted, 0) for pm in parts)
+        if merge is not None:
+            dedup[counted] += merge.removed.get(counted.removesuffix("_removed"), 0)
     dedup["near_examples"] = [x for pm in parts for x in pm["dedup"].get("near_examples", [])][:5]
-    if merge is not None:
-        dedup["exact_removed"] += merge.removed["exact"]
-        dedup["near_removed"] += merge.removed["near"]
     driver_runs = [r for r in (previous or {}).get("runs", []) if r.get("kind") == "driver"]
     driver_runs = [r for r in driver_runs if r.get("run_id") != driver_run["run_id"]]
     merged = dataclasses.replace(
@@ -455,11 +459,18 @@ def _merged_manifest(
             "total_tokens": prompt_tokens + completion_tokens,
             **{
                 k: sum(pm["usage"].get(k, 0) for pm in parts)
-                for k in ("unanswered_requests", "unanswered_tokens")
+                for k in (
+                    "cached_input_tokens",
+                    "cache_write_tokens",
+                    "unanswered_requests",
+                    "unanswered_tokens",
+                )
             },
+            "cache_saved_usd": round(sum(pm["usage"].get("cache_saved_usd", 0.0) for pm in parts), 6),
         },
         cost_usd=round(sum(costs), 6) if costs else snap.cost_usd,
         dedup=dedup,
+        verification=merge_verification(snap.verification, [pm.get("verification") for pm in parts]),
         runs=[{**r, "partition": i} for i in sorted(manifests) for r in manifests[i].get("runs", [])]
         + driver_runs
         + [driver_run],
@@ -577,6 +588,7 @@ def _partition_options(prepared: Prepared, opts: RunOptions, index: int, count: 
         progress=False,
         licences=opts.licences.resolve() if opts.licences else None,
         dedup_against=[Path(d).resolve() for d in opts.dedup_against],
+        decontaminate_against=[os.path.abspath(d) for d in opts.decontaminate_against],
     )
 
 

@@ -71,6 +71,44 @@ class DedupSpec(_Strict):
     near: bool = True
     threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # Jaccard of word 3-grams
     field: str | None = None  # the answer's part of the near text: one top-level field, not all its text
+    # Whether a reasoning trace is part of what is compared (gen.reasoning: a bounded sample of it for
+    # the near check, a hash of it for the exact one); false compares the answers alone.
+    reasoning: bool = True
+    # The chain, in order (gen.dedup.resolve_steps): built-in names ("exact", "near") or a method of the
+    # user's own as "module:Class" or "file.py:Class" (beside the prompt file). None: exact, then near.
+    steps: list[str] | None = None
+
+
+class DecontaminateFile(_Strict):
+    """One file (or glob) to decontaminate against, with the text columns it is compared by."""
+
+    path: str
+    columns: list[str] | None = Field(default=None, min_length=1)
+
+
+class DecontaminateSpec(_Strict):
+    """`[decontaminate]`: remove train rows that share a word n-gram with eval sets or benchmark files
+    (gen.decontaminate)."""
+
+    # Paths or globs (relative to the prompt file), or {path, columns} tables for per-file columns.
+    against: list[str | DecontaminateFile] = Field(default_factory=list)
+    columns: list[str] | None = Field(default=None, min_length=1)  # default for every file: all strings
+    ngram: int = Field(default=13, ge=1, le=1000)
+    splits: bool = False  # also remove train rows sharing an n-gram with the dataset's own eval rows
+
+
+class VerifySpec(_Strict):
+    """`[verify]`: check each answer against a reference, keep what passes (gen.verify), and with
+    `max_samples` sample an input again until `samples` answers pass."""
+
+    reference: str  # a template over the input variables, e.g. "{{ answer }}"
+    method: Literal["exact", "numeric", "math", "json-field", "python"] | None = None
+    python: str | None = (
+        None  # "verify.py:check", relative to the prompt file: (output, reference, row) -> bool
+    )
+    field: str | None = None  # the answer's field in the validated output (dotted); None: the answer text
+    tolerance: float = Field(default=1e-6, ge=0.0)  # `numeric`: the largest absolute difference that passes
+    max_samples: int | None = Field(default=None, ge=1)  # rejection sampling: tries per input at most
 
 
 class PromptSpec(_Strict):
@@ -84,6 +122,8 @@ class PromptSpec(_Strict):
     intended_use: str | None = None  # research | internal | commercial-model | competing-model
     max_attempts: int = Field(default=3, ge=1)
     keep_truncated: bool = False  # keep answers cut off at max_tokens as rows (default: reject `truncated`)
+    # How a reasoning trace enters the assistant message of `messages` (gen.reasoning.REASONING_FORMATS).
+    reasoning_format: Literal["field", "think-tags", "drop"] = "field"
     teacher: TeacherSpec = TeacherSpec()
     sampling: dict[str, Any] = Field(default_factory=dict)
     messages: Messages
@@ -92,6 +132,8 @@ class PromptSpec(_Strict):
     sim: dict[str, Any] = Field(default_factory=dict)  # gen.sim.SimConfig fields, checked there
     vllm: VLLMSpec = VLLMSpec()
     dedup: DedupSpec = DedupSpec()
+    decontaminate: DecontaminateSpec = DecontaminateSpec()
+    verify: VerifySpec | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -178,9 +220,11 @@ class RunOptions:
     max_retries: int = 6
     no_model_check: bool = False  # do not require the model in the teacher's /models listing
     max_pause_s: float = 60.0  # the longest any 429 Retry-After or rate-limit reset may hold a request
-    request_timeout_s: float = 600.0
+    request_timeout_s: float | None = None  # None: DEFAULT_REQUEST_TIMEOUT_S, longer for long answers
     connect_timeout_s: float = 10.0
     max_reply_bytes: int | None = None  # a reply's size cap; None: derived from each request's max_tokens
+    reasoning_format: str | None = None  # overrides the prompt file's reasoning_format
+    thinking_budget: int | None = None  # overrides [sampling] thinking_budget (Anthropic extended thinking)
     progress: bool = True
     rpm: float | None = None
     tpm: float | None = None
@@ -188,6 +232,12 @@ class RunOptions:
     max_tokens: int | None = None
     price_in: float | None = None  # USD per million prompt tokens, overrides the shipped table
     price_out: float | None = None
+    # Tasks reordered at a time so those sharing a prompt prefix leave together (gen.prefix; 1: none).
+    dispatch_window: int = 1024
+    # A cacheable prefix group's first request goes alone, the rest when it is answered (gen.prefix).
+    prefix_gate: bool = True
+    price_cached_in: float | None = None  # USD per million prompt tokens read from the provider's cache
+    price_cache_write: float | None = None  # USD per million prompt tokens written to it
     grace_s: float = 30.0  # on Ctrl-C / SIGTERM, how long in-flight requests may finish
     new_version: bool = False
     intended_use: str | None = None
@@ -197,8 +247,12 @@ class RunOptions:
     lineage: dict[str, Any] | None = None  # the dataset this run is a new version of
     vllm: dict[str, Any] = field(default_factory=dict)  # overrides of the prompt file's [vllm] table
     no_near_dedup: bool = False
+    dedup: bool = True  # False: keep every answer (gen eval: no answer is a duplicate)
     near_threshold: float | None = None
     dedup_against: list[Path] = field(default_factory=list)  # other outputs whose rows count as kept
+    # Files or globs (relative to the working directory) to decontaminate against, besides the prompt
+    # file's [decontaminate] against; compared by its `columns`.
+    decontaminate_against: list[str] = field(default_factory=list)
     # The dedup key of a new output instead of the prompt file's [dedup] on (the cluster driver sets it
     # for its partitions). An output being resumed always keeps the key it was begun with.
     dedup_on: str | None = None
@@ -209,6 +263,14 @@ class RunOptions:
     # (index, count): produce only tasks with int(id[:8], 16) % count == index, as partition `index` of a
     # cluster run: its own shards (data/train-p003-00000.parquet), journal and partitions/p003.json.
     partition: tuple[int, int] | None = None
+    # Batch mode (gen.batching): the provider's batch API at its batch price; --cancel cancels the batches
+    # submitted; failed or expired requests are sent again in a later batch or online; requests per
+    # batch at most (and the provider's limit); the first wait between polls, in seconds.
+    batch: bool = False
+    batch_cancel: bool = False
+    batch_fallback: str = "batch"
+    batch_size: int | None = None
+    batch_poll_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +286,23 @@ class Teacher:
 
 
 DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+# The slowest fill a request's deadline allows for when it grows with max_tokens: a reasoning model
+# writing 30,000 tokens on a busy server (20 tokens/s per sequence) gets 25 minutes, not 10.
+SLOWEST_TOKENS_PER_S = 20.0
+
+
+def request_timeout(given: float | None, sampling: dict[str, Any]) -> float:
+    """A request's deadline: `given` (--request-timeout), else DEFAULT_REQUEST_TIMEOUT_S or, when the
+    sampling asks for more (max_tokens, a thinking budget), that many tokens at SLOWEST_TOKENS_PER_S."""
+    if given is not None:
+        return given
+    tokens = 0
+    for key in ("max_tokens", "max_completion_tokens", "thinking_budget"):
+        value = sampling.get(key)
+        if type(value) is int and value > 0:
+            tokens = max(tokens, value)
+    return max(DEFAULT_REQUEST_TIMEOUT_S, tokens / SLOWEST_TOKENS_PER_S)
 
 
 def _check_base_url(url: str, where: str) -> None:

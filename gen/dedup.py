@@ -14,6 +14,14 @@ system prompt) is the same in every row and would make every pair of examples lo
 `example` the input and the answer weigh the same (NearDedup.add_pairs), so an example is a near
 duplicate when both its input and its answer are near another's.
 
+A reasoning trace (the row's `reasoning`) is part of the answer's side of the key when `[dedup]
+reasoning = true` (the default): an 8-byte hash of its bytes joins the exact key, and a bounded sample
+of its text (gen.reasoning.trace_sample: 8 windows of 256 characters) joins the answer's near text. So
+two inputs that share a short final answer (`\boxed{42}`) stay apart even with `on = "output"` when
+their traces differ, two near-identical traces of one input are near duplicates whatever their final
+answers, and the cost of both checks does not grow with the trace (the exact hash reads its bytes once,
+at memory speed). `reasoning = false` compares the answers alone.
+
 The chain: `Deduplicator` runs its steps (exact, then near when on) over a batch of rows with one
 `check_batch()`, which the run, journal replay and the cluster merge pass all use. A step is a
 `DedupStep` (its own module) named in STEPS; adding a dedup method is one module plus a `register_step`.
@@ -23,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +43,7 @@ import orjson
 from gen.errors import ConfigError
 from gen.ledger import id_key
 from gen.outdir import MANIFEST
+from gen.reasoning import trace_digest, trace_sample
 
 KEYS = ("example", "output", "input")
 DedupKey = Literal["example", "output", "input"]
@@ -66,6 +77,14 @@ def key_of(
     if recorded not in KEYS:
         raise ConfigError(where, f"dedup.on is {recorded!r}, not one of {', '.join(KEYS)}")
     return recorded, False
+
+
+def reasoning_of(spec: bool, previous: dict[str, Any] | None) -> bool:
+    """Whether traces are part of the key: an output being resumed keeps what it was begun with (an
+    output made before the setting existed held no traces: false), a new one takes `[dedup] reasoning`."""
+    if previous is None:
+        return spec
+    return bool((previous.get("dedup") or {}).get("reasoning", False))
 
 
 class ExactDedup:
@@ -222,6 +241,7 @@ class ExactStep:
 STEPS: dict[str, str] = {
     "exact": "gen.dedup:ExactStep",
     "near": "gen.near_dedup:NearStep",
+    "contaminated": "gen.decontaminate:ContaminationStep",
 }
 
 
@@ -230,9 +250,70 @@ def register_step(name: str, target: str) -> None:
     STEPS[name] = target
 
 
+def _load_class(target: str) -> Any:
+    """The class a "module:Class" or "/path/file.py:Class" target names."""
+    module, _, cls = target.rpartition(":")
+    if module.endswith(".py"):
+        # A user's method beside the prompt file: imported from the file, under a name of its own so two
+        # prompt files' "dedup.py" never collide in sys.modules.
+        name = "gen_user_step_" + hashlib.blake2b(module.encode(), digest_size=6).hexdigest()
+        loaded = sys.modules.get(name)
+        if loaded is None:
+            spec = importlib.util.spec_from_file_location(name, module)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {module}")
+            loaded = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded)
+            sys.modules[name] = loaded
+        return getattr(loaded, cls)
+    return getattr(importlib.import_module(module), cls)
+
+
 def make_step(name: str, **settings: Any) -> DedupStep:
-    module, _, cls = STEPS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(**settings)
+    return _load_class(STEPS[name])(**settings)
+
+
+def resolve_steps(entries: Sequence[str], base_dir: Path) -> list[str]:
+    """The chain `[dedup] steps` names, as step names, each made available to `make_step`.
+
+    An entry is a registered name ("exact", "near") or a method of the user's own: "module:Class", or
+    "file.py:Class" relative to the prompt file's folder. Its class must have a `name` (the duplicates'
+    kind) and the DedupStep methods plus `row_key(row)`. ConfigError (no path: the caller names the
+    prompt file) for anything that cannot be loaded, before any request is made.
+    """
+    names: list[str] = []
+    for entry in entries:
+        if ":" not in entry:
+            if entry not in STEPS:
+                raise ConfigError(None, f"dedup.steps: unknown step {entry!r} (known: {', '.join(STEPS)})")
+            names.append(entry)
+            continue
+        module, _, cls_name = entry.rpartition(":")
+        target = str((base_dir / module).resolve()) + ":" + cls_name if module.endswith(".py") else entry
+        try:
+            cls = _load_class(target)
+        except FileNotFoundError:
+            raise ConfigError(None, f"dedup.steps: {module}: no such file") from None
+        except AttributeError:
+            raise ConfigError(None, f"dedup.steps: {module} has no {cls_name!r}") from None
+        except Exception as e:  # noqa: BLE001 - a user's module: any error it raises on import is one line
+            raise ConfigError(None, f"dedup.steps: cannot import {module}: {type(e).__name__}: {e}") from None
+        name = getattr(cls, "name", None)
+        methods = ("row_key", "check_batch", "remember", "describe")
+        missing = [m for m in methods if not callable(getattr(cls, m, None))]
+        if not isinstance(name, str) or not name or missing:
+            why = f"has no method {missing[0]!r}" if missing else "has no `name` (the duplicates' kind)"
+            raise ConfigError(None, f"dedup.steps: {entry} {why}")
+        if name in ("exact", "near"):
+            raise ConfigError(None, f"dedup.steps: {entry} is named {name!r}, which another step has")
+        register_step(name, target)
+        names.append(name)
+    if names[:1] != ["exact"]:
+        why = "it is checked as each answer arrives"
+        raise ConfigError(None, f'dedup.steps: the chain begins with "exact" ({why})')
+    if len(set(names)) != len(names):
+        raise ConfigError(None, "dedup.steps: a step is named twice")
+    return names
 
 
 class Decision(NamedTuple):
@@ -302,7 +383,8 @@ class Deduplicator:
     the cluster merge pass call `check_batch` directly.
 
     `on` is what is compared (see KEYS); `field` restricts the answer's part of the near text to one
-    top-level field of a JSON answer; `steps` names the chain (default: exact, then near if `near`).
+    top-level field of a JSON answer; `steps` names the chain (default: exact, then `contaminated` when
+    `decontaminate` (a gen.decontaminate.Decontamination) is given, then near if `near`).
     """
 
     BATCH = 256
@@ -315,18 +397,33 @@ class Deduplicator:
         field: str | None = None,
         on: DedupKey = "example",
         steps: Sequence[str] | None = None,
+        given: Sequence[str] | None = None,
+        decontaminate: Any = None,
+        reasoning: bool = True,
     ) -> None:
         if on not in KEYS:
             raise ValueError(f"on must be one of {', '.join(KEYS)}, got {on!r}")
-        names = list(steps) if steps is not None else ["exact", *(["near"] if near else [])]
+        names = (
+            list(steps)
+            if steps is not None
+            else ["exact", *(["contaminated"] if decontaminate else []), *(["near"] if near else [])]
+        )
         if names[:1] != ["exact"] or any(n not in STEPS for n in names):
             raise ValueError(f"unknown dedup step in {names} (known: {', '.join(STEPS)}); exact comes first")
         self.on: DedupKey = on
         self.field = field
+        self.reasoning = reasoning and on != "input"  # the input key never looks at what was written
         self.near_enabled = "near" in names
         self.names = names  # the chain, in order: exact is checked per answer as it arrives
+<<<<<<< HEAD
         self.threshold = threshold
         self._settings = {"on": on, "field": field, "threshold": threshold}
+=======
+        # `[dedup] steps` as written, for the manifest.
+        self.given = list(given) if given is not None else None
+        self.contaminated_enabled = "contaminated" in names
+        self._settings = {"on": on, "field": field, "threshold": threshold, "decontaminate": decontaminate}
+>>>>>>> main
         self._exact = ExactStep()
         self._steps: dict[str, DedupStep] = {"exact": self._exact}
         self._queue: list[tuple[str, dict[str, Any]]] = []
@@ -347,45 +444,76 @@ class Deduplicator:
         return self.step("near").index if self.near_enabled else None  # type: ignore[attr-defined]
 
     @property
+    def batched(self) -> bool:
+        """Whether the chain has steps after exact, which decide rows in batches (`offer`, `drain`)."""
+        return len(self.names) > 1
+
+    @property
     def pending(self) -> int:
         return len(self._queue)
 
-    def exact_digest(self, turns: Iterable[tuple[str, str]] | None, answer: str) -> int:
+    def exact_digest(
+        self, turns: Iterable[tuple[str, str]] | None, answer: str, reasoning: str | None = None
+    ) -> int:
         """The 8-byte key the exact check compares for an answer to the input `turns` ((role, content)
         pairs; None is allowed for the `output` key, which does not look at them).
 
         The answer is case and whitespace folded; the input turns are hashed as rendered (a template
         renders one input the same way every time), so a long system prompt costs a hash, not a fold.
         """
+        trace = trace_digest(reasoning) if self.reasoning else b""
         if self.on == "output":
-            return ExactDedup.digest(answer)
+            if not trace:
+                return ExactDedup.digest(answer)
+            folded = normalise(answer).encode() + b"\x03" + trace
+            return int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "big")
         assert turns is not None
-        return self._combine(b"".join(_turn(role, _digest8(content)) for role, content in turns), answer)
+        inputs = b"".join(_turn(role, _digest8(content)) for role, content in turns)
+        return self._combine(inputs, answer, trace)
 
-    def _combine(self, inputs: bytes, answer: str) -> int:
-        """The key from the input turns' bytes (`_turn` of each) and the answer."""
+    def _combine(self, inputs: bytes, answer: str, trace: bytes = b"") -> int:
+        """The key from the input turns' bytes (`_turn` of each), the answer and its trace's digest."""
         if self.on == "example":
             inputs += b"\x02" + normalise(answer).encode()
+            if trace:
+                inputs += b"\x03" + trace
         return int.from_bytes(hashlib.blake2b(inputs, digest_size=8).digest(), "big")
 
-    def message_digest(self, turns: Sequence[dict[str, str]], answer: str) -> int:
+    def message_digest(
+        self, turns: Sequence[dict[str, Any]], answer: str, reasoning: str | None = None
+    ) -> int:
         """`exact_digest` for input turns as message dicts (`role`, `content`)."""
-        return self.exact_digest(((m["role"], m["content"]) for m in turns), answer)
+        return self.exact_digest(((m["role"], m["content"]) for m in turns), answer, reasoning)
+
+    def _answer_text(self, row: dict[str, Any]) -> str:
+        """The answer's near text of a row, with the sample of its trace when traces count."""
+        text = near_text(row["output"], row["response"], self.field)
+        if self.reasoning and row.get("reasoning"):
+            text += " " + trace_sample(row["reasoning"])
+        return text
 
     def near_item(self, row: dict[str, Any]) -> NearItem:
         """What the near check compares for a row with `output`, `response` and `vars`: the answer's
         text values (`output`), the input's (`input`), or both, weighing the same (`example`)."""
         if self.on == "output":
-            return near_text(row["output"], row["response"], self.field)
+            return self._answer_text(row)
         inputs = near_text(row["vars"], "")
         if self.on == "input":
             return inputs
-        return inputs, near_text(row["output"], row["response"], self.field)
+        return inputs, self._answer_text(row)
 
     def keys(self, name: str, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """What step `name` compares for each row (a data row: `messages`, `output`, `response`, `vars`)."""
         if name == "exact":
-            return [self.message_digest(r["messages"][:-1], r["messages"][-1]["content"]) for r in rows]
+            # The answer is the output (else the text), as the last message holds it without a trace.
+            return [
+                self.message_digest(
+                    r["messages"][:-1],
+                    r["output"] if r["output"] is not None else r["response"],
+                    r.get("reasoning"),
+                )
+                for r in rows
+            ]
         if name == "near":
             return [self.near_item(r) for r in rows]
         return [self.step(name).row_key(r) for r in rows]  # type: ignore[attr-defined]
@@ -428,7 +556,7 @@ class Deduplicator:
                     continue
                 out[i] = Decision(name, kept)
                 self.counts[name] = self.counts.get(name, 0) + 1
-                if name != "exact" and len(self.examples) < 5:
+                if name == "near" and len(self.examples) < 5:  # the manifest's near_examples
                     text = " => ".join(map(str, key)) if isinstance(key, tuple) else str(key)
                     self.examples.append({"id": batch.ids[i], "duplicate_of": kept, "text": text[:200]})
             todo = left
@@ -436,11 +564,30 @@ class Deduplicator:
 
     def columns(self) -> list[str]:
         """The data-shard columns `read_keys` reads for this key."""
+        trace = ["reasoning"] if self.reasoning else []
         if self.on == "output":
-            return ["id", "output", "response"]
-        return ["id", "messages", *(("output", "vars") if self.near_enabled else ())]
+            return ["id", "output", "response", *(("vars",) if self.contaminated_enabled else ()), *trace]
+        wants_vars = self.near_enabled or self.contaminated_enabled
+        return ["id", "messages", "output", "response", *(["vars"] if wants_vars else []), *trace]
+
+    def _own_steps(self) -> list[str]:
+        """The chain's steps that `_read_keys` does not know: they make their keys from whole rows."""
+        return [n for n in self.names if n not in ("exact", "near", "contaminated")]
 
     def read_keys(self, out_dir: Path, rel: str) -> Batch:
+        """A data shard's rows as a Batch with every step's keys (`_read_keys`, then whole rows for a
+        step of the user's own, whose `row_key` sees a row as the run built it)."""
+        batch = self._read_keys(out_dir, rel)
+        own = self._own_steps()
+        if own:
+            from gen.shards import parquet_rows
+
+            rows = list(parquet_rows(out_dir / rel))
+            for name in own:
+                batch.keys[name] = self.keys(name, rows)
+        return batch
+
+    def _read_keys(self, out_dir: Path, rel: str) -> Batch:
         """A data shard's rows as a Batch: ids, exact digests and (when near is on) near items, as
         `exact_digest()` and `near_item()` would give for its rows. ConfigError naming the shard when it
         lacks what this key needs (an output from elsewhere, given to --dedup-against)."""
@@ -449,8 +596,10 @@ class Deduplicator:
         pa = _pyarrow()
         path = out_dir / rel
         pf = pa.parquet.ParquetFile(path)
-        want = self.columns()
-        missing = [c for c in want if c not in pf.schema_arrow.names]
+        names = pf.schema_arrow.names
+        # A shard written before traces were kept (row schema 1) has none: its rows have no trace.
+        want = [c for c in self.columns() if c != "reasoning" or c in names]
+        missing = [c for c in want if c not in names]
         if missing:
             raise ConfigError(path, self._cannot(f"it has no {missing[0]!r} column"))
         if self.on != "output":
@@ -461,21 +610,26 @@ class Deduplicator:
             pf = pa.parquet.ParquetFile(path, read_dictionary=content)
         table = pf.read(columns=want)
         ids: list[str] = table.column("id").to_pylist()
+        outputs = table.column("output").to_pylist()
+        responses = table.column("response").to_pylist()
+        traces = table.column("reasoning").to_pylist() if "reasoning" in want else [None] * len(ids)
         if self.on == "output":
-            outputs = table.column("output").to_pylist()
-            responses = table.column("response").to_pylist()
             digests = [
-                ExactDedup.digest(o if o is not None else r) for o, r in zip(outputs, responses, strict=True)
+                self.exact_digest(None, o if o is not None else r, t)
+                for o, r, t in zip(outputs, responses, traces, strict=True)
             ]
             batch = Batch(ids, {"exact": digests})
             if self.near_enabled:
                 batch.keys["near"] = [
-                    near_text(o, r, self.field) for o, r in zip(outputs, responses, strict=True)
+                    self._answer_text({"output": o, "response": r, "reasoning": t})
+                    for o, r, t in zip(outputs, responses, traces, strict=True)
                 ]
+            if self.contaminated_enabled:
+                self._contaminated_keys(batch, rel, outputs, responses, table.column("vars").to_pylist())
             return batch
-        # messages = input turns + the assistant's answer. Each distinct content is hashed once.
+        # messages = input turns + the assistant's answer. Each distinct content is hashed once. The
+        # answer is the output, else the text: the last message may carry the trace (think-tags).
         digests: list[int] = []
-        answers: list[str] = []
         for chunk in table.column("messages").chunks:
             offsets = chunk.offsets.to_pylist()
             values = chunk.values
@@ -491,23 +645,36 @@ class Deduplicator:
                 if b <= a or roles[b - 1] != "assistant" or index[b - 1] is None:
                     row = len(digests)
                     raise ConfigError(path, self._cannot(f"row {row} has no answer as its last message"))
-                answer = distinct[index[b - 1]]
-                answers.append(answer)
+                n = len(digests)
+                answer = outputs[n] if outputs[n] is not None else responses[n]
                 turns = b"".join(
                     _turn(role, hashed[j] if j is not None else _digest8(None))
                     for role, j in zip(roles[a : b - 1], index[a : b - 1], strict=True)
                 )
-                digests.append(self._combine(turns, answer))
+                trace = trace_digest(traces[n]) if self.reasoning else b""
+                digests.append(self._combine(turns, answer, trace))
         batch = Batch(ids, {"exact": digests})
         if self.near_enabled:
-            outputs = table.column("output").to_pylist()
             vars_ = table.column("vars").to_pylist()
-            # A row without `output` (no schema) answered in free text: that text is the last message.
             batch.keys["near"] = [
-                self.near_item({"output": o, "response": ans, "vars": v})
-                for o, ans, v in zip(outputs, answers, vars_, strict=True)
+                self.near_item({"output": o, "response": r, "vars": v, "reasoning": t})
+                for o, r, v, t in zip(outputs, responses, vars_, traces, strict=True)
             ]
+        if self.contaminated_enabled:
+            self._contaminated_keys(batch, rel, outputs, responses, table.column("vars").to_pylist())
         return batch
+
+    def _contaminated_keys(
+        self, batch: Batch, rel: str, outputs: list[Any], responses: list[Any], vars_: list[Any]
+    ) -> None:
+        """The `contaminated` step's keys of a shard's rows (gen.decontaminate.ContaminationStep.row_key)."""
+        from gen.decontaminate import row_text
+        from gen.outdir import split_of_path
+
+        split = split_of_path(rel)
+        batch.keys["contaminated"] = [
+            (split, row_text(v, o, r)) for o, r, v in zip(outputs, responses, vars_, strict=True)
+        ]
 
     def _cannot(self, why: str) -> str:
         instead = 'deduplicate by answer text with [dedup] on = "output", or ' if self.on != "output" else ""
@@ -546,10 +713,27 @@ class Deduplicator:
         return [(split, row, d) for (split, row), d in zip(queue, decisions, strict=True)]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "on": self.on,
+            "reasoning": self.reasoning,
             "exact_removed": self.counts["exact"],
             "near_removed": self.counts["near"],
             "near": {**self.step("near").describe(), "field": self.field} if self.near_enabled else None,
             "near_examples": self.examples,
+            **(
+                {
+                    "contaminated_removed": self.counts.get("contaminated", 0),
+                    "contaminated": self.step("contaminated").describe(),
+                }
+                if self.contaminated_enabled
+                else {}
+            ),
         }  # fmt: skip
+        if self.given is not None:
+            out["steps"] = self.given
+        for name in self._own_steps():
+            out[f"{name}_removed"] = self.counts.get(name, 0)
+            described = self.step(name).describe()
+            if described is not None:
+                out[name] = described
+        return out

@@ -40,7 +40,7 @@ class Executor(ABC):
 
     def resume_flags(self, opts: RunOptions) -> str:
         """The `gen run` flags, beyond the prompt file and --output, that resume a run of this executor."""
-        return ""
+        return " --batch" if opts.batch else ""
 
 
 class LocalExecutor(Executor):

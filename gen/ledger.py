@@ -11,15 +11,16 @@ An entry is one JSON object a line, sealed with a CRC-32 of its own bytes as its
     {"s": "train", "r": {...row...}, "u": [12, 80], "c": 3735928559}   an answer (a row, reject or duplicate)
     {"q": "<task id>", "e": [12, 120], "u": [12, 80], "c": 123456789}  a reservation
 
-`u` is what the teacher billed for one request: on an answer, the request that decided the task; on a
-reservation, the task's previous request (an invalid answer about to be re-asked), absent on a first
-request. A reservation is written, and reaches the page cache, before its request leaves; `e` is that
-request's reserved cost: the prompt's estimate (characters / 4, as the tpm limiter counts; a prompt in a
-script with fewer characters per token costs more) plus the max_tokens asked for. The next entry
-of the same task settles it. One still open when the journal is replayed was in flight when the run died:
-the teacher may have answered and billed it, so its `e` counts as spent. That keeps --max-tokens and
---max-usd counting across SIGKILLs for one small entry per request, written in the same os.write as the
-worker's earlier answers.
+`u` is what the teacher billed for one request (prompt and completion tokens, then, when the prompt
+cache was used, the prompt tokens read from and written to it): on an answer, the request that decided
+the task; on a reservation, the task's previous request (an invalid answer about to be re-asked), absent
+on a first request. A reservation is written, and reaches the page cache, before its request leaves; `e`
+is that request's reserved cost: the prompt's estimate (characters / 4, as the tpm limiter counts; a
+prompt in a script with fewer characters per token costs more) plus the max_tokens asked for. The next
+entry of the same task settles it. One still open when the journal is replayed was in flight when the
+run died: the teacher may have answered and billed it, so its `e` counts as spent. That keeps
+--max-tokens and --max-usd counting across SIGKILLs for one small entry per request, written in the
+same os.write as the worker's earlier answers.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ import orjson
 from gen.outdir import SPLITS, OutputDir
 
 _TASK_ID = re.compile(r"[0-9a-f]{16,128}")
-Usage = tuple[int, int]  # (prompt tokens, completion tokens)
+# (prompt tokens, completion tokens), or with the prompt tokens read from and written to the provider's
+# prompt cache: (prompt, completion, cached, cache_written). Journaled as it is, two or four numbers.
+Usage = tuple[int, ...]
 
 
 def seal(entry: dict[str, Any]) -> bytes:
@@ -216,10 +219,10 @@ class BadEntry:
 def _usage(value: Any) -> Usage | None:
     if (
         isinstance(value, list)
-        and len(value) == 2
+        and len(value) in (2, 4)
         and all(type(v) is int and 0 <= v < 1 << 53 for v in value)
     ):
-        return value[0], value[1]
+        return tuple(value)
     return None
 
 
@@ -317,3 +320,143 @@ def load_manifest(out_dir: Path, partition: int | None = None) -> dict[str, Any]
     if not path.exists():
         return None
     return orjson.loads(path.read_bytes())
+
+
+# --- the batch log: which provider batches hold which requests (gen run --batch) ---
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request to send again: a re-ask (attempt > 1) or a retry of one that failed or expired in a
+    batch. `messages` None means the task's own; `used` sums the usage of the task's earlier requests,
+    `last` is what its previous request cost."""
+
+    task_id: str
+    attempt: int
+    retry: int
+    messages: list[dict[str, str]] | None
+    seed: int
+    used: Usage
+    last: Usage | None
+
+
+@dataclass(slots=True)
+class LoggedBatch:
+    name: str
+    fingerprint: dict[str, Any]  # the recipe's (gen.manifest.recipe_fingerprint)
+    provider: str
+    requests: list[tuple[str, int, int]]  # (task id, attempt, retry)
+    estimate: Usage
+    at: float = 0.0  # when it was about to be submitted (epoch seconds)
+    id: str | None = None  # the provider's batch id, once it accepted the batch
+    done: str | None = None  # "collected", "failed" (refused as a whole) or "cancelled"
+
+
+class BatchLog:
+    """OUTPUT/batches.jsonl: append-only sealed entries (as the journal's), one os.write each.
+
+        {"bi": NAME, "f": FINGERPRINT, "p": PROVIDER, "t": [[task id, attempt, retry], ...], "e": [..]}
+            a batch about to be submitted (written before its upload starts)
+        {"bc": NAME, "id": "batch_abc"}     the provider accepted it: written the moment its id is known
+        {"bd": NAME, "st": "collected"}     every result of it is in the journal (or it failed as a
+                                            whole, or was cancelled): never polled again
+        {"br": TASK ID, "a": 2, "k": 0, "m": [...], "s": SEED, "u": [..], "l": [..]}
+            a request to send in a later batch (a re-ask, or a retry of one that failed or expired)
+
+    A batch with "bi" but no "bc" was never accepted (the run died uploading or creating it): its
+    requests are sent again, and nothing was paid for them. One with "bc" and no "bd" is polled and
+    collected by the next run, never submitted again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        data = seal(entry)
+        if os.write(self._fd, data) != len(data):
+            raise OSError(28, "short write to the batch log (disk full?)", str(self.path))
+
+    def intent(self, b: LoggedBatch) -> None:
+        self._write(
+            {
+                "bi": b.name,
+                "f": b.fingerprint,
+                "p": b.provider,
+                "t": b.requests,
+                "e": list(b.estimate),
+                "ts": b.at,
+            }
+        )
+
+    def created(self, name: str, batch_id: str) -> None:
+        self._write({"bc": name, "id": batch_id})
+
+    def done(self, name: str, how: str) -> None:
+        self._write({"bd": name, "st": how})
+
+    def pending(self, p: Pending) -> None:
+        entry: dict[str, Any] = {"br": p.task_id, "a": p.attempt, "k": p.retry, "m": p.messages, "s": p.seed}
+        entry["u"] = list(p.used)
+        if p.last is not None:
+            entry["l"] = list(p.last)
+        self._write(entry)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read(self) -> tuple[dict[str, LoggedBatch], dict[tuple[str, int, int], Pending], list[str]]:
+        """(batches by name, pending requests by (task id, attempt, retry), problems): every intact
+        entry, oldest first; a torn last line is passed over, any other bad line is a problem."""
+        batches: dict[str, LoggedBatch] = {}
+        pending: dict[tuple[str, int, int], Pending] = {}
+        problems: list[str] = []
+        try:
+            raw = self.path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):  # no log (or no output directory) yet
+            return batches, pending, problems
+        lines = raw.split(b"\n")
+        for n, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                entry = orjson.loads(line)
+                at = line.rfind(b',"c":')
+                if not isinstance(entry, dict) or at < 0 or zlib.crc32(line[:at]) != entry.get("c"):
+                    raise ValueError("checksum mismatch")
+                if "bi" in entry:
+                    reqs = [(str(t), int(a), int(k)) for t, a, k in entry["t"]]
+                    e = entry["e"]
+                    batches[entry["bi"]] = LoggedBatch(
+                        entry["bi"], entry["f"], entry["p"], reqs, (int(e[0]), int(e[1])), float(entry["ts"])
+                    )
+                elif "bc" in entry:
+                    batches[entry["bc"]].id = str(entry["id"])
+                elif "bd" in entry:
+                    batches[entry["bd"]].done = str(entry["st"])
+                elif "br" in entry:
+                    u, last = entry["u"], entry.get("l")
+                    p = Pending(
+                        entry["br"],
+                        int(entry["a"]),
+                        int(entry["k"]),
+                        entry["m"],
+                        int(entry["s"]),
+                        (int(u[0]), int(u[1])),
+                        (int(last[0]), int(last[1])) if last else None,
+                    )
+                    key = (p.task_id, p.attempt, p.retry)
+                    pending.pop(key, None)  # the order of the dict is the order last written
+                    pending[key] = p
+                else:
+                    raise ValueError("not a batch log entry")
+            except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, IndexError) as e:
+                if n == len(lines) or (n == len(lines) - 1 and not lines[-1]):
+                    if isinstance(e, orjson.JSONDecodeError):
+                        continue  # a torn last line: the process died inside this os.write
+                problems.append(f"{self.path}:{n}: {e}")
+        return batches, pending, problems

@@ -407,6 +407,7 @@ class LimitedTeacher:
             )
             estimated = estimate_tokens(messages, int(max_tokens))
         await self.limiter.before(estimated)
+        sent = time.perf_counter()
         try:
             comp = await self.teacher.complete(messages, seed=seed, sampling=sampling)
         except TeacherError as e:
@@ -434,6 +435,7 @@ class LimitedTeacher:
             headers=comp.headers,
             throttled=False,
         )
+        comp.latency_s = time.perf_counter() - sent  # the request alone, not its wait for a slot
         return comp
 
     async def close(self) -> None:

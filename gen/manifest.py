@@ -55,6 +55,8 @@ class RunSnapshot:
     runs: list[dict[str, Any]]  # every run of the output, this one last (see run_entry)
     partition: dict[str, Any] | None = None  # a partition's scope (index, count, limit, samples)
     cluster: dict[str, Any] | None = None  # the merged manifest's cluster section
+    verification: dict[str, Any] | None = None  # [verify]: the check and its tries per template
+    reasoning_format: str = "field"  # how traces enter `messages` (gen.reasoning.REASONING_FORMATS)
 
 
 def run_entry(run_id: str, status: str, wall_time_s: float, stats: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +95,7 @@ def build_manifest(snap: RunSnapshot) -> dict[str, Any]:
         "intended_use": snap.intended_use,
         "licence_review": snap.licence_review,
         "sampling": snap.sampling,
+        "reasoning_format": snap.reasoning_format,
         "samples": snap.samples,
         "limit": snap.limit,  # with samples, the task set a complete output decides (audit)
         "eval_fraction": snap.eval_fraction,
@@ -100,6 +103,7 @@ def build_manifest(snap: RunSnapshot) -> dict[str, Any]:
         "shards": [s.as_dict() for s in snap.shards],
         "totals": totals(snap.shards),
         "dedup": snap.dedup,
+        **({"verification": snap.verification} if snap.verification is not None else {}),
         "usage": snap.usage,
         "cost_usd": snap.cost_usd,
         # Segments whose every entry this manifest counts: a resumed run skips them if a crash left
@@ -135,6 +139,8 @@ def recipe_fingerprint(m: dict[str, Any]) -> dict[str, Any]:
         "teacher provider": m["teacher"]["provider"],
         "teacher model": m["teacher"]["model"],
         "teacher licence": m["teacher"]["license"],
+        # how traces enter `messages`: one dataset holds one shape (before it was recorded: "field")
+        "reasoning format": m.get("reasoning_format", "field"),
     }
 
 

@@ -3,12 +3,17 @@
     OUTPUT/
       manifest.json             what the output holds and how it was made (the commit point)
       README.md                 the dataset card
+      report.html               `gen report`'s page (written only by it)
       data/train-00000.parquet  kept rows (and data/eval-*.parquet)
       rejects/rejects-00000.parquet, duplicates/duplicates-00000.parquet
       journal/                  answers not yet in a shard (journal/p003/ for partition 3)
+<<<<<<< HEAD
       index/train-00000.gidx    the dedup indexes of data/train-00000.parquet's rows (gen.dedup_index)
+=======
+      batches.jsonl             batch mode: the provider batches submitted and not yet collected
+>>>>>>> main
       partitions/p003.json      a cluster partition's resume state (and p003.lock while it runs)
-      evals/                    reserved for `gen eval`
+      evals/NAME/               one `gen eval` each (gen.evaluation): answers/, results.parquet, report.json
 
 A partition of a cluster run names its shards `data/train-p003-00000.parquet`; the cluster merge pass
 writes `duplicates/duplicates-merge-00000.parquet` and rewrites a partition shard as `...-00002-m.parquet`.
@@ -24,8 +29,10 @@ from typing import Final
 
 MANIFEST: Final = "manifest.json"
 CARD: Final = "README.md"
+REPORT: Final = "report.html"
 JOURNAL: Final = "journal"
 PARTITIONS: Final = "partitions"
+BATCHES: Final = "batches.jsonl"
 EVALS: Final = "evals"
 INDEX: Final = "index"
 SPLITS: Final = ("train", "eval", "rejects", "duplicates")
@@ -123,6 +130,11 @@ class OutputDir:
         return self.root / CARD
 
     @property
+    def report(self) -> Path:
+        """OUTPUT/report.html, `gen report`'s page."""
+        return self.root / REPORT
+
+    @property
     def journal_root(self) -> Path:
         return self.root / JOURNAL
 
@@ -132,6 +144,11 @@ class OutputDir:
         if self.partition is None:
             return self.journal_root
         return self.journal_root / partition_tag(self.partition)
+
+    @property
+    def batches(self) -> Path:
+        """OUTPUT/batches.jsonl: the batch log of `gen run --batch` (gen.ledger.BatchLog)."""
+        return self.root / BATCHES
 
     @property
     def partitions_dir(self) -> Path:
@@ -160,7 +177,7 @@ class OutputDir:
 
     @property
     def evals(self) -> Path:
-        """OUTPUT/evals/: reserved for `gen eval`; nothing writes it yet."""
+        """OUTPUT/evals/: one directory per `gen eval` (gen.evaluation)."""
         return self.root / EVALS
 
     def dedup_index(self, rel: str) -> Path:

@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +25,9 @@ from typing import Any
 from gen import __version__
 from gen.budget import Budget
 from gen.card import write_card
-from gen.config import RunOptions
-from gen.dedup import Deduplicator, key_of
-from gen.errors import FatalTeacherError, GenError, TeacherError, leaks_secret, redact
+from gen.config import RunOptions, request_timeout
+from gen.dedup import Deduplicator, key_of, reasoning_of, resolve_steps
+from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import (
     BadEntry,
     Journal,
@@ -40,10 +41,20 @@ from gen.ledger import (
 from gen.limits import LimitedTeacher, Limiter, estimate_tokens
 from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
+from gen.prefix import PrefixGate, grouped
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
+from gen.reasoning import (
+    CLOSE,
+    OPEN,
+    assistant_message,
+    estimated_tokens,
+    journal_form,
+    restored,
+    split_think,
+)
 from gen.retry import RetryPolicy, with_retries
-from gen.rows import Row, duplicate_row, reject_row
+from gen.rows import COLUMNS, Row, duplicate_row, reject_row
 from gen.shards import (
     ShardInfo,
     ShardWriter,
@@ -60,16 +71,27 @@ from gen.teachers.base import Completion
 from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
+from gen.templates import task_id as make_task_id
 from gen.validate import Verdict, check, repair_messages
+from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, sim_answers, tally
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
+OPENAI_CACHE_MIN_TOKENS = 1024  # the prefix gate's threshold when the price table names none
 SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
-_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "unanswered_requests", "unanswered_tokens")
+_USAGE_KEYS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "unanswered_requests",
+    "unanswered_tokens",
+)
 
-# What asking until valid gives (Run._ask): the completion, its verdict, the attempts, the prompt and
-# completion tokens summed over them, and what the last request cost. A plain tuple: one per row.
-_Asked = tuple[Completion, Verdict, int, int, int, Usage]
+# What asking until valid gives (Run._ask): the completion, its verdict, the attempts, the prompt,
+# completion and cached prompt tokens summed over them, and what the last request cost. A plain tuple:
+# one per row.
+_Asked = tuple[Completion, Verdict, int, int, int, int, Usage]
 
 # How a run ended; the CLI maps these to exit statuses.
 COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
@@ -91,12 +113,22 @@ class RunStats:
     repairs: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
     truncated_kept: int = 0  # rows kept although cut off at max_tokens (keep_truncated = true)
+    reasoning_tokens: int = 0  # in the traces of answers received (reported, else about chars / 4)
     # Requests this run gave up waiting for (cancelled in flight): counted at their reservation.
     unanswered_requests: int = 0
     unanswered_tokens: int = 0
     journal_skipped: int = 0  # journal entries not intact or not a valid row: their tasks asked again
     reject_reasons: Counter[str] = field(default_factory=Counter)
+    # Batch mode (gen.batching): batches submitted; requests of a batch that failed alone or expired;
+    # of those, sent again in a later batch and sent online (--batch-fallback online).
+    batches: int = 0
+    batch_failed: int = 0
+    batch_expired: int = 0
+    batch_retried: int = 0
+    batch_online: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -112,11 +144,27 @@ class RunStats:
             "repairs": self.repairs,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "truncated_kept": self.truncated_kept,
+            "reasoning_tokens": self.reasoning_tokens,
             "unanswered_requests": self.unanswered_requests,
             "unanswered_tokens": self.unanswered_tokens,
             "journal_skipped": self.journal_skipped,
             "reject_reasons": dict(self.reject_reasons),
+            **(
+                {
+                    "batch": {
+                        "batches": self.batches,
+                        "failed": self.batch_failed,
+                        "expired": self.batch_expired,
+                        "retried_in_batch": self.batch_retried,
+                        "retried_online": self.batch_online,
+                    }
+                }
+                if self.batches or self.batch_failed or self.batch_expired
+                else {}
+            ),
         }
 
 
@@ -130,6 +178,7 @@ class RunResult:
     message: str = ""
     signal: int | None = None
     spent_usd: float = 0.0
+    saved_usd: float = 0.0  # what prompt caching saved this run (summary line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +188,34 @@ class _Checkpoint:
     answer whose entry is in a later segment: a resumed run would count it again)."""
 
     segments: list[Path]
-    usage: dict[str, int]
+    usage: dict[str, Any]
     cost_usd: float
+    checks: dict[str, int] = field(default_factory=dict)  # answer verification's counters (Run._checks)
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _inputs(it: Iterator[Task]) -> Iterator[list[Task]]:
+    """The task stream cut into inputs: the samples of one input come one after another."""
+    group: list[Task] = []
+    for task in it:
+        if group and (task.sample == 0 or task.vars_json != group[0].vars_json):
+            yield group
+            group = []
+        group.append(task)
+    if group:
+        yield group
+
+
+def _carry_over(row: dict[str, Any], reject: dict[str, Any]) -> dict[str, Any]:
+    """`reject` with what the data row `row` holds in the reject's other columns (a reasoning trace, say):
+    an answer that failed verification keeps everything it had."""
+    for c in COLUMNS["rejects"]:
+        if reject.get(c.name) is None and row.get(c.name) is not None:
+            reject[c.name] = row[c.name]
+    return reject
 
 
 def _take(it: Iterator[Task], limit: int | None) -> Iterator[Task]:
@@ -172,14 +243,31 @@ class Run:
         d = self.spec.dedup
         # An output keeps the key it was begun with; one made before [dedup] on existed keeps "output".
         on, self.legacy_dedup_key = key_of(d.on, p.previous, p.opts.dedup_on, self.out.manifest)
+        near = d.near and not p.opts.no_near_dedup
+        try:
+            steps = resolve_steps(d.steps, p.prompt.base_dir) if d.steps is not None else None
+        except ConfigError as e:
+            raise ConfigError(p.prompt.path, e.problem) from None
+        if steps is not None:
+            # Near off (`near = false`, --no-near-dedup) takes it out of a chain the prompt file names;
+            # decontamination, on when files are given, runs right after exact.
+            steps = [n for n in steps if n != "near" or near]
+            steps = [n for n in steps if n != "contaminated"]
+            if p.decontamination:
+                steps.insert(1, "contaminated")
         self.dedup = Deduplicator(
-            near=d.near and not p.opts.no_near_dedup,
+            near=near and p.opts.dedup,
             threshold=p.opts.near_threshold or d.threshold,
             field=d.field,
             on=on,
+            steps=steps,
+            given=d.steps,
+            decontaminate=p.decontamination,
+            reasoning=reasoning_of(d.reasoning, p.previous),
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
         self._indexed: set[str] = set()  # data shards whose dedup index is persisted (gen.dedup_index)
+        self._uncounted: set[int] = set()  # id keys in shards the manifest missed: usage not yet counted
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
         self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
@@ -208,7 +296,9 @@ class Run:
         self.served: list[dict[str, Any]] = []  # what launched vLLM servers report (model path, revision)
         self.status = "running"
         self.stop_reason: str | None = None
+        self.stop_status: str | None = None  # how it ended, when _final_status cannot tell (batch --cancel)
         self.signal: int | None = None
+        self._urls: list[str] = []  # the teacher's base URLs (the ones gen launched, else the given ones)
         self._exhausted = False  # a worker found the task stream at its end: every task was handed out
         self._sampling_json = canonical_json(p.sampling)
         self._workers: list[asyncio.Task[None]] = []
@@ -221,25 +311,67 @@ class Run:
         )
         self.writer: ShardWriter | None = None
         self.journal: Journal | None = None
+        minimum = (p.price.cache_min_tokens if p.price else None) or OPENAI_CACHE_MIN_TOKENS
+        self.gate = PrefixGate(minimum) if p.opts.prefix_gate else None
+        # Answer verification ([verify]): checks run on a thread of their own, off the event loop.
+        self.verifier = p.verifier
+        self._verify_pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="gen-verify") if self.verifier is not None else None
+        )
+        self.max_samples = self.verifier.spec.max_samples if self.verifier is not None else None
+        self._verified: set[int] = (
+            set()
+        )  # rejection sampling: id keys of answers that passed, earlier runs too
+        before = (
+            ((p.previous or {}).get("verification") or {}).get("per_template", {}).get(self.spec.name, {})
+        )
+        self._checks_carried = {k: int(before.get(k) or 0) for k in CHECK_KEYS}
+        self._checks: Counter[str] = Counter()
+        # Called with every answer the teacher gives (the task, the completion, its attempt number), on
+        # the event loop, before validation: gen eval records each request's latency with it.
+        self.on_reply: Callable[[Task, Completion, int], None] | None = None
 
     # --- the manifest: rewritten at every checkpoint, from the writer thread ---
 
-    def _usage(self) -> dict[str, int]:
+    def _usage(self) -> dict[str, Any]:
         """The dataset's usage so far, over every run: the manifest's `usage`."""
         s, c = self.stats, self._carried
         prompt_tokens = c["prompt_tokens"] + s.prompt_tokens
         completion_tokens = c["completion_tokens"] + s.completion_tokens
+        cached, written = (
+            c["cached_input_tokens"] + s.cached_tokens,
+            c["cache_write_tokens"] + s.cache_write_tokens,
+        )
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            # Of prompt_tokens: read from the provider's prompt cache, and written to it.
+            "cached_input_tokens": cached,
+            "cache_write_tokens": written,
+            # Against billing every prompt token at the input price; in cost_usd already.
+            "cache_saved_usd": self._saved_usd(cached, written),
             # Requests in flight when a run died or gave up on them: their reservations count as spent.
             "unanswered_requests": c["unanswered_requests"] + s.unanswered_requests,
             "unanswered_tokens": c["unanswered_tokens"] + s.unanswered_tokens,
         }
 
+    def _saved_usd(self, cached: int, written: int) -> float:
+        return round(self.p.price.saved(cached, written), 6) if self.p.price is not None else 0.0
+
     def _closing(self, segments: list[Path]) -> _Checkpoint:
-        return _Checkpoint(segments, self._usage(), self.budget.spent_usd)
+        return _Checkpoint(segments, self._usage(), self.budget.spent_usd, dict(self._checks))
+
+    def _verification(self, checks: dict[str, int]) -> dict[str, Any] | None:
+        """The manifest's `verification`: the check, and per template the tries over every run."""
+        if self.verifier is None:
+            return None
+        n = tally({k: self._checks_carried[k] + checks.get(k, 0) for k in CHECK_KEYS})
+        return {
+            **self.verifier.describe(),
+            "samples": self.p.expansion.samples,
+            "per_template": {self.spec.name: n},
+        }
 
     def manifest(self, shards: list[ShardInfo], at: _Checkpoint | None = None) -> dict[str, Any]:
         """The manifest of the output as it stands: `shards` on disk, counters as of checkpoint `at`."""
@@ -295,6 +427,8 @@ class Run:
             journal_committed=[s.name for s in at.segments] if at is not None else [],
             runs=self._earlier_runs() + [this_run],
             partition=self._partition_scope() if self.partition is not None else None,
+            verification=self._verification(at.checks if at is not None else dict(self._checks)),
+            reasoning_format=self.p.reasoning_format,
         )
 
     def _earlier_runs(self) -> list[dict[str, Any]]:
@@ -367,10 +501,17 @@ class Run:
                 self._indexed.add(rel)
             elif shards[-1].split in ("train", "eval"):
                 batch = self.dedup.read_keys(out, rel)  # by the output's key
-                self.claimed.update(id_key(tid) for tid in batch.ids)
+                keys = [id_key(tid) for tid in batch.ids]
                 self.dedup.remember(batch)
+                if self.max_samples is not None:
+                    self._verified.update(keys)
             else:
-                self.claimed.update(id_key(tid) for tid in read_columns(out, rel, ["id"])["id"])
+                keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
+                if self.max_samples is not None and shards[-1].split == "duplicates":  # they passed
+                    self._verified.update(keys)
+            self.claimed.update(keys)
+            if not info:  # the manifest did not count these rows' usage: their journal entries still say it
+                self._uncounted.update(keys)
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
             theirs = _listed_sha256(other) if self.dedup.can_load() else {}
             for rel in committed_shards(other):
@@ -395,38 +536,47 @@ class Run:
         segments = journal_segments(self.p.out_dir, self.partition)
         committed = frozenset((self.p.previous or {}).get("journal_committed") or ())
         open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
-        spent = [0, 0]
+        spent = [0, 0, 0, 0]  # prompt, completion, cached and cache-written tokens
         # A manifest without `journal_committed` was written by a gen whose journal entries were not
         # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
         unsealed = self.p.previous is not None and "journal_committed" not in self.p.previous
+        deduplicate = self.p.opts.dedup  # off for gen eval: every answer is kept
         for entry in journal_entries(self.p.out_dir, self.partition, skip=committed, unsealed=unsealed):
             if isinstance(entry, BadEntry):
                 self._skip_entry(f"{entry}")
                 continue
             if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
                 open_[entry.task_id] = entry.estimate
-                spent[0] += entry.usage[0]
-                spent[1] += entry.usage[1]
+                for i, n in enumerate(entry.usage):
+                    spent[i] += n
                 continue
             open_.pop(entry.task_id, None)
             split, row = entry.split, entry.row
             assert split is not None and row is not None
+            if split in ("train", "eval"):
+                row = restored(row, self.p.reasoning_format)  # the trace back in its message
             key = id_key(entry.task_id)
-            if key in self.claimed:  # in a shard: the manifest counted it
+            if key in self.claimed:  # in a shard: the manifest counted it, unless it missed the shard
+                if key in self._uncounted:
+                    self._uncounted.discard(key)
+                    spent[0] += entry.usage[0]
+                    spent[1] += entry.usage[1]
                 continue
-            spent[0] += entry.usage[0]
-            spent[1] += entry.usage[1]
+            for i, n in enumerate(entry.usage):
+                spent[i] += n
             problem = row_problem(split, row)
             if problem is not None:
                 self._skip_entry(f"{entry}: {problem}")
                 continue
             self.claimed.add(key)
+            if self.max_samples is not None and split in ("train", "eval", "duplicates"):
+                self._verified.add(key)
             self.stats.replayed += 1
             self._found_runs.add(row["run_id"])
             if split in ("train", "eval"):
                 # The journal holds rows that passed the exact check (so it finds none here, only indexes
                 # them); the batched steps are redone in order.
-                exact = self.dedup.check_batch([row], steps=("exact",))[0]
+                exact = self.dedup.check_batch([row], steps=("exact",))[0] if deduplicate else None
                 if exact is not None:
                     self._accept("duplicates", self._duplicate_row(row, exact.kept, exact.kind))
                 else:
@@ -438,9 +588,13 @@ class Run:
             self._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
         self._carried["prompt_tokens"] += spent[0]
         self._carried["completion_tokens"] += spent[1]
-        self.budget.charge(spent[0], spent[1])
+        self._carried["cached_input_tokens"] += spent[2]
+        self._carried["cache_write_tokens"] += spent[3]
+        self.budget.charge(*spent)
         for task_id, estimate in open_.items():
-            if id_key(task_id) not in self.claimed:
+            # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
+            # request itself is in a provider batch, which the batch log tracks): never in flight here.
+            if id_key(task_id) not in self.claimed and estimate != (0, 0):
                 self._carried["unanswered_requests"] += 1
                 self._carried["unanswered_tokens"] += estimate[0] + estimate[1]
                 self.budget.charge(*estimate)
@@ -514,11 +668,23 @@ class Run:
                     for m in await client.models()
                 ]
             keep = self._keep()
-            tasks = _take(p.expansion.tasks(keep=keep), p.opts.limit)
-            self._workers = [
-                asyncio.create_task(self._worker(tasks, keep, teacher, progress))
-                for _ in range(p.teacher.max_concurrency)
-            ]
+            # Tasks sharing a prompt prefix leave together, while the provider's cache still holds it.
+            tasks = grouped(_take(p.expansion.tasks(keep=keep), p.opts.limit), p.opts.dispatch_window)
+            if p.opts.batch:  # the provider's batch API (gen.batching): one driver instead of workers
+                from gen.batching import BatchDriver
+
+                driver = BatchDriver(self, teacher, progress, self._urls[0], p.fingerprint)
+                self._workers = [asyncio.create_task(driver.drive(tasks, keep))]
+            else:
+                inputs = _inputs(tasks)
+                self._workers = [
+                    asyncio.create_task(
+                        self._sampling_worker(inputs, keep, teacher, progress)
+                        if self.max_samples is not None
+                        else self._worker(tasks, keep, teacher, progress)
+                    )
+                    for _ in range(p.teacher.max_concurrency)
+                ]
             try:
                 await asyncio.gather(*self._workers)
                 await self._record_held_failures()  # fewer than FAIL_FAST_AFTER, and nothing else came
@@ -541,6 +707,10 @@ class Run:
             finally:
                 self.limiter.on_pause = None
                 progress.close()
+                if self._verify_pool is not None:
+                    self._verify_pool.shutdown(wait=False, cancel_futures=True)
+                if self.verifier is not None:
+                    self.verifier.close()
         if error is not None and not isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
             if isinstance(error, GenError):
                 raise error
@@ -560,6 +730,7 @@ class Run:
             self.stop_reason or "",
             self.signal,
             self.budget.spent_usd,
+            self._saved_usd(self.stats.cached_tokens, self.stats.cache_write_tokens),
         )
 
     async def _open_teacher(self) -> tuple[Any, list[Any]]:
@@ -568,6 +739,10 @@ class Run:
         t = p.teacher
         spec = providers.get(t.provider)
         launch = providers.Launch(p.prompt, t.model, self.spec.vllm.model_copy(update=p.opts.vllm))
+        answer_from = self.spec.sim.get("answer_from")
+        if answer_from and spec.launcher is not None and spec.launches(t.base_urls):
+            # The simulator answers with each input's reference (and `wrong_share` of times not).
+            launch.sim_answers = await asyncio.to_thread(sim_answers, p.expansion, str(answer_from))
         urls = list(t.base_urls)
         try:
             if spec.launcher is not None and spec.launches(urls):
@@ -577,9 +752,13 @@ class Run:
                 await server.stop()
             raise
         self.served += launch.served
+        self._urls = urls
         if spec.records_base_urls:
             self.base_urls = urls
         client_class = spec.client_class()
+        extra: dict[str, Any] = {}
+        if getattr(client_class, "marks_cache_prefix", False) and p.price is not None:
+            extra["cache_min_tokens"] = p.price.cache_min_tokens
 
         def client(url: str) -> Any:
             return client_class(
@@ -589,9 +768,10 @@ class Run:
                 schema=p.schema,
                 strict=self.spec.strict,
                 max_connections=t.max_concurrency,
-                request_timeout_s=p.opts.request_timeout_s,
+                request_timeout_s=request_timeout(p.opts.request_timeout_s, p.sampling),
                 connect_timeout_s=p.opts.connect_timeout_s,
                 max_reply_bytes=p.opts.max_reply_bytes,
+                **extra,
             )
 
         if len(urls) == 1:
@@ -615,6 +795,8 @@ class Run:
             return FAILED
         if error is not None and not isinstance(error, asyncio.CancelledError):
             return ABORTED
+        if self.stop_status is not None and error is None:
+            return self.stop_status
         if self.signal is not None:
             return INTERRUPTED
         if self.stop_reason is not None:
@@ -696,6 +878,77 @@ class Run:
 
         return keep
 
+    async def _sampling_worker(
+        self,
+        inputs: Iterator[list[Task]],
+        keep: Callable[[str], bool] | None,
+        teacher: LimitedTeacher,
+        progress: Progress,
+    ) -> None:
+        """Rejection sampling (`[verify] max_samples`): one input at a time, tried until `samples`
+        answers passed or `max_samples` were tried."""
+        while self.stop_reason is None:
+            group = next(inputs, None)
+            if group is None:
+                self._exhausted = True
+                return
+            await self._sample_input(group, keep, teacher, progress)
+
+    async def _sample_input(
+        self,
+        group: list[Task],
+        keep: Callable[[str], bool] | None,
+        teacher: LimitedTeacher,
+        progress: Progress,
+    ) -> None:
+        """Try one input's samples in order; past its `samples`, each try is sample index `samples`, then
+        the next (a new id, so a new seed). Tries an earlier run decided are counted, not asked again."""
+        assert self.max_samples is not None
+        first = group[0]
+        full = len(group) == self.p.expansion.samples and first.messages is not None
+        tries = self.max_samples if full else len(group)  # a --limit that cut the input: no tries beyond
+        want, kept, ticked = len(group), 0, 0
+        for sample in range(tries):
+            if kept >= want or self.stop_reason is not None:
+                break
+            listed = sample < len(group)
+            task = group[sample] if listed else self._retry_task(first, sample)
+            if keep is not None and not keep(task.id):
+                continue
+            key = id_key(task.id)
+            if key in self.claimed:  # decided by an earlier run (or the same input listed twice)
+                kept += key in self._verified
+                if listed:
+                    self.stats.skipped += 1
+                    ticked += 1
+                    progress.tick()
+                continue
+            reason = self.budget.exhausted(reserved_tokens=self._in_flight_tokens())
+            if reason is not None:
+                self.stop_reason = reason
+                return
+            self.claimed.add(key)
+            try:
+                ok = await self._process(task, key, teacher)
+            except asyncio.CancelledError:
+                self.claimed.discard(key)  # not answered: a resumed run asks again
+                raise
+            if ok:
+                kept += 1
+                self._verified.add(key)
+            self.stats.tasks += 1
+            if listed:
+                ticked += 1
+                progress.tick()
+        if self.stop_reason is None:
+            for _ in range(len(group) - ticked):  # samples not needed: decided all the same
+                progress.tick()
+
+    def _retry_task(self, first: Task, sample: int) -> Task:
+        """Another try at `first`'s input, as sample index `sample`."""
+        tid = make_task_id(self.p.prompt.sha256, self.spec.name, first.vars_json, sample)
+        return Task(tid, first.vars_json, sample, first.split, first.messages, first.render_error)
+
     async def _worker(
         self,
         tasks: Iterator[Task],
@@ -721,13 +974,34 @@ class Run:
                 self.stop_reason = reason
                 return
             self.claimed.add(key)
+            prefix = self.gate.key(task) if self.gate is not None else None
+            leads = False
             try:
+                if prefix is not None:
+                    assert self.gate is not None
+                    leads = await self.gate.enter(prefix)
                 await self._process(task, key, teacher)
             except asyncio.CancelledError:
                 self.claimed.discard(key)  # not answered: a resumed run asks again
                 raise
+            finally:
+                if leads:
+                    assert self.gate is not None and prefix is not None
+                    self.gate.leave(prefix)
             self.stats.tasks += 1
             progress.tick()
+
+    async def gather(self, coros: list[Coroutine[Any, Any, None]]) -> None:
+        """Run coroutines side by side (the batch driver's online fallback): the pipeline owns every
+        asyncio task, so they are created here, bounded by the limiter's concurrency."""
+        tasks = [asyncio.create_task(c) for c in coros]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def _in_flight_tokens(self) -> int:
         if not self.stats.requests:  # nothing answered yet to average: the reservations bound them
@@ -744,19 +1018,53 @@ class Run:
             if spent is not None:
                 self._reserve(task_id, key, spent, spent)
 
-    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> None:
-        """One task to its outcome: ask until valid, then the exact-duplicate check, then the row."""
+    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> bool:
+        """One task to its outcome: ask until valid, verify ([verify]), then the exact-duplicate check,
+        then the row. True when the answer was kept (a row or a duplicate), else a reject."""
         if task.messages is None:
             await self._finish(
                 task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
             )
-            return
+            return False
         asked = await self._ask(task, key, teacher)
         if asked is None:
-            return
-        comp, verdict, attempts, prompt_tokens, completion_tokens, last = asked
+            return False
+        return await self._decide(task, *asked)
+
+    async def _decide(
+        self,
+        task: Task,
+        comp: Completion,
+        verdict: Verdict,
+        attempts: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+        last: Usage,
+    ) -> bool:
+        """A valid answer to its outcome: verification ([verify]), the exact-duplicate check, then the row
+        (or the duplicate). True when the answer was kept (a row or a duplicate), else a reject. The
+        online workers and the batch driver (gen.batching) both end a task here."""
+        assert task.messages is not None
         answer = verdict.output_json if verdict.output_json is not None else comp.text
-        kept = self.dedup.check_exact(self.dedup.message_digest(task.messages, answer), key)
+        if self.verifier is not None:
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                self._verify_pool, self.verifier.check, comp.text, verdict.output_json, task.vars_json
+            )
+            if not outcome.ok:
+                row = self._data_row(
+                    task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
+                )
+                reject = self._reject_row(
+                    task, VERIFICATION_FAILED, outcome.error or "", comp.text, attempts, outcome.reference
+                )
+                await self._finish(task, "rejects", _carry_over(row, reject), last)
+                return False
+        kept = None
+        if self.p.opts.dedup:
+            kept = self.dedup.check_exact(
+                self.dedup.message_digest(task.messages, answer, comp.reasoning), id_key(task.id)
+            )
         if kept is not None:
             dup = {
                 "id": task.id,
@@ -765,9 +1073,12 @@ class Run:
                 "vars": task.vars_json,
             }
             await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
-            return
-        row = self._data_row(task, comp, verdict, answer, prompt_tokens, completion_tokens, attempts)
+            return True
+        row = self._data_row(
+            task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
+        )
         await self._finish(task, task.split, row, last)
+        return True
 
     async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> _Asked | None:
         """Ask the teacher until the reply is valid: re-ask with the validator's error (afresh, with
@@ -781,7 +1092,7 @@ class Run:
         assert task.messages is not None
         seed = int(task.id[:8], 16) & 0x7FFFFFFF  # per task: a rerun asks the same question the same way
         messages = task.messages
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached_tokens = 0
         attempts = 0
         last: Usage | None = None  # what the previous request of this task cost
         while True:
@@ -812,16 +1123,32 @@ class Run:
                     await self._finish(task, "rejects", row, spent)
                 return
             self._in_flight.pop(key, None)
-            last = (comp.prompt_tokens, comp.completion_tokens)
+            if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
+                comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only
+            cached, written = comp.cached_tokens, comp.cache_write_tokens
+            last = (
+                (comp.prompt_tokens, comp.completion_tokens, cached, written)
+                if cached or written
+                else (comp.prompt_tokens, comp.completion_tokens)
+            )
+            if self.on_reply is not None:
+                self.on_reply(task, comp, attempts)
             if self.first_failures.armed:
                 await self._record_held_failures()
             self.stats.requests += 1
             self.stats.prompt_tokens += comp.prompt_tokens
             self.stats.completion_tokens += comp.completion_tokens
-            self.budget.charge(comp.prompt_tokens, comp.completion_tokens)
+            self.stats.cached_tokens += cached
+            self.stats.cache_write_tokens += written
+            self.budget.charge(*last)
             prompt_tokens += comp.prompt_tokens
             completion_tokens += comp.completion_tokens
-            if leaks_secret(comp.text, comp.model):  # a teacher that echoes our key: never keep a byte of it
+            cached_tokens += cached
+            if comp.reasoning is not None:
+                self.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
+            if leaks_secret(comp.text, comp.model) or (
+                comp.reasoning is not None and leaks_secret(comp.reasoning, None)
+            ):  # a teacher that echoes our key: never keep a byte of it
                 row = self._reject_row(
                     task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
                 )
@@ -833,7 +1160,12 @@ class Run:
                 break
             if attempts >= self.spec.max_attempts:
                 row = self._reject_row(
-                    task, verdict.reason or "invalid", verdict.error or "", comp.text, attempts
+                    task,
+                    verdict.reason or "invalid",
+                    verdict.error or "",
+                    comp.text,
+                    attempts,
+                    comp.reasoning,
                 )
                 await self._finish(task, "rejects", row, last)
                 return
@@ -842,7 +1174,7 @@ class Run:
                 messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
             else:
                 messages = repair_messages(task.messages, comp.text, verdict.error or "")
-        return comp, verdict, attempts, prompt_tokens, completion_tokens, last
+        return comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last
 
     def _data_row(
         self,
@@ -852,6 +1184,7 @@ class Run:
         answer: str,
         prompt_tokens: int,
         completion_tokens: int,
+        cached_tokens: int,
         attempts: int,
     ) -> Row:
         """The `data/` row of a valid answer (`answer`: the validated JSON, else the reply's text)."""
@@ -859,9 +1192,12 @@ class Run:
         t = self.p.teacher
         row: Row = {
             "id": task.id,
-            "messages": [*task.messages, {"role": "assistant", "content": answer}],
+            "messages": [*task.messages, assistant_message(answer, comp.reasoning, self.p.reasoning_format)],
             "response": comp.text,
             "output": verdict.output_json,
+            "reasoning": comp.reasoning,
+            "reasoning_tokens": comp.reasoning_tokens if comp.reasoning is not None else None,
+            "logprobs": comp.logprobs,
             "vars": task.vars_json,
             "sample": task.sample,
             "split": task.split,
@@ -875,6 +1211,7 @@ class Run:
             "sampling": self._sampling_json,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
+            "cached_tokens": cached_tokens,
             "finish_reason": comp.finish_reason,
             "attempts": attempts,
             "created_at": _now_ms(),
@@ -915,13 +1252,22 @@ class Run:
             await self._finish(held_task, "rejects", row)
 
     def _reject_row(
-        self, task: Task, reason: str, error: str, response: str | None, attempts: int
+        self,
+        task: Task,
+        reason: str,
+        error: str,
+        response: str | None,
+        attempts: int,
+        reference: str | None = None,
+        reasoning: str | None = None,
     ) -> dict[str, Any]:
         return reject_row(
+            reference=reference,
             id=task.id,
             reason=reason,
             error=error,
             response=response,
+            reasoning=reasoning,
             vars=task.vars_json,
             sample=task.sample,
             template=self.spec.name,
@@ -938,8 +1284,9 @@ class Run:
         """Journal the outcome at once, with what its last request cost, then buffer it; checkpoint when
         a shard is full."""
         assert self.journal is not None
-        self.journal.append(split, row, usage)
-        if split in ("train", "eval") and self.dedup.near_enabled:
+        journaled = journal_form(row, self.p.reasoning_format) if split in ("train", "eval") else row
+        self.journal.append(split, journaled, usage)
+        if split in ("train", "eval") and self.dedup.batched:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()
         else:
@@ -948,7 +1295,8 @@ class Run:
             await self._checkpoint()
 
     def _drain(self) -> bool:
-        """Decide the rows waiting for the near-duplicate check; True when a checkpoint is due."""
+        """Decide the rows waiting for the batched checks (contaminated, near); True when a checkpoint is
+        due."""
         full = False
         for split, row, found in self.dedup.drain():
             if found is not None:
@@ -961,6 +1309,8 @@ class Run:
         """Count and buffer a decided row; True when a buffer is full."""
         assert self.writer is not None
         s = self.stats
+        if self.verifier is not None:
+            self._count_try(split, row)
         if split == "rejects":
             s.rejects += 1
             s.reject_reasons[row["reason"]] += 1
@@ -975,6 +1325,19 @@ class Run:
             else:
                 s.train += 1
         return self.writer.add(split, row)
+
+    def _count_try(self, split: str, row: dict[str, Any]) -> None:
+        """Verification's counters, from each decided task (live or replayed from the journal). A
+        duplicate row does not say its sample: it counts as a try, not as a first one."""
+        c = self._checks
+        c["tries"] += 1
+        first = row.get("sample") == 0
+        c["first_tries"] += first
+        if split == "rejects":
+            c["failed"] += row["reason"] == VERIFICATION_FAILED
+        else:
+            c["verified"] += 1
+            c["first_verified"] += first
 
     async def _checkpoint(self) -> None:
         """Every answer journaled so far goes into shards; the journal segment they were in is dropped."""
@@ -1020,6 +1383,20 @@ def _public_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+async def worker_pool(n: int, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `n` copies of `work()` side by side until every one returns (they share their input, e.g. one
+    iterator); the first error cancels the others and is raised. For gen's other loops of requests (the
+    evaluation's judge, gen.eval_judge): every asyncio task is the pipeline's to create and cancel."""
+    workers = [asyncio.create_task(work()) for _ in range(n)]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+
+
 async def run_prepared_async(prepared: Prepared) -> RunResult:
     """Execute a prepared run (or one partition of it) in this process, on the running loop."""
     return await Run(prepared).execute()
@@ -1051,10 +1428,24 @@ def summary(result: RunResult) -> str:
     extra = ""
     if s.skipped or s.replayed:
         extra = f" (resumed: {s.skipped:,} already done, {s.replayed:,} recovered from the journal)"
+    if s.cached_tokens and s.prompt_tokens:
+        extra += (
+            f"; input tokens {s.cached_tokens / s.prompt_tokens:.0%} cached, saved ${result.saved_usd:,.2f}"
+        )
     truncated = s.reject_reasons.get("truncated", 0)
-    rejects = f"{s.rejects:,} rejects" + (f" ({truncated:,} truncated)" if truncated else "")
+    failed = s.reject_reasons.get(VERIFICATION_FAILED, 0)
+    why = [f"{truncated:,} truncated"] if truncated else []
+    why += [f"{failed:,} failed verification"] if failed else []
+    rejects = f"{s.rejects:,} rejects" + (f" ({', '.join(why)})" if why else "")
     if s.truncated_kept:
         rejects += f", {s.truncated_kept:,} truncated rows kept"
+    if s.batches:
+        extra += (
+            f"; {s.batches:,} batches, {s.batch_failed + s.batch_expired:,} batch requests failed or expired"
+        )
+    if s.reasoning_tokens:
+        tokens_s = s.reasoning_tokens / result.wall_s if result.wall_s > 0 else 0.0
+        rejects += f", {s.reasoning_tokens:,} reasoning tokens ({tokens_s:,.0f}/s)"
     return (
         f"gen: {s.rows:,} rows ({s.train:,} train, {s.eval:,} eval), {rejects}, "
         f"{s.duplicates:,} duplicates, {s.retries:,} retries, {tokens:,} tokens "

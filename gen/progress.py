@@ -1,5 +1,5 @@
-"""The progress bar: done / total, rows/s, rejects and retries, on stderr; and a pause the server
-asked for, while it lasts."""
+"""The progress bar: done / total, rows/s, rejects and retries, on stderr; the reasoning tokens a
+second of traces received, once there are any; and a pause the server asked for, while it lasts."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class Progress:
         self._paused_until = 0.0
         self._next_refresh = 0.0
         self._paused_why = ""
+        self._started = time.monotonic()
 
     def set_total(self, total: int) -> None:
         self._bar.total = total
@@ -47,6 +48,10 @@ class Progress:
     def _postfix(self) -> None:
         s = self.stats
         text = f"rows={s.rows} rejects={s.rejects} dups={s.duplicates} retries={s.retries}"
+        reasoning = getattr(s, "reasoning_tokens", 0)
+        if reasoning:  # a reasoning teacher: how fast its traces arrive, beside rows/s
+            elapsed = max(time.monotonic() - self._started, 1e-3)
+            text += f" reasoning={reasoning / elapsed:,.0f} tok/s"
         left = self._paused_until - time.monotonic()
         if left > 0:
             text += f" paused {left:.0f}s" if left >= 10 else f" paused {left:.1f}s"

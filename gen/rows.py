@@ -17,13 +17,17 @@ resumed into (mixed schemas in one dataset); `--new-version` starts a new versio
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Final, TypedDict, get_type_hints
+from typing import Annotated, Any, Final, NotRequired, TypedDict, get_type_hints
 
-ROW_SCHEMA_VERSION: Final = 1
-"""The version of the columns below. A manifest without `row_schema_version` was written with 1."""
+ROW_SCHEMA_VERSION: Final = 2
+"""The version of the columns below. A manifest without `row_schema_version` was written with 1.
+Version 2 added `cached_tokens` (prompt caching); `reasoning`, `reasoning_tokens` and `logprobs` in data
+rows, `reasoning_content` in every message struct; in rejects, `reasoning` and `reference` (answer
+verification)."""
 
 # Arrow type names gen.shards knows (see shards._arrow_type).
 STRING, INT32, INT64, TIMESTAMP, MESSAGES = "string", "int32", "int64", "timestamp_ms_utc", "messages"
+LOGPROBS = "logprobs"  # list<struct<token: string, logprob: float, top: list<struct<token, logprob>>>>
 
 SAME = ""
 """A column's `doc` when the README describes it together with the column before it (one table row)."""
@@ -55,6 +59,18 @@ class Column:
 class Message(TypedDict):
     role: str
     content: str
+    reasoning_content: NotRequired[str | None]  # the trace, with reasoning_format = "field"
+
+
+class Alternative(TypedDict):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(TypedDict):
+    token: str
+    logprob: float
+    top: list[Alternative]
 
 
 Timestamp = int | datetime  # epoch milliseconds (the run) or an aware datetime (the merge pass)
@@ -77,12 +93,27 @@ class Row(TypedDict):
         list[Message],
         Col(
             MESSAGES,
-            "`[{role, content}]`: the rendered system and user messages, then the assistant's answer "
-            "(the validated JSON, compact)",
+            "`[{role, content, reasoning_content}]`: the rendered system and user messages, then the "
+            "assistant's answer (the validated JSON, compact), with its trace as `reasoning_format` says",
         ),
     ]
-    response: Annotated[str, Col(STRING, "the teacher's raw text", nullable=False)]
+    response: Annotated[
+        str, Col(STRING, "the teacher's raw text (an inline `<think>` trace taken out)", nullable=False)
+    ]
     output: Annotated[str | None, Col(STRING, "the validated JSON (a JSON string; null without a schema)")]
+    reasoning: Annotated[str | None, Col(STRING, "the teacher's reasoning trace; null when it gave none")]
+    reasoning_tokens: Annotated[
+        int | None,
+        Col(INT64, "the trace's tokens, as the teacher reported them (null where it does not)"),
+    ]
+    logprobs: Annotated[
+        list[TokenLogprob] | None,
+        Col(
+            LOGPROBS,
+            "`[{token, logprob, top: [{token, logprob}]}]`: the answer's tokens with the top-K "
+            "alternatives, with `logprobs = K` in `[sampling]`; null otherwise",
+        ),
+    ]
     vars: Annotated[str, Col(STRING, "the input variables (JSON)", provenance=True)]
     sample: Annotated[int, Col(INT32, "sample index within the input")]
     split: Annotated[str, Col(STRING, "`train` or `eval`")]
@@ -99,6 +130,14 @@ class Row(TypedDict):
     sampling: Annotated[str, Col(STRING, "the sampling parameters (JSON)", provenance=True)]
     prompt_tokens: Annotated[int, Col(INT64, "usage the teacher reported, summed over re-asks")]
     completion_tokens: Annotated[int, Col(INT64)]
+    cached_tokens: Annotated[
+        int,
+        Col(
+            INT64,
+            "of `prompt_tokens`, those the teacher read from its prompt cache (OpenAI's and vLLM's "
+            "`cached_tokens`, Anthropic's `cache_read_input_tokens`), summed over re-asks",
+        ),
+    ]
     finish_reason: Annotated[str | None, Col(STRING, "as the teacher reported it")]
     attempts: Annotated[int, Col(INT32, "asks it took (1 = valid at once)")]
     created_at: Annotated[Timestamp, Col(TIMESTAMP, "UTC timestamp", provenance=True)]
@@ -115,6 +154,10 @@ class Reject(TypedDict):
     ]
     error: Annotated[str, Col(STRING, "the validator's or the teacher's message")]
     response: Annotated[str | None, Col(STRING, "the last reply, if any")]
+    reasoning: Annotated[str | None, Col(STRING, "the last reply's reasoning trace, if any")]
+    reference: Annotated[
+        str | None, Col(STRING, "what a `verification_failed` answer was checked against ([verify])")
+    ]
     vars: Annotated[str, Col(STRING, "the input variables (JSON)")]
     sample: Annotated[int, Col(INT32, "sample index within the input")]
     template: Annotated[str, Col(STRING, "the prompt file's name")]
@@ -128,8 +171,15 @@ class Duplicate(TypedDict):
     """A row of `duplicates/`: a row removed as a duplicate, kept so nothing disappears without a trace."""
 
     id: Annotated[str, Col(STRING, "the removed row's id")]
-    duplicate_of: Annotated[str, Col(STRING, "the first 16 hex digits of the id of the row it duplicates")]
-    kind: Annotated[str, Col(STRING, "`exact` or `near`")]
+    duplicate_of: Annotated[
+        str,
+        Col(
+            STRING,
+            "the first 16 hex digits of the id of the row it duplicates; for `contaminated`, the match: "
+            "`FILE#ROW: N-GRAM` or `eval ID: N-GRAM`",
+        ),
+    ]
+    kind: Annotated[str, Col(STRING, "`exact`, `near` or `contaminated`")]
     output: Annotated[str | None, Col(STRING, "its output (its response without a schema)")]
     vars: Annotated[str, Col(STRING, "the input variables (JSON)")]
     created_at: Annotated[Timestamp, Col(TIMESTAMP, "UTC timestamp")]
@@ -168,13 +218,17 @@ def reject_row(
     attempts: int,
     created_at: Timestamp,
     run_id: str,
+    reasoning: str | None = None,
+    reference: str | None = None,
 ) -> Reject:
-    """A task that gave no row (the run's rejects)."""
+    """A task that gave no row (the run's rejects); `reference`: what a failed answer was checked against."""
     return {
         "id": id,
         "reason": reason,
         "error": error,
         "response": response,
+        "reasoning": reasoning,
+        "reference": reference,
         "vars": vars,
         "sample": sample,
         "template": template,

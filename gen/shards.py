@@ -88,7 +88,14 @@ WITHOUT_PANDAS = _PandasHidden()
 def _arrow_type(pa: Any, name: str) -> pa.DataType:
     """The pyarrow type of a type named in gen.rows."""
     if name == "messages":
-        return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+        return pa.list_(
+            pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string())])
+        )
+    if name == "logprobs":  # float32: a log-probability needs no more, and 1,000 tokens x top-5 stay small
+        alternative = pa.struct([("token", pa.string()), ("logprob", pa.float32())])
+        return pa.list_(
+            pa.struct([("token", pa.string()), ("logprob", pa.float32()), ("top", pa.list_(alternative))])
+        )
     if name == "timestamp_ms_utc":
         return pa.timestamp("ms", tz="UTC")
     return {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64()}[name]
@@ -126,6 +133,8 @@ def _row_checks() -> dict[str, list[tuple[str, str, Callable[[Any], bool]]]]:
                 else (0, (1 << bits) - 1)
             )
             return lambda v: v is None or (type(v) is int and lo <= v <= hi)
+        if pa.types.is_floating(t):
+            return lambda v: v is None or type(v) is float
         if pa.types.is_list(t):
             item = test(t.value_type)
             return lambda v: v is None or (type(v) is list and all(item(x) for x in v))
@@ -254,11 +263,40 @@ def read_columns(out_dir: Path, rel_path: str, columns: list[str]) -> dict[str, 
     return {name: table.column(name).to_pylist() for name in columns}
 
 
+def iter_column_batches(
+    out_dir: Path, rel_path: str, columns: list[str], batch_size: int = 65_536
+) -> Iterator[dict[str, list[Any]]]:
+    """Some columns of a shard, one record batch at a time, as Python lists: only those columns are
+    decoded and memory is bounded by a batch, however large the shard (`gen report` reads a million-row
+    output this way). Columns the shard lacks (written by an older row schema) are left out of every
+    batch; timestamps come back as epoch milliseconds, not datetime objects (a tenth of the cost)."""
+    pa = _pyarrow()
+    with pa.parquet.ParquetFile(out_dir / rel_path) as pf:
+        names = set(pf.schema_arrow.names)
+        have = [c for c in columns if c in names]
+        if not have:
+            return
+        for batch in pf.iter_batches(batch_size=batch_size, columns=have):
+            out = {}
+            for name in have:
+                col = batch.column(name)
+                if pa.types.is_timestamp(col.type):
+                    col = col.cast(pa.int64())
+                out[name] = col.to_pylist()
+            yield out
+
+
 def parquet_rows(path: Path, batch_size: int = 4096) -> Iterator[dict[str, Any]]:
     """Every row of a Parquet file (a seed table), a batch at a time; pyarrow's errors propagate."""
     with _pyarrow().parquet.ParquetFile(path) as pf:
         for batch in pf.iter_batches(batch_size=batch_size):
             yield from batch.to_pylist()
+
+
+def parquet_column_names(path: Path) -> list[str]:
+    """A Parquet file's top-level column names, from its footer."""
+    with _pyarrow().parquet.ParquetFile(path) as pf:
+        return list(pf.schema_arrow.names)
 
 
 def parquet_row_count(path: Path) -> int:
@@ -332,8 +370,12 @@ class ShardWriter:
         on_checkpoint: Callable[[list[ShardInfo], Any], None] | None = None,
         max_pending: int = 2,
         partition: int | None = None,
+        max_buffer_chars: int = 64 * 1024 * 1024,
     ) -> None:
         self.out_dir = out_dir
+        self.max_buffer_chars = max_buffer_chars
+        self._chars = 0  # characters of `response` and `reasoning` buffered since the last checkpoint
+        self._batch_chars = max_buffer_chars // 8  # hand the rows to the writer thread past this
         self.partition = partition
         self.rows_per_shard = rows_per_shard
         self.batch_rows = batch_rows
@@ -355,14 +397,19 @@ class ShardWriter:
         return sum(self._counts.values())
 
     def add(self, split: str, row: dict[str, Any]) -> bool:
-        """Buffer a row; True when a split holds a shard's worth and `checkpoint()` should be awaited."""
+        """Buffer a row; True when a split holds a shard's worth (`rows_per_shard` rows, or
+        `max_buffer_chars` characters of text and traces) and `checkpoint()` should be awaited."""
         rows = self._rows[split]
         rows.append(row)
-        if len(rows) >= self.batch_rows:
+        # Long rows (reasoning traces of tens of thousands of tokens) fill memory long before a shard's
+        # rows: the size of what the buffers hold is bounded too, by their two big text columns.
+        self._chars += len(row.get("response") or "") + 2 * len(row.get("reasoning") or "")
+        if len(rows) >= self.batch_rows or self._chars >= self._batch_chars:
             self._rows[split] = []
             self._batches[split].append(self._pool.submit(_to_batch, rows, split))
+            self._batch_chars = self._chars + self.max_buffer_chars // 8
         self._counts[split] += 1
-        return self._counts[split] >= self.rows_per_shard
+        return self._counts[split] >= self.rows_per_shard or self._chars >= self.max_buffer_chars
 
     async def checkpoint(self, token: Any = None) -> None:
         """Hand every buffer to the writer thread; waits only when too many checkpoints are queued."""
@@ -376,6 +423,7 @@ class ShardWriter:
                 self._batches[split].append(self._pool.submit(_to_batch, self._rows[split], split))
             jobs.append((split, self._batches[split]))
             self._rows[split], self._batches[split], self._counts[split] = [], [], 0
+        self._chars, self._batch_chars = 0, self.max_buffer_chars // 8
         if not jobs and token is None:
             return
         self._pending.append(self._pool.submit(self._commit, jobs, token))
@@ -435,3 +483,17 @@ def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
 
 def write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def write_eval_results(path: Path, rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+    """`gen eval`'s per-row results as one zstd Parquet file, committed atomically. `columns` names each
+    column and its type (string, bool, int64, float64): the per-field score columns vary by schema."""
+    pa = _pyarrow()
+    types = {"string": pa.string(), "bool": pa.bool_(), "int64": pa.int64(), "float64": pa.float64()}
+    schema = pa.schema([(name, types[kind]) for name, kind in columns])
+    with WITHOUT_PANDAS:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    sink = pa.BufferOutputStream()
+    pa.parquet.write_table(table, sink, compression="zstd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, sink.getvalue())

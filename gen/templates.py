@@ -13,7 +13,7 @@ import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 import jinja2.meta
@@ -34,6 +34,17 @@ class Task:
     split: str
     messages: list[dict[str, str]] | None  # None when rendering failed
     render_error: str | None = None
+
+
+class TaskSource(Protocol):
+    """What a run draws its tasks from: a prompt file's Expansion, or recorded rows (gen eval)."""
+
+    samples: int
+    template_sha256: str
+
+    def tasks(self, keep: Callable[[str], bool] | None = None) -> Iterator[Task]: ...
+
+    def count(self) -> int: ...
 
 
 def canonical_json(value: Any) -> str:
@@ -236,6 +247,17 @@ class Expansion:
             for values in itertools.product(*lists):
                 combo = dict(zip(names, values, strict=True))
                 yield {**row, **combo} if row else combo
+
+    def inputs(self) -> Iterator[dict[str, Any]]:
+        """Every input (its variables), lazily, in task order; each gives `samples` tasks."""
+        return self._inputs()
+
+    def inputs_with_splits(self) -> Iterator[tuple[str, str]]:
+        """(vars JSON, split) of every input, in task order, rendering nothing."""
+        fraction = self.prompt.spec.eval_fraction
+        for variables in self._inputs():
+            vars_json = canonical_json(variables)
+            yield vars_json, split_of(vars_json, fraction)
 
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         return [{"role": role, "content": tpl.render(variables)} for role, tpl in self.templates]

@@ -23,6 +23,7 @@ REJECT = st.fixed_dictionaries(
         "reason": st.sampled_from(["invalid_json", "schema_validation", "teacher_error"]),
         "error": TEXT,
         "response": st.none() | TEXT,
+        "reasoning": st.none() | TEXT,
         "vars": TEXT,
         "sample": st.integers(0, 5),
         "template": TEXT,

@@ -52,6 +52,7 @@ def _snapshot_of(m: dict[str, Any]) -> RunSnapshot:
         runs=m["runs"],
         partition=m.get("partition"),
         cluster=m.get("cluster"),
+        reasoning_format=m["reasoning_format"],
     )
 
 

@@ -31,7 +31,7 @@ def test_a_data_row_has_the_row_modules_columns_and_passes_the_row_check(tmp_pat
     task = next(iter(run.p.expansion.tasks()))
     comp = Completion('{"a": "x"}', "stop", prompt_tokens=7, completion_tokens=3, model=None)
     verdict = Verdict(output_json='{"a":"x"}')
-    row = run._data_row(task, comp, verdict, verdict.output_json, 20, 9, 2)
+    row = run._data_row(task, comp, verdict, verdict.output_json, 20, 9, 0, 2)
 
     assert list(row) == list(get_type_hints(Row))
     assert row_problem(task.split, dict(row)) is None
@@ -43,5 +43,6 @@ def test_a_data_row_has_the_row_modules_columns_and_passes_the_row_check(tmp_pat
 
     named = Completion("{}", "length", 1, 1, model="served-name")
     assert (
-        run._data_row(task, named, Verdict(output_json="{}"), "{}", 1, 1, 1)["teacher_model"] == "served-name"
+        run._data_row(task, named, Verdict(output_json="{}"), "{}", 1, 1, 0, 1)["teacher_model"]
+        == "served-name"
     )

@@ -12,16 +12,24 @@ import pytest
 
 from gen import RunOptions, rows, run
 from gen import audit as audit_mod
+from gen.errors import ConfigError
 from gen.shards import SCHEMAS, row_problem
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-# Version 1's columns as the shards have always stored them. A change here is a new row schema: bump
-# rows.ROW_SCHEMA_VERSION with it (resume then refuses outputs of the old one).
-V1 = {
+# Version 2's columns as the shards store them (2 added the reasoning trace, its tokens, logprobs and
+# the messages' reasoning_content). A change here is a new row schema: bump rows.ROW_SCHEMA_VERSION
+# with it (resume then refuses outputs of the old one).
+_LOGPROBS = (
+    "list<item: struct<token: string, logprob: float, top: list<item: struct<token: string, "
+    "logprob: float>>>>"
+)
+_V2 = {
     "data": [
-        ("id", "string"), ("messages", "list<item: struct<role: string, content: string>>"),
-        ("response", "string"), ("output", "string"), ("vars", "string"), ("sample", "int32"),
+        ("id", "string"),
+        ("messages", "list<item: struct<role: string, content: string, reasoning_content: string>>"),
+        ("response", "string"), ("output", "string"), ("reasoning", "string"), ("reasoning_tokens", "int64"),
+        ("logprobs", _LOGPROBS), ("vars", "string"), ("sample", "int32"),
         ("split", "string"), ("template", "string"), ("template_version", "string"),
         ("template_sha256", "string"), ("prompt_sha256", "string"), ("teacher_provider", "string"),
         ("teacher_model", "string"), ("teacher_license", "string"), ("sampling", "string"),
@@ -31,7 +39,8 @@ V1 = {
     ],
     "rejects": [
         ("id", "string"), ("reason", "string"), ("error", "string"), ("response", "string"),
-        ("vars", "string"), ("sample", "int32"), ("template", "string"), ("teacher_model", "string"),
+        ("reasoning", "string"), ("vars", "string"), ("sample", "int32"), ("template", "string"),
+        ("teacher_model", "string"),
         ("attempts", "int32"), ("created_at", "timestamp[ms, tz=UTC]"), ("run_id", "string"),
     ],
     "duplicates": [
@@ -39,6 +48,13 @@ V1 = {
         ("vars", "string"), ("created_at", "timestamp[ms, tz=UTC]"), ("run_id", "string"),
     ],
 }  # fmt: skip
+# Version 2 also added `cached_tokens` (what the teacher read from its prompt cache) after
+# `completion_tokens`, and rejects' `reference` (answer verification) after `reasoning`.
+V2 = {
+    **_V2,
+    "data": [*_V2["data"][:20], ("cached_tokens", "int64"), *_V2["data"][20:]],
+    "rejects": [*_V2["rejects"][:5], ("reference", "string"), *_V2["rejects"][5:]],
+}
 
 
 def _prompt(tmp_path: Path, n: int = 12) -> Path:
@@ -51,8 +67,8 @@ def _prompt(tmp_path: Path, n: int = 12) -> Path:
     return tmp_path / "p.toml"
 
 
-def test_the_arrow_schemas_are_generated_from_the_row_module_and_are_version_1() -> None:
-    assert rows.ROW_SCHEMA_VERSION == 1  # bumped? then update V1 above to the new columns
+def test_the_arrow_schemas_are_generated_from_the_row_module_and_are_version_2() -> None:
+    assert rows.ROW_SCHEMA_VERSION == 2  # bumped? then add the new columns as V3 above
     for split, folder in (
         ("train", "data"),
         ("eval", "data"),
@@ -60,7 +76,7 @@ def test_the_arrow_schemas_are_generated_from_the_row_module_and_are_version_1()
         ("duplicates", "duplicates"),
     ):
         schema = SCHEMAS[split]
-        assert [(f.name, str(f.type)) for f in schema] == V1[folder]
+        assert [(f.name, str(f.type)) for f in schema] == V2[folder]
         assert schema.names == [c.name for c in rows.COLUMNS[split]]
         assert all(f.nullable for f in schema)  # as the shards have always declared them
         assert list(rows.RECORDS[split].__annotations__) == schema.names  # the TypedDict is the table
@@ -127,13 +143,13 @@ def test_an_output_of_another_row_schema_version_is_refused_and_new_version_goes
     out = tmp_path / "o"
     run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
     manifest = json.loads((out / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps({**manifest, "row_schema_version": 2}))
+    (out / "manifest.json").write_text(json.dumps({**manifest, "row_schema_version": 3}))
     requests = sim.stats()["requests"]
     argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(out) in err[0], err
-    assert "row schema version 2" in err[0] and "--new-version" in err[0]
+    assert "row schema version 3" in err[0] and "--new-version" in err[0]
     assert sim.stats()["requests"] == requests  # refused before any request
 
     assert main([*argv, "--new-version"]) == 0
@@ -142,9 +158,10 @@ def test_an_output_of_another_row_schema_version_is_refused_and_new_version_goes
 
 
 @pytest.mark.parametrize("version", [None, 1])
-def test_an_output_without_a_row_schema_version_resumes_as_version_1(
+def test_an_output_without_a_row_schema_version_is_version_1_and_refused_before_any_request(
     tmp_path: Path, sim_server, version: int | None
 ) -> None:
+
     prompt = _prompt(tmp_path)
     sim = sim_server()
     out = tmp_path / "o"
@@ -154,6 +171,11 @@ def test_an_output_without_a_row_schema_version_resumes_as_version_1(
     if version is not None:
         manifest["row_schema_version"] = version
     (out / "manifest.json").write_text(json.dumps(manifest))
-    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
-    assert result.status == "complete" and result.stats.skipped == 6
-    assert json.loads((out / "manifest.json").read_text())["row_schema_version"] == 1
+    requests = sim.stats()["requests"]
+    with pytest.raises(ConfigError, match="row schema version 1, this gen writes version 2.*--new-version"):
+        run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False))
+    assert sim.stats()["requests"] == requests
+    # --new-version writes version 2 beside it, keeping the old output's lineage.
+    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, new_version=True))
+    assert result.status == "complete"
+    assert json.loads((tmp_path / "o-v2" / "manifest.json").read_text())["row_schema_version"] == 2

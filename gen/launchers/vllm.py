@@ -52,6 +52,9 @@ __all__ = ["LaunchError", "VLLMServer", "VLLMSettings", "vllm_available"]
 # Flags gen sets itself from VLLMSettings; in extra_args they would silently disagree with base_url,
 # served_model_name or the key gen sends.
 _OWN_FLAGS = ("--host", "--port", "--api-key", "--served-model-name")
+# vLLM reports the prompt tokens its prefix cache served (usage.prompt_tokens_details.cached_tokens, the
+# rows' cached_tokens) only with this flag; its automatic prefix caching itself is on by default.
+PROMPT_TOKENS_DETAILS = "--enable-prompt-tokens-details"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _TAIL_BYTES = 256 * 1024
 
@@ -324,6 +327,8 @@ class VLLMServer:
             argv += ["--max-num-seqs", str(s.max_num_seqs)]
         if s.generation_config is not None:
             argv += ["--generation-config", s.generation_config]
+        if PROMPT_TOKENS_DETAILS not in s.extra_args:
+            argv.append(PROMPT_TOKENS_DETAILS)
         return argv + list(s.extra_args)
 
     def _environment(self) -> dict[str, str]:

@@ -5,6 +5,6 @@ behind its structured answers. The simulator is a test and dry-run tool, not a t
 gen.teachers never imports it.
 """
 
-from gen.sim.server import MALFORMED, SimConfig, SimServer, SimThread, sample_from_schema, serve
+from gen.sim.server import MALFORMED, SimConfig, SimServer, SimThread, perturbed, sample_from_schema, serve
 
-__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
+__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "perturbed", "sample_from_schema", "serve"]

@@ -8,16 +8,19 @@ answer, refuse or break a reply.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import math
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
+from gen.sim import reasoning
+from gen.sim.answers import reasoned_text, with_answer
 from gen.sim.instances import FENCE_INTROS, VOCAB, Gen, compiled_sampler, sentences
 
 if TYPE_CHECKING:
@@ -66,6 +69,21 @@ class _Chat:
     schema: Gen | None
     tool: str | None = None  # "tool" mode: the tool's name and its input_schema
     tool_schema: dict[str, Any] | None = None
+    # Prompt caching (gen.sim.cache): OpenAI's leading-message prefixes, (digest, tokens) shortest
+    # first; or Anthropic's one prefix a cache_control breakpoint marks. What the cache then found:
+    prefixes: list[tuple[bytes, int]] = field(default_factory=list)
+    marked: tuple[bytes, int] | None = None
+    cached: int = 0
+    written: int = 0
+    fixed: str | None = None  # the text to answer instead of a drawn one (the judge mode)
+    answer: str | None = None  # the final answer to give (gen.sim.answers), when the input has a reference
+    answer_field: str | None = None
+    json_schema: Any = None  # "json_schema" mode: the schema as sent
+    # The simulated student's disagreement (SimConfig.perturb_*): the field it changes ("*": every
+    # top-level field), or None to answer as the teacher would.
+    perturb: str | None = None
+    top_logprobs: int | None = None  # OpenAI: logprobs asked for, with K alternatives (gen.sim.reasoning)
+    thinking: int | None = None  # Anthropic: the extended-thinking budget enabled
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -136,7 +154,44 @@ def _parse_chat(raw: bytes) -> _Chat:
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"Invalid 'model': expected a string, got {model!r}.", "model")
     prompt_tokens = chars // 4 + 4 * len(messages)
-    return _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+    try:
+        top_logprobs = reasoning.parse_openai(body)
+    except ValueError as exc:
+        raise BadRequest(str(exc), "top_logprobs") from None
+    raw = fmt["json_schema"]["schema"] if mode == "json_schema" else None
+    chat = _Chat(messages, model, prompt_tokens, str(seed).encode(), max_tokens, mode, schema)
+    chat.prefixes = _leading_prefixes(model, messages)
+    chat.json_schema = raw
+    chat.top_logprobs = top_logprobs
+    return chat
+
+
+def _leading_prefixes(model: Any, messages: list[Any]) -> list[tuple[bytes, int]]:
+    """(digest, tokens) of each run of leading messages but the whole, counted as prompt_tokens counts."""
+    h = hashlib.sha256(orjson.dumps(model))
+    chars, out = 0, []
+    for n, m in enumerate(messages[:-1], 1):
+        h.update(orjson.dumps(m))
+        content = m.get("content")
+        chars += len(content) if isinstance(content, str) else 0
+        out.append((h.copy().digest(), chars // 4 + 4 * n))
+    return out
+
+
+def _breakpoint(model: str, tools: Any, system: Any) -> tuple[bytes, int] | None:
+    """The prefix the last cache_control breakpoint in `tools` or `system` closes: (digest, tokens, as
+    the system text counts in prompt_tokens). Breakpoints inside messages are not simulated."""
+    tools = tools if isinstance(tools, list) else []
+    blocks = system if isinstance(system, list) else []
+    in_system = [i for i, b in enumerate(blocks) if isinstance(b, dict) and b.get("cache_control")]
+    if in_system:
+        kept = blocks[: in_system[-1] + 1]
+        chars = sum(len(b["text"]) for b in kept if isinstance(b.get("text"), str))
+        return hashlib.sha256(orjson.dumps([model, tools, kept])).digest(), chars // 4 + 4
+    in_tools = [i for i, t in enumerate(tools) if isinstance(t, dict) and t.get("cache_control")]
+    if in_tools:
+        return hashlib.sha256(orjson.dumps([model, tools[: in_tools[-1] + 1]])).digest(), 0
+    return None
 
 
 def _block_chars(content: Any, where: str) -> int:
@@ -245,25 +300,91 @@ def _parse_messages(raw: bytes) -> _Chat:
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise BadRequest("stop_sequences: Input should be a list of strings.")
     forced = _forced_tool(body)
+    try:
+        thinking = reasoning.parse_anthropic(body, max_tokens, forced is not None)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     salt = orjson.dumps(system)
     prompt_tokens = chars // 4 + 4 * n_turns
+    marked = _breakpoint(model, body.get("tools"), system)
     if forced is None:
-        return _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
-    name, input_schema = forced
-    try:
-        sampler = _sampler(input_schema)
-    except ValueError as exc:
-        raise BadRequest(f"tools: input_schema of {name!r} is not a valid JSON schema: {exc}") from None
-    return _Chat(messages, model, prompt_tokens, salt, max_tokens, "tool", sampler, name, input_schema)
+        chat = _Chat(messages, model, prompt_tokens, salt, max_tokens, "text", None)
+        chat.thinking = thinking
+        asked = reasoning.schema_in_text(system)
+        if asked is not None:  # JSON asked for in the text (thinking rules out a forced tool)
+            try:
+                chat.mode, chat.schema = "json_schema", _sampler(asked)
+            except ValueError as exc:
+                raise BadRequest(f"system: the JSON schema asked for is not valid: {exc}") from None
+    else:
+        name, input_schema = forced
+        try:
+            sampler = _sampler(input_schema)
+        except ValueError as exc:
+            raise BadRequest(f"tools: input_schema of {name!r} is not a valid JSON schema: {exc}") from None
+        chat = _Chat(messages, model, prompt_tokens, salt, max_tokens, "tool", sampler, name, input_schema)
+    chat.marked = marked
+    return chat
 
 
 # --------------------------------------------------------------------------- answers
 
 
+def perturb_value(value: Any, schema: Any, field: str) -> Any:
+    """`value` (an instance of `schema`) with top-level `field` ("*": every one) changed to another valid
+    value: the next enum member, the other boolean, the integer beside it, a longer string."""
+    if not isinstance(value, dict) or not isinstance(schema, dict):
+        return value
+    props = schema.get("properties") or {}
+    out = dict(value)
+    for name in list(out) if field == "*" else [field]:
+        if name in out:
+            out[name] = _other(out[name], _resolve(schema, props.get(name) or {}))
+    return out
+
+
+def _resolve(root: dict[str, Any], node: Any) -> dict[str, Any]:
+    ref = node.get("$ref") if isinstance(node, dict) else None
+    if isinstance(ref, str) and ref.startswith("#/"):
+        for part in ref[2:].split("/"):
+            root = root.get(part, {})
+        return root
+    return node if isinstance(node, dict) else {}
+
+
+def _other(v: Any, node: dict[str, Any]) -> Any:
+    enum = node.get("enum")
+    if isinstance(enum, list) and v in enum and len(enum) > 1:
+        return enum[(enum.index(v) + 1) % len(enum)]
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        hi = node.get("maximum")
+        return v - 1 if hi is not None and v + 1 > hi else v + 1
+    if isinstance(v, float):
+        hi, lo = node.get("maximum"), node.get("minimum")
+        if hi is None or v + 1.0 <= hi:
+            return v + 1.0
+        return (v + lo) / 2 if lo is not None else v - 1.0
+    if isinstance(v, str):
+        most = node.get("maxLength")
+        return ("x" + v)[: most or None] if v[:1] != "x" else ("y" + v[1:])
+    return v
+
+
 def _content(chat: _Chat, rng: random.Random) -> str:
+    if chat.fixed is not None and chat.mode == "text":
+        return chat.fixed
     if chat.mode == "json_schema":
         assert chat.schema is not None
-        return orjson.dumps(chat.schema(rng, 0)).decode()
+        value = chat.schema(rng, 0)
+        if chat.answer is not None:
+            value = with_answer(value, chat.answer_field, chat.answer)
+        if chat.perturb is not None:
+            value = perturb_value(value, chat.json_schema, chat.perturb)
+        return orjson.dumps(value).decode()
+    if chat.answer is not None and chat.mode == "text":
+        return reasoned_text(chat.answer, rng)
     if chat.mode == "json_object":
         obj = {
             "answer": sentences(rng, rng.randint(10, 30)),
@@ -271,7 +392,8 @@ def _content(chat: _Chat, rng: random.Random) -> str:
             "keywords": list(rng.choices(VOCAB, k=rng.randint(1, 4))),
         }
         return orjson.dumps(obj).decode()
-    return sentences(rng, rng.randint(30, 80))
+    text = sentences(rng, rng.randint(30, 80))
+    return f"Otherwise: {text}" if chat.perturb is not None else text
 
 
 def _broken(content: str) -> str:
@@ -450,12 +572,13 @@ class OpenAIDialect:
         return _openai_error(503, msg, "overloaded", headers=headers)
 
     def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
+        if chat.fixed is None:  # the judge mode's verdict (gen.sim.judge) comes first
+            chat.fixed = self.config.answer_text
         try:
             content, cut, completion_tokens = _text_answer(chat, rng, fault, stats)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
             raise BadRequest(f"Invalid schema for response_format: {exc}", "response_format") from None
-        stats["prompt_tokens"] += chat.prompt_tokens
-        stats["completion_tokens"] += completion_tokens
+        stats["cached_tokens"] += chat.cached
         body = {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
@@ -473,8 +596,13 @@ class OpenAIDialect:
                 "prompt_tokens": chat.prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": chat.prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": chat.cached},
             },
         }
+        reasoning.openai_logprobs(body, chat.top_logprobs, rng)  # of the answer, before a trace joins it
+        reasoning.openai_reasoning(body, self.config, chat.messages, chat.max_tokens, rng)
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += body["usage"]["completion_tokens"]
         return orjson.dumps(body)
 
     @staticmethod
@@ -561,14 +689,23 @@ class AnthropicDialect:
         return _anthropic_error(529, "Overloaded (simulated).", "overloaded_error", headers)
 
     def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
+        if chat.fixed is None:  # the judge mode's verdict (gen.sim.judge) comes first
+            chat.fixed = self.config.answer_text
         if chat.mode == "tool":
             content, stop_reason, output_tokens = self._tool_use(chat, rng, fault, stats)
         else:
             text, cut, output_tokens = _text_answer(chat, rng, fault, stats)
             content = [{"type": "text", "text": text}]
             stop_reason = "max_tokens" if cut else "end_turn"
-        stats["prompt_tokens"] += chat.prompt_tokens
-        stats["completion_tokens"] += output_tokens
+        stats["cached_tokens"] += chat.cached
+        stats["cache_write_tokens"] += chat.written
+        usage = {
+            # As Anthropic reports it: input_tokens is what follows the last cache breakpoint.
+            "input_tokens": chat.prompt_tokens - chat.cached - chat.written,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": chat.written,
+            "cache_read_input_tokens": chat.cached,
+        }
         body = {
             "id": f"msg_{secrets.token_hex(12)}",
             "type": "message",
@@ -577,8 +714,11 @@ class AnthropicDialect:
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": chat.prompt_tokens, "output_tokens": output_tokens},
+            "usage": usage,
         }
+        reasoning.anthropic_thinking(body, self.config, chat.messages, chat.thinking, rng)
+        stats["prompt_tokens"] += chat.prompt_tokens
+        stats["completion_tokens"] += body["usage"]["output_tokens"]
         return orjson.dumps(body)
 
     @staticmethod
@@ -618,6 +758,10 @@ class AnthropicDialect:
             value = chat.schema(rng, 0)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
             raise BadRequest(f"tools: input_schema of {chat.tool!r} has no instance: {exc}") from None
+        if chat.answer is not None:
+            value = with_answer(value, chat.answer_field, chat.answer)
+        if chat.perturb is not None:
+            value = perturb_value(value, chat.tool_schema, chat.perturb)
         content: list[dict[str, Any]] = []
         if fault == "rate_invalid_json":  # the input is an object, so it breaks the schema instead
             stats["invalid_json"] += 1

@@ -36,10 +36,17 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from gen.sim.answers import answer_for
+from gen.sim.batches import HOLD_POINTS, SimBatches
+from gen.sim.batches import STATS as BATCH_STATS
+from gen.sim.cache import PromptCache
 from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
 from gen.sim.instances import sample_from_schema
+from gen.sim.judge import MODES as JUDGE_MODES
+from gen.sim.judge import reply as judge_reply
+from gen.sim.reasoning import check_config as check_reasoning
 
-__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "sample_from_schema", "serve"]
+__all__ = ["MALFORMED", "SimConfig", "SimServer", "SimThread", "perturbed", "sample_from_schema", "serve"]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -90,6 +97,46 @@ class SimConfig:
     echo_headers: bool = False
     echo_key: bool = False
     list_models: bool = True
+    # Prompt caching (gen.sim.cache): the shortest prefix cached (OpenAI's automatic minimum; Anthropic's
+    # for Sonnet 4.5 and Opus 4), how long an entry lives after its last use, how many are kept.
+    cache_min_tokens: int = 1024
+    cache_ttl_s: float = 300.0
+    cache_entries: int = 10_000
+    # The judge (gen.sim.judge): "longer", "longer_a", "first" or "garbage" for requests that show two
+    # answers; the first `judge_garbage_first` of them get a reply without a verdict all the same.
+    judge: str | None = None
+    judge_garbage_first: int = 0
+    # A teacher with references to get right (gen.sim.answers): `answers` maps an input's key to its
+    # reference (gen fills it from the prompt file's `answer_from` variable); `wrong_share` of the
+    # answers are wrong; `answer_field`: the field of a JSON answer that carries it.
+    answer_from: str | None = None
+    answer_field: str | None = None
+    answers: dict[str, str] | None = None
+    wrong_share: float = 0.0
+    # A simulated student (`gen eval` tests): answers as the teacher would (the same messages and seed
+    # give the same answer), except on the requests `perturbed()` picks, a `perturb_share` of them,
+    # whose top-level field `perturb_field` ("*": every field; a text answer gains a word) it changes.
+    perturb_share: float = 0.0
+    perturb_field: str = "*"
+    # Batch APIs (gen.sim.batches): seconds from creation until a batch has ended, the share of its
+    # requests that fail alone or expire, a message refusing every batch as a whole, the most requests
+    # a batch may hold, and where the first request is held unanswered ("upload", "create", "accepted",
+    # "poll", "download").
+    batch_delay_s: float = 0.0
+    batch_rate_failed: float = 0.0
+    batch_rate_expired: float = 0.0
+    batch_reject: str | None = None
+    batch_max_requests: int | None = None
+    batch_hold: str | None = None
+    # A reasoning teacher (gen.sim.reasoning): how the OpenAI path sends a trace ("reasoning_content",
+    # "reasoning", "think-tags"; None: no trace), how long, whether the samples of one input get
+    # near-identical traces, and whether usage reports reasoning_tokens. `answer_text`: a fixed text
+    # answer (a shared short final answer such as \boxed{42}).
+    reasoning: str | None = None
+    reasoning_tokens: int = 200
+    reasoning_near_copies: bool = False
+    reasoning_usage: bool = True
+    answer_text: str | None = None
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -108,6 +155,24 @@ class SimConfig:
             raise ValueError(f"rpm_window_s must be in (0, 60], got {self.rpm_window_s}")
         if self.oversize_bytes < 0 or self.bomb_bytes < 0 or self.endless_interval_s < 0:
             raise ValueError("oversize_bytes, bomb_bytes and endless_interval_s must be >= 0")
+        if self.cache_min_tokens < 1 or self.cache_ttl_s < 0 or self.cache_entries < 0:
+            raise ValueError("cache_min_tokens must be >= 1, cache_ttl_s and cache_entries >= 0")
+        if self.judge is not None and self.judge not in JUDGE_MODES:
+            raise ValueError(f"judge must be one of {', '.join(JUDGE_MODES)}, got {self.judge!r}")
+        if not 0.0 <= self.wrong_share <= 1.0:
+            raise ValueError(f"wrong_share must be in [0, 1], got {self.wrong_share}")
+        if not 0.0 <= self.perturb_share <= 1.0:
+            raise ValueError(f"perturb_share must be in [0, 1], got {self.perturb_share}")
+        failed, expired = self.batch_rate_failed, self.batch_rate_expired
+        if failed < 0 or expired < 0 or failed + expired > 1.0:
+            raise ValueError("batch_rate_failed and batch_rate_expired must be >= 0 and sum to at most 1")
+        if self.batch_delay_s < 0:
+            raise ValueError(f"batch_delay_s must be >= 0, got {self.batch_delay_s}")
+        if self.batch_hold is not None and self.batch_hold not in HOLD_POINTS:
+            raise ValueError(f"batch_hold must be one of {', '.join(HOLD_POINTS)}, got {self.batch_hold!r}")
+        if self.batch_max_requests is not None and self.batch_max_requests < 1:
+            raise ValueError(f"batch_max_requests must be >= 1, got {self.batch_max_requests}")
+        check_reasoning(self)
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
             raise ValueError(f"malformed must be 'any' or one of {known}, got {self.malformed!r}")
@@ -128,7 +193,7 @@ _STATS = (
     "requests", "ok", "status_429", "status_500", "status_503", "status_529", "dropped",
     "invalid_json", "fenced_json", "truncated", "bad_request", "rate_limited", "status_401", "status_404",
     "oversize", "endless", "gzip_bomb", "malformed",
-    "prompt_tokens", "completion_tokens",
+    "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", *BATCH_STATS,
 )  # fmt: skip
 
 
@@ -141,7 +206,8 @@ class _Simulator:
     content is broken or cut short. `status_429` counts injected 429s,
     `rate_limited` the rpm ones; the `rate_503` fault is a 503 on the OpenAI path and a 529 on the
     Anthropic one. `prompt_tokens` and `completion_tokens` sum the usage of every ok answer sent: what
-    a paid teacher would bill, whether or not the client lived to read it.
+    a paid teacher would bill, whether or not the client lived to read it. `cached_tokens` and
+    `cache_write_tokens` sum what the prompt cache (gen.sim.cache) read and wrote of them.
     """
 
     def __init__(self, config: SimConfig) -> None:
@@ -152,6 +218,7 @@ class _Simulator:
         self._jitter = random.Random(f"{config.seed}/jitter")  # apart, so jitter never shifts the faults
         self._shapes = random.Random(f"{config.seed}/malformed")
         self._window: deque[float] | None = deque() if config.rpm is not None else None
+        self._judged = 0  # judge requests answered (SimConfig.judge_garbage_first)
         bands: list[tuple[float, str]] = []
         edge = 0.0
         for name in _FAULTS:
@@ -162,6 +229,10 @@ class _Simulator:
         self._bands = bands
         self._openai = OpenAIDialect(config)
         self._anthropic = AnthropicDialect(config)
+        self.cache = PromptCache(
+            min_tokens=config.cache_min_tokens, ttl_s=config.cache_ttl_s, entries=config.cache_entries
+        )
+        self._batches = SimBatches(self)
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         """The OpenAI path's 401 answer for a request without our key, else None."""
@@ -176,6 +247,7 @@ class _Simulator:
         app.router.add_get("/health", self.health)
         app.router.add_get("/sim/stats", self.get_stats)
         app.router.add_post("/sim/reset", self.reset)
+        self._batches.routes(app)
         return app
 
     def _admit(self, dialect: Dialect) -> tuple[float | None, dict[str, str]]:
@@ -252,7 +324,15 @@ class _Simulator:
         if chat.model is not None and chat.model != config.model:
             stats["status_404"] += 1
             return dialect.unknown_model(chat.model, headers)
+        if config.answers:
+            chat.answer = answer_for(chat.messages, chat.salt, config.answers, config.wrong_share)
+            chat.answer_field = config.answer_field
         fault = self._draw_fault() if self._bands else None
+        # The prompt cache is read as the request arrives and written once it is answered (below).
+        if chat.marked is not None:
+            chat.cached, chat.written = self.cache.marked(*chat.marked)
+        elif dialect is self._openai:
+            chat.cached = self.cache.automatic(chat.prefixes)
         delay = config.latency_ms
         if config.latency_jitter_ms:
             delay += self._jitter.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
@@ -274,6 +354,12 @@ class _Simulator:
                 bomb_headers = {**(headers or {}), "Content-Encoding": "gzip"}
                 bomb = _gzip_bomb(config.bomb_bytes)
                 return web.Response(body=bomb, content_type="application/json", headers=bomb_headers)
+        if config.judge is not None and chat.mode == "text":
+            garbage = self._judged < config.judge_garbage_first
+            chat.fixed = judge_reply(chat.messages, config.judge, garbage)
+            self._judged += chat.fixed is not None
+        if config.perturb_share and perturbed(chat.salt, config.perturb_share):
+            chat.perturb = config.perturb_field
         digest = hashlib.sha256(orjson.dumps(chat.messages) + b"\0" + chat.salt).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         if fault == "rate_oversize":
@@ -284,6 +370,10 @@ class _Simulator:
         except BadRequest as exc:
             stats["bad_request"] += 1
             return dialect.bad_request(exc.message, exc.param, headers)
+        if chat.marked is not None:
+            self.cache.store_marked(*chat.marked)
+        elif dialect is self._openai:
+            self.cache.store_automatic(chat.prefixes)
         if fault == "rate_oversize":
             stats["oversize"] += 1
             filler = orjson.dumps("word " * (config.oversize_bytes // 5))
@@ -321,6 +411,14 @@ class _Simulator:
         for k in self.stats:
             self.stats[k] = 0
         return web.Response(body=orjson.dumps(self.stats), content_type="application/json")
+
+
+def perturbed(salt: bytes, share: float) -> bool:
+    """Whether the simulated student changes its answer to a request with this salt (on the OpenAI path
+    the request's `seed` as decimal digits; gen sends `int(id[:8], 16) & 0x7FFFFFFF`): a fixed `share`
+    of salts, picked by a hash, so a test knows which rows disagree."""
+    h = int.from_bytes(hashlib.sha256(b"perturb\0" + salt).digest()[:8], "big")
+    return h / 2**64 < share
 
 
 async def _endless(request: web.Request, interval_s: float) -> web.StreamResponse:
@@ -397,6 +495,11 @@ class SimServer:
     @property
     def stats(self) -> dict[str, int]:
         return self._sim.stats
+
+    @property
+    def batch_custom_ids(self) -> list[str]:
+        """The custom_id of every request of every batch accepted so far: what a provider would bill."""
+        return list(self._sim._batches.submitted)
 
     async def start(self) -> None:
         """Listen on host:port. Raises OSError if the port is taken."""
@@ -526,7 +629,8 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
     async with SimServer(config, host=host, port=port) as server:
         print(
             f"gen sim: serving the OpenAI protocol on {server.base_url} (model {config.model})\n"
-            f"gen sim: and Anthropic Messages at {server.base_url}/messages",
+            f"gen sim: and Anthropic Messages at {server.base_url}/messages\n"
+            f"gen sim: batch APIs at {server.base_url}/batches and {server.base_url}/messages/batches",
             file=sys.stderr,
             flush=True,
         )

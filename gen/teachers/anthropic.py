@@ -4,6 +4,11 @@ The same shape as gen's OpenAI client (one shared aiohttp session, orjson both w
 classification) behind the same interface, so the pipeline drives either. Structured output goes
 through a forced tool call: the schema is the tool's `input_schema`, and the tool_use block's `input`
 comes back as JSON text, which gen's validator checks like any other JSON answer.
+
+Extended thinking (`thinking_budget = N` in [sampling]) sends `thinking` with that budget and keeps the
+`thinking` blocks as the completion's reasoning. The API refuses a forced tool together with thinking,
+so then no tool is sent: the schema is asked for in the system prompt and the JSON in the text is
+validated like any other text answer.
 """
 
 from __future__ import annotations
@@ -12,17 +17,29 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
-from pydantic import Discriminator, Tag, TypeAdapter, with_config
+from pydantic import Discriminator, Tag, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from gen.errors import TeacherError
 from gen.schema import Schema
 from gen.teachers.base import Completion
-from gen.teachers.http import STRICT, HTTPClient, ShortText, TokenCount, parse_reply, schema_name
+from gen.teachers.http import (
+    STRICT,
+    HTTPClient,
+    ShortText,
+    TokenCount,
+    malformed,
+    parse_reply,
+    schema_name,
+)
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; this when the recipe's sampling sets none
 TOOL_DESCRIPTION = "Record the answer."
+# The shortest prefix Anthropic caches when the price table names none for the model (the minimum of
+# Sonnet 4.5, Opus 4 and 4.1: gen/prices.toml lists each model's and where the figures come from).
+DEFAULT_CACHE_MIN_TOKENS = 1024
+_EPHEMERAL = {"type": "ephemeral"}
 
 # stop_reason -> the OpenAI finish_reason gen records; others pass through as they are.
 _FINISH = {
@@ -33,8 +50,30 @@ _FINISH = {
     "model_context_window_exceeded": "length",
     "refusal": "content_filter",
 }
-# Sampling keys with an Anthropic name of their own, or none (`seed`: the API has no such parameter).
-_RENAMED = {"max_tokens", "max_completion_tokens", "stop", "seed"}
+# Sampling keys with an Anthropic name of their own, or none (`seed`: the API has no such parameter;
+# `thinking_budget`: gen's key for extended thinking, sent as `thinking`).
+_RENAMED = {"max_tokens", "max_completion_tokens", "stop", "seed", "thinking_budget"}
+# With extended thinking the API refuses a forced tool: the schema is asked for in the text instead,
+# and gen's validator checks the JSON in the answer as it does any other text answer.
+JSON_IN_TEXT = (
+    "Answer with one JSON object, and nothing else after your thinking, that is valid against this "
+    "JSON Schema:\n{schema}"
+)
+
+
+def thinking_budget(sampling: Mapping[str, Any]) -> int | None:
+    """The extended-thinking budget `thinking_budget = N` in [sampling] asks for, or None."""
+    budget = sampling.get("thinking_budget")
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 else None
+
+
+def max_tokens_of(sampling: Mapping[str, Any]) -> int:
+    """The `max_tokens` a request carries: the sampling's, else DEFAULT_MAX_TOKENS on top of a thinking
+    budget (the API counts thinking within max_tokens and wants it larger than the budget)."""
+    given = sampling.get("max_tokens") or sampling.get("max_completion_tokens")
+    if given:
+        return given  # type: ignore[no-any-return]
+    return (thinking_budget(sampling) or 0) + DEFAULT_MAX_TOKENS
 
 
 # The part of a Messages reply gen reads, as a typed model of the wire format; other fields are ignored.
@@ -54,18 +93,25 @@ class _ToolUse(TypedDict):
 
 
 @with_config(STRICT)
-class _OtherBlock(TypedDict):  # thinking, a server tool's result, ...: passed over
+class _Thinking(TypedDict):  # extended thinking; its `signature` is not kept
+    type: Literal["thinking"]
+    thinking: str
+
+
+@with_config(STRICT)
+class _OtherBlock(TypedDict):  # redacted_thinking, a server tool's result, ...: passed over
     type: str
 
 
 def _block_kind(block: Any) -> str:
     kind = block.get("type") if isinstance(block, dict) else None
-    return kind if kind in ("text", "tool_use") else "other"
+    return kind if kind in ("text", "tool_use", "thinking") else "other"
 
 
 _Block = Annotated[
     Annotated[_Text, Tag("text")]
     | Annotated[_ToolUse, Tag("tool_use")]
+    | Annotated[_Thinking, Tag("thinking")]
     | Annotated[_OtherBlock, Tag("other")],
     Discriminator(_block_kind),
 ]
@@ -73,8 +119,10 @@ _Block = Annotated[
 
 @with_config(STRICT)
 class _Usage(TypedDict, total=False):
-    input_tokens: TokenCount | None
+    input_tokens: TokenCount | None  # the input after the last cache breakpoint only
     output_tokens: TokenCount | None
+    cache_read_input_tokens: TokenCount | None
+    cache_creation_input_tokens: TokenCount | None
 
 
 @with_config(STRICT)
@@ -93,6 +141,7 @@ class AnthropicMessages(HTTPClient):
 
     provider = "anthropic"
     unset_max_tokens = DEFAULT_MAX_TOKENS  # what body() asks for when the sampling sets none
+    marks_cache_prefix = True  # takes `cache_min_tokens`: the run passes the price table's
 
     def __init__(
         self,
@@ -106,6 +155,7 @@ class AnthropicMessages(HTTPClient):
         request_timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
         max_reply_bytes: int | None = None,
+        cache_min_tokens: int | None = None,
     ) -> None:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key:
@@ -128,7 +178,9 @@ class AnthropicMessages(HTTPClient):
         self._tool: dict[str, Any] | None = None
         self._tool_name: str | None = None
         self._tool_choice: dict[str, Any] | None = None
+        self._json_in_text: str | None = None
         if schema is not None:
+            self._json_in_text = JSON_IN_TEXT.format(schema=orjson.dumps(schema.json_schema).decode())
             self._tool_name = schema_name(schema.name)
             self._tool = {
                 "name": self._tool_name,
@@ -138,6 +190,13 @@ class AnthropicMessages(HTTPClient):
             if strict:  # constrained decoding of the tool input, as `strict` json_schema is for OpenAI
                 self._tool["strict"] = True
             self._tool_choice = {"type": "tool", "name": self._tool_name}
+        # Prompt caching: the tools, then the system prompt, are the prefix every task of a recipe shares
+        # (the user turn varies). A breakpoint caches everything before it; a prefix shorter than the
+        # model's minimum is not cached (nor billed as a write), so gen marks only one long enough, by
+        # the same characters / 4 estimate the limiter uses.
+        self.cache_min_tokens = cache_min_tokens or DEFAULT_CACHE_MIN_TOKENS
+        self._tool_chars = len(orjson.dumps(self._tool)) if self._tool is not None else 0
+        self._tool_cached = {**self._tool, "cache_control": _EPHEMERAL} if self._tool is not None else None
 
     def body(self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]) -> bytes:
         """The request body. `seed` is not sent: the Messages API has no seed."""
@@ -148,18 +207,32 @@ class AnthropicMessages(HTTPClient):
                 system.append(m["content"])
             else:
                 turns.append(m)
-        max_tokens = sampling.get("max_tokens") or sampling.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
-        payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "messages": turns}
+        budget = thinking_budget(sampling)
+        if budget is not None and self._json_in_text is not None:
+            system.append(self._json_in_text)  # no forced tool with thinking: the schema goes in the text
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_tokens_of(sampling),
+            "messages": turns,
+        }
+        prefix = "\n\n".join(system)
+        tool_chars = self._tool_chars if budget is None else 0  # thinking sends no tool
+        cacheable = (tool_chars + len(prefix)) // 4 >= self.cache_min_tokens
         if system:
-            payload["system"] = "\n\n".join(system)
+            if cacheable:  # the breakpoint after the system prompt caches the tool definition with it
+                payload["system"] = [{"type": "text", "text": prefix, "cache_control": _EPHEMERAL}]
+            else:
+                payload["system"] = prefix
+        if budget is not None:
+            payload["thinking"] = {"type": "enabled", "budget_tokens": budget}
         for key, value in sampling.items():
             if key not in _RENAMED:  # temperature, top_p, top_k, stop_sequences, metadata, ...: as they are
                 payload[key] = value
         stop = sampling.get("stop")
         if stop is not None:
             payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-        if self._tool is not None:
-            payload["tools"] = [self._tool]
+        if self._tool is not None and budget is None:
+            payload["tools"] = [self._tool_cached if cacheable and not system else self._tool]
             payload["tool_choice"] = self._tool_choice
         return orjson.dumps(payload)
 
@@ -168,16 +241,34 @@ class AnthropicMessages(HTTPClient):
     ) -> Completion:
         body = self.body(messages, seed=seed, sampling=sampling)
         raw, headers = await self._post(self.url, body, self.reply_limit(sampling))
-        reply = parse_reply(_REPLY, raw)
+        return self.completion(parse_reply(_REPLY, raw), headers)
+
+    def read_completion(self, doc: Any) -> Completion:
+        """A Message already parsed from JSON (a batch result's `message`), checked against the reply
+        model as complete() checks a reply: malformed is a TeacherError."""
+        try:
+            return self.completion(_REPLY.validate_python(doc), {})
+        except ValidationError as e:
+            raise malformed(e) from None
+
+    def completion(self, reply: _Message, headers: Mapping[str, str]) -> Completion:
         usage = reply.get("usage") or {}
         stop_reason = reply.get("stop_reason")
+        read = usage.get("cache_read_input_tokens") or 0
+        written = usage.get("cache_creation_input_tokens") or 0
+        thinking = [block["thinking"] for block in reply["content"] if block["type"] == "thinking"]
         return Completion(
             text=self._text(reply["content"]),
             finish_reason=_FINISH.get(stop_reason, stop_reason),  # type: ignore[arg-type]
-            prompt_tokens=usage.get("input_tokens") or 0,
+            # input_tokens leaves out what was read from or written to the cache: prompt_tokens is all
+            # of the input, as OpenAI counts it, so rows and budgets mean the same on both.
+            prompt_tokens=(usage.get("input_tokens") or 0) + read + written,
             completion_tokens=usage.get("output_tokens") or 0,
             model=reply.get("model"),
             headers=headers,
+            cached_tokens=read,
+            cache_write_tokens=written,
+            reasoning="\n\n".join(thinking) or None,  # the API does not count thinking tokens apart
         )
 
     def _text(self, content: list[Any]) -> str:

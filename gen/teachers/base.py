@@ -15,6 +15,17 @@ class Completion:
     completion_tokens: int
     model: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Of prompt_tokens (which counts every input token): read from the provider's prompt cache, and
+    # written to it (Anthropic reports writes; OpenAI and vLLM only reads).
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    latency_s: float | None = None  # set by the limiter around the request (gen eval reports it)
+    # A reasoning teacher's trace, as the protocol carried it apart from the text (a reasoning field,
+    # thinking blocks); an inline <think> block is still in `text` (gen.reasoning.split_think).
+    reasoning: str | None = None
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens, where reported
+    # The answer's tokens with their log-probabilities (gen.reasoning.compact_logprobs), when asked for.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class Teacher(Protocol):

@@ -48,9 +48,18 @@ def reply_limit(sampling: Mapping[str, Any], *, unset_max_tokens: int = UNSET_MA
         or _positive_int(sampling.get("max_tokens"))
         or unset_max_tokens
     )
+    # Extended thinking's budget comes on top of an answer when the sampling sets no max_tokens
+    # (gen.teachers.anthropic asks for budget + its default then); reasoning within max_tokens is
+    # already in the 128 bytes a token.
+    budget = _positive_int(sampling.get("thinking_budget"))
+    if budget is not None:
+        tokens = max(tokens, budget + unset_max_tokens)
     per_token = REPLY_BYTES_PER_TOKEN
-    if sampling.get("logprobs"):
-        per_token += REPLY_BYTES_PER_LOGPROB * (1 + (_positive_int(sampling.get("top_logprobs")) or 0))
+    logprobs = sampling.get("logprobs")
+    if logprobs:
+        # `logprobs = K` (gen's form: K alternatives a token) or OpenAI's `logprobs: true, top_logprobs`.
+        top = _positive_int(sampling.get("top_logprobs")) if logprobs is True else _positive_int(logprobs)
+        per_token += REPLY_BYTES_PER_LOGPROB * (1 + (top or 0))
     return REPLY_ENVELOPE_BYTES + (_positive_int(sampling.get("n")) or 1) * tokens * per_token
 
 

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from typing import Annotated, Any, NotRequired
 
 import orjson
-from pydantic import Field, TypeAdapter, with_config
+from pydantic import Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
+from gen.reasoning import compact_logprobs
 from gen.schema import Schema
 from gen.teachers.base import Completion
 from gen.teachers.http import (
@@ -19,6 +20,7 @@ from gen.teachers.http import (
     ShortText,
     TokenCount,
     error_from_response,
+    malformed,
     parse_reply,
     parse_retry_after,
     schema_name,
@@ -31,20 +33,52 @@ __all__ = ["FATAL_STATUS", "RETRYABLE_STATUS", "OpenAIChat", "error_from_respons
 
 
 @with_config(STRICT)
+class _PromptDetails(TypedDict, total=False):
+    cached_tokens: TokenCount | None  # OpenAI's automatic caching, vLLM's prefix cache
+
+
+class _Details(TypedDict, total=False):
+    reasoning_tokens: TokenCount | None
+
+
+@with_config(STRICT)
 class _Usage(TypedDict, total=False):
     prompt_tokens: TokenCount | None
     completion_tokens: TokenCount | None
+    prompt_tokens_details: _PromptDetails | None
+    completion_tokens_details: _Details | None
 
 
 @with_config(STRICT)
 class _Message(TypedDict, total=False):
     content: str | None
+    reasoning_content: str | None  # DeepSeek's API, vLLM's reasoning parsers
+    reasoning: str | None  # newer vLLM, other gateways
+
+
+@with_config(STRICT)
+class _Alternative(TypedDict):
+    token: str
+    logprob: float
+
+
+@with_config(STRICT)
+class _TokenLogprob(TypedDict):
+    token: str
+    logprob: float
+    top_logprobs: NotRequired[list[_Alternative] | None]
+
+
+@with_config(STRICT)
+class _Logprobs(TypedDict, total=False):
+    content: list[_TokenLogprob] | None
 
 
 @with_config(STRICT)
 class _Choice(TypedDict):
     message: _Message
     finish_reason: NotRequired[ShortText | None]
+    logprobs: NotRequired[_Logprobs | None]
 
 
 @with_config(STRICT)
@@ -57,6 +91,27 @@ class _ChatCompletion(TypedDict):
 # Validated from orjson's parse: as cheap as picking the fields out by hand, and orjson refuses what
 # pydantic's own parser would let through (NaN, lone surrogates).
 _REPLY: TypeAdapter[_ChatCompletion] = TypeAdapter(_ChatCompletion)
+
+
+def logprobs_k(sampling: Mapping[str, Any]) -> int:
+    """The top-K alternatives `logprobs = K` in [sampling] asks for (0: no logprobs asked)."""
+    k = sampling.get("logprobs")
+    if k is True:  # the wire form itself, as OpenAI takes it, with its own top_logprobs
+        top = sampling.get("top_logprobs")
+        return top if isinstance(top, int) and not isinstance(top, bool) and top >= 0 else 0
+    return k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else 0
+
+
+def _wire_sampling(payload: dict[str, Any]) -> None:
+    """gen's sampling keys in the chat-completions form: `logprobs = K` is `logprobs: true,
+    top_logprobs: K`; `thinking_budget` is Anthropic's (extended thinking) and not sent here."""
+    payload.pop("thinking_budget", None)
+    k = payload.get("logprobs")
+    if isinstance(k, int) and not isinstance(k, bool):
+        if k > 0:
+            payload["logprobs"], payload["top_logprobs"] = True, k
+        else:
+            payload.pop("logprobs")
 
 
 class OpenAIChat(HTTPClient):
@@ -106,6 +161,8 @@ class OpenAIChat(HTTPClient):
 
     def body(self, messages: list[dict[str, str]], *, seed: int, sampling: Mapping[str, Any]) -> bytes:
         payload: dict[str, Any] = {"model": self.model, "messages": messages, **sampling, "seed": seed}
+        if "logprobs" in sampling or "thinking_budget" in sampling:
+            _wire_sampling(payload)
         if self._response_format is not None:
             payload["response_format"] = self._response_format
         return orjson.dumps(payload)
@@ -115,17 +172,7 @@ class OpenAIChat(HTTPClient):
     ) -> Completion:
         body = self.body(messages, seed=seed, sampling=sampling)
         raw, headers = await self._post(self.url, body, self.reply_limit(sampling))
-        reply = parse_reply(_REPLY, raw)
-        choice = reply["choices"][0]
-        usage = reply.get("usage") or {}
-        return Completion(
-            text=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=usage.get("prompt_tokens") or 0,
-            completion_tokens=usage.get("completion_tokens") or 0,
-            model=reply.get("model"),
-            headers=headers,
-        )
+        return _completion(parse_reply(_REPLY, raw), headers, logprobs_k(sampling))
 
     async def models(self, *, strict: bool = False) -> list[dict[str, Any]]:
         """The model entries the server reports at /v1/models (vLLM adds `root`: the weights' path).
@@ -133,3 +180,35 @@ class OpenAIChat(HTTPClient):
         doc = await self._get_json(self._models_url, strict=strict)
         data = doc.get("data") if isinstance(doc, dict) else None
         return [m for m in data or [] if isinstance(m, dict) and m.get("id")]
+
+
+def read_completion(doc: Any) -> Completion:
+    """A chat completion already parsed from JSON (a batch output line's `response.body`), checked
+    against the reply model as complete() checks a reply: malformed is a TeacherError."""
+    try:
+        return _completion(_REPLY.validate_python(doc), {})
+    except ValidationError as e:
+        raise malformed(e) from None
+
+
+def _completion(reply: _ChatCompletion, headers: Mapping[str, str], k: int | None = None) -> Completion:
+    """A reply's Completion; `k`: the top alternatives asked for per token (`logprobs`), else None."""
+    choice = reply["choices"][0]
+    message = choice["message"]
+    usage = reply.get("usage") or {}
+    prompt_tokens = usage.get("prompt_tokens") or 0
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    details = usage.get("completion_tokens_details") or {}
+    return Completion(
+        text=message.get("content") or "",
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        model=reply.get("model"),
+        headers=headers,
+        cached_tokens=min(cached, prompt_tokens),  # a part of prompt_tokens: never more than it
+        # An empty field is no trace: a server with a parser says "" or null for a plain answer.
+        reasoning=message.get("reasoning_content") or message.get("reasoning") or None,
+        reasoning_tokens=details.get("reasoning_tokens"),
+        logprobs=compact_logprobs((choice.get("logprobs") or {}).get("content"), k) if k else None,
+    )

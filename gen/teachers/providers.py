@@ -2,9 +2,11 @@
 
 A provider is a client class plus a few facts about it: its default base URL, the server gen starts for
 it when none is given (the simulator, `vllm serve`), the rate-limit headers its replies carry, whether
-its URLs are recorded in the manifest, and whether it answers each request (`mode="request"`) or takes
-a batch and is polled later (`mode="batch"`, not run yet). Adding a provider is one client module plus
-one `register(ProviderSpec(...))`; config, prepare, the pipeline, cluster and limits only look it up.
+its URLs are recorded in the manifest, whether it answers each request (`mode="request"`) or only
+takes a batch and is polled later (`mode="batch"`, not run yet), and its batch API beside the chat one
+(`batch`, a submit-and-poll client of gen.teachers.batch, used by `gen run --batch`). Adding a
+provider is one client module plus one `register(ProviderSpec(...))`; config, prepare, the pipeline,
+cluster and limits only look it up.
 
 It lives beside the clients (shared/DESIGN.md: "clients only, each registered once as a provider spec")
 and names everything by dotted path, imported when used: `import gen` stays fast, and moving the
@@ -50,6 +52,7 @@ class Launch:
     vllm: VLLMSpec
     servers: list[Any] = field(default_factory=list)
     served: list[dict[str, Any]] = field(default_factory=list)
+    sim_answers: dict[str, str] | None = None  # the simulator's references ([sim] answer_from)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +78,16 @@ class ProviderSpec:
     default_license: str | None = None  # None: the licence review decides from the model id
     records_base_urls: bool = False  # the manifest lists its (public, credential-free) base URLs
     mode: Literal["request", "batch"] = "request"
+    # Its batch API beside the chat one (submit-and-poll, gen.teachers.batch.BatchClient): "module:Class",
+    # built with the client's arguments; None when the provider has none (`gen run --batch` refuses it).
+    batch: str | None = None
 
     def client_class(self) -> type[Any]:
         return load(self.client)
+
+    def batch_class(self) -> type[Any]:
+        assert self.batch is not None
+        return load(self.batch)
 
     def launches(self, base_urls: tuple[str, ...] | list[str]) -> bool:
         """Whether gen starts the server(s) for this run itself."""
@@ -138,16 +148,17 @@ def _union_rate_headers() -> tuple[tuple[str, str], ...]:
 # --- the launchers ---
 
 
-def sim_config(prompt: PromptFile, model: str) -> Any:
+def sim_config(prompt: PromptFile, model: str, answers: dict[str, str] | None = None) -> Any:
     """The simulated teacher's settings from the prompt file's [sim] table (SimConfig)."""
+    extra = {"answers": answers} if answers is not None else {}
     try:
-        return load(f"{SIM_MODULE}:SimConfig")(**{"model": model, **prompt.spec.sim})
+        return load(f"{SIM_MODULE}:SimConfig")(**{"model": model, **prompt.spec.sim, **extra})
     except (TypeError, ValueError) as e:
         raise ConfigError(prompt.path, f"[sim]: {e}") from None
 
 
 async def launch_sim(launch: Launch) -> list[str]:
-    sim = load(f"{SIM_MODULE}:SimServer")(sim_config(launch.prompt, launch.model))
+    sim = load(f"{SIM_MODULE}:SimServer")(sim_config(launch.prompt, launch.model, launch.sim_answers))
     await sim.start()
     launch.servers.append(sim)
     return [sim.base_url]
@@ -197,6 +208,7 @@ register(
     ProviderSpec(
         name="openai",
         client="gen.teachers.openai:OpenAIChat",
+        batch="gen.teachers.batch_openai:OpenAIBatches",
         rate_limit_headers=OPENAI_RATE_HEADERS,
         records_base_urls=True,
     )
@@ -205,6 +217,7 @@ register(
     ProviderSpec(
         name="anthropic",
         client="gen.teachers.anthropic:AnthropicMessages",
+        batch="gen.teachers.batch_anthropic:AnthropicBatches",
         default_base_url="https://api.anthropic.com/v1",
         rate_limit_headers=ANTHROPIC_RATE_HEADERS,
         records_base_urls=True,
@@ -223,6 +236,7 @@ register(
     ProviderSpec(
         name="sim",
         client="gen.teachers.openai:OpenAIChat",
+        batch="gen.teachers.batch_openai:OpenAIBatches",  # it has OpenAI's batch endpoints too
         default_model="gen-sim-1",
         launcher=launch_sim,
         launch_always=True,

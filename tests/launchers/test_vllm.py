@@ -105,7 +105,7 @@ def test_command_maps_settings_to_vllm_flags() -> None:
         "vllm", "serve", "org/fake-model-7b", "--host", "127.0.0.1", "--port", "8123",
         "--tensor-parallel-size", "2", "--data-parallel-size", "4", "--max-model-len", "8192",
         "--gpu-memory-utilization", "0.85", "--dtype", "bfloat16", "--served-model-name", "teacher",
-        "--max-num-seqs", "256", "--generation-config", "vllm",
+        "--max-num-seqs", "256", "--generation-config", "vllm", "--enable-prompt-tokens-details",
         "--enable-prefix-caching", "--seed", "7",
     ]  # fmt: skip
     assert "sekret" not in " ".join(VLLMServer(s).command())
@@ -115,7 +115,8 @@ def test_defaults_leave_vllm_defaults_alone_and_pick_a_free_port() -> None:
     srv = VLLMServer(settings())
     argv = srv.command()
     assert argv[:3] == ["vllm", "serve", "org/fake-model-7b"]
-    assert argv[3:6] == ["--host", "127.0.0.1", "--port"] and len(argv) == 7
+    assert argv[3:6] == ["--host", "127.0.0.1", "--port"] and len(argv) == 8
+    assert argv[7] == "--enable-prompt-tokens-details"  # the cached-token counts the rows record
     assert 0 < srv.port < 65536 and srv.base_url == f"http://127.0.0.1:{srv.port}/v1"
     assert srv.pid is None and srv.model_name == "org/fake-model-7b"
 

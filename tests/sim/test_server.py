@@ -212,6 +212,7 @@ async def test_reply_has_openai_shape(sim_server, session) -> None:
         "prompt_tokens": chars // 4 + 4 * len(MESSAGES),
         "completion_tokens": len(content) // 4,
         "total_tokens": chars // 4 + 4 * len(MESSAGES) + len(content) // 4,
+        "prompt_tokens_details": {"cached_tokens": 0},  # as OpenAI sends it; a short prompt is never cached
     }
 
 

@@ -1,0 +1,570 @@
+"""Batch mode (`gen run --batch`): the run's requests go to the provider's batch API at its batch price.
+
+The same run as online (prompt file, validation, re-asks, rejects, dedup, shards, manifest, licence
+review): only the way requests reach the teacher differs. Requests are packed into batches within the
+provider's documented limits (gen.teachers.batch_openai / batch_anthropic) and `--batch-size`, each
+batch is submitted, polled with a backing-off interval, and its results are judged as online answers
+are; answers that fail validation are re-asked in a follow-up batch.
+
+No double payment: the batch log (OUTPUT/batches.jsonl, gen.ledger.BatchLog) holds a batch's requests
+before it is uploaded and its id the moment the provider accepts it. A run killed at any point resumes
+by polling the batches the log names, and only sends again the requests of a batch the provider never
+accepted (killed while uploading or creating; for OpenAI a batch created but not yet logged is found
+again by its metadata). A batch is marked collected only after every one of its results reached the
+journal, so a run killed while collecting reads it again and skips what was journaled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gen.budget import Price
+from gen.errors import ConfigError, GenError, TeacherError, leaks_secret, redact
+from gen.ledger import BatchLog, LoggedBatch, Pending, Usage, id_key
+from gen.limits import estimate_tokens
+from gen.outdir import OutputDir
+from gen.reasoning import CLOSE, OPEN, split_think
+from gen.retry import with_retries
+from gen.teachers import providers
+from gen.teachers.batch import BatchClient, BatchResult, BatchState, custom_id
+from gen.templates import Task
+from gen.validate import check, repair_messages
+
+if TYPE_CHECKING:
+    from gen.pipeline import Run
+    from gen.progress import Progress
+
+MAX_LIVE_BATCHES = 16  # batches submitted and not yet collected at once: bounds memory on huge runs
+POLL_MAX_S = 300.0  # the longest wait between two polls of a batch whose counts do not move
+POLL_BACKOFF = 1.5  # the wait grows by this after each poll that shows no progress
+BYTES_MARGIN = 1 << 20  # room kept under the provider's file-size limit (the upload's envelope)
+FALLBACKS = ("batch", "online")
+
+
+class BatchRejected(GenError):
+    """The provider refused a batch as a whole: nothing of it ran or was paid for."""
+
+
+@dataclass(slots=True)
+class Req:
+    """One request of a task, on its way through a batch."""
+
+    task: Task
+    attempt: int
+    retry: int
+    messages: list[dict[str, str]] | None  # None: the task's own
+    seed: int
+    used: Usage = (0, 0)  # the usage of the task's earlier requests, summed
+    last: Usage | None = None  # what its previous request cost
+
+    @property
+    def custom_id(self) -> str:
+        return custom_id(self.task.id, self.attempt, self.retry)
+
+    def pending(self) -> Pending:
+        return Pending(self.task.id, self.attempt, self.retry, self.messages, self.seed, self.used, self.last)
+
+
+@dataclass(slots=True)
+class Live:
+    logged: LoggedBatch
+    reqs: dict[str, Req]
+    interval: float
+    next_poll: float = 0.0
+    state: BatchState | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def check_batch_options(opts: Any, provider: str | None = None) -> None:
+    """Bad batch flags, as one ConfigError each, before anything is sent; with `provider`, whether it
+    has a batch API too."""
+    if opts.batch_cancel and not opts.batch:
+        raise ConfigError("--cancel", "cancels the batches of a batch run: pass it with --batch")
+    if opts.batch_fallback != "batch" and not opts.batch:
+        raise ConfigError("--batch-fallback", "applies to batch runs only: pass it with --batch")
+    if not opts.batch:
+        return
+    if opts.batch_fallback not in FALLBACKS:
+        raise ConfigError("--batch-fallback", f"must be one of {', '.join(FALLBACKS)}")
+    if opts.executor != "local" or opts.partition is not None:
+        raise ConfigError("--batch", "runs in one process: it cannot be combined with --executor ray")
+    if provider is not None and providers.get(provider).batch is None:
+        raise ConfigError(
+            "--batch",
+            f"provider {provider!r} has no batch API (openai and anthropic have one, and so does the "
+            "simulator); run without --batch",
+        )
+    if not 0 < opts.batch_poll_s < 86_400:
+        raise ConfigError("--batch-poll", f"must be a positive number of seconds, got {opts.batch_poll_s:g}")
+
+
+def check_output(out_dir: Path, fingerprint: dict[str, Any], *, batch: bool, again: str) -> None:
+    """An output whose batch log holds batches of another recipe, or batches still at the provider
+    while this run is not a batch run (it would ask their tasks again, and pay twice): ConfigError."""
+    log = BatchLog(OutputDir(out_dir).batches)
+    batches, _, _ = log.read()
+    outstanding = [b for b in batches.values() if b.done is None]
+    if not outstanding:
+        return
+    other = [b for b in outstanding if b.fingerprint != fingerprint]
+    if other:
+        raise ConfigError(
+            out_dir,
+            f"holds {len(other)} batch(es) submitted for another recipe (another prompt file, schema or "
+            "teacher): collect them with the recipe that made them, or choose another --output",
+        )
+    if not batch:
+        raise ConfigError(
+            out_dir,
+            f"holds {len(outstanding)} batch(es) submitted and not yet collected: collect them with "
+            f"`{again} --batch` (or cancel them with --batch --cancel) before an online run",
+        )
+
+
+class BatchDriver:
+    """Runs a prepared run's tasks through the provider's batch API. One coroutine (`drive`), created
+    as a task by the pipeline, which owns every asyncio task."""
+
+    def __init__(
+        self, run: Run, online: Any, progress: Progress, base_url: str, fingerprint: dict[str, Any] | None
+    ) -> None:
+        self.run = run
+        self.p = p = run.p
+        self.opts = p.opts
+        self.online = online  # the limited chat client: --batch-fallback online
+        self.progress = progress
+        self.fingerprint = fingerprint or {}
+        self.log = BatchLog(OutputDir(p.out_dir).batches)
+        t = p.teacher
+        spec = providers.get(t.provider)
+        self.client: BatchClient = spec.batch_class()(
+            base_url,
+            t.model,
+            api_key=p.api_key,
+            schema=p.schema,
+            strict=run.spec.strict,
+            max_connections=4,
+            request_timeout_s=p.opts.request_timeout_s,
+            connect_timeout_s=p.opts.connect_timeout_s,
+            max_reply_bytes=p.opts.max_reply_bytes,
+        )
+        limits = self.client.limits
+        self.max_requests = min(limits.max_requests, self.opts.batch_size or limits.max_requests)
+        self.max_bytes = limits.max_bytes - BYTES_MARGIN
+        # The run's price is the batch price (prepare scaled it): a request sent online pays the list price.
+        discount = p.price.batch_discount if p.price else 1.0
+        self.online_price = p.price.scaled(1 / discount) if p.price and discount else p.price
+        self.live: dict[str, Live] = {}
+        self.queue: deque[Req] = deque()
+        self.answered: set[int] = set()  # tasks decided (a row, reject or duplicate): their results skip
+        # (attempt, retry) of each task's latest request queued or logged: a result of an earlier one is
+        # read again only when a run died collecting its batch, and is passed over then.
+        self.step: dict[str, tuple[int, int]] = {}
+        self.outstanding = 0  # the reserved tokens of requests in live batches (budget)
+        self.stopped: str | None = None  # why no new batch is submitted (the budget)
+        self._count = 0
+        self._fresh: Iterator[Task] | None = None
+
+    # --- the loop ---
+
+    async def drive(self, tasks: Iterator[Task], keep: Callable[[str], bool] | None = None) -> None:
+        """Resume the batches the log names, then submit, poll and collect until every task is decided,
+        the budget is reached, or the run is stopped (the batches submitted run on at the provider)."""
+        run = self.run
+        try:
+            self.answered = set(run.claimed)  # what the shards and the journal hold
+            await self._resume()
+            self._fresh = (t for t in tasks if keep is None or keep(t.id))
+            if self.opts.batch_cancel:
+                await self._cancel_all()
+            while run.stop_reason is None:
+                if not self.opts.batch_cancel:
+                    await self._submit_more()
+                if not self.live:
+                    break
+                await self._poll()
+            if run.stop_reason is not None:
+                if self.live:  # Ctrl-C: the batches run on at the provider without us
+                    names = ", ".join(b.logged.id or "?" for b in self.live.values())
+                    run.stop_reason += (
+                        f"; {len(self.live)} batch(es) still running at the provider ({names}): collect "
+                        "them later with the command below"
+                    )
+                return
+            if self.opts.batch_cancel:
+                run.stop_status = "cancelled"
+                run.stop_reason = "cancelled the submitted batches; what they had answered is committed"
+                return
+            if self.stopped is not None:
+                run.stop_reason = self.stopped
+                return
+            run._exhausted = True
+            self.log.close()
+            self.log.path.unlink(missing_ok=True)  # every batch collected: the log has nothing to say
+        finally:
+            self.log.close()
+            await self.client.close()
+
+    async def _call(self, make: Any) -> Any:
+        """A batch API call with the run's retry policy (backoff, Retry-After honoured on 429)."""
+        return await with_retries(make, self.run.retry_policy, on_retry=self._on_retry)
+
+    def _on_retry(self, e: TeacherError) -> None:
+        self.run.stats.retries += 1
+        if e.status == 429:
+            self.run.stats.throttled += 1
+
+    # --- resume: what the batch log says is at the provider ---
+
+    async def _resume(self) -> None:
+        run = self.run
+        batches, pending, problems = self.log.read()
+        for problem in problems[:20]:
+            run._say(f"skipped batch log entry {problem}")
+        latest: dict[str, Pending] = {}
+        for p in pending.values():  # in the order written: the last one of a task is its next request
+            latest[p.task_id] = p
+            self.step[p.task_id] = (p.attempt, p.retry)
+        known = {b.id for b in batches.values() if b.id is not None}
+        for b in batches.values():
+            if b.done is None and b.id is None:  # never known to be accepted: maybe it was
+                found = await self._call(
+                    lambda b=b: self.client.find(b.name, since=b.at, count=len(b.requests), known=known)
+                )
+                if found is not None:
+                    known.add(found.id)
+                    self.log.created(b.name, found.id)
+                    b.id = found.id
+                    run._say(f"found batch {found.id}, accepted before the last run died; collecting it")
+                else:
+                    self.log.done(b.name, "void")  # not accepted: its requests are sent again
+                    b.done = "void"
+        live = [b for b in batches.values() if b.done is None]
+        in_batches = {(t, a, k) for b in live for t, a, k in b.requests}
+        wanted = {t for b in live for t, _, _ in b.requests}
+        for tid, p in latest.items():
+            if (tid, p.attempt, p.retry) not in in_batches:
+                wanted.add(tid)
+        wanted = {t for t in wanted if id_key(t) not in self.answered}
+        found_tasks: dict[str, Task] = {}
+        if wanted:
+            for task in self.p.expansion.tasks(keep=lambda tid: tid in wanted):
+                if task.id in wanted:
+                    found_tasks[task.id] = task
+                    if len(found_tasks) == len(wanted):
+                        break
+        for b in live:
+            reqs: dict[str, Req] = {}
+            for tid, a, k in b.requests:
+                task = found_tasks.get(tid)
+                if task is None:
+                    continue  # decided already (its result is skipped), or no longer in the recipe
+                p = pending.get((tid, a, k))
+                if p is None:  # a first request: nothing logged but its place in the batch
+                    p = Pending(tid, a, k, None, _seed(tid), (0, 0), None)
+                reqs[custom_id(tid, a, k)] = Req(task, a, k, p.messages, p.seed, p.used, p.last)
+                run.claimed.add(id_key(tid))
+            self.live[b.name] = Live(b, reqs, self.opts.batch_poll_s)
+            self.outstanding += b.estimate[0] + b.estimate[1]
+        for tid, p in latest.items():
+            task = found_tasks.get(tid)
+            if task is None or (tid, p.attempt, p.retry) in in_batches:
+                continue
+            self.queue.append(Req(task, p.attempt, p.retry, p.messages, p.seed, p.used, p.last))
+            run.claimed.add(id_key(tid))
+        if self.live:
+            run._say(f"resuming {len(self.live)} batch(es) submitted before: polling them, not sending again")
+
+    # --- submitting ---
+
+    def _next_fresh(self) -> Req | None:
+        run = self.run
+        assert self._fresh is not None
+        for task in self._fresh:
+            key = id_key(task.id)
+            if key in run.claimed:
+                if key in self.answered:  # done before; otherwise in a batch submitted before
+                    run.stats.skipped += 1
+                    self.progress.tick()
+                continue
+            run.claimed.add(key)
+            return Req(task, 1, 0, None, _seed(task.id))
+        self._fresh = iter(())
+        return None
+
+    async def _submit_more(self) -> None:
+        while self.stopped is None and len(self.live) < MAX_LIVE_BATCHES and self.run.stop_reason is None:
+            reqs: list[Req] = []
+            lines: list[bytes] = []
+            size = 0
+            estimate = [0, 0]
+            while len(reqs) < self.max_requests:
+                req = self.queue.popleft() if self.queue else self._next_fresh()
+                if req is None:
+                    break
+                if req.task.messages is None:  # a template that did not render: decided here
+                    await self._decide_reject(req, "render_error", req.task.render_error or "", None, (0, 0))
+                    continue
+                messages = req.messages or req.task.messages
+                cost = (estimate_tokens(messages, 0), self.run._max_completion)
+                reason = self.run.budget.exhausted(
+                    reserved_tokens=self.outstanding + estimate[0] + estimate[1] + sum(cost)
+                )
+                if reason is not None:
+                    self.stopped = reason
+                    self._unclaim(req)
+                    break
+                line = self.client.line(req.custom_id, messages, seed=req.seed, sampling=self.p.sampling)
+                if size + len(line) + 1 > self.max_bytes and reqs:
+                    self.queue.appendleft(req)
+                    break
+                reqs.append(req)
+                lines.append(line)
+                size += len(line) + 1
+                estimate[0] += cost[0]
+                estimate[1] += cost[1]
+            if not reqs:
+                return
+            await self._submit(reqs, lines, (estimate[0], estimate[1]))
+
+    def _unclaim(self, req: Req) -> None:
+        if req.attempt == 1 and req.retry == 0:
+            self.run.claimed.discard(id_key(req.task.id))
+        else:
+            self.queue.appendleft(req)
+
+    async def _submit(self, reqs: list[Req], lines: list[bytes], estimate: Usage) -> None:
+        run = self.run
+        self._count += 1
+        name = f"{run.run_id}-{self._count:04d}"
+        logged = LoggedBatch(
+            name,
+            self.fingerprint,
+            self.p.teacher.provider,
+            [(r.task.id, r.attempt, r.retry) for r in reqs],
+            estimate,
+            time.time(),
+        )
+        self.log.intent(logged)  # before the upload: a run killed from here on knows what it sent
+        try:
+            state = await self._call(lambda: self.client.submit(lines, name))
+        except TeacherError as e:
+            if not e.retryable:  # refused: nothing was created, nothing paid
+                self.log.done(name, "failed")
+                why = str(e).rstrip(".")
+                raise BatchRejected(
+                    f"the provider refused batch {name} ({len(reqs):,} requests) as a whole: {why}. Nothing "
+                    "of it ran; what was collected is committed"
+                ) from None
+            raise  # it may have been created: the next run looks for it before sending anything
+        self.log.created(name, state.id)
+        logged.id = state.id
+        self.live[name] = Live(logged, {r.custom_id: r for r in reqs}, self.opts.batch_poll_s, state=state)
+        self.live[name].next_poll = time.monotonic() + self.opts.batch_poll_s
+        self.outstanding += estimate[0] + estimate[1]
+        run.stats.batches += 1
+        run._say(f"batch {state.id}: submitted {len(reqs):,} requests ({state.status})")
+
+    # --- polling and collecting ---
+
+    async def _poll(self) -> None:
+        run = self.run
+        wake = min(b.next_poll for b in self.live.values())
+        while run.stop_reason is None and time.monotonic() < wake:
+            await asyncio.sleep(min(0.1, max(0.0, wake - time.monotonic())))
+        if run.stop_reason is not None:
+            return
+        now = time.monotonic()
+        for name, b in list(self.live.items()):
+            if b.next_poll > now:
+                continue
+            assert b.logged.id is not None
+            state = await self._call(lambda i=b.logged.id: self.client.state(i))
+            if state.counts != b.counts or b.state is None or state.status != b.state.status:
+                run._say(f"batch {state.id}: {state.status} {_counts(state.counts)}")
+                b.interval = self.opts.batch_poll_s
+            else:
+                b.interval = min(POLL_MAX_S, b.interval * POLL_BACKOFF)
+            b.state, b.counts = state, state.counts
+            b.next_poll = time.monotonic() + b.interval
+            if state.failed:
+                self.log.done(name, "failed")
+                del self.live[name]
+                why = redact(state.message).rstrip(".")
+                raise BatchRejected(
+                    f"the provider refused batch {state.id} ({len(b.logged.requests):,} requests) as a "
+                    f"whole: {why}. Nothing of it ran; the next run sends them again"
+                )
+            if state.ended:
+                await self._collect(name, b, state)
+
+    async def _collect(self, name: str, b: Live, state: BatchState) -> None:
+        run = self.run
+        results = await self._call(lambda: self.client.results(state, self.p.sampling))
+        seen: set[str] = set()
+        fallback: list[Req] = []
+        for r in results:
+            req = b.reqs.get(r.custom_id)
+            if req is None or r.custom_id in seen:
+                continue
+            seen.add(r.custom_id)
+            if id_key(req.task.id) in self.answered or self.step.get(req.task.id, (1, 0)) > (
+                req.attempt,
+                req.retry,
+            ):
+                continue  # decided, or asked again, by a run that died collecting this batch
+            again = await self._settle(req, r)
+            if again is not None:
+                fallback.append(again)
+        for cid, req in b.reqs.items():  # never run (the batch was cancelled first): not paid, sent again
+            if cid not in seen and id_key(req.task.id) not in self.answered:
+                self._requeue(req)
+        if fallback:
+            await run.gather([self._online(req) for req in fallback])
+        assert run.journal is not None
+        run.journal.write_pending()  # every answer of the batch on disk before it is marked collected
+        if run.journal.error is not None:
+            raise run.journal.error
+        self.log.done(name, "cancelled" if state.status in ("cancelled", "canceled") else "collected")
+        del self.live[name]
+        self.outstanding -= b.logged.estimate[0] + b.logged.estimate[1]
+
+    def _queue(self, req: Req) -> None:
+        """Log a request to send in a later batch (a re-ask or a retry), then queue it."""
+        self.step[req.task.id] = (req.attempt, req.retry)
+        self.log.pending(req.pending())
+        self.queue.append(req)
+
+    def _requeue(self, req: Req) -> None:
+        if self.opts.batch_cancel:
+            self.run.claimed.discard(id_key(req.task.id))
+            if (req.attempt, req.retry) != (1, 0):
+                self.log.pending(req.pending())
+            return
+        if (req.attempt, req.retry) != (1, 0):
+            self.log.pending(req.pending())
+        self.queue.append(req)
+
+    async def _settle(self, req: Req, r: BatchResult) -> Req | None:
+        """Judge one result: decide the task, or queue its next request. Returns a request to send
+        online now (--batch-fallback online), else None."""
+        run = self.run
+        if r.outcome == "canceled":
+            self._requeue(req)
+            return None
+        if r.outcome != "ok" or r.completion is None:
+            if r.outcome == "expired":
+                run.stats.batch_expired += 1
+            else:
+                run.stats.batch_failed += 1
+            if req.retry >= self.opts.max_retries:
+                error = f"batch request {r.outcome}: {r.error}"
+                await self._decide_reject(req, "teacher_error", error, None, (0, 0))
+                return None
+            if self.opts.batch_fallback == "online":
+                return req
+            run.stats.batch_retried += 1
+            self._queue(Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last))
+            return None
+        await self._judge(req, r.completion, self.p.price)
+        return None
+
+    async def _online(self, req: Req) -> None:
+        """A failed or expired batch request sent again at once through the chat API (online price)."""
+        run = self.run
+        messages = req.messages or req.task.messages
+        assert messages is not None
+        key = id_key(req.task.id)
+        run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), req.last)
+        try:
+            comp = await self._call(
+                lambda: self.online.complete(messages, seed=req.seed, sampling=self.p.sampling)
+            )
+        except TeacherError as e:
+            spent = run._abandon(key) if e.billed else run._in_flight.pop(key, None) and None
+            await self._decide_reject(req, "teacher_error", str(e), None, spent or (0, 0))
+            return
+        run._in_flight.pop(key, None)
+        run.stats.batch_online += 1
+        await self._judge(req, comp, self.online_price)
+
+    async def _judge(self, req: Req, comp: Any, price: Price | None) -> None:
+        """An answer, as Run._ask judges one: count and charge it, then a row, a reject or a re-ask."""
+        run, spec = self.run, self.run.spec
+        task = req.task
+        if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
+            comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only, as online
+        cached, written = comp.cached_tokens, comp.cache_write_tokens
+        last = (
+            (comp.prompt_tokens, comp.completion_tokens, cached, written)
+            if cached or written
+            else (comp.prompt_tokens, comp.completion_tokens)
+        )
+        used = (req.used[0] + last[0], req.used[1] + last[1])
+        run.stats.requests += 1
+        run.stats.prompt_tokens += last[0]
+        run.stats.completion_tokens += last[1]
+        run.stats.cached_tokens += cached
+        run.stats.cache_write_tokens += written
+        run.budget.charge(*last, price=price)
+        if leaks_secret(comp.text, comp.model) or (
+            comp.reasoning is not None and leaks_secret(comp.reasoning, None)
+        ):
+            error = "the reply holds the API key (redacted)"
+            await self._decide_reject(req, "secret_echo", error, redact(comp.text), last)
+            return
+        cut = comp.finish_reason == "length" and not spec.keep_truncated
+        verdict = check(comp.text, self.p.schema, truncated=cut)
+        if verdict.ok:
+            self.answered.add(id_key(task.id))
+            await run._decide(task, comp, verdict, req.attempt, used[0], used[1], cached, last)
+            run.stats.tasks += 1
+            self.progress.tick()
+            return
+        if req.attempt >= spec.max_attempts:
+            await self._decide_reject(req, verdict.reason or "invalid", verdict.error or "", comp.text, last)
+            return
+        run.stats.repairs += 1
+        assert task.messages is not None
+        if cut:  # afresh, with another seed (as online)
+            nxt = Req(task, req.attempt + 1, 0, None, (req.seed + 1) & 0x7FFFFFFF, used, last)
+        else:
+            messages = repair_messages(task.messages, comp.text, verdict.error or "")
+            nxt = Req(task, req.attempt + 1, 0, messages, req.seed, used, last)
+        assert run.journal is not None
+        # What this request cost, on disk before the re-ask is logged: a resumed run that finds the
+        # re-ask skips this result, and counts its usage from the journal.
+        run.journal.reserve(task.id, (0, 0), last)
+        self._queue(nxt)
+
+    async def _decide_reject(
+        self, req: Req, reason: str, error: str, response: str | None, usage: Usage
+    ) -> None:
+        self.answered.add(id_key(req.task.id))
+        row = self.run._reject_row(req.task, reason, error, response, req.attempt)
+        await self.run._finish(req.task, "rejects", row, usage)
+        self.run.stats.tasks += 1
+        self.progress.tick()
+
+    # --- --cancel ---
+
+    async def _cancel_all(self) -> None:
+        for b in self.live.values():
+            assert b.logged.id is not None
+            state = await self._call(lambda i=b.logged.id: self.client.cancel(i))
+            self.run._say(f"batch {state.id}: cancel requested ({state.status})")
+            b.next_poll = 0.0
+
+
+def _seed(task_id: str) -> int:
+    return int(task_id[:8], 16) & 0x7FFFFFFF  # as the online run: a rerun asks the same way
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items())

@@ -1,0 +1,302 @@
+"""The LLM judge of a free-text evaluation (`gen eval` on a dataset without a schema).
+
+Which judge: `--judge-provider`, `--judge-model`, `--judge-base-url`, `--judge-api-key-env` and
+`--judge-prompt`, each defaulting to the dataset's teacher as the manifest records it (its provider and
+model, its base URL where recorded, else the recipe's `[teacher]` table; a provider gen launches, such as
+the simulator, is launched for the judge from the recipe, `[sim]` table included). `resolve_judge`
+checks the flags (ConfigError, before anything is sent); `check_reachable` asks the judge's model listing
+before the student gets any request; `judge_rows` judges every (student, teacher) pair with
+gen.judge.judge_pair, both orders, under the eval's own limits (a gen.limits.Limiter of its own:
+concurrency, rpm, tpm, 429 pauses) and retries.
+
+Concurrency: gen.judge creates no asyncio task and only gen/pipeline.py may, so the pairs go through the
+pipeline's `worker_pool` (a fixed pool of workers pulling from one iterator, as the run's own workers
+do) rather than a second producer: a pair is two dependent requests (the second order is not asked when
+the first cannot be parsed), which the run's one-request-per-task rows do not express.
+
+Resume: each verdict is appended to `judge.jsonl` in the eval directory (flushed at once) with the
+judge's identity; an evaluation resumed with `--resume` re-asks only the pairs this judge (same provider,
+model and prompt) has not decided, and the student is not asked again (its answers are in `answers/`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gen.errors import ConfigError, FatalTeacherError
+from gen.eval_compare import Rate
+from gen.judge import Pair, check_judge_reachable, judge_pair, load_prompt, open_judge, tally
+from gen.teachers import providers
+from gen.teachers.checks import public_url
+
+if TYPE_CHECKING:
+    from gen.config import PromptFile
+
+VERDICTS_FILE = "judge.jsonl"
+NO_ANSWER = "no_answer"  # the student gave no valid answer: a loss, the judge not asked
+RULE = (
+    "each pair asked twice, the answers swapped; win / tie / loss over the decided rows (a row the "
+    "student gave no valid answer is a loss, unparseable and error rows are left out); non-loss = "
+    "win + tie"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeSpec:
+    """The judge of an evaluation: who, where (None: its provider launches it), its key's variable and
+    its prompt (path and sha256: verdicts of another prompt are not reused)."""
+
+    provider: str
+    model: str
+    base_url: str | None
+    api_key_env: str | None
+    prompt_path: Path
+    prompt_sha256: str
+
+    @property
+    def key(self) -> str:
+        """What a persisted verdict must match to be reused."""
+        return f"{self.provider}:{self.model}:{self.prompt_sha256}"
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "base_url": public_url(self.base_url) if self.base_url else None,
+            "prompt": str(self.prompt_path),
+            "prompt_sha256": self.prompt_sha256,
+        }
+
+
+def resolve_judge(
+    manifest: dict[str, Any],
+    recipe: PromptFile,
+    *,
+    provider: str | None,
+    model: str | None,
+    base_url: str | None,
+    api_key_env: str | None,
+    prompt: str | Path | None,
+) -> JudgeSpec:
+    """The judge the flags name, the dataset's teacher filling what they leave out. ConfigError (naming
+    the flag) for an unknown provider, a bad URL, a key variable that is not set, a bad prompt file."""
+    from gen.config import _check_base_url
+    from gen.prepare import check_api_key
+
+    teacher = manifest.get("teacher") or {}
+    spec_t = recipe.spec.teacher
+    name = provider or teacher.get("provider") or spec_t.provider or "sim"
+    spec = providers.get(name, where="--judge-provider" if provider else recipe.path)
+    if base_url is not None and spec.launch_always:
+        if provider:
+            raise ConfigError(
+                "--judge-base-url", f"provider {name!r} is started by gen; use --judge-provider openai"
+            )
+        name, spec = "openai", providers.get("openai")  # the teacher was gen's simulator: a running one
+    if spec.mode != "request":
+        raise ConfigError("--judge-provider", f"provider {name!r} cannot be asked request by request")
+    same = name == teacher.get("provider")  # the teacher's own server and key are the defaults
+    judge_model = model or teacher.get("model") or spec.default_model
+    if not judge_model:
+        raise ConfigError("--judge-model", "no judge model: name one (default: the dataset's teacher)")
+    url = base_url
+    if url is not None:
+        _check_base_url(url, "--judge-base-url")
+    elif same:
+        recorded = teacher.get("base_urls") or []
+        url = recorded[0] if recorded else (spec_t.base_url if isinstance(spec_t.base_url, str) else None)
+        if url is None and isinstance(spec_t.base_url, list) and spec_t.base_url:
+            url = spec_t.base_url[0]
+    url = url or spec.default_base_url
+    if spec.launch_always:
+        url = None  # the simulator: gen starts it, whatever URL was recorded
+    if url is None and spec.launcher is None:
+        raise ConfigError(
+            "--judge-base-url", f"where is the judge ({name} {judge_model}) served? give --judge-base-url URL"
+        )
+    key_env = api_key_env or (spec_t.api_key_env if same else None)
+    if key_env:
+        key = os.environ.get(key_env)
+        if not key:
+            raise ConfigError(
+                "--judge-api-key-env" if api_key_env else recipe.path,
+                f"environment variable {key_env} (the judge's API key) is not set",
+            )
+        check_api_key(key, key_env)
+    loaded = load_prompt(prompt)
+    sha = hashlib.sha256(loaded.path.read_bytes()).hexdigest()
+    return JudgeSpec(name, judge_model, url.rstrip("/") if url else None, key_env, loaded.path, sha)
+
+
+@contextlib.asynccontextmanager
+async def opened(
+    judge: JudgeSpec,
+    recipe: PromptFile,
+    *,
+    max_connections: int,
+    request_timeout_s: float,
+    connect_timeout_s: float,
+) -> AsyncIterator[Any]:
+    """A client for the judge; a judge its provider launches (the simulator, vLLM) is started from the
+    recipe for as long as the block runs."""
+    spec = providers.get(judge.provider)
+    launch = providers.Launch(recipe, judge.model, recipe.spec.vllm)
+    url = judge.base_url
+    try:
+        if url is None:
+            assert spec.launcher is not None  # resolve_judge saw to it
+            url = (await spec.launcher(launch))[0]
+        key = os.environ.get(judge.api_key_env) if judge.api_key_env else None
+        client = open_judge(
+            judge.provider,
+            url,
+            judge.model,
+            api_key=key,
+            max_connections=max_connections,
+            request_timeout_s=request_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
+        try:
+            yield client
+        finally:
+            await client.close()
+    finally:
+        for server in reversed(launch.servers):
+            await server.stop()
+
+
+async def check_reachable(judge: JudgeSpec, recipe: PromptFile, *, check_model: bool, **client: Any) -> None:
+    """ConfigError (one line, exit 2) when the judge cannot be reached, does not list its model or
+    refuses the key: called before any request to the student."""
+    async with opened(judge, recipe, **client) as c:
+        await check_judge_reachable(c, judge.model, check_model=check_model)
+
+
+class VerdictLog:
+    """`judge.jsonl`: one line per judged row ({"id", "verdict", "judge"}; `error` verdicts are not kept),
+    flushed as it is written so that an interrupted evaluation keeps its verdicts; a line a crash cut
+    short is skipped on reading."""
+
+    def __init__(self, path: Path, judge: JudgeSpec) -> None:
+        self.path = path
+        self.judge = judge
+
+    def load(self) -> dict[str, str]:
+        """The verdicts this judge already gave, by row id."""
+        found: dict[str, str] = {}
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return found
+        for line in lines:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("judge") == self.judge.key:
+                found[str(entry.get("id"))] = str(entry.get("verdict"))
+        return found
+
+    @contextlib.contextmanager
+    def appender(self) -> Iterator[Any]:
+        with open(self.path, "ab") as f:
+
+            def record(tid: str, verdict: str) -> None:
+                f.write(orjson.dumps({"id": tid, "verdict": verdict, "judge": self.judge.key}) + b"\n")
+                f.flush()
+
+            yield record
+
+
+async def judge_rows(
+    judge: JudgeSpec,
+    recipe: PromptFile,
+    rows: list[tuple[str, Pair]],
+    log: VerdictLog,
+    *,
+    max_concurrency: int,
+    rpm: float | None,
+    tpm: float | None,
+    max_retries: int,
+    max_pause_s: float,
+    request_timeout_s: float,
+    connect_timeout_s: float,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """The verdict of every (row id, pair), reusing those `log` holds and appending the new ones (`say`
+    is told how many are asked). A judge that refuses the key (401/403) is a ConfigError naming it."""
+    from gen.limits import LimitedTeacher, Limiter
+    from gen.pipeline import worker_pool
+    from gen.retry import RetryPolicy
+
+    verdicts = log.load()
+    pending = [(tid, pair) for tid, pair in rows if tid not in verdicts]
+    if not pending:
+        return verdicts
+    if say is not None:
+        say(f"judging {len(pending):,} answers with {judge.model} (each pair asked in both orders)")
+    todo = iter(pending)
+    prompt = load_prompt(judge.prompt_path)
+    policy = RetryPolicy(max_retries=max_retries, max_wait_s=max_pause_s)
+    limiter = Limiter(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm, max_pause_s=max_pause_s)
+    async with opened(
+        judge,
+        recipe,
+        max_connections=max_concurrency,
+        request_timeout_s=request_timeout_s,
+        connect_timeout_s=connect_timeout_s,
+    ) as client:
+        limited = LimitedTeacher(client, limiter)
+        with log.appender() as record:
+
+            async def work() -> None:
+                for tid, pair in todo:  # one shared iterator: each pair goes to one worker
+                    # The row's seed, as the run sends it: the same pair gets the same requests.
+                    seed = int(tid[:8], 16) & 0x7FFFFFFF if _hex(tid[:8]) else 0
+                    try:
+                        verdict = await judge_pair(
+                            pair, client=limited, prompt=prompt, seed=seed, retry_policy=policy
+                        )
+                    except FatalTeacherError as e:
+                        raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
+                    verdicts[tid] = verdict
+                    if verdict != "error":  # a request that failed is asked again by a resume
+                        record(tid, verdict)
+
+            await worker_pool(min(max_concurrency, len(pending)), work)
+    return verdicts
+
+
+def _hex(s: str) -> bool:
+    try:
+        int(s, 16)
+    except ValueError:
+        return False
+    return bool(s)
+
+
+def figures(judge: JudgeSpec, verdicts: dict[str, str], no_answer: int) -> dict[str, Any]:
+    """report.json's `judge`: the judge's identity, the counts of each verdict, and win / tie / loss /
+    non-loss as Rates (95% Wilson) over the decided rows (RULE)."""
+    counts = tally(verdicts.values())
+    counts[NO_ANSWER] = no_answer
+    losses = counts["loss"] + no_answer
+    decided = counts["win"] + counts["tie"] + losses
+    return {
+        **judge.identity(),
+        "rule": RULE,
+        "counts": counts,
+        "decided": decided,
+        "win": Rate(counts["win"], decided).as_dict(),
+        "tie": Rate(counts["tie"], decided).as_dict(),
+        "loss": Rate(losses, decided).as_dict(),
+        "non_loss": Rate(counts["win"] + counts["tie"], decided).as_dict(),
+    }

@@ -1,0 +1,181 @@
+"""Reasoning traces: what a reasoning teacher thought before it answered, apart from the answer.
+
+A trace arrives in one of three ways (the teacher clients read the first and the third; `split_think`
+finds the second in any answer's text):
+    - a field beside the answer: `message.reasoning_content` (DeepSeek's API, vLLM's reasoning parsers)
+      or `message.reasoning` (newer vLLM, other gateways);
+    - inline: `<think> ... </think>` at the start of the text (a reasoning model served without a
+      parser); the tags and the trace are taken out of the answer;
+    - Anthropic's extended thinking: `thinking` content blocks.
+Validation, verification and the `messages` answer see the answer only; the trace is kept in the row's
+`reasoning` column and, as `reasoning_format` asks, in the assistant message (REASONING_FORMATS).
+
+Dedup sees the trace through two keys (gen.dedup): an 8-byte hash of its bytes for the exact check,
+and `trace_sample`, a bounded sample of its text, for the near check, so the near check costs the same
+for a trace of 2,000 tokens or of 30,000.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import xxhash
+
+ReasoningFormat = Literal["field", "think-tags", "drop"]
+REASONING_FORMATS: Final = ("field", "think-tags", "drop")
+"""How the trace enters the assistant message of `messages`:
+    field       `reasoning_content` beside `content` (what recent chat templates read);
+    think-tags  `content` = "<think>\\n" + trace + "\\n</think>\\n\\n" + answer (R1-style distillation);
+    drop        the answer alone (the trace stays in the `reasoning` column)."""
+
+OPEN, CLOSE = "<think>", "</think>"
+
+# The near check's sample of a trace: SAMPLE_WINDOWS windows of SAMPLE_WIDTH characters spread over it
+# (the head and the tail among them), ~170 words whatever the trace's length: the near check's cost per
+# row then stays within a few times that of a short answer (bench/reasoning.py). An edit (a sentence
+# changed, added or dropped) moves the text after it; so that windows land on the same text in two
+# near-identical traces, each window's nominal offset is a multiple of SAMPLE_REACH counted from the
+# head (the first half of the windows) or from the tail (the second half), and the window then starts
+# at the whole sentence (else line, else word) of the SAMPLE_REACH characters from that offset whose
+# first SAMPLE_HEAD characters have the greatest XXH3, text seldom repeated: text the edit did not move
+# gives the same windows, and text it moved by a few dozen characters still does unless that sentence
+# is in the moved-out part (probability about shift / SAMPLE_REACH), or the edit made or unmade the
+# greatest head of the reach's ~12 sentences (about 2 in 12 of the edits that touch a sentence's head,
+# a fifth of those in a reach). The anchor costs a str.split and a max() over SAMPLE_REACH characters,
+# a few microseconds a window.
+SAMPLE_WINDOWS = 4
+SAMPLE_WIDTH = 256
+SAMPLE_REACH = 1024
+SAMPLE_HEAD = 16
+SAMPLE_WHOLE = 2 * SAMPLE_REACH  # a trace up to this long (~500 tokens) is compared whole
+
+
+def split_think(text: str) -> tuple[str | None, str]:
+    """(the trace, the answer) of a text that may open with an inline `<think> ... </think>` block.
+
+    The opening tag may be missing (R1-style chat templates put `<think>\\n` in the prompt, so the
+    model's text starts inside the trace): then a `</think>` with no `<think>` before it ends the trace.
+    A trace that never closes (cut off at max_tokens) is all trace, with an empty answer. A text without
+    the tags is all answer (None, text)."""
+    head = text.lstrip()
+    if head.startswith(OPEN):
+        body = head[len(OPEN) :]
+        trace, closed, answer = body.partition(CLOSE)
+        if not closed:
+            return trace.strip(), ""
+        return trace.strip(), answer.strip()
+    end = text.find(CLOSE)
+    if end < 0 or OPEN in text[:end]:
+        return None, text
+    return text[:end].strip(), text[end + len(CLOSE) :].strip()
+
+
+def assistant_message(answer: str, reasoning: str | None, fmt: str) -> dict[str, Any]:
+    """The assistant turn of `messages` in format `fmt` (REASONING_FORMATS). Every message struct of a
+    dataset has the same fields: `reasoning_content` is null wherever there is none to carry."""
+    if reasoning is not None and fmt == "think-tags":
+        return {"role": "assistant", "content": f"{OPEN}\n{reasoning}\n{CLOSE}\n\n{answer}"}
+    if reasoning is not None and fmt == "field":
+        return {"role": "assistant", "content": answer, "reasoning_content": reasoning}
+    return {"role": "assistant", "content": answer}
+
+
+def journal_form(row: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """A data row as the journal keeps it: with the plain answer as its assistant message, since the
+    `reasoning` column already holds the trace (the journal is written on the event loop, one answer at
+    a time: a trace written twice there costs as much as the rest of the row). `restored` undoes it."""
+    if fmt == "drop" or not row.get("reasoning"):
+        return row
+    answer = row["output"] if row["output"] is not None else row["response"]
+    return {**row, "messages": [*row["messages"][:-1], {"role": "assistant", "content": answer}]}
+
+
+def restored(row: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """A data row read back from the journal with its assistant message in format `fmt` again. The
+    journal is read as untrusted: a row of the wrong shape is returned as it is, for the row check to
+    refuse."""
+    reasoning, messages = row.get("reasoning"), row.get("messages")
+    answer = row.get("output") if row.get("output") is not None else row.get("response")
+    if fmt == "drop" or not reasoning or not isinstance(reasoning, str) or not isinstance(answer, str):
+        return row
+    if not isinstance(messages, list) or not messages:
+        return row
+    return {**row, "messages": [*messages[:-1], assistant_message(answer, reasoning, fmt)]}
+
+
+def trace_digest(reasoning: str | None) -> bytes:
+    """8 bytes of a trace for the exact dedup key (empty for none): XXH3 of its bytes, not folded.
+    Folding case and whitespace of 100 kB, or blake2b over it (~100 us for 32 kB on a busy core), costs
+    more than the rest of a row; XXH3 reads it at memory speed (under 1 us for 32 kB). The key is 8
+    bytes either way, as the answer's: a 64-bit digest, not a cryptographic one."""
+    if not reasoning:
+        return b""
+    return xxhash.xxh3_64_digest(reasoning.encode())
+
+
+def trace_sample(reasoning: str | None) -> str:
+    """The part of a trace the near check compares: all of a short one, else SAMPLE_WINDOWS windows of
+    SAMPLE_WIDTH characters, spread from its head to its tail, each anchored on its content (see
+    SAMPLE_REACH). Bounded: at most SAMPLE_WHOLE characters."""
+    if not reasoning:
+        return ""
+    n = len(reasoning)
+    if n <= SAMPLE_WHOLE:
+        return reasoning  # compared whole: sampled, every edit would fall in a window's reach
+    last = max(0, n - SAMPLE_WIDTH - SAMPLE_REACH)  # the last nominal offset
+    span = last / (SAMPLE_WINDOWS - 1)
+    half = (SAMPLE_WINDOWS + 1) // 2
+    parts = []
+    for i in range(SAMPLE_WINDOWS):
+        if i < half:  # from the head
+            start = int(i * span) // SAMPLE_REACH * SAMPLE_REACH
+        else:  # from the tail
+            start = last - int((SAMPLE_WINDOWS - 1 - i) * span) // SAMPLE_REACH * SAMPLE_REACH
+        reach = reasoning[start : start + SAMPLE_REACH]
+        # whole sentences (or lines) of the reach: the cut ones at its ends change as it moves
+        pieces = reach.split(". ")[1:-1] or reach.split("\n")[1:-1] or reach.split()[1:-1]
+        if pieces:  # the head of greatest XXH3 (map, zip and max over (hash, head) pairs run in C)
+            heads = [piece[:SAMPLE_HEAD] for piece in pieces]
+            hashes = map(xxhash.xxh3_64_intdigest, map(str.encode, heads))
+            _, anchor = max(zip(hashes, heads, strict=True))
+            at = start + reach.find(anchor)
+        else:
+            at = start
+        parts.append(reasoning[at : at + SAMPLE_WIDTH])
+    return " ".join(parts)
+
+
+def estimated_tokens(reasoning: str | None) -> int:
+    """A trace's tokens where the teacher did not report them (about 4 characters a token)."""
+    return len(reasoning) // 4 if reasoning else 0
+
+
+def compact_logprobs(content: list[dict[str, Any]] | None, k: int) -> list[dict[str, Any]] | None:
+    """The `logprobs` column's value from an OpenAI `choices[0].logprobs.content` list: per token its
+    text, its log-probability and its top-`k` alternatives (token, logprob), nothing else (`bytes`
+    repeats the text and costs more than it)."""
+    if content is None:
+        return None
+    return [
+        {
+            "token": e["token"],
+            "logprob": float(e["logprob"]),
+            "top": [
+                {"token": t["token"], "logprob": float(t["logprob"])}
+                for t in (e.get("top_logprobs") or [])[:k]
+            ],
+        }
+        for e in content
+    ]
+
+
+__all__ = [
+    "REASONING_FORMATS",
+    "ReasoningFormat",
+    "assistant_message",
+    "compact_logprobs",
+    "estimated_tokens",
+    "split_think",
+    "trace_digest",
+    "trace_sample",
+]
