@@ -282,7 +282,6 @@ def audit(out_dir: str | Path) -> AuditReport:
     return report
 
 
-<<<<<<< HEAD
 def _audit_index(report: AuditReport, rel: str, sha256: str | None) -> None:
     """A shard's persisted dedup index (gen.dedup_index), when there is one: whole, and made for this
     shard. Not a finding: the data is sound either way, and a resume rebuilds a bad index."""
@@ -292,7 +291,8 @@ def _audit_index(report: AuditReport, rel: str, sha256: str | None) -> None:
     if problem is not None:
         path = OutputDir(report.out_dir).dedup_index(rel).relative_to(report.out_dir)
         report.notes.append(f"{path}: {problem}; the next resume rebuilds it from {rel}")
-=======
+
+
 def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
     """Each finished `gen eval` (evals/NAME/report.json): made against this manifest (its sha256), and
     its results, as many as the report says, name only rows of the dataset (with fresh inputs,
@@ -343,7 +343,6 @@ def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
                 report.add(rel, i, f"id {tid} is in the dataset, yet evaluated as a fresh input")
             elif not fresh and tid not in kept:
                 report.add(rel, i, f"id {tid} is not a row of the dataset")
->>>>>>> main
 
 
 def _audit_rows(

@@ -415,15 +415,11 @@ class Deduplicator:
         self.reasoning = reasoning and on != "input"  # the input key never looks at what was written
         self.near_enabled = "near" in names
         self.names = names  # the chain, in order: exact is checked per answer as it arrives
-<<<<<<< HEAD
         self.threshold = threshold
-        self._settings = {"on": on, "field": field, "threshold": threshold}
-=======
         # `[dedup] steps` as written, for the manifest.
         self.given = list(given) if given is not None else None
         self.contaminated_enabled = "contaminated" in names
         self._settings = {"on": on, "field": field, "threshold": threshold, "decontaminate": decontaminate}
->>>>>>> main
         self._exact = ExactStep()
         self._steps: dict[str, DedupStep] = {"exact": self._exact}
         self._queue: list[tuple[str, dict[str, Any]]] = []

@@ -7,11 +7,8 @@
       data/train-00000.parquet  kept rows (and data/eval-*.parquet)
       rejects/rejects-00000.parquet, duplicates/duplicates-00000.parquet
       journal/                  answers not yet in a shard (journal/p003/ for partition 3)
-<<<<<<< HEAD
       index/train-00000.gidx    the dedup indexes of data/train-00000.parquet's rows (gen.dedup_index)
-=======
       batches.jsonl             batch mode: the provider batches submitted and not yet collected
->>>>>>> main
       partitions/p003.json      a cluster partition's resume state (and p003.lock while it runs)
       evals/NAME/               one `gen eval` each (gen.evaluation): answers/, results.parquet, report.json
 

@@ -496,9 +496,11 @@ class Run:
                 from gen import dedup_index  # the persisted index, or the shard read and hashed
 
                 seg = dedup_index.load_or_build(self.dedup, out, rel, shards[-1].sha256)
-                self.claimed.update(seg.ids.tolist())
+                keys = seg.ids.tolist()
                 self.dedup.remember_segment(seg)
                 self._indexed.add(rel)
+                if self.max_samples is not None:
+                    self._verified.update(keys)
             elif shards[-1].split in ("train", "eval"):
                 batch = self.dedup.read_keys(out, rel)  # by the output's key
                 keys = [id_key(tid) for tid in batch.ids]
