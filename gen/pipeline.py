@@ -1167,7 +1167,7 @@ class Run:
                     verdict.error or "",
                     comp.text,
                     attempts,
-                    comp.reasoning,
+                    reasoning=comp.reasoning,
                 )
                 await self._finish(task, "rejects", row, last)
                 return
