@@ -4,44 +4,36 @@ Text -> shingles -> signature
     Texts are normalised as `normalise` does (casefold, whitespace collapsed) and split into
     words; every run of three consecutive words is a shingle, and a text of fewer than three words is one
     shingle (the whole normalised text). Shingles are hashed to 64 bits in numpy for a whole batch at
-    once, and rensa's R-MinHash turns each row's shingle hashes into a signature of num_perm uint32.
+    once; `signatures` turns them into a one-permutation MinHash of num_perm bins (one hash per shingle,
+    not num_perm), keeps each bin as 8 bits, and hashes bands of the densified 32-bit bins to 32 bits.
 
 LSH, then confirmation
-    The signature is cut into `bands` bands of `rows` values; two texts become candidates when a whole
-    band agrees, which for Jaccard s happens with P(s) = 1 - (1 - s**rows)**bands. Candidates are then
-    confirmed by the MinHash estimate over the whole signature (see NearDedup._add for why). A true pair
-    must pass both, so the 0.1% miss budget is split: `choose_bands` makes P(threshold + 0.05) >= 99.95%
-    (21 x 11 = 231 values at 0.85) and the confirmation cut sits at the 0.05% quantile of the estimate
-    there (192 of 231 equal). End to end at 0.85: removed with P = 99.92% at J = 0.90, 80% at 0.85,
-    11% at 0.80, 0.1% at 0.75. The measurements below were taken at 21 x 12 = 252 values.
+    The signature is cut into `bands` bands of `rows` bins; two texts become candidates when a whole
+    band agrees. With independent hashes that happens for Jaccard s with P(s) = 1 - (1 - s**rows)**bands;
+    `choose_bands` makes P(threshold + 0.05) >= 99.95% (21 x 11 = 231 bins at 0.85). One-permutation
+    bins with contiguous bands do at least as well for near pairs (a short text's band depends on fewer
+    shingles) and make more candidates at J 0.4-0.7, which the confirmation drops. Candidates are
+    confirmed by the share of bins equal among those non-empty in either signature (`agreement`), cut at
+    the count the binomial estimate would need (192 of 231, the 0.05% quantile at J = 0.90); for texts
+    shorter than the bins it is nearly the exact Jaccard, so the cut is sharper than the binomial's.
 
-Library, measured (bench/dedup_bench.py): 50,000 synthetic ~100-word texts for NearDedup and 10,000
-for the others, 10% of them 1-3 word edits of an earlier text; streaming (each text checked against all
-kept earlier ones, indexed if new); 252 values (21 x 12); one core (taskset, RAYON_NUM_THREADS=1) of a
-2-vCPU AMD EPYC KVM guest that other jobs shared, so rows/s are per CPU-second of the process.
+Measured on real text pairs (bench/near_recall.py: windows of this repository's prose of 30, 100 and
+300 words, copies edited to J within 0.005 of the target): removed at J = 0.90 in 100% of pairs
+(5,000 per length, no miss), kept at J = 0.80 in 93-95%. Bounds of issue 16: >= 99.9% and >= 85%.
 
-                                      rows/s   recall J>=0.85   J>=0.90   bytes/row (RSS)
-    NearDedup.add_batch (this)        29,300   0.970            1.000     3,400
-    NearDedup.add (this)               7,900   0.970            1.000     3,100
-    rensa, its documented usage       14,700   0.962            0.997     3,200
-    datasketch 2.0                     1,900   0.952            1.000     8,800
-    numpy hand-rolled                  4,400   0.933            1.000     6,400
-    with 104 values (13 x 8, num_perm=128): add_batch 42,200, add 10,500, rensa 29,800 rows/s;
-    recall J>=0.85 0.941 (the estimate is noisier), J>=0.90 1.000, ~2,100 bytes/row.
+Memory per kept row: 231 bytes of signature, 21 band entries of 8 bytes in sorted numpy runs (`BandRuns`,
+plus ~1 byte an entry of bucket table), 8 bytes of key: ~430 bytes, against ~3,400 with rensa's
+RMinHash objects and RMinHashLSH (its HashMaps cost ~100 bytes a band a key).
 
-rensa (MIT, Rust, SIMD) is the choice: the only one near the 50,000 rows/s target, and it reaches it
-on a quiet core only at ~100 values. The rest of the cost is Python around it, so: shingles are hashed
-in numpy (building ~100 shingle strings a row in Python costs more than rensa's MinHash), handed to
-rensa as 8-byte tokens to build RMinHash objects for a whole batch, and rensa's RMinHashLSH and
-RMinHash.jaccard do the index and the confirmation, so a signature never becomes Python ints.
-Alternatives measured and dropped: extracting the digests to numpy (RMinHashDigestMatrix.to_rows is the
-only way out, ~20 us a row at 252 values) for a numpy open-addressing band index halves the memory
-(~1,900 bytes a row) but costs 41 us a row against 26 here (interleaved A/B, best of 6). A numpy
-MinHash evaluates num_perm x shingles hashes (~25,000 a row) and cannot get under ~30 us a row even
-vectorised; datasketch does that per row in numpy plus Python dicts for its LSH.
+Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, add_batch in chunks of
+1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 40,000-50,000 rows/s
+depending on the load (rensa's version: 29,300). Shingle hashing is about half of it (~9 us a row),
+signatures ~6 us, the band table ~4 us. Why not rensa's MinHash with a numpy index: getting its digests
+out (RMinHashDigestMatrix.to_rows) alone costs ~10 us a row. Optimal densification (random donor bins,
+Shrivastava 2017) cost 11-17 us a row more in numpy than rotation.
 
-Per-call overhead: add() pays numpy's fixed cost per call (~20 calls for one text), which is why it
-is ~4x slower per row than add_batch(); give add_batch chunks where the caller has them.
+Per-call overhead: add() pays numpy's fixed cost per call (~40 calls for one text), which is why it
+is ~10x slower per row than add_batch(); give add_batch chunks where the caller has them.
 """
 
 from __future__ import annotations
