@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import types
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-import pytest
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
-from gen import dedup_index  # noqa: E402
-from gen.cluster import _find_duplicates, merge_pass  # noqa: E402
+from gen import RunOptions, dedup_index  # noqa: E402
+from gen.audit import audit  # noqa: E402
+from gen.cli import main  # noqa: E402
+from gen.cluster import _find_duplicates, merge_pass, run_cluster  # noqa: E402
 from gen.dedup import Deduplicator  # noqa: E402
 from gen.ledger import partition_of  # noqa: E402
 from gen.merge_scaleout import find_duplicates  # noqa: E402
@@ -204,3 +209,98 @@ def test_a_chain_keeps_its_order_semantics(tmp_path, ray_local) -> None:
     got = dict(find_duplicates(tmp_path, manifests, Deduplicator(near=True, on="output"), COUNT, got_outcome))
     assert got == want == {"data/train-p001-00000.parquet": {0: ("near", ids[0][0][:16])}}
     assert got_outcome.same_partition == want_outcome.same_partition == 1
+
+
+# --------------------------------------------------------------------------- a whole cluster run
+
+A = (
+    "the quarterly invoice for the team workspace was charged twice to the same company card on the third of "
+    "march and the customer wants a refund of the second charge before the end of the week because their "
+    "finance department closes the books on friday and cannot reconcile a duplicate payment"
+)
+B = "the mobile app crashes on start after the last update and no workaround from the help centre works"
+
+
+def _recipe(tmp_path: Path) -> Path:
+    schema = {
+        "type": "object",
+        "properties": {"summary": {"enum": [A, A.replace("wants", "needs"), B]}},
+        "required": ["summary"],
+        "additionalProperties": False,
+    }
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    (tmp_path / "p.toml").write_text(
+        'name = "cl"\nversion = "1"\nintended_use = "research"\nschema = "s.json"\neval_fraction = 0.1\n'
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[messages]\nuser = "Explain item {{ n }} in detail."\n'
+        f"[variables]\nn = {list(range(45))}\n"
+        '[dedup]\non = "output"\n'
+    )
+    return tmp_path / "p.toml"
+
+
+def _opts(out: Path, url: str, merge: str) -> RunOptions:
+    return RunOptions(
+        executor="ray",
+        partitions=3,
+        base_url=url,
+        output=out,
+        progress=False,
+        max_concurrency=12,
+        merge=merge,
+    )
+
+
+def _result(out: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
+    data = sorted(r["id"] for f in (out / "data").glob("*.parquet") for r in pq.read_table(f).to_pylist())
+    dups = sorted(
+        (r["id"], r["kind"], r["duplicate_of"])
+        for f in (out / "duplicates").glob("*.parquet")
+        for r in pq.read_table(f).to_pylist()
+    )
+    return data, dups
+
+
+def test_a_cluster_run_with_merge_scaleout_survives_a_crash_and_matches_the_driver_merge(
+    tmp_path, sim_server, ray_local, monkeypatch
+) -> None:
+    prompt = _recipe(tmp_path)
+    sim = sim_server()
+    out, twin = tmp_path / "o", tmp_path / "twin"
+    import gen.cluster
+
+    real_write_json = gen.cluster.write_json
+
+    def crash_at_manifest(path, value):
+        if Path(path).name == "manifest.json":
+            raise OSError(5, "simulated crash before the merged manifest")
+        real_write_json(path, value)
+
+    monkeypatch.setattr(gen.cluster, "write_json", crash_at_manifest)
+    with pytest.raises(OSError, match="simulated crash"):  # partitions done; the scaled-out pass wrote shards
+        run_cluster(prompt, _opts(out, sim.base_url, "scaleout"), cpus_per_partition=0.5)
+    assert list((out / "duplicates").glob("*-merge-*"))
+    monkeypatch.undo()
+    shutil.copytree(out, twin)
+    requests = sim.stats()["requests"]
+    final = run_cluster(prompt, _opts(out, sim.base_url, "scaleout"), cpus_per_partition=0.5)
+    assert final.status == "complete" and sim.stats()["requests"] == requests  # the pass again, only
+    other = run_cluster(prompt, _opts(twin, sim.base_url, "driver"), cpus_per_partition=0.5)
+    assert other.status == "complete"
+    assert audit(out).clean and audit(twin).clean
+    data, dups = _result(out)
+    assert (data, dups) == _result(twin)
+    assert len(data) == 2 and len(data) + len(dups) == 45
+    m = json.loads((out / "manifest.json").read_text())
+    assert (
+        m["cluster"]["merge"]["removed"]
+        == json.loads((twin / "manifest.json").read_text())["cluster"]["merge"]["removed"]
+    )
+
+
+def test_merge_scaleout_needs_the_ray_executor(tmp_path, capsys) -> None:
+    prompt = _recipe(tmp_path)
+    assert main(["run", str(prompt), "--merge", "scaleout", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "--merge scaleout needs --executor ray" in err
+    assert not (tmp_path / "o").exists()
