@@ -381,7 +381,10 @@ def _pipeline(
         .remote(first_end, count, bases, parts_of, exact, edges),
         len(shards) + 1,
     )
-    outcome.same_partition += ray.get(decided[-1])
+    outcome.same_partition += ray.get(decided[-1])  # the resolver is done: what it read can go
+    del exact, edges
+    if near:
+        del sig_refs, pairs, members, joined
     for i in sorted(range(len(shards)), key=lambda i: shards[i].rel):
         dec = ray.get(decided[i])
         decided[i] = None  # let the object store drop it
