@@ -336,7 +336,12 @@ def _pipeline(
     b: int,
 ) -> Iterator[tuple[str, dict[int, tuple[str, str]]]]:
     near = settings["near"]
-    task = ray.remote(num_cpus=1)
+    remote = ray.remote(num_cpus=1)
+    tasks = {f.__name__: remote(f) for f in (map_shard, exact_bucket, near_bucket, attach, confirm, resolve)}
+
+    def task(f: Any) -> Any:  # each function made a Ray remote function once, not once per call
+        return tasks[f.__name__]
+
     bases = np.array([s.base for s in shards], np.int64)
     parts_of = np.array([s.partition for s in shards], np.int64)
     g = min(b, len(shards))
