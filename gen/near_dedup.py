@@ -525,6 +525,7 @@ _CHUNK = 1 << 16  # rows per signature/key chunk: the store grows by chunks, nev
 _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
 
 
+_LOADED_MAX = 1 << 23  # entries (64 MiB) of loaded runs merged in one go
 _RUN_RATIO = 4  # a run is merged into the last while that is at most this many times its size
 
 
@@ -539,17 +540,34 @@ class BandRuns:
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
+        self._loaded: list[np.ndarray] = []  # sorted runs given by `add(presorted=True)`, merged on next use
 
     @property
     def size(self) -> int:
-        return sum(r.size for r in self.runs)
+        return sum(r.size for r in self.runs) + sum(r.size for r in self._loaded)
 
     @property
     def nbytes(self) -> int:
+        self._settle()
         return sum(r.nbytes for r in self.runs) + sum(s.nbytes for s in self._starts)
 
     def add(self, entries: np.ndarray, *, presorted: bool = False) -> None:
-        run = entries if presorted else np.sort(entries)
+        if presorted:  # a resume loads one sorted run per shard: merge many at once, when next used
+            self._loaded.append(entries)
+            if sum(r.size for r in self._loaded) >= _LOADED_MAX:  # bounds the merge's temporary copy
+                self._settle()
+            return
+        self._settle()
+        self._push(np.sort(entries))
+
+    def _settle(self) -> None:
+        if self._loaded:
+            run = np.concatenate(self._loaded)
+            self._loaded = []
+            run.sort(kind="stable")  # timsort: k sorted runs merge in about log2(k) passes
+            self._push(run)
+
+    def _push(self, run: np.ndarray) -> None:
         while self.runs and self.runs[-1].size <= _RUN_RATIO * run.size:
             self._starts.pop()
             run = np.concatenate((self.runs.pop(), run))
@@ -559,6 +577,7 @@ class BandRuns:
 
     def lookup(self, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query position, row) for every stored entry whose fingerprint equals fps[query position]."""
+        self._settle()
         needle = fps.astype(_U64)
         qs, rows = [], []
         for run, starts in zip(self.runs, self._starts, strict=True):

@@ -48,11 +48,14 @@ def test_band_runs_find_every_equal_fingerprint() -> None:
     runs = BandRuns()
     stored: list[np.ndarray] = []
     row = 0
-    for size in [5, 50, 3, 700, 1, 64, 2000]:
+    for i, size in enumerate([5, 50, 3, 700, 1, 64, 2000, 300, 40]):
         fps = rng.integers(0, 60, size, dtype=np.uint64)  # few distinct: many equal fingerprints
         fps = np.where(rng.random(size) < 0.5, fps, rng.integers(0, 2**32, size, dtype=np.uint64))
         entries = (fps << np.uint64(32)) | np.arange(row, row + size, dtype=np.uint64)
-        runs.add(entries)
+        if i >= 6:  # sorted runs as a resume loads them, merged when next used
+            runs.add(np.sort(entries), presorted=True)
+        else:
+            runs.add(entries)
         stored.append(entries)
         row += size
     assert len(runs.runs) < 7  # merged
