@@ -280,12 +280,25 @@ def audit(out_dir: str | Path) -> AuditReport:
             _audit_batch(report, expect, shard, batch, start, ids[start : start + batch.num_rows], also)
         if dedup is not None and split in ("train", "eval"):
             _audit_dedup_shard(report, dedup, shard, batches, ids, kept)
+        if split in ("train", "eval"):
+            _audit_index(report, rel, sha256_file(path) if entry is None else entry.get("sha256"))
 
     _audit_totals(report, manifest, listed)
     _audit_complete(report, manifest, seen_ids)
     _audit_licence(report, manifest)
     _audit_evals(report, out, manifest)
     return report
+
+
+def _audit_index(report: AuditReport, rel: str, sha256: str | None) -> None:
+    """A shard's persisted dedup index (gen.dedup_index), when there is one: whole, and made for this
+    shard. Not a finding: the data is sound either way, and a resume rebuilds a bad index."""
+    from gen import dedup_index
+
+    problem = dedup_index.check(report.out_dir, rel, sha256 or "")
+    if problem is not None:
+        path = OutputDir(report.out_dir).dedup_index(rel).relative_to(report.out_dir)
+        report.notes.append(f"{path}: {problem}; the next resume rebuilds it from {rel}")
 
 
 def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:

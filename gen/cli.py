@@ -281,6 +281,13 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
         help="ray: the cluster to join (auto, ray://HOST:10001); default: start Ray on this machine",
     )
     r.add_argument(
+        "--merge",
+        choices=("driver", "scaleout"),
+        default="driver",
+        help="ray: deduplicate across partitions on the driver (default), or in Ray tasks "
+        "(scaleout: no process holds the whole output's indexes)",
+    )
+    r.add_argument(
         "--partitions",
         type=int,
         metavar="N",
@@ -467,6 +474,10 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         from gen.errors import ConfigError
 
         raise ConfigError(None, "--partitions and --ray-address need --executor ray")
+    if executor != "ray" and getattr(args, "merge", "driver") != "driver":
+        from gen.errors import ConfigError
+
+        raise ConfigError(None, "--merge scaleout needs --executor ray")
     if not 0 < args.max_pause < math.inf:
         from gen.errors import ConfigError
 
@@ -475,6 +486,7 @@ def _options(args: argparse.Namespace):  # -> RunOptions (imported lazily: keeps
         executor=executor,
         partitions=getattr(args, "partitions", None),
         ray_address=getattr(args, "ray_address", None),
+        merge=getattr(args, "merge", "driver"),
         provider=args.provider,
         base_url=args.base_url,
         model=args.model,

@@ -313,6 +313,8 @@ def merge_pass(
     *,
     count: int,
     shard_rows: int,
+    scaleout: bool = False,
+    address: str | None = None,
 ) -> MergeOutcome:
     """Remove rows that duplicate (exactly or nearly) a row of another partition; writes shards only.
 
@@ -323,12 +325,20 @@ def merge_pass(
     new name (`rewritten_name`, by gen.shards.rewrite_without); the rows removed go to
     `duplicates/duplicates-merge-NNNNN.parquet`. The caller then writes the manifest that lists the new
     shards, and only then deletes the old ones.
+
+    `scaleout`: the same decisions made by Ray tasks (gen.merge_scaleout, on the cluster at `address`),
+    so no process holds the chain's indexes of the whole output.
     """
     started = time.monotonic()
     outcome = MergeOutcome()
-    removed = _find_duplicates(out, manifests, run, count, outcome)
-    dup_rows = _rewrite_shards(out, removed, run, outcome)
-    _write_merge_duplicates(out, dup_rows, shard_rows, outcome)
+    if scaleout:
+        from gen.merge_scaleout import find_duplicates
+
+        removed = find_duplicates(out, manifests, run.dedup, count, outcome, address=address)
+    else:
+        found = _find_duplicates(out, manifests, run, count, outcome)
+        removed = iter(sorted(found.items()))
+    _rewrite_shards(out, removed, run, outcome, shard_rows)
     outcome.seconds = time.monotonic() - started
     return outcome
 
@@ -369,14 +379,18 @@ def _find_duplicates(
 
 
 def _rewrite_shards(
-    out: Path, removed: dict[str, dict[int, tuple[str, str]]], run: Run, outcome: MergeOutcome
-) -> list[dict[str, Any]]:
-    """Rewrite each shard that loses rows under `rewritten_name` (none when it loses all); returns the
-    duplicate rows of what was removed."""
+    out: Path,
+    removed: Iterator[tuple[str, dict[int, tuple[str, str]]]],
+    run: Run,
+    outcome: MergeOutcome,
+    shard_rows: int,
+) -> None:
+    """Rewrite each shard that loses rows (`removed`: in path order) under `rewritten_name` (none when
+    it loses all), and write the rows removed as duplicate shards of `shard_rows`, each once full: what
+    is held is one shard's rows."""
     dup_rows: list[dict[str, Any]] = []
     now = datetime.now(UTC)
-    for rel in sorted(removed):
-        found = removed[rel]
+    for rel, found in removed:
         gone, replaced = rewrite_without(out, rel, set(found), rewritten_name(rel))
         for j, row in zip(sorted(found), gone, strict=True):
             kind, kept = found[j]
@@ -386,16 +400,17 @@ def _rewrite_shards(
                 outcome.examples.append({"id": row["id"], "duplicate_of": kept, "kind": kind})
         outcome.superseded.append(rel)
         outcome.replaced[rel] = replaced
-    return dup_rows
+        while len(dup_rows) >= shard_rows:
+            _write_merge_duplicates(out, dup_rows[:shard_rows], outcome)
+            del dup_rows[:shard_rows]
+    if dup_rows:
+        _write_merge_duplicates(out, dup_rows, outcome)
 
 
-def _write_merge_duplicates(
-    out: Path, dup_rows: list[dict[str, Any]], shard_rows: int, outcome: MergeOutcome
-) -> None:
-    """The removed rows, as `duplicates/duplicates-merge-NNNNN.parquet` shards of `shard_rows`."""
-    for n, start in enumerate(range(0, len(dup_rows), shard_rows)):
-        chunk = dup_rows[start : start + shard_rows]
-        outcome.duplicate_shards.append(write_rows(out, MERGE_DUPLICATES.format(n), chunk))
+def _write_merge_duplicates(out: Path, chunk: list[dict[str, Any]], outcome: MergeOutcome) -> None:
+    """The next `duplicates/duplicates-merge-NNNNN.parquet` shard."""
+    n = len(outcome.duplicate_shards)
+    outcome.duplicate_shards.append(write_rows(out, MERGE_DUPLICATES.format(n), chunk))
 
 
 def _remove_merge_leftovers(out: Path, keep: set[str]) -> None:
@@ -751,7 +766,15 @@ def _merge(
         )
         shards = [_info(s) for i in sorted(present) for s in present[i]["shards"]]
     else:
-        merge = merge_pass(out, present, plan.base, count=count, shard_rows=plan.prepared.opts.shard_rows)
+        merge = merge_pass(
+            out,
+            present,
+            plan.base,
+            count=count,
+            shard_rows=plan.prepared.opts.shard_rows,
+            scaleout=plan.opts.merge == "scaleout",
+            address=plan.opts.ray_address,
+        )
         shards = []
         for i in sorted(present):
             for s in present[i]["shards"]:

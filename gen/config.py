@@ -260,6 +260,7 @@ class RunOptions:
     executor: str = "local"  # "local" (this process) or "ray"
     partitions: int | None = None  # ray: how many (default: the output's earlier count, else one per URL)
     ray_address: str | None = None  # ray: "auto", "ray://host:10001", or None to start a local Ray
+    merge: str = "driver"  # ray: the merge pass on the driver, or "scaleout": in Ray tasks (merge_scaleout)
     # (index, count): produce only tasks with int(id[:8], 16) % count == index, as partition `index` of a
     # cluster run: its own shards (data/train-p003-00000.parquet), journal and partitions/p003.json.
     partition: tuple[int, int] | None = None

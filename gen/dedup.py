@@ -90,15 +90,20 @@ def reasoning_of(spec: bool, previous: dict[str, Any] | None) -> bool:
 class ExactDedup:
     """Maps an 8-byte digest of each distinct text to the id key of the row that kept it.
 
-    About 150 bytes a row in a Python dict of ints: the price of deduplicating across a whole dataset,
-    resumed runs included.
+    The newest entries sit in a dict (at most RECENT); the rest in sorted numpy runs of (digest, key),
+    merged like a log-structured tree (a run is merged into the last while that is at most 4 times its
+    size): 16 bytes a row and a few runs to search, instead of ~115 bytes a row in one dict of ints.
     """
+
+    RECENT = 1 << 16
 
     def __init__(self) -> None:
         self._seen: dict[int, int] = {}
+        self._runs: list[tuple[Any, Any]] = []  # (sorted digests uint64, their keys uint64)
+        self._n = 0
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self._n
 
     @staticmethod
     def digest(text: str) -> int:
@@ -113,8 +118,76 @@ class ExactDedup:
         kept = self._seen.get(d)
         if kept is not None:
             return kept
+        kept = self._in_runs(d)
+        if kept is not None:
+            return kept
         self._seen[d] = key
+        self._n += 1
+        if len(self._seen) >= self.RECENT:
+            self._flush()
         return None
+
+    def add_many(self, digests: Sequence[int], keys: Sequence[int]) -> list[int | None]:
+        """`add_digest` for each pair in order, with the older entries searched for all at once."""
+        import numpy as np
+
+        d = np.fromiter(digests, np.uint64, len(digests))
+        found: list[int | None] = [None] * d.size
+        for run, run_keys in self._runs:
+            at = np.minimum(run.searchsorted(d), run.size - 1)
+            for i in np.flatnonzero(run[at] == d).tolist():
+                found[i] = int(run_keys[at[i]])
+        out: list[int | None] = []
+        flushed = False  # entries of this call may have moved from the dict into the runs
+        for dg, key, old in zip(digests, keys, found, strict=True):
+            if old is None:
+                old = self._seen.get(dg)
+            if old is None and flushed:
+                old = self._in_runs(dg)
+            if old is None:
+                self._seen[dg] = key
+                self._n += 1
+                if len(self._seen) >= self.RECENT:
+                    self._flush()
+                    flushed = True
+            out.append(old)
+        return out
+
+    def load(self, digests: Any, keys: Any) -> None:
+        """Add rows as one run, unchecked (a persisted segment, gen.dedup_index): uint64 arrays. A digest
+        already present keeps its earlier key (runs are searched oldest first; merges are stable)."""
+        import numpy as np
+
+        if self._seen:
+            self._flush()
+        self._n += digests.size
+        order = np.argsort(digests, kind="stable")
+        self._runs.append((digests[order], keys[order]))
+        while len(self._runs) > 1 and self._runs[-2][0].size <= 4 * self._runs[-1][0].size:
+            new_d, new_k = self._runs.pop()
+            old_d, old_k = self._runs.pop()
+            d, k = np.concatenate((old_d, new_d)), np.concatenate((old_k, new_k))
+            order = np.argsort(d, kind="stable")
+            self._runs.append((d[order], k[order]))
+
+    def _in_runs(self, d: int) -> int | None:
+        for digests, keys in self._runs:
+            at = int(digests.searchsorted(d))
+            if at < digests.size and int(digests[at]) == d:
+                return int(keys[at])
+        return None
+
+    def _flush(self) -> None:
+        import numpy as np
+
+        digests = np.fromiter(self._seen.keys(), np.uint64, len(self._seen))
+        keys = np.fromiter(self._seen.values(), np.uint64, len(self._seen))
+        self._seen = {}
+        while self._runs and self._runs[-1][0].size <= 4 * digests.size:
+            old_d, old_k = self._runs.pop()
+            digests, keys = np.concatenate((old_d, digests)), np.concatenate((old_k, keys))
+        order = np.argsort(digests, kind="stable")
+        self._runs.append((digests[order], keys[order]))
 
 
 class DedupStep(Protocol):
@@ -156,8 +229,7 @@ class ExactStep:
         return [self.check_one(d, id_key(tid)) for tid, d in zip(ids, keys, strict=True)]
 
     def remember(self, ids: Sequence[str], keys: Sequence[Any]) -> None:
-        for tid, d in zip(ids, keys, strict=True):
-            self.index.add_digest(d, id_key(tid))
+        self.index.add_many(keys, [id_key(tid) for tid in ids])
 
     def describe(self) -> dict[str, Any] | None:
         return None
@@ -343,6 +415,7 @@ class Deduplicator:
         self.reasoning = reasoning and on != "input"  # the input key never looks at what was written
         self.near_enabled = "near" in names
         self.names = names  # the chain, in order: exact is checked per answer as it arrives
+        self.threshold = threshold
         # `[dedup] steps` as written, for the manifest.
         self.given = list(given) if given is not None else None
         self.contaminated_enabled = "contaminated" in names
@@ -605,6 +678,17 @@ class Deduplicator:
             f'its rows cannot be deduplicated by {self.on} ([dedup] on = "{self.on}"): {why}; '
             f"{instead}leave this output out of --dedup-against"
         )
+
+    def can_load(self) -> bool:
+        """Whether persisted segments (gen.dedup_index) hold everything this chain indexes: exact and
+        near only; a chain with another step reads the shards instead."""
+        return set(self.names) <= {"exact", "near"}
+
+    def remember_segment(self, seg: Any) -> None:
+        """`remember` for a shard's persisted segment (gen.dedup_index.Segment): nothing re-hashed."""
+        self._exact.index.load(seg.exact, seg.ids)
+        if self.near_enabled:
+            self.step("near").load(seg)  # type: ignore[attr-defined]
 
     def remember(self, batch: Batch) -> None:
         """Index rows already kept (committed shards, --dedup-against outputs), as `read_keys` gives them."""

@@ -4,44 +4,37 @@ Text -> shingles -> signature
     Texts are normalised as `normalise` does (casefold, whitespace collapsed) and split into
     words; every run of three consecutive words is a shingle, and a text of fewer than three words is one
     shingle (the whole normalised text). Shingles are hashed to 64 bits in numpy for a whole batch at
-    once, and rensa's R-MinHash turns each row's shingle hashes into a signature of num_perm uint32.
+    once; `signatures` turns them into a one-permutation MinHash of num_perm bins (one hash per shingle,
+    not num_perm), keeps each bin as 8 bits, and hashes bands of the densified 32-bit bins to 32 bits.
 
 LSH, then confirmation
-    The signature is cut into `bands` bands of `rows` values; two texts become candidates when a whole
-    band agrees, which for Jaccard s happens with P(s) = 1 - (1 - s**rows)**bands. Candidates are then
-    confirmed by the MinHash estimate over the whole signature (see NearDedup._add for why). A true pair
-    must pass both, so the 0.1% miss budget is split: `choose_bands` makes P(threshold + 0.05) >= 99.95%
-    (21 x 11 = 231 values at 0.85) and the confirmation cut sits at the 0.05% quantile of the estimate
-    there (192 of 231 equal). End to end at 0.85: removed with P = 99.92% at J = 0.90, 80% at 0.85,
-    11% at 0.80, 0.1% at 0.75. The measurements below were taken at 21 x 12 = 252 values.
+    The signature is cut into `bands` bands of `rows` bins; two texts become candidates when a whole
+    band agrees. With independent hashes that happens for Jaccard s with P(s) = 1 - (1 - s**rows)**bands;
+    `choose_bands` makes P(threshold + 0.05) >= 99.95% (21 x 11 = 231 bins at 0.85). One-permutation
+    bins with contiguous bands do at least as well for near pairs (a short text's band depends on fewer
+    shingles) and make more candidates at J 0.4-0.7, which the confirmation drops. Candidates are
+    confirmed by the share of bins equal among those non-empty in either signature (`agreement`), cut at
+    the count the binomial estimate would need (192 of 231, the 0.05% quantile at J = 0.90); for texts
+    shorter than the bins it is nearly the exact Jaccard, so the cut is sharper than the binomial's.
 
-Library, measured (bench/dedup_bench.py): 50,000 synthetic ~100-word texts for NearDedup and 10,000
-for the others, 10% of them 1-3 word edits of an earlier text; streaming (each text checked against all
-kept earlier ones, indexed if new); 252 values (21 x 12); one core (taskset, RAYON_NUM_THREADS=1) of a
-2-vCPU AMD EPYC KVM guest that other jobs shared, so rows/s are per CPU-second of the process.
+Measured on real text pairs (bench/near_recall.py: windows of this repository's prose of 30, 100 and
+300 words, copies edited to J within 0.005 of the target, 2,000 pairs each): removed at J = 0.90 in
+all 6,000 pairs (no miss: >= 99.95% at 95% confidence), kept at J = 0.80 in 93.4-95.0%. Bounds of
+issue 16: >= 99.9% and >= 85%.
 
-                                      rows/s   recall J>=0.85   J>=0.90   bytes/row (RSS)
-    NearDedup.add_batch (this)        29,300   0.970            1.000     3,400
-    NearDedup.add (this)               7,900   0.970            1.000     3,100
-    rensa, its documented usage       14,700   0.962            0.997     3,200
-    datasketch 2.0                     1,900   0.952            1.000     8,800
-    numpy hand-rolled                  4,400   0.933            1.000     6,400
-    with 104 values (13 x 8, num_perm=128): add_batch 42,200, add 10,500, rensa 29,800 rows/s;
-    recall J>=0.85 0.941 (the estimate is noisier), J>=0.90 1.000, ~2,100 bytes/row.
+Memory per kept row: 231 bytes of signature, 21 band entries of 8 bytes in sorted numpy runs (`BandRuns`,
+plus ~1 byte an entry of bucket table), 8 bytes of key: ~430 bytes, against ~3,400 with rensa's
+RMinHash objects and RMinHashLSH (its HashMaps cost ~100 bytes a band a key).
 
-rensa (MIT, Rust, SIMD) is the choice: the only one near the 50,000 rows/s target, and it reaches it
-on a quiet core only at ~100 values. The rest of the cost is Python around it, so: shingles are hashed
-in numpy (building ~100 shingle strings a row in Python costs more than rensa's MinHash), handed to
-rensa as 8-byte tokens to build RMinHash objects for a whole batch, and rensa's RMinHashLSH and
-RMinHash.jaccard do the index and the confirmation, so a signature never becomes Python ints.
-Alternatives measured and dropped: extracting the digests to numpy (RMinHashDigestMatrix.to_rows is the
-only way out, ~20 us a row at 252 values) for a numpy open-addressing band index halves the memory
-(~1,900 bytes a row) but costs 41 us a row against 26 here (interleaved A/B, best of 6). A numpy
-MinHash evaluates num_perm x shingles hashes (~25,000 a row) and cannot get under ~30 us a row even
-vectorised; datasketch does that per row in numpy plus Python dicts for its LSH.
+Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, add_batch in chunks of
+1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 40,000-50,000 rows/s
+depending on the load (rensa's version: 29,300). Shingle hashing is about half of it (~9 us a row),
+signatures ~6 us, the band table ~4 us. Why not rensa's MinHash with a numpy index: getting its digests
+out (RMinHashDigestMatrix.to_rows) alone costs ~10 us a row. Optimal densification (random donor bins,
+Shrivastava 2017) cost 11-17 us a row more in numpy than rotation.
 
-Per-call overhead: add() pays numpy's fixed cost per call (~20 calls for one text), which is why it
-is ~4x slower per row than add_batch(); give add_batch chunks where the caller has them.
+Per-call overhead: add() pays numpy's fixed cost per call (~40 calls for one text), which is why it
+is ~10x slower per row than add_batch(); give add_batch chunks where the caller has them.
 """
 
 from __future__ import annotations
@@ -53,7 +46,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import rensa
 
 __all__ = ["NearDedup", "binomial_quantile", "candidate_probability", "choose_bands", "confirm_probability"]
 
@@ -176,6 +168,11 @@ def choose_bands(
             "raise max_perm or lower the target"
         )
     return best[2], best[3]
+
+
+def default_shape(threshold: float = DEFAULT_THRESHOLD) -> tuple[int, int]:
+    """(bands, rows) of NearDedup(threshold=threshold): the shape gen's near step uses."""
+    return choose_bands(threshold, 0.05, 1.0 - (1.0 - 0.999) / 2, DEFAULT_MAX_PERM)
 
 
 def _rows_for_bands(s: float, bands: int, target: float, cap: int) -> int:
@@ -400,13 +397,215 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the deduplicator
+# signatures: one-permutation MinHash, densified, in numpy
 
-# Memory model for bytes_per_row, from RSS growth with rensa 0.5 (bench/dedup_bench.py checks it):
-# an RMinHash is its num_perm uint32 plus ~160 bytes; RMinHashLSH keeps ~100 bytes per band per key
-# (a Rust HashMap entry with a Vec of keys per band, plus the key's band-hash list); 8 for our key slot.
-_BYTES_PER_MINHASH = 160
-_BYTES_PER_BAND = 100
+_EMPTY = np.uint32(0xFFFFFFFF)
+_LOW32 = _U64(0xFFFFFFFF)
+_SIG_ROWS = 4096  # texts per signature pass: bounds the temporary arrays
+
+
+@lru_cache(maxsize=16)
+def _band_mults(bands: int, words: int) -> tuple[np.ndarray, np.ndarray]:
+    """Odd multipliers for each 8-byte word of a band, and a salt per band (band i never matches band j)."""
+    mults = np.array(_splitmix64(0x62616E64, words), _U64) | _U64(1)
+    salts = np.array(_splitmix64(0x73616C74, bands), _U64)
+    return mults, salts
+
+
+def signatures(
+    flat: np.ndarray, offsets: np.ndarray, bands: int, rows: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sig uint8 (n, bands * rows), band fingerprints uint32 (n, bands)) of the shingle hashes of n texts.
+
+    One-permutation MinHash (Li, Owen, Zhang 2012): each shingle hash is mixed with the seed; its high 32
+    bits pick one of k = bands * rows bins, its low 32 bits are its value, and each bin keeps its least
+    value: one hash per shingle instead of k. The signature kept for confirmation is each bin's value
+    reduced to 8 bits, 1-255, with 0 for an empty bin (b-bit MinHash: unequal values agree 1 time in
+    255); `agreement` estimates Jaccard from the bins not empty in either. A text of fewer shingles than
+    bins leaves most bins empty, so for the bands each empty bin copies the next non-empty bin to its
+    right (rotation densification, Shrivastava and Li 2014). Band i is bins i * rows ... (i + 1) * rows
+    - 1: a shingle two texts do not share then changes the one or two bands its copies fall in, not
+    more, which keeps near duplicates of short texts candidates (bands spread over the bins lost 1.2%
+    of pairs at J ~0.92); the price is more candidates between short texts at J 0.4-0.7, which the
+    confirmation drops. A band's values hash to 32 bits.
+    """
+    n = offsets.size - 1
+    k = bands * rows
+    sig = np.empty((n, k), np.uint8)
+    fps = np.empty((n, bands), np.uint32)
+    mix = _U64(_fmix_int(seed ^ 0x6F6E655F7065726D) | 1)
+    words = (4 * rows + 7) // 8
+    mults, salts = _band_mults(bands, words)
+    cols = np.arange(k, dtype=np.int32)
+    for a in range(0, n, _SIG_ROWS):
+        b = min(n, a + _SIG_ROWS)
+        lo, hi = int(offsets[a]), int(offsets[b])
+        x = flat[lo:hi] ^ mix
+        _fmix_(x)
+        row = np.repeat(np.arange(0, (b - a) * k, k), np.diff(offsets[a : b + 1]).astype(np.intp))
+        row += ((x >> _U64(32)) * _U64(k) >> _U64(32)).astype(np.intp)  # the bin, in the flat matrix
+        mat = np.full((b - a, k), _EMPTY, np.uint32)
+        np.minimum.at(mat.ravel(), row, x.astype(np.uint32))  # the low 32 bits: the value
+        # 8 bits a value: the low byte (uniform, unlike the high byte of a minimum) + 1, so an empty bin
+        # (all ones) wraps to 0; the 1 value in 256 whose low byte is 255 reads as empty too, in every set.
+        part = sig[a:b]
+        np.add(mat.astype(np.uint8), np.uint8(1), out=part)
+        filled = part != 0
+        # Rotation: the index of the next filled bin at or after each bin, wrapping to the first.
+        nxt = np.where(filled[:, ::-1], cols[::-1], 2 * k)
+        nxt = np.minimum.accumulate(nxt, axis=1)[:, ::-1]
+        nxt = np.where(nxt >= k, nxt[:, :1], nxt)
+        nxt[nxt >= k] = 0  # a text with no value at all (all bins empty) stays so
+        # A band's 32-bit values (not the 8-bit ones: a band of one value copied `rows` times would then
+        # have 255 possible fingerprints), zero-padded to whole 8-byte words, hashed as words.
+        padded = np.zeros((b - a, bands, 8 * words), np.uint8)
+        dense = np.take_along_axis(mat, nxt, axis=1).reshape(b - a, bands, rows)
+        padded[:, :, : 4 * rows] = dense.view(np.uint8)
+        h = padded.view(_U64)
+        h *= mults
+        v = h.sum(axis=2, dtype=_U64)  # wraps mod 2**64, as wanted
+        v += salts
+        fps[a:b] = _fmix_(v) >> _U64(32)
+    return sig, fps
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bins equal and not empty, bins not empty in either) of pairs of signatures, row by row.
+
+    The first over the second estimates Jaccard: the least value of a bin non-empty in either set is
+    that of one element of the union, uniformly, and both sets have it only when it is shared. For a
+    set smaller than the bins it is nearly the exact Jaccard (few bins hold two elements).
+    """
+    both = np.count_nonzero((a == b) & (a != 0), axis=1)
+    either = np.count_nonzero(a | b, axis=1)
+    return both, either
+
+
+def pair_hashes(pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """`shingle_hashes` for (input, answer) pairs weighed equally (see NearDedup.add_pairs)."""
+    first, f_off = shingle_hashes([p[0] for p in pairs])
+    second, s_off = shingle_hashes([p[1] for p in pairs])
+    fb, sb = f_off.tolist(), s_off.tolist()
+    rows = []
+    for r, (a, b) in enumerate(pairs):
+        ha, hb = first[fb[r] : fb[r + 1]], second[sb[r] : sb[r + 1]]
+        if not b or b.isspace():
+            rows.append(ha)
+        elif not a or a.isspace():
+            rows.append(hb)
+        else:
+            ra = max(1, round(hb.size / ha.size))
+            rb = max(1, round(ha.size / hb.size))
+            part = ha if ra == 1 else np.bitwise_xor.outer(ha, _salts(ra, 0)).ravel()
+            rows.append(np.concatenate((part, np.bitwise_xor.outer(hb, _salts(rb, 1)).ravel())))
+    offsets = np.zeros(len(pairs) + 1, _U64)
+    np.cumsum(np.fromiter((x.size for x in rows), np.int64, len(rows)), out=offsets[1:])
+    return np.concatenate(rows), offsets
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the index
+
+
+@lru_cache(maxsize=1)
+def _large_allocations_to_mmap() -> None:
+    """Make glibc serve allocations of 1 MiB and more with mmap, so each goes back to the system when
+    freed. By default its threshold rises to 32 MiB as large blocks are freed, and the band table's merges
+    (new runs of a few MB, the old ones freed) then fragment the heap: RSS measured about twice the
+    index's own bytes. No-op where there is no glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_CHUNK = 1 << 16  # rows per signature/key chunk: the store grows by chunks, never by copying
+_HEX16 = re.compile(r"[0-9a-f]{16}\Z")
+
+
+_LOADED_MAX = 1 << 23  # entries (64 MiB) of loaded runs merged in one go
+_RUN_RATIO = 4  # a run is merged into the last while that is at most this many times its size
+
+
+class BandRuns:
+    """The LSH band table: sorted uint64 runs of (band fingerprint << 32 | row), merged like a log-
+    structured tree (a new run is merged into the last while that is at most _RUN_RATIO times its
+    size), so there are about log4(rows / batch) runs and each entry costs 8 bytes, with no free
+    slots. Each run has a table of where each bucket of top fingerprint bits starts (about 4 entries a
+    bucket, 1 byte an entry): fingerprints are uniform hashes, so a lookup reads one small bucket
+    instead of a binary search through the whole run."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []
+        self._loaded: list[np.ndarray] = []  # sorted runs given by `add(presorted=True)`, merged on next use
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.runs) + sum(r.size for r in self._loaded)
+
+    @property
+    def nbytes(self) -> int:
+        self._settle()
+        return sum(r.nbytes for r in self.runs) + sum(s.nbytes for s in self._starts)
+
+    def add(self, entries: np.ndarray, *, presorted: bool = False) -> None:
+        if presorted:  # a resume loads one sorted run per shard: merge many at once, when next used
+            self._loaded.append(entries)
+            if sum(r.size for r in self._loaded) >= _LOADED_MAX:  # bounds the merge's temporary copy
+                self._settle()
+            return
+        self._settle()
+        self._push(np.sort(entries))
+
+    def _settle(self) -> None:
+        if self._loaded:
+            run = np.concatenate(self._loaded)
+            self._loaded = []
+            run.sort(kind="stable")  # timsort: k sorted runs merge in about log2(k) passes
+            self._push(run)
+
+    def _push(self, run: np.ndarray) -> None:
+        while self.runs and self.runs[-1].size <= _RUN_RATIO * run.size:
+            self._starts.pop()
+            run = np.concatenate((self.runs.pop(), run))
+            run.sort(kind="stable")  # timsort: two sorted runs merge in linear time
+        self.runs.append(run)
+        self._starts.append(_bucket_starts(run))
+
+    def lookup(self, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query position, row) for every stored entry whose fingerprint equals fps[query position]."""
+        self._settle()
+        needle = fps.astype(_U64)
+        qs, rows = [], []
+        for run, starts in zip(self.runs, self._starts, strict=True):
+            bits = (starts.size - 1).bit_length() - 1  # starts has 2**bits + 1 values
+            shift = _U64(32 - bits)
+            bucket = (needle >> shift).astype(np.intp)
+            first = starts[bucket]
+            count = (starts[bucket + 1] - first).astype(np.intp)
+            q = np.repeat(np.arange(needle.size), count)
+            if not q.size:
+                continue
+            skip = first.astype(np.intp) - (np.cumsum(count) - count)
+            entry = run[np.arange(q.size) + np.repeat(skip, count)]
+            hit = (entry >> _U64(32)) == needle[q]
+            qs.append(q[hit])
+            rows.append(entry[hit] & _LOW32)
+        if not qs:
+            return np.empty(0, np.intp), np.empty(0, _U64)
+        return np.concatenate(qs), np.concatenate(rows)
+
+
+def _bucket_starts(run: np.ndarray) -> np.ndarray:
+    """Where each bucket of the top `bits` fingerprint bits starts in the sorted run (2**bits + 1 values)."""
+    bits = max(1, min(32, (run.size // 4).bit_length()))
+    counts = np.bincount((run >> _U64(64 - bits)).astype(np.intp), minlength=1 << bits)
+    starts = np.zeros((1 << bits) + 1, np.uint32 if run.size < 1 << 32 else np.uint64)
+    np.cumsum(counts, out=starts[1:])
+    return starts
 
 
 class NearDedup:
@@ -418,10 +617,13 @@ class NearDedup:
     keeps a and c.
 
     Shape: with neither num_perm nor bands, (bands, rows) = choose_bands(threshold) and num_perm =
-    bands * rows (21 x 12 = 252 at 0.85). With num_perm only, rows come from choose_bands(threshold,
+    bands * rows (21 x 11 = 231 at 0.85). With num_perm only, rows come from choose_bands(threshold,
     max_perm=num_perm) and bands = num_perm // rows, at least choose_bands' count, so the bound holds
-    and the whole signature is banded (rensa's LSH needs bands * rows == num_perm). With bands only,
-    rows is the largest that still meets the bound. With both, rows = num_perm // bands.
+    and the whole signature is banded. With bands only, rows is the largest that still meets the bound.
+    With both, rows = num_perm // bands.
+
+    Memory per kept row: num_perm bytes of 8-bit signature, 8 bytes per band in the band table, 8 for
+    its key when keys are 16 hex digits (gen's id prefixes; other keys are kept as Python strings).
     """
 
     def __init__(
@@ -462,25 +664,29 @@ class NearDedup:
         self.num_perm = bands * rows
         self.seed = seed
         # Confirmation cut, as a count of equal signature values (no float rounding at the boundary).
-        # The MinHash estimate is Binomial(num_perm, J) / num_perm, so cutting exactly at the threshold
-        # would miss a pair at threshold + margin about 0.5% of the time at 252 values; the cut is
-        # lowered to the (1 - target) / 2 quantile at threshold + margin instead. Pairs a little below
-        # the threshold are then sometimes removed too: the price of an estimate, stated in the README.
+        # The estimate is Binomial(num_perm, J) / num_perm (8-bit values agree a little more often: 1 in
+        # 256 of the unequal ones), so cutting exactly at the threshold would miss a pair at threshold +
+        # margin about 0.5% of the time at 231 values; the cut is lowered to the (1 - target) / 2
+        # quantile at threshold + margin instead. Pairs a little below the threshold are then sometimes
+        # removed too: the price of an estimate, stated in the README.
         self._min_equal = min(
             math.ceil(threshold * self.num_perm - 1e-9),
             binomial_quantile(self.num_perm, s, (1.0 - target) / 2),
         )
         self.target = target
         self.catch_similarity = s
-        self._lsh = rensa.RMinHashLSH(threshold, self.num_perm, bands)
-        self._minhashes: list[rensa.RMinHash] = []  # kept rows, by LSH key
-        self._keys: list[str] = []
+        self._runs = BandRuns()
+        _large_allocations_to_mmap()
+        self._sigs: list[np.ndarray] = []  # chunks of _CHUNK rows x num_perm uint8
+        self._hex: list[np.ndarray] = []  # chunks of _CHUNK uint64 keys, while every key is 16 hex digits
+        self._str: list[str] | None = None  # the keys, once one is not
+        self._n = 0
         self._offered = 0
 
     # -- public API --------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._n
 
     def __repr__(self) -> str:
         return (
@@ -493,19 +699,19 @@ class NearDedup:
 
         `key` defaults to the text's 0-based position among all texts offered to this NearDedup.
         """
-        return self._add(self._minhash_list([text]), None if key is None else [key])[0]
+        return self._add(*shingle_hashes([text]), None if key is None else [key])[0]
 
     def add_batch(self, texts: Sequence[str], keys: Sequence[str] | None = None) -> list[str | None]:
         """`add` for each text in order (later texts are checked against kept earlier ones of the batch).
 
-        Same answers as calling add on each, at about half the cost per row: shingles are hashed and
-        signatures computed for the whole batch at once.
+        Same answers as calling add on each, at a fraction of the cost per row: shingles are hashed,
+        signatures computed and the band table searched for the whole batch at once.
         """
         if keys is not None and len(keys) != len(texts):
             raise ValueError("texts and keys differ in length")
         if not texts:
             return []
-        return self._add(self._minhash_list(texts), keys)
+        return self._add(*shingle_hashes(texts), keys)
 
     def add_pairs(
         self, pairs: Sequence[tuple[str, str]], keys: Sequence[str] | None = None
@@ -524,81 +730,139 @@ class NearDedup:
             raise ValueError("pairs and keys differ in length")
         if not pairs:
             return []
-        return self._add(self._minhash_pairs(pairs), keys)
+        return self._add(*pair_hashes(pairs), keys)
 
     @property
     def bytes_per_row(self) -> int:
-        """Approximate memory per indexed row (rensa's structures are not introspectable; see the model)."""
-        return 4 * self.num_perm + _BYTES_PER_MINHASH + _BYTES_PER_BAND * self.bands + 8
+        """Memory per indexed row: the 8-bit signature, 8 bytes per band entry, 8 for the key."""
+        return self.num_perm + 8 * self.bands + 8
 
     def candidate_probability(self, s: float) -> float:
         return candidate_probability(s, self.bands, self.rows)
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _minhash_list(self, texts: Sequence[str]) -> list[rensa.RMinHash]:
-        flat, offsets = shingle_hashes(texts)
-        # Each shingle hash goes to rensa as an 8-byte token. 'S8' drops trailing NUL bytes, i.e. the
-        # high zero bytes of a little-endian integer, so distinct hashes stay distinct tokens.
-        tokens = flat.astype("<u8", copy=False).view("S8").tolist()
-        if len(texts) == 1:
-            m = rensa.RMinHash(self.num_perm, self.seed)  # cheaper than from_token_sets for one row
-            m.update(tokens)
-            return [m]
-        bounds = offsets.tolist()
-        rows = [tokens[bounds[i] : bounds[i + 1]] for i in range(len(texts))]
-        return rensa.RMinHash.from_token_sets(rows, self.num_perm, self.seed)
+    def _sig_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The stored signatures of kept rows `rows` (uint64 array)."""
+        out = np.empty((rows.size, self.num_perm), np.uint8)
+        chunk = (rows >> _U64(16)).astype(np.intp)
+        within = (rows & _U64(_CHUNK - 1)).astype(np.intp)
+        for c in np.unique(chunk).tolist():
+            sel = chunk == c
+            out[sel] = self._sigs[c][within[sel]]
+        return out
 
-    def _minhash_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[rensa.RMinHash]:
-        first, f_off = shingle_hashes([p[0] for p in pairs])
-        second, s_off = shingle_hashes([p[1] for p in pairs])
-        fb, sb = f_off.tolist(), s_off.tolist()
-        rows = []
-        for r, (a, b) in enumerate(pairs):
-            ha, hb = first[fb[r] : fb[r + 1]], second[sb[r] : sb[r + 1]]
-            if not b or b.isspace():
-                tokens = ha
-            elif not a or a.isspace():
-                tokens = hb
-            else:
-                ra = max(1, round(hb.size / ha.size))
-                rb = max(1, round(ha.size / hb.size))
-                parts = [ha] if ra == 1 else [np.bitwise_xor.outer(ha, _salts(ra, 0)).ravel()]
-                parts.append(np.bitwise_xor.outer(hb, _salts(rb, 1)).ravel())
-                tokens = np.concatenate(parts)
-            rows.append(tokens.astype("<u8", copy=False).view("S8").tolist())
-        return rensa.RMinHash.from_token_sets(rows, self.num_perm, self.seed)
+    def _key(self, row: int) -> str:
+        if self._str is not None:
+            return self._str[row]
+        return f"{int(self._hex[row >> 16][row & (_CHUNK - 1)]):016x}"
 
-    def _add(self, minhashes: list[rensa.RMinHash], keys: Sequence[str] | None) -> list[str | None]:
+    def _store(self, sig: np.ndarray, keys: list[str] | np.ndarray) -> None:
+        """Append kept rows' signatures and keys (rows self._n, self._n + 1, ...): strings, or uint64
+        for keys of 16 hex digits given as numbers (`load`)."""
+        n, done = len(keys), 0
+        numbers = isinstance(keys, np.ndarray)
+        if self._str is None and not numbers and not all(len(k) == 16 and _HEX16.match(k) for k in keys):
+            self._str = [self._key(r) for r in range(self._n)]
+            self._hex = []
+        if self._str is not None:
+            self._str.extend([f"{k:016x}" for k in keys.tolist()] if numbers else keys)
+        while done < n:
+            row = self._n + done
+            c, at = divmod(row, _CHUNK)
+            if c == len(self._sigs):
+                self._sigs.append(np.empty((_CHUNK, self.num_perm), np.uint8))
+                if self._str is None:
+                    self._hex.append(np.empty(_CHUNK, _U64))
+            take = min(n - done, _CHUNK - at)
+            self._sigs[c][at : at + take] = sig[done : done + take]
+            if self._str is None:
+                part = keys[done : done + take]
+                self._hex[c][at : at + take] = part if numbers else [int(k, 16) for k in part]
+            done += take
+        self._n += n
+
+    def load(self, keys: np.ndarray, sig: np.ndarray, bands: np.ndarray) -> None:
+        """Index rows as they are, unchecked (a persisted segment, gen.dedup_index): uint64 keys (hex
+        keys `f"{key:016x}"`), their signatures and sorted band entries with rows numbered from 0."""
+        base = self._n
+        self._store(sig, keys)
+        self._runs.add(bands + np.uint64(base), presorted=True)
+
+    def _confirm(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(estimated Jaccard, positions at or above the cut) of pairs of signatures: the cut is
+        _min_equal of num_perm, applied to the bins not empty in either (no float rounding at it)."""
+        both, either = agreement(a, b)
+        good = np.flatnonzero(both * self.num_perm >= self._min_equal * either)
+        return both / np.maximum(either, 1), good
+
+    def _add(self, flat: np.ndarray, offsets: np.ndarray, keys: Sequence[str] | None) -> list[str | None]:
+        n = offsets.size - 1
         if keys is None:
-            keys = [str(self._offered + i) for i in range(len(minhashes))]
-        self._offered += len(minhashes)
-        out: list[str | None] = []
-        lsh, kept, kept_keys, num_perm, need = (
-            self._lsh,
-            self._minhashes,
-            self._keys,
-            self.num_perm,
-            self._min_equal,
-        )
-        for m, key in zip(minhashes, keys, strict=True):
-            # Confirmation: LSH returns every kept row that agrees with this one on some whole band,
-            # which also happens for pairs well below the threshold (P(0.7) is ~25% with 21 x 12). The
-            # share of all num_perm values that agree is the MinHash estimate of their Jaccard
-            # similarity, so a candidate counts as a duplicate only when that estimate reaches the
-            # threshold: LSH false positives cost one signature compare and are never reported.
-            best, best_equal = -1, need - 1
-            for c in sorted(lsh.query(m)):
-                equal = round(m.jaccard(kept[c]) * num_perm)
-                if equal > best_equal:  # ties keep the earliest kept row
-                    best, best_equal = c, equal
-            if best >= 0:
-                out.append(kept_keys[best])
+            keys = [str(self._offered + i) for i in range(n)]
+        self._offered += n
+        sig, fps = signatures(flat, offsets, self.bands, self.rows, self.seed)
+        # Candidates among kept rows: any whole band equal; confirmed when >= need of the values agree.
+        q, rows = self._runs.lookup(fps.ravel())
+        q //= self.bands
+        dup: dict[int, tuple[float, int]] = {}  # batch position -> (-estimate, kept row) of its best match
+        if q.size:
+            pair = np.unique((q.astype(_U64) << _U64(32)) | rows)
+            q, rows = (pair >> _U64(32)).astype(np.intp), pair & _LOW32
+            score, good = self._confirm(sig[q], self._sig_rows(rows))
+            for i, e, r in zip(q[good].tolist(), score[good].tolist(), rows[good].tolist(), strict=True):
+                best = dup.get(i)
+                if best is None or (-e, r) < best:  # the highest estimate; ties keep the earliest row
+                    dup[i] = (-e, r)
+        # Candidates inside the batch: an earlier row with an equal band that is itself kept.
+        inner: dict[int, list[tuple[float, int]]] = {}
+        if n > 1:
+            entry = (fps.astype(_U64) << _U64(32)) | np.repeat(np.arange(n, dtype=_U64), self.bands).reshape(
+                n, self.bands
+            )
+            entry = np.sort(entry.ravel())
+            fp = entry >> _U64(32)
+            same = np.flatnonzero(fp[1:] == fp[:-1])
+            if same.size:
+                pos = (entry & _LOW32).astype(np.intp)
+                pairs: set[tuple[int, int]] = set()
+                start = -2
+                for s in same.tolist():  # runs of equal fingerprints: every pair in a run
+                    if s != start + 1:
+                        group = [int(pos[s])]
+                    group.append(int(pos[s + 1]))
+                    for j in group[:-1]:
+                        if j != group[-1]:
+                            pairs.add((min(j, group[-1]), max(j, group[-1])))
+                    start = s
+                if pairs:
+                    pj = np.array(sorted(pairs), np.intp)
+                    score, good = self._confirm(sig[pj[:, 0]], sig[pj[:, 1]])
+                    for (j, i), e in zip(pj[good].tolist(), score[good].tolist(), strict=True):
+                        inner.setdefault(i, []).append((-e, j))
+        out: list[str | None] = [None] * n
+        kept: list[int] = []
+        new_row: dict[int, int] = {}
+        for i in range(n):
+            best = dup.get(i)
+            found = None if best is None else self._key(best[1])
+            if i in inner:
+                cands = [(e, new_row[j]) for e, j in inner[i] if j in new_row]
+                if cands:
+                    e, r = min(cands)
+                    if best is None or (e, r) < best:
+                        found = keys[kept[r - self._n]]
+            if found is not None:
+                out[i] = found
                 continue
-            lsh.insert(len(kept), m)
-            kept.append(m)
-            kept_keys.append(key)
-            out.append(None)
+            new_row[i] = self._n + len(kept)
+            kept.append(i)
+        if kept:
+            sel = np.array(kept, np.intp)
+            base = self._n
+            self._store(sig[sel], [keys[i] for i in kept])
+            rows_new = np.arange(base, base + sel.size, dtype=_U64)
+            self._runs.add(((fps[sel].astype(_U64) << _U64(32)) | rows_new[:, None]).ravel())
         return out
 
 
@@ -621,6 +885,10 @@ class NearStep:
             0, len(ids), 4096
         ):  # bounded batches: signatures of a whole output at once are big
             self.check_batch(ids[start : start + 4096], keys[start : start + 4096])
+
+    def load(self, seg: Any) -> None:
+        """Index a persisted segment's rows (gen.dedup_index.Segment) without re-hashing them."""
+        self.index.load(seg.ids, seg.sig, seg.bands)
 
     def describe(self) -> dict[str, Any] | None:
         n = self.index

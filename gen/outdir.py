@@ -7,6 +7,7 @@
       data/train-00000.parquet  kept rows (and data/eval-*.parquet)
       rejects/rejects-00000.parquet, duplicates/duplicates-00000.parquet
       journal/                  answers not yet in a shard (journal/p003/ for partition 3)
+      index/train-00000.gidx    the dedup indexes of data/train-00000.parquet's rows (gen.dedup_index)
       batches.jsonl             batch mode: the provider batches submitted and not yet collected
       partitions/p003.json      a cluster partition's resume state (and p003.lock while it runs)
       evals/NAME/               one `gen eval` each (gen.evaluation): answers/, results.parquet, report.json
@@ -30,6 +31,7 @@ JOURNAL: Final = "journal"
 PARTITIONS: Final = "partitions"
 BATCHES: Final = "batches.jsonl"
 EVALS: Final = "evals"
+INDEX: Final = "index"
 SPLITS: Final = ("train", "eval", "rejects", "duplicates")
 FOLDERS: Final = {"train": "data", "eval": "data", "rejects": "rejects", "duplicates": "duplicates"}
 SHARD_FOLDERS: Final = tuple(sorted(set(FOLDERS.values())))  # data, duplicates, rejects
@@ -175,6 +177,10 @@ class OutputDir:
         """OUTPUT/evals/: one directory per `gen eval` (gen.evaluation)."""
         return self.root / EVALS
 
+    def dedup_index(self, rel: str) -> Path:
+        """OUTPUT/index/train-00003.gidx: the persisted dedup indexes of shard `rel` (gen.dedup_index)."""
+        return self.root / INDEX / (Path(rel).name.removesuffix(".parquet") + ".gidx")
+
     def folder(self, split: str) -> Path:
         """The folder a split's shards are in: OUTPUT/data/ for train and eval."""
         return self.root / FOLDERS[split]
@@ -208,4 +214,4 @@ class OutputDir:
             pattern = f".*-{partition_tag(self.partition)}-*.tmp-*"
         else:
             pattern = ".*.tmp-*"
-        return [p for folder in (*SHARD_FOLDERS, ".") for p in (self.root / folder).glob(pattern)]
+        return [p for folder in (*SHARD_FOLDERS, INDEX, ".") for p in (self.root / folder).glob(pattern)]

@@ -266,6 +266,7 @@ class Run:
             reasoning=reasoning_of(d.reasoning, p.previous),
         )
         self.claimed: set[int] = set()  # id keys done or in flight: each id is produced once
+        self._indexed: set[str] = set()  # data shards whose dedup index is persisted (gen.dedup_index)
         self._uncounted: set[int] = set()  # id keys in shards the manifest missed: usage not yet counted
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
@@ -448,6 +449,7 @@ class Run:
         }
 
     def _on_checkpoint(self, shards: list[ShardInfo], at: _Checkpoint | None) -> None:
+        self._write_indexes(shards)  # before the manifest lists them; an OSError fails as a shard's does
         manifest = self.manifest(shards, at)
         if self.partition is not None:  # the driver merges the partitions into manifest.json and the card
             self.out.manifest.parent.mkdir(exist_ok=True)
@@ -456,6 +458,20 @@ class Run:
             write_card(self.p.out_dir, manifest)
         for segment in at.segments if at is not None else []:  # their entries are in shards now
             segment.unlink(missing_ok=True)
+
+    def _write_indexes(self, shards: list[ShardInfo]) -> None:
+        """Persist the dedup indexes of data shards that have none yet (gen.dedup_index), in the writer
+        thread: read back from the shard just written, as a resume would."""
+        if not self.dedup.can_load():
+            return
+        from gen import dedup_index
+
+        settings = dedup_index.settings_of(self.dedup)
+        for s in shards:
+            if s.split in ("train", "eval") and s.path not in self._indexed:
+                seg = dedup_index.build(self.dedup, self.p.out_dir, s.path)
+                dedup_index.write(self.p.out_dir, s.path, s.sha256, settings, seg)
+                self._indexed.add(s.path)
 
     # --- resume ---
 
@@ -476,7 +492,16 @@ class Run:
             else:
                 shards.append(describe_shard(out, rel))
                 self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
-            if shards[-1].split in ("train", "eval"):
+            if shards[-1].split in ("train", "eval") and self.dedup.can_load():
+                from gen import dedup_index  # the persisted index, or the shard read and hashed
+
+                seg = dedup_index.load_or_build(self.dedup, out, rel, shards[-1].sha256)
+                keys = seg.ids.tolist()
+                self.dedup.remember_segment(seg)
+                self._indexed.add(rel)
+                if self.max_samples is not None:
+                    self._verified.update(keys)
+            elif shards[-1].split in ("train", "eval"):
                 batch = self.dedup.read_keys(out, rel)  # by the output's key
                 keys = [id_key(tid) for tid in batch.ids]
                 self.dedup.remember(batch)
@@ -490,9 +515,19 @@ class Run:
             if not info:  # the manifest did not count these rows' usage: their journal entries still say it
                 self._uncounted.update(keys)
         for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
+            theirs = _listed_sha256(other) if self.dedup.can_load() else {}
             for rel in committed_shards(other):
                 if split_of_path(rel) in ("train", "eval"):
-                    self.dedup.remember(self.dedup.read_keys(other, rel))  # by this run's key
+                    seg = None
+                    if rel in theirs:  # its persisted index, when made with this run's settings
+                        from gen import dedup_index
+
+                        settings = dedup_index.settings_of(self.dedup)
+                        seg, _ = dedup_index.read(other, rel, theirs[rel], settings)
+                    if seg is not None:
+                        self.dedup.remember_segment(seg)
+                    else:
+                        self.dedup.remember(self.dedup.read_keys(other, rel))  # by this run's key
         return shards
 
     def _replay_journal(self) -> list[Path]:
@@ -1313,6 +1348,17 @@ class Run:
         closed = self.journal.rotate()
         self._carry_reservations()
         await self.writer.checkpoint(self._closing([closed]))
+
+
+def _listed_sha256(out_dir: Path) -> dict[str, str]:
+    """Shard path -> sha256 as another output's manifest lists them ({} when it cannot be read)."""
+    from gen.ledger import load_manifest
+
+    try:
+        manifest = load_manifest(out_dir) or {}
+        return {s["path"]: s["sha256"] for s in manifest.get("shards", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
 
 
 class OutputError(GenError):

@@ -1,0 +1,208 @@
+"""Persisted dedup indexes: one segment file per data shard, so a resume loads what it would otherwise
+re-hash (issue 16).
+
+`index/train-00003.gidx` (named by `OutputDir.dedup_index`) holds, for the rows of
+`data/train-00003.parquet` in shard order: their id keys (`gen.ledger.id_key`), exact digests
+(`Deduplicator.exact_digest`) and, with near dedup on, their 8-bit one-permutation MinHash signatures
+and sorted band entries (`gen.near_dedup.signatures`). It is written (temporary name, fsync, rename)
+right after its shard and before the manifest that lists the shard, in the same checkpoint, so the
+previous checkpoint stays valid whatever happens mid-write; it only ever speeds a resume up.
+
+Format (little-endian), version FORMAT:
+    b"GENDIDX1"                      magic, 8 bytes
+    uint32 n, then n bytes of JSON   header: format, gen version, shard path and sha256, rows, the dedup
+                                     key (`on`, `field`), the near shape (bands, rows, seed) or null,
+                                     and the arrays' names, dtypes and shapes, in file order
+    the arrays, back to back         ids <u8 (rows), exact <u8 (rows), sig |u1 (rows, bands*rows),
+                                     bands <u8 (rows*bands, sorted; row numbers local to the shard)
+    32 bytes                         blake2b-256 of everything before it
+A segment that is truncated, fails its checksum, was written by another gen or format, for other dedup
+settings, or for another version of its shard (sha256) is not used: the resume reads the shard as
+before, writes the segment anew and says so in one line on stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gen import __version__
+from gen.outdir import OutputDir, partial_path
+
+FORMAT = 1
+MAGIC = b"GENDIDX1"
+_DIGEST = 32
+
+
+@dataclass
+class Segment:
+    """One shard's rows as the dedup indexes keep them."""
+
+    ids: np.ndarray  # uint64 id keys
+    exact: np.ndarray  # uint64 exact digests
+    sig: np.ndarray | None  # uint8 (rows, num_perm), None without near dedup
+    bands: np.ndarray | None  # uint64 sorted (fingerprint << 32 | local row)
+
+
+def settings_of(dedup: Any) -> dict[str, Any]:
+    """What a segment must have been made with to be used by this Deduplicator."""
+    near = None
+    if dedup.near_enabled:  # the near step's shape, without building it (this may run in the writer thread)
+        from gen.near_dedup import default_shape
+
+        bands, rows = default_shape(dedup.threshold)
+        near = {"bands": bands, "rows": rows, "seed": 1}
+    return {"on": dedup.on, "field": dedup.field, "near": near}
+
+
+def build(dedup: Any, out_dir: Path, rel: str) -> Segment:
+    """A shard's segment from its rows (`Deduplicator.read_keys`): the slow path a segment saves."""
+    from gen.ledger import id_key
+    from gen.near_dedup import pair_hashes, shingle_hashes, signatures
+
+    near = settings_of(dedup)["near"]
+    batch = dedup.read_keys(out_dir, rel)
+    ids = np.fromiter((id_key(t) for t in batch.ids), np.uint64, len(batch.ids))
+    exact = np.fromiter(batch.keys["exact"], np.uint64, len(batch.ids))
+    sig = bands = None
+    if near is not None:
+        items = batch.keys["near"]
+        sigs, fps_all = [], []
+        for start in range(0, len(items), 4096):  # bounded temporaries
+            part = items[start : start + 4096]
+            flat, off = pair_hashes(part) if dedup.on == "example" else shingle_hashes(part)
+            s, f = signatures(flat, off, near["bands"], near["rows"], near["seed"])
+            sigs.append(s)
+            fps_all.append(f)
+        k = near["bands"] * near["rows"]
+        sig = np.concatenate(sigs) if sigs else np.empty((0, k), np.uint8)
+        fps = np.concatenate(fps_all) if fps_all else np.empty((0, near["bands"]), np.uint32)
+        local = np.arange(len(ids), dtype=np.uint64)[:, None]
+        bands = np.sort(((fps.astype(np.uint64) << np.uint64(32)) | local).ravel())
+    return Segment(ids, exact, sig, bands)
+
+
+def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], seg: Segment) -> None:
+    """Commit a segment for shard `rel` (temporary name, fsync, rename). OSError (a full disk) is the
+    caller's, as for a shard."""
+    arrays = [("ids", seg.ids), ("exact", seg.exact)]
+    if seg.sig is not None and seg.bands is not None:
+        arrays += [("sig", seg.sig), ("bands", seg.bands)]
+    header = {
+        "format": FORMAT,
+        "gen": __version__,
+        "shard": rel,
+        "shard_sha256": shard_sha256,
+        "rows": int(seg.ids.size),
+        **settings,
+        "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays],
+    }
+    head = orjson.dumps(header)
+    h = hashlib.blake2b(digest_size=_DIGEST)
+    path = OutputDir(out_dir).dedup_index(rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            parts = [MAGIC, struct.pack("<I", len(head)), head]
+            for chunk in parts + [memoryview(np.ascontiguousarray(a)).cast("B") for _, a in arrays]:
+                h.update(chunk)
+                f.write(chunk)
+            f.write(h.digest())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read(
+    out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any]
+) -> tuple[Segment | None, str | None]:
+    """(the segment, None) when shard `rel`'s segment is present and good; else (None, why not), where
+    why is None when there simply is none."""
+    path = OutputDir(out_dir).dedup_index(rel)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
+    if len(data) < len(MAGIC) + 4 + _DIGEST or data[: len(MAGIC)] != MAGIC:
+        return None, "not a gen dedup index, or truncated"
+    if hashlib.blake2b(data[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
+        return None, "checksum mismatch (truncated or changed)"
+    (n,) = struct.unpack_from("<I", data, len(MAGIC))
+    try:
+        header = orjson.loads(data[len(MAGIC) + 4 : len(MAGIC) + 4 + n])
+    except orjson.JSONDecodeError:
+        return None, "unreadable header"
+    if header.get("format") != FORMAT or header.get("gen") != __version__:
+        return None, f"written by gen {header.get('gen')} (index format {header.get('format')})"
+    if header.get("shard") != rel or header.get("shard_sha256") != shard_sha256:
+        return None, "made for another version of its shard"
+    if any(header.get(k) != v for k, v in settings.items()):
+        return None, "made with other dedup settings"
+    at = len(MAGIC) + 4 + n
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype, shape in header["arrays"]:
+        a = np.frombuffer(data, np.dtype(dtype), int(np.prod(shape)), at).reshape(shape)
+        at += a.nbytes
+        arrays[name] = a
+    if at != len(data) - _DIGEST or arrays["ids"].size != header["rows"]:
+        return None, "sizes do not add up"
+    return Segment(arrays["ids"], arrays["exact"], arrays.get("sig"), arrays.get("bands")), None
+
+
+def check(out_dir: Path, rel: str, shard_sha256: str) -> str | None:
+    """`gen audit`'s check of a shard's segment, without knowing the run's settings: a problem, or None
+    (also when there is none: a segment is optional)."""
+    path = OutputDir(out_dir).dedup_index(rel)
+    if not path.exists():
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if len(data) < len(MAGIC) + 4 + _DIGEST or data[: len(MAGIC)] != MAGIC:
+        return "not a gen dedup index, or truncated"
+    if hashlib.blake2b(data[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
+        return "checksum mismatch (truncated or changed)"
+    (n,) = struct.unpack_from("<I", data, len(MAGIC))
+    try:
+        header = orjson.loads(data[len(MAGIC) + 4 : len(MAGIC) + 4 + n])
+    except orjson.JSONDecodeError:
+        return "unreadable header"
+    if header.get("format") != FORMAT or header.get("gen") != __version__:
+        return f"written by gen {header.get('gen')} (index format {header.get('format')})"
+    if header.get("shard_sha256") != shard_sha256:
+        return "made for another version of its shard"
+    return None
+
+
+def load_or_build(dedup: Any, out_dir: Path, rel: str, shard_sha256: str) -> Segment:
+    """Shard `rel`'s segment: read from disk when good, else built from the shard and written (one line
+    on stderr when one was there but could not be used). A write that fails is left for the next
+    checkpoint's caller to meet; the segment is still returned."""
+    settings = settings_of(dedup)
+    seg, why = read(out_dir, rel, shard_sha256, settings)
+    if seg is not None:
+        return seg
+    if why is not None:
+        path = OutputDir(out_dir).dedup_index(rel)
+        print(f"gen: {path}: {why}; rebuilt from {rel}", file=sys.stderr)
+    seg = build(dedup, out_dir, rel)
+    try:
+        write(out_dir, rel, shard_sha256, settings, seg)
+    except OSError:
+        pass  # a full disk: the resume goes on from the rebuilt index in memory
+    return seg
