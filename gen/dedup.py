@@ -235,7 +235,7 @@ class ExactStep:
         return None
 
 
-# Dedup methods by name, as "module:Class" so a heavy step (near: numpy, rensa) is imported only when a
+# Dedup methods by name, as "module:Class" so a heavy step (near: numpy) is imported only when a
 # run uses it. A step class is built with the chain's settings as keywords (on, field, threshold) and
 # takes what it needs.
 STEPS: dict[str, str] = {
@@ -427,7 +427,7 @@ class Deduplicator:
         self.examples: list[dict[str, str]] = []
 
     def step(self, name: str) -> DedupStep:
-        """The chain's step `name`, built on first use: the near step's numpy and rensa imports (0.15 s)
+        """The chain's step `name`, built on first use: the near step's numpy import
         then happen once answers arrive, not before the first request."""
         step = self._steps.get(name)
         if step is None:
