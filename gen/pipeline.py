@@ -97,6 +97,10 @@ _Asked = tuple[Completion, Verdict, int, int, int, int, Usage]
 COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
 
 
+class _OverBudget(Exception):
+    """Raised by Run._ask before a request the budget no longer allows: the task stays undecided."""
+
+
 @dataclass(slots=True)
 class RunStats:
     tasks: int = 0
@@ -925,13 +929,16 @@ class Run:
                     ticked += 1
                     progress.tick()
                 continue
-            reason = self.budget.exhausted(reserved_tokens=self._in_flight_tokens())
+            reason = self._over_budget()
             if reason is not None:
                 self.stop_reason = reason
                 return
             self.claimed.add(key)
             try:
                 ok = await self._process(task, key, teacher)
+            except _OverBudget:  # stopped before a re-ask: a resumed run asks again
+                self.claimed.discard(key)
+                return
             except asyncio.CancelledError:
                 self.claimed.discard(key)  # not answered: a resumed run asks again
                 raise
@@ -971,7 +978,7 @@ class Run:
                 self.stats.skipped += 1
                 progress.tick()
                 continue
-            reason = self.budget.exhausted(reserved_tokens=self._in_flight_tokens())
+            reason = self._over_budget()
             if reason is not None:
                 self.stop_reason = reason
                 return
@@ -983,6 +990,9 @@ class Run:
                     assert self.gate is not None
                     leads = await self.gate.enter(prefix)
                 await self._process(task, key, teacher)
+            except _OverBudget:  # the budget went while it waited at the gate, or before a re-ask
+                self.claimed.discard(key)  # not answered: a resumed run asks again
+                return
             except asyncio.CancelledError:
                 self.claimed.discard(key)  # not answered: a resumed run asks again
                 raise
@@ -1010,6 +1020,21 @@ class Run:
             return sum(estimate[0] + estimate[1] for _, estimate in self._in_flight.values())
         per_request = (self.stats.prompt_tokens + self.stats.completion_tokens) // self.stats.requests
         return per_request * self.limiter.concurrency.in_flight
+
+    def _in_flight_usd(self) -> float | None:
+        """What every request reserved and not yet answered may cost: its prompt estimate at the input
+        rate and its max_tokens at the output rate. All of them, those still queued at the limiter too,
+        and never an average of earlier answers: a short answer says nothing of the next one's bound."""
+        price = self.budget.price
+        if price is None:
+            return None
+        return sum(price.cost(*estimate) for _, estimate in self._in_flight.values())
+
+    def _over_budget(self) -> str | None:
+        """Why no further request may leave (the budget with every request in flight counted), or None."""
+        return self.budget.exhausted(
+            reserved_tokens=self._in_flight_tokens(), reserved_usd=self._in_flight_usd()
+        )
 
     def _on_retry(self, e: TeacherError, task_id: str, key: int) -> None:
         self.stats.retries += 1
@@ -1099,6 +1124,15 @@ class Run:
         last: Usage | None = None  # what the previous request of this task cost
         while True:
             attempts += 1
+            # Checked here, right before the reservation (no await between): a worker that waited at the
+            # prefix gate, and a re-ask, are new requests the budget may no longer allow.
+            reason = self._over_budget()
+            if reason is not None:
+                self.stop_reason = reason
+                if last is not None:  # settle the answered request (a (0, 0) reservation carries it)
+                    assert self.journal is not None
+                    self.journal.reserve(task.id, (0, 0), last)
+                raise _OverBudget(reason)
             self._reserve(task.id, key, (estimate_tokens(messages, 0), self._max_completion), last)
             try:
                 comp = await with_retries(
