@@ -15,12 +15,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import all_task_ids, ids_in, rows_in
 
 from gen import RunOptions, run
 from gen.audit import audit
 from gen.decontaminate import words
 from gen.errors import ConfigError
-from tests.helpers import all_task_ids, ids_in, rows_in
 
 # Benchmark questions (more than 13 words each) and the seed inputs that quote them.
 Q_JSONL = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."

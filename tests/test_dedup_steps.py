@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import rows_in
+
 from gen import RunOptions, run
-from tests.helpers import rows_in
 
 # One row per topic: a method gen does not ship, in a file beside the prompt file.
 STEP = """

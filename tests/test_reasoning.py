@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import rows_in
 
 from gen import RunOptions, run
 from gen.cli import main
@@ -15,7 +16,6 @@ from gen.config import request_timeout
 from gen.reasoning import split_think
 from gen.teachers.anthropic import max_tokens_of
 from gen.teachers.http import reply_limit
-from tests.helpers import rows_in
 
 SCHEMA = {
     "type": "object",

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_reasoning import _prompt
 
 from gen import RunOptions, run
 from gen.audit import audit
-from tests.test_reasoning import _prompt
 
 
 @pytest.mark.parametrize("fmt", ["field", "think-tags", "drop"])

@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import rows_in
+from test_reasoning import _prompt
 
 from gen import RunOptions, run
 from gen.dedup import Deduplicator
 from gen.reasoning import SAMPLE_REACH, SAMPLE_WHOLE, SAMPLE_WIDTH, SAMPLE_WINDOWS, trace_sample
-from tests.helpers import rows_in
-from tests.test_reasoning import _prompt
 
 BOXED = "\\boxed{42}"
 

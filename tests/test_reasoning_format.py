@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import rows_in
+from test_reasoning import _prompt
 
 from gen import RunOptions, run
 from gen.cli import main
-from tests.helpers import rows_in
-from tests.test_reasoning import _prompt
 
 
 @pytest.mark.parametrize("fmt", ["field", "think-tags", "drop"])

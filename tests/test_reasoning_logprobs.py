@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import rows_in
+from test_reasoning import _prompt
 
 from gen import RunOptions, run
 from gen.cli import main
 from gen.sim.instances import sentences
-from tests.helpers import rows_in
-from tests.test_reasoning import _prompt
 
 
 def test_logprobs_of_a_1000_token_answer_with_k_5_stay_under_100_kb_on_disk(

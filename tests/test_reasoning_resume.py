@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import rows_in
+from test_reasoning import _prompt
 
 from gen import RunOptions, run
 from gen.cli import main
-from tests.helpers import rows_in
-from tests.test_reasoning import _prompt
 
 V1_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 NEW_IN_V2 = ("reasoning", "reasoning_tokens", "logprobs")

@@ -11,10 +11,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from test_reasoning_dedup import rows_in_one
 
 from gen.reasoning import assistant_message
 from gen.shards import ShardWriter, _shares_traces, parquet_rows
-from tests.test_reasoning_dedup import rows_in_one
 
 
 def _with_trace(row: dict[str, Any], i: int, trace: str | None, fmt: str) -> dict[str, Any]:
