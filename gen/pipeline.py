@@ -22,19 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gen import __version__
+from gen import __version__, resume
 from gen.budget import Budget
 from gen.card import write_card
 from gen.config import RunOptions, request_timeout
 from gen.dedup import Deduplicator, key_of, reasoning_of, resolve_steps
 from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError, leaks_secret, redact
 from gen.ledger import (
-    BadEntry,
     Journal,
     Usage,
     id_key,
-    journal_entries,
-    journal_segments,
     partition_of,
     remove_empty_journal,
 )
@@ -50,7 +47,6 @@ from gen.reasoning import (
     assistant_message,
     estimated_tokens,
     journal_form,
-    restored,
     split_think,
 )
 from gen.retry import RetryPolicy, with_retries
@@ -58,12 +54,6 @@ from gen.rows import COLUMNS, Row, duplicate_row, reject_row
 from gen.shards import (
     ShardInfo,
     ShardWriter,
-    committed_shards,
-    describe_shard,
-    read_columns,
-    remove_partial_files,
-    row_problem,
-    split_of_path,
     write_json,
 )
 from gen.teachers import providers
@@ -78,7 +68,6 @@ from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, sim_answers, tally
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
 OPENAI_CACHE_MIN_TOKENS = 1024  # the prefix gate's threshold when the price table names none
-SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
 _USAGE_KEYS = (
     "prompt_tokens",
     "completion_tokens",
@@ -477,141 +466,6 @@ class Run:
                 dedup_index.write(self.p.out_dir, s.path, s.sha256, settings, seg)
                 self._indexed.add(s.path)
 
-    # --- resume ---
-
-    def _load_committed(self) -> list[ShardInfo]:
-        """Index what earlier runs committed: ids (to skip) and kept outputs (to dedup against)."""
-        out = self.p.out_dir
-        remove_partial_files(out, partition=self.partition)
-        listed = {s["path"]: s for s in (self.p.previous or {}).get("shards", [])}
-        shards = []
-        for rel in committed_shards(out, partition=self.partition):
-            info = listed.get(rel)
-            # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
-            # crash between rename and manifest write can leave, is read back and listed now.
-            if info:
-                shards.append(
-                    ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"])
-                )
-            else:
-                shards.append(describe_shard(out, rel))
-                self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
-            if shards[-1].split in ("train", "eval") and self.dedup.can_load():
-                from gen import dedup_index  # the persisted index, or the shard read and hashed
-
-                seg = dedup_index.load_or_build(self.dedup, out, rel, shards[-1].sha256)
-                keys = seg.ids.tolist()
-                self.dedup.remember_segment(seg)
-                self._indexed.add(rel)
-                if self.max_samples is not None:
-                    self._verified.update(keys)
-            elif shards[-1].split in ("train", "eval"):
-                batch = self.dedup.read_keys(out, rel)  # by the output's key
-                keys = [id_key(tid) for tid in batch.ids]
-                self.dedup.remember(batch)
-                if self.max_samples is not None:
-                    self._verified.update(keys)
-            else:
-                keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
-                if self.max_samples is not None and shards[-1].split == "duplicates":  # they passed
-                    self._verified.update(keys)
-            self.claimed.update(keys)
-            if not info:  # the manifest did not count these rows' usage: their journal entries still say it
-                self._uncounted.update(keys)
-        for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
-            theirs = _listed_sha256(other) if self.dedup.can_load() else {}
-            for rel in committed_shards(other):
-                if split_of_path(rel) in ("train", "eval"):
-                    seg = None
-                    if rel in theirs:  # its persisted index, when made with this run's settings
-                        from gen import dedup_index
-
-                        settings = dedup_index.settings_of(self.dedup)
-                        seg, _ = dedup_index.read(other, rel, theirs[rel], settings)
-                    if seg is not None:
-                        self.dedup.remember_segment(seg)
-                    else:
-                        self.dedup.remember(self.dedup.read_keys(other, rel))  # by this run's key
-        return shards
-
-    def _replay_journal(self) -> list[Path]:
-        """Put answers that reached the journal but not a shard back into the buffers, and count what
-        the journal says was spent: the usage of every request reported, and the reservation of every
-        request that was in flight when the run died."""
-        assert self.writer is not None
-        segments = journal_segments(self.p.out_dir, self.partition)
-        committed = frozenset((self.p.previous or {}).get("journal_committed") or ())
-        open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
-        spent = [0, 0, 0, 0]  # prompt, completion, cached and cache-written tokens
-        # A manifest without `journal_committed` was written by a gen whose journal entries were not
-        # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
-        unsealed = self.p.previous is not None and "journal_committed" not in self.p.previous
-        deduplicate = self.p.opts.dedup  # off for gen eval: every answer is kept
-        for entry in journal_entries(self.p.out_dir, self.partition, skip=committed, unsealed=unsealed):
-            if isinstance(entry, BadEntry):
-                self._skip_entry(f"{entry}")
-                continue
-            if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
-                open_[entry.task_id] = entry.estimate
-                for i, n in enumerate(entry.usage):
-                    spent[i] += n
-                continue
-            open_.pop(entry.task_id, None)
-            split, row = entry.split, entry.row
-            assert split is not None and row is not None
-            if split in ("train", "eval"):
-                row = restored(row, self.p.reasoning_format)  # the trace back in its message
-            key = id_key(entry.task_id)
-            if key in self.claimed:  # in a shard: the manifest counted it, unless it missed the shard
-                if key in self._uncounted:
-                    self._uncounted.discard(key)
-                    spent[0] += entry.usage[0]
-                    spent[1] += entry.usage[1]
-                continue
-            for i, n in enumerate(entry.usage):
-                spent[i] += n
-            problem = row_problem(split, row)
-            if problem is not None:
-                self._skip_entry(f"{entry}: {problem}")
-                continue
-            self.claimed.add(key)
-            if self.max_samples is not None and split in ("train", "eval", "duplicates"):
-                self._verified.add(key)
-            self.stats.replayed += 1
-            self._found_runs.add(row["run_id"])
-            if split in ("train", "eval"):
-                # The journal holds rows that passed the exact check (so it finds none here, only indexes
-                # them); the batched steps are redone in order.
-                exact = self.dedup.check_batch([row], steps=("exact",))[0] if deduplicate else None
-                if exact is not None:
-                    self._accept("duplicates", self._duplicate_row(row, exact.kept, exact.kind))
-                else:
-                    self.dedup.offer(split, row)
-            else:
-                self._accept(split, row)
-        if self.stats.journal_skipped > SKIPPED_SHOWN:
-            more = self.stats.journal_skipped - SKIPPED_SHOWN
-            self._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
-        self._carried["prompt_tokens"] += spent[0]
-        self._carried["completion_tokens"] += spent[1]
-        self._carried["cached_input_tokens"] += spent[2]
-        self._carried["cache_write_tokens"] += spent[3]
-        self.budget.charge(*spent)
-        for task_id, estimate in open_.items():
-            # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
-            # request itself is in a provider batch, which the batch log tracks): never in flight here.
-            if id_key(task_id) not in self.claimed and estimate != (0, 0):
-                self._carried["unanswered_requests"] += 1
-                self._carried["unanswered_tokens"] += estimate[0] + estimate[1]
-                self.budget.charge(*estimate)
-        self._drain()
-        return segments
-
-    def _skip_entry(self, what: str) -> None:
-        self.stats.journal_skipped += 1
-        if self.stats.journal_skipped <= SKIPPED_SHOWN:
-            self._say(f"skipped journal entry {what}; its task is asked again")
-
     # --- the producer ---
 
     async def execute(self, *, alongside: Coroutine[Any, Any, Any] | None = None) -> RunResult:
@@ -641,7 +495,7 @@ class Run:
                     f"{p.out_dir} was deduplicated by output text (made before [dedup] on existed); "
                     "it is resumed with that key, and its manifest records it"
                 )
-            shards = await asyncio.to_thread(self._load_committed)
+            shards = await asyncio.to_thread(resume.load_committed, self)
             self.writer = ShardWriter(
                 p.out_dir,
                 rows_per_shard=p.opts.shard_rows,
@@ -649,7 +503,7 @@ class Run:
                 on_checkpoint=self._on_checkpoint,
                 partition=self.partition,
             )
-            old_segments = self._replay_journal()
+            old_segments = resume.replay_journal(self)
             self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
             # Commits replayed answers and what the journal says was spent, then drops the old journal.
             await self.writer.checkpoint(self._closing(old_segments))
@@ -1382,17 +1236,6 @@ class Run:
         closed = self.journal.rotate()
         self._carry_reservations()
         await self.writer.checkpoint(self._closing([closed]))
-
-
-def _listed_sha256(out_dir: Path) -> dict[str, str]:
-    """Shard path -> sha256 as another output's manifest lists them ({} when it cannot be read)."""
-    from gen.ledger import load_manifest
-
-    try:
-        manifest = load_manifest(out_dir) or {}
-        return {s["path"]: s["sha256"] for s in manifest.get("shards", [])}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}
 
 
 class OutputError(GenError):
