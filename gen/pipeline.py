@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gen import __version__, resume
+from gen import __version__, asking, resume
 from gen.budget import Budget
 from gen.card import write_card
 from gen.config import RunOptions, request_timeout
 from gen.dedup import Deduplicator, key_of, reasoning_of, resolve_steps
-from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError, leaks_secret, redact
+from gen.errors import ConfigError, GenError
 from gen.ledger import (
     Journal,
     Usage,
@@ -35,22 +35,18 @@ from gen.ledger import (
     partition_of,
     remove_empty_journal,
 )
-from gen.limits import LimitedTeacher, Limiter, estimate_tokens
+from gen.limits import LimitedTeacher, Limiter
 from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
 from gen.prefix import PrefixGate, grouped
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.reasoning import (
-    CLOSE,
-    OPEN,
     assistant_message,
-    estimated_tokens,
     journal_form,
-    split_think,
 )
-from gen.retry import RetryPolicy, with_retries
-from gen.rows import COLUMNS, Row, duplicate_row, reject_row
+from gen.retry import RetryPolicy
+from gen.rows import Row, duplicate_row, reject_row
 from gen.shards import (
     ShardInfo,
     ShardWriter,
@@ -62,7 +58,7 @@ from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
 from gen.templates import task_id as make_task_id
-from gen.validate import Verdict, check, repair_messages
+from gen.validate import Verdict
 from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, sim_answers, tally
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
@@ -77,17 +73,8 @@ _USAGE_KEYS = (
     "unanswered_tokens",
 )
 
-# What asking until valid gives (Run._ask): the completion, its verdict, the attempts, the prompt,
-# completion and cached prompt tokens summed over them, and what the last request cost. A plain tuple:
-# one per row.
-_Asked = tuple[Completion, Verdict, int, int, int, int, Usage]
-
 # How a run ended; the CLI maps these to exit statuses.
 COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
-
-
-class _OverBudget(Exception):
-    """Raised by Run._ask before a request the budget no longer allows: the task stays undecided."""
 
 
 @dataclass(slots=True)
@@ -200,15 +187,6 @@ def _inputs(it: Iterator[Task]) -> Iterator[list[Task]]:
         group.append(task)
     if group:
         yield group
-
-
-def _carry_over(row: dict[str, Any], reject: dict[str, Any]) -> dict[str, Any]:
-    """`reject` with what the data row `row` holds in the reject's other columns (a reasoning trace, say):
-    an answer that failed verification keeps everything it had."""
-    for c in COLUMNS["rejects"]:
-        if reject.get(c.name) is None and row.get(c.name) is not None:
-            reject[c.name] = row[c.name]
-    return reject
 
 
 def _take(it: Iterator[Task], limit: int | None) -> Iterator[Task]:
@@ -790,7 +768,7 @@ class Run:
             self.claimed.add(key)
             try:
                 ok = await self._process(task, key, teacher)
-            except _OverBudget:  # stopped before a re-ask: a resumed run asks again
+            except asking.OverBudget:  # stopped before a re-ask: a resumed run asks again
                 self.claimed.discard(key)
                 return
             except asyncio.CancelledError:
@@ -844,7 +822,7 @@ class Run:
                     assert self.gate is not None
                     leads = await self.gate.enter(prefix)
                 await self._process(task, key, teacher)
-            except _OverBudget:  # the budget went while it waited at the gate, or before a re-ask
+            except asking.OverBudget:  # the budget went while it waited at the gate, or before a re-ask
                 self.claimed.discard(key)  # not answered: a resumed run asks again
                 return
             except asyncio.CancelledError:
@@ -890,27 +868,9 @@ class Run:
             reserved_tokens=self._in_flight_tokens(), reserved_usd=self._in_flight_usd()
         )
 
-    def _on_retry(self, e: TeacherError, task_id: str, key: int) -> None:
-        self.stats.retries += 1
-        if e.status == 429:
-            self.stats.throttled += 1
-        if e.billed:  # the failed attempt is spent; the retry is journaled as a request of its own
-            spent = self._abandon(key)
-            if spent is not None:
-                self._reserve(task_id, key, spent, spent)
-
-    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> bool:
-        """One task to its outcome: ask until valid, verify ([verify]), then the exact-duplicate check,
-        then the row. True when the answer was kept (a row or a duplicate), else a reject."""
-        if task.messages is None:
-            await self._finish(
-                task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
-            )
-            return False
-        asked = await self._ask(task, key, teacher)
-        if asked is None:
-            return False
-        return await self._decide(task, *asked)
+    async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> asking.Asked | None:
+        """Ask until valid (gen.asking.ask)."""
+        return await asking.ask(self, task, key, teacher)
 
     async def _decide(
         self,
@@ -923,148 +883,24 @@ class Run:
         cached_tokens: int,
         last: Usage,
     ) -> bool:
-        """A valid answer to its outcome: verification ([verify]), the exact-duplicate check, then the row
-        (or the duplicate). True when the answer was kept (a row or a duplicate), else a reject. The
-        online workers and the batch driver (gen.batching) both end a task here."""
-        assert task.messages is not None
-        answer = verdict.output_json if verdict.output_json is not None else comp.text
-        if self.verifier is not None:
-            outcome = await asyncio.get_running_loop().run_in_executor(
-                self._verify_pool, self.verifier.check, comp.text, verdict.output_json, task.vars_json
-            )
-            if not outcome.ok:
-                row = self._data_row(
-                    task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
-                )
-                reject = self._reject_row(
-                    task, VERIFICATION_FAILED, outcome.error or "", comp.text, attempts, outcome.reference
-                )
-                await self._finish(task, "rejects", _carry_over(row, reject), last)
-                return False
-        kept = None
-        if self.p.opts.dedup:
-            kept = self.dedup.check_exact(
-                self.dedup.message_digest(task.messages, answer, comp.reasoning), id_key(task.id)
-            )
-        if kept is not None:
-            dup = {
-                "id": task.id,
-                "output": verdict.output_json,
-                "response": comp.text,
-                "vars": task.vars_json,
-            }
-            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
-            return True
-        row = self._data_row(
-            task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
+        """A valid answer to its outcome (gen.asking.decide); the batch driver (gen.batching) ends a task
+        here too."""
+        return await asking.decide(
+            self, task, comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last
         )
-        await self._finish(task, task.split, row, last)
-        return True
 
-    async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> _Asked | None:
-        """Ask the teacher until the reply is valid: re-ask with the validator's error (afresh, with
-        another seed, after a truncated reply) up to the template's `max_attempts`. Each request is
-        reserved in the journal before it leaves and charged to the budget when answered.
-
-        Returns the valid completion, its verdict, the attempts, the usage summed over them and what
-        the last request cost; or None when the task ended as a reject: journaled here (invalid,
-        truncated, teacher_error, secret_echo), or held by `first_failures` while no request of the
-        run has been answered yet."""
-        assert task.messages is not None
-        seed = int(task.id[:8], 16) & 0x7FFFFFFF  # per task: a rerun asks the same question the same way
-        messages = task.messages
-        prompt_tokens = completion_tokens = cached_tokens = 0
-        attempts = 0
-        last: Usage | None = None  # what the previous request of this task cost
-        while True:
-            attempts += 1
-            # Checked here, right before the reservation (no await between): a worker that waited at the
-            # prefix gate, and a re-ask, are new requests the budget may no longer allow.
-            reason = self._over_budget()
-            if reason is not None:
-                self.stop_reason = reason
-                if last is not None:  # settle the answered request (a (0, 0) reservation carries it)
-                    assert self.journal is not None
-                    self.journal.reserve(task.id, (0, 0), last)
-                raise _OverBudget(reason)
-            self._reserve(task.id, key, (estimate_tokens(messages, 0), self._max_completion), last)
-            try:
-                comp = await with_retries(
-                    lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=self.p.sampling),
-                    self.retry_policy,
-                    on_retry=lambda e: self._on_retry(e, task.id, key),
-                )
-            except asyncio.CancelledError:
-                self._abandon(key)
-                raise
-            except FatalTeacherError:
-                self._in_flight.pop(key, None)
-                raise
-            except TeacherError as e:
-                # A failure the teacher may have billed (a timeout, a 2xx gen could not keep) costs its
-                # reservation; any other failed request is not billed.
-                if e.billed:
-                    spent = self._abandon(key) or (0, 0)
-                else:
-                    self._in_flight.pop(key, None)
-                    spent = (0, 0)
-                row = self._reject_row(task, "teacher_error", str(e), None, attempts)
-                if not self.first_failures.hold(task, row, e):  # held (or the run stops) while none answered
-                    await self._finish(task, "rejects", row, spent)
-                return
-            self._in_flight.pop(key, None)
-            if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
-                comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only
-            cached, written = comp.cached_tokens, comp.cache_write_tokens
-            last = (
-                (comp.prompt_tokens, comp.completion_tokens, cached, written)
-                if cached or written
-                else (comp.prompt_tokens, comp.completion_tokens)
+    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> bool:
+        """One task to its outcome: ask until valid, verify ([verify]), then the exact-duplicate check,
+        then the row. True when the answer was kept (a row or a duplicate), else a reject."""
+        if task.messages is None:
+            await self._finish(
+                task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
             )
-            if self.on_reply is not None:
-                self.on_reply(task, comp, attempts)
-            if self.first_failures.armed:
-                await self._record_held_failures()
-            self.stats.requests += 1
-            self.stats.prompt_tokens += comp.prompt_tokens
-            self.stats.completion_tokens += comp.completion_tokens
-            self.stats.cached_tokens += cached
-            self.stats.cache_write_tokens += written
-            self.budget.charge(*last)
-            prompt_tokens += comp.prompt_tokens
-            completion_tokens += comp.completion_tokens
-            cached_tokens += cached
-            if comp.reasoning is not None:
-                self.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
-            if leaks_secret(comp.text, comp.model) or (
-                comp.reasoning is not None and leaks_secret(comp.reasoning, None)
-            ):  # a teacher that echoes our key: never keep a byte of it
-                row = self._reject_row(
-                    task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
-                )
-                await self._finish(task, "rejects", row, last)
-                return
-            cut = comp.finish_reason == "length" and not self.spec.keep_truncated
-            verdict = check(comp.text, self.p.schema, truncated=cut)
-            if verdict.ok:
-                break
-            if attempts >= self.spec.max_attempts:
-                row = self._reject_row(
-                    task,
-                    verdict.reason or "invalid",
-                    verdict.error or "",
-                    comp.text,
-                    attempts,
-                    reasoning=comp.reasoning,  # by name: the argument before it is `reference`
-                )
-                await self._finish(task, "rejects", row, last)
-                return
-            self.stats.repairs += 1
-            if cut:  # ask afresh, not with the cut reply; another seed, or a seeded teacher cuts it again
-                messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
-            else:
-                messages = repair_messages(task.messages, comp.text, verdict.error or "")
-        return comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last
+            return False
+        asked = await asking.ask(self, task, key, teacher)
+        if asked is None:
+            return False
+        return await asking.decide(self, task, *asked)
 
     def _data_row(
         self,
