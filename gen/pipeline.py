@@ -3,6 +3,8 @@
 All task management lives here: a fixed pool of workers pulls from the lazy task stream (no task list
 is ever built), each keeps one request in flight, and finished rows go to the shard writer in batches.
 Every answer is journaled on arrival, so a crash at any instant costs at most the requests in flight.
+`Run` coordinates; what a resume loads (gen.resume), asking a task until valid and deciding its answer
+(gen.asking) and the teacher's start-up (gen.teacher_setup) are functions of it in modules of their own.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gen import __version__, asking, resume
+from gen import __version__, asking, resume, teacher_setup
 from gen.budget import Budget
 from gen.card import write_card
-from gen.config import RunOptions, request_timeout
+from gen.config import RunOptions
 from gen.dedup import Deduplicator, key_of, reasoning_of, resolve_steps
 from gen.errors import ConfigError, GenError
 from gen.ledger import (
@@ -52,6 +54,7 @@ from gen.shards import (
     ShardWriter,
     write_json,
 )
+from gen.teacher_setup import public_url
 from gen.teachers import providers
 from gen.teachers.base import Completion
 from gen.teachers.checks import FirstFailures, check_teacher
@@ -59,7 +62,7 @@ from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
 from gen.templates import task_id as make_task_id
 from gen.validate import Verdict
-from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, sim_answers, tally
+from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, tally
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
@@ -375,7 +378,7 @@ class Run:
             model=t.model,
             served_models=self.served_models,
             license=t.license,
-            base_urls=[_public_url(u) for u in self.base_urls]
+            base_urls=[public_url(u) for u in self.base_urls]
             if providers.get(t.provider).records_base_urls
             else [],
             launched=self.served,
@@ -460,7 +463,7 @@ class Run:
 
     async def _execute(self) -> RunResult:
         p = self.p
-        client, servers = await self._open_teacher()
+        client, servers = await teacher_setup.open_teacher(self)
         try:
             # Before anything is written or any task dispatched: a URL nothing answers, an HTML page,
             # a model the server does not list, a refused key.
@@ -570,53 +573,6 @@ class Run:
             self.budget.spent_usd,
             self._saved_usd(self.stats.cached_tokens, self.stats.cache_write_tokens),
         )
-
-    async def _open_teacher(self) -> tuple[Any, list[Any]]:
-        """The client for the run, and the servers gen started for it (stopped when the run ends)."""
-        p = self.p
-        t = p.teacher
-        spec = providers.get(t.provider)
-        launch = providers.Launch(p.prompt, t.model, self.spec.vllm.model_copy(update=p.opts.vllm))
-        answer_from = self.spec.sim.get("answer_from")
-        if answer_from and spec.launcher is not None and spec.launches(t.base_urls):
-            # The simulator answers with each input's reference (and `wrong_share` of times not).
-            launch.sim_answers = await asyncio.to_thread(sim_answers, p.expansion, str(answer_from))
-        urls = list(t.base_urls)
-        try:
-            if spec.launcher is not None and spec.launches(urls):
-                urls = await spec.launcher(launch)
-        except BaseException:
-            for server in reversed(launch.servers):
-                await server.stop()
-            raise
-        self.served += launch.served
-        self._urls = urls
-        if spec.records_base_urls:
-            self.base_urls = urls
-        client_class = spec.client_class()
-        extra: dict[str, Any] = {}
-        if getattr(client_class, "marks_cache_prefix", False) and p.price is not None:
-            extra["cache_min_tokens"] = p.price.cache_min_tokens
-
-        def client(url: str) -> Any:
-            return client_class(
-                url,
-                t.model,
-                api_key=p.api_key,
-                schema=p.schema,
-                strict=self.spec.strict,
-                max_connections=t.max_concurrency,
-                request_timeout_s=request_timeout(p.opts.request_timeout_s, p.sampling),
-                connect_timeout_s=p.opts.connect_timeout_s,
-                max_reply_bytes=p.opts.max_reply_bytes,
-                **extra,
-            )
-
-        if len(urls) == 1:
-            return client(urls[0]), launch.servers
-        from gen.teachers.pool import EndpointPool
-
-        return EndpointPool([(_public_url(u) or u, client(u)) for u in urls], log=self._say), launch.servers
 
     def _say(self, message: str) -> None:
         from tqdm import tqdm
@@ -1083,19 +1039,6 @@ class OutputError(GenError):
             f"cannot write to {out_dir}: {error.strerror or error}. Committed shards are intact and every "
             "answer received is in the journal; free space and run the same command again to resume"
         )
-
-
-def _public_url(url: str | None) -> str | None:
-    """A base URL without credentials or query string, safe to record."""
-    if not url:
-        return None
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 async def worker_pool(n: int, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
