@@ -3,6 +3,8 @@
 All task management lives here: a fixed pool of workers pulls from the lazy task stream (no task list
 is ever built), each keeps one request in flight, and finished rows go to the shard writer in batches.
 Every answer is journaled on arrival, so a crash at any instant costs at most the requests in flight.
+`Run` coordinates; what a resume loads (gen.resume), asking a task until valid and deciding its answer
+(gen.asking) and the teacher's start-up (gen.teacher_setup) are functions of it in modules of their own.
 """
 
 from __future__ import annotations
@@ -22,63 +24,49 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gen import __version__
+from gen import __version__, asking, resume, teacher_setup
 from gen.budget import Budget
 from gen.card import write_card
-from gen.config import RunOptions, request_timeout
+from gen.config import RunOptions
 from gen.dedup import Deduplicator, key_of, reasoning_of, resolve_steps
-from gen.errors import ConfigError, FatalTeacherError, GenError, TeacherError, leaks_secret, redact
+from gen.errors import ConfigError, GenError
 from gen.ledger import (
-    BadEntry,
     Journal,
     Usage,
     id_key,
-    journal_entries,
-    journal_segments,
     partition_of,
     remove_empty_journal,
 )
-from gen.limits import LimitedTeacher, Limiter, estimate_tokens
+from gen.limits import LimitedTeacher, Limiter
 from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
 from gen.prefix import PrefixGate, grouped
 from gen.prepare import Prepared, prepare, prepare_refresh
 from gen.progress import Progress
 from gen.reasoning import (
-    CLOSE,
-    OPEN,
     assistant_message,
-    estimated_tokens,
     journal_form,
-    restored,
-    split_think,
 )
-from gen.retry import RetryPolicy, with_retries
-from gen.rows import COLUMNS, Row, duplicate_row, reject_row
+from gen.retry import RetryPolicy
+from gen.rows import Row, duplicate_row, reject_row
 from gen.shards import (
     ShardInfo,
     ShardWriter,
-    committed_shards,
-    describe_shard,
-    read_columns,
-    remove_partial_files,
-    row_problem,
-    split_of_path,
     write_json,
 )
+from gen.teacher_setup import public_url
 from gen.teachers import providers
 from gen.teachers.base import Completion
 from gen.teachers.checks import FirstFailures, check_teacher
 from gen.teachers.openai import OpenAIChat
 from gen.templates import Task, canonical_json
 from gen.templates import task_id as make_task_id
-from gen.validate import Verdict, check, repair_messages
-from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, sim_answers, tally
+from gen.validate import Verdict
+from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, tally
 
 # A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
 DEFAULT_MAX_TOKENS = 1024
 OPENAI_CACHE_MIN_TOKENS = 1024  # the prefix gate's threshold when the price table names none
-SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
 _USAGE_KEYS = (
     "prompt_tokens",
     "completion_tokens",
@@ -88,17 +76,8 @@ _USAGE_KEYS = (
     "unanswered_tokens",
 )
 
-# What asking until valid gives (Run._ask): the completion, its verdict, the attempts, the prompt,
-# completion and cached prompt tokens summed over them, and what the last request cost. A plain tuple:
-# one per row.
-_Asked = tuple[Completion, Verdict, int, int, int, int, Usage]
-
 # How a run ended; the CLI maps these to exit statuses.
 COMPLETE, INTERRUPTED, BUDGET, ABORTED, FAILED = "complete", "interrupted", "budget", "aborted", "failed"
-
-
-class _OverBudget(Exception):
-    """Raised by Run._ask before a request the budget no longer allows: the task stays undecided."""
 
 
 @dataclass(slots=True)
@@ -211,15 +190,6 @@ def _inputs(it: Iterator[Task]) -> Iterator[list[Task]]:
         group.append(task)
     if group:
         yield group
-
-
-def _carry_over(row: dict[str, Any], reject: dict[str, Any]) -> dict[str, Any]:
-    """`reject` with what the data row `row` holds in the reject's other columns (a reasoning trace, say):
-    an answer that failed verification keeps everything it had."""
-    for c in COLUMNS["rejects"]:
-        if reject.get(c.name) is None and row.get(c.name) is not None:
-            reject[c.name] = row[c.name]
-    return reject
 
 
 def _take(it: Iterator[Task], limit: int | None) -> Iterator[Task]:
@@ -408,7 +378,7 @@ class Run:
             model=t.model,
             served_models=self.served_models,
             license=t.license,
-            base_urls=[_public_url(u) for u in self.base_urls]
+            base_urls=[public_url(u) for u in self.base_urls]
             if providers.get(t.provider).records_base_urls
             else [],
             launched=self.served,
@@ -477,141 +447,6 @@ class Run:
                 dedup_index.write(self.p.out_dir, s.path, s.sha256, settings, seg)
                 self._indexed.add(s.path)
 
-    # --- resume ---
-
-    def _load_committed(self) -> list[ShardInfo]:
-        """Index what earlier runs committed: ids (to skip) and kept outputs (to dedup against)."""
-        out = self.p.out_dir
-        remove_partial_files(out, partition=self.partition)
-        listed = {s["path"]: s for s in (self.p.previous or {}).get("shards", [])}
-        shards = []
-        for rel in committed_shards(out, partition=self.partition):
-            info = listed.get(rel)
-            # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
-            # crash between rename and manifest write can leave, is read back and listed now.
-            if info:
-                shards.append(
-                    ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"])
-                )
-            else:
-                shards.append(describe_shard(out, rel))
-                self._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
-            if shards[-1].split in ("train", "eval") and self.dedup.can_load():
-                from gen import dedup_index  # the persisted index, or the shard read and hashed
-
-                seg = dedup_index.load_or_build(self.dedup, out, rel, shards[-1].sha256)
-                keys = seg.ids.tolist()
-                self.dedup.remember_segment(seg)
-                self._indexed.add(rel)
-                if self.max_samples is not None:
-                    self._verified.update(keys)
-            elif shards[-1].split in ("train", "eval"):
-                batch = self.dedup.read_keys(out, rel)  # by the output's key
-                keys = [id_key(tid) for tid in batch.ids]
-                self.dedup.remember(batch)
-                if self.max_samples is not None:
-                    self._verified.update(keys)
-            else:
-                keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
-                if self.max_samples is not None and shards[-1].split == "duplicates":  # they passed
-                    self._verified.update(keys)
-            self.claimed.update(keys)
-            if not info:  # the manifest did not count these rows' usage: their journal entries still say it
-                self._uncounted.update(keys)
-        for other in self.p.opts.dedup_against:  # rows of other datasets count as already kept
-            theirs = _listed_sha256(other) if self.dedup.can_load() else {}
-            for rel in committed_shards(other):
-                if split_of_path(rel) in ("train", "eval"):
-                    seg = None
-                    if rel in theirs:  # its persisted index, when made with this run's settings
-                        from gen import dedup_index
-
-                        settings = dedup_index.settings_of(self.dedup)
-                        seg, _ = dedup_index.read(other, rel, theirs[rel], settings)
-                    if seg is not None:
-                        self.dedup.remember_segment(seg)
-                    else:
-                        self.dedup.remember(self.dedup.read_keys(other, rel))  # by this run's key
-        return shards
-
-    def _replay_journal(self) -> list[Path]:
-        """Put answers that reached the journal but not a shard back into the buffers, and count what
-        the journal says was spent: the usage of every request reported, and the reservation of every
-        request that was in flight when the run died."""
-        assert self.writer is not None
-        segments = journal_segments(self.p.out_dir, self.partition)
-        committed = frozenset((self.p.previous or {}).get("journal_committed") or ())
-        open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
-        spent = [0, 0, 0, 0]  # prompt, completion, cached and cache-written tokens
-        # A manifest without `journal_committed` was written by a gen whose journal entries were not
-        # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
-        unsealed = self.p.previous is not None and "journal_committed" not in self.p.previous
-        deduplicate = self.p.opts.dedup  # off for gen eval: every answer is kept
-        for entry in journal_entries(self.p.out_dir, self.partition, skip=committed, unsealed=unsealed):
-            if isinstance(entry, BadEntry):
-                self._skip_entry(f"{entry}")
-                continue
-            if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
-                open_[entry.task_id] = entry.estimate
-                for i, n in enumerate(entry.usage):
-                    spent[i] += n
-                continue
-            open_.pop(entry.task_id, None)
-            split, row = entry.split, entry.row
-            assert split is not None and row is not None
-            if split in ("train", "eval"):
-                row = restored(row, self.p.reasoning_format)  # the trace back in its message
-            key = id_key(entry.task_id)
-            if key in self.claimed:  # in a shard: the manifest counted it, unless it missed the shard
-                if key in self._uncounted:
-                    self._uncounted.discard(key)
-                    spent[0] += entry.usage[0]
-                    spent[1] += entry.usage[1]
-                continue
-            for i, n in enumerate(entry.usage):
-                spent[i] += n
-            problem = row_problem(split, row)
-            if problem is not None:
-                self._skip_entry(f"{entry}: {problem}")
-                continue
-            self.claimed.add(key)
-            if self.max_samples is not None and split in ("train", "eval", "duplicates"):
-                self._verified.add(key)
-            self.stats.replayed += 1
-            self._found_runs.add(row["run_id"])
-            if split in ("train", "eval"):
-                # The journal holds rows that passed the exact check (so it finds none here, only indexes
-                # them); the batched steps are redone in order.
-                exact = self.dedup.check_batch([row], steps=("exact",))[0] if deduplicate else None
-                if exact is not None:
-                    self._accept("duplicates", self._duplicate_row(row, exact.kept, exact.kind))
-                else:
-                    self.dedup.offer(split, row)
-            else:
-                self._accept(split, row)
-        if self.stats.journal_skipped > SKIPPED_SHOWN:
-            more = self.stats.journal_skipped - SKIPPED_SHOWN
-            self._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
-        self._carried["prompt_tokens"] += spent[0]
-        self._carried["completion_tokens"] += spent[1]
-        self._carried["cached_input_tokens"] += spent[2]
-        self._carried["cache_write_tokens"] += spent[3]
-        self.budget.charge(*spent)
-        for task_id, estimate in open_.items():
-            # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
-            # request itself is in a provider batch, which the batch log tracks): never in flight here.
-            if id_key(task_id) not in self.claimed and estimate != (0, 0):
-                self._carried["unanswered_requests"] += 1
-                self._carried["unanswered_tokens"] += estimate[0] + estimate[1]
-                self.budget.charge(*estimate)
-        self._drain()
-        return segments
-
-    def _skip_entry(self, what: str) -> None:
-        self.stats.journal_skipped += 1
-        if self.stats.journal_skipped <= SKIPPED_SHOWN:
-            self._say(f"skipped journal entry {what}; its task is asked again")
-
     # --- the producer ---
 
     async def execute(self, *, alongside: Coroutine[Any, Any, Any] | None = None) -> RunResult:
@@ -628,7 +463,7 @@ class Run:
 
     async def _execute(self) -> RunResult:
         p = self.p
-        client, servers = await self._open_teacher()
+        client, servers = await teacher_setup.open_teacher(self)
         try:
             # Before anything is written or any task dispatched: a URL nothing answers, an HTML page,
             # a model the server does not list, a refused key.
@@ -641,7 +476,7 @@ class Run:
                     f"{p.out_dir} was deduplicated by output text (made before [dedup] on existed); "
                     "it is resumed with that key, and its manifest records it"
                 )
-            shards = await asyncio.to_thread(self._load_committed)
+            shards = await asyncio.to_thread(resume.load_committed, self)
             self.writer = ShardWriter(
                 p.out_dir,
                 rows_per_shard=p.opts.shard_rows,
@@ -649,7 +484,7 @@ class Run:
                 on_checkpoint=self._on_checkpoint,
                 partition=self.partition,
             )
-            old_segments = self._replay_journal()
+            old_segments = resume.replay_journal(self)
             self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
             # Commits replayed answers and what the journal says was spent, then drops the old journal.
             await self.writer.checkpoint(self._closing(old_segments))
@@ -738,53 +573,6 @@ class Run:
             self.budget.spent_usd,
             self._saved_usd(self.stats.cached_tokens, self.stats.cache_write_tokens),
         )
-
-    async def _open_teacher(self) -> tuple[Any, list[Any]]:
-        """The client for the run, and the servers gen started for it (stopped when the run ends)."""
-        p = self.p
-        t = p.teacher
-        spec = providers.get(t.provider)
-        launch = providers.Launch(p.prompt, t.model, self.spec.vllm.model_copy(update=p.opts.vllm))
-        answer_from = self.spec.sim.get("answer_from")
-        if answer_from and spec.launcher is not None and spec.launches(t.base_urls):
-            # The simulator answers with each input's reference (and `wrong_share` of times not).
-            launch.sim_answers = await asyncio.to_thread(sim_answers, p.expansion, str(answer_from))
-        urls = list(t.base_urls)
-        try:
-            if spec.launcher is not None and spec.launches(urls):
-                urls = await spec.launcher(launch)
-        except BaseException:
-            for server in reversed(launch.servers):
-                await server.stop()
-            raise
-        self.served += launch.served
-        self._urls = urls
-        if spec.records_base_urls:
-            self.base_urls = urls
-        client_class = spec.client_class()
-        extra: dict[str, Any] = {}
-        if getattr(client_class, "marks_cache_prefix", False) and p.price is not None:
-            extra["cache_min_tokens"] = p.price.cache_min_tokens
-
-        def client(url: str) -> Any:
-            return client_class(
-                url,
-                t.model,
-                api_key=p.api_key,
-                schema=p.schema,
-                strict=self.spec.strict,
-                max_connections=t.max_concurrency,
-                request_timeout_s=request_timeout(p.opts.request_timeout_s, p.sampling),
-                connect_timeout_s=p.opts.connect_timeout_s,
-                max_reply_bytes=p.opts.max_reply_bytes,
-                **extra,
-            )
-
-        if len(urls) == 1:
-            return client(urls[0]), launch.servers
-        from gen.teachers.pool import EndpointPool
-
-        return EndpointPool([(_public_url(u) or u, client(u)) for u in urls], log=self._say), launch.servers
 
     def _say(self, message: str) -> None:
         from tqdm import tqdm
@@ -936,7 +724,7 @@ class Run:
             self.claimed.add(key)
             try:
                 ok = await self._process(task, key, teacher)
-            except _OverBudget:  # stopped before a re-ask: a resumed run asks again
+            except asking.OverBudget:  # stopped before a re-ask: a resumed run asks again
                 self.claimed.discard(key)
                 return
             except asyncio.CancelledError:
@@ -990,7 +778,7 @@ class Run:
                     assert self.gate is not None
                     leads = await self.gate.enter(prefix)
                 await self._process(task, key, teacher)
-            except _OverBudget:  # the budget went while it waited at the gate, or before a re-ask
+            except asking.OverBudget:  # the budget went while it waited at the gate, or before a re-ask
                 self.claimed.discard(key)  # not answered: a resumed run asks again
                 return
             except asyncio.CancelledError:
@@ -1036,27 +824,9 @@ class Run:
             reserved_tokens=self._in_flight_tokens(), reserved_usd=self._in_flight_usd()
         )
 
-    def _on_retry(self, e: TeacherError, task_id: str, key: int) -> None:
-        self.stats.retries += 1
-        if e.status == 429:
-            self.stats.throttled += 1
-        if e.billed:  # the failed attempt is spent; the retry is journaled as a request of its own
-            spent = self._abandon(key)
-            if spent is not None:
-                self._reserve(task_id, key, spent, spent)
-
-    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> bool:
-        """One task to its outcome: ask until valid, verify ([verify]), then the exact-duplicate check,
-        then the row. True when the answer was kept (a row or a duplicate), else a reject."""
-        if task.messages is None:
-            await self._finish(
-                task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
-            )
-            return False
-        asked = await self._ask(task, key, teacher)
-        if asked is None:
-            return False
-        return await self._decide(task, *asked)
+    async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> asking.Asked | None:
+        """Ask until valid (gen.asking.ask)."""
+        return await asking.ask(self, task, key, teacher)
 
     async def _decide(
         self,
@@ -1069,148 +839,24 @@ class Run:
         cached_tokens: int,
         last: Usage,
     ) -> bool:
-        """A valid answer to its outcome: verification ([verify]), the exact-duplicate check, then the row
-        (or the duplicate). True when the answer was kept (a row or a duplicate), else a reject. The
-        online workers and the batch driver (gen.batching) both end a task here."""
-        assert task.messages is not None
-        answer = verdict.output_json if verdict.output_json is not None else comp.text
-        if self.verifier is not None:
-            outcome = await asyncio.get_running_loop().run_in_executor(
-                self._verify_pool, self.verifier.check, comp.text, verdict.output_json, task.vars_json
-            )
-            if not outcome.ok:
-                row = self._data_row(
-                    task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
-                )
-                reject = self._reject_row(
-                    task, VERIFICATION_FAILED, outcome.error or "", comp.text, attempts, outcome.reference
-                )
-                await self._finish(task, "rejects", _carry_over(row, reject), last)
-                return False
-        kept = None
-        if self.p.opts.dedup:
-            kept = self.dedup.check_exact(
-                self.dedup.message_digest(task.messages, answer, comp.reasoning), id_key(task.id)
-            )
-        if kept is not None:
-            dup = {
-                "id": task.id,
-                "output": verdict.output_json,
-                "response": comp.text,
-                "vars": task.vars_json,
-            }
-            await self._finish(task, "duplicates", self._duplicate_row(dup, kept, "exact"), last)
-            return True
-        row = self._data_row(
-            task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
+        """A valid answer to its outcome (gen.asking.decide); the batch driver (gen.batching) ends a task
+        here too."""
+        return await asking.decide(
+            self, task, comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last
         )
-        await self._finish(task, task.split, row, last)
-        return True
 
-    async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> _Asked | None:
-        """Ask the teacher until the reply is valid: re-ask with the validator's error (afresh, with
-        another seed, after a truncated reply) up to the template's `max_attempts`. Each request is
-        reserved in the journal before it leaves and charged to the budget when answered.
-
-        Returns the valid completion, its verdict, the attempts, the usage summed over them and what
-        the last request cost; or None when the task ended as a reject: journaled here (invalid,
-        truncated, teacher_error, secret_echo), or held by `first_failures` while no request of the
-        run has been answered yet."""
-        assert task.messages is not None
-        seed = int(task.id[:8], 16) & 0x7FFFFFFF  # per task: a rerun asks the same question the same way
-        messages = task.messages
-        prompt_tokens = completion_tokens = cached_tokens = 0
-        attempts = 0
-        last: Usage | None = None  # what the previous request of this task cost
-        while True:
-            attempts += 1
-            # Checked here, right before the reservation (no await between): a worker that waited at the
-            # prefix gate, and a re-ask, are new requests the budget may no longer allow.
-            reason = self._over_budget()
-            if reason is not None:
-                self.stop_reason = reason
-                if last is not None:  # settle the answered request (a (0, 0) reservation carries it)
-                    assert self.journal is not None
-                    self.journal.reserve(task.id, (0, 0), last)
-                raise _OverBudget(reason)
-            self._reserve(task.id, key, (estimate_tokens(messages, 0), self._max_completion), last)
-            try:
-                comp = await with_retries(
-                    lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=self.p.sampling),
-                    self.retry_policy,
-                    on_retry=lambda e: self._on_retry(e, task.id, key),
-                )
-            except asyncio.CancelledError:
-                self._abandon(key)
-                raise
-            except FatalTeacherError:
-                self._in_flight.pop(key, None)
-                raise
-            except TeacherError as e:
-                # A failure the teacher may have billed (a timeout, a 2xx gen could not keep) costs its
-                # reservation; any other failed request is not billed.
-                if e.billed:
-                    spent = self._abandon(key) or (0, 0)
-                else:
-                    self._in_flight.pop(key, None)
-                    spent = (0, 0)
-                row = self._reject_row(task, "teacher_error", str(e), None, attempts)
-                if not self.first_failures.hold(task, row, e):  # held (or the run stops) while none answered
-                    await self._finish(task, "rejects", row, spent)
-                return
-            self._in_flight.pop(key, None)
-            if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
-                comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only
-            cached, written = comp.cached_tokens, comp.cache_write_tokens
-            last = (
-                (comp.prompt_tokens, comp.completion_tokens, cached, written)
-                if cached or written
-                else (comp.prompt_tokens, comp.completion_tokens)
+    async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> bool:
+        """One task to its outcome: ask until valid, verify ([verify]), then the exact-duplicate check,
+        then the row. True when the answer was kept (a row or a duplicate), else a reject."""
+        if task.messages is None:
+            await self._finish(
+                task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
             )
-            if self.on_reply is not None:
-                self.on_reply(task, comp, attempts)
-            if self.first_failures.armed:
-                await self._record_held_failures()
-            self.stats.requests += 1
-            self.stats.prompt_tokens += comp.prompt_tokens
-            self.stats.completion_tokens += comp.completion_tokens
-            self.stats.cached_tokens += cached
-            self.stats.cache_write_tokens += written
-            self.budget.charge(*last)
-            prompt_tokens += comp.prompt_tokens
-            completion_tokens += comp.completion_tokens
-            cached_tokens += cached
-            if comp.reasoning is not None:
-                self.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
-            if leaks_secret(comp.text, comp.model) or (
-                comp.reasoning is not None and leaks_secret(comp.reasoning, None)
-            ):  # a teacher that echoes our key: never keep a byte of it
-                row = self._reject_row(
-                    task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
-                )
-                await self._finish(task, "rejects", row, last)
-                return
-            cut = comp.finish_reason == "length" and not self.spec.keep_truncated
-            verdict = check(comp.text, self.p.schema, truncated=cut)
-            if verdict.ok:
-                break
-            if attempts >= self.spec.max_attempts:
-                row = self._reject_row(
-                    task,
-                    verdict.reason or "invalid",
-                    verdict.error or "",
-                    comp.text,
-                    attempts,
-                    reasoning=comp.reasoning,  # by name: the argument before it is `reference`
-                )
-                await self._finish(task, "rejects", row, last)
-                return
-            self.stats.repairs += 1
-            if cut:  # ask afresh, not with the cut reply; another seed, or a seeded teacher cuts it again
-                messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
-            else:
-                messages = repair_messages(task.messages, comp.text, verdict.error or "")
-        return comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last
+            return False
+        asked = await asking.ask(self, task, key, teacher)
+        if asked is None:
+            return False
+        return await asking.decide(self, task, *asked)
 
     def _data_row(
         self,
@@ -1384,17 +1030,6 @@ class Run:
         await self.writer.checkpoint(self._closing([closed]))
 
 
-def _listed_sha256(out_dir: Path) -> dict[str, str]:
-    """Shard path -> sha256 as another output's manifest lists them ({} when it cannot be read)."""
-    from gen.ledger import load_manifest
-
-    try:
-        manifest = load_manifest(out_dir) or {}
-        return {s["path"]: s["sha256"] for s in manifest.get("shards", [])}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}
-
-
 class OutputError(GenError):
     """Writing the output failed (disk full, permissions): committed shards are intact."""
 
@@ -1404,19 +1039,6 @@ class OutputError(GenError):
             f"cannot write to {out_dir}: {error.strerror or error}. Committed shards are intact and every "
             "answer received is in the journal; free space and run the same command again to resume"
         )
-
-
-def _public_url(url: str | None) -> str | None:
-    """A base URL without credentials or query string, safe to record."""
-    if not url:
-        return None
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 async def worker_pool(n: int, work: Callable[[], Coroutine[Any, Any, None]]) -> None:

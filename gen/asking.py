@@ -1,0 +1,212 @@
+"""Asking one task until its answer is valid, and what becomes of a valid answer.
+
+`ask` is the ask-until-valid loop: each request reserved in the journal before it leaves, retried
+(gen.retry), charged to the budget when answered, re-asked with the validator's error or afresh after a
+truncated reply, up to the template's `max_attempts`; a task that ends as a reject is journaled here.
+`decide` takes a valid answer to its outcome: verification ([verify]), the exact-duplicate check, then
+the row or the duplicate. Functions of the `Run` (gen.pipeline) whose state they use; no asyncio task is
+created here (the pipeline creates and cancels them all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from gen.errors import FatalTeacherError, TeacherError, leaks_secret, redact
+from gen.ledger import Usage, id_key
+from gen.limits import LimitedTeacher, estimate_tokens
+from gen.reasoning import CLOSE, OPEN, estimated_tokens, split_think
+from gen.retry import with_retries
+from gen.rows import COLUMNS
+from gen.teachers.base import Completion
+from gen.templates import Task
+from gen.validate import Verdict, check, repair_messages
+from gen.verify import VERIFICATION_FAILED
+
+if TYPE_CHECKING:
+    from gen.pipeline import Run
+
+# What asking until valid gives (`ask`): the completion, its verdict, the attempts, the prompt,
+# completion and cached prompt tokens summed over them, and what the last request cost. A plain tuple:
+# one per row.
+Asked = tuple[Completion, Verdict, int, int, int, int, Usage]
+
+
+class OverBudget(Exception):
+    """Raised by `ask` before a request the budget no longer allows: the task stays undecided."""
+
+
+def _on_retry(run: Run, e: TeacherError, task_id: str, key: int) -> None:
+    run.stats.retries += 1
+    if e.status == 429:
+        run.stats.throttled += 1
+    if e.billed:  # the failed attempt is spent; the retry is journaled as a request of its own
+        spent = run._abandon(key)
+        if spent is not None:
+            run._reserve(task_id, key, spent, spent)
+
+
+async def ask(run: Run, task: Task, key: int, teacher: LimitedTeacher) -> Asked | None:
+    """Ask the teacher until the reply is valid: re-ask with the validator's error (afresh, with
+    another seed, after a truncated reply) up to the template's `max_attempts`. Each request is
+    reserved in the journal before it leaves and charged to the budget when answered.
+
+    Returns the valid completion, its verdict, the attempts, the usage summed over them and what
+    the last request cost; or None when the task ended as a reject: journaled here (invalid,
+    truncated, teacher_error, secret_echo), or held by `first_failures` while no request of the
+    run has been answered yet."""
+    assert task.messages is not None
+    seed = int(task.id[:8], 16) & 0x7FFFFFFF  # per task: a rerun asks the same question the same way
+    messages = task.messages
+    prompt_tokens = completion_tokens = cached_tokens = 0
+    attempts = 0
+    last: Usage | None = None  # what the previous request of this task cost
+    while True:
+        attempts += 1
+        # Checked here, right before the reservation (no await between): a worker that waited at the
+        # prefix gate, and a re-ask, are new requests the budget may no longer allow.
+        reason = run._over_budget()
+        if reason is not None:
+            run.stop_reason = reason
+            if last is not None:  # settle the answered request (a (0, 0) reservation carries it)
+                assert run.journal is not None
+                run.journal.reserve(task.id, (0, 0), last)
+            raise OverBudget(reason)
+        run._reserve(task.id, key, (estimate_tokens(messages, 0), run._max_completion), last)
+        try:
+            comp = await with_retries(
+                lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=run.p.sampling),
+                run.retry_policy,
+                on_retry=lambda e: _on_retry(run, e, task.id, key),
+            )
+        except asyncio.CancelledError:
+            run._abandon(key)
+            raise
+        except FatalTeacherError:
+            run._in_flight.pop(key, None)
+            raise
+        except TeacherError as e:
+            # A failure the teacher may have billed (a timeout, a 2xx gen could not keep) costs its
+            # reservation; any other failed request is not billed.
+            if e.billed:
+                spent = run._abandon(key) or (0, 0)
+            else:
+                run._in_flight.pop(key, None)
+                spent = (0, 0)
+            row = run._reject_row(task, "teacher_error", str(e), None, attempts)
+            if not run.first_failures.hold(task, row, e):  # held (or the run stops) while none answered
+                await run._finish(task, "rejects", row, spent)
+            return
+        run._in_flight.pop(key, None)
+        if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
+            comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only
+        cached, written = comp.cached_tokens, comp.cache_write_tokens
+        last = (
+            (comp.prompt_tokens, comp.completion_tokens, cached, written)
+            if cached or written
+            else (comp.prompt_tokens, comp.completion_tokens)
+        )
+        if run.on_reply is not None:
+            run.on_reply(task, comp, attempts)
+        if run.first_failures.armed:
+            await run._record_held_failures()
+        run.stats.requests += 1
+        run.stats.prompt_tokens += comp.prompt_tokens
+        run.stats.completion_tokens += comp.completion_tokens
+        run.stats.cached_tokens += cached
+        run.stats.cache_write_tokens += written
+        run.budget.charge(*last)
+        prompt_tokens += comp.prompt_tokens
+        completion_tokens += comp.completion_tokens
+        cached_tokens += cached
+        if comp.reasoning is not None:
+            run.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
+        if leaks_secret(comp.text, comp.model) or (
+            comp.reasoning is not None and leaks_secret(comp.reasoning, None)
+        ):  # a teacher that echoes our key: never keep a byte of it
+            row = run._reject_row(
+                task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
+            )
+            await run._finish(task, "rejects", row, last)
+            return
+        cut = comp.finish_reason == "length" and not run.spec.keep_truncated
+        verdict = check(comp.text, run.p.schema, truncated=cut)
+        if verdict.ok:
+            break
+        if attempts >= run.spec.max_attempts:
+            row = run._reject_row(
+                task,
+                verdict.reason or "invalid",
+                verdict.error or "",
+                comp.text,
+                attempts,
+                reasoning=comp.reasoning,  # by name: the argument before it is `reference`
+            )
+            await run._finish(task, "rejects", row, last)
+            return
+        run.stats.repairs += 1
+        if cut:  # ask afresh, not with the cut reply; another seed, or a seeded teacher cuts it again
+            messages, seed = task.messages, (seed + 1) & 0x7FFFFFFF
+        else:
+            messages = repair_messages(task.messages, comp.text, verdict.error or "")
+    return comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last
+
+
+async def decide(
+    run: Run,
+    task: Task,
+    comp: Completion,
+    verdict: Verdict,
+    attempts: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int,
+    last: Usage,
+) -> bool:
+    """A valid answer to its outcome: verification ([verify]), the exact-duplicate check, then the row
+    (or the duplicate). True when the answer was kept (a row or a duplicate), else a reject. The
+    online workers and the batch driver (gen.batching) both end a task here."""
+    assert task.messages is not None
+    answer = verdict.output_json if verdict.output_json is not None else comp.text
+    if run.verifier is not None:
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            run._verify_pool, run.verifier.check, comp.text, verdict.output_json, task.vars_json
+        )
+        if not outcome.ok:
+            row = run._data_row(
+                task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
+            )
+            reject = run._reject_row(
+                task, VERIFICATION_FAILED, outcome.error or "", comp.text, attempts, outcome.reference
+            )
+            await run._finish(task, "rejects", _carry_over(row, reject), last)
+            return False
+    kept = None
+    if run.p.opts.dedup:
+        kept = run.dedup.check_exact(
+            run.dedup.message_digest(task.messages, answer, comp.reasoning), id_key(task.id)
+        )
+    if kept is not None:
+        dup = {
+            "id": task.id,
+            "output": verdict.output_json,
+            "response": comp.text,
+            "vars": task.vars_json,
+        }
+        await run._finish(task, "duplicates", run._duplicate_row(dup, kept, "exact"), last)
+        return True
+    row = run._data_row(
+        task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
+    )
+    await run._finish(task, task.split, row, last)
+    return True
+
+
+def _carry_over(row: dict[str, Any], reject: dict[str, Any]) -> dict[str, Any]:
+    """`reject` with what the data row `row` holds in the reject's other columns (a reasoning trace, say):
+    an answer that failed verification keeps everything it had."""
+    for c in COLUMNS["rejects"]:
+        if reject.get(c.name) is None and row.get(c.name) is not None:
+            reject[c.name] = row[c.name]
+    return reject

@@ -1,0 +1,173 @@
+"""What a resumed run loads before it asks anything: the shards earlier runs committed (ids to skip,
+kept outputs to dedup against, other datasets named by --dedup-against) and the answers the journal
+holds that no shard does, with what the journal says was spent.
+
+Functions of the `Run` they fill (gen.pipeline): its claimed ids, dedup state, counters and budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gen.ledger import BadEntry, Usage, id_key, journal_entries, journal_segments
+from gen.reasoning import restored
+from gen.shards import (
+    ShardInfo,
+    committed_shards,
+    describe_shard,
+    read_columns,
+    remove_partial_files,
+    row_problem,
+    split_of_path,
+)
+
+if TYPE_CHECKING:
+    from gen.pipeline import Run
+
+SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest are counted in one line
+
+
+def load_committed(run: Run) -> list[ShardInfo]:
+    """Index what earlier runs committed: ids (to skip) and kept outputs (to dedup against)."""
+    out = run.p.out_dir
+    remove_partial_files(out, partition=run.partition)
+    listed = {s["path"]: s for s in (run.p.previous or {}).get("shards", [])}
+    shards = []
+    for rel in committed_shards(out, partition=run.partition):
+        info = listed.get(rel)
+        # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
+        # crash between rename and manifest write can leave, is read back and listed now.
+        if info:
+            shards.append(ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"]))
+        else:
+            shards.append(describe_shard(out, rel))
+            run._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
+        if shards[-1].split in ("train", "eval") and run.dedup.can_load():
+            from gen import dedup_index  # the persisted index, or the shard read and hashed
+
+            seg = dedup_index.load_or_build(run.dedup, out, rel, shards[-1].sha256)
+            keys = seg.ids.tolist()
+            run.dedup.remember_segment(seg)
+            run._indexed.add(rel)
+            if run.max_samples is not None:
+                run._verified.update(keys)
+        elif shards[-1].split in ("train", "eval"):
+            batch = run.dedup.read_keys(out, rel)  # by the output's key
+            keys = [id_key(tid) for tid in batch.ids]
+            run.dedup.remember(batch)
+            if run.max_samples is not None:
+                run._verified.update(keys)
+        else:
+            keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
+            if run.max_samples is not None and shards[-1].split == "duplicates":  # they passed
+                run._verified.update(keys)
+        run.claimed.update(keys)
+        if not info:  # the manifest did not count these rows' usage: their journal entries still say it
+            run._uncounted.update(keys)
+    for other in run.p.opts.dedup_against:  # rows of other datasets count as already kept
+        theirs = _listed_sha256(other) if run.dedup.can_load() else {}
+        for rel in committed_shards(other):
+            if split_of_path(rel) in ("train", "eval"):
+                seg = None
+                if rel in theirs:  # its persisted index, when made with this run's settings
+                    from gen import dedup_index
+
+                    settings = dedup_index.settings_of(run.dedup)
+                    seg, _ = dedup_index.read(other, rel, theirs[rel], settings)
+                if seg is not None:
+                    run.dedup.remember_segment(seg)
+                else:
+                    run.dedup.remember(run.dedup.read_keys(other, rel))  # by this run's key
+    return shards
+
+
+def replay_journal(run: Run) -> list[Path]:
+    """Put answers that reached the journal but not a shard back into the buffers, and count what
+    the journal says was spent: the usage of every request reported, and the reservation of every
+    request that was in flight when the run died."""
+    assert run.writer is not None
+    segments = journal_segments(run.p.out_dir, run.partition)
+    committed = frozenset((run.p.previous or {}).get("journal_committed") or ())
+    open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
+    spent = [0, 0, 0, 0]  # prompt, completion, cached and cache-written tokens
+    # A manifest without `journal_committed` was written by a gen whose journal entries were not
+    # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
+    unsealed = run.p.previous is not None and "journal_committed" not in run.p.previous
+    deduplicate = run.p.opts.dedup  # off for gen eval: every answer is kept
+    for entry in journal_entries(run.p.out_dir, run.partition, skip=committed, unsealed=unsealed):
+        if isinstance(entry, BadEntry):
+            _skip_entry(run, f"{entry}")
+            continue
+        if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
+            open_[entry.task_id] = entry.estimate
+            for i, n in enumerate(entry.usage):
+                spent[i] += n
+            continue
+        open_.pop(entry.task_id, None)
+        split, row = entry.split, entry.row
+        assert split is not None and row is not None
+        if split in ("train", "eval"):
+            row = restored(row, run.p.reasoning_format)  # the trace back in its message
+        key = id_key(entry.task_id)
+        if key in run.claimed:  # in a shard: the manifest counted it, unless it missed the shard
+            if key in run._uncounted:
+                run._uncounted.discard(key)
+                spent[0] += entry.usage[0]
+                spent[1] += entry.usage[1]
+            continue
+        for i, n in enumerate(entry.usage):
+            spent[i] += n
+        problem = row_problem(split, row)
+        if problem is not None:
+            _skip_entry(run, f"{entry}: {problem}")
+            continue
+        run.claimed.add(key)
+        if run.max_samples is not None and split in ("train", "eval", "duplicates"):
+            run._verified.add(key)
+        run.stats.replayed += 1
+        run._found_runs.add(row["run_id"])
+        if split in ("train", "eval"):
+            # The journal holds rows that passed the exact check (so it finds none here, only indexes
+            # them); the batched steps are redone in order.
+            exact = run.dedup.check_batch([row], steps=("exact",))[0] if deduplicate else None
+            if exact is not None:
+                run._accept("duplicates", run._duplicate_row(row, exact.kept, exact.kind))
+            else:
+                run.dedup.offer(split, row)
+        else:
+            run._accept(split, row)
+    if run.stats.journal_skipped > SKIPPED_SHOWN:
+        more = run.stats.journal_skipped - SKIPPED_SHOWN
+        run._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
+    run._carried["prompt_tokens"] += spent[0]
+    run._carried["completion_tokens"] += spent[1]
+    run._carried["cached_input_tokens"] += spent[2]
+    run._carried["cache_write_tokens"] += spent[3]
+    run.budget.charge(*spent)
+    for task_id, estimate in open_.items():
+        # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
+        # request itself is in a provider batch, which the batch log tracks): never in flight here.
+        if id_key(task_id) not in run.claimed and estimate != (0, 0):
+            run._carried["unanswered_requests"] += 1
+            run._carried["unanswered_tokens"] += estimate[0] + estimate[1]
+            run.budget.charge(*estimate)
+    run._drain()
+    return segments
+
+
+def _skip_entry(run: Run, what: str) -> None:
+    run.stats.journal_skipped += 1
+    if run.stats.journal_skipped <= SKIPPED_SHOWN:
+        run._say(f"skipped journal entry {what}; its task is asked again")
+
+
+def _listed_sha256(out_dir: Path) -> dict[str, str]:
+    """Shard path -> sha256 as another output's manifest lists them ({} when it cannot be read)."""
+    from gen.ledger import load_manifest
+
+    try:
+        manifest = load_manifest(out_dir) or {}
+        return {s["path"]: s["sha256"] for s in manifest.get("shards", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
