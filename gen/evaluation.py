@@ -178,10 +178,10 @@ class RecordedTasks:
 
     def tasks(self, keep: Callable[[str], bool] | None = None) -> Iterator[Task]:
         for r in self.rows:
-            # The input turns as the teacher was sent them: role and content (a row's message structs
-            # also carry `reasoning_content`, null on input turns, which no request had).
-            turns = [{"role": m["role"], "content": m["content"]} for m in r["messages"][:-1]]
-            yield Task(r["id"], r["vars"], r["sample"], r["split"], turns)
+            # The input turns as the teacher was sent them: role and content (_teacher_rows reads the
+            # message structs without their `reasoning_content`, null on input turns, which no request
+            # had). Every task gets its own list; nothing changes a message dict in place.
+            yield Task(r["id"], r["vars"], r["sample"], r["split"], r["messages"][:-1])
 
     def count(self) -> int:
         return len(self.rows)
@@ -459,7 +459,9 @@ def _teacher_rows(out: Path, manifest: dict[str, Any], split: str, limit: int | 
     for shard in manifest.get("shards", []):
         if shard.get("split") not in wanted:
             continue
-        cols = read_columns(out, shard["path"], _TEACHER_COLUMNS + _TEACHER_USAGE)
+        cols = read_columns(
+            out, shard["path"], _TEACHER_COLUMNS + _TEACHER_USAGE, message_keys=("role", "content")
+        )
         names = list(cols)
         rows.extend(dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True))
         if limit is not None and len(rows) >= limit:

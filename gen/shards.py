@@ -255,12 +255,37 @@ def describe_shard(out_dir: Path, rel_path: str) -> ShardInfo:
     return ShardInfo(rel_path, split_of_path(rel_path), rows, sha256_file(path), path.stat().st_size)
 
 
-def read_columns(out_dir: Path, rel_path: str, columns: list[str]) -> dict[str, list[Any]]:
-    """Some columns of a shard as Python lists (used to rebuild the resume and dedup indexes)."""
+def read_columns(
+    out_dir: Path, rel_path: str, columns: list[str], *, message_keys: tuple[str, ...] | None = None
+) -> dict[str, list[Any]]:
+    """Some columns of a shard as Python lists (used to rebuild the resume and dedup indexes).
+
+    `message_keys`: each message of the `messages` column comes back with only these keys (dropped in
+    Arrow, before any Python object is made: `gen eval` needs role and content, not reasoning_content)."""
     # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, whose import pulls in
     # pandas (0.45 s), on the path to a resumed run's first request.
     table = _pyarrow().parquet.ParquetFile(out_dir / rel_path).read(columns=columns)
-    return {name: table.column(name).to_pylist() for name in columns}
+    out = {}
+    for name in columns:
+        col = table.column(name)
+        if name == "messages" and message_keys is not None:
+            out[name] = [m for chunk in col.chunks for m in _messages_with(chunk, message_keys)]
+        else:
+            out[name] = col.to_pylist()
+    return out
+
+
+def _messages_with(chunk: Any, keys: tuple[str, ...]) -> list[Any]:
+    """A list<struct> chunk as Python lists of dicts holding only `keys`."""
+    pa = _pyarrow()
+    values = chunk.values
+    if chunk.null_count or values.null_count:  # no row holds a null list or message; if one does, plainly
+        return [None if ms is None else [{k: m[k] for k in keys} for m in ms] for ms in chunk.to_pylist()]
+    fields = [values.field(k) for k in keys]
+    if values.offset:  # field() ignores the struct's own offset
+        fields = [f.slice(values.offset, len(values)) for f in fields]
+    trimmed = pa.StructArray.from_arrays(fields, names=list(keys))
+    return pa.ListArray.from_arrays(chunk.offsets, trimmed).to_pylist()
 
 
 def iter_column_batches(
