@@ -280,7 +280,10 @@ def _messages_with(chunk: Any, keys: tuple[str, ...]) -> list[Any]:
     pa = _pyarrow()
     values = chunk.values
     if chunk.null_count or values.null_count:  # no row holds a null list or message; if one does, plainly
-        return [None if ms is None else [{k: m[k] for k in keys} for m in ms] for ms in chunk.to_pylist()]
+        return [
+            None if ms is None else [None if m is None else {k: m[k] for k in keys} for m in ms]
+            for ms in chunk.to_pylist()
+        ]
     fields = [values.field(k) for k in keys]
     if values.offset:  # field() ignores the struct's own offset
         fields = [f.slice(values.offset, len(values)) for f in fields]
