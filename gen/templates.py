@@ -282,16 +282,15 @@ class Expansion:
         for variables in self._inputs():
             vars_json = canonical_json(variables)
             split = split_of(vars_json, fraction)
-            if keep is not None:
-                ids = [task_id(sha, name, vars_json, sample) for sample in range(self.samples)]
-                if not any(map(keep, ids)):
-                    for sample, tid in enumerate(ids):
-                        yield Task(tid, vars_json, sample, split, None, None)
-                    continue
+            ids = [task_id(sha, name, vars_json, sample) for sample in range(self.samples)]
+            if keep is not None and not any(map(keep, ids)):
+                for sample, tid in enumerate(ids):
+                    yield Task(tid, vars_json, sample, split, None, None)
+                continue
             try:
                 messages: list[dict[str, str]] | None = self.render(variables)
                 error = None
             except Exception as e:  # a row that lacks a column, 1/0, a bad format...: reject, go on
                 messages, error = None, _render_error(e)
-            for sample in range(self.samples):
-                yield Task(task_id(sha, name, vars_json, sample), vars_json, sample, split, messages, error)
+            for sample, tid in enumerate(ids):
+                yield Task(tid, vars_json, sample, split, messages, error)
