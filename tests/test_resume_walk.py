@@ -36,3 +36,23 @@ def test_a_resume_renders_only_the_inputs_it_asks(tmp_path: Path, sim_server, mo
     assert sim.stats()["requests"] - asked >= 40
     kept = ids_in(out, "data") + ids_in(out, "duplicates") + ids_in(out, "rejected")
     assert sorted(kept) == sorted(all_task_ids(prompt))
+
+
+def test_the_expansion_gives_the_ids_and_splits_task_id_and_split_of_define(tmp_path: Path) -> None:
+    from gen.config import load_prompt_file
+    from gen.templates import canonical_json, split_of, task_id
+
+    prompt = load_prompt_file(_recipe(tmp_path, n=300, samples=3))
+    expansion = Expansion(prompt, None)
+    tasks = list(expansion.tasks())
+    assert len(tasks) == 900
+    for t in tasks:
+        assert t.id == task_id(prompt.sha256, prompt.spec.name, t.vars_json, t.sample)
+        assert t.split == split_of(t.vars_json, prompt.spec.eval_fraction)
+        assert t.vars_json == canonical_json(json.loads(t.vars_json))
+    assert {t.split for t in tasks} == {"train", "eval"}
+    # Unrendered (refused by keep) or not, an input's ids and split are the same.
+    kept = {t.id for t in tasks[::7]}
+    assert [(t.id, t.split) for t in expansion.tasks(keep=kept.__contains__)] == [
+        (t.id, t.split) for t in tasks
+    ]
