@@ -139,7 +139,7 @@ def read(
         return None, f"unreadable ({e.strerror or e})"
     if len(data) < len(MAGIC) + 4 + _DIGEST or data[: len(MAGIC)] != MAGIC:
         return None, "not a gen dedup index, or truncated"
-    if hashlib.blake2b(data[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
+    if hashlib.blake2b(memoryview(data)[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
         return None, "checksum mismatch (truncated or changed)"
     (n,) = struct.unpack_from("<I", data, len(MAGIC))
     try:
@@ -175,7 +175,7 @@ def check(out_dir: Path, rel: str, shard_sha256: str) -> str | None:
         return f"unreadable ({e.strerror or e})"
     if len(data) < len(MAGIC) + 4 + _DIGEST or data[: len(MAGIC)] != MAGIC:
         return "not a gen dedup index, or truncated"
-    if hashlib.blake2b(data[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
+    if hashlib.blake2b(memoryview(data)[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
         return "checksum mismatch (truncated or changed)"
     (n,) = struct.unpack_from("<I", data, len(MAGIC))
     try:

@@ -510,7 +510,9 @@ class Run:
                 ]
             keep = self._keep()
             # Tasks sharing a prompt prefix leave together, while the provider's cache still holds it.
-            tasks = grouped(_take(p.expansion.tasks(keep=keep), p.opts.limit), p.opts.dispatch_window)
+            tasks = grouped(
+                _take(p.expansion.tasks(keep=self._render_keep(keep)), p.opts.limit), p.opts.dispatch_window
+            )
             if p.opts.batch:  # the provider's batch API (gen.batching): one driver instead of workers
                 from gen.batching import BatchDriver
 
@@ -672,6 +674,19 @@ class Run:
 
         return keep
 
+    def _render_keep(self, keep: Callable[[str], bool] | None) -> Callable[[str], bool] | None:
+        """The ids whose input the expansion renders: `keep`'s, less the ids already decided, so a resume
+        of a large output does not render every done input again before its first request. Not for
+        rejection sampling (an input's retries need its messages) or the batch driver."""
+        if self.max_samples is not None or self.p.opts.batch or not self.claimed:
+            return keep
+        claimed = self.claimed
+
+        def undecided(tid: str) -> bool:
+            return int(tid[:16], 16) not in claimed and (keep is None or keep(tid))  # id_key, inlined
+
+        return undecided
+
     async def _sampling_worker(
         self,
         inputs: Iterator[list[Task]],
@@ -767,6 +782,10 @@ class Run:
                 progress.tick()
                 continue
             reason = self._over_budget()
+            if reason is None and task.messages is None and task.render_error is None:
+                # Not rendered, as claimed when the expansion passed it: only a duplicate input whose
+                # first copy a worker gave back when the budget stopped it (OverBudget). Left undecided.
+                reason = "the budget ran out with a task in flight"
             if reason is not None:
                 self.stop_reason = reason
                 return

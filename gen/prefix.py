@@ -51,6 +51,9 @@ def grouped(tasks: Iterator[Task], window: int = DISPATCH_WINDOW) -> Iterator[Ta
                 carry = [task]
                 break
             chunk.append(task)
+        if not any(task.messages for task in chunk):  # one group (None): a resume's walk past done tasks
+            yield from chunk
+            continue
         groups: dict[tuple[str, ...] | None, list[Task]] = {}
         for task in chunk:
             groups.setdefault(prefix_key(task), []).append(task)

@@ -276,22 +276,27 @@ class Expansion:
         With `keep`, an input none of whose task ids it keeps is not rendered (its tasks come without
         messages): a partition of a cluster run, or a refresh of a subset, pays only for the ids.
         """
-        name = self.prompt.spec.name
-        sha = self.prompt.sha256
+        # task_id and split_of, inlined (the same expressions): a resume walks every done input, ~1 us each.
+        head = f"{self.prompt.sha256}\x1f{self.prompt.spec.name}\x1f"
         fraction = self.prompt.spec.eval_fraction
+        samples = range(self.samples)
+        sha256, dumps, from_bytes = hashlib.sha256, orjson.dumps, int.from_bytes
+        options = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
         for variables in self._inputs():
-            vars_json = canonical_json(variables)
-            split = split_of(vars_json, fraction)
-            if keep is not None:
-                ids = [task_id(sha, name, vars_json, sample) for sample in range(self.samples)]
-                if not any(map(keep, ids)):
-                    for sample, tid in enumerate(ids):
-                        yield Task(tid, vars_json, sample, split, None, None)
-                    continue
+            vars_bytes = dumps(variables, option=options, default=str)  # canonical_json, as bytes
+            vars_json = vars_bytes.decode()
+            split = (
+                "eval" if from_bytes(sha256(vars_bytes).digest()[:8], "big") / 2**64 < fraction else "train"
+            )
+            ids = [sha256(f"{head}{vars_json}\x1f{sample}".encode()).hexdigest()[:32] for sample in samples]
+            if keep is not None and not any(map(keep, ids)):
+                for sample, tid in enumerate(ids):
+                    yield Task(tid, vars_json, sample, split, None, None)
+                continue
             try:
                 messages: list[dict[str, str]] | None = self.render(variables)
                 error = None
             except Exception as e:  # a row that lacks a column, 1/0, a bad format...: reject, go on
                 messages, error = None, _render_error(e)
-            for sample in range(self.samples):
-                yield Task(task_id(sha, name, vars_json, sample), vars_json, sample, split, messages, error)
+            for sample, tid in enumerate(ids):
+                yield Task(tid, vars_json, sample, split, messages, error)
