@@ -25,6 +25,7 @@ from gen.validate import Verdict, check, repair_messages
 from gen.verify import VERIFICATION_FAILED
 
 if TYPE_CHECKING:
+    from gen.budget import Price
     from gen.pipeline import Run
 
 # What asking until valid gives (`ask`): the completion, its verdict, the attempts, the prompt,
@@ -45,6 +46,41 @@ def _on_retry(run: Run, e: TeacherError, task_id: str, key: int) -> None:
         spent = run._abandon(key)
         if spent is not None:
             run._reserve(task_id, key, spent, spent)
+
+
+def take_inline_trace(comp: Completion) -> None:
+    """Move an inline `<think>` trace out of the reply's text (gen.reasoning.split_think), so validation
+    sees the answer only; a trace the protocol carried apart is left as it is."""
+    if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
+        comp.reasoning, comp.text = split_think(comp.text)
+
+
+def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage:
+    """Count an answered request in the run's stats and charge it to the budget (at `price` when it has
+    one of its own: the batch driver's); returns its usage as the journal records it."""
+    cached, written = comp.cached_tokens, comp.cache_write_tokens
+    last = (
+        (comp.prompt_tokens, comp.completion_tokens, cached, written)
+        if cached or written
+        else (comp.prompt_tokens, comp.completion_tokens)
+    )
+    s = run.stats
+    s.requests += 1
+    s.prompt_tokens += comp.prompt_tokens
+    s.completion_tokens += comp.completion_tokens
+    s.cached_tokens += cached
+    s.cache_write_tokens += written
+    if comp.reasoning is not None:
+        s.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
+    run.budget.charge(*last, price=price)
+    return last
+
+
+def reply_leaks_secret(comp: Completion) -> bool:
+    """Whether the reply repeats the API key, in its text, its model or its trace."""
+    return leaks_secret(comp.text, comp.model) or (
+        comp.reasoning is not None and leaks_secret(comp.reasoning, None)
+    )
 
 
 async def ask(run: Run, task: Task, key: int, teacher: LimitedTeacher) -> Asked | None:
@@ -99,32 +135,16 @@ async def ask(run: Run, task: Task, key: int, teacher: LimitedTeacher) -> Asked 
                 await run._finish(task, "rejects", row, spent)
             return
         run._in_flight.pop(key, None)
-        if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
-            comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only
-        cached, written = comp.cached_tokens, comp.cache_write_tokens
-        last = (
-            (comp.prompt_tokens, comp.completion_tokens, cached, written)
-            if cached or written
-            else (comp.prompt_tokens, comp.completion_tokens)
-        )
+        take_inline_trace(comp)
         if run.on_reply is not None:
             run.on_reply(task, comp, attempts)
         if run.first_failures.armed:
             await run._record_held_failures()
-        run.stats.requests += 1
-        run.stats.prompt_tokens += comp.prompt_tokens
-        run.stats.completion_tokens += comp.completion_tokens
-        run.stats.cached_tokens += cached
-        run.stats.cache_write_tokens += written
-        run.budget.charge(*last)
+        last = count_reply(run, comp)
         prompt_tokens += comp.prompt_tokens
         completion_tokens += comp.completion_tokens
-        cached_tokens += cached
-        if comp.reasoning is not None:
-            run.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
-        if leaks_secret(comp.text, comp.model) or (
-            comp.reasoning is not None and leaks_secret(comp.reasoning, None)
-        ):  # a teacher that echoes our key: never keep a byte of it
+        cached_tokens += comp.cached_tokens
+        if reply_leaks_secret(comp):  # a teacher that echoes our key: never keep a byte of it
             row = run._reject_row(
                 task, "secret_echo", "the reply holds the API key (redacted)", redact(comp.text), attempts
             )

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gen import asking
 from gen.budget import Price
 from gen.config import request_timeout
-from gen.errors import ConfigError, GenError, TeacherError, leaks_secret, redact
+from gen.errors import ConfigError, GenError, TeacherError, redact
 from gen.ledger import BatchLog, LoggedBatch, Pending, Usage, id_key
 from gen.limits import estimate_tokens
 from gen.outdir import OutputDir
-from gen.reasoning import CLOSE, OPEN, estimated_tokens, split_think
 from gen.retry import with_retries
 from gen.teachers import providers
 from gen.teachers.batch import BatchClient, BatchResult, BatchState, custom_id
@@ -519,27 +519,11 @@ class BatchDriver:
         """An answer, as Run._ask judges one: count and charge it, then a row, a reject or a re-ask."""
         run, spec = self.run, self.run.spec
         task = req.task
-        if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
-            comp.reasoning, comp.text = split_think(comp.text)  # validation sees the answer only, as online
-        cached, written = comp.cached_tokens, comp.cache_write_tokens
-        last = (
-            (comp.prompt_tokens, comp.completion_tokens, cached, written)
-            if cached or written
-            else (comp.prompt_tokens, comp.completion_tokens)
-        )
+        asking.take_inline_trace(comp)  # as online: validation sees the answer only
+        last = asking.count_reply(run, comp, price)
         earlier_cached = req.used[2] if len(req.used) > 2 else 0
-        used = (req.used[0] + last[0], req.used[1] + last[1], earlier_cached + cached)
-        run.stats.requests += 1
-        run.stats.prompt_tokens += last[0]
-        run.stats.completion_tokens += last[1]
-        run.stats.cached_tokens += cached
-        run.stats.cache_write_tokens += written
-        run.budget.charge(*last, price=price)
-        if comp.reasoning is not None:  # as Run._ask counts it
-            run.stats.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
-        if leaks_secret(comp.text, comp.model) or (
-            comp.reasoning is not None and leaks_secret(comp.reasoning, None)
-        ):
+        used = (req.used[0] + last[0], req.used[1] + last[1], earlier_cached + comp.cached_tokens)
+        if asking.reply_leaks_secret(comp):
             error = "the reply holds the API key (redacted)"
             await self._decide_reject(req, "secret_echo", error, redact(comp.text), last)
             return
@@ -547,7 +531,7 @@ class BatchDriver:
         verdict = check(comp.text, self.p.schema, truncated=cut)
         if verdict.ok:
             self.answered.add(id_key(task.id))
-            await run._decide(task, comp, verdict, req.attempt, used[0], used[1], used[2], last)
+            await asking.decide(run, task, comp, verdict, req.attempt, used[0], used[1], used[2], last)
             run.stats.tasks += 1
             self.progress.tick()
             return

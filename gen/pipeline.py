@@ -855,23 +855,6 @@ class Run:
         """Ask until valid (gen.asking.ask)."""
         return await asking.ask(self, task, key, teacher)
 
-    async def _decide(
-        self,
-        task: Task,
-        comp: Completion,
-        verdict: Verdict,
-        attempts: int,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int,
-        last: Usage,
-    ) -> bool:
-        """A valid answer to its outcome (gen.asking.decide); the batch driver (gen.batching) ends a task
-        here too."""
-        return await asking.decide(
-            self, task, comp, verdict, attempts, prompt_tokens, completion_tokens, cached_tokens, last
-        )
-
     async def _process(self, task: Task, key: int, teacher: LimitedTeacher) -> bool:
         """One task to its outcome: ask until valid, verify ([verify]), then the exact-duplicate check,
         then the row. True when the answer was kept (a row or a duplicate), else a reject."""
