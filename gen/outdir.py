@@ -8,6 +8,7 @@
       rejects/rejects-00000.parquet, duplicates/duplicates-00000.parquet
       journal/                  answers not yet in a shard (journal/p003/ for partition 3)
       index/train-00000.gidx    the dedup indexes of data/train-00000.parquet's rows (gen.dedup_index)
+      index/decided.json        how far the task stream is decided, for a fast resume (gen.decided)
       batches.jsonl             batch mode: the provider batches submitted and not yet collected
       partitions/p003.json      a cluster partition's resume state (and p003.lock while it runs)
       evals/NAME/               one `gen eval` each (gen.evaluation): answers/, results.parquet, report.json
@@ -180,6 +181,11 @@ class OutputDir:
     def dedup_index(self, rel: str) -> Path:
         """OUTPUT/index/train-00003.gidx: the persisted dedup indexes of shard `rel` (gen.dedup_index)."""
         return self.root / INDEX / (Path(rel).name.removesuffix(".parquet") + ".gidx")
+
+    @property
+    def decided(self) -> Path:
+        """OUTPUT/index/decided.json: the task stream's decided prefix (gen.decided)."""
+        return self.root / INDEX / "decided.json"
 
     def folder(self, split: str) -> Path:
         """The folder a split's shards are in: OUTPUT/data/ for train and eval."""

@@ -27,8 +27,8 @@ class Progress:
         self._bar.total = total
         self._bar.refresh()
 
-    def tick(self) -> None:
-        self._bar.update(1)
+    def tick(self, n: int = 1) -> None:
+        self._bar.update(n)
         now = time.monotonic()
         if now >= self._next_postfix:
             self._next_postfix = now + 0.5

@@ -47,9 +47,11 @@ def load_committed(run: Run) -> list[ShardInfo]:
             from gen import dedup_index  # the persisted index, or the shard read and hashed
 
             seg = dedup_index.load_or_build(run.dedup, out, rel, shards[-1].sha256)
-            keys = seg.ids.tolist()
+            keys = seg.ids  # a uint64 array: the claimed ids take it as it is (gen.idset)
             run.dedup.remember_segment(seg)
             run._indexed.add(rel)
+            if run.max_samples is not None or not info:
+                keys = keys.tolist()
             if run.max_samples is not None:
                 run._verified.update(keys)
         elif shards[-1].split in ("train", "eval"):
@@ -65,6 +67,12 @@ def load_committed(run: Run) -> list[ShardInfo]:
         run.claimed.update(keys)
         if not info:  # the manifest did not count these rows' usage: their journal entries still say it
             run._uncounted.update(keys)
+    if run.tracks_prefix():  # where the task stream starts (gen.decided), off the event loop
+        from gen import decided
+
+        run._stream = decided.stream_sha256(run.p.expansion)
+        if run._stream is not None:
+            run._start = decided.read(out, run._stream, {s.path: s.sha256 for s in shards})
     for other in run.p.opts.dedup_against:  # rows of other datasets count as already kept
         theirs = _listed_sha256(other) if run.dedup.can_load() else {}
         for rel in committed_shards(other):

@@ -238,13 +238,24 @@ class Expansion:
         except Exception as e:
             raise ConfigError(prompt.path, f"rendering the first input failed: {_render_error(e)}") from None
 
-    def _inputs(self) -> Iterator[dict[str, Any]]:
+    def _inputs(self, skip: int = 0) -> Iterator[dict[str, Any]]:
+        """Every input from the `skip`-th on: the skipped ones cost a step of itertools (seed rows are
+        still read), not a dict each."""
         # Lazy all the way: a cross product of ten million combinations is never built as a list.
         names = list(self.variables)
         lists = list(self.variables.values())
         rows: Iterator[dict[str, Any]] = self.seed.rows() if self.seed else iter([{}])
+        per_row = 1
+        for values in lists:
+            per_row *= len(values)
+        if skip and per_row:
+            rows = itertools.islice(rows, skip // per_row, None)
+        first = skip % per_row if per_row else 0
         for row in rows:
-            for values in itertools.product(*lists):
+            combos: Iterator[tuple[Any, ...]] = itertools.product(*lists)
+            if first:
+                combos, first = itertools.islice(combos, first, None), 0
+            for values in combos:
                 combo = dict(zip(names, values, strict=True))
                 yield {**row, **combo} if row else combo
 
@@ -270,28 +281,34 @@ class Expansion:
         rows = self.seed.count() if self.seed else 1
         return rows * combos * self.samples
 
-    def tasks(self, keep: Callable[[str], bool] | None = None) -> Iterator[Task]:
-        """Stream every task, lazily, in a stable order.
+    def tasks(self, keep: Callable[[str], bool] | None = None, start: int = 0) -> Iterator[Task]:
+        """Stream every task, lazily, in a stable order; from position `start` on (gen.decided: a resume
+        past the tasks an output decided).
 
         With `keep`, an input none of whose task ids it keeps is not rendered (its tasks come without
         messages): a partition of a cluster run, or a refresh of a subset, pays only for the ids.
         """
+        skip, first = divmod(start, self.samples)
         # task_id and split_of, inlined (the same expressions): a resume walks every done input, ~1 us each.
         head = f"{self.prompt.sha256}\x1f{self.prompt.spec.name}\x1f"
         fraction = self.prompt.spec.eval_fraction
         samples = range(self.samples)
         sha256, dumps, from_bytes = hashlib.sha256, orjson.dumps, int.from_bytes
         options = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-        for variables in self._inputs():
+        for variables in self._inputs(skip):
             vars_bytes = dumps(variables, option=options, default=str)  # canonical_json, as bytes
             vars_json = vars_bytes.decode()
             split = (
                 "eval" if from_bytes(sha256(vars_bytes).digest()[:8], "big") / 2**64 < fraction else "train"
             )
             ids = [sha256(f"{head}{vars_json}\x1f{sample}".encode()).hexdigest()[:32] for sample in samples]
-            if keep is not None and not any(map(keep, ids)):
+            lo = 0
+            if first:  # the input `start` falls in: its samples before `first` are decided
+                lo, first = first, 0
+            if keep is not None and not any(map(keep, ids[lo:] if lo else ids)):
                 for sample, tid in enumerate(ids):
-                    yield Task(tid, vars_json, sample, split, None, None)
+                    if sample >= lo:
+                        yield Task(tid, vars_json, sample, split, None, None)
                 continue
             try:
                 messages: list[dict[str, str]] | None = self.render(variables)
@@ -299,4 +316,5 @@ class Expansion:
             except Exception as e:  # a row that lacks a column, 1/0, a bad format...: reject, go on
                 messages, error = None, _render_error(e)
             for sample, tid in enumerate(ids):
-                yield Task(tid, vars_json, sample, split, messages, error)
+                if sample >= lo:
+                    yield Task(tid, vars_json, sample, split, messages, error)
