@@ -7,7 +7,9 @@ prints it at each tenth of the run: after warm-up it should grow only by the ind
 row are measured separately here by building each index for 100,000 rows and reading the process's
 RSS before and after. Then it resumes the output for the held-back tasks and prints the seconds from
 `gen run` starting to the simulator seeing its first request (the persisted dedup indexes are loaded,
-not rebuilt: gen/dedup_index.py), and with --rebuild also with the indexes deleted.
+not rebuilt: gen/dedup_index.py; the task stream starts at its decided prefix: gen/decided.py), then
+from a copy without index/decided.json (the stream walked past every done task), and with --rebuild
+also with index/ deleted.
 
     python bench/memory.py              # 1,000,000 tasks
     python bench/memory.py -n 200000    # shorter
@@ -40,6 +42,7 @@ def index_costs(n: int = 100_000) -> dict[str, float]:
     """Bytes per row of each index, from the RSS it adds when built for n rows (keys as a run gives them:
     64-bit id keys, 16-hex-digit id prefixes)."""
     from gen.dedup import ExactDedup
+    from gen.idset import IdSet
     from gen.near_dedup import NearDedup
 
     rng = random.Random(1)
@@ -49,8 +52,11 @@ def index_costs(n: int = 100_000) -> dict[str, float]:
     costs = {}
     gc.collect()
     before = rss_mb()
-    claimed = {int(i[:16], 16) for i in ids}
-    costs["resume index (id set)"] = (rss_mb() - before) * 2**20 / n
+    claimed = IdSet()  # as a run claims them: one at a time
+    for i in ids:
+        claimed.add(int(i[:16], 16))
+    len(claimed)  # merged into its sorted array
+    costs["resume index (claimed ids, gen.idset)"] = (rss_mb() - before) * 2**20 / n
     before = rss_mb()
     exact = ExactDedup()
     for t, i in zip(texts, ids, strict=True):
@@ -141,10 +147,17 @@ def main() -> None:
             wall = time.perf_counter() - start
             import shutil
 
+            walk = folder / "out-walk"
+            shutil.copytree(folder / "out", walk)
+            (walk / "index" / "decided.json").unlink()
             if args.rebuild:
                 keep = folder / "out-copy"
                 shutil.copytree(folder / "out", keep)
-            resume["with the persisted indexes"] = first_request_s(cmd, port)
+            resume["with the persisted indexes and decided prefix"] = first_request_s(cmd, port)
+            resume["decided prefix deleted (the stream walked past the done tasks)"] = first_request_s(
+                [*cmd[:-2], str(walk), "--no-progress"], port
+            )
+            shutil.rmtree(walk)
             if args.rebuild:
                 shutil.rmtree(keep / "index")
                 resume["indexes deleted (rebuilt from the shards)"] = first_request_s(

@@ -244,13 +244,13 @@ class Run:
         # Id keys done or in flight: each id is produced once. ~10 bytes a key, not a set's ~90 (gen.idset).
         self.claimed = IdSet()
         self._indexed: set[str] = set()  # data shards whose dedup index is persisted (gen.dedup_index)
+        self._uncounted: set[int] = set()  # id keys in shards the manifest missed: usage not yet counted
+        self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         # The task stream's decided prefix (gen.decided): its identity (None: not tracked), where this run
         # starts it, and the positions still open.
         self._stream: str | None = None
         self._start = 0
         self._prefix: decided.Prefix | None = None
-        self._uncounted: set[int] = set()  # id keys in shards the manifest missed: usage not yet counted
-        self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         self.retry_policy = RetryPolicy(max_retries=p.opts.max_retries, max_wait_s=p.opts.max_pause_s)
         self.first_failures = FirstFailures()  # stops a run whose first answers all fail alike
         prev_usage = (p.previous or {}).get("usage", {})
