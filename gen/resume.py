@@ -8,7 +8,7 @@ Functions of the `Run` they fill (gen.pipeline): its claimed ids, dedup state, c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gen.ledger import BadEntry, Usage, id_key, journal_entries, journal_segments
 from gen.reasoning import restored
@@ -33,40 +33,15 @@ def load_committed(run: Run) -> list[ShardInfo]:
     out = run.p.out_dir
     remove_partial_files(out, partition=run.partition)
     listed = {s["path"]: s for s in (run.p.previous or {}).get("shards", [])}
-    shards = []
-    for rel in committed_shards(out, partition=run.partition):
-        info = listed.get(rel)
-        # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
-        # crash between rename and manifest write can leave, is read back and listed now.
-        if info:
-            shards.append(ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"]))
-        else:
-            shards.append(describe_shard(out, rel))
-            run._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
-        if shards[-1].split in ("train", "eval") and run.dedup.can_load():
-            from gen import dedup_index  # the persisted index, or the shard read and hashed
-
-            seg = dedup_index.load_or_build(run.dedup, out, rel, shards[-1].sha256)
-            keys = seg.ids  # a uint64 array: the claimed ids take it as it is (gen.idset)
-            run.dedup.remember_segment(seg)
-            run._indexed.add(rel)
-            if run.max_samples is not None or not info:
-                keys = keys.tolist()
-            if run.max_samples is not None:
-                run._verified.update(keys)
-        elif shards[-1].split in ("train", "eval"):
-            batch = run.dedup.read_keys(out, rel)  # by the output's key
-            keys = [id_key(tid) for tid in batch.ids]
-            run.dedup.remember(batch)
-            if run.max_samples is not None:
-                run._verified.update(keys)
-        else:
-            keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
-            if run.max_samples is not None and shards[-1].split == "duplicates":  # they passed
-                run._verified.update(keys)
-        run.claimed.update(keys)
-        if not info:  # the manifest did not count these rows' usage: their journal entries still say it
-            run._uncounted.update(keys)
+    shards: list[ShardInfo] = []
+    committed = committed_shards(out, partition=run.partition)
+    ahead = _SegmentReads(run, committed, listed) if run.dedup.can_load() else None
+    try:
+        for rel in committed:
+            _load_shard(run, rel, listed.get(rel), shards, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
     if run.tracks_prefix():  # where the task stream starts (gen.decided), off the event loop
         from gen import decided
 
@@ -88,6 +63,87 @@ def load_committed(run: Run) -> list[ShardInfo]:
                 else:
                     run.dedup.remember(run.dedup.read_keys(other, rel))  # by this run's key
     return shards
+
+
+def _load_shard(
+    run: Run, rel: str, info: dict[str, Any] | None, shards: list[ShardInfo], ahead: _SegmentReads | None
+) -> None:
+    """One committed shard into the run's claimed ids and dedup state (appended to `shards`)."""
+    out = run.p.out_dir
+    # Shards the manifest lists are trusted (audit verifies them); one the manifest missed, as a
+    # crash between rename and manifest write can leave, is read back and listed now.
+    if info:
+        shards.append(ShardInfo(info["path"], info["split"], info["rows"], info["sha256"], info["bytes"]))
+    else:
+        shards.append(describe_shard(out, rel))
+        run._found_runs.update(read_columns(out, rel, ["run_id"])["run_id"])
+    keys: Any
+    if shards[-1].split in ("train", "eval") and ahead is not None:
+        from gen import dedup_index  # the persisted index, or the shard read and hashed
+
+        seg = ahead.take(rel, shards[-1].sha256)
+        if seg is None:
+            seg = dedup_index.load_or_build(run.dedup, out, rel, shards[-1].sha256)
+        keys = seg.ids  # a uint64 array: the claimed ids take it as it is (gen.idset)
+        run.dedup.remember_segment(seg)
+        run._indexed.add(rel)
+        if run.max_samples is not None or not info:
+            keys = keys.tolist()
+        if run.max_samples is not None:
+            run._verified.update(keys)
+    elif shards[-1].split in ("train", "eval"):
+        batch = run.dedup.read_keys(out, rel)  # by the output's key
+        keys = [id_key(tid) for tid in batch.ids]
+        run.dedup.remember(batch)
+        if run.max_samples is not None:
+            run._verified.update(keys)
+    else:
+        keys = [id_key(tid) for tid in read_columns(out, rel, ["id"])["id"]]
+        if run.max_samples is not None and shards[-1].split == "duplicates":  # they passed
+            run._verified.update(keys)
+    run.claimed.update(keys)
+    if not info:  # the manifest did not count these rows' usage: their journal entries still say it
+        run._uncounted.update(keys)
+
+
+class _SegmentReads:
+    """The persisted dedup index segments of listed data shards, read and checksummed two shards ahead
+    in a thread of their own (hashing and reading release the GIL), while the loader indexes the one
+    before: a large output's resume spends most of its loading in those reads."""
+
+    AHEAD = 2
+
+    def __init__(self, run: Run, rels: list[str], listed: dict[str, dict[str, Any]]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from gen import dedup_index
+
+        settings = dedup_index.settings_of(run.dedup)
+        self._todo = [
+            (rel, listed[rel]["sha256"])
+            for rel in rels
+            if rel in listed and listed[rel].get("split") in ("train", "eval") and listed[rel].get("sha256")
+        ]
+        self._read = lambda rel, sha: dedup_index.read(run.p.out_dir, rel, sha, settings)[0]
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gen-index-read")
+        self._queue: list[tuple[str, str, Any]] = []
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._todo and len(self._queue) < self.AHEAD:
+            rel, sha = self._todo.pop(0)
+            self._queue.append((rel, sha, self._pool.submit(self._read, rel, sha)))
+
+    def take(self, rel: str, sha256: str) -> Any:
+        """Shard `rel`'s segment when it was read ahead and is good; None: the caller loads it."""
+        if not self._queue or self._queue[0][:2] != (rel, sha256):
+            return None
+        _, _, fut = self._queue.pop(0)
+        self._fill()
+        return fut.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def replay_journal(run: Run) -> list[Path]:
