@@ -171,8 +171,11 @@ class ExactDedup:
             self._runs.append((d[order], k[order]))
 
     def _in_runs(self, d: int) -> int | None:
+        import numpy as np
+
+        u = np.uint64(d)  # a Python int below 2**63 would make numpy convert the whole run, per lookup
         for digests, keys in self._runs:
-            at = int(digests.searchsorted(d))
+            at = int(digests.searchsorted(u))
             if at < digests.size and int(digests[at]) == d:
                 return int(keys[at])
         return None
