@@ -105,6 +105,10 @@ class IdSet:
             if key not in gone:
                 yield key
 
+    def compact(self) -> None:
+        """Merge what was added into the sorted array now (a resume, off the event loop)."""
+        self._compact()
+
     def _compact(self) -> None:
         """Merge the recent keys and pending arrays into the sorted array (dropping removed keys)."""
         import numpy as np

@@ -42,6 +42,7 @@ def load_committed(run: Run) -> list[ShardInfo]:
     finally:
         if ahead is not None:
             ahead.close()
+    run.claimed.compact()  # sorted here, in this thread, rather than at the workers' first lookup
     if run.tracks_prefix():  # where the task stream starts (gen.decided), off the event loop
         from gen import decided
 
