@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import string
-from collections import Counter
+from collections import Counter, _count_elements  # type: ignore[attr-defined]
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -86,6 +86,7 @@ def _kind(root: dict[str, Any], node: Any) -> Kind:
 
 _ARTICLES = frozenset(("a", "an", "the"))
 _PUNCT = str.maketrans("", "", string.punctuation)
+_PUNCT_BYTES = string.punctuation.encode()
 
 
 def normalise_text(s: str) -> str:
@@ -96,6 +97,12 @@ def normalise_text(s: str) -> str:
 def _tokens(s: str) -> list[str]:
     """`normalise_text(s).split()`, without joining and splitting again. Two strings normalise to the
     same text exactly when their token lists are equal (no token holds whitespace)."""
+    if s.isascii():
+        # The same tokens, faster: for ASCII text casefold() is lower(), and deleting the punctuation
+        # bytes (all ASCII) is what str.translate does, at a fraction of its cost. Split after decoding:
+        # str.split() also splits at \x1c-\x1f, which bytes.split() does not.
+        text = s.lower().encode().translate(None, _PUNCT_BYTES).decode()
+        return [w for w in text.split() if w not in _ARTICLES]
     return [w for w in s.casefold().translate(_PUNCT).split() if w not in _ARTICLES]
 
 
@@ -109,10 +116,14 @@ def _f1(a: list[str], b: list[str]) -> float:
         return 1.0
     if not a or not b:
         return float(a == b)
-    counts = Counter(a)  # common = sum over tokens of min(count in a, count in b)
+    # common = sum over tokens of min(count in a, count in b). A plain dict counted by Counter's own C
+    # helper: Counter() itself costs as much again in Python-level calls.
+    counts: dict[str, int] = {}
+    _count_elements(counts, a)
+    get = counts.get
     common = 0
     for w in b:
-        n = counts.get(w)
+        n = get(w)
         if n:
             counts[w] = n - 1
             common += 1
@@ -363,9 +374,14 @@ class Comparison:
     f1: dict[str, list[float]] = field(default_factory=dict)
     confusion: dict[str, Confusion] = field(default_factory=dict)
     categorical: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _text_f1: tuple[list[float], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.categorical = _categorical(tuple(self.specs))
+        self._names = tuple(s.name for s in self.specs)
+        # The F1 lists of the text fields, made now in the schema's order (as `add` would make them)
+        self._text_f1 = tuple(self.f1.setdefault(s.name, []) for s in self.specs if s.kind == "text")
 
     def add(self, score: RowScore, teacher: Any, student: Any | None) -> None:
         self.rows += 1
@@ -383,6 +399,23 @@ class Comparison:
             if confusion is None:
                 confusion = self.confusion[name] = Confusion()
             confusion.add(t, s)
+
+    def add_same(self, teacher: dict[str, Any]) -> None:
+        """`add(identical_score(specs), teacher, teacher)`: a student answer that is the teacher's, object
+        for object (the caller checked it), counted without the per-field loop over a RowScore."""
+        self.rows += 1
+        self.agreed += 1
+        matched = self.matched
+        for name in self._names:
+            matched[name] += 1
+        for values in self._text_f1:
+            values.append(1.0)
+        for name in self.categorical:
+            t = label(teacher.get(name))
+            confusion = self.confusion.get(name)
+            if confusion is None:
+                confusion = self.confusion[name] = Confusion()
+            confusion.add(t, t)
 
     def fields(self) -> dict[str, dict[str, Any]]:
         out = {}

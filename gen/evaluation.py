@@ -82,6 +82,9 @@ ANSWERS, REQUESTS, RESULTS, REPORT_JSON, REPORT_MD, SETTINGS, TEACHER = (
 )
 _TEACHER_COLUMNS = ["id", "messages", "vars", "sample", "split", "output", "response"]
 _TEACHER_USAGE = ["prompt_tokens", "completion_tokens"]
+# Each student request of a row, by row id: (attempt, latency_ms, prompt_tokens, completion_tokens), as
+# requests.jsonl holds them.
+RequestLog = dict[str, list[tuple[int, float | None, int, int]]]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -520,19 +523,25 @@ class _Requests:
     def __init__(self, path: Path) -> None:
         self._f = open(path, "ab")  # noqa: SIM115 (closed by close())
         self._pending = 0
-        self.by_id: dict[str, list[dict[str, Any]]] = {}
+        self.by_id: RequestLog = {}
 
     def record(self, task: Task, comp: Any, attempt: int) -> None:
         latency = comp.latency_s
+        latency_ms = None if latency is None else round(latency * 1000, 3)
+        prompt, completion = comp.prompt_tokens, comp.completion_tokens
         entry = {
             "id": task.id,
             "attempt": attempt,
-            "latency_ms": None if latency is None else round(latency * 1000, 3),
-            "prompt_tokens": comp.prompt_tokens,
-            "completion_tokens": comp.completion_tokens,
+            "latency_ms": latency_ms,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
         }
         self._f.write(orjson.dumps(entry) + b"\n")
-        self.by_id.setdefault(task.id, []).append(entry)
+        requests = self.by_id.get(task.id)
+        if requests is None:
+            self.by_id[task.id] = [(attempt, latency_ms, prompt, completion)]
+        else:
+            requests.append((attempt, latency_ms, prompt, completion))
         self._pending += 1
         if self._pending >= self.FLUSH_EVERY:
             self._f.flush()
@@ -544,6 +553,7 @@ class _Requests:
 
 def run_eval(plan: EvalPlan) -> EvalResult:
     """Ask the student (resuming what the eval directory holds), then compare and write the report."""
+    from gen.eval_run import StudentRun
     from gen.pipeline import Run, run_loop
 
     if plan.judge is not None:
@@ -567,7 +577,7 @@ def run_eval(plan: EvalPlan) -> EvalResult:
         if not plan.teacher_rows:
             raise GenError(f"the teacher kept no answer to the fresh inputs: see {teacher_dir}/rejects/")
     requests = _Requests(plan.eval_dir / REQUESTS)
-    run = Run(plan.prepared)
+    run = StudentRun(plan.prepared)
     run.on_reply = requests.record
     try:
         result = run_loop(run.execute())
@@ -584,8 +594,12 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     if result.status != "complete":
         return EvalResult(plan.eval_dir, result.status, None, result.message, result.signal)
     try:
-        log = None if plan.resumed else requests.by_id  # a resumed eval's file holds earlier requests too
-        report = write_report(plan, served=run.served_models, wall_s=result.wall_s, log=log)
+        # A resumed eval's requests.jsonl and shards hold earlier requests and answers too: read them.
+        log = None if plan.resumed else requests.by_id
+        outcomes = None if plan.resumed else run.outcomes
+        report = write_report(
+            plan, served=run.served_models, wall_s=result.wall_s, log=log, outcomes=outcomes
+        )
     except KeyboardInterrupt:  # Ctrl-C while the judge was asked: its verdicts so far are in judge.jsonl
         from gen.eval_judge import VERDICTS_FILE
 
@@ -637,8 +651,9 @@ def _student_rows(answers: Path) -> tuple[dict[str, dict[str, Any]], dict[str, A
     return found, m
 
 
-def _request_log(path: Path) -> dict[str, list[dict[str, Any]]]:
-    by_id: dict[str, list[dict[str, Any]]] = {}
+def _request_log(path: Path) -> RequestLog:
+    """requests.jsonl read back (a resumed evaluation's: it holds the earlier runs' requests too)."""
+    by_id: RequestLog = {}
     try:
         lines = path.read_bytes().splitlines()
     except OSError:
@@ -648,8 +663,14 @@ def _request_log(path: Path) -> dict[str, list[dict[str, Any]]]:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:  # a line a crash cut short
             continue
-        by_id.setdefault(entry["id"], []).append(entry)
+        by_id.setdefault(entry["id"], []).append(
+            (entry["attempt"], entry.get("latency_ms"), entry["prompt_tokens"], entry["completion_tokens"])
+        )
     return by_id
+
+
+def _attempt(request: tuple[int, float | None, int, int]) -> int:
+    return request[0]
 
 
 def _parse(text: str | None) -> Any:
@@ -701,16 +722,21 @@ def write_report(
     *,
     served: list[str],
     wall_s: float,
-    log: dict[str, list[dict[str, Any]]] | None = None,
+    log: RequestLog | None = None,
+    outcomes: dict[str, dict[str, Any]] | None = None,
 ) -> EvalReport:
     """Compare every answered row with the teacher's; write results.parquet, report.json, report.md and
     the dataset card's Evaluation section. `log`: each request's entry by row id, as requests.jsonl
-    holds them (None: read the file)."""
+    holds them (None: read the file); `outcomes`: the student's outcome by row id, as the answers'
+    shards hold them (gen.eval_run.outcome; None: read the shards)."""
     schema = plan.prepared.schema
     specs = field_specs(schema.json_schema) if schema else free_text_specs()
     comparison = Comparison(specs)
     answers = plan.eval_dir / ANSWERS
-    student, answers_manifest = _student_rows(answers)
+    if outcomes is None:
+        student, answers_manifest = _student_rows(answers)
+    else:
+        student, answers_manifest = outcomes, load_manifest(answers) or {}
     if log is None:
         log = _request_log(plan.eval_dir / REQUESTS)
     latencies: list[float] = []
@@ -746,6 +772,23 @@ def write_report(
     if schema is None:
         from gen.judge import Pair
     tolerance = plan.opts.tolerance
+    add, add_same = comparison.add, comparison.add_same
+    # One bound append per column: this loop runs once per evaluated row.
+    (
+        ids,
+        splits,
+        valid_col,
+        first_col,
+        attempts_col,
+        reason_col,
+        response_col,
+        output_col,
+        teacher_col,
+        agrees_col,
+        latency_col,
+        prompt_col,
+        completion_col,
+    ) = (results[name].append for name, _ in columns[:13])
     for t in plan.teacher_rows:
         tid = t["id"]
         s = student.get(tid)
@@ -753,50 +796,67 @@ def write_report(
         teacher_tokens[0] += t["prompt_tokens"] or 0
         teacher_tokens[1] += t["completion_tokens"] or 0
         if schema is not None:
-            t_answer = _parse(t["output"])
-            if ok and s["output"] == t["output"] and isinstance(t_answer, dict):
+            t_output = t["output"]
+            t_answer = _parse(t_output)
+            if ok and s["output"] == t_output and isinstance(t_answer, dict):
                 # The student's validated answer is the teacher's, byte for byte (both were serialised
                 # by the same schema): one parse, and score_row's result without its per-field work.
-                s_answer, score = t_answer, same
+                score = same
+                add_same(t_answer)
             else:
                 s_answer = _parse(s["output"]) if ok else None
                 score = score_row(specs, t_answer, s_answer, tolerance=tolerance)
+                add(score, t_answer, s_answer)
         else:
-            t_answer, s_answer = t["response"], s["response"] if ok else None
+            t_output = t_answer = t["response"]
+            s_answer = s["response"] if ok else None
             score = score_text(t_answer, s_answer)
             if s_answer is not None:
                 pairs.append((tid, Pair(t["messages"], teacher=t_answer, student=s_answer)))
             else:
                 no_answer += 1
-        comparison.add(score, t_answer, s_answer)
+            add(score, t_answer, s_answer)
+        # Each request of the row: (attempt, latency_ms, prompt_tokens, completion_tokens).
         requests = log.get(tid)
-        first = None
-        if requests:
-            first = requests[0] if len(requests) == 1 else min(requests, key=lambda r: r["attempt"])
-            if first.get("latency_ms") is not None:
-                latencies.extend(r["latency_ms"] for r in requests if r.get("latency_ms") is not None)
-        attempts = s["attempts"] if s is not None else None
+        if requests is None:
+            latency = prompt = completion = None
+        elif len(requests) == 1:
+            ((_, latency, prompt, completion),) = requests
+            if latency is not None:
+                latencies.append(latency)
+        else:
+            latency = min(requests, key=_attempt)[1]
+            if latency is not None:
+                latencies.extend(r[1] for r in requests if r[1] is not None)
+            prompt = sum(r[2] for r in requests)
+            completion = sum(r[3] for r in requests)
+        if s is None:
+            attempts = None
+            reason_col(None)
+            response_col(None)
+        else:
+            attempts = s["attempts"]
+            reason_col(s.get("reason"))
+            response_col(s.get("response"))
+        first = ok and attempts == 1
         valid += ok
-        first_valid += ok and attempts == 1
-        results["id"].append(tid)
-        results["split"].append(t["split"])
-        results["valid"].append(ok)
-        results["first_answer_valid"].append(bool(ok and attempts == 1))
-        results["attempts"].append(attempts)
-        results["reason"].append(None if s is None else s.get("reason"))
-        results["student_response"].append(None if s is None else s.get("response"))
-        results["student_output"].append(s.get("output") if ok else None)
-        results["teacher_output"].append(t["output"] if schema is not None else t["response"])
-        results["agrees"].append(score.agrees)
-        results["latency_ms"].append(None if first is None else first.get("latency_ms"))
-        results["prompt_tokens"].append(sum(r["prompt_tokens"] for r in requests) if requests else None)
-        results["completion_tokens"].append(
-            sum(r["completion_tokens"] for r in requests) if requests else None
-        )
+        first_valid += first
+        ids(tid)
+        splits(t["split"])
+        valid_col(ok)
+        first_col(bool(first))
+        attempts_col(attempts)
+        output_col(s.get("output") if ok else None)
+        teacher_col(t_output)
+        agrees_col(score.agrees)
+        latency_col(latency)
+        prompt_col(prompt)
+        completion_col(completion)
+        match, f1 = score.match, score.f1
         for name, match_col, f1_col in score_columns:
-            match_col.append(score.match[name])
+            match_col.append(match[name])
             if f1_col is not None:
-                f1_col.append(score.f1.get(name))
+                f1_col.append(f1.get(name))
 
     judged = _judge_free_text(plan, pairs, no_answer) if schema is None else None
     if judged is not None:

@@ -645,6 +645,9 @@ def write_eval_results(path: Path, rows: list[dict[str, Any]], columns: list[tup
     atomic_write_bytes(path, sink.getvalue())
 
 
+_SHORT_EVAL_TEXT = frozenset(("split", "reason", "judge"))  # results.parquet's few-valued strings
+
+
 def write_eval_columns(path: Path, data: dict[str, list[Any]], columns: list[tuple[str, str]]) -> None:
     """`write_eval_results` for results already held column by column (`data`: name -> values)."""
     pa = _pyarrow()
@@ -653,6 +656,9 @@ def write_eval_columns(path: Path, data: dict[str, list[Any]], columns: list[tup
         arrays = [pa.array(data[name], type=types[kind]) for name, kind in columns]
     table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, types[k]) for n, k in columns]))
     sink = pa.BufferOutputStream()
-    pa.parquet.write_table(table, sink, compression="zstd")
+    # Long text columns (the answers) without dictionary or statistics, as in the shards: neither helps
+    # a reader of unique texts, and both cost the writer.
+    short = [name for name, kind in columns if kind != "string" or name in _SHORT_EVAL_TEXT]
+    pa.parquet.write_table(table, sink, compression="zstd", use_dictionary=short, write_statistics=short)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, sink.getvalue())
