@@ -370,16 +370,15 @@ class Comparison:
     specs: list[FieldSpec]
     rows: int = 0
     agreed: int = 0
-    matched: Counter[str] = field(default_factory=Counter)
+    matched: Counter[str] = field(default_factory=Counter)  # per field, of the rows `add` took
     f1: dict[str, list[float]] = field(default_factory=dict)
     confusion: dict[str, Confusion] = field(default_factory=dict)
     categorical: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _same: int = field(default=0, init=False, repr=False, compare=False)  # rows added by add_same
     _text_f1: tuple[list[float], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.categorical = _categorical(tuple(self.specs))
-        self._names = tuple(s.name for s in self.specs)
         # The F1 lists of the text fields, made now in the schema's order (as `add` would make them)
         self._text_f1 = tuple(self.f1.setdefault(s.name, []) for s in self.specs if s.kind == "text")
 
@@ -405,13 +404,12 @@ class Comparison:
         for object (the caller checked it), counted without the per-field loop over a RowScore."""
         self.rows += 1
         self.agreed += 1
-        matched = self.matched
-        for name in self._names:
-            matched[name] += 1
+        self._same += 1  # a match in every field: added to `matched` where it is read (fields())
         for values in self._text_f1:
             values.append(1.0)
         for name in self.categorical:
-            t = label(teacher.get(name))
+            value = teacher.get(name)
+            t = value if type(value) is str else label(value)
             confusion = self.confusion.get(name)
             if confusion is None:
                 confusion = self.confusion[name] = Confusion()
@@ -422,7 +420,7 @@ class Comparison:
         for spec in self.specs:
             entry: dict[str, Any] = {
                 "kind": spec.kind,
-                "match": Rate(self.matched[spec.name], self.rows).as_dict(),
+                "match": Rate(self.matched[spec.name] + self._same, self.rows).as_dict(),
             }
             if spec.kind == "text":
                 entry["token_f1"] = bootstrap_mean(self.f1.get(spec.name, []))

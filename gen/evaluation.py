@@ -27,7 +27,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from gen.config import _check_base_url as check_base_url
 from gen.errors import ConfigError, GenError
 from gen.eval_compare import (
     Comparison,
+    RowScore,
     field_specs,
     free_text_specs,
     identical_score,
@@ -84,7 +85,7 @@ _TEACHER_COLUMNS = ["id", "messages", "vars", "sample", "split", "output", "resp
 _TEACHER_USAGE = ["prompt_tokens", "completion_tokens"]
 # Each student request of a row, by row id: (attempt, latency_ms, prompt_tokens, completion_tokens), as
 # requests.jsonl holds them.
-RequestLog = dict[str, list[tuple[int, float | None, int, int]]]
+RequestLog = dict[str, Sequence[tuple[int, float | None, int, int]]]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -458,13 +459,13 @@ def _eval_dir(out: Path, manifest: dict[str, Any], opts: EvalOptions) -> tuple[P
 def _teacher_rows(out: Path, manifest: dict[str, Any], split: str, limit: int | None) -> list[dict[str, Any]]:
     """The dataset's kept rows of `split` (train, eval or all), in shard order, at most `limit`."""
     wanted = ("train", "eval") if split == "all" else (split,)
+    # The raw `response` is the teacher's answer only where there is no schema (free text).
+    columns = [c for c in _TEACHER_COLUMNS + _TEACHER_USAGE if c != "response" or not manifest.get("schema")]
     rows: list[dict[str, Any]] = []
     for shard in manifest.get("shards", []):
         if shard.get("split") not in wanted:
             continue
-        cols = read_columns(
-            out, shard["path"], _TEACHER_COLUMNS + _TEACHER_USAGE, message_keys=("role", "content")
-        )
+        cols = read_columns(out, shard["path"], columns, message_keys=("role", "content"), threads=False)
         names = list(cols)
         rows.extend(dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True))
         if limit is not None and len(rows) >= limit:
@@ -536,12 +537,12 @@ class _Requests:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
         }
-        self._f.write(orjson.dumps(entry) + b"\n")
-        requests = self.by_id.get(task.id)
-        if requests is None:
-            self.by_id[task.id] = [(attempt, latency_ms, prompt, completion)]
-        else:
-            requests.append((attempt, latency_ms, prompt, completion))
+        self._f.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+        # Tuples, not lists: tuples of plain values leave the cyclic collector's sight, and these live
+        # until the report is written.
+        request = (attempt, latency_ms, prompt, completion)
+        earlier = self.by_id.get(task.id)
+        self.by_id[task.id] = (request,) if earlier is None else (*earlier, request)
         self._pending += 1
         if self._pending >= self.FLUSH_EVERY:
             self._f.flush()
@@ -653,11 +654,11 @@ def _student_rows(answers: Path) -> tuple[dict[str, dict[str, Any]], dict[str, A
 
 def _request_log(path: Path) -> RequestLog:
     """requests.jsonl read back (a resumed evaluation's: it holds the earlier runs' requests too)."""
-    by_id: RequestLog = {}
+    by_id: dict[str, list[tuple[int, float | None, int, int]]] = {}
     try:
         lines = path.read_bytes().splitlines()
     except OSError:
-        return by_id
+        return {}
     for line in lines:
         try:
             entry = orjson.loads(line)
@@ -666,7 +667,7 @@ def _request_log(path: Path) -> RequestLog:
         by_id.setdefault(entry["id"], []).append(
             (entry["attempt"], entry.get("latency_ms"), entry["prompt_tokens"], entry["completion_tokens"])
         )
-    return by_id
+    return dict(by_id.items())
 
 
 def _attempt(request: tuple[int, float | None, int, int]) -> int:
@@ -739,9 +740,6 @@ def write_report(
         student, answers_manifest = outcomes, load_manifest(answers) or {}
     if log is None:
         log = _request_log(plan.eval_dir / REQUESTS)
-    latencies: list[float] = []
-    first_valid = valid = 0
-    teacher_tokens = [0, 0]
     pairs: list[tuple[str, Pair]] = []
     no_answer = 0
     columns = [
@@ -763,100 +761,95 @@ def write_report(
         columns.append((f"match.{spec.name}", "bool"))
         if spec.kind == "text":
             columns.append((f"f1.{spec.name}", "float64"))
-    # results.parquet built column by column (one list per column, no dict per row)
-    results: dict[str, list[Any]] = {name: [] for name, _ in columns}
-    score_columns = [
-        (spec.name, results[f"match.{spec.name}"], results.get(f"f1.{spec.name}")) for spec in specs
-    ]
+    rows = plan.teacher_rows
+    ids = [t["id"] for t in rows]
+    outcome = [student.get(tid) for tid in ids]  # None: the student's run decided nothing for it
+    oks = [s is not None and s["valid"] for s in outcome]
+    scores: list[RowScore] = []
+    score = scores.append
     same = identical_score(specs)
     if schema is None:
         from gen.judge import Pair
     tolerance = plan.opts.tolerance
     add, add_same = comparison.add, comparison.add_same
-    # One bound append per column: this loop runs once per evaluated row.
-    (
-        ids,
-        splits,
-        valid_col,
-        first_col,
-        attempts_col,
-        reason_col,
-        response_col,
-        output_col,
-        teacher_col,
-        agrees_col,
-        latency_col,
-        prompt_col,
-        completion_col,
-    ) = (results[name].append for name, _ in columns[:13])
-    for t in plan.teacher_rows:
-        tid = t["id"]
-        s = student.get(tid)
-        ok = s is not None and s["valid"]
-        teacher_tokens[0] += t["prompt_tokens"] or 0
-        teacher_tokens[1] += t["completion_tokens"] or 0
+    # The comparison, row by row; every other column is built column by column below.
+    for t, s, ok in zip(rows, outcome, oks, strict=True):
         if schema is not None:
             t_output = t["output"]
             t_answer = _parse(t_output)
             if ok and s["output"] == t_output and isinstance(t_answer, dict):
                 # The student's validated answer is the teacher's, byte for byte (both were serialised
                 # by the same schema): one parse, and score_row's result without its per-field work.
-                score = same
+                score(same)
                 add_same(t_answer)
             else:
                 s_answer = _parse(s["output"]) if ok else None
-                score = score_row(specs, t_answer, s_answer, tolerance=tolerance)
-                add(score, t_answer, s_answer)
+                row_score = score_row(specs, t_answer, s_answer, tolerance=tolerance)
+                score(row_score)
+                add(row_score, t_answer, s_answer)
         else:
-            t_output = t_answer = t["response"]
+            t_answer = t["response"]
             s_answer = s["response"] if ok else None
-            score = score_text(t_answer, s_answer)
+            row_score = score_text(t_answer, s_answer)
             if s_answer is not None:
-                pairs.append((tid, Pair(t["messages"], teacher=t_answer, student=s_answer)))
+                pairs.append((t["id"], Pair(t["messages"], teacher=t_answer, student=s_answer)))
             else:
                 no_answer += 1
-            add(score, t_answer, s_answer)
-        # Each request of the row: (attempt, latency_ms, prompt_tokens, completion_tokens).
-        requests = log.get(tid)
-        if requests is None:
-            latency = prompt = completion = None
-        elif len(requests) == 1:
-            ((_, latency, prompt, completion),) = requests
-            if latency is not None:
-                latencies.append(latency)
+            score(row_score)
+            add(row_score, t_answer, s_answer)
+    teacher_tokens = [
+        sum(t["prompt_tokens"] or 0 for t in rows),
+        sum(t["completion_tokens"] or 0 for t in rows),
+    ]
+    attempts = [None if s is None else s["attempts"] for s in outcome]
+    first = [ok and a == 1 for ok, a in zip(oks, attempts, strict=True)]
+    valid, first_valid = sum(oks), sum(first)
+    # Each row's requests (attempt, latency_ms, prompt_tokens, completion_tokens): the first's latency,
+    # the tokens of all; every latency counts for the percentiles.
+    requests = [log.get(tid) for tid in ids]
+    latency: list[float | None] = []
+    prompt: list[int | None] = []
+    completion: list[int | None] = []
+    latencies: list[float] = []
+    for r in requests:
+        if r is None:
+            latency.append(None)
+            prompt.append(None)
+            completion.append(None)
+        elif len(r) == 1:
+            ((_, first_ms, p, c),) = r
+            latency.append(first_ms)
+            prompt.append(p)
+            completion.append(c)
+            if first_ms is not None:
+                latencies.append(first_ms)
         else:
-            latency = min(requests, key=_attempt)[1]
-            if latency is not None:
-                latencies.extend(r[1] for r in requests if r[1] is not None)
-            prompt = sum(r[2] for r in requests)
-            completion = sum(r[3] for r in requests)
-        if s is None:
-            attempts = None
-            reason_col(None)
-            response_col(None)
-        else:
-            attempts = s["attempts"]
-            reason_col(s.get("reason"))
-            response_col(s.get("response"))
-        first = ok and attempts == 1
-        valid += ok
-        first_valid += first
-        ids(tid)
-        splits(t["split"])
-        valid_col(ok)
-        first_col(bool(first))
-        attempts_col(attempts)
-        output_col(s.get("output") if ok else None)
-        teacher_col(t_output)
-        agrees_col(score.agrees)
-        latency_col(latency)
-        prompt_col(prompt)
-        completion_col(completion)
-        match, f1 = score.match, score.f1
-        for name, match_col, f1_col in score_columns:
-            match_col.append(match[name])
-            if f1_col is not None:
-                f1_col.append(f1.get(name))
+            first_ms = min(r, key=_attempt)[1]
+            latency.append(first_ms)
+            prompt.append(sum(x[2] for x in r))
+            completion.append(sum(x[3] for x in r))
+            if first_ms is not None:
+                latencies.extend(x[1] for x in r if x[1] is not None)
+    results: dict[str, list[Any]] = {
+        "id": ids,
+        "split": [t["split"] for t in rows],
+        "valid": oks,
+        "first_answer_valid": [bool(f) for f in first],
+        "attempts": attempts,
+        "reason": [None if s is None else s.get("reason") for s in outcome],
+        "student_response": [None if s is None else s.get("response") for s in outcome],
+        "student_output": [s.get("output") if ok else None for s, ok in zip(outcome, oks, strict=True)],
+        "teacher_output": [t["output"] if schema is not None else t["response"] for t in rows],
+        "agrees": [sc.agrees for sc in scores],
+        "latency_ms": latency,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+    }
+    for spec in specs:
+        name = spec.name
+        results[f"match.{name}"] = [sc.match[name] for sc in scores]
+        if spec.kind == "text":
+            results[f"f1.{name}"] = [sc.f1.get(name) for sc in scores]
 
     judged = _judge_free_text(plan, pairs, no_answer) if schema is None else None
     if judged is not None:

@@ -256,15 +256,26 @@ def describe_shard(out_dir: Path, rel_path: str) -> ShardInfo:
 
 
 def read_columns(
-    out_dir: Path, rel_path: str, columns: list[str], *, message_keys: tuple[str, ...] | None = None
+    out_dir: Path,
+    rel_path: str,
+    columns: list[str],
+    *,
+    message_keys: tuple[str, ...] | None = None,
+    threads: bool = True,
 ) -> dict[str, list[Any]]:
     """Some columns of a shard as Python lists (used to rebuild the resume and dedup indexes).
 
-    `message_keys`: each message of the `messages` column comes back with only these keys (dropped in
-    Arrow, before any Python object is made: `gen eval` needs role and content, not reasoning_content)."""
+    `message_keys`: each message of the `messages` column comes back with only these keys (only those
+    fields are read and decoded, and no Python object is made for the others: `gen eval` needs role and
+    content, not reasoning_content). `threads=False` decodes on this thread alone: Arrow's thread pool
+    spends more CPU than it saves on a shard of a few thousand rows (`gen eval` reading its split)."""
     # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, whose import pulls in
     # pandas (0.45 s), on the path to a resumed run's first request.
-    table = _pyarrow().parquet.ParquetFile(out_dir / rel_path).read(columns=columns)
+    wanted = columns
+    if message_keys is not None and "messages" in columns:
+        wanted = [c for c in columns if c != "messages"]
+        wanted += [f"messages.list.element.{k}" for k in message_keys]
+    table = _pyarrow().parquet.ParquetFile(out_dir / rel_path).read(columns=wanted, use_threads=threads)
     out = {}
     for name in columns:
         col = table.column(name)
