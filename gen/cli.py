@@ -697,6 +697,12 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError("--student-model", "required: the student model's name, as its server lists it")
     for flag in ("limit", "max_concurrency", "max_reply_bytes"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    import gc
+
+    # No cyclic collection from here until the split is read (see below): importing the evaluation's
+    # modules makes tens of thousands of long-lived objects too, which the collector walked ~80 times.
+    thresholds = gc.get_threshold()
+    gc.disable()
     from gen.eval_report import summary_line
     from gen.evaluation import EvalOptions, prepare_eval, run_eval
 
@@ -744,8 +750,6 @@ def _eval(args: argparse.Namespace) -> int:
             if v is not None
         },
     )
-    import gc
-
     from gen.errors import FatalTeacherError
 
     # Reading the split builds tens of thousands of acyclic objects (rows, their messages) that live
@@ -755,9 +759,7 @@ def _eval(args: argparse.Namespace) -> int:
     # evaluation makes little cyclic garbage, and what it keeps (rows waiting for the shard writer,
     # outcomes) is acyclic too: the youngest generation is collected every EVAL_GC_THRESHOLD
     # allocations rather than every 700 (Python's default), which walked them 150 times for 5,000 rows.
-    thresholds = gc.get_threshold()
     try:
-        gc.disable()
         try:
             plan = prepare_eval(args.dataset, opts)
         finally:
