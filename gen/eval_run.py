@@ -7,7 +7,15 @@ work as in `gen run`), with two differences that make it cheaper than the run th
   (the row's `id` is the dataset row's), so the journal, the Arrow conversion and the shard do not carry
   them a second time. Every other column is as `gen run` writes it;
 * no dedup index is written (deduplication is off: nothing reads one), where a plain Run would read each
-  new shard back and hash it (gen.dedup_index.build).
+  new shard back and hash it (gen.dedup_index.build);
+* a first request is not journaled before it leaves (a reservation: gen.ledger) unless a budget is set.
+  A reservation keeps `--max-usd`/`--max-tokens` counting the requests in flight across a SIGKILL; the
+  student's run has no budget, and the report counts answered requests only. Answers are journaled as
+  they arrive all the same (written at the end of the event-loop tick, with the others of that tick,
+  rather than one write per request), and a re-ask's reservation, which carries what the invalid answer
+  before it cost, is journaled as in `gen run`: a resumed evaluation counts every answered request. A
+  SIGKILL forgets only the requests in flight (asked again on resume, as before) and their estimate in
+  the answers' `usage.unanswered_*`.
 
 And each outcome (a data row or a reject) is kept in memory as it is decided, as the report reads it
 (`outcomes`), so a report of an evaluation that was not resumed does not read the shards back.
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gen.ledger import Usage
 from gen.pipeline import Run
 from gen.prepare import Prepared
 from gen.shards import ShardInfo
@@ -34,8 +43,9 @@ def outcome(row: dict[str, Any], valid: bool) -> dict[str, Any]:
 
 
 class StudentRun(Run):
-    """A Run whose data rows keep only the answer turn in `messages`, that writes no dedup index, and that
-    keeps every outcome it decides in `outcomes` (id -> `outcome(...)`)."""
+    """A Run whose data rows keep only the answer turn in `messages`, that writes no dedup index and no
+    reservation for a first request (without a budget), and that keeps every outcome it decides in
+    `outcomes` (id -> `outcome(...)`)."""
 
     def __init__(self, p: Prepared) -> None:
         super().__init__(p)
@@ -51,6 +61,13 @@ class StudentRun(Run):
         if split != "duplicates":
             self.outcomes[row["id"]] = outcome(row, split != "rejects")
         return super()._accept(split, row)
+
+    def _reserve(self, task_id: str, key: int, estimate: Usage, usage: Usage | None) -> None:
+        b = self.budget
+        if usage is None and b.max_usd is None and b.max_tokens is None:
+            self._in_flight[key] = (task_id, estimate)  # in flight, not journaled (module docstring)
+            return
+        super()._reserve(task_id, key, estimate, usage)
 
     def _write_indexes(self, shards: list[ShardInfo]) -> None:
         """None: deduplication is off, and nothing reads an evaluation's index."""

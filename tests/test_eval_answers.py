@@ -126,3 +126,58 @@ def test_tokens_and_f1_equal_their_plain_definitions(seed: int) -> None:
             p, r = common / len(a), common / len(b)
             want = 2 * p * r / (p + r)
         assert _f1(a, b) == want, texts
+
+
+def _journal_entries(answers: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted((answers / "journal").rglob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def test_first_requests_are_not_journaled_reasks_and_answers_are(
+    dataset: Path, tmp_path: Path, sim_server
+) -> None:
+    """Without a budget the student's run journals no reservation for a first request; a re-ask's, which
+    carries what the invalid answer before it cost, and every answer are journaled. Killed with
+    SIGKILL mid-run, the evaluation resumes with every journaled answer kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    server = sim_server(model="student-1", latency_ms=100, rate_invalid_json=0.4)
+    args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", server.base_url,
+            "--student-model", "student-1", "--no-progress", "--split", "all",
+            "--max-concurrency", "2"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    entries: list[dict] = []
+    while time.monotonic() < deadline:
+        d = next((out / "evals").glob("*"), None)
+        entries = _journal_entries(d / "answers") if d is not None and (d / "answers").exists() else []
+        if sum("s" in e for e in entries) >= 6 and sum("q" in e for e in entries) >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    d = next((out / "evals").glob("*"))
+    entries = _journal_entries(d / "answers")
+    reservations = [e for e in entries if "q" in e]
+    assert sum("s" in e for e in entries) >= 6 and reservations  # answers, and re-asks' reservations
+    assert all("u" in e for e in reservations)  # each a re-ask's, carrying its invalid answer's usage
+    journaled = {e["r"]["id"] for e in entries if "s" in e}
+
+    code = subprocess.run([*args, "--resume", str(d)], capture_output=True, timeout=120).returncode
+    assert code == 0
+    results = pq.read_table(d / "results.parquet").to_pylist()
+    assert len(results) == len({r["id"] for r in results}) == 30
+    resumed = json.loads((d / "answers" / "manifest.json").read_text())["runs"][-1]
+    # Every journaled answer was recovered, and only the other rows were asked.
+    assert resumed["replayed"] == len(journaled)
+    assert resumed["tasks"] == 30 - len(journaled)
