@@ -38,6 +38,7 @@ from gen.teachers import providers
 from gen.teachers.checks import public_url
 
 if TYPE_CHECKING:
+    from gen.budget import Price
     from gen.config import PromptFile
 
 VERDICTS_FILE = "judge.jsonl"
@@ -181,13 +182,16 @@ async def check_reachable(judge: JudgeSpec, recipe: PromptFile, *, check_model: 
 
 
 class VerdictLog:
-    """`judge.jsonl`: one line per judged row ({"id", "verdict", "judge"}; `error` verdicts are not kept),
-    flushed as it is written so that an interrupted evaluation keeps its verdicts; a line a crash cut
-    short is skipped on reading."""
+    """`judge.jsonl`: one line per judged row ({"id", "verdict", "judge", "u"}: `u` the prompt and
+    completion tokens of the pair's requests; `error` verdicts are not kept), flushed as it is written so
+    that an interrupted evaluation keeps its verdicts; a line a crash cut short is skipped on reading.
+    `usage` holds each judged row's tokens: read back by `load`, and those of this run's pairs (errors
+    included), so the report counts every request the judge answered, earlier runs' too."""
 
     def __init__(self, path: Path, judge: JudgeSpec) -> None:
         self.path = path
         self.judge = judge
+        self.usage: dict[str, tuple[int, int]] = {}
 
     def load(self) -> dict[str, str]:
         """The verdicts this judge already gave, by row id."""
@@ -202,18 +206,40 @@ class VerdictLog:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(entry, dict) and entry.get("judge") == self.judge.key:
-                found[str(entry.get("id"))] = str(entry.get("verdict"))
+                tid = str(entry.get("id"))
+                found[tid] = str(entry.get("verdict"))
+                u = entry.get("u")
+                ok = isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
+                self.usage[tid] = (u[0], u[1]) if ok else (0, 0)  # a line of a gen that kept none
         return found
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
         with open(self.path, "ab") as f:
 
-            def record(tid: str, verdict: str) -> None:
-                f.write(orjson.dumps({"id": tid, "verdict": verdict, "judge": self.judge.key}) + b"\n")
+            def record(tid: str, verdict: str, usage: tuple[int, int] = (0, 0)) -> None:
+                self.usage[tid] = usage
+                if verdict == "error":  # a request that failed is asked again by a resume
+                    return
+                entry = {"id": tid, "verdict": verdict, "judge": self.judge.key, "u": list(usage)}
+                f.write(orjson.dumps(entry) + b"\n")
                 f.flush()
 
             yield record
+
+
+class _Metered:
+    """The judge's client for one pair: adds up the tokens of the requests it answers."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.prompt_tokens = self.completion_tokens = 0
+
+    async def complete(self, messages: Any, **kwargs: Any) -> Any:
+        comp = await self._client.complete(messages, **kwargs)
+        self.prompt_tokens += comp.prompt_tokens
+        self.completion_tokens += comp.completion_tokens
+        return comp
 
 
 async def judge_rows(
@@ -261,15 +287,15 @@ async def judge_rows(
                 for tid, pair in todo:  # one shared iterator: each pair goes to one worker
                     # The row's seed, as the run sends it: the same pair gets the same requests.
                     seed = int(tid[:8], 16) & 0x7FFFFFFF if _hex(tid[:8]) else 0
+                    metered = _Metered(limited)
                     try:
                         verdict = await judge_pair(
-                            pair, client=limited, prompt=prompt, seed=seed, retry_policy=policy
+                            pair, client=metered, prompt=prompt, seed=seed, retry_policy=policy
                         )
                     except FatalTeacherError as e:
                         raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
                     verdicts[tid] = verdict
-                    if verdict != "error":  # a request that failed is asked again by a resume
-                        record(tid, verdict)
+                    record(tid, verdict, (metered.prompt_tokens, metered.completion_tokens))
 
             await worker_pool(min(max_concurrency, len(pending)), work)
     return verdicts
@@ -283,9 +309,16 @@ def _hex(s: str) -> bool:
     return bool(s)
 
 
-def figures(judge: JudgeSpec, verdicts: dict[str, str], no_answer: int) -> dict[str, Any]:
+def figures(
+    judge: JudgeSpec,
+    verdicts: dict[str, str],
+    no_answer: int,
+    tokens: tuple[int, int] = (0, 0),
+    price: Price | None = None,
+) -> dict[str, Any]:
     """report.json's `judge`: the judge's identity, the counts of each verdict, and win / tie / loss /
-    non-loss as Rates (95% Wilson) over the decided rows (RULE)."""
+    non-loss as Rates (95% Wilson) over the decided rows (RULE); the prompt and completion tokens of
+    its requests and what they cost at `price` (None: unpriced)."""
     counts = tally(verdicts.values())
     counts[NO_ANSWER] = no_answer
     losses = counts["loss"] + no_answer
@@ -299,4 +332,6 @@ def figures(judge: JudgeSpec, verdicts: dict[str, str], no_answer: int) -> dict[
         "tie": Rate(counts["tie"], decided).as_dict(),
         "loss": Rate(losses, decided).as_dict(),
         "non_loss": Rate(counts["win"] + counts["tie"], decided).as_dict(),
+        "tokens": {"prompt": tokens[0], "completion": tokens[1]},
+        "cost_usd": None if price is None else price.cost(*tokens),
     }

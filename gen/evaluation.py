@@ -698,12 +698,13 @@ def _judge_free_text(
         return None
     opts = plan.opts
     assert plan.recipe is not None
+    log = VerdictLog(plan.eval_dir / VERDICTS_FILE, plan.judge)
     verdicts = run_loop(
         judge_rows(
             plan.judge,
             plan.recipe,
             pairs,
-            VerdictLog(plan.eval_dir / VERDICTS_FILE, plan.judge),
+            log,
             max_concurrency=plan.prepared.teacher.max_concurrency,
             rpm=opts.rpm,
             tpm=opts.tpm,
@@ -715,7 +716,11 @@ def _judge_free_text(
     )
     wanted = {tid for tid, _ in pairs}
     verdicts = {tid: v for tid, v in verdicts.items() if tid in wanted}
-    return figures(plan.judge, verdicts, no_answer), verdicts
+    # The judge's tokens: every pair judged for these rows, in this run or (judge.jsonl) an earlier one.
+    used = [log.usage.get(tid, (0, 0)) for tid in verdicts]
+    tokens = (sum(u[0] for u in used), sum(u[1] for u in used))
+    price = _teacher_price({"provider": plan.judge.provider, "model": plan.judge.model})
+    return figures(plan.judge, verdicts, no_answer, tokens, price), verdicts
 
 
 def write_report(
@@ -919,6 +924,7 @@ def write_report(
             "student_basis": basis,
             "teacher": None if teacher_price is None else teacher_price.cost(*teacher_tokens) / n * 1000,
             "teacher_basis": "price table" if teacher_price is not None else "unpriced",
+            **_judge_cost(judged[0] if judged is not None else None, n),
         },
         "wall_s": round(wall_s, 6),
     }
@@ -935,6 +941,18 @@ def _teacher_price(teacher: dict[str, Any]) -> Price | None:
     if teacher.get("provider") in providers.names():
         key = providers.get(teacher["provider"]).price_key or key
     return price_for(key)
+
+
+def _judge_cost(judge: dict[str, Any] | None, n: int) -> dict[str, Any]:
+    """cost_per_1000_rows_usd's `judge` and `judge_basis` for a judged evaluation ({} otherwise): the
+    judge's requests priced from the price table, per 1,000 evaluated rows."""
+    if judge is None:
+        return {}
+    cost = judge["cost_usd"]
+    return {
+        "judge": None if cost is None else cost / n * 1000,
+        "judge_basis": "price table" if cost is not None else "unpriced",
+    }
 
 
 def _rate(k: int, n: int) -> dict[str, Any]:
