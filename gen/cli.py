@@ -207,7 +207,10 @@ def _eval_flags(e: argparse.ArgumentParser) -> None:
     )
     e.add_argument("--teacher-api-key-env", metavar="VAR", help="--inputs: the teacher's API key variable")
     e.add_argument(
-        "--max-usd", type=float, metavar="USD", help="--inputs: stop the teacher's run at this cost"
+        "--max-usd",
+        type=float,
+        metavar="USD",
+        help="stop what gen pays for at this cost: --inputs' teacher, then the judge (free text)",
     )
     e.add_argument(
         "--judge-model",
@@ -779,6 +782,8 @@ def _eval(args: argparse.Namespace) -> int:
             f"--student-model {args.student_model} ... --resume {result.eval_dir}`.",
             file=sys.stderr,
         )
+        if result.status == "budget" and result.signal is None:  # as gen run: the budget ran out
+            return EXIT_BUDGET
         return 128 + result.signal if result.signal else EXIT_ABORTED
     data = result.report.data
     if args.json:

@@ -256,9 +256,17 @@ async def judge_rows(
     request_timeout_s: float,
     connect_timeout_s: float,
     say: Callable[[str], None] | None = None,
+    max_usd: float | None = None,
+    spent_usd: float = 0.0,
+    price: Price | None = None,
 ) -> dict[str, str]:
     """The verdict of every (row id, pair), reusing those `log` holds and appending the new ones (`say`
-    is told how many are asked). A judge that refuses the key (401/403) is a ConfigError naming it."""
+    is told how many are asked). A judge that refuses the key (401/403) is a ConfigError naming it.
+
+    With `max_usd` (and the judge's `price`): no pair is begun once `spent_usd` (what the evaluation
+    spent before judging), the judge's pairs in judge.jsonl and this run's, and the pairs in flight at
+    the average cost of a pair, reach it; then JudgeBudgetSpent is raised once the pairs in flight are
+    done (their verdicts kept)."""
     from gen.limits import LimitedTeacher, Limiter
     from gen.pipeline import worker_pool
     from gen.retry import RetryPolicy
@@ -267,6 +275,7 @@ async def judge_rows(
     pending = [(tid, pair) for tid, pair in rows if tid not in verdicts]
     if not pending:
         return verdicts
+    ledger = _JudgeSpend(max_usd, price, spent_usd + _cost(price, log.usage.values()))
     if say is not None:
         say(f"judging {len(pending):,} answers with {judge.model} (each pair asked in both orders)")
     todo = iter(pending)
@@ -285,6 +294,8 @@ async def judge_rows(
 
             async def work() -> None:
                 for tid, pair in todo:  # one shared iterator: each pair goes to one worker
+                    if not ledger.begin():
+                        return
                     # The row's seed, as the run sends it: the same pair gets the same requests.
                     seed = int(tid[:8], 16) & 0x7FFFFFFF if _hex(tid[:8]) else 0
                     metered = _Metered(limited)
@@ -296,9 +307,52 @@ async def judge_rows(
                         raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
                     verdicts[tid] = verdict
                     record(tid, verdict, (metered.prompt_tokens, metered.completion_tokens))
+                    ledger.end((metered.prompt_tokens, metered.completion_tokens))
 
             await worker_pool(min(max_concurrency, len(pending)), work)
+    if ledger.stopped:
+        judged = sum(tid in verdicts for tid, _ in rows)
+        raise JudgeBudgetSpent(
+            f"--max-usd {max_usd:g} reached while judging: {judged:,} of {len(rows):,} answers judged "
+            f"(${ledger.spent:,.4f} spent; the verdicts are kept in {VERDICTS_FILE}); resume with a "
+            "higher --max-usd"
+        )
     return verdicts
+
+
+class JudgeBudgetSpent(Exception):
+    """--max-usd was reached while judging: the verdicts so far are kept in judge.jsonl."""
+
+
+def _cost(price: Price | None, usage: Any) -> float:
+    return 0.0 if price is None else sum(price.cost(p, c) for p, c in usage)
+
+
+class _JudgeSpend:
+    """What the judge has cost, against --max-usd: a pair is begun while the spend, with the pairs in
+    flight at the average cost of a pair so far, is below it (no limit: always)."""
+
+    def __init__(self, max_usd: float | None, price: Price | None, spent: float) -> None:
+        self.max_usd, self.price, self.spent = max_usd, price, spent
+        self.done = self.in_flight = 0
+        self.run_spent = 0.0
+        self.stopped = False
+
+    def begin(self) -> bool:
+        if self.max_usd is not None and self.price is not None:
+            average = self.run_spent / self.done if self.done else 0.0
+            if self.stopped or self.spent + self.in_flight * average >= self.max_usd:
+                self.stopped = True
+                return False
+        self.in_flight += 1
+        return True
+
+    def end(self, usage: tuple[int, int]) -> None:
+        cost = _cost(self.price, [usage])
+        self.in_flight -= 1
+        self.done += 1
+        self.run_spent += cost
+        self.spent += cost
 
 
 def _hex(s: str) -> bool:

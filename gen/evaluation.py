@@ -110,7 +110,7 @@ class EvalOptions:
     inputs: Path | None = None
     teacher_base_url: str | list[str] | None = None
     teacher_api_key_env: str | None = None
-    max_usd: float | None = None
+    max_usd: float | None = None  # what gen pays for: the fresh inputs' teacher, then the judge
     max_concurrency: int | None = None
     rpm: float | None = None
     tpm: float | None = None
@@ -247,7 +247,7 @@ def _judge(
         return None
     from gen.eval_judge import resolve_judge
 
-    return resolve_judge(
+    judge = resolve_judge(
         manifest,
         recipe,
         provider=opts.judge_provider,
@@ -256,6 +256,14 @@ def _judge(
         api_key_env=opts.judge_api_key_env,
         prompt=opts.judge_prompt,
     )
+    priced = _teacher_price({"provider": judge.provider, "model": judge.model}) is not None
+    if opts.max_usd is not None and not priced:
+        raise ConfigError(
+            "--max-usd",
+            f"the judge {judge.model} has no price in the price table, so its cost cannot be bounded; "
+            "name a priced --judge-model, or leave out --max-usd",
+        )
+    return judge
 
 
 def _plan(
@@ -606,6 +614,12 @@ def run_eval(plan: EvalPlan) -> EvalResult:
 
         message = f"interrupted while judging (the verdicts so far are kept in {VERDICTS_FILE})"
         return EvalResult(plan.eval_dir, "interrupted", None, message, signal.SIGINT)
+    except Exception as e:
+        from gen.eval_judge import JudgeBudgetSpent
+
+        if not isinstance(e, JudgeBudgetSpent):
+            raise
+        return EvalResult(plan.eval_dir, "budget", None, str(e))
     return EvalResult(plan.eval_dir, "complete", report)
 
 
@@ -699,6 +713,10 @@ def _judge_free_text(
     opts = plan.opts
     assert plan.recipe is not None
     log = VerdictLog(plan.eval_dir / VERDICTS_FILE, plan.judge)
+    price = _teacher_price({"provider": plan.judge.provider, "model": plan.judge.model})
+    # --max-usd bounds what gen pays for: the fresh inputs' teacher first, then the judge.
+    teacher = load_manifest(plan.eval_dir / TEACHER) if plan.teacher_run is not None else None
+    spent = float((teacher or {}).get("cost_usd") or 0.0)
     verdicts = run_loop(
         judge_rows(
             plan.judge,
@@ -712,6 +730,9 @@ def _judge_free_text(
             max_pause_s=opts.max_pause_s,
             **_client_limits(opts),
             say=(lambda line: print(f"gen eval: {line}", file=sys.stderr)) if opts.progress else None,
+            max_usd=opts.max_usd,
+            spent_usd=spent,
+            price=price,
         )
     )
     wanted = {tid for tid, _ in pairs}
@@ -719,7 +740,6 @@ def _judge_free_text(
     # The judge's tokens: every pair judged for these rows, in this run or (judge.jsonl) an earlier one.
     used = [log.usage.get(tid, (0, 0)) for tid in verdicts]
     tokens = (sum(u[0] for u in used), sum(u[1] for u in used))
-    price = _teacher_price({"provider": plan.judge.provider, "model": plan.judge.model})
     return figures(plan.judge, verdicts, no_answer, tokens, price), verdicts
 
 

@@ -98,3 +98,64 @@ def test_an_unpriced_judge_says_so(dataset: Path, tmp_path: Path, sim_server) ->
     assert report.data["judge"]["cost_usd"] is None
     cost = report.data["cost_per_1000_rows_usd"]
     assert cost["judge"] is None and cost["judge_basis"] == "unpriced"
+
+
+def test_max_usd_stops_the_judge_and_a_resume_finishes(dataset: Path, tmp_path: Path, sim_server) -> None:
+    """--max-usd bounds the judge: judging stops once the judged pairs cost it (nothing written but the
+    verdicts, exit 3 as for gen run's budget), and a resume with a higher limit judges only the rest."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    student = sim_server(model="student-1", perturb_share=0.5)
+    judge = sim_server(model="gpt-4o-mini", judge="longer")
+    price = price_for("gpt-4o-mini")
+    assert price is not None
+    args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student.base_url,
+            "--student-model", "student-1", "--no-progress", "--split", "all", "--max-concurrency", "1",
+            "--judge-model", "gpt-4o-mini", "--judge-base-url", judge.base_url]  # fmt: skip
+    # A first evaluation gives what a pair costs (each pair's requests are alike in size).
+    first = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    d1 = next((out / "evals").iterdir())
+    per_pair = json.loads((d1 / "report.json").read_text())["judge"]["cost_usd"] / N
+    assert per_pair > 0
+    requests_before = judge.stats()["requests"]
+
+    limit = 2.5 * per_pair
+    proc = subprocess.run([*args, "--max-usd", f"{limit!r}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "--max-usd" in proc.stderr and "judge.jsonl" in proc.stderr and "--resume" in proc.stderr
+    d2 = next(p for p in (out / "evals").iterdir() if p != d1)
+    assert not (d2 / "report.json").exists() and not (d2 / "results.parquet").exists()
+    lines = [json.loads(line) for line in (d2 / "judge.jsonl").read_text().splitlines()]
+    spent = sum(price.cost(*e["u"]) for e in lines)
+    assert 1 <= len(lines) < N
+    assert spent < limit + 1.5 * per_pair  # one pair begun below the limit may end above it
+
+    proc = subprocess.run(
+        [*args, "--max-usd", "1000", "--resume", str(d2)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((d2 / "report.json").read_text())
+    assert sum(data["judge"]["counts"][v] for v in ("win", "tie", "loss")) == N
+    assert judge.stats()["requests"] - requests_before == 2 * N  # no pair asked twice
+    assert data["judge"]["cost_usd"] == pytest.approx(per_pair * N, rel=0.2)
+
+
+def test_max_usd_with_an_unpriced_judge_is_refused(dataset: Path, tmp_path: Path, sim_server) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    student = sim_server(model="student-1")
+    judge = sim_server(model="judge-unlisted-1", judge="longer")
+    with pytest.raises(gen.errors.ConfigError, match="--max-usd.*no price"):
+        gen.evaluate(
+            out,
+            student="student-1",
+            student_base_url=student.base_url,
+            judge_model="judge-unlisted-1",
+            judge_base_url=judge.base_url,
+            max_usd=1.0,
+        )
+    assert student.stats()["requests"] == 0 and judge.stats()["requests"] == 0
