@@ -256,15 +256,26 @@ def describe_shard(out_dir: Path, rel_path: str) -> ShardInfo:
 
 
 def read_columns(
-    out_dir: Path, rel_path: str, columns: list[str], *, message_keys: tuple[str, ...] | None = None
+    out_dir: Path,
+    rel_path: str,
+    columns: list[str],
+    *,
+    message_keys: tuple[str, ...] | None = None,
+    threads: bool = True,
 ) -> dict[str, list[Any]]:
     """Some columns of a shard as Python lists (used to rebuild the resume and dedup indexes).
 
-    `message_keys`: each message of the `messages` column comes back with only these keys (dropped in
-    Arrow, before any Python object is made: `gen eval` needs role and content, not reasoning_content)."""
+    `message_keys`: each message of the `messages` column comes back with only these keys (only those
+    fields are read and decoded, and no Python object is made for the others: `gen eval` needs role and
+    content, not reasoning_content). `threads=False` decodes on this thread alone: Arrow's thread pool
+    spends more CPU than it saves on a shard of a few thousand rows (`gen eval` reading its split)."""
     # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, whose import pulls in
     # pandas (0.45 s), on the path to a resumed run's first request.
-    table = _pyarrow().parquet.ParquetFile(out_dir / rel_path).read(columns=columns)
+    wanted = columns
+    if message_keys is not None and "messages" in columns:
+        wanted = [c for c in columns if c != "messages"]
+        wanted += [f"messages.list.element.{k}" for k in message_keys]
+    table = _pyarrow().parquet.ParquetFile(out_dir / rel_path).read(columns=wanted, use_threads=threads)
     out = {}
     for name in columns:
         col = table.column(name)
@@ -645,6 +656,9 @@ def write_eval_results(path: Path, rows: list[dict[str, Any]], columns: list[tup
     atomic_write_bytes(path, sink.getvalue())
 
 
+_SHORT_EVAL_TEXT = frozenset(("split", "reason", "judge"))  # results.parquet's few-valued strings
+
+
 def write_eval_columns(path: Path, data: dict[str, list[Any]], columns: list[tuple[str, str]]) -> None:
     """`write_eval_results` for results already held column by column (`data`: name -> values)."""
     pa = _pyarrow()
@@ -653,6 +667,9 @@ def write_eval_columns(path: Path, data: dict[str, list[Any]], columns: list[tup
         arrays = [pa.array(data[name], type=types[kind]) for name, kind in columns]
     table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, types[k]) for n, k in columns]))
     sink = pa.BufferOutputStream()
-    pa.parquet.write_table(table, sink, compression="zstd")
+    # Long text columns (the answers) without dictionary or statistics, as in the shards: neither helps
+    # a reader of unique texts, and both cost the writer.
+    short = [name for name, kind in columns if kind != "string" or name in _SHORT_EVAL_TEXT]
+    pa.parquet.write_table(table, sink, compression="zstd", use_dictionary=short, write_statistics=short)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, sink.getvalue())
