@@ -554,20 +554,60 @@ class ShardWriter:
 
 
 def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
-    # Arrow's C++ converter builds the columns; this runs in the writer thread, off the event loop.
+    """Rows as one Arrow record batch of `split`'s schema, what `RecordBatch.from_pylist` makes (Arrow's
+    C++ converter; in the writer thread, off the event loop). Traces (megabytes a batch) are converted
+    apart, into `_conversion_pool`."""
+    pa = _pyarrow()
     schema = _schemas()[split]
     with WITHOUT_PANDAS:
-        if "reasoning" not in schema.names or not _shares_traces(rows):
-            return _pyarrow().RecordBatch.from_pylist(rows, schema=schema)
+        if "reasoning" not in schema.names or not any(r.get("reasoning") for r in rows):
+            return pa.RecordBatch.from_pylist(rows, schema=schema)
+        pool = _conversion_pool()
         # With reasoning_format = "field" each trace is in `reasoning` and in the assistant message's
         # `reasoning_content`, one str object in both: it is converted once, and the messages' child
         # column points into the `reasoning` column's bytes (`_with_shared_traces`), not a copy of them.
-        stripped = [
-            {**r, "messages": [*r["messages"][:-1], {**r["messages"][-1], "reasoning_content": None}]}
-            for r in rows
-        ]
-        batch = _pyarrow().RecordBatch.from_pylist(stripped, schema=schema)
-        return _with_shared_traces(batch, schema)
+        shared = _shares_traces(rows)
+        rest = pa.RecordBatch.from_pylist(rows, schema=_rest_schema(split, shared))
+        columns = dict(zip(rest.schema.names, rest.columns, strict=True))
+        columns["reasoning"] = pa.array(
+            [r.get("reasoning") for r in rows], type=schema.field("reasoning").type, memory_pool=pool
+        )
+        if shared:
+            stripped = [[*r["messages"][:-1], {**r["messages"][-1], "reasoning_content": None}] for r in rows]
+            columns["messages"] = pa.array(stripped, type=schema.field("messages").type, memory_pool=pool)
+        batch = pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
+        return _with_shared_traces(batch, schema) if shared else batch
+
+
+@functools.cache
+def _rest_schema(split: str, shared: bool) -> pa.Schema:
+    """The columns `_to_batch` converts row-wise: all of `split`'s but `reasoning` (and, when the traces
+    are shared, `messages`)."""
+    apart = {"reasoning", *(("messages",) if shared else ())}
+    return _pyarrow().schema([f for f in _schemas()[split] if f.name not in apart])
+
+
+@functools.cache
+def _conversion_pool() -> Any:
+    """The memory pool traces are converted into: one that keeps freed memory for reuse, not the system
+    allocator (gen's default pool, chosen for RSS). Arrow grows a column's buffer by doubling it, and a
+    batch of traces is megabytes: from the system allocator each step is a fresh mmap, paid in page
+    faults and copies, several times the copy of the bytes themselves (bench/README.md, `reasoning.py`).
+    jemalloc keeps freed pages for `_DECAY_MS`, so the batches of one shard reuse those of the shard
+    before; else mimalloc, as the Arrow build has them."""
+    pa = _pyarrow()
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # not in this Arrow build (Windows)
+        try:
+            return pa.mimalloc_memory_pool()
+        except NotImplementedError:
+            return pa.default_memory_pool()
+    pa.jemalloc_set_decay_ms(_DECAY_MS)  # Arrow's own jemalloc: only this pool uses it
+    return pool
+
+
+_DECAY_MS = 10_000
 
 
 def _shares_traces(rows: list[dict[str, Any]]) -> bool:
