@@ -682,6 +682,9 @@ class NearDedup:
         self._str: list[str] | None = None  # the keys, once one is not
         self._n = 0
         self._offered = 0
+        # (sig, fps) of the last add call's texts, in its order: gen.dedup keeps the kept rows' for their
+        # shard's persisted index (gen.dedup_index), so the writer does not hash them again.
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- public API --------------------------------------------------------------------------------------
 
@@ -802,6 +805,7 @@ class NearDedup:
             keys = [str(self._offered + i) for i in range(n)]
         self._offered += n
         sig, fps = signatures(flat, offsets, self.bands, self.rows, self.seed)
+        self.last = (sig, fps)
         # Candidates among kept rows: any whole band equal; confirmed when >= need of the values agree.
         q, rows = self._runs.lookup(fps.ravel())
         q //= self.bands
@@ -885,6 +889,11 @@ class NearStep:
             0, len(ids), 4096
         ):  # bounded batches: signatures of a whole output at once are big
             self.check_batch(ids[start : start + 4096], keys[start : start + 4096])
+
+    @property
+    def last_signatures(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(8-bit signatures, band fingerprints) of the last check_batch's rows, in its order."""
+        return self.index.last
 
     def load(self, seg: Any) -> None:
         """Index a persisted segment's rows (gen.dedup_index.Segment) without re-hashing them."""
