@@ -32,8 +32,9 @@ REASONING_FORMATS: Final = ("field", "think-tags", "drop")
 OPEN, CLOSE = "<think>", "</think>"
 
 # The near check's sample of a trace: SAMPLE_WINDOWS windows of SAMPLE_WIDTH characters spread over it
-# (the head and the tail among them), ~170 words whatever the trace's length: the near check's cost per
-# row then stays within a few times that of a short answer (bench/reasoning.py). An edit (a sentence
+# (the head and the tail among them), ~85 words whatever the trace's length: the near check's cost per
+# row then stays within a few times that of a short answer (bench/reasoning.py; recall of near copies
+# in bench/trace_recall.py). An edit (a sentence
 # changed, added or dropped) moves the text after it; so that windows land on the same text in two
 # near-identical traces, each window's nominal offset is a multiple of SAMPLE_REACH counted from the
 # head (the first half of the windows) or from the tail (the second half), and the window then starts
@@ -42,7 +43,7 @@ OPEN, CLOSE = "<think>", "</think>"
 # gives the same windows, and text it moved by a few dozen characters still does unless that sentence
 # is in the moved-out part (probability about shift / SAMPLE_REACH), or the edit made or unmade the
 # greatest head of the reach's ~12 sentences (about 2 in 12 of the edits that touch a sentence's head,
-# a fifth of those in a reach). The anchor costs a str.split and a max() over SAMPLE_REACH characters,
+# a fifth of those in a reach). The anchor costs a split and a max() over SAMPLE_REACH characters,
 # a few microseconds a window.
 SAMPLE_WINDOWS = 4
 SAMPLE_WIDTH = 128
