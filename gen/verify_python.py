@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 DEFAULT_TIMEOUT_S = 5.0  # `[verify] timeout_s`: seconds one call may take
+START_TIMEOUT_S = 120.0  # a child's start and the module's import, apart from any call's time limit
 _SHOWN = 200  # characters of an error message sent back
 
 
@@ -51,7 +52,8 @@ class PythonWorker:
 
     def call(self, output: Any, reference: str, row: dict[str, Any]) -> bool:
         """The function's verdict (its return value's truth). Raises VerifierTimeout, or VerifierRaised
-        with what the function (or its module's import in the child) raised."""
+        with what the function (or its module's import in the child) raised. The time limit is the
+        call's: a child's start (an interpreter, the user's imports) is waited for apart."""
         with self._lock:
             if self._proc is None or not self._proc.is_alive():
                 self._start()
@@ -82,6 +84,17 @@ class PythonWorker:
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
+        try:
+            if not parent.poll(START_TIMEOUT_S):
+                raise EOFError(f"not started within {START_TIMEOUT_S:g} s")
+            failed = parent.recv()
+        except (EOFError, OSError) as e:
+            self._stop()
+            why = f"its process did not start: {e or type(e).__name__}"
+            raise VerifierRaised("ProcessDied", why) from None
+        if failed is not None:
+            self._stop()
+            raise VerifierRaised(*failed)
 
     def _stop(self) -> None:
         if self._proc is not None:
@@ -96,17 +109,15 @@ def _serve(conn: Connection, path: str, name: str) -> None:
     """The child: import the function, then answer (output, reference, row) until the parent hangs up."""
     try:
         function = _load(path, name)
-        failed = None
     except BaseException as e:  # the user's module can raise anything, SystemExit included
-        function, failed = None, (type(e).__name__, f"importing {path}: {str(e)[:_SHOWN]}")
+        conn.send((type(e).__name__, f"importing {path}: {str(e)[:_SHOWN]}"))
+        return
+    conn.send(None)  # ready: the calls' time limits start now
     while True:
         try:
             output, reference, row = conn.recv()
         except (EOFError, OSError, KeyboardInterrupt):
             return
-        if function is None:
-            conn.send((False, failed))
-            continue
         try:
             conn.send((bool(function(output, reference, row)), None))
         except Exception as e:  # this answer fails with the error; the next one is asked as usual
@@ -126,4 +137,4 @@ def _load(path: str, name: str) -> Any:
     return function
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "PythonWorker", "VerifierRaised", "VerifierTimeout"]
+__all__ = ["DEFAULT_TIMEOUT_S", "START_TIMEOUT_S", "PythonWorker", "VerifierRaised", "VerifierTimeout"]

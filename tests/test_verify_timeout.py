@@ -59,3 +59,24 @@ def test_timeout_s_must_be_positive(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "timeout_s" in proc.stderr, proc.stderr
+
+
+SLOW_TO_IMPORT = """
+import time
+time.sleep(1.5)  # a heavy import (sympy, a model): the child's start, not a call
+def check(output, reference, row):
+    return output.rstrip(".").endswith("\\\\boxed{" + reference + "}")
+"""
+
+
+def test_the_time_limit_is_the_calls_not_the_verifiers_import(tmp_path: Path) -> None:
+    """A module slower to import than `timeout_s` still decides every answer: its process's start is
+    waited for apart."""
+    (tmp_path / "verify.py").write_text(SLOW_TO_IMPORT)
+    prompt = _prompt(tmp_path, 'reference = "{{ answer }}"\npython = "verify.py:check"\ntimeout_s = 0.5')
+    plan = _plan(prompt, 0.3)
+    wrong = {t for t, ok in plan.items() if not ok}
+    result = _run(prompt, tmp_path / "o")
+    assert result.status == "complete"
+    assert {r["id"] for r in rows_in(tmp_path / "o")} == set(plan) - wrong
+    assert all("gave no verdict" not in r["error"] for r in rows_in(tmp_path / "o", "rejects"))
