@@ -589,25 +589,18 @@ def _rest_schema(split: str, shared: bool) -> pa.Schema:
 
 @functools.cache
 def _conversion_pool() -> Any:
-    """The memory pool traces are converted into: one that keeps freed memory for reuse, not the system
-    allocator (gen's default pool, chosen for RSS). Arrow grows a column's buffer by doubling it, and a
-    batch of traces is megabytes: from the system allocator each step is a fresh mmap, paid in page
-    faults and copies, several times the copy of the bytes themselves (bench/README.md, `reasoning.py`).
-    jemalloc keeps freed pages for `_DECAY_MS`, so the batches of one shard reuse those of the shard
-    before; else mimalloc, as the Arrow build has them."""
+    """The memory pool traces are converted into: one that keeps freed memory for reuse (mimalloc, else
+    jemalloc, as the Arrow build has them), not the system allocator (gen's default pool, chosen for
+    RSS). Arrow grows a column's buffer by doubling it, and a batch of traces is megabytes: from the
+    system allocator each step is a fresh mmap, paid in page faults and copies, several times the copy
+    of the bytes themselves (bench/README.md, `reasoning.py`)."""
     pa = _pyarrow()
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # not in this Arrow build (Windows)
+    for make in (pa.mimalloc_memory_pool, pa.jemalloc_memory_pool):
         try:
-            return pa.mimalloc_memory_pool()
-        except NotImplementedError:
-            return pa.default_memory_pool()
-    pa.jemalloc_set_decay_ms(_DECAY_MS)  # Arrow's own jemalloc: only this pool uses it
-    return pool
-
-
-_DECAY_MS = 10_000
+            return make()
+        except NotImplementedError:  # not in this Arrow build
+            continue
+    return pa.default_memory_pool()
 
 
 def _shares_traces(rows: list[dict[str, Any]]) -> bool:
@@ -642,7 +635,7 @@ def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBa
     ends = np.frombuffer(traces.buffers()[1], dtype=np.int32, count=len(traces) + 1)[1:]
     list_offsets = np.frombuffer(messages.buffers()[1], dtype=np.int32, count=len(messages) + 1)
     values = messages.values
-    has = ~np.asarray(traces.is_null().to_numpy(zero_copy_only=False))
+    has = _valid(traces)
     last = list_offsets[1:][has] - 1  # the child position of each such row's last message
     child_ends = np.zeros(len(values), dtype=np.int32)
     child_ends[last] = ends[has]
@@ -660,11 +653,23 @@ def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBa
     struct_type = schema.field("messages").type.value_type
     fields = [values.field(f.name) if f.name != "reasoning_content" else child for f in struct_type]
     structs = pa.StructArray.from_arrays(fields, fields=list(struct_type))
+    mask = None if messages.null_count == 0 else pa.array(~_valid(messages))
     rebuilt = pa.ListArray.from_arrays(
-        messages.offsets, structs, type=schema.field("messages").type, mask=messages.is_null()
+        messages.offsets, structs, type=schema.field("messages").type, mask=mask
     )
     columns = [rebuilt if name == "messages" else batch.column(name) for name in schema.names]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _valid(array: pa.Array) -> Any:
+    """Which values of `array` are not null, as a numpy bool array: its validity bitmap unpacked, not
+    `is_null()`, whose import of Arrow's compute module cost a run with traces ~30 ms."""
+    import numpy as np
+
+    if array.null_count == 0:
+        return np.ones(len(array), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8), bitorder="little")
+    return bits[array.offset : array.offset + len(array)].astype(bool)
 
 
 def write_json(path: Path, value: Any) -> None:
