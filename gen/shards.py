@@ -589,13 +589,14 @@ def _rest_schema(split: str, shared: bool) -> pa.Schema:
 
 @functools.cache
 def _conversion_pool() -> Any:
-    """The memory pool traces are converted into: one that keeps freed memory for reuse (mimalloc, else
-    jemalloc, as the Arrow build has them), not the system allocator (gen's default pool, chosen for
-    RSS). Arrow grows a column's buffer by doubling it, and a batch of traces is megabytes: from the
-    system allocator each step is a fresh mmap, paid in page faults and copies, several times the copy
-    of the bytes themselves (bench/README.md, `reasoning.py`)."""
+    """The memory pool traces are converted into: Arrow's jemalloc (else mimalloc, as the Arrow build has
+    them), not the system allocator (gen's default pool, chosen for RSS). Arrow grows a column's buffer
+    by doubling it, and a batch of traces is megabytes: from the system allocator each step is a fresh
+    mmap, paid in page faults and copies, several times the copy of the bytes themselves
+    (bench/README.md, `reasoning.py`). Both cost the same CPU there; jemalloc's peak RSS was ~20 MB
+    lower."""
     pa = _pyarrow()
-    for make in (pa.mimalloc_memory_pool, pa.jemalloc_memory_pool):
+    for make in (pa.jemalloc_memory_pool, pa.mimalloc_memory_pool):
         try:
             return make()
         except NotImplementedError:  # not in this Arrow build
