@@ -27,11 +27,14 @@ plus ~1 byte an entry of bucket table), 8 bytes of key: ~430 bytes, against ~3,4
 RMinHash objects and RMinHashLSH (its HashMaps cost ~100 bytes a band a key).
 
 Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, add_batch in chunks of
-1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 40,000-50,000 rows/s
-depending on the load (rensa's version: 29,300). Shingle hashing is about half of it (~9 us a row),
-signatures ~6 us, the band table ~4 us. Why not rensa's MinHash with a numpy index: getting its digests
-out (RMinHashDigestMatrix.to_rows) alone costs ~10 us a row. Optimal densification (random donor bins,
-Shrivastava 2017) cost 11-17 us a row more in numpy than rotation.
+1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 67,600-70,100 rows/s
+(36,800-40,500 before the passes were made cache-sized; rensa's version: 29,300). Shingle hashing is
+about 6 us a row, signatures ~3.5 us, the band table ~4 us. What made it faster, with the same hashes:
+passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache, control bytes classed
+by the table only where they occur, and the rotation as one suffix minimum over the flat matrix. Why not
+rensa's MinHash with a numpy index: getting its digests out (RMinHashDigestMatrix.to_rows) alone costs
+~10 us a row. Optimal densification (random donor bins, Shrivastava 2017) cost 11-17 us a row more in
+numpy than rotation.
 
 Per-call overhead: add() pays numpy's fixed cost per call (~40 calls for one text), which is why it
 is ~10x slower per row than add_batch(); give add_batch chunks where the caller has them.
@@ -283,7 +286,7 @@ _SPACE = np.zeros(256, np.uint8)
 _SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = 1
 _SPACE_ONE = _SPACE.copy()  # one text, NUL is an ordinary character
 _SPACE[0] = 2
-_CHUNK_TEXTS = 256  # texts hashed per numpy pass: keeps the working set in cache
+_CHUNK_TEXTS = 64  # texts hashed per numpy pass: keeps the working set in cache (256: ~30% slower)
 
 
 def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -337,11 +340,15 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
     Written for few numpy calls (each costs microseconds whatever its size), since one call does one text.
     """
     size = a.size
-    space = (_SPACE if separated else _SPACE_ONE)[a]  # 0 word byte, 1 whitespace, 2 separator
-    edges = np.zeros(size + 2, np.int8)
-    np.equal(space, 0, out=edges[1:-1].view(np.bool_))
-    # Padded with non-words at both ends, the changes alternate: word start, word end, start, end...
-    bounds = np.flatnonzero(np.diff(edges))
+    # Word bytes, padded with non-words at both ends. Above space every byte is one; the few control
+    # bytes below it are classed by the table (0 word byte, 1 whitespace, 2 separator), not every byte.
+    word = np.zeros(size + 2, np.bool_)
+    np.greater(a, 32, out=word[1:-1])
+    ctrl = np.flatnonzero(a < 32)
+    kind = (_SPACE if separated else _SPACE_ONE)[a[ctrl]]
+    word[ctrl + 1] = kind == 0
+    # The changes alternate: word start, word end, start, end...
+    bounds = np.flatnonzero(word[1:] != word[:-1])
     starts = bounds[0::2]
     ends = bounds[1::2]
     # Word hash: the polynomial sum(byte_j * BASE**(j+1)) over the word via prefix sums, shifted back by
@@ -356,7 +363,7 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
     words += (ends - starts).view(_U64)
     _fmix_(words)
     if separated:
-        doc = np.searchsorted(np.flatnonzero(space == 2), starts)
+        doc = np.searchsorted(ctrl[kind == 2], starts)
         per_doc = np.bincount(doc, minlength=n)
         short = np.flatnonzero(per_doc < 3).tolist()
     else:
@@ -401,7 +408,7 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
 
 _EMPTY = np.uint32(0xFFFFFFFF)
 _LOW32 = _U64(0xFFFFFFFF)
-_SIG_ROWS = 4096  # texts per signature pass: bounds the temporary arrays
+_SIG_ROWS = 256  # texts per signature pass: its temporaries stay in cache (4096: ~35% slower)
 
 
 @lru_cache(maxsize=16)
@@ -410,6 +417,31 @@ def _band_mults(bands: int, words: int) -> tuple[np.ndarray, np.ndarray]:
     mults = np.array(_splitmix64(0x62616E64, words), _U64) | _U64(1)
     salts = np.array(_splitmix64(0x73616C74, bands), _U64)
     return mults, salts
+
+
+@lru_cache(maxsize=16)
+def _band_coefficients(bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per value of a band, the multiplier of the 8-byte word it is in (`_band_mults`), shifted 32 bits up
+    for the word's high half (values are little-endian uint32 pairs); and the bands' salts."""
+    words = (4 * rows + 7) // 8
+    mults, salts = _band_mults(bands, words)
+    coef = np.array([(int(mults[i // 2]) << (32 * (i % 2))) & _MASK64 for i in range(rows)], _U64)
+    return coef, salts
+
+
+_NONE = np.int32(1 << 30)  # more than any flat bin position of a signature pass (_SIG_ROWS * 0xFFFF)
+
+
+@lru_cache(maxsize=4)
+def _positions_of(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int32)
+
+
+def _positions(n: int) -> np.ndarray:
+    """0 ... n - 1 as int32, from a table kept for the largest pass seen of up to 2**20 bins."""
+    if n > 1 << 20:
+        return np.arange(n, dtype=np.int32)
+    return _positions_of(1 << max(10, (n - 1).bit_length()))[:n]
 
 
 def signatures(
@@ -434,36 +466,41 @@ def signatures(
     sig = np.empty((n, k), np.uint8)
     fps = np.empty((n, bands), np.uint32)
     mix = _U64(_fmix_int(seed ^ 0x6F6E655F7065726D) | 1)
-    words = (4 * rows + 7) // 8
-    mults, salts = _band_mults(bands, words)
-    cols = np.arange(k, dtype=np.int32)
+    coef, salts = _band_coefficients(bands, rows)
     for a in range(0, n, _SIG_ROWS):
         b = min(n, a + _SIG_ROWS)
+        m = b - a
         lo, hi = int(offsets[a]), int(offsets[b])
         x = flat[lo:hi] ^ mix
         _fmix_(x)
-        row = np.repeat(np.arange(0, (b - a) * k, k), np.diff(offsets[a : b + 1]).astype(np.intp))
+        row = np.repeat(np.arange(0, m * k, k), np.diff(offsets[a : b + 1]).astype(np.intp))
         row += ((x >> _U64(32)) * _U64(k) >> _U64(32)).astype(np.intp)  # the bin, in the flat matrix
-        mat = np.full((b - a, k), _EMPTY, np.uint32)
+        mat = np.full((m, k), _EMPTY, np.uint32)
         np.minimum.at(mat.ravel(), row, x.astype(np.uint32))  # the low 32 bits: the value
         # 8 bits a value: the low byte (uniform, unlike the high byte of a minimum) + 1, so an empty bin
         # (all ones) wraps to 0; the 1 value in 256 whose low byte is 255 reads as empty too, in every set.
         part = sig[a:b]
         np.add(mat.astype(np.uint8), np.uint8(1), out=part)
-        filled = part != 0
-        # Rotation: the index of the next filled bin at or after each bin, wrapping to the first.
-        nxt = np.where(filled[:, ::-1], cols[::-1], 2 * k)
-        nxt = np.minimum.accumulate(nxt, axis=1)[:, ::-1]
-        nxt = np.where(nxt >= k, nxt[:, :1], nxt)
-        nxt[nxt >= k] = 0  # a text with no value at all (all bins empty) stays so
+        # Rotation: for each bin the next filled bin at or after it in its row, else the row's first, else
+        # (no value at all) the bin itself. As flat positions: a suffix minimum over the whole matrix
+        # (one contiguous pass) finds the next filled position, which is in a later row when the row has
+        # none left.
+        # An empty bin's position is marked by adding _NONE, so that any filled one is less.
+        end = m * k
+        back = (part.ravel()[::-1] == 0).view(np.int8).astype(np.int32)  # from the last bin back
+        back *= _NONE
+        back += _positions(end)[::-1]
+        nxt = np.minimum.accumulate(back)[::-1].reshape(m, k)
+        start = np.arange(0, end, k, dtype=np.int32).reshape(m, 1)
+        first = nxt[:, :1]
+        wrap = np.where(first < start + k, first, start)
+        nxt = np.where(nxt < start + k, nxt, wrap)
         # A band's 32-bit values (not the 8-bit ones: a band of one value copied `rows` times would then
-        # have 255 possible fingerprints), zero-padded to whole 8-byte words, hashed as words.
-        padded = np.zeros((b - a, bands, 8 * words), np.uint8)
-        dense = np.take_along_axis(mat, nxt, axis=1).reshape(b - a, bands, rows)
-        padded[:, :, : 4 * rows] = dense.view(np.uint8)
-        h = padded.view(_U64)
-        h *= mults
-        v = h.sum(axis=2, dtype=_U64)  # wraps mod 2**64, as wanted
+        # have 255 possible fingerprints), hashed as the zero-padded 8-byte words they make: word w is
+        # values 2w (low half) and 2w + 1 (high), so the sum of word * multiplier is a sum of value *
+        # coefficient (`_band_coefficients`), mod 2**64.
+        dense = mat.ravel()[nxt].reshape(m, bands, rows).astype(_U64)
+        v = dense @ coef  # integer matmul wraps mod 2**64, as wanted
         v += salts
         fps[a:b] = _fmix_(v) >> _U64(32)
     return sig, fps
