@@ -22,8 +22,9 @@ Measured on real text pairs (bench/near_recall.py: windows of this repository's 
 all 6,000 pairs (no miss: >= 99.95% at 95% confidence), kept at J = 0.80 in 93.4-95.0%. Bounds of
 issue 16: >= 99.9% and >= 85%.
 
-Memory per kept row: 231 bytes of signature, 21 band entries of 8 bytes in sorted numpy runs (`BandRuns`,
-plus ~1 byte an entry of bucket table), 8 bytes of key: ~430 bytes, against ~3,400 with rensa's
+Memory per kept row: 231 bytes of signature, 21 band entries in sorted numpy runs (`BandRuns`: 6 bytes
+an entry in runs of 131,072 entries and more, whose bucket table holds the fingerprint's top 16+ bits,
+plus 1-2 bytes an entry of that table), 8 bytes of key: ~395 bytes, against ~3,400 with rensa's
 RMinHash objects and RMinHashLSH (its HashMaps cost ~100 bytes a band a key).
 
 Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, add_batch in chunks of
@@ -558,25 +559,27 @@ def _large_allocations_to_mmap() -> None:
         pass
 
 
-_CHUNK = 1 << 16  # rows per signature/key chunk: the store grows by chunks, never by copying
+_CHUNK_BITS = 16
+_CHUNK = 1 << _CHUNK_BITS  # rows per signature/key chunk: the store grows by chunks, never by copying
 _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
 
 
+_PER_BUCKET = 4  # entries per bucket of a run's table (1 to 2 bytes of table an entry)
 _LOADED_MAX = 1 << 23  # entries (64 MiB) of loaded runs merged in one go
 _RUN_RATIO = 4  # a run is merged into the last while that is at most this many times its size
 
 
 class BandRuns:
-    """The LSH band table: sorted uint64 runs of (band fingerprint << 32 | row), merged like a log-
+    """The LSH band table: sorted runs of (band fingerprint << 32 | row) entries, merged like a log-
     structured tree (a new run is merged into the last while that is at most _RUN_RATIO times its
-    size), so there are about log4(rows / batch) runs and each entry costs 8 bytes, with no free
-    slots. Each run has a table of where each bucket of top fingerprint bits starts (about 4 entries a
-    bucket, 1 byte an entry): fingerprints are uniform hashes, so a lookup reads one small bucket
-    instead of a binary search through the whole run."""
+    size), so there are about log4(rows / batch) runs, with no free slots. Each run has a table of
+    where each bucket of top fingerprint bits starts (about 4 entries a bucket, 1-2 bytes an entry):
+    fingerprints are uniform hashes, so a lookup reads one small bucket instead of a binary search
+    through the whole run. A run keeps what its bucket does not say (`_Run`): 6 bytes an entry once it
+    has 16 or more bucket bits (runs of 131,072 entries and more), else 8."""
 
     def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
-        self._starts: list[np.ndarray] = []
+        self.runs: list[_Run] = []
         self._loaded: list[np.ndarray] = []  # sorted runs given by `add(presorted=True)`, merged on next use
 
     @property
@@ -586,7 +589,7 @@ class BandRuns:
     @property
     def nbytes(self) -> int:
         self._settle()
-        return sum(r.nbytes for r in self.runs) + sum(s.nbytes for s in self._starts)
+        return sum(r.nbytes for r in self.runs)
 
     def add(self, entries: np.ndarray, *, presorted: bool = False) -> None:
         if presorted:  # a resume loads one sorted run per shard: merge many at once, when next used
@@ -606,43 +609,69 @@ class BandRuns:
 
     def _push(self, run: np.ndarray) -> None:
         while self.runs and self.runs[-1].size <= _RUN_RATIO * run.size:
-            self._starts.pop()
-            run = np.concatenate((self.runs.pop(), run))
+            run = np.concatenate((self.runs.pop().entries(), run))
             run.sort(kind="stable")  # timsort: two sorted runs merge in linear time
-        self.runs.append(run)
-        self._starts.append(_bucket_starts(run))
+        self.runs.append(_Run(run))
 
     def lookup(self, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query position, row) for every stored entry whose fingerprint equals fps[query position]."""
         self._settle()
         needle = fps.astype(_U64)
         qs, rows = [], []
-        for run, starts in zip(self.runs, self._starts, strict=True):
-            bits = (starts.size - 1).bit_length() - 1  # starts has 2**bits + 1 values
-            shift = _U64(32 - bits)
+        for run in self.runs:
+            shift = _U64(32 - run.bits)
             bucket = (needle >> shift).astype(np.intp)
-            first = starts[bucket]
-            count = (starts[bucket + 1] - first).astype(np.intp)
+            first = run.starts[bucket]
+            count = (run.starts[bucket + 1] - first).astype(np.intp)
             q = np.repeat(np.arange(needle.size), count)
             if not q.size:
                 continue
             skip = first.astype(np.intp) - (np.cumsum(count) - count)
-            entry = run[np.arange(q.size) + np.repeat(skip, count)]
-            hit = (entry >> _U64(32)) == needle[q]
+            at = np.arange(q.size) + np.repeat(skip, count)
+            rest = (needle & ((_U64(1) << shift) - _U64(1))).astype(run.rest.dtype)
+            hit = run.rest[at] == rest[q]
             qs.append(q[hit])
-            rows.append(entry[hit] & _LOW32)
+            rows.append(run.rows[at[hit]].astype(_U64))
         if not qs:
             return np.empty(0, np.intp), np.empty(0, _U64)
         return np.concatenate(qs), np.concatenate(rows)
 
 
-def _bucket_starts(run: np.ndarray) -> np.ndarray:
-    """Where each bucket of the top `bits` fingerprint bits starts in the sorted run (2**bits + 1 values)."""
-    bits = max(1, min(32, (run.size // 4).bit_length()))
-    counts = np.bincount((run >> _U64(64 - bits)).astype(np.intp), minlength=1 << bits)
-    starts = np.zeros((1 << bits) + 1, np.uint32 if run.size < 1 << 32 else np.uint64)
-    np.cumsum(counts, out=starts[1:])
-    return starts
+class _Run:
+    """One sorted run of band entries, kept as three arrays: `starts`, where each bucket of the top
+    `bits` fingerprint bits begins (2**bits + 1 values); `rest`, the fingerprint's other 32 - bits bits
+    (uint16 when they fit); `rows`, uint32. The bucket is where an entry sits, so it is not stored."""
+
+    __slots__ = ("bits", "rest", "rows", "starts")
+
+    def __init__(self, entries: np.ndarray) -> None:
+        """From sorted uint64 entries (fingerprint << 32 | row)."""
+        bits = max(1, min(32, (entries.size // _PER_BUCKET).bit_length()))
+        fp = entries >> _U64(32)
+        counts = np.bincount((fp >> _U64(32 - bits)).astype(np.intp), minlength=1 << bits)
+        self.starts = np.zeros((1 << bits) + 1, np.uint32 if entries.size < 1 << 32 else np.uint64)
+        np.cumsum(counts, out=self.starts[1:])
+        fp &= (_U64(1) << _U64(32 - bits)) - _U64(1)
+        self.rest = fp.astype(np.uint16 if bits >= 16 else np.uint32)
+        self.rows = entries.astype(np.uint32)  # the low 32 bits
+        self.bits = bits
+
+    @property
+    def size(self) -> int:
+        return self.rows.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.starts.nbytes + self.rest.nbytes + self.rows.nbytes
+
+    def entries(self) -> np.ndarray:
+        """The run as sorted uint64 entries again (for a merge)."""
+        shift = _U64(32 - self.bits)
+        out = np.repeat(np.arange(1 << self.bits, dtype=_U64) << shift, np.diff(self.starts).astype(np.intp))
+        out |= self.rest
+        out <<= _U64(32)
+        out |= self.rows
+        return out
 
 
 class NearDedup:
@@ -659,7 +688,7 @@ class NearDedup:
     and the whole signature is banded. With bands only, rows is the largest that still meets the bound.
     With both, rows = num_perm // bands.
 
-    Memory per kept row: num_perm bytes of 8-bit signature, 8 bytes per band in the band table, 8 for
+    Memory per kept row: num_perm bytes of 8-bit signature, 7-10 bytes per band in the band table, 8 for
     its key when keys are 16 hex digits (gen's id prefixes; other keys are kept as Python strings).
     """
 
@@ -774,8 +803,12 @@ class NearDedup:
 
     @property
     def bytes_per_row(self) -> int:
-        """Memory per indexed row: the 8-bit signature, 8 bytes per band entry, 8 for the key."""
-        return self.num_perm + 8 * self.bands + 8
+        """Memory per indexed row: once rows are indexed (by hex keys), what the index's arrays hold per
+        row (signatures, keys, the band table's runs and bucket tables); before, a small index's: the
+        8-bit signature, 8 bytes per band entry and ~1.5 of bucket table, 8 for the key."""
+        if self._n == 0 or self._str is not None:
+            return self.num_perm + 8 + (19 * self.bands) // 2
+        return (self._n * (self.num_perm + 8) + self._runs.nbytes) // self._n
 
     def candidate_probability(self, s: float) -> float:
         return candidate_probability(s, self.bands, self.rows)
@@ -785,7 +818,7 @@ class NearDedup:
     def _sig_rows(self, rows: np.ndarray) -> np.ndarray:
         """The stored signatures of kept rows `rows` (uint64 array)."""
         out = np.empty((rows.size, self.num_perm), np.uint8)
-        chunk = (rows >> _U64(16)).astype(np.intp)
+        chunk = (rows >> _U64(_CHUNK_BITS)).astype(np.intp)
         within = (rows & _U64(_CHUNK - 1)).astype(np.intp)
         for c in np.unique(chunk).tolist():
             sel = chunk == c
@@ -795,7 +828,7 @@ class NearDedup:
     def _key(self, row: int) -> str:
         if self._str is not None:
             return self._str[row]
-        return f"{int(self._hex[row >> 16][row & (_CHUNK - 1)]):016x}"
+        return f"{int(self._hex[row >> _CHUNK_BITS][row & (_CHUNK - 1)]):016x}"
 
     def _store(self, sig: np.ndarray, keys: list[str] | np.ndarray) -> None:
         """Append kept rows' signatures and keys (rows self._n, self._n + 1, ...): strings, or uint64
