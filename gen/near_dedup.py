@@ -748,8 +748,9 @@ class NearDedup:
         self._str: list[str] | None = None  # the keys, once one is not
         self._n = 0
         self._offered = 0
-        # (sig, fps) of the last add call's texts, in its order: gen.dedup keeps the kept rows' for their
-        # shard's persisted index (gen.dedup_index), so the writer does not hash them again.
+        # (band fingerprints, row numbers: -1 where not kept) of the last add call's texts, in its order:
+        # gen.dedup keeps the kept rows' for their shard's persisted index (gen.dedup_index), so the
+        # writer does not hash them again (their signatures are read from this index's store).
         self.last: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- public API --------------------------------------------------------------------------------------
@@ -875,7 +876,6 @@ class NearDedup:
             keys = [str(self._offered + i) for i in range(n)]
         self._offered += n
         sig, fps = signatures(flat, offsets, self.bands, self.rows, self.seed)
-        self.last = (sig, fps)
         # Candidates among kept rows: any whole band equal; confirmed when >= need of the values agree.
         q, rows = self._runs.lookup(fps.ravel())
         q //= self.bands
@@ -931,13 +931,21 @@ class NearDedup:
                 continue
             new_row[i] = self._n + len(kept)
             kept.append(i)
+        rows_of = np.full(n, -1, np.int64)
         if kept:
             sel = np.array(kept, np.intp)
             base = self._n
             self._store(sig[sel], [keys[i] for i in kept])
             rows_new = np.arange(base, base + sel.size, dtype=_U64)
             self._runs.add(((fps[sel].astype(_U64) << _U64(32)) | rows_new[:, None]).ravel())
+            rows_of[sel] = rows_new
+        self.last = (fps, rows_of)
         return out
+
+    def stored_signatures(self, rows: np.ndarray) -> np.ndarray:
+        """The 8-bit signatures of indexed rows `rows` (their numbers, 0 the first indexed), as stored.
+        Rows indexed later may be added meanwhile from another thread: stored rows are never moved."""
+        return self._sig_rows(np.asarray(rows).astype(_U64))
 
 
 class NearStep:
@@ -961,8 +969,8 @@ class NearStep:
             self.check_batch(ids[start : start + 4096], keys[start : start + 4096])
 
     @property
-    def last_signatures(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(8-bit signatures, band fingerprints) of the last check_batch's rows, in its order."""
+    def last_keys(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(band fingerprints, row numbers in the index or -1) of the last check_batch's rows, in order."""
         return self.index.last
 
     def load(self, seg: Any) -> None:
