@@ -6,7 +6,9 @@ re-hash (issue 16).
 (`Deduplicator.exact_digest`) and, with near dedup on, their 8-bit one-permutation MinHash signatures
 and sorted band entries (`gen.near_dedup.signatures`). It is written (temporary name, fsync, rename)
 right after its shard and before the manifest that lists the shard, in the same checkpoint, so the
-previous checkpoint stays valid whatever happens mid-write; it only ever speeds a resume up.
+previous checkpoint stays valid whatever happens mid-write; it only ever speeds a resume up. A run
+makes it from the keys its dedup chain computed as the rows were accepted (`AcceptedKeys`); a shard
+with a row whose keys were not kept is read back and hashed (`build`), which gives the same bytes.
 
 Format (little-endian), version FORMAT:
     b"GENDIDX1"                      magic, 8 bytes
