@@ -16,7 +16,7 @@ duplicate when both its input and its answer are near another's.
 
 A reasoning trace (the row's `reasoning`) is part of the answer's side of the key when `[dedup]
 reasoning = true` (the default): an 8-byte hash of its bytes joins the exact key, and a bounded sample
-of its text (gen.reasoning.trace_sample: 8 windows of 256 characters) joins the answer's near text. So
+of its text (gen.reasoning.trace_sample: 4 windows of 128 characters) joins the answer's near text. So
 two inputs that share a short final answer (`\boxed{42}`) stay apart even with `on = "output"` when
 their traces differ, two near-identical traces of one input are near duplicates whatever their final
 answers, and the cost of both checks does not grow with the trace (the exact hash reads its bytes once,
@@ -426,8 +426,9 @@ class Deduplicator:
         self.counts = {"exact": 0, "near": 0}
         self.examples: list[dict[str, str]] = []
         # With `capture` on (the run, when it persists indexes), the keys a kept row was checked with are
-        # kept by id key until `take_keys` (gen.dedup_index.AcceptedKeys): [exact digest, 8-bit
-        # signature, band fingerprints]. Only rows between their check and their acceptance are held.
+        # kept by id key until `take_keys` (gen.dedup_index.AcceptedKeys): [exact digest, its row number
+        # in the near index (which holds its signature), band fingerprints]. Only rows between their
+        # check and their acceptance are held.
         self.capture = False
         self._captured: dict[int, list[Any]] = {}
 
@@ -530,9 +531,9 @@ class Deduplicator:
         return kept
 
     def take_keys(self, task_id: str) -> tuple[int, int, Any, Any] | None:
-        """(id key, exact digest, signature, band fingerprints) a row was kept with (with `capture` on),
-        forgotten once taken; signature and fingerprints are None without near. None when any part was
-        not captured (a row this chain did not check, a chain with other steps)."""
+        """(id key, exact digest, near index row, band fingerprints) a row was kept with (with `capture`
+        on), forgotten once taken; the last two are None without near. None when any part was not
+        captured (a row this chain did not check, a chain with other steps)."""
         key = id_key(task_id)
         got = self._captured.pop(key, None)
         if got is None or got[0] is None or (self.near_enabled and got[1] is None):
@@ -588,11 +589,11 @@ class Deduplicator:
                 if kept is None:
                     self._captured[id_key(tid)] = [digest, None, None]
         elif name == "near":
-            sig, fps = step.last_signatures
+            fps, rows = step.last_keys
             for j, (tid, kept) in enumerate(zip(ids, decided, strict=True)):
                 if kept is None:
                     got = self._captured.setdefault(id_key(tid), [None, None, None])
-                    got[1], got[2] = sig[j], fps[j]
+                    got[1], got[2] = int(rows[j]), fps[j]
 
     def columns(self) -> list[str]:
         """The data-shard columns `read_keys` reads for this key."""

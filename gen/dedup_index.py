@@ -6,7 +6,9 @@ re-hash (issue 16).
 (`Deduplicator.exact_digest`) and, with near dedup on, their 8-bit one-permutation MinHash signatures
 and sorted band entries (`gen.near_dedup.signatures`). It is written (temporary name, fsync, rename)
 right after its shard and before the manifest that lists the shard, in the same checkpoint, so the
-previous checkpoint stays valid whatever happens mid-write; it only ever speeds a resume up.
+previous checkpoint stays valid whatever happens mid-write; it only ever speeds a resume up. A run
+makes it from the keys its dedup chain computed as the rows were accepted (`AcceptedKeys`); a shard
+with a row whose keys were not kept is read back and hashed (`build`), which gives the same bytes.
 
 Format (little-endian), version FORMAT:
     b"GENDIDX1"                      magic, 8 bytes
@@ -105,25 +107,31 @@ class AcceptedKeys:
 
     The run adds one entry per data row it hands the writer (`add`, in the event loop: None for a row
     whose keys were not captured); the writer thread takes each new shard's rows from the front
-    (`segment`). Memory: ~8 + 8 + num_perm + 4 * bands bytes per row not yet in a shard, in blocks of
-    BLOCK rows, each freed once its rows are taken.
+    (`segment`). A row's signature is not copied: the near index (`near`, a gen.near_dedup.NearDedup)
+    holds it, and the row's number there is kept. Memory: 8 + 8 + 8 + 4 * bands bytes per row not yet
+    in a shard (109 at 21 bands), in blocks of BLOCK rows, each freed once its rows are taken.
     """
 
     BLOCK = 4096
 
-    def __init__(self, settings: dict[str, Any]) -> None:
-        near = settings["near"]
-        self._k = None if near is None else near["bands"] * near["rows"]
-        self._bands = None if near is None else near["bands"]
+    def __init__(self, settings: dict[str, Any], near: Any = None) -> None:
+        shape = settings["near"]
+        self._bands = None if shape is None else shape["bands"]
+        self._near = near
+        if shape is not None and (
+            near is None
+            or (near.bands, near.rows, near.seed) != (shape["bands"], shape["rows"], shape["seed"])
+        ):
+            self._near = None  # not the segment's shape: every shard is read back
         self._lock = threading.Lock()
         self._blocks: dict[str, list[_Block]] = {}
 
     def add(self, split: str, keys: tuple[int, int, Any, Any] | None) -> None:
-        """Append a row's (id key, exact digest, signature, band fingerprints), or None when unknown."""
+        """Append a row's (id key, exact digest, near index row, band fingerprints), or None when unknown."""
         with self._lock:
             blocks = self._blocks.setdefault(split, [])
             if not blocks or blocks[-1].n == self.BLOCK:
-                blocks.append(_Block(self.BLOCK, self._k, self._bands))
+                blocks.append(_Block(self.BLOCK, self._bands))
             blocks[-1].put(keys)
 
     def segment(self, split: str, rows: int) -> Segment | None:
@@ -147,30 +155,30 @@ class AcceptedKeys:
         # The rows taken are never written again: copied outside the lock while the run adds after them.
         if need or not all(b.ok[a:z].all() for b, a, z in parts):
             return None
-        if not parts:
-            return _segment(np.empty(0, np.uint64), np.empty(0, np.uint64), *self._empty())
-        ids = np.concatenate([b.ids[a:z] for b, a, z in parts])
-        exact = np.concatenate([b.exact[a:z] for b, a, z in parts])
+        if self._bands is not None and self._near is None:
+            return None
+        ids = np.concatenate([b.ids[a:z] for b, a, z in parts]) if parts else np.empty(0, np.uint64)
+        exact = np.concatenate([b.exact[a:z] for b, a, z in parts]) if parts else np.empty(0, np.uint64)
         sig = fps = None
-        if self._k is not None:
-            sig = np.concatenate([b.sig[a:z] for b, a, z in parts])  # type: ignore[index]
-            fps = np.concatenate([b.fps[a:z] for b, a, z in parts])  # type: ignore[index]
+        if self._bands is not None:
+            near_rows = np.concatenate([b.row[a:z] for b, a, z in parts]) if parts else np.empty(0, np.int64)
+            sig = self._near.stored_signatures(near_rows)
+            fps = (
+                np.concatenate([b.fps[a:z] for b, a, z in parts])  # type: ignore[index]
+                if parts
+                else np.empty((0, self._bands), np.uint32)
+            )
         return _segment(ids, exact, sig, fps)
-
-    def _empty(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        if self._k is None or self._bands is None:
-            return None, None
-        return np.empty((0, self._k), np.uint8), np.empty((0, self._bands), np.uint32)
 
 
 class _Block:
     """BLOCK rows of AcceptedKeys: filled up to `n`, taken up to `start`."""
 
-    def __init__(self, size: int, k: int | None, bands: int | None) -> None:
+    def __init__(self, size: int, bands: int | None) -> None:
         self.ids = np.empty(size, np.uint64)
         self.exact = np.empty(size, np.uint64)
         self.ok = np.zeros(size, np.bool_)
-        self.sig = None if k is None else np.empty((size, k), np.uint8)
+        self.row = None if bands is None else np.empty(size, np.int64)
         self.fps = None if bands is None else np.empty((size, bands), np.uint32)
         self.n = 0
         self.start = 0
@@ -180,17 +188,12 @@ class _Block:
         self.n += 1
         if keys is None:
             return
-        key, digest, sig, fps = keys
-        if self.sig is not None:
-            if (
-                sig is None
-                or fps is None
-                or sig.shape != self.sig.shape[1:]
-                or fps.shape != self.fps.shape[1:]
-            ):
-                return  # another shape than the segment's settings: the shard is read back instead
-            self.sig[i] = sig
-            self.fps[i] = fps  # type: ignore[index]
+        key, digest, row, fps = keys
+        if self.fps is not None:
+            if row is None or row < 0 or fps is None or fps.shape != self.fps.shape[1:]:
+                return  # not what the segment holds: the shard is read back instead
+            self.row[i] = row  # type: ignore[index]
+            self.fps[i] = fps
         self.ids[i] = key
         self.exact[i] = digest
         self.ok[i] = True

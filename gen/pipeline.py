@@ -1031,7 +1031,7 @@ class Run:
                 if self._accepted_keys is None:
                     from gen.dedup_index import AcceptedKeys, settings_of
 
-                    self._accepted_keys = AcceptedKeys(settings_of(self.dedup))
+                    self._accepted_keys = AcceptedKeys(settings_of(self.dedup), self.dedup.near)
                 self._accepted_keys.add(split, keys)
         return self.writer.add(split, row)
 

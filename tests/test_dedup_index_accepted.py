@@ -57,6 +57,12 @@ def _recipe(tmp_path: Path, n: int, *, samples: int = 2, dedup: str = "") -> Pat
     return tmp_path / "p.toml"
 
 
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 7 rows, so that shards of 20-40 rows begin and end inside blocks and span several."""
+    monkeypatch.setattr(dedup_index.AcceptedKeys, "BLOCK", 7)
+
+
 @pytest.fixture
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The shards `dedup_index.build` (the read-back path) is run on in this process; it still runs."""
