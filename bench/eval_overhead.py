@@ -68,6 +68,35 @@ def _export(ref: str, dest: Path) -> Path:
     return dest
 
 
+# What differs between two evaluations of the same answers by nature: names, clocks and timings.
+_VOLATILE_REPORT = {"eval_id", "created_at", "finished_at", "wall_s", "latency_ms"}
+_VOLATILE_RESULTS = {"latency_ms"}
+
+
+def _differences(new: Path, old: Path) -> list[str]:
+    """Where two evaluations' report.json and results.parquet differ (figures, cells), timings aside."""
+    import pyarrow.parquet as pq
+
+    found = []
+    reports = [json.loads((d / "report.json").read_text()) for d in (new, old)]
+    for key in sorted(set(reports[0]) | set(reports[1])):
+        if key not in _VOLATILE_REPORT and reports[0].get(key) != reports[1].get(key):
+            found.append(f"report.json {key}: {reports[0].get(key)!r:.200} != {reports[1].get(key)!r:.200}")
+    if reports[0]["latency_ms"]["requests"] != reports[1]["latency_ms"]["requests"]:
+        found.append("report.json latency_ms.requests differs")
+    tables = [pq.read_table(d / "results.parquet") for d in (new, old)]
+    if tables[0].schema != tables[1].schema:
+        found.append(f"results.parquet schema: {tables[0].schema} != {tables[1].schema}")
+    else:
+        for name in tables[0].column_names:
+            if name not in _VOLATILE_RESULTS and not tables[0].column(name).equals(tables[1].column(name)):
+                found.append(f"results.parquet column {name} differs")
+        nulls = [t.column("latency_ms").null_count for t in tables]
+        if nulls[0] != nulls[1]:
+            found.append(f"results.parquet latency_ms nulls: {nulls[0]} != {nulls[1]}")
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=5000, help="rows (default 5,000)")
@@ -109,6 +138,7 @@ def main() -> None:
         if a.baseline:
             base_env = {**os.environ, "PYTHONPATH": str(_export(a.baseline, work / "baseline"))}
         run_cpu, eval_cpu, eval_rows, base_cpu = [], [], [], []
+        same_figures: list[bool] = []
         for i in range(a.repeats):
             out = work / f"ds{i}"
             run_cpu.append(
@@ -122,9 +152,17 @@ def main() -> None:
             evaluate = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student_url,
                         "--student-model", "gen-sim-1", "--split", "all", *common]  # fmt: skip
             order = [(eval_cpu, env), (base_cpu, base_env)] if base_env else [(eval_cpu, env)]
+            made: dict[int, Path] = {}
             for cpu, child_env in order if i % 2 == 0 else reversed(order):
+                before = set((out / "evals").glob("*"))
                 cpu.append(_timed(evaluate, child_env))
+                (made[id(cpu)],) = set((out / "evals").glob("*")) - before
                 time.sleep(1.1)  # evaluation directories are named to the second
+            if base_env:
+                differs = _differences(made[id(eval_cpu)], made[id(base_cpu)])
+                same_figures.append(not differs)
+                for line in differs[:10]:
+                    print(f"repeat {i + 1}: differs from {a.baseline}: {line}", file=sys.stderr)
             for report in (out / "evals").glob("*/report.json"):
                 eval_rows.append(json.loads(report.read_text())["rows"])
         r, e = statistics.median(run_cpu), statistics.median(eval_cpu)
@@ -143,6 +181,10 @@ def main() -> None:
         print(f"eval / run, per row: {(e / n_eval) / (r / a.n):.2f}")
         if base_cpu:
             print(f"eval ({a.baseline}) / run, per row: {(b / n_eval) / (r / a.n):.2f}")
+            print(
+                f"report.json and results.parquet the same as {a.baseline}'s (timings aside): "
+                f"{sum(same_figures)} of {len(same_figures)} repeats"
+            )
     finally:
         for sim in sims:
             sim.terminate()

@@ -7,8 +7,8 @@ decision consistent with the intended use; and, for an output whose manifest say
 decides every task of its recipe (rows + rejects + duplicates = tasks: each id of the prompt file's task
 set, within the recorded --limit, is in some shard). It then breaks the data down by teacher, licence,
 template and split, and lists the obligations the user must honour when publishing a student.
-Each finished evaluation under evals/ is checked too: its report was made against this manifest, and
-its results name rows of the dataset.
+Each finished evaluation under evals/ is checked too: its report was made against this manifest, its
+results name rows of the dataset, and a judged one's judge.jsonl holds the verdicts it counted.
 """
 
 from __future__ import annotations
@@ -346,6 +346,8 @@ def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
             continue
         if len(ids) != rows:
             report.add(rel, None, f"{len(ids)} rows, its report.json says {rows}")
+        if isinstance(data.get("judge"), dict):
+            _audit_verdicts(report, out, path.parent, data["judge"], results, set(ids))
         seen: set[str] = set()
         for i, tid in enumerate(ids):
             if tid in seen:  # one row counted twice weighs double in every figure of the report
@@ -355,6 +357,76 @@ def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
                 report.add(rel, i, f"id {tid} is in the dataset, yet evaluated as a fresh input")
             elif not fresh and tid not in kept:
                 report.add(rel, i, f"id {tid} is not a row of the dataset")
+
+
+# A judged evaluation's verdicts (gen.eval_judge.VerdictLog, gen.judge.VERDICTS): judge.jsonl keeps all
+# but `error`; results.parquet's `judge` also says `no_answer` (the judge not asked) or null.
+_KEPT_VERDICTS = ("win", "tie", "loss", "unparseable")
+
+
+def _audit_verdicts(
+    report: AuditReport,
+    out: Path,
+    eval_dir: Path,
+    judge: dict[str, Any],
+    results: Path,
+    evaluated: set[str],
+) -> None:
+    """A judged evaluation's judge.jsonl: every line an intact verdict of a row it evaluated (a line a
+    crash cut short is skipped, as gen eval skips it: a note), and the verdicts it counted, row by row in
+    results.parquet's `judge` and in total in report.json's counts, are the ones the file holds for the
+    report's judge (its provider, model and prompt)."""
+    log = eval_dir / "judge.jsonl"
+    rel = str(log.relative_to(out))
+    try:
+        column = pq.read_table(results, columns=["id", "judge"]).to_pydict()
+    except Exception as e:  # a judged evaluation's results.parquet has a `judge` column
+        report.add(str(results.relative_to(out)), None, f"no readable `judge` column: {e}")
+        return
+    counted = {t: v for t, v in zip(column["id"], column["judge"], strict=True) if v in _KEPT_VERDICTS}
+    counts = judge.get("counts") if isinstance(judge.get("counts"), dict) else {}
+    for verdict in _KEPT_VERDICTS:
+        n = sum(v == verdict for v in counted.values())
+        if counts.get(verdict) != n:
+            report.add(
+                str(eval_dir.relative_to(out) / "report.json"),
+                None,
+                f"report.json counts {counts.get(verdict)} {verdict} verdicts, results.parquet {n}",
+            )
+    try:
+        lines = log.read_bytes().splitlines()
+    except FileNotFoundError:
+        if counted:
+            report.add(rel, None, f"missing: the report counts {len(counted)} verdicts of the judge")
+        return
+    except OSError as e:
+        report.add(rel, None, f"unreadable: {e}")
+        return
+    key = f"{judge.get('provider')}:{judge.get('model')}:{judge.get('prompt_sha256')}"
+    held: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            report.notes.append(f"{rel}: line {i + 1} cut short (skipped, as gen eval skips it)")
+            continue
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("id"), str)
+            or entry.get("verdict") not in _KEPT_VERDICTS
+        ):
+            report.add(rel, i, f"not a verdict gen writes: {line[:120]!r}")
+            continue
+        if entry["id"] not in evaluated:
+            report.add(rel, i, f"id {entry['id']} is not a row of this evaluation")
+        elif entry.get("judge") == key:  # another judge's (a resume with another prompt) is not counted
+            held[entry["id"]] = entry["verdict"]  # the last line of an id is the one gen eval reads
+    for tid, verdict in counted.items():
+        if held.get(tid) != verdict:
+            found = held.get(tid) or "no verdict of the report's judge"
+            report.add(rel, None, f"id {tid}: results.parquet says {verdict}, judge.jsonl {found}")
 
 
 # What the checks read of each kind of shard. Every page of every column is still decoded (a corrupt one

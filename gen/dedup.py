@@ -16,7 +16,7 @@ duplicate when both its input and its answer are near another's.
 
 A reasoning trace (the row's `reasoning`) is part of the answer's side of the key when `[dedup]
 reasoning = true` (the default): an 8-byte hash of its bytes joins the exact key, and a bounded sample
-of its text (gen.reasoning.trace_sample: 8 windows of 256 characters) joins the answer's near text. So
+of its text (gen.reasoning.trace_sample: 4 windows of 128 characters) joins the answer's near text. So
 two inputs that share a short final answer (`\boxed{42}`) stay apart even with `on = "output"` when
 their traces differ, two near-identical traces of one input are near duplicates whatever their final
 answers, and the cost of both checks does not grow with the trace (the exact hash reads its bytes once,
@@ -428,6 +428,12 @@ class Deduplicator:
         self._queue: list[tuple[str, dict[str, Any]]] = []
         self.counts = {"exact": 0, "near": 0}
         self.examples: list[dict[str, str]] = []
+        # With `capture` on (the run, when it persists indexes), the keys a kept row was checked with are
+        # kept by id key until `take_keys` (gen.dedup_index.AcceptedKeys): [exact digest, its row number
+        # in the near index (which holds its signature), band fingerprints]. Only rows between their
+        # check and their acceptance are held.
+        self.capture = False
+        self._captured: dict[int, list[Any]] = {}
 
     def step(self, name: str) -> DedupStep:
         """The chain's step `name`, built on first use: the near step's numpy import
@@ -523,7 +529,19 @@ class Deduplicator:
         kept = self._exact.check_one(digest, key)
         if kept is not None:
             self.counts["exact"] += 1
+        elif self.capture:
+            self._captured[key] = [digest, None, None]
         return kept
+
+    def take_keys(self, task_id: str) -> tuple[int, int, Any, Any] | None:
+        """(id key, exact digest, near index row, band fingerprints) a row was kept with (with `capture`
+        on), forgotten once taken; the last two are None without near. None when any part was not
+        captured (a row this chain did not check, a chain with other steps)."""
+        key = id_key(task_id)
+        got = self._captured.pop(key, None)
+        if got is None or got[0] is None or (self.near_enabled and got[1] is None):
+            return None
+        return key, got[0], got[1], got[2]
 
     def check_batch(
         self, rows: Sequence[dict[str, Any]] | Batch, *, steps: Sequence[str] | None = None
@@ -549,7 +567,11 @@ class Deduplicator:
             else:
                 ids, some = [batch.ids[i] for i in todo], [keys[i] for i in todo]
             left = []
-            for i, key, kept in zip(todo, some, self.step(name).check_batch(ids, some), strict=True):
+            step = self.step(name)
+            decided = step.check_batch(ids, some)
+            if self.capture:
+                self._capture(name, step, ids, some, decided)
+            for i, key, kept in zip(todo, some, decided, strict=True):
                 if kept is None:
                     left.append(i)
                     continue
@@ -560,6 +582,21 @@ class Deduplicator:
                     self.examples.append({"id": batch.ids[i], "duplicate_of": kept, "text": text[:200]})
             todo = left
         return out
+
+    def _capture(
+        self, name: str, step: Any, ids: Sequence[str], keys: Sequence[Any], decided: list[str | None]
+    ) -> None:
+        """Keep what step `name` computed for the rows it kept (see `capture`)."""
+        if name == "exact":
+            for tid, digest, kept in zip(ids, keys, decided, strict=True):
+                if kept is None:
+                    self._captured[id_key(tid)] = [digest, None, None]
+        elif name == "near":
+            fps, rows = step.last_keys
+            for j, (tid, kept) in enumerate(zip(ids, decided, strict=True)):
+                if kept is None:
+                    got = self._captured.setdefault(id_key(tid), [None, None, None])
+                    got[1], got[2] = int(rows[j]), fps[j]
 
     def columns(self) -> list[str]:
         """The data-shard columns `read_keys` reads for this key."""

@@ -6,7 +6,9 @@ re-hash (issue 16).
 (`Deduplicator.exact_digest`) and, with near dedup on, their 8-bit one-permutation MinHash signatures
 and sorted band entries (`gen.near_dedup.signatures`). It is written (temporary name, fsync, rename)
 right after its shard and before the manifest that lists the shard, in the same checkpoint, so the
-previous checkpoint stays valid whatever happens mid-write; it only ever speeds a resume up.
+previous checkpoint stays valid whatever happens mid-write; it only ever speeds a resume up. A run
+makes it from the keys its dedup chain computed as the rows were accepted (`AcceptedKeys`); a shard
+with a row whose keys were not kept is read back and hashed (`build`), which gives the same bytes.
 
 Format (little-endian), version FORMAT:
     b"GENDIDX1"                      magic, 8 bytes
@@ -27,6 +29,7 @@ import hashlib
 import os
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +75,7 @@ def build(dedup: Any, out_dir: Path, rel: str) -> Segment:
     batch = dedup.read_keys(out_dir, rel)
     ids = np.fromiter((id_key(t) for t in batch.ids), np.uint64, len(batch.ids))
     exact = np.fromiter(batch.keys["exact"], np.uint64, len(batch.ids))
-    sig = bands = None
+    sig = fps = None
     if near is not None:
         items = batch.keys["near"]
         sigs, fps_all = [], []
@@ -85,9 +88,115 @@ def build(dedup: Any, out_dir: Path, rel: str) -> Segment:
         k = near["bands"] * near["rows"]
         sig = np.concatenate(sigs) if sigs else np.empty((0, k), np.uint8)
         fps = np.concatenate(fps_all) if fps_all else np.empty((0, near["bands"]), np.uint32)
-        local = np.arange(len(ids), dtype=np.uint64)[:, None]
+    return _segment(ids, exact, sig, fps)
+
+
+def _segment(ids: np.ndarray, exact: np.ndarray, sig: np.ndarray | None, fps: np.ndarray | None) -> Segment:
+    """A segment from its rows' keys, band fingerprints (uint32 (rows, bands)) rather than entries."""
+    bands = None
+    if fps is not None:
+        local = np.arange(ids.size, dtype=np.uint64)[:, None]
         bands = np.sort(((fps.astype(np.uint64) << np.uint64(32)) | local).ravel())
     return Segment(ids, exact, sig, bands)
+
+
+class AcceptedKeys:
+    """The keys of the data rows a run accepted, per split in the order the shard writer gets them, kept
+    until their shard is written: its segment is then made from them (`segment`) instead of reading the
+    shard back and hashing every row again (`build`).
+
+    The run adds one entry per data row it hands the writer (`add`, in the event loop: None for a row
+    whose keys were not captured); the writer thread takes each new shard's rows from the front
+    (`segment`). A row's signature is not copied: the near index (`near`, a gen.near_dedup.NearDedup)
+    holds it, and the row's number there is kept. Memory: 8 + 8 + 8 + 4 * bands bytes per row not yet
+    in a shard (109 at 21 bands), in blocks of BLOCK rows, each freed once its rows are taken.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, settings: dict[str, Any], near: Any = None) -> None:
+        shape = settings["near"]
+        self._bands = None if shape is None else shape["bands"]
+        self._near = near
+        if shape is not None and (
+            near is None
+            or (near.bands, near.rows, near.seed) != (shape["bands"], shape["rows"], shape["seed"])
+        ):
+            self._near = None  # not the segment's shape: every shard is read back
+        self._lock = threading.Lock()
+        self._blocks: dict[str, list[_Block]] = {}
+
+    def add(self, split: str, keys: tuple[int, int, Any, Any] | None) -> None:
+        """Append a row's (id key, exact digest, near index row, band fingerprints), or None when unknown."""
+        with self._lock:
+            blocks = self._blocks.setdefault(split, [])
+            if not blocks or blocks[-1].n == self.BLOCK:
+                blocks.append(_Block(self.BLOCK, self._bands))
+            blocks[-1].put(keys)
+
+    def segment(self, split: str, rows: int) -> Segment | None:
+        """The segment of the next `rows` rows of `split` (taken either way), or None when any of them
+        has no keys or fewer were added."""
+        parts: list[tuple[_Block, int, int]] = []
+        with self._lock:
+            blocks = self._blocks.get(split, [])
+            need = rows
+            while need and blocks:
+                b = blocks[0]
+                take = min(need, b.n - b.start)
+                if take:
+                    parts.append((b, b.start, b.start + take))
+                    b.start += take
+                    need -= take
+                if b.start == b.n == self.BLOCK:
+                    blocks.pop(0)
+                elif not take:
+                    break
+        # The rows taken are never written again: copied outside the lock while the run adds after them.
+        if need or not all(b.ok[a:z].all() for b, a, z in parts):
+            return None
+        if self._bands is not None and self._near is None:
+            return None
+        ids = np.concatenate([b.ids[a:z] for b, a, z in parts]) if parts else np.empty(0, np.uint64)
+        exact = np.concatenate([b.exact[a:z] for b, a, z in parts]) if parts else np.empty(0, np.uint64)
+        sig = fps = None
+        if self._bands is not None:
+            near_rows = np.concatenate([b.row[a:z] for b, a, z in parts]) if parts else np.empty(0, np.int64)
+            sig = self._near.stored_signatures(near_rows)
+            fps = (
+                np.concatenate([b.fps[a:z] for b, a, z in parts])  # type: ignore[index]
+                if parts
+                else np.empty((0, self._bands), np.uint32)
+            )
+        return _segment(ids, exact, sig, fps)
+
+
+class _Block:
+    """BLOCK rows of AcceptedKeys: filled up to `n`, taken up to `start`."""
+
+    def __init__(self, size: int, bands: int | None) -> None:
+        self.ids = np.empty(size, np.uint64)
+        self.exact = np.empty(size, np.uint64)
+        self.ok = np.zeros(size, np.bool_)
+        self.row = None if bands is None else np.empty(size, np.int64)
+        self.fps = None if bands is None else np.empty((size, bands), np.uint32)
+        self.n = 0
+        self.start = 0
+
+    def put(self, keys: tuple[int, int, Any, Any] | None) -> None:
+        i = self.n
+        self.n += 1
+        if keys is None:
+            return
+        key, digest, row, fps = keys
+        if self.fps is not None:
+            if row is None or row < 0 or fps is None or fps.shape != self.fps.shape[1:]:
+                return  # not what the segment holds: the shard is read back instead
+            self.row[i] = row  # type: ignore[index]
+            self.fps[i] = fps
+        self.ids[i] = key
+        self.exact[i] = digest
+        self.ok[i] = True
 
 
 def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], seg: Segment) -> None:

@@ -38,6 +38,7 @@ from gen.teachers import providers
 from gen.teachers.checks import public_url
 
 if TYPE_CHECKING:
+    from gen.budget import Price
     from gen.config import PromptFile
 
 VERDICTS_FILE = "judge.jsonl"
@@ -181,13 +182,16 @@ async def check_reachable(judge: JudgeSpec, recipe: PromptFile, *, check_model: 
 
 
 class VerdictLog:
-    """`judge.jsonl`: one line per judged row ({"id", "verdict", "judge"}; `error` verdicts are not kept),
-    flushed as it is written so that an interrupted evaluation keeps its verdicts; a line a crash cut
-    short is skipped on reading."""
+    """`judge.jsonl`: one line per judged row ({"id", "verdict", "judge", "u"}: `u` the prompt and
+    completion tokens of the pair's requests; `error` verdicts are not kept), flushed as it is written so
+    that an interrupted evaluation keeps its verdicts; a line a crash cut short is skipped on reading.
+    `usage` holds each judged row's tokens: read back by `load`, and those of this run's pairs (errors
+    included), so the report counts every request the judge answered, earlier runs' too."""
 
     def __init__(self, path: Path, judge: JudgeSpec) -> None:
         self.path = path
         self.judge = judge
+        self.usage: dict[str, tuple[int, int]] = {}
 
     def load(self) -> dict[str, str]:
         """The verdicts this judge already gave, by row id."""
@@ -202,18 +206,40 @@ class VerdictLog:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(entry, dict) and entry.get("judge") == self.judge.key:
-                found[str(entry.get("id"))] = str(entry.get("verdict"))
+                tid = str(entry.get("id"))
+                found[tid] = str(entry.get("verdict"))
+                u = entry.get("u")
+                ok = isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
+                self.usage[tid] = (u[0], u[1]) if ok else (0, 0)  # a line of a gen that kept none
         return found
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
         with open(self.path, "ab") as f:
 
-            def record(tid: str, verdict: str) -> None:
-                f.write(orjson.dumps({"id": tid, "verdict": verdict, "judge": self.judge.key}) + b"\n")
+            def record(tid: str, verdict: str, usage: tuple[int, int] = (0, 0)) -> None:
+                self.usage[tid] = usage
+                if verdict == "error":  # a request that failed is asked again by a resume
+                    return
+                entry = {"id": tid, "verdict": verdict, "judge": self.judge.key, "u": list(usage)}
+                f.write(orjson.dumps(entry) + b"\n")
                 f.flush()
 
             yield record
+
+
+class _Metered:
+    """The judge's client for one pair: adds up the tokens of the requests it answers."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.prompt_tokens = self.completion_tokens = 0
+
+    async def complete(self, messages: Any, **kwargs: Any) -> Any:
+        comp = await self._client.complete(messages, **kwargs)
+        self.prompt_tokens += comp.prompt_tokens
+        self.completion_tokens += comp.completion_tokens
+        return comp
 
 
 async def judge_rows(
@@ -230,9 +256,17 @@ async def judge_rows(
     request_timeout_s: float,
     connect_timeout_s: float,
     say: Callable[[str], None] | None = None,
+    max_usd: float | None = None,
+    spent_usd: float = 0.0,
+    price: Price | None = None,
 ) -> dict[str, str]:
     """The verdict of every (row id, pair), reusing those `log` holds and appending the new ones (`say`
-    is told how many are asked). A judge that refuses the key (401/403) is a ConfigError naming it."""
+    is told how many are asked). A judge that refuses the key (401/403) is a ConfigError naming it.
+
+    With `max_usd` (and the judge's `price`): no pair is begun once `spent_usd` (what the evaluation
+    spent before judging), the judge's pairs in judge.jsonl and this run's, and the pairs in flight at
+    the average cost of a pair, reach it; then JudgeBudgetSpent is raised once the pairs in flight are
+    done (their verdicts kept)."""
     from gen.limits import LimitedTeacher, Limiter
     from gen.pipeline import worker_pool
     from gen.retry import RetryPolicy
@@ -241,6 +275,7 @@ async def judge_rows(
     pending = [(tid, pair) for tid, pair in rows if tid not in verdicts]
     if not pending:
         return verdicts
+    ledger = _JudgeSpend(max_usd, price, spent_usd + _cost(price, log.usage.values()))
     if say is not None:
         say(f"judging {len(pending):,} answers with {judge.model} (each pair asked in both orders)")
     todo = iter(pending)
@@ -259,20 +294,65 @@ async def judge_rows(
 
             async def work() -> None:
                 for tid, pair in todo:  # one shared iterator: each pair goes to one worker
+                    if not ledger.begin():
+                        return
                     # The row's seed, as the run sends it: the same pair gets the same requests.
                     seed = int(tid[:8], 16) & 0x7FFFFFFF if _hex(tid[:8]) else 0
+                    metered = _Metered(limited)
                     try:
                         verdict = await judge_pair(
-                            pair, client=limited, prompt=prompt, seed=seed, retry_policy=policy
+                            pair, client=metered, prompt=prompt, seed=seed, retry_policy=policy
                         )
                     except FatalTeacherError as e:
                         raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
                     verdicts[tid] = verdict
-                    if verdict != "error":  # a request that failed is asked again by a resume
-                        record(tid, verdict)
+                    record(tid, verdict, (metered.prompt_tokens, metered.completion_tokens))
+                    ledger.end((metered.prompt_tokens, metered.completion_tokens))
 
             await worker_pool(min(max_concurrency, len(pending)), work)
+    if ledger.stopped:
+        judged = sum(tid in verdicts for tid, _ in rows)
+        raise JudgeBudgetSpent(
+            f"--max-usd {max_usd:g} reached while judging: {judged:,} of {len(rows):,} answers judged "
+            f"(${ledger.spent:,.4f} spent; the verdicts are kept in {VERDICTS_FILE}); resume with a "
+            "higher --max-usd"
+        )
     return verdicts
+
+
+class JudgeBudgetSpent(Exception):
+    """--max-usd was reached while judging: the verdicts so far are kept in judge.jsonl."""
+
+
+def _cost(price: Price | None, usage: Any) -> float:
+    return 0.0 if price is None else sum(price.cost(p, c) for p, c in usage)
+
+
+class _JudgeSpend:
+    """What the judge has cost, against --max-usd: a pair is begun while the spend, with the pairs in
+    flight at the average cost of a pair so far, is below it (no limit: always)."""
+
+    def __init__(self, max_usd: float | None, price: Price | None, spent: float) -> None:
+        self.max_usd, self.price, self.spent = max_usd, price, spent
+        self.done = self.in_flight = 0
+        self.run_spent = 0.0
+        self.stopped = False
+
+    def begin(self) -> bool:
+        if self.max_usd is not None and self.price is not None:
+            average = self.run_spent / self.done if self.done else 0.0
+            if self.stopped or self.spent + self.in_flight * average >= self.max_usd:
+                self.stopped = True
+                return False
+        self.in_flight += 1
+        return True
+
+    def end(self, usage: tuple[int, int]) -> None:
+        cost = _cost(self.price, [usage])
+        self.in_flight -= 1
+        self.done += 1
+        self.run_spent += cost
+        self.spent += cost
 
 
 def _hex(s: str) -> bool:
@@ -283,9 +363,16 @@ def _hex(s: str) -> bool:
     return bool(s)
 
 
-def figures(judge: JudgeSpec, verdicts: dict[str, str], no_answer: int) -> dict[str, Any]:
+def figures(
+    judge: JudgeSpec,
+    verdicts: dict[str, str],
+    no_answer: int,
+    tokens: tuple[int, int] = (0, 0),
+    price: Price | None = None,
+) -> dict[str, Any]:
     """report.json's `judge`: the judge's identity, the counts of each verdict, and win / tie / loss /
-    non-loss as Rates (95% Wilson) over the decided rows (RULE)."""
+    non-loss as Rates (95% Wilson) over the decided rows (RULE); the prompt and completion tokens of
+    its requests and what they cost at `price` (None: unpriced)."""
     counts = tally(verdicts.values())
     counts[NO_ANSWER] = no_answer
     losses = counts["loss"] + no_answer
@@ -299,4 +386,6 @@ def figures(judge: JudgeSpec, verdicts: dict[str, str], no_answer: int) -> dict[
         "tie": Rate(counts["tie"], decided).as_dict(),
         "loss": Rate(losses, decided).as_dict(),
         "non_loss": Rate(counts["win"] + counts["tie"], decided).as_dict(),
+        "tokens": {"prompt": tokens[0], "completion": tokens[1]},
+        "cost_usd": None if price is None else price.cost(*tokens),
     }

@@ -249,8 +249,13 @@ def render_markdown(d: dict[str, Any]) -> str:
         f"| student cost per 1,000 rows | {_usd(d['cost_per_1000_rows_usd']['student'])} "
         f"({d['cost_per_1000_rows_usd']['student_basis']}) |",
         f"| teacher cost per 1,000 rows | {_usd(d['cost_per_1000_rows_usd']['teacher'])} |",
-        "",
     ]
+    if "judge" in d["cost_per_1000_rows_usd"]:  # a judged evaluation: the judge's requests too
+        lines.append(
+            f"| judge cost per 1,000 rows | {_usd(d['cost_per_1000_rows_usd']['judge'])} "
+            f"({d['cost_per_1000_rows_usd']['judge_basis']}) |"
+        )
+    lines.append("")
     judge = d.get("judge")
     if isinstance(judge, dict):
         lines += _judge_lines(judge)

@@ -27,7 +27,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from gen.config import _check_base_url as check_base_url
 from gen.errors import ConfigError, GenError
 from gen.eval_compare import (
     Comparison,
+    RowScore,
     field_specs,
     free_text_specs,
     identical_score,
@@ -82,6 +83,9 @@ ANSWERS, REQUESTS, RESULTS, REPORT_JSON, REPORT_MD, SETTINGS, TEACHER = (
 )
 _TEACHER_COLUMNS = ["id", "messages", "vars", "sample", "split", "output", "response"]
 _TEACHER_USAGE = ["prompt_tokens", "completion_tokens"]
+# Each student request of a row, by row id: (attempt, latency_ms, prompt_tokens, completion_tokens), as
+# requests.jsonl holds them.
+RequestLog = dict[str, Sequence[tuple[int, float | None, int, int]]]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -106,7 +110,7 @@ class EvalOptions:
     inputs: Path | None = None
     teacher_base_url: str | list[str] | None = None
     teacher_api_key_env: str | None = None
-    max_usd: float | None = None
+    max_usd: float | None = None  # what gen pays for: the fresh inputs' teacher, then the judge
     max_concurrency: int | None = None
     rpm: float | None = None
     tpm: float | None = None
@@ -243,7 +247,7 @@ def _judge(
         return None
     from gen.eval_judge import resolve_judge
 
-    return resolve_judge(
+    judge = resolve_judge(
         manifest,
         recipe,
         provider=opts.judge_provider,
@@ -252,6 +256,14 @@ def _judge(
         api_key_env=opts.judge_api_key_env,
         prompt=opts.judge_prompt,
     )
+    priced = _teacher_price({"provider": judge.provider, "model": judge.model}) is not None
+    if opts.max_usd is not None and not priced:
+        raise ConfigError(
+            "--max-usd",
+            f"the judge {judge.model} has no price in the price table, so its cost cannot be bounded; "
+            "name a priced --judge-model, or leave out --max-usd",
+        )
+    return judge
 
 
 def _plan(
@@ -455,13 +467,13 @@ def _eval_dir(out: Path, manifest: dict[str, Any], opts: EvalOptions) -> tuple[P
 def _teacher_rows(out: Path, manifest: dict[str, Any], split: str, limit: int | None) -> list[dict[str, Any]]:
     """The dataset's kept rows of `split` (train, eval or all), in shard order, at most `limit`."""
     wanted = ("train", "eval") if split == "all" else (split,)
+    # The raw `response` is the teacher's answer only where there is no schema (free text).
+    columns = [c for c in _TEACHER_COLUMNS + _TEACHER_USAGE if c != "response" or not manifest.get("schema")]
     rows: list[dict[str, Any]] = []
     for shard in manifest.get("shards", []):
         if shard.get("split") not in wanted:
             continue
-        cols = read_columns(
-            out, shard["path"], _TEACHER_COLUMNS + _TEACHER_USAGE, message_keys=("role", "content")
-        )
+        cols = read_columns(out, shard["path"], columns, message_keys=("role", "content"), threads=False)
         names = list(cols)
         rows.extend(dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True))
         if limit is not None and len(rows) >= limit:
@@ -520,19 +532,25 @@ class _Requests:
     def __init__(self, path: Path) -> None:
         self._f = open(path, "ab")  # noqa: SIM115 (closed by close())
         self._pending = 0
-        self.by_id: dict[str, list[dict[str, Any]]] = {}
+        self.by_id: RequestLog = {}
 
     def record(self, task: Task, comp: Any, attempt: int) -> None:
         latency = comp.latency_s
+        latency_ms = None if latency is None else round(latency * 1000, 3)
+        prompt, completion = comp.prompt_tokens, comp.completion_tokens
         entry = {
             "id": task.id,
             "attempt": attempt,
-            "latency_ms": None if latency is None else round(latency * 1000, 3),
-            "prompt_tokens": comp.prompt_tokens,
-            "completion_tokens": comp.completion_tokens,
+            "latency_ms": latency_ms,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
         }
-        self._f.write(orjson.dumps(entry) + b"\n")
-        self.by_id.setdefault(task.id, []).append(entry)
+        self._f.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+        # Tuples, not lists: tuples of plain values leave the cyclic collector's sight, and these live
+        # until the report is written.
+        request = (attempt, latency_ms, prompt, completion)
+        earlier = self.by_id.get(task.id)
+        self.by_id[task.id] = (request,) if earlier is None else (*earlier, request)
         self._pending += 1
         if self._pending >= self.FLUSH_EVERY:
             self._f.flush()
@@ -544,6 +562,7 @@ class _Requests:
 
 def run_eval(plan: EvalPlan) -> EvalResult:
     """Ask the student (resuming what the eval directory holds), then compare and write the report."""
+    from gen.eval_run import StudentRun
     from gen.pipeline import Run, run_loop
 
     if plan.judge is not None:
@@ -567,7 +586,7 @@ def run_eval(plan: EvalPlan) -> EvalResult:
         if not plan.teacher_rows:
             raise GenError(f"the teacher kept no answer to the fresh inputs: see {teacher_dir}/rejects/")
     requests = _Requests(plan.eval_dir / REQUESTS)
-    run = Run(plan.prepared)
+    run = StudentRun(plan.prepared)
     run.on_reply = requests.record
     try:
         result = run_loop(run.execute())
@@ -584,13 +603,23 @@ def run_eval(plan: EvalPlan) -> EvalResult:
     if result.status != "complete":
         return EvalResult(plan.eval_dir, result.status, None, result.message, result.signal)
     try:
-        log = None if plan.resumed else requests.by_id  # a resumed eval's file holds earlier requests too
-        report = write_report(plan, served=run.served_models, wall_s=result.wall_s, log=log)
+        # A resumed eval's requests.jsonl and shards hold earlier requests and answers too: read them.
+        log = None if plan.resumed else requests.by_id
+        outcomes = None if plan.resumed else run.outcomes
+        report = write_report(
+            plan, served=run.served_models, wall_s=result.wall_s, log=log, outcomes=outcomes
+        )
     except KeyboardInterrupt:  # Ctrl-C while the judge was asked: its verdicts so far are in judge.jsonl
         from gen.eval_judge import VERDICTS_FILE
 
         message = f"interrupted while judging (the verdicts so far are kept in {VERDICTS_FILE})"
         return EvalResult(plan.eval_dir, "interrupted", None, message, signal.SIGINT)
+    except Exception as e:
+        from gen.eval_judge import JudgeBudgetSpent
+
+        if not isinstance(e, JudgeBudgetSpent):
+            raise
+        return EvalResult(plan.eval_dir, "budget", None, str(e))
     return EvalResult(plan.eval_dir, "complete", report)
 
 
@@ -637,19 +666,26 @@ def _student_rows(answers: Path) -> tuple[dict[str, dict[str, Any]], dict[str, A
     return found, m
 
 
-def _request_log(path: Path) -> dict[str, list[dict[str, Any]]]:
-    by_id: dict[str, list[dict[str, Any]]] = {}
+def _request_log(path: Path) -> RequestLog:
+    """requests.jsonl read back (a resumed evaluation's: it holds the earlier runs' requests too)."""
+    by_id: dict[str, list[tuple[int, float | None, int, int]]] = {}
     try:
         lines = path.read_bytes().splitlines()
     except OSError:
-        return by_id
+        return {}
     for line in lines:
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:  # a line a crash cut short
             continue
-        by_id.setdefault(entry["id"], []).append(entry)
-    return by_id
+        by_id.setdefault(entry["id"], []).append(
+            (entry["attempt"], entry.get("latency_ms"), entry["prompt_tokens"], entry["completion_tokens"])
+        )
+    return dict(by_id.items())
+
+
+def _attempt(request: tuple[int, float | None, int, int]) -> int:
+    return request[0]
 
 
 def _parse(text: str | None) -> Any:
@@ -676,12 +712,17 @@ def _judge_free_text(
         return None
     opts = plan.opts
     assert plan.recipe is not None
+    log = VerdictLog(plan.eval_dir / VERDICTS_FILE, plan.judge)
+    price = _teacher_price({"provider": plan.judge.provider, "model": plan.judge.model})
+    # --max-usd bounds what gen pays for: the fresh inputs' teacher first, then the judge.
+    teacher = load_manifest(plan.eval_dir / TEACHER) if plan.teacher_run is not None else None
+    spent = float((teacher or {}).get("cost_usd") or 0.0)
     verdicts = run_loop(
         judge_rows(
             plan.judge,
             plan.recipe,
             pairs,
-            VerdictLog(plan.eval_dir / VERDICTS_FILE, plan.judge),
+            log,
             max_concurrency=plan.prepared.teacher.max_concurrency,
             rpm=opts.rpm,
             tpm=opts.tpm,
@@ -689,11 +730,17 @@ def _judge_free_text(
             max_pause_s=opts.max_pause_s,
             **_client_limits(opts),
             say=(lambda line: print(f"gen eval: {line}", file=sys.stderr)) if opts.progress else None,
+            max_usd=opts.max_usd,
+            spent_usd=spent,
+            price=price,
         )
     )
     wanted = {tid for tid, _ in pairs}
     verdicts = {tid: v for tid, v in verdicts.items() if tid in wanted}
-    return figures(plan.judge, verdicts, no_answer), verdicts
+    # The judge's tokens: every pair judged for these rows, in this run or (judge.jsonl) an earlier one.
+    used = [log.usage.get(tid, (0, 0)) for tid in verdicts]
+    tokens = (sum(u[0] for u in used), sum(u[1] for u in used))
+    return figures(plan.judge, verdicts, no_answer, tokens, price), verdicts
 
 
 def write_report(
@@ -701,21 +748,23 @@ def write_report(
     *,
     served: list[str],
     wall_s: float,
-    log: dict[str, list[dict[str, Any]]] | None = None,
+    log: RequestLog | None = None,
+    outcomes: dict[str, dict[str, Any]] | None = None,
 ) -> EvalReport:
     """Compare every answered row with the teacher's; write results.parquet, report.json, report.md and
     the dataset card's Evaluation section. `log`: each request's entry by row id, as requests.jsonl
-    holds them (None: read the file)."""
+    holds them (None: read the file); `outcomes`: the student's outcome by row id, as the answers'
+    shards hold them (gen.eval_run.outcome; None: read the shards)."""
     schema = plan.prepared.schema
     specs = field_specs(schema.json_schema) if schema else free_text_specs()
     comparison = Comparison(specs)
     answers = plan.eval_dir / ANSWERS
-    student, answers_manifest = _student_rows(answers)
+    if outcomes is None:
+        student, answers_manifest = _student_rows(answers)
+    else:
+        student, answers_manifest = outcomes, load_manifest(answers) or {}
     if log is None:
         log = _request_log(plan.eval_dir / REQUESTS)
-    latencies: list[float] = []
-    first_valid = valid = 0
-    teacher_tokens = [0, 0]
     pairs: list[tuple[str, Pair]] = []
     no_answer = 0
     columns = [
@@ -737,66 +786,95 @@ def write_report(
         columns.append((f"match.{spec.name}", "bool"))
         if spec.kind == "text":
             columns.append((f"f1.{spec.name}", "float64"))
-    # results.parquet built column by column (one list per column, no dict per row)
-    results: dict[str, list[Any]] = {name: [] for name, _ in columns}
-    score_columns = [
-        (spec.name, results[f"match.{spec.name}"], results.get(f"f1.{spec.name}")) for spec in specs
-    ]
+    rows = plan.teacher_rows
+    ids = [t["id"] for t in rows]
+    outcome = [student.get(tid) for tid in ids]  # None: the student's run decided nothing for it
+    oks = [s is not None and s["valid"] for s in outcome]
+    scores: list[RowScore] = []
+    score = scores.append
     same = identical_score(specs)
     if schema is None:
         from gen.judge import Pair
     tolerance = plan.opts.tolerance
-    for t in plan.teacher_rows:
-        tid = t["id"]
-        s = student.get(tid)
-        ok = s is not None and s["valid"]
-        teacher_tokens[0] += t["prompt_tokens"] or 0
-        teacher_tokens[1] += t["completion_tokens"] or 0
+    add, add_same = comparison.add, comparison.add_same
+    # The comparison, row by row; every other column is built column by column below.
+    for t, s, ok in zip(rows, outcome, oks, strict=True):
         if schema is not None:
-            t_answer = _parse(t["output"])
-            if ok and s["output"] == t["output"] and isinstance(t_answer, dict):
+            t_output = t["output"]
+            t_answer = _parse(t_output)
+            if ok and s["output"] == t_output and isinstance(t_answer, dict):
                 # The student's validated answer is the teacher's, byte for byte (both were serialised
                 # by the same schema): one parse, and score_row's result without its per-field work.
-                s_answer, score = t_answer, same
+                score(same)
+                add_same(t_answer)
             else:
                 s_answer = _parse(s["output"]) if ok else None
-                score = score_row(specs, t_answer, s_answer, tolerance=tolerance)
+                row_score = score_row(specs, t_answer, s_answer, tolerance=tolerance)
+                score(row_score)
+                add(row_score, t_answer, s_answer)
         else:
-            t_answer, s_answer = t["response"], s["response"] if ok else None
-            score = score_text(t_answer, s_answer)
+            t_answer = t["response"]
+            s_answer = s["response"] if ok else None
+            row_score = score_text(t_answer, s_answer)
             if s_answer is not None:
-                pairs.append((tid, Pair(t["messages"], teacher=t_answer, student=s_answer)))
+                pairs.append((t["id"], Pair(t["messages"], teacher=t_answer, student=s_answer)))
             else:
                 no_answer += 1
-        comparison.add(score, t_answer, s_answer)
-        requests = log.get(tid)
-        first = None
-        if requests:
-            first = requests[0] if len(requests) == 1 else min(requests, key=lambda r: r["attempt"])
-            if first.get("latency_ms") is not None:
-                latencies.extend(r["latency_ms"] for r in requests if r.get("latency_ms") is not None)
-        attempts = s["attempts"] if s is not None else None
-        valid += ok
-        first_valid += ok and attempts == 1
-        results["id"].append(tid)
-        results["split"].append(t["split"])
-        results["valid"].append(ok)
-        results["first_answer_valid"].append(bool(ok and attempts == 1))
-        results["attempts"].append(attempts)
-        results["reason"].append(None if s is None else s.get("reason"))
-        results["student_response"].append(None if s is None else s.get("response"))
-        results["student_output"].append(s.get("output") if ok else None)
-        results["teacher_output"].append(t["output"] if schema is not None else t["response"])
-        results["agrees"].append(score.agrees)
-        results["latency_ms"].append(None if first is None else first.get("latency_ms"))
-        results["prompt_tokens"].append(sum(r["prompt_tokens"] for r in requests) if requests else None)
-        results["completion_tokens"].append(
-            sum(r["completion_tokens"] for r in requests) if requests else None
-        )
-        for name, match_col, f1_col in score_columns:
-            match_col.append(score.match[name])
-            if f1_col is not None:
-                f1_col.append(score.f1.get(name))
+            score(row_score)
+            add(row_score, t_answer, s_answer)
+    teacher_tokens = [
+        sum(t["prompt_tokens"] or 0 for t in rows),
+        sum(t["completion_tokens"] or 0 for t in rows),
+    ]
+    attempts = [None if s is None else s["attempts"] for s in outcome]
+    first = [ok and a == 1 for ok, a in zip(oks, attempts, strict=True)]
+    valid, first_valid = sum(oks), sum(first)
+    # Each row's requests (attempt, latency_ms, prompt_tokens, completion_tokens): the first's latency,
+    # the tokens of all; every latency counts for the percentiles.
+    requests = [log.get(tid) for tid in ids]
+    latency: list[float | None] = []
+    prompt: list[int | None] = []
+    completion: list[int | None] = []
+    latencies: list[float] = []
+    for r in requests:
+        if r is None:
+            latency.append(None)
+            prompt.append(None)
+            completion.append(None)
+        elif len(r) == 1:
+            ((_, first_ms, p, c),) = r
+            latency.append(first_ms)
+            prompt.append(p)
+            completion.append(c)
+            if first_ms is not None:
+                latencies.append(first_ms)
+        else:
+            first_ms = min(r, key=_attempt)[1]
+            latency.append(first_ms)
+            prompt.append(sum(x[2] for x in r))
+            completion.append(sum(x[3] for x in r))
+            if first_ms is not None:
+                latencies.extend(x[1] for x in r if x[1] is not None)
+    results: dict[str, list[Any]] = {
+        "id": ids,
+        "split": [t["split"] for t in rows],
+        "valid": oks,
+        "first_answer_valid": [bool(f) for f in first],
+        "attempts": attempts,
+        "reason": [None if s is None else s.get("reason") for s in outcome],
+        "student_response": [None if s is None else s.get("response") for s in outcome],
+        "student_output": [s.get("output") if ok else None for s, ok in zip(outcome, oks, strict=True)],
+        "teacher_output": [t["output"] if schema is not None else t["response"] for t in rows],
+        "agrees": [sc.agrees for sc in scores],
+        "latency_ms": latency,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+    }
+    for spec in specs:
+        name = spec.name
+        results[f"match.{name}"] = [sc.match[name] for sc in scores]
+        if spec.kind == "text":
+            results[f"f1.{name}"] = [sc.f1.get(name) for sc in scores]
 
     judged = _judge_free_text(plan, pairs, no_answer) if schema is None else None
     if judged is not None:
@@ -866,6 +944,7 @@ def write_report(
             "student_basis": basis,
             "teacher": None if teacher_price is None else teacher_price.cost(*teacher_tokens) / n * 1000,
             "teacher_basis": "price table" if teacher_price is not None else "unpriced",
+            **_judge_cost(judged[0] if judged is not None else None, n),
         },
         "wall_s": round(wall_s, 6),
     }
@@ -882,6 +961,18 @@ def _teacher_price(teacher: dict[str, Any]) -> Price | None:
     if teacher.get("provider") in providers.names():
         key = providers.get(teacher["provider"]).price_key or key
     return price_for(key)
+
+
+def _judge_cost(judge: dict[str, Any] | None, n: int) -> dict[str, Any]:
+    """cost_per_1000_rows_usd's `judge` and `judge_basis` for a judged evaluation ({} otherwise): the
+    judge's requests priced from the price table, per 1,000 evaluated rows."""
+    if judge is None:
+        return {}
+    cost = judge["cost_usd"]
+    return {
+        "judge": None if cost is None else cost / n * 1000,
+        "judge_basis": "price table" if cost is not None else "unpriced",
+    }
 
 
 def _rate(k: int, n: int) -> dict[str, Any]:

@@ -22,16 +22,20 @@ Measured on real text pairs (bench/near_recall.py: windows of this repository's 
 all 6,000 pairs (no miss: >= 99.95% at 95% confidence), kept at J = 0.80 in 93.4-95.0%. Bounds of
 issue 16: >= 99.9% and >= 85%.
 
-Memory per kept row: 231 bytes of signature, 21 band entries of 8 bytes in sorted numpy runs (`BandRuns`,
-plus ~1 byte an entry of bucket table), 8 bytes of key: ~430 bytes, against ~3,400 with rensa's
+Memory per kept row: 231 bytes of signature, 21 band entries in sorted numpy runs (`BandRuns`: 6 bytes
+an entry in runs of 131,072 entries and more, whose bucket table holds the fingerprint's top 16+ bits,
+plus 1-2 bytes an entry of that table), 8 bytes of key: ~395 bytes, against ~3,400 with rensa's
 RMinHash objects and RMinHashLSH (its HashMaps cost ~100 bytes a band a key).
 
 Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, add_batch in chunks of
-1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 40,000-50,000 rows/s
-depending on the load (rensa's version: 29,300). Shingle hashing is about half of it (~9 us a row),
-signatures ~6 us, the band table ~4 us. Why not rensa's MinHash with a numpy index: getting its digests
-out (RMinHashDigestMatrix.to_rows) alone costs ~10 us a row. Optimal densification (random donor bins,
-Shrivastava 2017) cost 11-17 us a row more in numpy than rotation.
+1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 67,600-70,100 rows/s
+(36,800-40,500 before the passes were made cache-sized; rensa's version: 29,300). Shingle hashing is
+about 6 us a row, signatures ~3.5 us, the band table ~4 us. What made it faster, with the same hashes:
+passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache, control bytes classed
+by the table only where they occur, and the rotation as one suffix minimum over the flat matrix. Why not
+rensa's MinHash with a numpy index: getting its digests out (RMinHashDigestMatrix.to_rows) alone costs
+~10 us a row. Optimal densification (random donor bins, Shrivastava 2017) cost 11-17 us a row more in
+numpy than rotation.
 
 Per-call overhead: add() pays numpy's fixed cost per call (~40 calls for one text), which is why it
 is ~10x slower per row than add_batch(); give add_batch chunks where the caller has them.
@@ -283,7 +287,7 @@ _SPACE = np.zeros(256, np.uint8)
 _SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = 1
 _SPACE_ONE = _SPACE.copy()  # one text, NUL is an ordinary character
 _SPACE[0] = 2
-_CHUNK_TEXTS = 256  # texts hashed per numpy pass: keeps the working set in cache
+_CHUNK_TEXTS = 64  # texts hashed per numpy pass: keeps the working set in cache (256: ~30% slower)
 
 
 def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -337,11 +341,15 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
     Written for few numpy calls (each costs microseconds whatever its size), since one call does one text.
     """
     size = a.size
-    space = (_SPACE if separated else _SPACE_ONE)[a]  # 0 word byte, 1 whitespace, 2 separator
-    edges = np.zeros(size + 2, np.int8)
-    np.equal(space, 0, out=edges[1:-1].view(np.bool_))
-    # Padded with non-words at both ends, the changes alternate: word start, word end, start, end...
-    bounds = np.flatnonzero(np.diff(edges))
+    # Word bytes, padded with non-words at both ends. Above space every byte is one; the few control
+    # bytes below it are classed by the table (0 word byte, 1 whitespace, 2 separator), not every byte.
+    word = np.zeros(size + 2, np.bool_)
+    np.greater(a, 32, out=word[1:-1])
+    ctrl = np.flatnonzero(a < 32)
+    kind = (_SPACE if separated else _SPACE_ONE)[a[ctrl]]
+    word[ctrl + 1] = kind == 0
+    # The changes alternate: word start, word end, start, end...
+    bounds = np.flatnonzero(word[1:] != word[:-1])
     starts = bounds[0::2]
     ends = bounds[1::2]
     # Word hash: the polynomial sum(byte_j * BASE**(j+1)) over the word via prefix sums, shifted back by
@@ -356,7 +364,7 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
     words += (ends - starts).view(_U64)
     _fmix_(words)
     if separated:
-        doc = np.searchsorted(np.flatnonzero(space == 2), starts)
+        doc = np.searchsorted(ctrl[kind == 2], starts)
         per_doc = np.bincount(doc, minlength=n)
         short = np.flatnonzero(per_doc < 3).tolist()
     else:
@@ -401,7 +409,7 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
 
 _EMPTY = np.uint32(0xFFFFFFFF)
 _LOW32 = _U64(0xFFFFFFFF)
-_SIG_ROWS = 4096  # texts per signature pass: bounds the temporary arrays
+_SIG_ROWS = 256  # texts per signature pass: its temporaries stay in cache (4096: ~35% slower)
 
 
 @lru_cache(maxsize=16)
@@ -410,6 +418,31 @@ def _band_mults(bands: int, words: int) -> tuple[np.ndarray, np.ndarray]:
     mults = np.array(_splitmix64(0x62616E64, words), _U64) | _U64(1)
     salts = np.array(_splitmix64(0x73616C74, bands), _U64)
     return mults, salts
+
+
+@lru_cache(maxsize=16)
+def _band_coefficients(bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per value of a band, the multiplier of the 8-byte word it is in (`_band_mults`), shifted 32 bits up
+    for the word's high half (values are little-endian uint32 pairs); and the bands' salts."""
+    words = (4 * rows + 7) // 8
+    mults, salts = _band_mults(bands, words)
+    coef = np.array([(int(mults[i // 2]) << (32 * (i % 2))) & _MASK64 for i in range(rows)], _U64)
+    return coef, salts
+
+
+_NONE = np.int32(1 << 30)  # more than any flat bin position of a signature pass (_SIG_ROWS * 0xFFFF)
+
+
+@lru_cache(maxsize=4)
+def _positions_of(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int32)
+
+
+def _positions(n: int) -> np.ndarray:
+    """0 ... n - 1 as int32, from a table kept for the largest pass seen of up to 2**20 bins."""
+    if n > 1 << 20:
+        return np.arange(n, dtype=np.int32)
+    return _positions_of(1 << max(10, (n - 1).bit_length()))[:n]
 
 
 def signatures(
@@ -434,36 +467,41 @@ def signatures(
     sig = np.empty((n, k), np.uint8)
     fps = np.empty((n, bands), np.uint32)
     mix = _U64(_fmix_int(seed ^ 0x6F6E655F7065726D) | 1)
-    words = (4 * rows + 7) // 8
-    mults, salts = _band_mults(bands, words)
-    cols = np.arange(k, dtype=np.int32)
+    coef, salts = _band_coefficients(bands, rows)
     for a in range(0, n, _SIG_ROWS):
         b = min(n, a + _SIG_ROWS)
+        m = b - a
         lo, hi = int(offsets[a]), int(offsets[b])
         x = flat[lo:hi] ^ mix
         _fmix_(x)
-        row = np.repeat(np.arange(0, (b - a) * k, k), np.diff(offsets[a : b + 1]).astype(np.intp))
+        row = np.repeat(np.arange(0, m * k, k), np.diff(offsets[a : b + 1]).astype(np.intp))
         row += ((x >> _U64(32)) * _U64(k) >> _U64(32)).astype(np.intp)  # the bin, in the flat matrix
-        mat = np.full((b - a, k), _EMPTY, np.uint32)
+        mat = np.full((m, k), _EMPTY, np.uint32)
         np.minimum.at(mat.ravel(), row, x.astype(np.uint32))  # the low 32 bits: the value
         # 8 bits a value: the low byte (uniform, unlike the high byte of a minimum) + 1, so an empty bin
         # (all ones) wraps to 0; the 1 value in 256 whose low byte is 255 reads as empty too, in every set.
         part = sig[a:b]
         np.add(mat.astype(np.uint8), np.uint8(1), out=part)
-        filled = part != 0
-        # Rotation: the index of the next filled bin at or after each bin, wrapping to the first.
-        nxt = np.where(filled[:, ::-1], cols[::-1], 2 * k)
-        nxt = np.minimum.accumulate(nxt, axis=1)[:, ::-1]
-        nxt = np.where(nxt >= k, nxt[:, :1], nxt)
-        nxt[nxt >= k] = 0  # a text with no value at all (all bins empty) stays so
+        # Rotation: for each bin the next filled bin at or after it in its row, else the row's first, else
+        # (no value at all) the bin itself. As flat positions: a suffix minimum over the whole matrix
+        # (one contiguous pass) finds the next filled position, which is in a later row when the row has
+        # none left.
+        # An empty bin's position is marked by adding _NONE, so that any filled one is less.
+        end = m * k
+        back = (part.ravel()[::-1] == 0).view(np.int8).astype(np.int32)  # from the last bin back
+        back *= _NONE
+        back += _positions(end)[::-1]
+        nxt = np.minimum.accumulate(back)[::-1].reshape(m, k)
+        start = np.arange(0, end, k, dtype=np.int32).reshape(m, 1)
+        first = nxt[:, :1]
+        wrap = np.where(first < start + k, first, start)
+        nxt = np.where(nxt < start + k, nxt, wrap)
         # A band's 32-bit values (not the 8-bit ones: a band of one value copied `rows` times would then
-        # have 255 possible fingerprints), zero-padded to whole 8-byte words, hashed as words.
-        padded = np.zeros((b - a, bands, 8 * words), np.uint8)
-        dense = np.take_along_axis(mat, nxt, axis=1).reshape(b - a, bands, rows)
-        padded[:, :, : 4 * rows] = dense.view(np.uint8)
-        h = padded.view(_U64)
-        h *= mults
-        v = h.sum(axis=2, dtype=_U64)  # wraps mod 2**64, as wanted
+        # have 255 possible fingerprints), hashed as the zero-padded 8-byte words they make: word w is
+        # values 2w (low half) and 2w + 1 (high), so the sum of word * multiplier is a sum of value *
+        # coefficient (`_band_coefficients`), mod 2**64.
+        dense = mat.ravel()[nxt].reshape(m, bands, rows).astype(_U64)
+        v = dense @ coef  # integer matmul wraps mod 2**64, as wanted
         v += salts
         fps[a:b] = _fmix_(v) >> _U64(32)
     return sig, fps
@@ -521,25 +559,27 @@ def _large_allocations_to_mmap() -> None:
         pass
 
 
-_CHUNK = 1 << 16  # rows per signature/key chunk: the store grows by chunks, never by copying
+_CHUNK_BITS = 16
+_CHUNK = 1 << _CHUNK_BITS  # rows per signature/key chunk: the store grows by chunks, never by copying
 _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
 
 
+_PER_BUCKET = 4  # entries per bucket of a run's table (1 to 2 bytes of table an entry)
 _LOADED_MAX = 1 << 23  # entries (64 MiB) of loaded runs merged in one go
 _RUN_RATIO = 4  # a run is merged into the last while that is at most this many times its size
 
 
 class BandRuns:
-    """The LSH band table: sorted uint64 runs of (band fingerprint << 32 | row), merged like a log-
+    """The LSH band table: sorted runs of (band fingerprint << 32 | row) entries, merged like a log-
     structured tree (a new run is merged into the last while that is at most _RUN_RATIO times its
-    size), so there are about log4(rows / batch) runs and each entry costs 8 bytes, with no free
-    slots. Each run has a table of where each bucket of top fingerprint bits starts (about 4 entries a
-    bucket, 1 byte an entry): fingerprints are uniform hashes, so a lookup reads one small bucket
-    instead of a binary search through the whole run."""
+    size), so there are about log4(rows / batch) runs, with no free slots. Each run has a table of
+    where each bucket of top fingerprint bits starts (about 4 entries a bucket, 1-2 bytes an entry):
+    fingerprints are uniform hashes, so a lookup reads one small bucket instead of a binary search
+    through the whole run. A run keeps what its bucket does not say (`_Run`): 6 bytes an entry once it
+    has 16 or more bucket bits (runs of 131,072 entries and more), else 8."""
 
     def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
-        self._starts: list[np.ndarray] = []
+        self.runs: list[_Run] = []
         self._loaded: list[np.ndarray] = []  # sorted runs given by `add(presorted=True)`, merged on next use
 
     @property
@@ -549,7 +589,7 @@ class BandRuns:
     @property
     def nbytes(self) -> int:
         self._settle()
-        return sum(r.nbytes for r in self.runs) + sum(s.nbytes for s in self._starts)
+        return sum(r.nbytes for r in self.runs)
 
     def add(self, entries: np.ndarray, *, presorted: bool = False) -> None:
         if presorted:  # a resume loads one sorted run per shard: merge many at once, when next used
@@ -569,43 +609,69 @@ class BandRuns:
 
     def _push(self, run: np.ndarray) -> None:
         while self.runs and self.runs[-1].size <= _RUN_RATIO * run.size:
-            self._starts.pop()
-            run = np.concatenate((self.runs.pop(), run))
+            run = np.concatenate((self.runs.pop().entries(), run))
             run.sort(kind="stable")  # timsort: two sorted runs merge in linear time
-        self.runs.append(run)
-        self._starts.append(_bucket_starts(run))
+        self.runs.append(_Run(run))
 
     def lookup(self, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query position, row) for every stored entry whose fingerprint equals fps[query position]."""
         self._settle()
         needle = fps.astype(_U64)
         qs, rows = [], []
-        for run, starts in zip(self.runs, self._starts, strict=True):
-            bits = (starts.size - 1).bit_length() - 1  # starts has 2**bits + 1 values
-            shift = _U64(32 - bits)
+        for run in self.runs:
+            shift = _U64(32 - run.bits)
             bucket = (needle >> shift).astype(np.intp)
-            first = starts[bucket]
-            count = (starts[bucket + 1] - first).astype(np.intp)
+            first = run.starts[bucket]
+            count = (run.starts[bucket + 1] - first).astype(np.intp)
             q = np.repeat(np.arange(needle.size), count)
             if not q.size:
                 continue
             skip = first.astype(np.intp) - (np.cumsum(count) - count)
-            entry = run[np.arange(q.size) + np.repeat(skip, count)]
-            hit = (entry >> _U64(32)) == needle[q]
+            at = np.arange(q.size) + np.repeat(skip, count)
+            rest = (needle & ((_U64(1) << shift) - _U64(1))).astype(run.rest.dtype)
+            hit = run.rest[at] == rest[q]
             qs.append(q[hit])
-            rows.append(entry[hit] & _LOW32)
+            rows.append(run.rows[at[hit]].astype(_U64))
         if not qs:
             return np.empty(0, np.intp), np.empty(0, _U64)
         return np.concatenate(qs), np.concatenate(rows)
 
 
-def _bucket_starts(run: np.ndarray) -> np.ndarray:
-    """Where each bucket of the top `bits` fingerprint bits starts in the sorted run (2**bits + 1 values)."""
-    bits = max(1, min(32, (run.size // 4).bit_length()))
-    counts = np.bincount((run >> _U64(64 - bits)).astype(np.intp), minlength=1 << bits)
-    starts = np.zeros((1 << bits) + 1, np.uint32 if run.size < 1 << 32 else np.uint64)
-    np.cumsum(counts, out=starts[1:])
-    return starts
+class _Run:
+    """One sorted run of band entries, kept as three arrays: `starts`, where each bucket of the top
+    `bits` fingerprint bits begins (2**bits + 1 values); `rest`, the fingerprint's other 32 - bits bits
+    (uint16 when they fit); `rows`, uint32. The bucket is where an entry sits, so it is not stored."""
+
+    __slots__ = ("bits", "rest", "rows", "starts")
+
+    def __init__(self, entries: np.ndarray) -> None:
+        """From sorted uint64 entries (fingerprint << 32 | row)."""
+        bits = max(1, min(32, (entries.size // _PER_BUCKET).bit_length()))
+        fp = entries >> _U64(32)
+        counts = np.bincount((fp >> _U64(32 - bits)).astype(np.intp), minlength=1 << bits)
+        self.starts = np.zeros((1 << bits) + 1, np.uint32 if entries.size < 1 << 32 else np.uint64)
+        np.cumsum(counts, out=self.starts[1:])
+        fp &= (_U64(1) << _U64(32 - bits)) - _U64(1)
+        self.rest = fp.astype(np.uint16 if bits >= 16 else np.uint32)
+        self.rows = entries.astype(np.uint32)  # the low 32 bits
+        self.bits = bits
+
+    @property
+    def size(self) -> int:
+        return self.rows.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.starts.nbytes + self.rest.nbytes + self.rows.nbytes
+
+    def entries(self) -> np.ndarray:
+        """The run as sorted uint64 entries again (for a merge)."""
+        shift = _U64(32 - self.bits)
+        out = np.repeat(np.arange(1 << self.bits, dtype=_U64) << shift, np.diff(self.starts).astype(np.intp))
+        out |= self.rest
+        out <<= _U64(32)
+        out |= self.rows
+        return out
 
 
 class NearDedup:
@@ -622,7 +688,7 @@ class NearDedup:
     and the whole signature is banded. With bands only, rows is the largest that still meets the bound.
     With both, rows = num_perm // bands.
 
-    Memory per kept row: num_perm bytes of 8-bit signature, 8 bytes per band in the band table, 8 for
+    Memory per kept row: num_perm bytes of 8-bit signature, 7-10 bytes per band in the band table, 8 for
     its key when keys are 16 hex digits (gen's id prefixes; other keys are kept as Python strings).
     """
 
@@ -682,6 +748,10 @@ class NearDedup:
         self._str: list[str] | None = None  # the keys, once one is not
         self._n = 0
         self._offered = 0
+        # (band fingerprints, row numbers: -1 where not kept) of the last add call's texts, in its order:
+        # gen.dedup keeps the kept rows' for their shard's persisted index (gen.dedup_index), so the
+        # writer does not hash them again (their signatures are read from this index's store).
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- public API --------------------------------------------------------------------------------------
 
@@ -734,8 +804,12 @@ class NearDedup:
 
     @property
     def bytes_per_row(self) -> int:
-        """Memory per indexed row: the 8-bit signature, 8 bytes per band entry, 8 for the key."""
-        return self.num_perm + 8 * self.bands + 8
+        """Memory per indexed row: once rows are indexed (by hex keys), what the index's arrays hold per
+        row (signatures, keys, the band table's runs and bucket tables); before, a small index's: the
+        8-bit signature, 8 bytes per band entry and ~1.5 of bucket table, 8 for the key."""
+        if self._n == 0 or self._str is not None:
+            return self.num_perm + 8 + (19 * self.bands) // 2
+        return (self._n * (self.num_perm + 8) + self._runs.nbytes) // self._n
 
     def candidate_probability(self, s: float) -> float:
         return candidate_probability(s, self.bands, self.rows)
@@ -745,7 +819,7 @@ class NearDedup:
     def _sig_rows(self, rows: np.ndarray) -> np.ndarray:
         """The stored signatures of kept rows `rows` (uint64 array)."""
         out = np.empty((rows.size, self.num_perm), np.uint8)
-        chunk = (rows >> _U64(16)).astype(np.intp)
+        chunk = (rows >> _U64(_CHUNK_BITS)).astype(np.intp)
         within = (rows & _U64(_CHUNK - 1)).astype(np.intp)
         for c in np.unique(chunk).tolist():
             sel = chunk == c
@@ -755,7 +829,7 @@ class NearDedup:
     def _key(self, row: int) -> str:
         if self._str is not None:
             return self._str[row]
-        return f"{int(self._hex[row >> 16][row & (_CHUNK - 1)]):016x}"
+        return f"{int(self._hex[row >> _CHUNK_BITS][row & (_CHUNK - 1)]):016x}"
 
     def _store(self, sig: np.ndarray, keys: list[str] | np.ndarray) -> None:
         """Append kept rows' signatures and keys (rows self._n, self._n + 1, ...): strings, or uint64
@@ -857,13 +931,21 @@ class NearDedup:
                 continue
             new_row[i] = self._n + len(kept)
             kept.append(i)
+        rows_of = np.full(n, -1, np.int64)
         if kept:
             sel = np.array(kept, np.intp)
             base = self._n
             self._store(sig[sel], [keys[i] for i in kept])
             rows_new = np.arange(base, base + sel.size, dtype=_U64)
             self._runs.add(((fps[sel].astype(_U64) << _U64(32)) | rows_new[:, None]).ravel())
+            rows_of[sel] = rows_new
+        self.last = (fps, rows_of)
         return out
+
+    def stored_signatures(self, rows: np.ndarray) -> np.ndarray:
+        """The 8-bit signatures of indexed rows `rows` (their numbers, 0 the first indexed), as stored.
+        Rows indexed later may be added meanwhile from another thread: stored rows are never moved."""
+        return self._sig_rows(np.asarray(rows).astype(_U64))
 
 
 class NearStep:
@@ -885,6 +967,11 @@ class NearStep:
             0, len(ids), 4096
         ):  # bounded batches: signatures of a whole output at once are big
             self.check_batch(ids[start : start + 4096], keys[start : start + 4096])
+
+    @property
+    def last_keys(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(band fingerprints, row numbers in the index or -1) of the last check_batch's rows, in order."""
+        return self.index.last
 
     def load(self, seg: Any) -> None:
         """Index a persisted segment's rows (gen.dedup_index.Segment) without re-hashing them."""

@@ -244,6 +244,10 @@ class Run:
         # Id keys done or in flight: each id is produced once. ~10 bytes a key, not a set's ~90 (gen.idset).
         self.claimed = IdSet()
         self._indexed: set[str] = set()  # data shards whose dedup index is persisted (gen.dedup_index)
+        # The keys each accepted data row was checked with, until its shard's index is written from them
+        # (gen.dedup_index.AcceptedKeys; made on first use: numpy is not imported before a request).
+        self.dedup.capture = self.dedup.can_load() and p.opts.dedup
+        self._accepted_keys: Any = None
         self._uncounted: set[int] = set()  # id keys in shards the manifest missed: usage not yet counted
         self._found_runs: set[str] = set()  # run ids on rows this run recovered (shards, journal)
         # The task stream's decided prefix (gen.decided): its identity (None: not tracked), where this run
@@ -447,15 +451,20 @@ class Run:
 
     def _write_indexes(self, shards: list[ShardInfo]) -> None:
         """Persist the dedup indexes of data shards that have none yet (gen.dedup_index), in the writer
-        thread: read back from the shard just written, as a resume would."""
+        thread: from the keys the dedup chain computed when their rows were accepted, else read back from
+        the shard just written, as a resume would."""
         if not self.dedup.can_load():
             return
         from gen import dedup_index
 
         settings = dedup_index.settings_of(self.dedup)
+        accepted = self._accepted_keys
         for s in shards:
             if s.split in ("train", "eval") and s.path not in self._indexed:
-                seg = dedup_index.build(self.dedup, self.p.out_dir, s.path)
+                # From the keys its rows were kept with; read back and hashed only when one lacks them.
+                seg = accepted.segment(s.split, s.rows) if accepted is not None else None
+                if seg is None:
+                    seg = dedup_index.build(self.dedup, self.p.out_dir, s.path)
                 dedup_index.write(self.p.out_dir, s.path, s.sha256, settings, seg)
                 self._indexed.add(s.path)
 
@@ -1052,6 +1061,14 @@ class Run:
                 s.eval += 1
             else:
                 s.train += 1
+        if self.dedup.capture and split != "rejects":  # its keys go with it, into its shard's index
+            keys = self.dedup.take_keys(row["id"])
+            if split != "duplicates":
+                if self._accepted_keys is None:
+                    from gen.dedup_index import AcceptedKeys, settings_of
+
+                    self._accepted_keys = AcceptedKeys(settings_of(self.dedup), self.dedup.near)
+                self._accepted_keys.add(split, keys)
         return self.writer.add(split, row)
 
     def _count_try(self, split: str, row: dict[str, Any]) -> None:

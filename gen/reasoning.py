@@ -32,8 +32,9 @@ REASONING_FORMATS: Final = ("field", "think-tags", "drop")
 OPEN, CLOSE = "<think>", "</think>"
 
 # The near check's sample of a trace: SAMPLE_WINDOWS windows of SAMPLE_WIDTH characters spread over it
-# (the head and the tail among them), ~170 words whatever the trace's length: the near check's cost per
-# row then stays within a few times that of a short answer (bench/reasoning.py). An edit (a sentence
+# (the head and the tail among them), ~85 words whatever the trace's length: the near check's cost per
+# row then stays within a few times that of a short answer (bench/reasoning.py; recall of near copies
+# in bench/trace_recall.py). An edit (a sentence
 # changed, added or dropped) moves the text after it; so that windows land on the same text in two
 # near-identical traces, each window's nominal offset is a multiple of SAMPLE_REACH counted from the
 # head (the first half of the windows) or from the tail (the second half), and the window then starts
@@ -42,10 +43,10 @@ OPEN, CLOSE = "<think>", "</think>"
 # gives the same windows, and text it moved by a few dozen characters still does unless that sentence
 # is in the moved-out part (probability about shift / SAMPLE_REACH), or the edit made or unmade the
 # greatest head of the reach's ~12 sentences (about 2 in 12 of the edits that touch a sentence's head,
-# a fifth of those in a reach). The anchor costs a str.split and a max() over SAMPLE_REACH characters,
+# a fifth of those in a reach). The anchor costs a split and a max() over SAMPLE_REACH characters,
 # a few microseconds a window.
 SAMPLE_WINDOWS = 4
-SAMPLE_WIDTH = 256
+SAMPLE_WIDTH = 128
 SAMPLE_REACH = 1024
 SAMPLE_HEAD = 16
 SAMPLE_WHOLE = 2 * SAMPLE_REACH  # a trace up to this long (~500 tokens) is compared whole
@@ -145,18 +146,26 @@ def trace_sample(reasoning: str | None) -> str:
             start = int(i * span) // SAMPLE_REACH * SAMPLE_REACH
         else:  # from the tail
             start = last - int((SAMPLE_WINDOWS - 1 - i) * span) // SAMPLE_REACH * SAMPLE_REACH
-        reach = reasoning[start : start + SAMPLE_REACH]
-        # whole sentences (or lines) of the reach: the cut ones at its ends change as it moves
-        pieces = reach.split(". ")[1:-1] or reach.split("\n")[1:-1] or reach.split()[1:-1]
-        if pieces:  # the head of greatest XXH3 (map, zip and max over (hash, head) pairs run in C)
-            heads = [piece[:SAMPLE_HEAD] for piece in pieces]
-            hashes = map(xxhash.xxh3_64_intdigest, map(str.encode, heads))
-            _, anchor = max(zip(hashes, heads, strict=True))
-            at = start + reach.find(anchor)
-        else:
-            at = start
+        at = start + _anchor(reasoning[start : start + SAMPLE_REACH])
         parts.append(reasoning[at : at + SAMPLE_WIDTH])
     return " ".join(parts)
+
+
+def _anchor(reach: str) -> int:
+    """Where in `reach` its window starts: the whole sentence (else line, else word) whose first
+    SAMPLE_HEAD characters have the greatest XXH3 (the cut ones at the reach's ends change as it moves);
+    0 if none. Byte for byte on an ASCII reach (its byte offsets are its character offsets): no str
+    object per head to encode."""
+    if reach.isascii():
+        data = reach.encode()
+        pieces = data.split(b". ")[1:-1] or data.split(b"\n")[1:-1]
+        if pieces:
+            return data.find(max([p[:SAMPLE_HEAD] for p in pieces], key=xxhash.xxh3_64_intdigest))
+    pieces = reach.split(". ")[1:-1] or reach.split("\n")[1:-1] or reach.split()[1:-1]
+    if not pieces:
+        return 0
+    heads = [piece[:SAMPLE_HEAD] for piece in pieces]
+    return reach.find(max(heads, key=lambda head: xxhash.xxh3_64_intdigest(head.encode())))
 
 
 def estimated_tokens(reasoning: str | None) -> int:

@@ -256,15 +256,26 @@ def describe_shard(out_dir: Path, rel_path: str) -> ShardInfo:
 
 
 def read_columns(
-    out_dir: Path, rel_path: str, columns: list[str], *, message_keys: tuple[str, ...] | None = None
+    out_dir: Path,
+    rel_path: str,
+    columns: list[str],
+    *,
+    message_keys: tuple[str, ...] | None = None,
+    threads: bool = True,
 ) -> dict[str, list[Any]]:
     """Some columns of a shard as Python lists (used to rebuild the resume and dedup indexes).
 
-    `message_keys`: each message of the `messages` column comes back with only these keys (dropped in
-    Arrow, before any Python object is made: `gen eval` needs role and content, not reasoning_content)."""
+    `message_keys`: each message of the `messages` column comes back with only these keys (only those
+    fields are read and decoded, and no Python object is made for the others: `gen eval` needs role and
+    content, not reasoning_content). `threads=False` decodes on this thread alone: Arrow's thread pool
+    spends more CPU than it saves on a shard of a few thousand rows (`gen eval` reading its split)."""
     # ParquetFile, not pq.read_table: read_table goes through pyarrow.dataset, whose import pulls in
     # pandas (0.45 s), on the path to a resumed run's first request.
-    table = _pyarrow().parquet.ParquetFile(out_dir / rel_path).read(columns=columns)
+    wanted = columns
+    if message_keys is not None and "messages" in columns:
+        wanted = [c for c in columns if c != "messages"]
+        wanted += [f"messages.list.element.{k}" for k in message_keys]
+    table = _pyarrow().parquet.ParquetFile(out_dir / rel_path).read(columns=wanted, use_threads=threads)
     out = {}
     for name in columns:
         col = table.column(name)
@@ -554,20 +565,54 @@ class ShardWriter:
 
 
 def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
-    # Arrow's C++ converter builds the columns; this runs in the writer thread, off the event loop.
+    """Rows as one Arrow record batch of `split`'s schema, what `RecordBatch.from_pylist` makes (Arrow's
+    C++ converter; in the writer thread, off the event loop). Traces (megabytes a batch) are converted
+    apart, into `_conversion_pool`."""
+    pa = _pyarrow()
     schema = _schemas()[split]
     with WITHOUT_PANDAS:
-        if "reasoning" not in schema.names or not _shares_traces(rows):
-            return _pyarrow().RecordBatch.from_pylist(rows, schema=schema)
+        if "reasoning" not in schema.names or not any(r.get("reasoning") for r in rows):
+            return pa.RecordBatch.from_pylist(rows, schema=schema)
+        pool = _conversion_pool()
         # With reasoning_format = "field" each trace is in `reasoning` and in the assistant message's
         # `reasoning_content`, one str object in both: it is converted once, and the messages' child
         # column points into the `reasoning` column's bytes (`_with_shared_traces`), not a copy of them.
-        stripped = [
-            {**r, "messages": [*r["messages"][:-1], {**r["messages"][-1], "reasoning_content": None}]}
-            for r in rows
-        ]
-        batch = _pyarrow().RecordBatch.from_pylist(stripped, schema=schema)
-        return _with_shared_traces(batch, schema)
+        shared = _shares_traces(rows)
+        rest = pa.RecordBatch.from_pylist(rows, schema=_rest_schema(split, shared))
+        columns = dict(zip(rest.schema.names, rest.columns, strict=True))
+        columns["reasoning"] = pa.array(
+            [r.get("reasoning") for r in rows], type=schema.field("reasoning").type, memory_pool=pool
+        )
+        if shared:
+            stripped = [[*r["messages"][:-1], {**r["messages"][-1], "reasoning_content": None}] for r in rows]
+            columns["messages"] = pa.array(stripped, type=schema.field("messages").type, memory_pool=pool)
+        batch = pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
+        return _with_shared_traces(batch, schema) if shared else batch
+
+
+@functools.cache
+def _rest_schema(split: str, shared: bool) -> pa.Schema:
+    """The columns `_to_batch` converts row-wise: all of `split`'s but `reasoning` (and, when the traces
+    are shared, `messages`)."""
+    apart = {"reasoning", *(("messages",) if shared else ())}
+    return _pyarrow().schema([f for f in _schemas()[split] if f.name not in apart])
+
+
+@functools.cache
+def _conversion_pool() -> Any:
+    """The memory pool traces are converted into: Arrow's jemalloc (else mimalloc, as the Arrow build has
+    them), not the system allocator (gen's default pool, chosen for RSS). Arrow grows a column's buffer
+    by doubling it, and a batch of traces is megabytes: from the system allocator each step is a fresh
+    mmap, paid in page faults and copies, several times the copy of the bytes themselves
+    (bench/README.md, `reasoning.py`). Both cost the same CPU there; jemalloc's peak RSS was ~20 MB
+    lower."""
+    pa = _pyarrow()
+    for make in (pa.jemalloc_memory_pool, pa.mimalloc_memory_pool):
+        try:
+            return make()
+        except NotImplementedError:  # not in this Arrow build
+            continue
+    return pa.default_memory_pool()
 
 
 def _shares_traces(rows: list[dict[str, Any]]) -> bool:
@@ -602,7 +647,7 @@ def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBa
     ends = np.frombuffer(traces.buffers()[1], dtype=np.int32, count=len(traces) + 1)[1:]
     list_offsets = np.frombuffer(messages.buffers()[1], dtype=np.int32, count=len(messages) + 1)
     values = messages.values
-    has = ~np.asarray(traces.is_null().to_numpy(zero_copy_only=False))
+    has = _valid(traces)
     last = list_offsets[1:][has] - 1  # the child position of each such row's last message
     child_ends = np.zeros(len(values), dtype=np.int32)
     child_ends[last] = ends[has]
@@ -620,11 +665,23 @@ def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBa
     struct_type = schema.field("messages").type.value_type
     fields = [values.field(f.name) if f.name != "reasoning_content" else child for f in struct_type]
     structs = pa.StructArray.from_arrays(fields, fields=list(struct_type))
+    mask = None if messages.null_count == 0 else pa.array(~_valid(messages))
     rebuilt = pa.ListArray.from_arrays(
-        messages.offsets, structs, type=schema.field("messages").type, mask=messages.is_null()
+        messages.offsets, structs, type=schema.field("messages").type, mask=mask
     )
     columns = [rebuilt if name == "messages" else batch.column(name) for name in schema.names]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _valid(array: pa.Array) -> Any:
+    """Which values of `array` are not null, as a numpy bool array: its validity bitmap unpacked, not
+    `is_null()`, whose import of Arrow's compute module cost a run with traces ~30 ms."""
+    import numpy as np
+
+    if array.null_count == 0:
+        return np.ones(len(array), dtype=bool)
+    bits = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8), bitorder="little")
+    return bits[array.offset : array.offset + len(array)].astype(bool)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -645,6 +702,9 @@ def write_eval_results(path: Path, rows: list[dict[str, Any]], columns: list[tup
     atomic_write_bytes(path, sink.getvalue())
 
 
+_SHORT_EVAL_TEXT = frozenset(("split", "reason", "judge"))  # results.parquet's few-valued strings
+
+
 def write_eval_columns(path: Path, data: dict[str, list[Any]], columns: list[tuple[str, str]]) -> None:
     """`write_eval_results` for results already held column by column (`data`: name -> values)."""
     pa = _pyarrow()
@@ -653,6 +713,9 @@ def write_eval_columns(path: Path, data: dict[str, list[Any]], columns: list[tup
         arrays = [pa.array(data[name], type=types[kind]) for name, kind in columns]
     table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, types[k]) for n, k in columns]))
     sink = pa.BufferOutputStream()
-    pa.parquet.write_table(table, sink, compression="zstd")
+    # Long text columns (the answers) without dictionary or statistics, as in the shards: neither helps
+    # a reader of unique texts, and both cost the writer.
+    short = [name for name, kind in columns if kind != "string" or name in _SHORT_EVAL_TEXT]
+    pa.parquet.write_table(table, sink, compression="zstd", use_dictionary=short, write_statistics=short)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, sink.getvalue())

@@ -17,7 +17,8 @@ Methods (`method`):
   (`42`, `true`, `"text"`; a reference that is not JSON is a string);
 - `python = "FILE.py:function"`: the user's `function(output, reference, row) -> bool`, where `output`
   is the answer (the validated output as a Python value, or the text; its `field` when one is named),
-  `reference` the rendered reference and `row` the input variables (a dict).
+  `reference` the rendered reference and `row` the input variables (a dict); it runs in a process of its
+  own (gen.verify_python), and a call that takes over `timeout_s` fails that answer.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from gen.errors import ConfigError
 from gen.schema import Schema
 from gen.templates import Expansion
 from gen.verify_math import MathWorker
+from gen.verify_python import PythonWorker, VerifierRaised, VerifierTimeout
 
 VERIFICATION_FAILED = "verification_failed"
 """The reject reason of an answer that did not pass (or whose check raised)."""
@@ -99,10 +101,12 @@ class Verifier:
                 where, f"[verify] reference: unknown variable {missing[0]!r} (defined: {known})"
             )
         self._reference = expansion.env.from_string(spec.reference)
-        self._function: Callable[..., Any] | None = None
+        self._python: PythonWorker | None = None
         if self.method == "python":
             assert spec.python is not None
-            self._function = _load_function(spec.python, prompt, where)
+            _load_function(spec.python, prompt, where)  # a file that cannot be used: one line, now
+            file_part, _, name = spec.python.partition(":")
+            self._python = PythonWorker(str(prompt.resolve(file_part).resolve()), name, spec.timeout_s)
         self._math_worker: MathWorker | None = None
         if self.method == "math":
             _import_math_verify(where)
@@ -115,9 +119,12 @@ class Verifier:
         }.get(self.method, self._exact)
 
     def close(self) -> None:
-        """Stop the math-verify process, if one was started (a later check starts another)."""
+        """Stop the math-verify or `python` verifier process, if one was started (a later check starts
+        another)."""
         if self._math_worker is not None:
             self._math_worker.close()
+        if self._python is not None:
+            self._python.close()
 
     def _math(self, value: Any, reference: str) -> None:
         assert self._math_worker is not None
@@ -131,6 +138,7 @@ class Verifier:
             out["tolerance"] = s.tolerance
         if s.python:
             out["python"] = s.python
+            out["timeout_s"] = s.timeout_s
         out["max_samples"] = s.max_samples
         return out
 
@@ -147,11 +155,19 @@ class Verifier:
             return Outcome(False, None, f"the reference did not render: {type(e).__name__}: {e}")
         try:
             value = _answer(text, output_json, self.spec.field)
-            if self._function is not None:
+            if self._python is not None:
                 output = value
                 if self.spec.field is None and output_json is not None:
                     output = orjson.loads(output_json)
-                ok = self._function(output, reference, orjson.loads(vars_json))
+                try:
+                    ok = self._python.call(output, reference, orjson.loads(vars_json))
+                except VerifierTimeout:
+                    raise _Fail(
+                        f"the verifier {self.spec.python} gave no verdict within {self.spec.timeout_s:g} s "
+                        "([verify] timeout_s)"
+                    ) from None
+                except VerifierRaised as e:
+                    return Outcome(False, reference, f"the verifier raised {e.kind}: {e.message[:_SHOWN]}")
                 if not ok:
                     raise _Fail(f"the verifier {self.spec.python} said no to {_quote(output)}")
             else:

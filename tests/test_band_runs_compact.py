@@ -1,0 +1,51 @@
+"""The band table's large runs keep 6 bytes an entry (issue 16): the bucket gives a fingerprint's top
+bits, a uint16 its rest, a uint32 the row. Lookups must find exactly the equal fingerprints, through
+merges (a run turned back into entries) and runs loaded sorted, as with 8-byte entries."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gen.near_dedup import BandRuns
+
+
+def test_large_compact_runs_find_every_equal_fingerprint_and_nothing_else() -> None:
+    rng = np.random.default_rng(3)
+    runs = BandRuns()
+    stored, row = [], 0
+    for i, size in enumerate([200_000, 60_000, 9, 150_000, 40_000, 300_000]):
+        # Fingerprints that share their top 16 bits and differ below, or the reverse: the stored rest
+        # and the bucket must both count. Some equal across runs.
+        fps = rng.integers(0, 2**32, size, dtype=np.uint64)
+        fps[: size // 4] = (fps[: size // 4] & np.uint64(0xFFFF)) | np.uint64(0xABCD0000)
+        fps[size // 4 : size // 2] = (fps[size // 4 : size // 2] & np.uint64(0xFFFF0000)) | np.uint64(0x1234)
+        fps[size // 2 : size // 2 + 50] = np.uint64(0xDEADBEEF)
+        entries = (fps << np.uint64(32)) | np.arange(row, row + size, dtype=np.uint64)
+        if i in (3, 4):
+            runs.add(np.sort(entries), presorted=True)
+        else:
+            runs.add(entries)
+        stored.append(entries)
+        row += size
+    assert any(r.rest.dtype == np.uint16 for r in runs.runs)  # the 6-byte layout is what is tested
+    assert runs.size == row
+    everything = np.sort(np.concatenate(stored))
+    fp_all = everything >> np.uint64(32)
+    queries = np.concatenate(
+        [
+            fp_all[rng.integers(0, row, 3000)],  # present
+            rng.integers(0, 2**32, 3000, dtype=np.uint64),  # mostly absent
+            np.array([0xDEADBEEF, 0xABCD0000, 0x1234, 0, 2**32 - 1], np.uint64),
+        ]
+    )
+    q, rows = runs.lookup(queries.astype(np.uint32))
+    got = sorted(zip(q.tolist(), rows.tolist(), strict=True))
+    lo = np.searchsorted(fp_all, queries, "left")
+    hi = np.searchsorted(fp_all, queries, "right")
+    want = sorted(
+        (i, int(e) & 0xFFFFFFFF) for i in range(queries.size) for e in everything[lo[i] : hi[i]].tolist()
+    )
+    assert got == want and len(want) > 3000
+    # The merged runs hold the entries they were given, in order.
+    merged = np.sort(np.concatenate([r.entries() for r in runs.runs]))
+    assert np.array_equal(merged, everything)
