@@ -565,6 +565,7 @@ _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
 
 
 _PER_BUCKET = 4  # entries per bucket of a run's table (1 to 2 bytes of table an entry)
+_TABLE_BLOCK = 12  # buckets (as bits) that share one uint32 beginning in a run's table
 _LOADED_MAX = 1 << 23  # entries (64 MiB) of loaded runs merged in one go
 _RUN_RATIO = 4  # a run is merged into the last while that is at most this many times its size
 
@@ -621,12 +622,12 @@ class BandRuns:
         for run in self.runs:
             shift = _U64(32 - run.bits)
             bucket = (needle >> shift).astype(np.intp)
-            first = run.starts[bucket]
-            count = (run.starts[bucket + 1] - first).astype(np.intp)
+            first = run.start_of(bucket)
+            count = run.start_of(bucket + 1) - first
             q = np.repeat(np.arange(needle.size), count)
             if not q.size:
                 continue
-            skip = first.astype(np.intp) - (np.cumsum(count) - count)
+            skip = first - (np.cumsum(count) - count)
             at = np.arange(q.size) + np.repeat(skip, count)
             rest = (needle & ((_U64(1) << shift) - _U64(1))).astype(run.rest.dtype)
             hit = run.rest[at] == rest[q]
@@ -638,23 +639,39 @@ class BandRuns:
 
 
 class _Run:
-    """One sorted run of band entries, kept as three arrays: `starts`, where each bucket of the top
-    `bits` fingerprint bits begins (2**bits + 1 values); `rest`, the fingerprint's other 32 - bits bits
-    (uint16 when they fit); `rows`, uint32. The bucket is where an entry sits, so it is not stored."""
+    """One sorted run of band entries, kept as: where each bucket of the top `bits` fingerprint bits
+    begins (`start_of`); `rest`, the fingerprint's other 32 - bits bits (uint16 when they fit); `rows`,
+    uint32. The bucket is where an entry sits, so it is not stored. Where a bucket begins is a uint16
+    offset from its block of 2**_TABLE_BLOCK buckets' uint32 beginning when every offset fits (about 2
+    bytes a bucket instead of 4), else a plain table."""
 
-    __slots__ = ("bits", "rest", "rows", "starts")
+    __slots__ = ("base", "bits", "rest", "rows", "starts")
 
     def __init__(self, entries: np.ndarray) -> None:
         """From sorted uint64 entries (fingerprint << 32 | row)."""
         bits = max(1, min(32, (entries.size // _PER_BUCKET).bit_length()))
         fp = entries >> _U64(32)
         counts = np.bincount((fp >> _U64(32 - bits)).astype(np.intp), minlength=1 << bits)
-        self.starts = np.zeros((1 << bits) + 1, np.uint32 if entries.size < 1 << 32 else np.uint64)
-        np.cumsum(counts, out=self.starts[1:])
+        starts = np.zeros((1 << bits) + 1, np.uint32 if entries.size < 1 << 32 else np.uint64)
+        np.cumsum(counts, out=starts[1:])
+        self.base: np.ndarray | None = None
+        if bits > _TABLE_BLOCK:
+            base = starts[:: 1 << _TABLE_BLOCK].copy()  # the last value too: 2**bits is a block's start
+            rel = starts - np.repeat(base, 1 << _TABLE_BLOCK)[: starts.size]
+            if int(rel.max()) < 1 << 16:
+                self.base, starts = base, rel.astype(np.uint16)
+        self.starts = starts
         fp &= (_U64(1) << _U64(32 - bits)) - _U64(1)
         self.rest = fp.astype(np.uint16 if bits >= 16 else np.uint32)
         self.rows = entries.astype(np.uint32)  # the low 32 bits
         self.bits = bits
+
+    def start_of(self, bucket: np.ndarray) -> np.ndarray:
+        """Where each bucket in `bucket` (intp, 0 ... 2**bits) begins, as intp."""
+        at = self.starts[bucket].astype(np.intp)
+        if self.base is not None:
+            at += self.base[bucket >> _TABLE_BLOCK]
+        return at
 
     @property
     def size(self) -> int:
@@ -662,12 +679,14 @@ class _Run:
 
     @property
     def nbytes(self) -> int:
-        return self.starts.nbytes + self.rest.nbytes + self.rows.nbytes
+        table = self.starts.nbytes + (self.base.nbytes if self.base is not None else 0)
+        return table + self.rest.nbytes + self.rows.nbytes
 
     def entries(self) -> np.ndarray:
         """The run as sorted uint64 entries again (for a merge)."""
         shift = _U64(32 - self.bits)
-        out = np.repeat(np.arange(1 << self.bits, dtype=_U64) << shift, np.diff(self.starts).astype(np.intp))
+        counts = np.diff(self.start_of(np.arange((1 << self.bits) + 1, dtype=np.intp)))
+        out = np.repeat(np.arange(1 << self.bits, dtype=_U64) << shift, counts)
         out |= self.rest
         out <<= _U64(32)
         out |= self.rows
