@@ -24,7 +24,7 @@ issue 16: >= 99.9% and >= 85%.
 
 Memory per kept row: 231 bytes of signature, 21 band entries in sorted numpy runs (`BandRuns`: 6 bytes
 an entry in runs of 131,072 entries and more, whose bucket table holds the fingerprint's top 16+ bits,
-plus 1-2 bytes an entry of that table), 8 bytes of key: ~395 bytes, against ~3,400 with rensa's
+plus 0.5-1 byte an entry of that table), 8 bytes of key: ~380 bytes, against ~3,400 with rensa's
 RMinHash objects and RMinHashLSH (its HashMaps cost ~100 bytes a band a key).
 
 Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, add_batch in chunks of
@@ -574,7 +574,7 @@ class BandRuns:
     """The LSH band table: sorted runs of (band fingerprint << 32 | row) entries, merged like a log-
     structured tree (a new run is merged into the last while that is at most _RUN_RATIO times its
     size), so there are about log4(rows / batch) runs, with no free slots. Each run has a table of
-    where each bucket of top fingerprint bits starts (about 4 entries a bucket, 1-2 bytes an entry):
+    where each bucket of top fingerprint bits starts (2-4 entries a bucket, 0.5-2 bytes an entry):
     fingerprints are uniform hashes, so a lookup reads one small bucket instead of a binary search
     through the whole run. A run keeps what its bucket does not say (`_Run`): 6 bytes an entry once it
     has 16 or more bucket bits (runs of 131,072 entries and more), else 8."""
