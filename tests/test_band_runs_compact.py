@@ -5,8 +5,17 @@ merges (a run turned back into entries) and runs loaded sorted, as with 8-byte e
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from gen import near_dedup
 from gen.near_dedup import BandRuns
+
+
+@pytest.fixture(autouse=True)
+def compact_from_131072(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of 131,072 entries and more are compact here (gen's own bound is ~1M), so the tests stay
+    small; smaller runs keep 8-byte entries either way."""
+    monkeypatch.setattr(near_dedup, "_COMPACT_MIN", 1 << 17)
 
 
 def test_large_compact_runs_find_every_equal_fingerprint_and_nothing_else() -> None:
