@@ -23,19 +23,20 @@ all 6,000 pairs (no miss: >= 99.95% at 95% confidence), kept at J = 0.80 in 93.4
 issue 16: >= 99.9% and >= 85%.
 
 Memory per kept row: 231 bytes of signature, 21 band entries in sorted numpy runs (`BandRuns`: 6 bytes
-an entry in runs of 131,072 entries and more, whose bucket table holds the fingerprint's top 16+ bits,
-plus 0.5-1 byte an entry of that table), 8 bytes of key: ~380 bytes, against ~3,400 with rensa's
-RMinHash objects and RMinHashLSH (its HashMaps cost ~100 bytes a band a key).
+an entry in runs of 2**20 entries and more, whose bucket table holds the fingerprint's top 16+ bits,
+plus 0.5-1 byte an entry of that table; 8 and 1-2 in smaller runs), 8 bytes of key: ~385 bytes at
+400,000 rows, against ~3,400 with rensa's RMinHash objects and RMinHashLSH (its HashMaps cost ~100
+bytes a band a key).
 
 Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, add_batch in chunks of
-1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 67,600-70,100 rows/s
-(36,800-40,500 before the passes were made cache-sized; rensa's version: 29,300). Shingle hashing is
-about 6 us a row, signatures ~3.5 us, the band table ~4 us. What made it faster, with the same hashes:
-passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache, control bytes classed
-by the table only where they occur, and the rotation as one suffix minimum over the flat matrix. Why not
-rensa's MinHash with a numpy index: getting its digests out (RMinHashDigestMatrix.to_rows) alone costs
-~10 us a row. Optimal densification (random donor bins, Shrivastava 2017) cost 11-17 us a row more in
-numpy than rotation.
+1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 70,000-73,900 rows/s
+(44,700-48,100 before the passes were made cache-sized, in the same session; rensa's version: 29,300).
+Shingle hashing is about 6 us a row, signatures ~3.5 us, the band table ~4 us. What made it faster,
+with the same hashes: passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache,
+control bytes classed by the table only where they occur, and the rotation as one suffix minimum over
+the flat matrix. Why not rensa's MinHash with a numpy index: getting its digests out
+(RMinHashDigestMatrix.to_rows) alone costs ~10 us a row. Optimal densification (random donor bins,
+Shrivastava 2017) cost 11-17 us a row more in numpy than rotation.
 
 Per-call overhead: add() pays numpy's fixed cost per call (~40 calls for one text), which is why it
 is ~10x slower per row than add_batch(); give add_batch chunks where the caller has them.
@@ -577,8 +578,8 @@ class BandRuns:
     size), so there are about log4(rows / batch) runs, with no free slots. Each run has a table of
     where each bucket of top fingerprint bits starts (2-4 entries a bucket, 0.5-2 bytes an entry):
     fingerprints are uniform hashes, so a lookup reads one small bucket instead of a binary search
-    through the whole run. A run keeps what its bucket does not say (`_Run`): 6 bytes an entry once it
-    has 16 or more bucket bits (runs of 131,072 entries and more), else 8."""
+    through the whole run. A run of _COMPACT_MIN entries or more keeps what its bucket does not say
+    (`_Run`): 6 bytes an entry; smaller ones 8."""
 
     def __init__(self) -> None:
         self.runs: list[_Run] = []
