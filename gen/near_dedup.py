@@ -23,19 +23,20 @@ all 6,000 pairs (no miss: >= 99.95% at 95% confidence), kept at J = 0.80 in 93.4
 issue 16: >= 99.9% and >= 85%.
 
 Memory per kept row: 231 bytes of signature, 21 band entries in sorted numpy runs (`BandRuns`: 6 bytes
-an entry in runs of 131,072 entries and more, whose bucket table holds the fingerprint's top 16+ bits,
-plus 1-2 bytes an entry of that table), 8 bytes of key: ~395 bytes, against ~3,400 with rensa's
-RMinHash objects and RMinHashLSH (its HashMaps cost ~100 bytes a band a key).
+an entry in runs of 2**20 entries and more, whose bucket table holds the fingerprint's top 16+ bits,
+plus 0.5-1 byte an entry of that table; 8 and 1-2 in smaller runs), 8 bytes of key: ~385 bytes at
+400,000 rows, against ~3,400 with rensa's RMinHash objects and RMinHashLSH (its HashMaps cost ~100
+bytes a band a key).
 
 Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, add_batch in chunks of
-1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 67,600-70,100 rows/s
-(36,800-40,500 before the passes were made cache-sized; rensa's version: 29,300). Shingle hashing is
-about 6 us a row, signatures ~3.5 us, the band table ~4 us. What made it faster, with the same hashes:
-passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache, control bytes classed
-by the table only where they occur, and the rotation as one suffix minimum over the flat matrix. Why not
-rensa's MinHash with a numpy index: getting its digests out (RMinHashDigestMatrix.to_rows) alone costs
-~10 us a row. Optimal densification (random donor bins, Shrivastava 2017) cost 11-17 us a row more in
-numpy than rotation.
+1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 70,000-73,900 rows/s
+(44,700-48,100 before the passes were made cache-sized, in the same session; rensa's version: 29,300).
+Shingle hashing is about 6 us a row, signatures ~3.5 us, the band table ~4 us. What made it faster,
+with the same hashes: passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache,
+control bytes classed by the table only where they occur, and the rotation as one suffix minimum over
+the flat matrix. Why not rensa's MinHash with a numpy index: getting its digests out
+(RMinHashDigestMatrix.to_rows) alone costs ~10 us a row. Optimal densification (random donor bins,
+Shrivastava 2017) cost 11-17 us a row more in numpy than rotation.
 
 Per-call overhead: add() pays numpy's fixed cost per call (~40 calls for one text), which is why it
 is ~10x slower per row than add_batch(); give add_batch chunks where the caller has them.
@@ -565,6 +566,8 @@ _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
 
 
 _PER_BUCKET = 4  # entries per bucket of a run's table (1 to 2 bytes of table an entry)
+_COMPACT_MIN = 1 << 20  # entries (~50,000 rows) from which a run is kept in 6 bytes an entry
+_TABLE_BLOCK = 12  # buckets (as bits) that share one uint32 beginning in a run's table
 _LOADED_MAX = 1 << 23  # entries (64 MiB) of loaded runs merged in one go
 _RUN_RATIO = 4  # a run is merged into the last while that is at most this many times its size
 
@@ -573,10 +576,10 @@ class BandRuns:
     """The LSH band table: sorted runs of (band fingerprint << 32 | row) entries, merged like a log-
     structured tree (a new run is merged into the last while that is at most _RUN_RATIO times its
     size), so there are about log4(rows / batch) runs, with no free slots. Each run has a table of
-    where each bucket of top fingerprint bits starts (about 4 entries a bucket, 1-2 bytes an entry):
+    where each bucket of top fingerprint bits starts (2-4 entries a bucket, 0.5-2 bytes an entry):
     fingerprints are uniform hashes, so a lookup reads one small bucket instead of a binary search
-    through the whole run. A run keeps what its bucket does not say (`_Run`): 6 bytes an entry once it
-    has 16 or more bucket bits (runs of 131,072 entries and more), else 8."""
+    through the whole run. A run of _COMPACT_MIN entries or more keeps what its bucket does not say
+    (`_Run`): 6 bytes an entry; smaller ones 8."""
 
     def __init__(self) -> None:
         self.runs: list[_Run] = []
@@ -621,13 +624,19 @@ class BandRuns:
         for run in self.runs:
             shift = _U64(32 - run.bits)
             bucket = (needle >> shift).astype(np.intp)
-            first = run.starts[bucket]
-            count = (run.starts[bucket + 1] - first).astype(np.intp)
+            first = run.start_of(bucket)
+            count = run.start_of(bucket + 1) - first
             q = np.repeat(np.arange(needle.size), count)
             if not q.size:
                 continue
-            skip = first.astype(np.intp) - (np.cumsum(count) - count)
+            skip = first - (np.cumsum(count) - count)
             at = np.arange(q.size) + np.repeat(skip, count)
+            if run.plain is not None:
+                entry = run.plain[at]
+                hit = (entry >> _U64(32)) == needle[q]
+                qs.append(q[hit])
+                rows.append(entry[hit] & _LOW32)
+                continue
             rest = (needle & ((_U64(1) << shift) - _U64(1))).astype(run.rest.dtype)
             hit = run.rest[at] == rest[q]
             qs.append(q[hit])
@@ -638,36 +647,65 @@ class BandRuns:
 
 
 class _Run:
-    """One sorted run of band entries, kept as three arrays: `starts`, where each bucket of the top
-    `bits` fingerprint bits begins (2**bits + 1 values); `rest`, the fingerprint's other 32 - bits bits
-    (uint16 when they fit); `rows`, uint32. The bucket is where an entry sits, so it is not stored."""
+    """One sorted run of band entries, kept as: where each bucket of the top `bits` fingerprint bits
+    begins (`start_of`); `rest`, the fingerprint's other 32 - bits bits (uint16 when they fit); `rows`,
+    uint32. The bucket is where an entry sits, so it is not stored. Where a bucket begins is a uint16
+    offset from its block of 2**_TABLE_BLOCK buckets' uint32 beginning when every offset fits (about 2
+    bytes a bucket instead of 4), else a plain table. A run under _COMPACT_MIN entries keeps its uint64
+    entries as they are (`plain`): it is merged again soon, and converting at every merge cost more
+    than the rest of the merge (runs.add 1.7 -> 3 us a row at 50,000 rows)."""
 
-    __slots__ = ("bits", "rest", "rows", "starts")
+    __slots__ = ("base", "bits", "plain", "rest", "rows", "starts")
 
     def __init__(self, entries: np.ndarray) -> None:
         """From sorted uint64 entries (fingerprint << 32 | row)."""
         bits = max(1, min(32, (entries.size // _PER_BUCKET).bit_length()))
         fp = entries >> _U64(32)
         counts = np.bincount((fp >> _U64(32 - bits)).astype(np.intp), minlength=1 << bits)
-        self.starts = np.zeros((1 << bits) + 1, np.uint32 if entries.size < 1 << 32 else np.uint64)
-        np.cumsum(counts, out=self.starts[1:])
+        starts = np.zeros((1 << bits) + 1, np.uint32 if entries.size < 1 << 32 else np.uint64)
+        np.cumsum(counts, out=starts[1:])
+        self.base: np.ndarray | None = None
+        self.bits = bits
+        self.plain: np.ndarray | None = None
+        if entries.size < _COMPACT_MIN or bits < 16:
+            self.starts, self.plain = starts, entries
+            self.rest = self.rows = entries[:0]
+            return
+        if bits > _TABLE_BLOCK:
+            base = starts[:: 1 << _TABLE_BLOCK].copy()  # the last value too: 2**bits is a block's start
+            rel = starts - np.repeat(base, 1 << _TABLE_BLOCK)[: starts.size]
+            if int(rel.max()) < 1 << 16:
+                self.base, starts = base, rel.astype(np.uint16)
+        self.starts = starts
         fp &= (_U64(1) << _U64(32 - bits)) - _U64(1)
         self.rest = fp.astype(np.uint16 if bits >= 16 else np.uint32)
         self.rows = entries.astype(np.uint32)  # the low 32 bits
-        self.bits = bits
+
+    def start_of(self, bucket: np.ndarray) -> np.ndarray:
+        """Where each bucket in `bucket` (intp, 0 ... 2**bits) begins, as intp."""
+        at = self.starts[bucket].astype(np.intp)
+        if self.base is not None:
+            at += self.base[bucket >> _TABLE_BLOCK]
+        return at
 
     @property
     def size(self) -> int:
-        return self.rows.size
+        return self.plain.size if self.plain is not None else self.rows.size
 
     @property
     def nbytes(self) -> int:
-        return self.starts.nbytes + self.rest.nbytes + self.rows.nbytes
+        table = self.starts.nbytes + (self.base.nbytes if self.base is not None else 0)
+        if self.plain is not None:
+            return table + self.plain.nbytes
+        return table + self.rest.nbytes + self.rows.nbytes
 
     def entries(self) -> np.ndarray:
         """The run as sorted uint64 entries again (for a merge)."""
+        if self.plain is not None:
+            return self.plain
         shift = _U64(32 - self.bits)
-        out = np.repeat(np.arange(1 << self.bits, dtype=_U64) << shift, np.diff(self.starts).astype(np.intp))
+        counts = np.diff(self.start_of(np.arange((1 << self.bits) + 1, dtype=np.intp)))
+        out = np.repeat(np.arange(1 << self.bits, dtype=_U64) << shift, counts)
         out |= self.rest
         out <<= _U64(32)
         out |= self.rows
