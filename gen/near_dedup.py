@@ -570,12 +570,19 @@ _COMPACT_MIN = 1 << 20  # entries (~50,000 rows) from which a run is kept in 6 b
 _TABLE_BLOCK = 12  # buckets (as bits) that share one uint32 beginning in a run's table
 _LOADED_MAX = 1 << 23  # entries (64 MiB) of loaded runs merged in one go
 _RUN_RATIO = 4  # a run is merged into the last while that is at most this many times its size
+# No merge makes a run larger than this (~200,000 rows of band entries): a merge holds the runs it
+# merges several times over (expanded entries, their concatenation, the sort's buffer, the compact
+# copy), so one into a single run of the whole table was a spike of ~470 MB over the steady RSS at
+# 1,000,000 rows. Past it the table is a list of runs of about this size (a lookup reads one bucket
+# of each: ~0.1 us a row a run).
+_RUN_MAX = 1 << 22
 
 
 class BandRuns:
     """The LSH band table: sorted runs of (band fingerprint << 32 | row) entries, merged like a log-
     structured tree (a new run is merged into the last while that is at most _RUN_RATIO times its
-    size), so there are about log4(rows / batch) runs, with no free slots. Each run has a table of
+    size, and no merge makes a run over _RUN_MAX entries), so there are about log4(rows / batch) runs
+    below the cap and one per _RUN_MAX entries above it, with no free slots. Each run has a table of
     where each bucket of top fingerprint bits starts (2-4 entries a bucket, 0.5-2 bytes an entry):
     fingerprints are uniform hashes, so a lookup reads one small bucket instead of a binary search
     through the whole run. A run of _COMPACT_MIN entries or more keeps what its bucket does not say
@@ -611,7 +618,11 @@ class BandRuns:
             self._push(run)
 
     def _push(self, run: np.ndarray) -> None:
-        while self.runs and self.runs[-1].size <= _RUN_RATIO * run.size:
+        while (
+            self.runs
+            and self.runs[-1].size <= _RUN_RATIO * run.size
+            and self.runs[-1].size + run.size <= _RUN_MAX
+        ):
             run = np.concatenate((self.runs.pop().entries(), run))
             run.sort(kind="stable")  # timsort: two sorted runs merge in linear time
         self.runs.append(_Run(run))
