@@ -14,6 +14,7 @@ Format (little-endian), version FORMAT:
     b"GENDIDX1"                      magic, 8 bytes
     uint32 n, then n bytes of JSON   header: format, gen version, shard path and sha256, rows, the dedup
                                      key (`on`, `field`), the near shape (bands, rows, seed) or null,
+                                     the trace sample (gen.reasoning) or null,
                                      and the arrays' names, dtypes and shapes, in file order
     the arrays, back to back         ids <u8 (rows), exact <u8 (rows), sig |u1 (rows, bands*rows),
                                      bands <u8 (rows*bands, sorted; row numbers local to the shard)
@@ -63,7 +64,14 @@ def settings_of(dedup: Any) -> dict[str, Any]:
 
         bands, rows = default_shape(dedup.threshold)
         near = {"bands": bands, "rows": rows, "seed": 1}
-    return {"on": dedup.on, "field": dedup.field, "near": near}
+    # The trace's part of the keys (gen.reasoning: its digest in the exact key, its sample in the near
+    # text): a segment made with another sample shape, or without traces, holds other keys.
+    trace = None
+    if dedup.reasoning:
+        from gen.reasoning import SAMPLE_HEAD, SAMPLE_REACH, SAMPLE_WIDTH, SAMPLE_WINDOWS
+
+        trace = [SAMPLE_WINDOWS, SAMPLE_WIDTH, SAMPLE_REACH, SAMPLE_HEAD]
+    return {"on": dedup.on, "field": dedup.field, "near": near, "trace": trace}
 
 
 def build(dedup: Any, out_dir: Path, rel: str) -> Segment:
