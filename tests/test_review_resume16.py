@@ -358,3 +358,39 @@ def test_the_id_set_discards_a_key_added_both_ways_before_any_merge() -> None:
     ids.add(9)
     ids.discard(9)
     assert not ids and len(ids) == 0
+
+
+def test_the_id_set_against_a_set_from_fresh_in_short_runs(monkeypatch) -> None:
+    """Many short op sequences from an empty IdSet (where an empty array and unmerged updates meet),
+    with merges and the hot set's clearing at tiny sizes: every answer a set's."""
+    import numpy as np
+
+    from gen import idset
+    from gen.idset import IdSet
+
+    monkeypatch.setattr(IdSet, "COMPACT_AT", 4)
+    monkeypatch.setattr(idset, "HOT", 3)
+    rng = random.Random(1)
+    for _ in range(3000):
+        pool = [rng.getrandbits(64) for _ in range(6)] + [0, 2**64 - 1]
+        ids, ref = IdSet(), set()
+        for _ in range(rng.randint(1, 25)):
+            op, key = rng.random(), rng.choice(pool)
+            if op < 0.35:
+                ids.add(key)
+                ref.add(key)
+            elif op < 0.6:
+                ids.discard(key)
+                ref.discard(key)
+            elif op < 0.75:
+                some = rng.sample(pool, rng.randint(0, 4))
+                ids.update(np.array(some, np.uint64) if rng.random() < 0.5 else some)
+                ref.update(some)
+            elif op < 0.8:
+                ids.compact()
+            elif op < 0.9:
+                assert len(ids) == len(ref) and bool(ids) == bool(ref)
+            else:
+                assert (key in ids) == (key in ref)
+        assert sorted(ids) == sorted(ref)
+        assert all((k in ids) == (k in ref) for k in pool)
