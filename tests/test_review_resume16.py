@@ -394,3 +394,41 @@ def test_the_id_set_against_a_set_from_fresh_in_short_runs(monkeypatch) -> None:
                 assert (key in ids) == (key in ref)
         assert sorted(ids) == sorted(ref)
         assert all((k in ids) == (k in ref) for k in pool)
+
+
+def test_sigkill_with_near_dedup_queued_rows(tmp_path: Path, sim_server) -> None:
+    """Near dedup on: a task is closed when its row is queued for the batched checks, which only a
+    checkpoint drains into shards; kills between those checkpoints never leave the marker past a row
+    that is not in a shard, and the answers that near-duplicate each other stay one row each."""
+    sim = sim_server(latency_ms=10, latency_jitter_ms=20)
+    seeds = [n % 300 for n in range(360)]
+    prompt = _recipe(tmp_path, seeds, ["poem", "list"], extra='[dedup]\non = "input"\n')
+    stream = _stream(prompt)
+    out = tmp_path / "o"
+    rng = random.Random(4)
+    kills = 0
+    for _ in range(3):
+        started = json.loads((out / "manifest.json").read_text())["shards"] if out.exists() else []
+        proc = _gen(prompt, out, sim.base_url, "--shard-rows", "50", "--max-concurrency", "16")
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if len(json.loads((out / "manifest.json").read_text())["shards"]) > len(started):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+        _marker_holds(out, stream)
+        held = _held(out)
+        assert len(held) == len(set(held)), "an id was written twice"
+    result = run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, max_concurrency=8))
+    assert result.status == "complete"
+    held = _held(out)
+    assert sorted(held) == sorted(set(stream))
+    assert _marker_holds(out, stream) == len(stream)
+    assert kills >= 1
