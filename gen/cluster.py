@@ -331,6 +331,9 @@ def merge_pass(
     """
     started = time.monotonic()
     outcome = MergeOutcome()
+    # It accepts no row, so no captured key would ever be taken (gen.dedup_index.AcceptedKeys): with the
+    # driver run's capture on, every row kept stayed in the chain, the whole dataset on one driver.
+    run.dedup.capture = False
     if scaleout:
         from gen.merge_scaleout import find_duplicates
 

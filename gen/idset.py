@@ -70,7 +70,8 @@ class IdSet:
         self._hot.discard(key)
         if key in self._recent:
             self._recent.discard(key)
-            if not self._size or key not in self:  # not also in the array (added twice)
+            # Not also in the array or an array not merged yet (added twice): then it is gone.
+            if not (self._size or self._pending) or key not in self:
                 return
         elif key not in self:
             return
