@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
+import multiprocessing.connection
+import os
+import signal
 import sys
 import threading
 from multiprocessing.connection import Connection
@@ -72,6 +75,11 @@ class PythonWorker:
         return bool(ok)
 
     def close(self) -> None:
+        """Stop the child now, a call in progress included (it fails as ProcessDied): waiting for the lock
+        first waited out a hanging call's whole time limit after Ctrl-C, and the run with it."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
         with self._lock:
             self._stop()
 
@@ -107,6 +115,10 @@ class PythonWorker:
 
 def _serve(conn: Connection, path: str, name: str) -> None:
     """The child: import the function, then answer (output, reference, row) until the parent hangs up."""
+    # Ctrl-C reaches the whole process group: the parent decides (and kills this process), so a call in
+    # progress does not die with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     try:
         function = _load(path, name)
     except BaseException as e:  # the user's module can raise anything, SystemExit included
@@ -122,6 +134,20 @@ def _serve(conn: Connection, path: str, name: str) -> None:
             conn.send((bool(function(output, reference, row)), None))
         except Exception as e:  # this answer fails with the error; the next one is asked as usual
             conn.send((False, (type(e).__name__, str(e)[:_SHOWN])))
+
+
+def _exit_with_parent() -> None:
+    """End this process when the parent's ends (a SIGKILL included): a call that hangs never reads the
+    pipe's end, and would spin on as an orphan."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gen-verify-parent", daemon=True).start()
 
 
 def _load(path: str, name: str) -> Any:
