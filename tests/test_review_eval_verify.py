@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from test_eval_answers import dataset  # noqa: F401 (a fixture)
 from test_verify import _prompt
 
 PID_THEN_HANG = """
@@ -96,3 +98,130 @@ def test_ctrl_c_while_the_verifier_runs_prints_no_traceback_and_leaves_no_proces
                 os.kill(int(pid), signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------------------------------ gen eval: SIGKILL, then --resume
+
+
+def _eval_args(out: Path, base_url: str) -> list[str]:
+    return [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", base_url,
+            "--student-model", "student-1", "--no-progress", "--split", "all",
+            "--max-concurrency", "3"]  # fmt: skip
+
+
+def _comparable(report: dict) -> dict:
+    keep = ("rows", "agreement", "valid", "first_answer_valid", "fields", "tokens_per_row", "gate")
+    return {k: report[k] for k in keep}
+
+
+def test_a_sigkilled_then_resumed_evaluation_reports_what_an_uninterrupted_one_does(
+    dataset: Path,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+    sim_server,
+) -> None:
+    """Killed at several points (answers journaled, answers still in the tick's buffer, requests in
+    flight) and resumed, an evaluation reports the same agreement, per-field counts, validity and
+    student tokens as one that ran through, and every row exactly once."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    import gen
+
+    whole = tmp_path / "whole"
+    shutil.copytree(dataset, whole)
+    server = sim_server(model="student-1", perturb_share=0.4, perturb_field="*")
+    want = gen.evaluate(whole, student="student-1", student_base_url=server.base_url, split="all")
+    want_json = json.loads((want.eval_dir / "report.json").read_text())
+    want_rows = {r["id"]: r for r in pq.read_table(want.eval_dir / "results.parquet").to_pylist()}
+
+    slow = sim_server(model="student-1", perturb_share=0.4, perturb_field="*", latency_ms=60)
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = _eval_args(out, slow.base_url)
+    for kill_after in (4, 13, 22):  # answers journaled before each SIGKILL (a growing count)
+        d = next((out / "evals").glob("*"), None)
+        cmd = args if d is None else [*args, "--resume", str(d)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            d = next((out / "evals").glob("*"), None)
+            journal = d / "answers" / "journal" if d is not None else None
+            n = 0
+            if journal is not None and journal.exists():
+                n = sum(p.read_bytes().count(b'"s":') for p in journal.rglob("*.jsonl"))
+            data = d / "answers" / "data" if d is not None else None
+            if data is not None and data.exists():
+                n += sum(pq.read_metadata(p).num_rows for p in data.glob("*.parquet"))
+            if n >= kill_after:
+                break
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait(timeout=30)
+    d = next((out / "evals").glob("*"))
+    done = subprocess.run([*args, "--resume", str(d)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    runs = json.loads((d / "answers" / "manifest.json").read_text())["runs"]
+    assert len(runs) >= 3 and sum(r.get("replayed", 0) for r in runs) > 0, runs  # killed mid-run, resumed
+    got_json = json.loads((d / "report.json").read_text())
+    assert _comparable(got_json) == _comparable(want_json)
+    got_rows = pq.read_table(d / "results.parquet").to_pylist()
+    assert len(got_rows) == len({r["id"] for r in got_rows}) == 30
+    for r in got_rows:
+        w = want_rows[r["id"]]
+        for k in r:
+            if k not in ("latency_ms", "prompt_tokens", "completion_tokens"):
+                assert r[k] == w[k], (k, r[k], w[k])
+
+
+# ------------------------------------------------------------------ the judge and --max-usd
+
+
+@pytest.fixture(scope="module")
+def free_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import json
+
+    from gen import RunOptions, run
+
+    d = tmp_path_factory.mktemp("free")
+    topics = json.dumps([f"topic {i}" for i in range(12)])
+    (d / "p.toml").write_text(
+        'name = "t"\nversion = "1"\nintended_use = "research"\neval_fraction = 0.3\n'
+        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
+        '[sampling]\nmax_tokens = 200\n[messages]\nsystem = "Answer briefly."\nuser = "About {{ topic }}"\n'
+        f"[variables]\ntopic = {topics}\n"
+    )
+    result = run(d / "p.toml", RunOptions(output=d / "out", progress=False))
+    assert result.status == "complete" and result.stats.rows == 12
+    return d / "out"
+
+
+def test_max_usd_below_one_pair_judges_one_pair_not_a_pair_per_worker(
+    free_dataset: Path, tmp_path: Path, sim_server
+) -> None:
+    """Before any pair is done the judge's average pair cost is unknown: every worker began a pair at
+    once (8 here), spending up to max_concurrency pairs past a limit smaller than one. The contract
+    (gen.eval_judge.judge_rows) is that one pair begun below the limit may end above it."""
+    import json
+    import shutil
+
+    from gen.budget import price_for
+
+    out = tmp_path / "out"
+    shutil.copytree(free_dataset, out)
+    student = sim_server(model="student-1", perturb_share=0.5)
+    judge = sim_server(model="gpt-4o-mini", judge="longer", latency_ms=50)
+    price = price_for("gpt-4o-mini")
+    assert price is not None
+    args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student.base_url,
+            "--student-model", "student-1", "--no-progress", "--split", "all", "--max-concurrency", "8",
+            "--judge-model", "gpt-4o-mini", "--judge-base-url", judge.base_url]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([*args, "--max-usd", "1e-9"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    d = next((out / "evals").iterdir())
+    lines = [json.loads(line) for line in (d / "judge.jsonl").read_text().splitlines()]
+    assert len(lines) == 1, len(lines)
+    assert judge.stats()["requests"] == 2  # one pair, asked in both orders
