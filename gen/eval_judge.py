@@ -216,7 +216,9 @@ class VerdictLog:
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
+        start = fresh_line(self.path)
         with open(self.path, "ab") as f:
+            f.write(start)  # after a line a crash cut short, or the first verdict joined it, unreadable
 
             def record(tid: str, verdict: str, usage: tuple[int, int] = (0, 0)) -> None:
                 self.usage[tid] = usage
@@ -227,6 +229,19 @@ class VerdictLog:
                 f.flush()
 
             yield record
+
+
+def fresh_line(path: Path) -> bytes:
+    """What to append to a JSON-lines file before its next line: a newline when it ends inside a line (a
+    crash cut it short), else nothing."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return b""
+            f.seek(-1, os.SEEK_END)
+            return b"" if f.read(1) == b"\n" else b"\n"
+    except FileNotFoundError:
+        return b""
 
 
 class _Metered:

@@ -225,3 +225,45 @@ def test_max_usd_below_one_pair_judges_one_pair_not_a_pair_per_worker(
     lines = [json.loads(line) for line in (d / "judge.jsonl").read_text().splitlines()]
     assert len(lines) == 1, len(lines)
     assert judge.stats()["requests"] == 2  # one pair, asked in both orders
+
+
+def test_a_judge_line_cut_short_then_resumed_keeps_the_resumes_first_verdict(
+    free_dataset: Path, tmp_path: Path, sim_server
+) -> None:
+    """judge.jsonl's last line cut short by a crash (as gen eval and gen audit expect one may be): the
+    resume's first verdict was appended onto it, so that verdict was unreadable too: gen audit found
+    results.parquet's verdict missing from judge.jsonl, and a later resume would ask that pair again."""
+    import json
+    import shutil
+
+    from gen.audit import audit
+
+    out = tmp_path / "out"
+    shutil.copytree(free_dataset, out)
+    student = sim_server(model="student-1", perturb_share=0.5)
+    judge = sim_server(model="gpt-4o-mini", judge="longer")
+    args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student.base_url,
+            "--student-model", "student-1", "--no-progress", "--split", "all", "--max-concurrency", "1",
+            "--judge-model", "gpt-4o-mini", "--judge-base-url", judge.base_url]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([*args, "--max-usd", "1e-9"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3, proc.stderr  # stopped by the budget after its first pair
+    d = next((out / "evals").iterdir())
+    log = d / "judge.jsonl"
+    whole = log.read_bytes()
+    assert whole.count(b"\n") == 1
+    log.write_bytes(whole[: len(whole) // 2])  # the crash: the line cut short, no newline
+    proc = subprocess.run([*args, "--resume", str(d)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    verdicts = {}
+    for line in log.read_bytes().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        verdicts[entry["id"]] = entry["verdict"]
+    judged = sum(
+        json.loads((d / "report.json").read_text())["judge"]["counts"][v] for v in ("win", "tie", "loss")
+    )
+    assert len(verdicts) == judged  # every verdict the report counts is in judge.jsonl, readable
+    assert not [f for f in audit(out).findings if "judge.jsonl" in f.shard], audit(out).findings
