@@ -216,6 +216,8 @@ class VerdictLog:
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
+        from gen.ledger import fresh_line
+
         start = fresh_line(self.path)
         with open(self.path, "ab") as f:
             f.write(start)  # after a line a crash cut short, or the first verdict joined it, unreadable
@@ -229,19 +231,6 @@ class VerdictLog:
                 f.flush()
 
             yield record
-
-
-def fresh_line(path: Path) -> bytes:
-    """What to append to a JSON-lines file before its next line: a newline when it ends inside a line (a
-    crash cut it short), else nothing."""
-    try:
-        with open(path, "rb") as f:
-            if f.seek(0, os.SEEK_END) == 0:
-                return b""
-            f.seek(-1, os.SEEK_END)
-            return b"" if f.read(1) == b"\n" else b"\n"
-    except FileNotFoundError:
-        return b""
 
 
 class _Metered:

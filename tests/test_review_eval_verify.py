@@ -267,3 +267,48 @@ def test_a_judge_line_cut_short_then_resumed_keeps_the_resumes_first_verdict(
     )
     assert len(verdicts) == judged  # every verdict the report counts is in judge.jsonl, readable
     assert not [f for f in audit(out).findings if "judge.jsonl" in f.shard], audit(out).findings
+
+
+def test_requests_log_cut_short_then_resumed_keeps_the_resumes_first_request(
+    dataset: Path,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+    sim_server,
+) -> None:
+    """requests.jsonl is written through a buffer that reaches the disk in blocks, not lines, so a
+    SIGKILL can leave its last line cut short. The resume's first entry was appended onto it and lost
+    (that row's latency and tokens gone from results.parquet)."""
+    import json
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    server = sim_server(model="student-1", latency_ms=50)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = _eval_args(out, server.base_url)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        d = next((out / "evals").glob("*"), None)
+        journal = d / "answers" / "journal" if d is not None else None
+        if journal is not None and journal.exists():
+            if sum(p.read_bytes().count(b'"s":') for p in journal.rglob("*.jsonl")) >= 5:
+                break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(timeout=30)
+    d = next((out / "evals").glob("*"))
+    log = d / "requests.jsonl"
+    with log.open("ab") as f:  # what a block written mid-entry leaves
+        f.write(b'{"id":"0123456789abcdef","attempt":1,"lat')
+    before = server.stats()["requests"]
+    done = subprocess.run([*args, "--resume", str(d)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    asked = server.stats()["requests"] - before
+    assert asked > 0
+    entries = []
+    for line in log.read_bytes().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    assert len(entries) >= asked  # every request of the resume is in the log (and the killed run's kept)
