@@ -312,3 +312,114 @@ def test_requests_log_cut_short_then_resumed_keeps_the_resumes_first_request(
         except json.JSONDecodeError:
             continue
     assert len(entries) >= asked  # every request of the resume is in the log (and the killed run's kept)
+
+
+# ------------------------------------------------------------------ token F1
+
+
+def _plain_f1(a: list[str], b: list[str]) -> float:
+    from collections import Counter
+
+    if not a and not b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    common = sum((Counter(a) & Counter(b)).values())
+    if common == 0:
+        return 0.0
+    p, r = common / len(a), common / len(b)
+    return 2 * p * r / (p + r)
+
+
+def test_f1_equals_a_counter_f1_on_adversarial_token_lists() -> None:
+    """Equal heads and tails that cross (a list that is the other's prefix and suffix at once), repeated
+    tokens, one list inside the other, empty lists: the head/tail shortcut counts what a multiset
+    intersection does."""
+    import itertools
+    import random
+
+    from gen.eval_compare import _f1
+
+    fixed = [
+        ([], []), (["x"], []), ([], ["x"]), (["x"], ["x"]),
+        (["a", "a"], ["a"]), (["a"], ["a", "a", "a"]),
+        (["a", "b", "a"], ["a"]), (["a"], ["a", "b", "a"]),
+        (["a", "b", "a", "b"], ["a", "b"]), (["a", "b"], ["b", "a", "b"]),
+        (["a", "b", "c", "a", "b"], ["a", "b"]), (["a", "a", "b", "a", "a"], ["a", "a", "a"]),
+        (["x", "y", "x"], ["x", "x", "y", "x", "x"]), (["a", "b", "c"], ["c", "b", "a"]),
+    ]  # fmt: skip
+    for a, b in fixed:
+        assert _f1(a, b) == _plain_f1(a, b), (a, b)
+    for n, m in itertools.product(range(5), repeat=2):  # every pair of lists over {a, b} up to 4 long
+        for a in itertools.product("ab", repeat=n):
+            for b in itertools.product("ab", repeat=m):
+                assert _f1(list(a), list(b)) == _plain_f1(list(a), list(b)), (a, b)
+    rng = random.Random(7)
+    for _ in range(3000):
+        base = [rng.choice("abc") for _ in range(rng.randrange(0, 9))]
+        other = list(base)
+        for _ in range(rng.randrange(0, 3)):
+            op = rng.randrange(3)
+            if op == 0 and other:
+                del other[rng.randrange(len(other))]
+            elif op == 1:
+                other.insert(rng.randrange(len(other) + 1), rng.choice("abcd"))
+            elif other:
+                other[rng.randrange(len(other))] = rng.choice("abcd")
+        assert _f1(base, other) == _plain_f1(base, other), (base, other)
+
+
+# ------------------------------------------------------------------ reasoning traces in shards
+
+_ODD_TRACES = [
+    None, "", "é", "思考：先算 6×7。", "emoji 🤔 then \U0001f9ee", "nul \x00 inside", "", None,
+    "ascii " * 300, "\u200b\ufeff zero-width", None, "x",
+]  # fmt: skip
+
+
+def _with_trace_and_turns(row: dict, i: int, trace: str | None, fmt: str) -> dict:
+    from gen.reasoning import assistant_message
+
+    answer = "" if i % 6 == 5 else f"réponse {i} ✓"
+    turns = list(row["messages"][:-1])
+    if i % 3 == 2:  # an earlier assistant turn (few-shot) without a trace, before the user's last turn
+        turns = [*turns, {"role": "assistant", "content": "earlier"}, {"role": "user", "content": "again"}]
+    return {
+        **row,
+        "id": f"{i:032x}",
+        "response": answer,
+        "reasoning": trace,
+        "reasoning_tokens": None if trace is None else len(trace),
+        "messages": [*turns, assistant_message(answer, trace, fmt)],
+    }
+
+
+@pytest.mark.parametrize("fmt", ["field", "think-tags", "drop"])
+@pytest.mark.parametrize("batch_rows", [1, 3, 5, 100])
+def test_odd_traces_read_back_as_written(tmp_path: Path, fmt: str, batch_rows: int) -> None:
+    """Null traces among traces in one batch, empty, non-ASCII, NUL and zero-width traces, empty answers
+    and earlier assistant turns: each format's shard reads back as the rows were given, and as Arrow's
+    own row-wise conversion makes them."""
+    import pyarrow as pa
+    from test_reasoning_dedup import rows_in_one
+    from test_reasoning_shards import _messages, _write
+
+    from gen.shards import _schemas, _to_batch
+
+    base = rows_in_one(tmp_path)
+    rows = [_with_trace_and_turns(base, i, t, fmt) for i, t in enumerate(_ODD_TRACES)]
+    for at in range(0, len(rows), batch_rows):
+        chunk = rows[at : at + batch_rows]
+        assert _to_batch(chunk, "train").equals(pa.RecordBatch.from_pylist(chunk, schema=_schemas()["train"]))
+    back = {r["id"]: r for r in _write(tmp_path / "w", rows, batch_rows=batch_rows)}
+    for row in rows:
+        got = back[row["id"]]
+        assert got["reasoning"] == row["reasoning"]
+        assert got["messages"] == _messages(row)
+        last = got["messages"][-1]
+        if fmt == "field":
+            assert last["reasoning_content"] == row["reasoning"] and last["content"] == row["response"]
+        elif fmt == "think-tags" and row["reasoning"] is not None:
+            assert last["content"] == f"<think>\n{row['reasoning']}\n</think>\n\n{row['response']}"
+        else:
+            assert last["reasoning_content"] is None and last["content"] == row["response"]
