@@ -423,3 +423,70 @@ def test_odd_traces_read_back_as_written(tmp_path: Path, fmt: str, batch_rows: i
             assert last["content"] == f"<think>\n{row['reasoning']}\n</think>\n\n{row['response']}"
         else:
             assert last["reasoning_content"] is None and last["content"] == row["response"]
+
+
+# ------------------------------------------------------------------ the python verifier's odd ways
+
+ODD_VERIFIER = """
+import os, signal, sys
+print("verifier module imported")  # to stdout, at import
+def check(output, reference, row):
+    print("checking", row["pid"])  # to stdout, on every call
+    if row["pid"] == "P001":
+        os.kill(os.getpid(), signal.SIGKILL)  # kills its own process
+    if row["pid"] == "P002":
+        sys.exit(3)  # SystemExit is not an Exception
+    if row["pid"] == "P003":
+        return "no"  # not a bool: its truth counts (a non-empty string is true)
+    if row["pid"] == "P004":
+        class Odd:
+            def __bool__(self):
+                raise ValueError("ambiguous truth value")
+        return Odd()
+    if row["pid"] == "P005":
+        return None
+    return output.rstrip(".").endswith("\\\\boxed{" + reference + "}")
+"""
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, IndexError, ProcessLookupError):
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_verifier_that_prints_kills_itself_exits_or_returns_odd_values(tmp_path: Path, capfd) -> None:
+    """Each odd way makes that answer a verification_failed reject with a reason (or counts its truth),
+    the run completes with every other answer decided as usual, and no verifier process is left."""
+    from helpers import rows_in
+    from test_verify import _plan, _run
+    from test_verify_timeout import _ids
+
+    (tmp_path / "verify.py").write_text(ODD_VERIFIER)
+    prompt = _prompt(
+        tmp_path, 'reference = "{{ answer }}"\npython = "verify.py:check"\ntimeout_s = 30', wrong_share=0.0
+    )
+    plan = _plan(prompt, 0.0)
+    before = _children()
+    result = _run(prompt, tmp_path / "o")
+    assert result.status == "complete"
+    ids = {pid: next(iter(_ids(prompt, {pid}))) for pid in ("P001", "P002", "P003", "P004", "P005")}
+    rejects = {r["id"]: r for r in rows_in(tmp_path / "o", "rejects")}
+    kept = {r["id"] for r in rows_in(tmp_path / "o")}
+    assert kept | set(rejects) == set(plan)
+    assert set(rejects) == {ids["P001"], ids["P002"], ids["P004"], ids["P005"]}, {
+        k: v["error"] for k, v in rejects.items()
+    }
+    assert "ProcessDied" in rejects[ids["P001"]]["error"] and "ProcessDied" in rejects[ids["P002"]]["error"]
+    assert "ValueError: ambiguous truth value" in rejects[ids["P004"]]["error"]
+    assert ids["P003"] in kept
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children() - before}
+    # multiprocessing's resource tracker lives as long as this process: not a verifier's
+    assert not {p: c for p, c in left.items() if b"resource_tracker" not in c}, left
