@@ -490,3 +490,46 @@ def test_a_verifier_that_prints_kills_itself_exits_or_returns_odd_values(tmp_pat
     left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children() - before}
     # multiprocessing's resource tracker lives as long as this process: not a verifier's
     assert not {p: c for p, c in left.items() if b"resource_tracker" not in c}, left
+
+
+def test_ctrl_c_then_resume_asks_each_row_once_and_reports_as_uninterrupted(
+    dataset: Path,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+    sim_server,
+) -> None:
+    """Ctrl-C (SIGINT to the process group) commits what arrived (the requests in flight are waited
+    for): a resume asks only the other rows, and the report is the uninterrupted one's."""
+    import json
+    import shutil
+
+    import gen
+
+    whole = tmp_path / "whole"
+    shutil.copytree(dataset, whole)
+    fast = sim_server(model="student-1", perturb_share=0.4, perturb_field="*")
+    want = json.loads(
+        (gen.evaluate(whole, student="student-1", student_base_url=fast.base_url, split="all").eval_dir
+         / "report.json").read_text()
+    )  # fmt: skip
+
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    server = sim_server(model="student-1", perturb_share=0.4, perturb_field="*", latency_ms=80)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = _eval_args(out, server.base_url)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.stats()["requests"] < 8:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err, err
+    d = next((out / "evals").glob("*"))
+    done = subprocess.run([*args, "--resume", str(d)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert server.stats()["requests"] == 30  # each row asked once, across the two runs
+    got = json.loads((d / "report.json").read_text())
+    assert _comparable(got) == _comparable(want)
