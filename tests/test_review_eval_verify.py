@@ -533,3 +533,40 @@ def test_ctrl_c_then_resume_asks_each_row_once_and_reports_as_uninterrupted(
     assert server.stats()["requests"] == 30  # each row asked once, across the two runs
     got = json.loads((d / "report.json").read_text())
     assert _comparable(got) == _comparable(want)
+
+
+SECRET = "sk-review-SECRET-0123456789abcdef"
+
+
+def test_no_key_in_messages_or_files_from_a_judge_or_student_that_echoes_it(
+    free_dataset: Path, tmp_path: Path, sim_server
+) -> None:
+    """A judge that refuses the key and echoes the request's headers in its error, and a student that
+    echoes its key in every answer: the key is in no message and no file gen writes."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(free_dataset, out)
+    student = sim_server(model="student-1", api_key=SECRET, echo_key=True, echo_headers=True)
+    judge = sim_server(model="gpt-4o-mini", judge="longer", api_key="another", echo_headers=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "REVIEW_KEY": SECRET}
+    base = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student.base_url,
+            "--student-model", "student-1", "--student-api-key-env", "REVIEW_KEY", "--no-progress",
+            "--split", "all", "--judge-model", "gpt-4o-mini", "--judge-base-url", judge.base_url,
+            "--judge-api-key-env", "REVIEW_KEY"]  # fmt: skip
+    refused = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert SECRET not in refused.stderr + refused.stdout
+    judge_ok = sim_server(model="gpt-4o-mini", judge="longer", api_key=SECRET, echo_key=True)
+    args = [a if a != judge.base_url else judge_ok.base_url for a in base]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert SECRET not in done.stderr + done.stdout
+    assert done.returncode == 0, done.stderr
+    import pyarrow.parquet as pq
+
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.suffix == ".parquet":  # compressed: look at its values
+                data = str(pq.read_table(path).to_pylist()).encode()
+            assert SECRET.encode() not in data, path
