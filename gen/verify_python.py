@@ -13,6 +13,7 @@ This module imports nothing of gen, so the child starts with the user's module a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import multiprocessing
 import multiprocessing.connection
@@ -20,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import types
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -89,7 +91,8 @@ class PythonWorker:
         proc = ctx.Process(
             target=_serve, args=(child, self.path, self.name), name="gen-verify-python", daemon=True
         )
-        proc.start()
+        with _main_left_alone():
+            proc.start()
         child.close()
         self._proc, self._conn = proc, parent
         try:
@@ -134,6 +137,20 @@ def _serve(conn: Connection, path: str, name: str) -> None:
             conn.send((bool(function(output, reference, row)), None))
         except Exception as e:  # this answer fails with the error; the next one is asked as usual
             conn.send((False, (type(e).__name__, str(e)[:_SHOWN])))
+
+
+@contextlib.contextmanager
+def _main_left_alone() -> Any:
+    """Spawn without the parent's `__main__`: multiprocessing's spawn runs the parent's main script again
+    in the child, and a user's script that calls `gen.run(...)` at its top level (no `__main__` guard)
+    then began a whole second run there, into the same output. The child needs nothing of it."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to run
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _exit_with_parent() -> None:

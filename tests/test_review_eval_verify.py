@@ -616,3 +616,26 @@ def test_a_row_whose_first_answer_was_invalid_is_not_first_answer_valid_after_a_
     assert done.returncode == 0, done.stderr
     results = {r["id"]: r for r in pq.read_table(d / "results.parquet").to_pylist()}
     assert not any(results[t]["first_answer_valid"] for t in reasked)
+
+
+@pytest.mark.parametrize("method", ['python = "verify.py:check"', 'method = "math"'])
+def test_a_script_without_a_main_guard_runs_once_with_a_verifier_process(tmp_path: Path, method: str) -> None:
+    """`gen.run(...)` at a script's top level (no `if __name__ == "__main__":`): the verifier's process is
+    spawned, and multiprocessing's spawn runs the parent's main script again in it, so the child began a
+    whole second run into the same output (the parent's then failed: Bad file descriptor). The `math`
+    verifier's process is spawned the same way."""
+    (tmp_path / "verify.py").write_text("def check(output, reference, row):\n    return True\n")
+    prompt = _prompt(tmp_path, 'reference = "{{ answer }}"\n' + method)
+    script = tmp_path / "make.py"
+    script.write_text(
+        "import os\n"
+        f"open({str(tmp_path / 'starts')!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "from gen import RunOptions, run\n"
+        f"r = run({str(prompt)!r}, RunOptions(output={str(tmp_path / 'o')!r}, progress=False))\n"
+        "print(r.status)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)  # fmt: skip
+    assert len((tmp_path / "starts").read_text().split()) == 1  # the script ran once
+    assert proc.returncode == 0 and proc.stdout.strip() == "complete", proc.stderr[-2000:]
