@@ -21,6 +21,7 @@ model and prompt) has not decided, and the student is not asked again (its answe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -215,7 +216,11 @@ class VerdictLog:
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
+        from gen.ledger import fresh_line
+
+        start = fresh_line(self.path)
         with open(self.path, "ab") as f:
+            f.write(start)  # after a line a crash cut short, or the first verdict joined it, unreadable
 
             def record(tid: str, verdict: str, usage: tuple[int, int] = (0, 0)) -> None:
                 self.usage[tid] = usage
@@ -294,7 +299,7 @@ async def judge_rows(
 
             async def work() -> None:
                 for tid, pair in todo:  # one shared iterator: each pair goes to one worker
-                    if not ledger.begin():
+                    if not await ledger.begin():
                         return
                     # The row's seed, as the run sends it: the same pair gets the same requests.
                     seed = int(tid[:8], 16) & 0x7FFFFFFF if _hex(tid[:8]) else 0
@@ -337,9 +342,14 @@ class _JudgeSpend:
         self.done = self.in_flight = 0
         self.run_spent = 0.0
         self.stopped = False
+        self._known = asyncio.Event()  # a pair of this run is done: its average cost is known
 
-    def begin(self) -> bool:
+    async def begin(self) -> bool:
         if self.max_usd is not None and self.price is not None:
+            # Until one pair is done its cost is unknown (the average 0): one pair at a time till then,
+            # or every worker began one at once, up to --max-concurrency pairs past the limit.
+            while self.in_flight and not self.done:
+                await self._known.wait()
             average = self.run_spent / self.done if self.done else 0.0
             if self.stopped or self.spent + self.in_flight * average >= self.max_usd:
                 self.stopped = True
@@ -351,6 +361,7 @@ class _JudgeSpend:
         cost = _cost(self.price, [usage])
         self.in_flight -= 1
         self.done += 1
+        self._known.set()
         self.run_spent += cost
         self.spent += cost
 

@@ -530,7 +530,11 @@ class _Requests:
     FLUSH_EVERY = 256
 
     def __init__(self, path: Path) -> None:
+        from gen.ledger import fresh_line
+
+        start = fresh_line(path)  # a SIGKILL can cut the last line short (the buffer leaves in blocks)
         self._f = open(path, "ab")  # noqa: SIM115 (closed by close())
+        self._f.write(start)
         self._pending = 0
         self.by_id: RequestLog = {}
 

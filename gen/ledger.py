@@ -66,6 +66,19 @@ def sealed_parts(entry: dict[str, Any]) -> tuple[memoryview, bytes]:
     return head, b',"c":%d}\n' % zlib.crc32(head)
 
 
+def fresh_line(path: Path) -> bytes:
+    """What to append to a JSON-lines file before its next line: a newline when it ends inside a line (a
+    crash cut it short), else nothing."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return b""
+            f.seek(-1, os.SEEK_END)
+            return b"" if f.read(1) == b"\n" else b"\n"
+    except FileNotFoundError:
+        return b""
+
+
 def id_key(task_id: str) -> int:
     """The 64-bit prefix of an id, as the resume and dedup indexes keep it (8 bytes, not a string)."""
     return int(task_id[:16], 16)

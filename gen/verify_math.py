@@ -67,7 +67,10 @@ class MathWorker:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_serve, args=(child, self.timeout_s), name="gen-math-verify", daemon=True)
-        proc.start()
+        from gen.verify_python import _main_left_alone  # the user's script is not run again
+
+        with _main_left_alone():
+            proc.start()
         child.close()
         self._proc, self._conn = proc, parent
 

@@ -13,10 +13,15 @@ This module imports nothing of gen, so the child starts with the user's module a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import multiprocessing
+import multiprocessing.connection
+import os
+import signal
 import sys
 import threading
+import types
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -72,6 +77,11 @@ class PythonWorker:
         return bool(ok)
 
     def close(self) -> None:
+        """Stop the child now, a call in progress included (it fails as ProcessDied): waiting for the lock
+        first waited out a hanging call's whole time limit after Ctrl-C, and the run with it."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
         with self._lock:
             self._stop()
 
@@ -81,7 +91,8 @@ class PythonWorker:
         proc = ctx.Process(
             target=_serve, args=(child, self.path, self.name), name="gen-verify-python", daemon=True
         )
-        proc.start()
+        with _main_left_alone():
+            proc.start()
         child.close()
         self._proc, self._conn = proc, parent
         try:
@@ -107,6 +118,10 @@ class PythonWorker:
 
 def _serve(conn: Connection, path: str, name: str) -> None:
     """The child: import the function, then answer (output, reference, row) until the parent hangs up."""
+    # Ctrl-C reaches the whole process group: the parent decides (and kills this process), so a call in
+    # progress does not die with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     try:
         function = _load(path, name)
     except BaseException as e:  # the user's module can raise anything, SystemExit included
@@ -122,6 +137,34 @@ def _serve(conn: Connection, path: str, name: str) -> None:
             conn.send((bool(function(output, reference, row)), None))
         except Exception as e:  # this answer fails with the error; the next one is asked as usual
             conn.send((False, (type(e).__name__, str(e)[:_SHOWN])))
+
+
+@contextlib.contextmanager
+def _main_left_alone() -> Any:
+    """Spawn without the parent's `__main__`: multiprocessing's spawn runs the parent's main script again
+    in the child, and a user's script that calls `gen.run(...)` at its top level (no `__main__` guard)
+    then began a whole second run there, into the same output. The child needs nothing of it."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to run
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def _exit_with_parent() -> None:
+    """End this process when the parent's ends (a SIGKILL included): a call that hangs never reads the
+    pipe's end, and would spin on as an orphan."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gen-verify-parent", daemon=True).start()
 
 
 def _load(path: str, name: str) -> Any:
