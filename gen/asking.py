@@ -38,14 +38,14 @@ class OverBudget(Exception):
     """Raised by `ask` before a request the budget no longer allows: the task stays undecided."""
 
 
-def _on_retry(run: Run, e: TeacherError, task_id: str, key: int) -> None:
+def _on_retry(run: Run, e: TeacherError, task_id: str, key: int, answered: int) -> None:
     run.stats.retries += 1
     if e.status == 429:
         run.stats.throttled += 1
     if e.billed:  # the failed attempt is spent; the retry is journaled as a request of its own
         spent = run._abandon(key)
         if spent is not None:
-            run._reserve(task_id, key, spent, spent)
+            run._reserve(task_id, key, spent, spent, answered)
 
 
 def take_inline_trace(comp: Completion) -> None:
@@ -96,7 +96,8 @@ async def ask(run: Run, task: Task, key: int, teacher: LimitedTeacher) -> Asked 
     seed = int(task.id[:8], 16) & 0x7FFFFFFF  # per task: a rerun asks the same question the same way
     messages = task.messages
     prompt_tokens = completion_tokens = cached_tokens = 0
-    attempts = 0
+    # Answers an earlier run got before the crash or stop that left this task's re-ask unanswered count.
+    attempts = run.prior_attempts.pop(task.id, 0)
     last: Usage | None = None  # what the previous request of this task cost
     while True:
         attempts += 1
@@ -107,14 +108,15 @@ async def ask(run: Run, task: Task, key: int, teacher: LimitedTeacher) -> Asked 
             run.stop_reason = reason
             if last is not None:  # settle the answered request (a (0, 0) reservation carries it)
                 assert run.journal is not None
-                run.journal.reserve(task.id, (0, 0), last)
+                run.journal.reserve(task.id, (0, 0), last, answered=attempts - 1)
             raise OverBudget(reason)
-        run._reserve(task.id, key, (estimate_tokens(messages, 0), run._max_completion), last)
+        estimate = (estimate_tokens(messages, 0), run._max_completion)
+        run._reserve(task.id, key, estimate, last, attempts - 1)
         try:
             comp = await with_retries(
                 lambda m=messages, s=seed: teacher.complete(m, seed=s, sampling=run.p.sampling),
                 run.retry_policy,
-                on_retry=lambda e: _on_retry(run, e, task.id, key),
+                on_retry=lambda e, a=attempts - 1: _on_retry(run, e, task.id, key, a),
             )
         except asyncio.CancelledError:
             run._abandon(key)

@@ -62,12 +62,14 @@ class StudentRun(Run):
             self.outcomes[row["id"]] = outcome(row, split != "rejects")
         return super()._accept(split, row)
 
-    def _reserve(self, task_id: str, key: int, estimate: Usage, usage: Usage | None) -> None:
+    def _reserve(
+        self, task_id: str, key: int, estimate: Usage, usage: Usage | None, answered: int = 0
+    ) -> None:
         b = self.budget
         if usage is None and b.max_usd is None and b.max_tokens is None:
             self._in_flight[key] = (task_id, estimate)  # in flight, not journaled (module docstring)
             return
-        super()._reserve(task_id, key, estimate, usage)
+        super()._reserve(task_id, key, estimate, usage, answered)
 
     def _write_indexes(self, shards: list[ShardInfo]) -> None:
         """None: deduplication is off, and nothing reads an evaluation's index."""

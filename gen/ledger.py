@@ -14,7 +14,8 @@ An entry is one JSON object a line, sealed with a CRC-32 of its own bytes as its
 `u` is what the teacher billed for one request (prompt and completion tokens, then, when the prompt
 cache was used, the prompt tokens read from and written to it): on an answer, the request that decided
 the task; on a reservation, the task's previous request (an invalid answer about to be re-asked), absent
-on a first request. A reservation is written, and reaches the page cache, before its request leaves; `e`
+on a first request; `a`, on a re-ask's reservation, how many answers of the task came before it (a
+resume that asks the task again counts them among its attempts). A reservation is written, and reaches the page cache, before its request leaves; `e`
 is that request's reserved cost: the prompt's estimate (characters / 4, as the tpm limiter counts; a
 prompt in a script with fewer characters per token costs more) plus the max_tokens asked for. The next
 entry of the same task settles it. One still open when the journal is replayed was in flight when the
@@ -133,16 +134,25 @@ class Journal:
             asyncio.get_running_loop().call_soon(self._flush_soon)
 
     def reserve(
-        self, task_id: str, estimate: Usage, usage: Usage | None = None, *, write: bool = True
+        self,
+        task_id: str,
+        estimate: Usage,
+        usage: Usage | None = None,
+        *,
+        write: bool = True,
+        answered: int = 0,
     ) -> None:
         """Journal a request about to leave: `estimate` bounds its cost; `usage` is what the task's
-        previous request cost, if any. With `write`, it (and everything queued) is written before this
-        returns; a failed write raises, and the request must not be sent."""
+        previous request cost, if any; `answered`, how many of its answers came before (a re-ask's). With
+        `write`, it (and everything queued) is written before this returns; a failed write raises, and
+        the request must not be sent."""
         if self.error is not None:
             raise self.error
         entry: dict[str, Any] = {"q": task_id, "e": estimate}
         if usage is not None:
             entry["u"] = usage
+        if answered:
+            entry["a"] = answered
         self._pending.extend(sealed_parts(entry))
         if write:
             self.write_pending()
@@ -224,6 +234,9 @@ class Entry:
     estimate: Usage | None = None
     path: Path | None = None
     line: int = 0  # 1-based
+    # A reservation's: how many answers of the task came before its request (invalid ones it re-asks), so
+    # a resume that asks the task again counts them among its attempts.
+    answered: int = 0
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}"
@@ -268,10 +281,16 @@ def _parse(line: bytes, path: Path, n: int, unsealed: bool = False) -> Entry | s
     if usage is None:
         return "usage is not two token counts"
     if "q" in entry:
-        task_id, estimate = entry["q"], _usage(entry.get("e"))
-        if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id) or estimate is None:
+        task_id, estimate, answered = entry["q"], _usage(entry.get("e")), entry.get("a", 0)
+        if (
+            not isinstance(task_id, str)
+            or not _TASK_ID.fullmatch(task_id)
+            or estimate is None
+            or type(answered) is not int
+            or not 0 <= answered < 1 << 16
+        ):
             return "not a valid reservation"
-        return Entry(task_id, usage, estimate=estimate, path=path, line=n)
+        return Entry(task_id, usage, estimate=estimate, path=path, line=n, answered=answered)
     split, row = entry.get("s"), entry.get("r")
     if split not in SPLITS or not isinstance(row, dict):
         return "not a valid entry (split or row missing)"

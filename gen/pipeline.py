@@ -243,6 +243,10 @@ class Run:
         )
         # Id keys done or in flight: each id is produced once. ~10 bytes a key, not a set's ~90 (gen.idset).
         self.claimed = IdSet()
+        # Task id -> its answers (invalid, so re-asked) before a request a crash or a budget stop left
+        # unanswered, from the journal: asked again, the task counts them among its attempts.
+        self.prior_attempts: dict[str, int] = {}
+        self._reasked: dict[int, int] = {}  # id key -> `answered` of a re-ask's reservation (pruned)
         self._indexed: set[str] = set()  # data shards whose dedup index is persisted (gen.dedup_index)
         # The keys each accepted data row was checked with, until its shard's index is written from them
         # (gen.dedup_index.AcceptedKeys; made on first use: numpy is not imported before a request).
@@ -955,11 +959,17 @@ class Run:
         }
         return row
 
-    def _reserve(self, task_id: str, key: int, estimate: Usage, usage: Usage | None) -> None:
+    def _reserve(
+        self, task_id: str, key: int, estimate: Usage, usage: Usage | None, answered: int = 0
+    ) -> None:
         """Journal the request about to leave (with everything queued, in one write) before it leaves:
-        if the run dies with it in flight, the next run counts `estimate` as spent."""
+        if the run dies with it in flight, the next run counts `estimate` as spent, and asks the task
+        again counting the `answered` (invalid) answers before it among its attempts."""
         assert self.journal is not None
-        self.journal.reserve(task_id, estimate, usage)  # raises if it cannot be written: nothing is sent
+        # raises if it cannot be written: nothing is sent
+        self.journal.reserve(task_id, estimate, usage, answered=answered)
+        if answered:  # a re-ask: its count goes with it when a rotation journals it again
+            self._reasked[key] = answered
         self._in_flight[key] = (task_id, estimate)
 
     def _abandon(self, key: int) -> Usage | None:
@@ -978,8 +988,9 @@ class Run:
         """After a rotation, journal again the requests still in flight: the segment that held their
         reservations is deleted once its checkpoint is committed."""
         assert self.journal is not None
-        for task_id, estimate in self._in_flight.values():
-            self.journal.reserve(task_id, estimate, write=False)
+        self._reasked = {k: n for k, n in self._reasked.items() if k in self._in_flight}
+        for key, (task_id, estimate) in self._in_flight.items():
+            self.journal.reserve(task_id, estimate, write=False, answered=self._reasked.get(key, 0))
         self.journal.write_pending()
 
     async def _record_held_failures(self) -> None:

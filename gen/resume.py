@@ -155,6 +155,7 @@ def replay_journal(run: Run) -> list[Path]:
     segments = journal_segments(run.p.out_dir, run.partition)
     committed = frozenset((run.p.previous or {}).get("journal_committed") or ())
     open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
+    answered: dict[str, int] = {}  # task id -> its answers before that request (gen.ledger.Entry)
     spent = [0, 0, 0, 0]  # prompt, completion, cached and cache-written tokens
     # A manifest without `journal_committed` was written by a gen whose journal entries were not
     # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
@@ -166,10 +167,12 @@ def replay_journal(run: Run) -> list[Path]:
             continue
         if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
             open_[entry.task_id] = entry.estimate
+            answered[entry.task_id] = entry.answered
             for i, n in enumerate(entry.usage):
                 spent[i] += n
             continue
         open_.pop(entry.task_id, None)
+        answered.pop(entry.task_id, None)
         split, row = entry.split, entry.row
         assert split is not None and row is not None
         if split in ("train", "eval"):
@@ -211,6 +214,8 @@ def replay_journal(run: Run) -> list[Path]:
     run._carried["cache_write_tokens"] += spent[3]
     run.budget.charge(*spent)
     for task_id, estimate in open_.items():
+        if answered.get(task_id) and id_key(task_id) not in run.claimed:
+            run.prior_attempts[task_id] = answered[task_id]
         # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
         # request itself is in a provider batch, which the batch log tracks): never in flight here.
         if id_key(task_id) not in run.claimed and estimate != (0, 0):

@@ -572,7 +572,6 @@ def test_no_key_in_messages_or_files_from_a_judge_or_student_that_echoes_it(
             assert SECRET.encode() not in data, path
 
 
-@pytest.mark.xfail(strict=True, reason="known, not fixed: a resumed task's attempts restart at 1")
 def test_a_row_whose_first_answer_was_invalid_is_not_first_answer_valid_after_a_resume(
     dataset: Path,  # noqa: F811 (the fixture imported above)
     tmp_path: Path,
