@@ -56,3 +56,20 @@ class FakeTime:
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+
+
+def reasked_tasks(journal: Path | None) -> set[str]:
+    """Tasks with a re-ask journaled under `journal` (a reservation carrying the usage of an answer
+    before it); lines a running gen is still writing are skipped."""
+    import json
+
+    found: set[str] = set()
+    for path in journal.rglob("*.jsonl") if journal is not None and journal.exists() else []:
+        for line in path.read_bytes().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "q" in entry and "u" in entry:
+                found.add(entry["q"])
+    return found

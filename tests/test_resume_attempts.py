@@ -4,26 +4,12 @@ does not claim to be a first answer and `max_attempts` bounds all of its tries t
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from helpers import reasked_tasks
 from test_resume import _gen, _recipe
-
-
-def _reasked(out: Path) -> set[str]:
-    """Tasks with a re-ask journaled (a reservation that carries the usage of an answer before it)."""
-    found: set[str] = set()
-    for path in (out / "journal").rglob("*.jsonl") if (out / "journal").exists() else []:
-        for line in path.read_bytes().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "q" in entry and "u" in entry:
-                found.add(entry["q"])
-    return found
 
 
 def test_a_resumed_reask_counts_the_answers_before_it(tmp_path: Path, sim_server) -> None:
@@ -34,7 +20,7 @@ def test_a_resumed_reask_counts_the_answers_before_it(tmp_path: Path, sim_server
     deadline = time.monotonic() + 60
     reasked: set[str] = set()
     while time.monotonic() < deadline and not reasked:
-        reasked = _reasked(out)
+        reasked = reasked_tasks(out / "journal")
         time.sleep(0.01)
     proc.kill()
     proc.communicate(timeout=30)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import reasked_tasks
 from test_eval_answers import dataset  # noqa: F401 (a fixture)
 from test_verify import _prompt
 
@@ -578,9 +579,9 @@ def test_a_row_whose_first_answer_was_invalid_is_not_first_answer_valid_after_a_
     sim_server,
 ) -> None:
     """Killed while a re-ask was in flight (its first answer invalid, journaled as the re-ask's
-    reservation), the resumed evaluation asks the row afresh: a valid answer then counts as its first
-    answer, and first_answer_valid (the figure that says whether a student needs re-asks) is inflated."""
-    import json
+    reservation), the resumed evaluation asks the row afresh: a valid answer then must not count as its
+    first answer, or first_answer_valid (the figure that says whether a student needs re-asks) is
+    inflated. The reservation journals the answers before it ("a") and the resume starts there."""
     import shutil
 
     import pyarrow.parquet as pq
@@ -595,15 +596,7 @@ def test_a_row_whose_first_answer_was_invalid_is_not_first_answer_valid_after_a_
     reasked: set[str] = set()
     while time.monotonic() < deadline and not reasked:
         d = next((out / "evals").glob("*"), None)
-        journal = d / "answers" / "journal" if d is not None else None
-        for path in journal.rglob("*.jsonl") if journal is not None and journal.exists() else []:
-            for line in path.read_bytes().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "q" in entry and "u" in entry:
-                    reasked.add(entry["q"])
+        reasked = reasked_tasks(d / "answers" / "journal" if d is not None else None)
         time.sleep(0.01)
     proc.kill()
     proc.wait(timeout=30)
