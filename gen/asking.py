@@ -58,12 +58,8 @@ def take_inline_trace(comp: Completion) -> None:
 def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage:
     """Count an answered request in the run's stats and charge it to the budget (at `price` when it has
     one of its own: the batch driver's); returns its usage as the journal records it."""
+    last = reply_usage(comp)
     cached, written = comp.cached_tokens, comp.cache_write_tokens
-    last = (
-        (comp.prompt_tokens, comp.completion_tokens, cached, written)
-        if cached or written
-        else (comp.prompt_tokens, comp.completion_tokens)
-    )
     s = run.stats
     s.requests += 1
     s.prompt_tokens += comp.prompt_tokens
@@ -74,6 +70,14 @@ def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage
         s.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
     run.budget.charge(*last, price=price)
     return last
+
+
+def reply_usage(comp: Completion) -> Usage:
+    """What a request cost, as the journal records it (two numbers, or four with the prompt cache)."""
+    cached, written = comp.cached_tokens, comp.cache_write_tokens
+    if cached or written:
+        return (comp.prompt_tokens, comp.completion_tokens, cached, written)
+    return (comp.prompt_tokens, comp.completion_tokens)
 
 
 def reply_leaks_secret(comp: Completion) -> bool:

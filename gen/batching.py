@@ -167,6 +167,9 @@ class BatchDriver:
         # (attempt, retry) of each task's latest request queued or logged: a result of an earlier one is
         # read again only when a run died collecting its batch, and is passed over then.
         self.step: dict[str, tuple[int, int]] = {}
+        # custom_ids of results a run that died collecting judged already, their usage journaled (with the
+        # re-ask's reservation) but the re-ask not yet logged: judged again, never counted again.
+        self.counted: set[str] = set()
         self.outstanding = 0  # the reserved tokens of requests in live batches (budget)
         self.outstanding_out = 0  # of them, completion tokens: priced at the output rate
         self.stopped: str | None = None  # why no new batch is submitted (the budget)
@@ -270,6 +273,10 @@ class BatchDriver:
                 p = pending.get((tid, a, k))
                 if p is None:  # a first request: nothing logged but its place in the batch
                     p = Pending(tid, a, k, None, _seed(tid), (0, 0), None)
+                # The journal's open reservation says `a` answers of the task were judged (gen.resume): a
+                # kill came between it and the re-ask's "br" (the step would skip the result otherwise).
+                if run.prior_attempts.get(tid, 0) >= a and self.step.get(tid, (1, 0)) <= (a, k):
+                    self.counted.add(custom_id(tid, a, k))
                 reqs[custom_id(tid, a, k)] = Req(task, a, k, p.messages, p.seed, p.used, p.last)
                 run.claimed.add(id_key(tid))
             self.live[b.name] = Live(b, reqs, self.opts.batch_poll_s)
@@ -520,24 +527,30 @@ class BatchDriver:
         run, spec = self.run, self.run.spec
         task = req.task
         asking.take_inline_trace(comp)  # as online: validation sees the answer only
-        last = asking.count_reply(run, comp, price)
+        again = req.custom_id in self.counted  # judged before the last run died: its usage is journaled
+        if again:
+            self.counted.discard(req.custom_id)
+            last = asking.reply_usage(comp)
+        else:
+            last = asking.count_reply(run, comp, price)
+        journaled = (0, 0) if again else last  # what a journal entry of this answer reports
         earlier_cached = req.used[2] if len(req.used) > 2 else 0
         used = (req.used[0] + last[0], req.used[1] + last[1], earlier_cached + comp.cached_tokens)
         if asking.reply_leaks_secret(comp):
             error = "the reply holds the API key (redacted)"
-            await self._decide_reject(req, "secret_echo", error, redact(comp.text), last)
+            await self._decide_reject(req, "secret_echo", error, redact(comp.text), journaled)
             return
         cut = comp.finish_reason == "length" and not spec.keep_truncated
         verdict = check(comp.text, self.p.schema, truncated=cut)
         if verdict.ok:
             self.answered.add(id_key(task.id))
-            await asking.decide(run, task, comp, verdict, req.attempt, used[0], used[1], used[2], last)
+            await asking.decide(run, task, comp, verdict, req.attempt, used[0], used[1], used[2], journaled)
             run.stats.tasks += 1
             self.progress.tick()
             return
         if req.attempt >= spec.max_attempts:
             await self._decide_reject(
-                req, verdict.reason or "invalid", verdict.error or "", comp.text, last, comp.reasoning
+                req, verdict.reason or "invalid", verdict.error or "", comp.text, journaled, comp.reasoning
             )
             return
         run.stats.repairs += 1
@@ -549,8 +562,11 @@ class BatchDriver:
             nxt = Req(task, req.attempt + 1, 0, messages, req.seed, used, last)
         assert run.journal is not None
         # What this request cost, on disk before the re-ask is logged: a resumed run that finds the
-        # re-ask skips this result, and counts its usage from the journal.
-        run.journal.reserve(task.id, (0, 0), last)
+        # re-ask skips this result, and counts its usage from the journal. `answered`: a resumed run that
+        # finds this reservation but not the re-ask (killed between the two writes) judges the result
+        # again without counting it (self.counted).
+        if not again:
+            run.journal.reserve(task.id, (0, 0), last, answered=req.attempt)
         self._queue(nxt)
 
     async def _decide_reject(
