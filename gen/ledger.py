@@ -15,13 +15,13 @@ An entry is one JSON object a line, sealed with a CRC-32 of its own bytes as its
 cache was used, the prompt tokens read from and written to it): on an answer, the request that decided
 the task; on a reservation, the task's previous request (an invalid answer about to be re-asked), absent
 on a first request; `a`, on a re-ask's reservation, how many answers of the task came before it (a
-resume that asks the task again counts them among its attempts). A reservation is written, and
-reaches the page cache, before its request leaves; `e` is that request's reserved cost: the prompt's estimate (characters / 4, as the tpm limiter counts; a
-prompt in a script with fewer characters per token costs more) plus the max_tokens asked for. The next
-entry of the same task settles it. One still open when the journal is replayed was in flight when the
-run died: the teacher may have answered and billed it, so its `e` counts as spent. That keeps
---max-tokens and --max-usd counting across SIGKILLs for one small entry per request, written in the
-same os.write as the worker's earlier answers.
+resume that asks the task again counts them among its attempts). A reservation is written, and reaches
+the page cache, before its request leaves; `e` is that request's reserved cost: the prompt's estimate
+(characters / 4, as the tpm limiter counts; a prompt in a script with fewer characters per token costs
+more) plus the max_tokens asked for. The next entry of the same task settles it. One still open when the
+journal is replayed was in flight when the run died: the teacher may have answered and billed it, so its
+`e` counts as spent. That keeps --max-tokens and --max-usd counting across SIGKILLs for one small entry
+per request, written in the same os.write as the worker's earlier answers.
 """
 
 from __future__ import annotations
