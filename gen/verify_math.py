@@ -75,11 +75,9 @@ class MathWorker:
         self._proc, self._conn = proc, parent
 
     def _stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.join(5)
-        if self._conn is not None:
-            self._conn.close()
+        from gen.verify_python import stop_child
+
+        stop_child(self._proc, self._conn)
         self._proc = self._conn = None
 
 

@@ -108,12 +108,17 @@ class PythonWorker:
             raise VerifierRaised(*failed)
 
     def _stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.join(5)
-        if self._conn is not None:
-            self._conn.close()
+        stop_child(self._proc, self._conn)
         self._proc = self._conn = None
+
+
+def stop_child(proc: Any, conn: Connection | None) -> None:
+    """Kill a verifier's child process (python or math) and close its end of the pipe."""
+    if proc is not None:
+        proc.kill()
+        proc.join(5)
+    if conn is not None:
+        conn.close()
 
 
 def _serve(conn: Connection, path: str, name: str) -> None:
