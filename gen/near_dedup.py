@@ -44,9 +44,11 @@ is ~10x slower per row than add_batch(); give add_batch chunks where the caller 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -560,11 +562,33 @@ def _large_allocations_to_mmap() -> None:
         pass
 
 
+@contextlib.contextmanager
+def small_pages() -> Iterator[None]:
+    """New numpy arrays without transparent huge pages while in the block (a resume's index load).
+    numpy asks the kernel for huge pages for every array of 4 MB or more; on a VM that hands freed
+    memory back to its host, each new 2 MB page is faulted in from the host again: a 10M-row resume
+    measured ~5 s of page faults per GB it built (0.4-0.7 s with 4 KB pages), and builds ~4 GB."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage  # numpy >= 2
+    except ImportError:
+        try:
+            from numpy.core.multiarray import _set_madvise_hugepage  # numpy 1.26
+        except ImportError:
+            yield
+            return
+    before = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(before)
+
+
 _CHUNK_BITS = 16
 _CHUNK = 1 << _CHUNK_BITS  # rows per signature/key chunk: the store grows by chunks, never by copying
 _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
 
 
+_LITTLE = sys.byteorder == "little"  # _Run reads the halves of uint64 entries through views
 _PER_BUCKET = 4  # entries per bucket of a run's table (1 to 2 bytes of table an entry)
 _COMPACT_MIN = 1 << 20  # entries (~50,000 rows) from which a run is kept in 6 bytes an entry
 _TABLE_BLOCK = 12  # buckets (as bits) that share one uint32 beginning in a run's table
@@ -590,29 +614,38 @@ class BandRuns:
 
     def __init__(self) -> None:
         self.runs: list[_Run] = []
-        self._loaded: list[np.ndarray] = []  # sorted runs given by `add(presorted=True)`, merged on next use
+        # Sorted runs given by `add(presorted=True)` with the row number to add to theirs, merged on next use.
+        self._loaded: list[tuple[np.ndarray, int]] = []
 
     @property
     def size(self) -> int:
-        return sum(r.size for r in self.runs) + sum(r.size for r in self._loaded)
+        return sum(r.size for r in self.runs) + sum(r.size for r, _ in self._loaded)
 
     @property
     def nbytes(self) -> int:
         self._settle()
         return sum(r.nbytes for r in self.runs)
 
-    def add(self, entries: np.ndarray, *, presorted: bool = False) -> None:
+    def add(self, entries: np.ndarray, *, presorted: bool = False, base: int = 0) -> None:
+        """Index entries; presorted ones (a persisted segment's, rows numbered from 0) have `base` added
+        to their rows when merged, in the merge's own copy (a segment's arrays are read-only)."""
         if presorted:  # a resume loads one sorted run per shard: merge many at once, when next used
-            self._loaded.append(entries)
-            if sum(r.size for r in self._loaded) >= _LOADED_MAX:  # bounds the merge's temporary copy
+            self._loaded.append((entries, base))
+            if sum(r.size for r, _ in self._loaded) >= _LOADED_MAX:  # bounds the merge's temporary copy
                 self._settle()
             return
+        assert not base
         self._settle()
         self._push(np.sort(entries))
 
     def _settle(self) -> None:
         if self._loaded:
-            run = np.concatenate(self._loaded)
+            run = np.concatenate([r for r, _ in self._loaded])
+            at = 0
+            for r, base in self._loaded:
+                if base:
+                    run[at : at + r.size] += _U64(base)
+                at += r.size
             self._loaded = []
             run.sort(kind="stable")  # timsort: k sorted runs merge in about log2(k) passes
             self._push(run)
@@ -671,14 +704,22 @@ class _Run:
     def __init__(self, entries: np.ndarray) -> None:
         """From sorted uint64 entries (fingerprint << 32 | row)."""
         bits = max(1, min(32, (entries.size // _PER_BUCKET).bit_length()))
-        fp = entries >> _U64(32)
-        counts = np.bincount((fp >> _U64(32 - bits)).astype(np.intp), minlength=1 << bits)
-        starts = np.zeros((1 << bits) + 1, np.uint32 if entries.size < 1 << 32 else np.uint64)
-        np.cumsum(counts, out=starts[1:])
         self.base: np.ndarray | None = None
         self.bits = bits
         self.plain: np.ndarray | None = None
-        if entries.size < _COMPACT_MIN or bits < 16:
+        compact = entries.size >= _COMPACT_MIN and bits >= 16
+        if compact and _LITTLE and entries.flags.c_contiguous:
+            # The entries' 32-bit halves and the fingerprint's low 16 bits read in place (strided views)
+            # rather than through uint64 temporaries of the whole run: a resume of 10M rows builds 24
+            # runs of 8M entries, and each uint64 temporary was 64 MB of fresh memory to fault in.
+            halves = entries.view(np.uint32)
+            counts = np.bincount(halves[1::2] >> np.uint32(32 - bits), minlength=1 << bits)
+        else:
+            counts = np.bincount((entries >> _U64(64 - bits)).astype(np.intp), minlength=1 << bits)
+        starts = np.zeros((1 << bits) + 1, np.uint32 if entries.size < 1 << 32 else np.uint64)
+        np.cumsum(counts, out=starts[1:])
+        del counts
+        if not compact:
             self.starts, self.plain = starts, entries
             self.rest = self.rows = entries[:0]
             return
@@ -688,9 +729,13 @@ class _Run:
             if int(rel.max()) < 1 << 16:
                 self.base, starts = base, rel.astype(np.uint16)
         self.starts = starts
-        fp &= (_U64(1) << _U64(32 - bits)) - _U64(1)
-        self.rest = fp.astype(np.uint16 if bits >= 16 else np.uint32)
-        self.rows = entries.astype(np.uint32)  # the low 32 bits
+        mask = (1 << (32 - bits)) - 1  # the fingerprint bits below the bucket's: at most 16 (bits >= 16)
+        if _LITTLE and entries.flags.c_contiguous:
+            self.rest = entries.view(np.uint16)[2::4] & np.uint16(mask)
+            self.rows = entries.view(np.uint32)[0::2].copy()  # the low 32 bits
+        else:
+            self.rest = ((entries >> _U64(32)) & _U64(mask)).astype(np.uint16)
+            self.rows = entries.astype(np.uint32)
 
     def start_of(self, bucket: np.ndarray) -> np.ndarray:
         """Where each bucket in `bucket` (intp, 0 ... 2**bits) begins, as intp."""
@@ -910,7 +955,7 @@ class NearDedup:
         keys `f"{key:016x}"`), their signatures and sorted band entries with rows numbered from 0."""
         base = self._n
         self._store(sig, keys)
-        self._runs.add(bands + np.uint64(base), presorted=True)
+        self._runs.add(bands, presorted=True, base=base)
 
     def _confirm(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimated Jaccard, positions at or above the cut) of pairs of signatures: the cut is

@@ -30,6 +30,13 @@ SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest a
 
 def load_committed(run: Run) -> list[ShardInfo]:
     """Index what earlier runs committed: ids (to skip) and kept outputs (to dedup against)."""
+    from gen.near_dedup import small_pages
+
+    with small_pages():  # the indexes built here are GBs at 10M rows (see there)
+        return _load_committed(run)
+
+
+def _load_committed(run: Run) -> list[ShardInfo]:
     out = run.p.out_dir
     remove_partial_files(out, partition=run.partition)
     listed = {s["path"]: s for s in (run.p.previous or {}).get("shards", [])}
