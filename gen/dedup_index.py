@@ -22,15 +22,20 @@ Format (little-endian), version FORMAT:
 The checksum finds truncation and changed bytes; it is not a signature (nothing here is secret), so a
 non-cryptographic hash at memory speed: a resume checks every byte of a 10M-row output's ~4 GB of
 segments, which took 4 s of blake2b (format 1) and takes 0.4 s of XXH3.
+The arrays are read before the checksum can be known, so a header is believed only when its arrays are
+exactly these (`_layout`: names, dtypes, and shapes that follow from its rows and near shape) and add up
+to the file's size: nothing a damaged header asks for is allocated.
 A segment that is truncated, fails its checksum, was written by another gen or format, for other dedup
-settings, or for another version of its shard (sha256) is not used: the resume reads the shard as
-before, writes the segment anew and says so in one line on stderr.
+settings, or for another version of its shard (sha256), or is not a regular file, is not used: the
+resume reads the shard as before, writes the segment anew and says so in one line on stderr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import stat
 import struct
 import sys
 import threading
@@ -48,6 +53,7 @@ from gen.outdir import OutputDir, partial_path
 FORMAT = 2  # 1: the same with a blake2b-256 checksum
 MAGIC = b"GENDIDX1"
 _DIGEST = 16
+_DIGEST_1 = 32  # format 1's blake2b-256, checked only to name such a segment
 
 
 @dataclass
@@ -211,6 +217,22 @@ class _Block:
         self.ok[i] = True
 
 
+def _layout(rows: Any, near: Any) -> list[list[Any]] | None:
+    """The arrays a segment of `rows` rows and near shape `near` holds, as its header lists them (name,
+    dtype, shape; in file order); None when rows or near is not what `write` puts there. The reader
+    takes a header's arrays only when they are exactly these: no dtype, shape or name a damaged header
+    (or another writer) makes up is ever allocated or read into."""
+    if type(rows) is not int or rows < 0:
+        return None
+    arrays: list[list[Any]] = [["ids", "<u8", [rows]], ["exact", "<u8", [rows]]]
+    if near is not None:
+        bands, per = (near.get("bands"), near.get("rows")) if isinstance(near, dict) else (None, None)
+        if type(bands) is not int or type(per) is not int or bands < 1 or per < 1 or bands * per > 0xFFFF:
+            return None  # gen.near_dedup.NearDedup's bound on a signature's length
+        arrays += [["sig", "|u1", [rows, bands * per]], ["bands", "<u8", [rows * bands]]]
+    return arrays
+
+
 def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], seg: Segment) -> None:
     """Commit a segment for shard `rel` (temporary name, fsync, rename). OSError (a full disk) is the
     caller's, as for a shard."""
@@ -234,7 +256,7 @@ def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], 
     try:
         with open(tmp, "wb") as f:
             parts = [MAGIC, struct.pack("<I", len(head)), head]
-            for chunk in parts + [memoryview(np.ascontiguousarray(a)).cast("B") for _, a in arrays]:
+            for chunk in parts + [_bytes(np.ascontiguousarray(a)) for _, a in arrays]:
                 h.update(chunk)
                 f.write(chunk)
             f.write(h.digest())
@@ -246,60 +268,77 @@ def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], 
         raise
 
 
+def _bytes(a: np.ndarray) -> memoryview:
+    """A C-contiguous array's bytes, writable when it is (memoryview's cast refuses a shape with a 0)."""
+    return memoryview(a.reshape(-1)).cast("B")
+
+
 def read(
     out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any]
 ) -> tuple[Segment | None, str | None]:
     """(the segment, None) when shard `rel`'s segment is present and good; else (None, why not), where
     why is None when there simply is none."""
-    path = OutputDir(out_dir).dedup_index(rel)
     try:
-        with open(path, "rb") as f:
-            got = _read_arrays(f)
-            if got is None:  # not a whole segment of this format: the whole file says why
-                f.seek(0)
-                header, why = _header(f.read())
-                return None, why or "sizes do not add up"
+        got, why = _open(OutputDir(out_dir).dedup_index(rel))
     except FileNotFoundError:
         return None, None
     except OSError as e:
         return None, f"unreadable ({e.strerror or e})"
-    header, arrays, digest = got
-    if digest is not None:
-        return None, "checksum mismatch (truncated or changed)"
+    if got is None:
+        return None, why
+    header, arrays = got
     if header.get("shard") != rel or header.get("shard_sha256") != shard_sha256:
         return None, "made for another version of its shard"
     if any(header.get(k) != v for k, v in settings.items()):
         return None, "made with other dedup settings"
-    if arrays["ids"].size != header.get("rows"):
-        return None, "sizes do not add up"
     return Segment(arrays["ids"], arrays["exact"], arrays.get("sig"), arrays.get("bands")), None
+
+
+def _open(path: Path) -> tuple[tuple[dict[str, Any], dict[str, np.ndarray]] | None, str | None]:
+    """((header, arrays), None) of a whole, good segment file of this format; else (None, why not).
+    OSError is the caller's (FileNotFoundError: there is none)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block open(), a device never end
+        return None, "not a regular file"
+    with open(path, "rb") as f:
+        got = _read_arrays(f)
+        if got is None:  # not a whole segment of this format: the whole file says why
+            f.seek(0)
+            _, why = _header(f.read(os.fstat(f.fileno()).st_size))
+            return None, why or "sizes do not add up"
+    header, arrays, digest = got
+    if digest is not None:
+        return None, "checksum mismatch (truncated or changed)"
+    return (header, arrays), None
 
 
 def _read_arrays(f: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None] | None:
     """(header, arrays, None) of a segment file of this format whose sizes add up to the file's and whose
     checksum holds; (header, arrays, the digest found) when only the checksum fails; None when it is not
     such a file. Each array is read straight into its own buffer (no copy of the whole file that would
-    live as long as the near index holds a segment's band entries) and hashed as it comes."""
+    live as long as the near index holds a segment's band entries) and hashed as it comes. Nothing the
+    header says is allocated before it is known to be the layout `write` makes (`_layout`) and to fit
+    the file exactly (the arrays are read before the checksum can be known)."""
     size = os.fstat(f.fileno()).st_size
     lead = f.read(len(MAGIC) + 4)
     if len(lead) < len(MAGIC) + 4 or lead[: len(MAGIC)] != MAGIC:
         return None
     (n,) = struct.unpack_from("<I", lead, len(MAGIC))
+    if len(lead) + n + _DIGEST > size:  # read(n) would allocate all n first
+        return None
     head = f.read(n)
     try:
         header = orjson.loads(head)
-        if header.get("format") != FORMAT or header.get("gen") != __version__:
-            return None
-        shapes = [(str(k), np.dtype(dt), tuple(int(d) for d in shape)) for k, dt, shape in header["arrays"]]
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+    except orjson.JSONDecodeError:
         return None
-    total = sum(dt.itemsize * math.prod(shape) for _, dt, shape in shapes)
-    names = {k for k, _, _ in shapes}
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("gen") != __version__:
+        return None
+    layout = _layout(header.get("rows"), header.get("near"))
+    if layout is None or header.get("arrays") != layout:
+        return None
+    shapes = [(name, np.dtype(dtype), tuple(shape)) for name, dtype, shape in layout]
     if (
         len(head) != n
-        or len(lead) + n + total + _DIGEST != size
-        or not {"ids", "exact"} <= names
-        or any(d < 0 for _, _, shape in shapes for d in shape)
+        or len(lead) + n + sum(t.itemsize * math.prod(s) for _, t, s in shapes) + _DIGEST != size
     ):
         return None  # checked before allocating anything a damaged header asks for
     h = xxhash.xxh3_128(lead)
@@ -307,9 +346,9 @@ def _read_arrays(f: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes |
     arrays: dict[str, np.ndarray] = {}
     for name, dtype, shape in shapes:
         a = np.empty(shape, dtype)
-        if f.readinto(memoryview(a).cast("B")) != a.nbytes:
+        if f.readinto(_bytes(a)) != a.nbytes:
             return None  # shrank while read
-        h.update(a)
+        h.update(_bytes(a))
         arrays[name] = a
     digest = f.read(_DIGEST)
     return header, arrays, (None if h.digest() == digest else digest)
@@ -317,26 +356,27 @@ def _read_arrays(f: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes |
 
 def check(out_dir: Path, rel: str, shard_sha256: str) -> str | None:
     """`gen audit`'s check of a shard's segment, without knowing the run's settings: a problem, or None
-    (also when there is none: a segment is optional)."""
-    path = OutputDir(out_dir).dedup_index(rel)
-    if not path.exists():
-        return None
+    (also when there is none: a segment is optional). What `read` refuses whatever the settings, this
+    names (the same reading)."""
     try:
-        data = path.read_bytes()
+        got, why = _open(OutputDir(out_dir).dedup_index(rel))
+    except FileNotFoundError:
+        return None
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
-    header, why = _header(data)
-    if header is None:
+    if got is None:
         return why
-    if header.get("shard_sha256") != shard_sha256:
+    header, _ = got
+    if header.get("shard") != rel or header.get("shard_sha256") != shard_sha256:
         return "made for another version of its shard"
     return None
 
 
 def _header(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """(the header, None) of a whole segment file that is this format and passes its checksum, else (None,
-    why). A header that reads as another gen's or format's says so first (an older format's checksum is
-    another hash); any other damage is a checksum mismatch."""
+    why). Another gen's or format's header is named as such only when the checksum of that format holds
+    (format 1: blake2b-256), or when its format is one this gen cannot check; other damage, one bit of
+    the version or format included, is a checksum mismatch."""
     if len(data) < len(MAGIC) + 4 + _DIGEST or data[: len(MAGIC)] != MAGIC:
         return None, "not a gen dedup index, or truncated"
     (n,) = struct.unpack_from("<I", data, len(MAGIC))
@@ -344,12 +384,20 @@ def _header(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
         header = orjson.loads(data[len(MAGIC) + 4 : len(MAGIC) + 4 + n])
     except orjson.JSONDecodeError:
         header = None
-    if isinstance(header, dict) and (header.get("format") != FORMAT or header.get("gen") != __version__):
-        return None, f"written by gen {header.get('gen')} (index format {header.get('format')})"
-    if xxhash.xxh3_128_digest(memoryview(data)[:-_DIGEST]) != data[-_DIGEST:]:
+    fmt = header.get("format") if isinstance(header, dict) else None
+    if type(fmt) is int and fmt not in (1, FORMAT):  # its checksum is not one this gen knows
+        return None, f"written by gen {header.get('gen')} (index format {fmt})"  # type: ignore[union-attr]
+    if fmt == 1:
+        body, digest = memoryview(data)[:-_DIGEST_1], data[-_DIGEST_1:]
+        whole = hashlib.blake2b(body, digest_size=_DIGEST_1).digest() == digest
+    else:
+        whole = xxhash.xxh3_128_digest(memoryview(data)[:-_DIGEST]) == data[-_DIGEST:]
+    if not whole:
         return None, "checksum mismatch (truncated or changed)"
     if not isinstance(header, dict):
         return None, "unreadable header"
+    if header.get("format") != FORMAT or header.get("gen") != __version__:
+        return None, f"written by gen {header.get('gen')} (index format {header.get('format')})"
     return header, None
 
 

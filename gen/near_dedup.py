@@ -708,7 +708,8 @@ class _Run:
         self.bits = bits
         self.plain: np.ndarray | None = None
         compact = entries.size >= _COMPACT_MIN and bits >= 16
-        if compact and _LITTLE and entries.flags.c_contiguous:
+        in_place = _LITTLE and entries.dtype == _U64 and entries.flags.c_contiguous  # native uint64 only
+        if compact and in_place:
             # The entries' 32-bit halves and the fingerprint's low 16 bits read in place (strided views)
             # rather than through uint64 temporaries of the whole run: a resume of 10M rows builds 24
             # runs of 8M entries, and each uint64 temporary was 64 MB of fresh memory to fault in.
@@ -730,7 +731,7 @@ class _Run:
                 self.base, starts = base, rel.astype(np.uint16)
         self.starts = starts
         mask = (1 << (32 - bits)) - 1  # the fingerprint bits below the bucket's: at most 16 (bits >= 16)
-        if _LITTLE and entries.flags.c_contiguous:
+        if in_place:
             self.rest = entries.view(np.uint16)[2::4] & np.uint16(mask)
             self.rows = entries.view(np.uint32)[0::2].copy()  # the low 32 bits
         else:
