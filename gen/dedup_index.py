@@ -54,6 +54,7 @@ FORMAT = 2  # 1: the same with a blake2b-256 checksum
 MAGIC = b"GENDIDX1"
 _DIGEST = 16
 _DIGEST_1 = 32  # format 1's blake2b-256, checked only to name such a segment
+_DTYPES = {"ids": "<u8", "exact": "<u8", "sig": "|u1", "bands": "<u8"}  # the arrays, as the header names them
 
 
 @dataclass
@@ -224,12 +225,12 @@ def _layout(rows: Any, near: Any) -> list[list[Any]] | None:
     (or another writer) makes up is ever allocated or read into."""
     if type(rows) is not int or rows < 0:
         return None
-    arrays: list[list[Any]] = [["ids", "<u8", [rows]], ["exact", "<u8", [rows]]]
+    arrays: list[list[Any]] = [["ids", _DTYPES["ids"], [rows]], ["exact", _DTYPES["exact"], [rows]]]
     if near is not None:
         bands, per = (near.get("bands"), near.get("rows")) if isinstance(near, dict) else (None, None)
         if type(bands) is not int or type(per) is not int or bands < 1 or per < 1 or bands * per > 0xFFFF:
             return None  # gen.near_dedup.NearDedup's bound on a signature's length
-        arrays += [["sig", "|u1", [rows, bands * per]], ["bands", "<u8", [rows * bands]]]
+        arrays += [["sig", _DTYPES["sig"], [rows, bands * per]], ["bands", _DTYPES["bands"], [rows * bands]]]
     return arrays
 
 
@@ -239,6 +240,8 @@ def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], 
     arrays = [("ids", seg.ids), ("exact", seg.exact)]
     if seg.sig is not None and seg.bands is not None:
         arrays += [("sig", seg.sig), ("bands", seg.bands)]
+    # Little-endian whatever this machine's order (a no-op on x86 and ARM): the reader takes only these.
+    arrays = [(name, np.ascontiguousarray(a, _DTYPES[name])) for name, a in arrays]
     header = {
         "format": FORMAT,
         "gen": __version__,
@@ -256,7 +259,7 @@ def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], 
     try:
         with open(tmp, "wb") as f:
             parts = [MAGIC, struct.pack("<I", len(head)), head]
-            for chunk in parts + [_bytes(np.ascontiguousarray(a)) for _, a in arrays]:
+            for chunk in parts + [_bytes(a) for _, a in arrays]:
                 h.update(chunk)
                 f.write(chunk)
             f.write(h.digest())

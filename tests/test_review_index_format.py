@@ -301,3 +301,21 @@ def test_small_pages_restores_numpys_setting_even_on_an_exception() -> None:
         assert _set_madvise_hugepage(True) is True  # back on after
     finally:
         _set_madvise_hugepage(before)
+
+
+def test_a_segment_is_written_little_endian_whatever_its_arrays_byte_order(tmp_path: Path) -> None:
+    """The format is little-endian and the reader takes only '<u8' arrays: `write` recorded each array's
+    own dtype ('>u8' on a big-endian machine, where every array is), so such a segment was refused and
+    rebuilt on every resume."""
+    seg = _seg(4)
+    swapped = dedup_index.Segment(
+        seg.ids.astype(">u8"),
+        seg.exact.astype(">u8"),
+        seg.sig,
+        seg.bands.astype(">u8"),  # type: ignore[union-attr]
+    )
+    _written(tmp_path, swapped)
+    got, why = dedup_index.read(tmp_path, REL, SHA, NEAR)
+    assert got is not None and why is None, why
+    for name in ("ids", "exact", "sig", "bands"):
+        assert np.array_equal(getattr(got, name), getattr(seg, name)), name
