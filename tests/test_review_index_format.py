@@ -319,3 +319,46 @@ def test_a_segment_is_written_little_endian_whatever_its_arrays_byte_order(tmp_p
     assert got is not None and why is None, why
     for name in ("ids", "exact", "sig", "bands"):
         assert np.array_equal(getattr(got, name), getattr(seg, name)), name
+
+
+@pytest.mark.parametrize(
+    ("n", "compact_min"),
+    [
+        (near_dedup._COMPACT_MIN - 1, None),  # the last plain run
+        (near_dedup._COMPACT_MIN, None),  # the first compact one (19 bits of bucket)
+        (1 << 17, 1 << 16),  # bits exactly 16: `rest` is the whole low 16 bits of the fingerprint
+        ((1 << 18) + 5, 1 << 16),
+    ],
+)
+def test_a_run_read_through_views_finds_what_a_search_of_its_entries_finds(
+    n: int, compact_min: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows in the high half of the low 32 bits, repeated fingerprints: the view path (contiguous) and
+    the arithmetic one (strided) keep the same run, and a lookup finds exactly the entries whose
+    fingerprint is asked for."""
+    if compact_min is not None:
+        monkeypatch.setattr(near_dedup, "_COMPACT_MIN", compact_min)
+    rng = np.random.default_rng(n)
+    fps = rng.integers(0, 1 << 32, n // 3 + 1, dtype=np.uint64)[rng.integers(0, n // 3 + 1, n)]
+    rows = rng.integers(1 << 31, 1 << 32, n, dtype=np.uint64)
+    entries = np.sort((fps << np.uint64(32)) | rows)
+    strided = np.empty(2 * n, np.uint64)
+    strided[::2] = entries
+    fast, slow = near_dedup._Run(entries), near_dedup._Run(strided[::2])
+    compact = n >= near_dedup._COMPACT_MIN  # as patched
+    assert fast.bits == slow.bits and (fast.plain is None) == (slow.plain is None) == compact
+    assert compact is (n != near_dedup._COMPACT_MIN - 1) and (fast.bits == 16) is (n == 1 << 17)
+    for name in ("starts", "rest", "rows", "base"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b)), name
+    assert np.array_equal(fast.entries(), entries) and np.array_equal(slow.entries(), entries)
+    runs = near_dedup.BandRuns()
+    runs.runs.append(fast)
+    asked = np.concatenate([fps[:300], rng.integers(0, 1 << 32, 300, dtype=np.uint64)]).astype(np.uint32)
+    q, found = runs.lookup(asked)
+    top = entries >> np.uint64(32)
+    want = []
+    for i, fp in enumerate(asked.tolist()):
+        lo, hi = np.searchsorted(top, fp), np.searchsorted(top, fp, side="right")
+        want += [(i, int(r)) for r in (entries[lo:hi] & np.uint64(0xFFFFFFFF)).tolist()]
+    assert sorted(zip(q.tolist(), found.tolist(), strict=True)) == sorted(want) and len(want) >= 300
