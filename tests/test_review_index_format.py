@@ -362,3 +362,35 @@ def test_a_run_read_through_views_finds_what_a_search_of_its_entries_finds(
         lo, hi = np.searchsorted(top, fp), np.searchsorted(top, fp, side="right")
         want += [(i, int(r)) for r in (entries[lo:hi] & np.uint64(0xFFFFFFFF)).tolist()]
     assert sorted(zip(q.tolist(), found.tolist(), strict=True)) == sorted(want) and len(want) >= 300
+
+
+def test_a_resume_over_a_well_checksummed_segment_without_its_band_entries_rebuilds_it(
+    tmp_path: Path, sim_server
+) -> None:
+    """End to end: a header that lists only ids and digests while near dedup is on was taken, and the
+    near index was handed no signatures (a traceback before the first request)."""
+    from test_dedup_index import _all_good, _data_shards
+    from test_resume import _gen, _recipe
+
+    from gen import RunOptions, run
+
+    prompt = _recipe(tmp_path, n=90)
+    sim = sim_server()
+    out = tmp_path / "o"
+    run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, shard_rows=30, limit=60))
+    path = OutputDir(out).dedup_index(_data_shards(out)[0]["path"])
+    data = path.read_bytes()
+    (n,) = struct.unpack_from("<I", data, 8)
+    header = json.loads(data[12 : 12 + n])
+    assert header["near"] is not None and [a[0] for a in header["arrays"]] == ["ids", "exact", "sig", "bands"]
+    header["arrays"] = header["arrays"][:2]
+    head = json.dumps(header).encode()
+    body = (
+        dedup_index.MAGIC + struct.pack("<I", len(head)) + head + data[12 + n : 12 + n + 16 * header["rows"]]
+    )
+    path.write_bytes(body + xxhash.xxh3_128_digest(body))
+    proc = _gen(prompt, out, sim.base_url, "--shard-rows", "30")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert sum(str(path) in line and "rebuilt from" in line for line in err.splitlines()) == 1, err
+    _all_good(out)
