@@ -17,7 +17,7 @@ import orjson
 import xxhash
 from helpers import all_task_ids, ids_in, rows_in
 
-from gen.ledger import BadEntry, Entry, journal_entries, seal
+from gen.ledger import BadEntry, BatchLog, Entry, LoggedBatch, journal_entries, seal
 
 
 def _crc_sealed(line: bytes) -> bytes:
@@ -103,3 +103,22 @@ def test_a_journal_sealed_with_crc32_replays_and_its_corruption_is_caught(tmp_pa
     assert "EDITED" not in (rows[bad_id]["reasoning"] or "")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["runs"][-1]["journal_skipped"] >= 1
+
+
+def test_a_batch_log_sealed_with_crc32_still_reads(tmp_path: Path) -> None:
+    log = BatchLog(tmp_path / "batches.jsonl")
+    log.intent(LoggedBatch("b1", {"recipe": "x"}, "openai", [("ab" * 16, 1, 0)], (10, 20), 1.5))
+    log.created("b1", "batch_abc")
+    log.close()
+    lines = (tmp_path / "batches.jsonl").read_bytes().splitlines()
+    assert all(
+        orjson.loads(line)["c"] == xxhash.xxh3_64_intdigest(line[: line.rfind(b',"c":')]) for line in lines
+    )
+    old = [_crc_sealed(line) for line in lines]  # as an older gen wrote them
+    (tmp_path / "batches.jsonl").write_bytes(b"\n".join(old) + b"\n")
+    batches, _, problems = BatchLog(tmp_path / "batches.jsonl").read()
+    assert not problems and batches["b1"].id == "batch_abc" and batches["b1"].requests == [("ab" * 16, 1, 0)]
+    corrupted = old[1].replace(b"batch_abc", b"batch_abd")
+    (tmp_path / "batches.jsonl").write_bytes(b"\n".join([old[0], corrupted, old[0]]) + b"\n")
+    batches, _, problems = BatchLog(tmp_path / "batches.jsonl").read()
+    assert problems and batches["b1"].id is None
