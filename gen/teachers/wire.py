@@ -48,10 +48,21 @@ class WireError(Exception):
         self.final = final  # not worth another try (a redirect, a bad header line: aiohttp's ClientError)
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP connection: at most one request at a time; parser callbacks fill in the answer."""
+# What one read of a connection may take: as much as the event loop reads at once (uvloop's own buffer is
+# 256 kB), so a reply of tens of kilobytes (a reasoning trace) arrives in one read.
+_READ_SIZE = 256 * 1024
 
-    def __init__(self) -> None:
+
+class _Connection(asyncio.BufferedProtocol):
+    """One TCP connection: at most one request at a time; parser callbacks fill in the answer.
+
+    A buffered protocol: the event loop reads into `buffer`, which the parser consumes before the read
+    returns (its callbacks copy out what they keep), so all connections of a pool share one buffer, and
+    a reply's bytes are copied once on their way to the parser's body chunks, not twice (into a bytes
+    object the loop allocates per read, then into the chunk)."""
+
+    def __init__(self, buffer: bytearray | None = None) -> None:
+        self.buffer = memoryview(buffer if buffer is not None else bytearray(_READ_SIZE))
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -68,7 +79,13 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.received += len(data)
         if self.received > self.limit:
             # Counted as received, before parsing: an endless header, body or chunk stream alike.
@@ -193,6 +210,7 @@ class WirePool:
         self._fields = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
+        self._buffer = bytearray(_READ_SIZE)  # the read buffer of every connection of the pool
 
     async def request(
         self, method: str, path: str, body: bytes = b"", *, limit: int = DEFAULT_LIMIT
@@ -251,7 +269,9 @@ class WirePool:
         timeout = max(0.0, min(self.connect_timeout_s, deadline - loop.time()))
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(_Connection, self.host, self.port)
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self._buffer), self.host, self.port
+                )
         except TimeoutError:
             raise WireError(f"connecting to {self.host}:{self.port} timed out", timeout=True) from None
         except OSError as e:
