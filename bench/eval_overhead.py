@@ -2,14 +2,16 @@
 """CPU per row of `gen eval` against `gen run`, on the same rows, against the simulator at 0 ms.
 
 It starts two `gen sim` processes, the teacher and a student that changes every field of a share
-of its answers (`--perturb-share`, 0.3: the comparison then does real work), makes a dataset of N rows with
-`gen run prompts/quickstart.toml --samples 42 --limit N` (5,000 by default), then evaluates a student
-on every row of it with `gen eval OUTPUT --split all`. Each is its own process; its CPU seconds
-(user + sys, from os.wait4) over the rows it handled give CPU ms per row. The simulator's CPU is not
-counted. `--repeats` runs each that many times (each eval a fresh evaluation directory) and prints
-the medians.
+of its answers (`--perturb-share`, 0.3: the comparison then does real work). In each repeat it makes a
+dataset of N rows with `gen run prompts/quickstart.toml --samples 42 --limit N` (5,000 by default) for
+each of two `gen run` baselines: as shipped (its defaults, near dedup on: what a user runs) and with
+`--no-near-dedup` (stricter: the evaluation dedups nothing). Then it evaluates a student on every row
+of that dataset with `gen eval OUTPUT --split all`. Each is its own process; its CPU seconds (user +
+sys, from os.wait4) give CPU ms per row: `gen run`'s over the N tasks it ran, `gen eval`'s over the
+rows it evaluated (the rows that run kept: near dedup may drop a few, the table prints how many). The
+simulator's CPU is not counted. It prints, per baseline, the medians and ranges over `--repeats`.
 
-    python bench/eval_overhead.py                 # 5,000 rows, 3 repeats
+    python bench/eval_overhead.py                 # 5,000 rows, 3 repeats of both baselines
     python bench/eval_overhead.py -n 2000 --repeats 1
     python bench/eval_overhead.py --baseline becc154   # also `gen eval` as of that commit, same datasets
 
@@ -97,6 +99,15 @@ def _differences(new: Path, old: Path) -> list[str]:
     return found
 
 
+# The two `gen run` baselines: as shipped (its defaults: exact and near dedup, what a user runs) and
+# without near dedup (the stricter one: the evaluation does no dedup at all).
+BASELINES = (("gen run", []), ("gen run --no-near-dedup", ["--no-near-dedup"]))
+
+
+def _range(values: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=5000, help="rows (default 5,000)")
@@ -137,53 +148,76 @@ def main() -> None:
         base_env = None
         if a.baseline:
             base_env = {**os.environ, "PYTHONPATH": str(_export(a.baseline, work / "baseline"))}
-        run_cpu, eval_cpu, eval_rows, base_cpu = [], [], [], []
+        # Per baseline, per repeat: the run's CPU s, the eval's (and the --baseline eval's) CPU s, and
+        # the rows the eval evaluated (the rows the run kept: near dedup may drop some of the N tasks).
+        run_cpu: dict[str, list[float]] = {name: [] for name, _ in BASELINES}
+        eval_cpu: dict[str, list[float]] = {name: [] for name, _ in BASELINES}
+        base_cpu: dict[str, list[float]] = {name: [] for name, _ in BASELINES}
+        eval_rows: dict[str, list[int]] = {name: [] for name, _ in BASELINES}
         same_figures: list[bool] = []
         for i in range(a.repeats):
-            out = work / f"ds{i}"
-            run_cpu.append(
-                _timed(
-                    [sys.executable, "-m", "gen", "run", str(PROMPT), "--provider", "openai",
-                     "--base-url", url, "--output", str(out), "--samples", "42", "--limit", str(a.n),
-                     "--no-near-dedup", *common],
-                    env,
+            kinds = BASELINES if i % 2 == 0 else tuple(reversed(BASELINES))
+            for k, (name, flags) in enumerate(kinds):
+                out = work / f"ds{i}-{k}"  # each repeat makes its own dataset for each baseline
+                run_cpu[name].append(
+                    _timed(
+                        [sys.executable, "-m", "gen", "run", str(PROMPT), "--provider", "openai",
+                         "--base-url", url, "--output", str(out), "--samples", "42", "--limit", str(a.n),
+                         *flags, *common],
+                        env,
+                    )
+                )  # fmt: skip
+                evaluate = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student_url,
+                            "--student-model", "gen-sim-1", "--split", "all", *common]  # fmt: skip
+                order = (
+                    [(eval_cpu[name], env), (base_cpu[name], base_env)]
+                    if base_env
+                    else [(eval_cpu[name], env)]
                 )
-            )  # fmt: skip
-            evaluate = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student_url,
-                        "--student-model", "gen-sim-1", "--split", "all", *common]  # fmt: skip
-            order = [(eval_cpu, env), (base_cpu, base_env)] if base_env else [(eval_cpu, env)]
-            made: dict[int, Path] = {}
-            for cpu, child_env in order if i % 2 == 0 else reversed(order):
-                before = set((out / "evals").glob("*"))
-                cpu.append(_timed(evaluate, child_env))
-                (made[id(cpu)],) = set((out / "evals").glob("*")) - before
-                time.sleep(1.1)  # evaluation directories are named to the second
-            if base_env:
-                differs = _differences(made[id(eval_cpu)], made[id(base_cpu)])
-                same_figures.append(not differs)
-                for line in differs[:10]:
-                    print(f"repeat {i + 1}: differs from {a.baseline}: {line}", file=sys.stderr)
-            for report in (out / "evals").glob("*/report.json"):
-                eval_rows.append(json.loads(report.read_text())["rows"])
-        r, e = statistics.median(run_cpu), statistics.median(eval_cpu)
-        n_eval = int(statistics.median(eval_rows))
+                made: dict[int, Path] = {}
+                for cpu, child_env in order if (i + k) % 2 == 0 else reversed(order):
+                    before = set((out / "evals").glob("*"))
+                    cpu.append(_timed(evaluate, child_env))
+                    (made[id(cpu)],) = set((out / "evals").glob("*")) - before
+                    time.sleep(1.1)  # evaluation directories are named to the second
+                if base_env:
+                    differs = _differences(made[id(eval_cpu[name])], made[id(base_cpu[name])])
+                    same_figures.append(not differs)
+                    for line in differs[:10]:
+                        print(f"repeat {i + 1} ({name}): differs from {a.baseline}: {line}", file=sys.stderr)
+                rows = {json.loads(r.read_text())["rows"] for r in (out / "evals").glob("*/report.json")}
+                if len(rows) != 1:
+                    raise SystemExit(f"repeat {i + 1} ({name}): the evaluations evaluated {rows} rows")
+                eval_rows[name].append(rows.pop())
+        print(f"{a.n:,} tasks run, 0 ms, {a.concurrency} in flight, median (range) of {a.repeats} repeats")
         print(
-            f"{a.n:,} tasks run, {n_eval:,} rows evaluated, 0 ms, {a.concurrency} in flight, "
-            f"median of {a.repeats}"
+            "CPU ms/row: gen run's CPU / tasks; gen eval's CPU / rows it evaluated (the rows that run kept)"
         )
-        print("| command | CPU s | CPU ms/row |")
-        print("| --- | --- | --- |")
-        print(f"| gen run  | {r:.2f} | {r / a.n * 1000:.3f} |")
-        print(f"| gen eval | {e:.2f} | {e / n_eval * 1000:.3f} |")
-        if base_cpu:
-            b = statistics.median(base_cpu)
-            print(f"| gen eval ({a.baseline}) | {b:.2f} | {b / n_eval * 1000:.3f} |")
-        print(f"eval / run, per row: {(e / n_eval) / (r / a.n):.2f}")
-        if base_cpu:
-            print(f"eval ({a.baseline}) / run, per row: {(b / n_eval) / (r / a.n):.2f}")
+        head = (
+            "| baseline | rows evaluated | run CPU s | run ms/row | eval CPU s | eval ms/row | eval / run |"
+        )
+        if base_env:
+            head += f" eval at {a.baseline} CPU s | eval at {a.baseline} / run |"
+        print(head)
+        print("|" + " --- |" * (head.count("|") - 1))
+        for name, _ in BASELINES:
+            runs, evals, rows = run_cpu[name], eval_cpu[name], eval_rows[name]
+            ratio = [(e / n) / (r / a.n) for r, e, n in zip(runs, evals, rows, strict=True)]
+            line = (
+                f"| {name} | {_range([float(n) for n in rows], '{:,.0f}')} | {_range(runs)} "
+                f"| {_range([r / a.n * 1000 for r in runs], '{:.3f}')} | {_range(evals)} "
+                f"| {_range([e / n * 1000 for e, n in zip(evals, rows, strict=True)], '{:.3f}')} "
+                f"| x{_range(ratio)} |"
+            )
+            if base_env:
+                olds = base_cpu[name]
+                old_ratio = [(b / n) / (r / a.n) for r, b, n in zip(runs, olds, rows, strict=True)]
+                line += f" {_range(olds)} | x{_range(old_ratio)} |"
+            print(line)
+        if base_env:
             print(
                 f"report.json and results.parquet the same as {a.baseline}'s (timings aside): "
-                f"{sum(same_figures)} of {len(same_figures)} repeats"
+                f"{sum(same_figures)} of {len(same_figures)} evaluations"
             )
     finally:
         for sim in sims:

@@ -36,10 +36,26 @@ REJECT_KEYS = ("id", "reason", "response", "attempts")
 
 
 def outcome(row: dict[str, Any], valid: bool) -> dict[str, Any]:
-    """A student's outcome as the report reads it: the row's columns it uses, and `valid`."""
-    out = {k: row.get(k) for k in (DATA_KEYS if valid else REJECT_KEYS)}
-    out["valid"] = valid
-    return out
+    """A student's outcome as the report reads it: the row's columns it uses (DATA_KEYS of a data row,
+    REJECT_KEYS of a reject), and `valid`."""
+    get = row.get  # one dict display per row, not a comprehension: this runs once per answer
+    if valid:
+        return {
+            "id": get("id"),
+            "output": get("output"),
+            "response": get("response"),
+            "attempts": get("attempts"),
+            "prompt_tokens": get("prompt_tokens"),
+            "completion_tokens": get("completion_tokens"),
+            "valid": True,
+        }
+    return {
+        "id": get("id"),
+        "reason": get("reason"),
+        "response": get("response"),
+        "attempts": get("attempts"),
+        "valid": False,
+    }
 
 
 class StudentRun(Run):

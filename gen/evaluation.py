@@ -522,46 +522,69 @@ def _run_options(opts: EvalOptions, answers: Path) -> RunOptions:
 
 
 class _Requests:
-    """Appends each student request's latency and tokens to requests.jsonl (buffered: a crash may lose
-    the last few latencies, never an answer, which the run's journal holds), and keeps them by id in
-    `by_id` as well: the report of an evaluation that was not resumed reads them there, not from the
-    file (the same entries, without parsing them back)."""
+    """Appends each student request's latency and tokens to requests.jsonl, and gives them by id in
+    `by_id`: the report of an evaluation that was not resumed reads them there, not from the file (the
+    same entries, without parsing them back).
 
-    FLUSH_EVERY = 256
+    A request is only noted as it is answered (one tuple appended, on the event loop); its line is
+    serialised with the others of a batch of WRITE_EVERY, in one write, so a crash may lose the last few
+    latencies, never an answer, which the run's journal holds."""
+
+    WRITE_EVERY = 64
 
     def __init__(self, path: Path) -> None:
         from gen.ledger import fresh_line
 
-        start = fresh_line(path)  # a SIGKILL can cut the last line short (the buffer leaves in blocks)
+        start = fresh_line(path)  # a SIGKILL can cut the last line short
         self._f = open(path, "ab")  # noqa: SIM115 (closed by close())
         self._f.write(start)
-        self._pending = 0
-        self.by_id: RequestLog = {}
+        self._noted: list[tuple[str, int, float | None, int, int]] = []  # answered, not yet written
+        # Each written request of this run: (row id, (attempt, latency_ms, prompt_tokens, completion_tokens)).
+        # Tuples of plain values: they leave the cyclic collector's sight, and live until the report.
+        self._written: list[tuple[str, tuple[int, float | None, int, int]]] = []
 
     def record(self, task: Task, comp: Any, attempt: int) -> None:
-        latency = comp.latency_s
-        latency_ms = None if latency is None else round(latency * 1000, 3)
-        prompt, completion = comp.prompt_tokens, comp.completion_tokens
-        entry = {
-            "id": task.id,
-            "attempt": attempt,
-            "latency_ms": latency_ms,
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-        }
-        self._f.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
-        # Tuples, not lists: tuples of plain values leave the cyclic collector's sight, and these live
-        # until the report is written.
-        request = (attempt, latency_ms, prompt, completion)
-        earlier = self.by_id.get(task.id)
-        self.by_id[task.id] = (request,) if earlier is None else (*earlier, request)
-        self._pending += 1
-        if self._pending >= self.FLUSH_EVERY:
-            self._f.flush()
-            self._pending = 0
+        noted = self._noted
+        noted.append((task.id, attempt, comp.latency_s, comp.prompt_tokens, comp.completion_tokens))
+        if len(noted) >= self.WRITE_EVERY:
+            self._write()
+
+    def _write(self) -> None:
+        noted, self._noted = self._noted, []
+        if not noted:
+            return
+        dumps, option, keep = orjson.dumps, orjson.OPT_APPEND_NEWLINE, self._written.append
+        lines = []
+        for tid, attempt, latency, prompt, completion in noted:
+            latency_ms = None if latency is None else round(latency * 1000, 3)
+            entry = {
+                "id": tid,
+                "attempt": attempt,
+                "latency_ms": latency_ms,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+            }
+            lines.append(dumps(entry, option=option))
+            keep((tid, (attempt, latency_ms, prompt, completion)))
+        self._f.write(b"".join(lines))
+        self._f.flush()
+
+    @property
+    def by_id(self) -> RequestLog:
+        """Each row's requests, in the order they were answered (what `_request_log` reads back)."""
+        self._write()
+        by_id: dict[str, tuple[tuple[int, float | None, int, int], ...]] = {}
+        get = by_id.get
+        for tid, request in self._written:
+            earlier = get(tid)
+            by_id[tid] = (request,) if earlier is None else (*earlier, request)
+        return by_id
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._write()
+        finally:
+            self._f.close()
 
 
 def run_eval(plan: EvalPlan) -> EvalResult:

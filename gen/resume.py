@@ -42,7 +42,9 @@ def _load_committed(run: Run) -> list[ShardInfo]:
     listed = {s["path"]: s for s in (run.p.previous or {}).get("shards", [])}
     shards: list[ShardInfo] = []
     committed = committed_shards(out, partition=run.partition)
-    ahead = _SegmentReads(run, committed, listed) if run.dedup.can_load() else None
+    # Nothing committed (a fresh run): no reader, nor its import of gen.dedup_index (`gen eval`, which
+    # writes no index, would import it for nothing).
+    ahead = _SegmentReads(run, committed, listed) if committed and run.dedup.can_load() else None
     try:
         for rel in committed:
             _load_shard(run, rel, listed.get(rel), shards, ahead)
