@@ -30,6 +30,8 @@ SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest a
 
 def load_committed(run: Run) -> list[ShardInfo]:
     """Index what earlier runs committed: ids (to skip) and kept outputs (to dedup against)."""
+    if not committed_shards(run.p.out_dir, partition=run.partition) and not run.p.opts.dedup_against:
+        return _load_committed(run)  # a fresh output: nothing to index (and no numpy to import for it)
     from gen.near_dedup import small_pages
 
     with small_pages():  # the indexes built here are GBs at 10M rows (see there)
