@@ -129,10 +129,11 @@ def test_tokens_and_f1_equal_their_plain_definitions(seed: int) -> None:
 
 
 def _journal_entries(answers: Path) -> list[dict]:
+    """The journal's whole lines: one being written (or cut by a SIGKILL) has no newline yet."""
     return [
         json.loads(line)
         for path in sorted((answers / "journal").rglob("*.jsonl"))
-        for line in path.read_text().splitlines()
+        for line in path.read_text().split("\n")[:-1]
         if line.strip()
     ]
 
@@ -156,16 +157,18 @@ def test_first_requests_are_not_journaled_reasks_and_answers_are(
             "--student-model", "student-1", "--no-progress", "--split", "all",
             "--max-concurrency", "2"]  # fmt: skip
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    entries: list[dict] = []
-    while time.monotonic() < deadline:
-        d = next((out / "evals").glob("*"), None)
-        entries = _journal_entries(d / "answers") if d is not None and (d / "answers").exists() else []
-        if sum("s" in e for e in entries) >= 6 and sum("q" in e for e in entries) >= 1:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        entries: list[dict] = []
+        while time.monotonic() < deadline:
+            d = next((out / "evals").glob("*"), None)
+            entries = _journal_entries(d / "answers") if d is not None and (d / "answers").exists() else []
+            if sum("s" in e for e in entries) >= 6 and sum("q" in e for e in entries) >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     d = next((out / "evals").glob("*"))
     entries = _journal_entries(d / "answers")
     reservations = [e for e in entries if "q" in e]
