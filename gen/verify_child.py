@@ -1,0 +1,193 @@
+"""A verifier's verdicts from a child process of its own, with a time limit on every call: what the
+`[verify] python` function (gen.verify_python) and math-verify (gen.verify_math) both run in.
+
+The child is spawned, not forked (the parent has threads and an event loop), without the parent's
+`__main__`. It builds its verdict function once (`load(*args)`, which may import the user's module or
+math-verify: waited for apart from any call's limit, up to START_TIMEOUT_S), says it is ready, then
+answers requests until the parent hangs up. The parent waits at most `timeout_s` for each verdict: a
+child that gives none is killed, that call fails, and the next call starts a new child.
+
+The child ignores SIGINT (Ctrl-C reaches the whole process group: the parent decides what it means, and
+kills the child, so an answer being decided does not become an error), and ends when its parent ends (a
+SIGKILL included: a call that computes for ever never reads its pipe again). `close` kills the child
+before it waits for a call in progress.
+
+This module imports nothing else of gen, so the child starts with what `load` imports alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import types
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+START_TIMEOUT_S = 120.0  # a child's start and its `load`, apart from any call's time limit
+_SHOWN = 200  # characters of an error message sent back
+
+
+class ChildTimeout(Exception):
+    """The child gave no verdict within the call's time limit (and was killed)."""
+
+
+class ChildDied(Exception):
+    """The child ended (out of memory, os._exit, killed, closed), or did not start (`at_start`);
+    `detail` says how the pipe saw it."""
+
+    def __init__(self, detail: str, at_start: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.at_start = at_start
+
+
+class ChildRaised(Exception):
+    """The verdict function (or `load`, `at_start`) raised: `kind` is the exception's type name,
+    `message` its text (at most 200 characters)."""
+
+    def __init__(self, kind: str, message: str, at_start: bool) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.at_start = at_start
+
+
+class ChildWorker:
+    """One child process that answers `bool(function(*request))`, where `function = load(*args)` is built
+    in the child (`load` must be a module-level function: it is pickled by name); started on first use,
+    thread-safe (one call at a time)."""
+
+    def __init__(
+        self, load: Callable[..., Callable[..., Any]], args: tuple[Any, ...], name: str, timeout_s: float
+    ) -> None:
+        self.load = load
+        self.args = args
+        self.name = name
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, None before its start or after its stop."""
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    def call(self, *request: Any) -> bool:
+        """The verdict on `request`. Raises ChildTimeout, ChildDied or ChildRaised. The time limit is the
+        call's: a child's start is waited for apart."""
+        with self._lock:
+            if self._proc is None or not self._proc.is_alive():
+                self._start()
+            assert self._conn is not None
+            try:
+                self._conn.send(request)
+                if not self._conn.poll(self.timeout_s):
+                    self._stop()
+                    raise ChildTimeout(f"gave no verdict within {self.timeout_s:g} s")
+                ok, error = self._conn.recv()
+            except (EOFError, OSError) as e:  # the child died (out of memory, os._exit, a crash, close)
+                self._stop()
+                raise ChildDied(str(e) or type(e).__name__, at_start=False) from None
+        if error is not None:
+            raise ChildRaised(*error, at_start=False)
+        return bool(ok)
+
+    def close(self) -> None:
+        """Stop the child now, a call in progress included (it fails as ChildDied): waiting for the lock
+        first waited out a hanging call's whole time limit after Ctrl-C, and the run with it. A later
+        call starts a new child."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
+        with self._lock:
+            self._stop()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(child, self.load, self.args), name=self.name, daemon=True)
+        with _main_left_alone():
+            proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        try:
+            if not parent.poll(START_TIMEOUT_S):
+                raise EOFError(f"not started within {START_TIMEOUT_S:g} s")
+            failed = parent.recv()
+        except (EOFError, OSError) as e:
+            self._stop()
+            raise ChildDied(str(e) or type(e).__name__, at_start=True) from None
+        if failed is not None:
+            self._stop()
+            raise ChildRaised(*failed, at_start=True)
+
+    def _stop(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if proc is not None:
+            proc.kill()
+            proc.join(5)
+        if conn is not None:
+            conn.close()
+
+
+def _serve(conn: Connection, load: Callable[..., Callable[..., Any]], args: tuple[Any, ...]) -> None:
+    """The child: build the verdict function, then answer requests until the parent hangs up."""
+    # Ctrl-C reaches the whole process group: the parent decides (and kills this process), so a call in
+    # progress does not die with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    try:
+        function = load(*args)
+    except BaseException as e:  # the user's module can raise anything, SystemExit included
+        conn.send((type(e).__name__, str(e)[:_SHOWN]))
+        return
+    conn.send(None)  # ready: the calls' time limits start now
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        try:
+            conn.send((bool(function(*request)), None))
+        except Exception as e:  # this request fails with the error; the next one is asked as usual
+            conn.send((False, (type(e).__name__, str(e)[:_SHOWN])))
+
+
+@contextlib.contextmanager
+def _main_left_alone() -> Any:
+    """Spawn without the parent's `__main__`: multiprocessing's spawn runs the parent's main script again
+    in the child, and a user's script that calls `gen.run(...)` at its top level (no `__main__` guard)
+    then began a whole second run there, into the same output. The child needs nothing of it."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to run
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def _exit_with_parent() -> None:
+    """End this process when the parent's ends (a SIGKILL included): a call that hangs never reads the
+    pipe's end, and would spin on as an orphan."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gen-verify-parent", daemon=True).start()
+
+
+__all__ = ["START_TIMEOUT_S", "ChildDied", "ChildRaised", "ChildTimeout", "ChildWorker"]
