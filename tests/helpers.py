@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -73,3 +75,23 @@ def reasked_tasks(journal: Path | None) -> set[str]:
             if "q" in entry and "u" in entry:
                 found.add(entry["q"])
     return found
+
+
+def settled_requests(sim: Any) -> int:
+    """The simulator's request count once requests a killed client had sent have all reached it."""
+    count = sim.stats()["requests"]
+    while True:
+        time.sleep(0.3)
+        now = sim.stats()["requests"]
+        if now == count:
+            return count
+        count = now
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, waiting for its parent to reap it, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state

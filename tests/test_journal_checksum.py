@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import xxhash
-from helpers import all_task_ids, ids_in, rows_in
+from helpers import all_task_ids, ids_in, rows_in, settled_requests
 
 from gen.ledger import BadEntry, BatchLog, Entry, LoggedBatch, journal_entries, seal
 
@@ -41,17 +41,6 @@ def _recipe(tmp_path: Path, n: int) -> Path:
         f"[variables]\nn = {list(range(n))}\n"
     )
     return tmp_path / "p.toml"
-
-
-def _settled_requests(sim) -> int:
-    """The simulator's request count once requests a killed client had sent have all reached it."""
-    count = sim.stats()["requests"]
-    while True:
-        time.sleep(0.3)
-        now = sim.stats()["requests"]
-        if now == count:
-            return count
-        count = now
 
 
 def test_a_journal_sealed_with_crc32_replays_and_its_corruption_is_caught(tmp_path: Path, sim_server) -> None:
@@ -89,7 +78,7 @@ def test_a_journal_sealed_with_crc32_replays_and_its_corruption_is_caught(tmp_pa
     assert [e.line for e in bad if e.line != len(old) + 1] == [corrupted + 1]  # not counting a torn tail
     kept = {e.row["id"]: e.row for e in entries if isinstance(e, Entry) and e.split is not None}
     assert len(kept) == len(answers) - 1 and bad_id not in kept
-    asked = _settled_requests(sim)
+    asked = settled_requests(sim)
 
     final = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
-from helpers import all_task_ids, ids_in
+from helpers import all_task_ids, ids_in, settled_requests
 
 from gen.ledger import BadEntry, Entry, Journal, journal_entries, seal
 
@@ -42,17 +42,6 @@ def _gen(prompt: Path, out: Path, base_url: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", base_url, "--output", str(out)]
     cmd += ["--no-progress", "--max-concurrency", "8", "--shard-rows", "100000"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _settled_requests(sim) -> int:
-    """The simulator's request count once requests a killed client had sent have all reached it."""
-    count = sim.stats()["requests"]
-    while True:
-        time.sleep(0.3)
-        now = sim.stats()["requests"]
-        if now == count:
-            return count
-        count = now
 
 
 def _answer_lines(segment: Path) -> list[int]:
@@ -114,7 +103,7 @@ def test_malformed_and_edited_entries_are_skipped_and_asked_again(tmp_path: Path
     # Intact answers now: the resealed ones are intact entries whose rows the shards cannot take.
     intact = sum(1 for e in journal_entries(out) if isinstance(e, Entry) and e.split is not None)
     usable = intact - len(shapes)
-    asked_before = _settled_requests(sim)
+    asked_before = settled_requests(sim)
 
     final = subprocess.run(
         [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", sim.base_url, "--output", str(out)]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import reasked_tasks
+from helpers import alive, reasked_tasks
 from test_eval_answers import dataset  # noqa: F401 (a fixture)
 from test_verify import _prompt
 
@@ -24,14 +24,6 @@ def check(output, reference, row):
     while True:
         time.sleep(0.05)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in state
 
 
 def _wait_for(path: Path, limit_s: float = 60) -> str:
@@ -64,13 +56,13 @@ def test_a_hanging_verifier_child_does_not_outlive_a_sigkilled_run(tmp_path: Pat
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
         deadline = time.monotonic() + 20
-        while _alive(child) and time.monotonic() < deadline:
+        while alive(child) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(child), "the verifier's process outlived the run"
+        assert not alive(child), "the verifier's process outlived the run"
     finally:
         with_pids = pidfile.read_text().split() if pidfile.exists() else []
         for pid in with_pids:
-            if _alive(int(pid)):
+            if alive(int(pid)):
                 os.kill(int(pid), signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
@@ -90,12 +82,12 @@ def test_ctrl_c_while_the_verifier_runs_prints_no_traceback_and_leaves_no_proces
         assert "Traceback" not in err, err
         assert proc.returncode == 130, (proc.returncode, err)
         deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
+        while alive(child) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(child)
+        assert not alive(child)
     finally:
         for pid in pidfile.read_text().split() if pidfile.exists() else []:
-            if _alive(int(pid)):
+            if alive(int(pid)):
                 os.kill(int(pid), signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()

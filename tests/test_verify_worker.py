@@ -19,17 +19,11 @@ import pytest
 
 pytest.importorskip("math_verify")
 
+from helpers import alive
+
 from gen.verify_math import MathWorker  # noqa: E402 (after the skip)
 
 SLOW = "\\boxed{10^{10^{10}}}"  # sympy computes for ever; math-verify's own limit (timeout_s) stops it
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in state
 
 
 def _children(pid: int) -> set[int]:
@@ -67,27 +61,34 @@ def _started(worker: MathWorker) -> int:
     return child
 
 
+def _ask_slow(worker: MathWorker) -> tuple[list[object], threading.Thread]:
+    """A comparison math-verify computes for ever, asked in a thread (started): its verdict or error
+    lands in the list."""
+    got: list[object] = []
+
+    def ask() -> None:
+        try:
+            got.append(worker.equal(SLOW, "3"))
+        except Exception as e:
+            got.append(e)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    return got, asking
+
+
 def test_ctrl_c_while_math_verify_computes_does_not_make_that_answer_an_error() -> None:
     """SIGINT (a terminal's Ctrl-C reaches the child too) in the middle of a comparison: the child goes
     on, and the answer gets its verdict from math-verify (False: the time limit), not an error."""
     worker = MathWorker(timeout_s=3)
     try:
         child = _started(worker)
-        got: list[object] = []
-
-        def ask() -> None:
-            try:
-                got.append(worker.equal(SLOW, "3"))
-            except Exception as e:
-                got.append(e)
-
-        asking = threading.Thread(target=ask)
-        asking.start()
+        got, asking = _ask_slow(worker)
         _computing(child)
         os.kill(child, signal.SIGINT)
         asking.join(60)
         assert got == [False]
-        assert _alive(child)
+        assert alive(child)
         assert worker.equal("\\boxed{\\frac{6}{2}}", "3") is True
         assert _children(os.getpid()) >= {child}  # the same process answered: nothing was restarted
     finally:
@@ -131,14 +132,14 @@ def test_a_math_child_does_not_outlive_a_sigkilled_parent() -> None:
         parent.kill()
         parent.wait(30)
         deadline = time.monotonic() + 20
-        while _alive(child) and time.monotonic() < deadline:
+        while alive(child) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(child), "the math-verify process outlived its parent"
+        assert not alive(child), "the math-verify process outlived its parent"
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(30)
-        if child and _alive(child):
+        if child and alive(child):
             os.kill(child, signal.SIGKILL)
         parent.stdout.close()  # type: ignore[union-attr]
 
@@ -148,16 +149,7 @@ def test_close_while_a_call_hangs_stops_the_child_now() -> None:
     the process's death, and close does not wait out the call's time limit (here 600 s)."""
     worker = MathWorker(hard_timeout_s=600, timeout_s=None)
     child = _started(worker)
-    got: list[object] = []
-
-    def ask() -> None:
-        try:
-            got.append(worker.equal(SLOW, "3"))
-        except Exception as e:
-            got.append(e)
-
-    asking = threading.Thread(target=ask, daemon=True)
-    asking.start()
+    got, asking = _ask_slow(worker)
     try:
         _computing(child)
         closing = threading.Thread(target=worker.close, daemon=True)
@@ -165,11 +157,11 @@ def test_close_while_a_call_hangs_stops_the_child_now() -> None:
         closing.join(60)  # far below the call's 600 s
         assert not closing.is_alive(), "close waited for the hanging call"
         asking.join(60)
-        assert not _alive(child)
+        assert not alive(child)
         assert len(got) == 1 and isinstance(got[0], RuntimeError)
         assert str(got[0]).startswith("the math-verify process died: "), got[0]
     finally:
-        if _alive(child):
+        if alive(child):
             os.kill(child, signal.SIGKILL)
     # a closed worker starts a new child when asked again
     try:
