@@ -30,20 +30,20 @@ SKIPPED_SHOWN = 20  # bad journal entries named on stderr one by one; the rest a
 
 def load_committed(run: Run) -> list[ShardInfo]:
     """Index what earlier runs committed: ids (to skip) and kept outputs (to dedup against)."""
-    if not committed_shards(run.p.out_dir, partition=run.partition) and not run.p.opts.dedup_against:
-        return _load_committed(run)  # a fresh output: nothing to index (and no numpy to import for it)
+    remove_partial_files(run.p.out_dir, partition=run.partition)
+    committed = committed_shards(run.p.out_dir, partition=run.partition)
+    if not committed and not run.p.opts.dedup_against:
+        return _load_committed(run, committed)  # a fresh output: nothing to index (no numpy to import)
     from gen.near_dedup import small_pages
 
     with small_pages():  # the indexes built here are GBs at 10M rows (see there)
-        return _load_committed(run)
+        return _load_committed(run, committed)
 
 
-def _load_committed(run: Run) -> list[ShardInfo]:
+def _load_committed(run: Run, committed: list[str]) -> list[ShardInfo]:
     out = run.p.out_dir
-    remove_partial_files(out, partition=run.partition)
     listed = {s["path"]: s for s in (run.p.previous or {}).get("shards", [])}
     shards: list[ShardInfo] = []
-    committed = committed_shards(out, partition=run.partition)
     # Nothing committed (a fresh run): no reader, nor its import of gen.dedup_index (`gen eval`, which
     # writes no index, would import it for nothing).
     ahead = _SegmentReads(run, committed, listed) if committed and run.dedup.can_load() else None
