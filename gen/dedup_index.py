@@ -281,20 +281,29 @@ def read(
 ) -> tuple[Segment | None, str | None]:
     """(the segment, None) when shard `rel`'s segment is present and good; else (None, why not), where
     why is None when there simply is none."""
+    got, why = _for_shard(out_dir, rel, shard_sha256)
+    if got is None:
+        return None, why
+    header, arrays = got
+    if any(header.get(k) != v for k, v in settings.items()):
+        return None, "made with other dedup settings"
+    return Segment(arrays["ids"], arrays["exact"], arrays.get("sig"), arrays.get("bands")), None
+
+
+def _for_shard(
+    out_dir: Path, rel: str, shard_sha256: str
+) -> tuple[tuple[dict[str, Any], dict[str, np.ndarray]] | None, str | None]:
+    """((header, arrays), None) when shard `rel`'s segment is whole, good and made for this version of
+    the shard; else (None, why not), why None when there is none: what `read` and `check` both ask."""
     try:
         got, why = _open(OutputDir(out_dir).dedup_index(rel))
     except FileNotFoundError:
         return None, None
     except OSError as e:
         return None, f"unreadable ({e.strerror or e})"
-    if got is None:
-        return None, why
-    header, arrays = got
-    if header.get("shard") != rel or header.get("shard_sha256") != shard_sha256:
+    if got is not None and (got[0].get("shard") != rel or got[0].get("shard_sha256") != shard_sha256):
         return None, "made for another version of its shard"
-    if any(header.get(k) != v for k, v in settings.items()):
-        return None, "made with other dedup settings"
-    return Segment(arrays["ids"], arrays["exact"], arrays.get("sig"), arrays.get("bands")), None
+    return got, why
 
 
 def _open(path: Path) -> tuple[tuple[dict[str, Any], dict[str, np.ndarray]] | None, str | None]:
@@ -308,19 +317,19 @@ def _open(path: Path) -> tuple[tuple[dict[str, Any], dict[str, np.ndarray]] | No
             f.seek(0)
             _, why = _header(f.read(os.fstat(f.fileno()).st_size))
             return None, why or "sizes do not add up"
-    header, arrays, digest = got
-    if digest is not None:
+    header, arrays, intact = got
+    if not intact:
         return None, "checksum mismatch (truncated or changed)"
     return (header, arrays), None
 
 
-def _read_arrays(f: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None] | None:
-    """(header, arrays, None) of a segment file of this format whose sizes add up to the file's and whose
-    checksum holds; (header, arrays, the digest found) when only the checksum fails; None when it is not
-    such a file. Each array is read straight into its own buffer (no copy of the whole file that would
-    live as long as the near index holds a segment's band entries) and hashed as it comes. Nothing the
-    header says is allocated before it is known to be the layout `write` makes (`_layout`) and to fit
-    the file exactly (the arrays are read before the checksum can be known)."""
+def _read_arrays(f: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], bool] | None:
+    """(header, arrays, whether the checksum holds) of a segment file of this format whose sizes add up
+    to the file's; None when it is not such a file. Each array is read straight into its own buffer (no
+    copy of the whole file that would live as long as the near index holds a segment's band entries)
+    and hashed as it comes. Nothing the header says is allocated before it is known to be the layout
+    `write` makes (`_layout`) and to fit the file exactly (the arrays are read before the checksum can
+    be known)."""
     size = os.fstat(f.fileno()).st_size
     lead = f.read(len(MAGIC) + 4)
     if len(lead) < len(MAGIC) + 4 or lead[: len(MAGIC)] != MAGIC:
@@ -353,26 +362,14 @@ def _read_arrays(f: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes |
             return None  # shrank while read
         h.update(_bytes(a))
         arrays[name] = a
-    digest = f.read(_DIGEST)
-    return header, arrays, (None if h.digest() == digest else digest)
+    return header, arrays, h.digest() == f.read(_DIGEST)
 
 
 def check(out_dir: Path, rel: str, shard_sha256: str) -> str | None:
     """`gen audit`'s check of a shard's segment, without knowing the run's settings: a problem, or None
     (also when there is none: a segment is optional). What `read` refuses whatever the settings, this
     names (the same reading)."""
-    try:
-        got, why = _open(OutputDir(out_dir).dedup_index(rel))
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return f"unreadable ({e.strerror or e})"
-    if got is None:
-        return why
-    header, _ = got
-    if header.get("shard") != rel or header.get("shard_sha256") != shard_sha256:
-        return "made for another version of its shard"
-    return None
+    return _for_shard(out_dir, rel, shard_sha256)[1]
 
 
 def _header(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
