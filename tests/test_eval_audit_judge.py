@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_eval_judge import free_text_dataset
 
 import gen
-from gen import RunOptions, run
 from gen.audit import audit
 
 N = 10
@@ -21,17 +21,7 @@ N = 10
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A free-text dataset and one evaluation of it judged by a `longer` judge (a master copy)."""
-    d = tmp_path_factory.mktemp("judged")
-    topics = json.dumps([f"topic {i}" for i in range(N)])
-    (d / "p.toml").write_text(
-        'name = "t"\nversion = "1"\nintended_use = "research"\neval_fraction = 0.3\n'
-        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
-        '[sampling]\nmax_tokens = 200\n[messages]\nsystem = "Answer briefly."\nuser = "About {{ topic }}"\n'
-        f"[variables]\ntopic = {topics}\n"
-    )
-    result = run(d / "p.toml", RunOptions(output=d / "out", progress=False))
-    assert result.status == "complete" and result.stats.rows == N
-    return d / "out"
+    return free_text_dataset(tmp_path_factory.mktemp("judged"), n=N)
 
 
 def _evaluated(judged: Path, tmp_path: Path, sim_server) -> tuple[Path, Path]:

@@ -50,14 +50,18 @@ def _recipe(
     return d / "p.toml"
 
 
+def free_text_dataset(d: Path, *, n: int = N, sim: str = "") -> Path:
+    """A free-text dataset of `n` rows (`_recipe`) made in `d` by the launched simulator: its output."""
+    result = run(_recipe(d / "r", sim=sim, n=n), RunOptions(output=d / "out", progress=False))
+    assert result.status == "complete" and result.stats.rows == n
+    return d / "out"
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A free-text dataset of 12 rows made by the launched simulator, whose [sim] table makes it a
     `longer` judge too (the default judge: the dataset's teacher)."""
-    d = tmp_path_factory.mktemp("free")
-    result = run(_recipe(d / "r", sim='judge = "longer"'), RunOptions(output=d / "out", progress=False))
-    assert result.status == "complete" and result.stats.rows == N
-    return d / "out"
+    return free_text_dataset(tmp_path_factory.mktemp("free"), sim='judge = "longer"')
 
 
 def _copy(dataset: Path, tmp_path: Path) -> Path:

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_eval_judge import free_text_dataset
 
 import gen
-from gen import RunOptions, run
 from gen.budget import price_for
 from gen.evaluation import EvalOptions, prepare_eval, write_report
 
@@ -20,17 +20,7 @@ N = 8
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("free")
-    topics = json.dumps([f"topic {i}" for i in range(N)])
-    (d / "p.toml").write_text(
-        'name = "t"\nversion = "1"\nintended_use = "research"\neval_fraction = 0.3\n'
-        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
-        '[sampling]\nmax_tokens = 200\n[messages]\nsystem = "Answer briefly."\nuser = "About {{ topic }}"\n'
-        f"[variables]\ntopic = {topics}\n"
-    )
-    result = run(d / "p.toml", RunOptions(output=d / "out", progress=False))
-    assert result.status == "complete" and result.stats.rows == N
-    return d / "out"
+    return free_text_dataset(tmp_path_factory.mktemp("free"), n=N)
 
 
 def test_judge_tokens_and_cost_are_reported(dataset: Path, tmp_path: Path, sim_server) -> None:

@@ -174,21 +174,9 @@ def test_a_sigkilled_then_resumed_evaluation_reports_what_an_uninterrupted_one_d
 
 @pytest.fixture(scope="module")
 def free_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import json
+    from test_eval_judge import free_text_dataset
 
-    from gen import RunOptions, run
-
-    d = tmp_path_factory.mktemp("free")
-    topics = json.dumps([f"topic {i}" for i in range(12)])
-    (d / "p.toml").write_text(
-        'name = "t"\nversion = "1"\nintended_use = "research"\neval_fraction = 0.3\n'
-        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "mit"\n'
-        '[sampling]\nmax_tokens = 200\n[messages]\nsystem = "Answer briefly."\nuser = "About {{ topic }}"\n'
-        f"[variables]\ntopic = {topics}\n"
-    )
-    result = run(d / "p.toml", RunOptions(output=d / "out", progress=False))
-    assert result.status == "complete" and result.stats.rows == 12
-    return d / "out"
+    return free_text_dataset(tmp_path_factory.mktemp("free"), n=12)
 
 
 def test_max_usd_below_one_pair_judges_one_pair_not_a_pair_per_worker(
