@@ -26,8 +26,8 @@ SCHEMA = {
 }
 
 
-def _recipe(tmp_path: Path, seeds: list[int], words: list[str], samples: int = 1) -> Path:
-    """A prompt file over a seed table (`seeds`) times a variable file (`words`)."""
+def _recipe(tmp_path: Path, seeds: list[int], words: list[str], samples: int = 1, extra: str = "") -> Path:
+    """A prompt file over a seed table (`seeds`) times a variable file (`words`); `extra`: more TOML."""
     (tmp_path / "answer.json").write_text(json.dumps(SCHEMA))
     (tmp_path / "seeds.jsonl").write_text("".join(json.dumps({"n": n}) + "\n" for n in seeds))
     (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
@@ -37,7 +37,7 @@ def _recipe(tmp_path: Path, seeds: list[int], words: list[str], samples: int = 1
         '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
         '[seed]\npath = "seeds.jsonl"\nlicense = "cc0-1.0"\n'
         '[messages]\nuser = "Explain item {{ n }} as a {{ w }}."\n'
-        '[variables]\nw = { file = "words.txt" }\n'
+        '[variables]\nw = { file = "words.txt" }\n' + extra
     )
     return tmp_path / "p.toml"
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from helpers import ids_in
+from test_resume_prefix import _recipe, _stream
 
 from gen import RunOptions, run
 from gen import decided as decided_mod
@@ -22,32 +23,6 @@ from gen.config import load_prompt_file
 from gen.dedup import Deduplicator
 from gen.outdir import OutputDir
 from gen.templates import Expansion
-
-SCHEMA = {
-    "type": "object",
-    "properties": {"answer": {"type": "string"}},
-    "required": ["answer"],
-    "additionalProperties": False,
-}
-
-
-def _recipe(tmp_path: Path, seeds: list[int], words: list[str], samples: int = 1, extra: str = "") -> Path:
-    (tmp_path / "answer.json").write_text(json.dumps(SCHEMA))
-    (tmp_path / "seeds.jsonl").write_text("".join(json.dumps({"n": n}) + "\n" for n in seeds))
-    (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
-    (tmp_path / "p.toml").write_text(
-        f'name = "review"\nversion = "1"\nintended_use = "research"\nschema = "answer.json"\n'
-        f"samples = {samples}\neval_fraction = 0.1\n"
-        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
-        '[seed]\npath = "seeds.jsonl"\nlicense = "cc0-1.0"\n'
-        '[messages]\nuser = "Explain item {{ n }} as a {{ w }}."\n'
-        '[variables]\nw = { file = "words.txt" }\n' + extra
-    )
-    return tmp_path / "p.toml"
-
-
-def _stream(prompt: Path, samples: int | None = None) -> list[str]:
-    return [t.id for t in Expansion(load_prompt_file(prompt), None, samples=samples).tasks()]
 
 
 def _held(out: Path) -> list[str]:
@@ -72,6 +47,31 @@ def _gen(prompt: Path, out: Path, base_url: str, *extra: str) -> subprocess.Pope
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _killed_after_a_checkpoint(prompt: Path, out: Path, base_url: str, delay_s: float, *extra: str) -> bool:
+    """Start a gen run into `out`, let it reach its first checkpoint, wait `delay_s` more, then SIGKILL it
+    if it still runs (True) and reap it."""
+
+    def shards() -> list:
+        return json.loads((out / "manifest.json").read_text())["shards"]
+
+    started = shards() if out.exists() else []
+    proc = _gen(prompt, out, base_url, *extra)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:  # until this run's first checkpoint
+        try:
+            if len(shards()) > len(started):
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+    time.sleep(delay_s)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    return killed
+
+
 def test_sigkill_again_and_again_with_repeated_inputs_and_rejects(tmp_path: Path, sim_server) -> None:
     """Inputs listed twice (one id at two stream positions, dispatched out of order by the prompt-prefix
     grouping), answers that end as rejects, kills at random instants (between a shard and the marker
@@ -86,21 +86,9 @@ def test_sigkill_again_and_again_with_repeated_inputs_and_rejects(tmp_path: Path
     rng = random.Random(16)
     kills, marks = 0, []
     for _ in range(5):
-        started = json.loads((out / "manifest.json").read_text())["shards"] if out.exists() else []
-        proc = _gen(prompt, out, sim.base_url, "--shard-rows", "9")
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:  # until this run's first checkpoint
-            try:
-                if len(json.loads((out / "manifest.json").read_text())["shards"]) > len(started):
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.05, 0.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=60)
+        kills += _killed_after_a_checkpoint(
+            prompt, out, sim.base_url, rng.uniform(0.05, 0.6), "--shard-rows", "9"
+        )
         marks.append(_marker_holds(out, stream))
         held = _held(out)
         assert len(held) == len(set(held)), "an id was written twice"
@@ -408,21 +396,9 @@ def test_sigkill_with_near_dedup_queued_rows(tmp_path: Path, sim_server) -> None
     rng = random.Random(4)
     kills = 0
     for _ in range(3):
-        started = json.loads((out / "manifest.json").read_text())["shards"] if out.exists() else []
-        proc = _gen(prompt, out, sim.base_url, "--shard-rows", "50", "--max-concurrency", "16")
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if len(json.loads((out / "manifest.json").read_text())["shards"]) > len(started):
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=60)
+        kills += _killed_after_a_checkpoint(
+            prompt, out, sim.base_url, rng.uniform(0.0, 0.3), "--shard-rows", "50", "--max-concurrency", "16"
+        )
         _marker_holds(out, stream)
         held = _held(out)
         assert len(held) == len(set(held)), "an id was written twice"
