@@ -9,8 +9,8 @@ child that gives none is killed, that call fails, and the next call starts a new
 
 The child ignores SIGINT (Ctrl-C reaches the whole process group: the parent decides what it means, and
 kills the child, so an answer being decided does not become an error), and ends when its parent ends (a
-SIGKILL included: a call that computes for ever never reads its pipe again). `close` kills the child
-before it waits for a call in progress.
+SIGKILL included, by the kernel on Linux: a call that computes for ever never reads its pipe again, and
+may hold its GIL). `close` kills the child before it waits for a call in progress.
 
 This module imports nothing else of gen, so the child starts with what `load` imports alone.
 """
@@ -178,10 +178,25 @@ def _main_left_alone() -> Any:
 
 def _exit_with_parent() -> None:
     """End this process when the parent's ends (a SIGKILL included): a call that hangs never reads the
-    pipe's end, and would spin on as an orphan."""
+    pipe's end, and would spin on as an orphan.
+
+    On Linux the kernel does it (PR_SET_PDEATHSIG with SIGKILL): a watcher thread cannot run while the
+    verdict function holds the GIL in C code (a regular expression that backtracks, sympy's integer
+    power), and CI once saw math-verify's child outlive its SIGKILLed parent so. The kernel's parent is
+    the thread that started the child: gen starts it from its one verification thread (or the main
+    thread), which lives as long as the run. Elsewhere, a watcher thread does what it can."""
     parent = multiprocessing.parent_process()
     if parent is None or parent.sentinel is None:
         return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent.pid:  # the parent ended before the kernel was told
+                os._exit(1)
+            return
 
     def watch() -> None:
         multiprocessing.connection.wait([parent.sentinel])
