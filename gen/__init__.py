@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Arrow's C++ default pool (mimalloc; the Parquet writer allocates from it whatever pool pyarrow is
+# given) asks for transparent huge pages, and purges freed ones after a second: every shard write then
+# faults in and zeroes fresh 2 MB pages, which on cloud VMs are faulted in from the host. That was 30-67
+# us a row of system time for a shard of 8,000-token traces, against 4 us with small pages
+# (bench/README.md, `reasoning.py`). Read when pyarrow loads: set here, before any of gen imports it;
+# a value the user set is kept.
+os.environ.setdefault("MIMALLOC_ALLOW_THP", "0")
 
 if TYPE_CHECKING:
     from gen.config import RunOptions
