@@ -406,7 +406,7 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
 # front of them before compressing; a v2 page keeps the levels apart. With 8,000-token traces that copy
 # was ~9 us a row of the ~70 a `field` shard's Parquet write costs (two copies of each trace), ~3 of
 # `drop`'s ~40. pyarrow, polars, duckdb and Hugging Face `datasets` read them (tests/test_shard_pages.py);
-# a reader that implements v1 pages only does not (README, "Output").
+# a reader that implements v1 pages only does not (README: "Shards are zstd-compressed Parquet").
 DATA_PAGE_VERSION = "2.0"
 
 
