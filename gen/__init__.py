@@ -14,6 +14,14 @@ __version__ = "0.1.0"
 # (bench/README.md, `reasoning.py`). Read when pyarrow loads: set here, before any of gen imports it;
 # a value the user set is kept.
 os.environ.setdefault("MIMALLOC_ALLOW_THP", "0")
+# Arrow's jemalloc, which gen asks for only to convert reasoning traces (gen.shards._conversion_pool),
+# keeps the pages it frees instead of purging them after a second: a shard's traces are tens of MB
+# freed at each shard write and needed again for the next shard, and each purged page was faulted in
+# (and, on a VM that hands freed memory to its host, fetched from the host) again, about 5 of a trace
+# row's 11 minor faults. Its RSS stays at the pool's peak, which the run reaches anyway (bench/README.md,
+# `reasoning.py`). pyarrow.jemalloc_set_decay_ms() cannot do this: it sets only arenas created later,
+# and the writer thread is served by the first. Read when Arrow's jemalloc starts; a value set is kept.
+os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
 
 if TYPE_CHECKING:
     from gen.config import RunOptions

@@ -48,6 +48,11 @@ _TASK_ID = re.compile(r"[0-9a-f]{16,128}")
 Usage = tuple[int, ...]
 # Buffers a writev may take; even, so that a piece ends with an entry (each is a head and a tail).
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) // 2 * 2 if hasattr(os, "sysconf") else 16
+# Bytes a writev takes past its first entry. Linux caches a write in folios as large as the write, up to
+# 2 MB, and on a VM whose host takes back freed memory those are faulted in from the host: a tick of 64
+# answers with 40 kB traces cost ~11 us an entry in one writev of 2.5 MB, ~5.5 in pieces of 1 MiB
+# (bench/README.md, `reasoning.py`; gen.shards writes files in such pieces too).
+_WRITE_MAX = 1 << 20
 
 
 def seal(entry: dict[str, Any]) -> bytes:
@@ -126,7 +131,7 @@ class Journal:
         self._segment = 0
         self._fd: int | None = None
         self.path: Path | None = None
-        self._pending: list[bytes | memoryview] = []  # whole entries, each as one or two parts
+        self._pending: list[bytes | memoryview] = []  # whole entries, each as two parts
         self._scheduled = False
         self.error: OSError | None = None
         self._open()
@@ -189,12 +194,22 @@ class Journal:
         if not self._pending or self._fd is None:
             return
         parts, self._pending = self._pending, []
-        # One writev of the tick's entries (in pieces of whole entries past the system's IOV_MAX).
-        for at in range(0, len(parts), _IOV_MAX):
-            chunk = parts[at : at + _IOV_MAX]
-            written = os.writev(self._fd, chunk)
-            if written != sum(map(len, chunk)):  # a short write means the disk filled up mid-entry
-                raise OSError(28, "short write to the journal (disk full?)", str(self.path))
+        # One writev of the tick's entries, in pieces of whole entries past the system's IOV_MAX or past
+        # _WRITE_MAX bytes (a piece holds at least one entry).
+        start = size = 0
+        for at in range(0, len(parts), 2):
+            entry = len(parts[at]) + len(parts[at + 1])
+            if at > start and (at - start >= _IOV_MAX or size + entry > _WRITE_MAX):
+                self._writev(parts[start:at])
+                start, size = at, 0
+            size += entry
+        self._writev(parts[start:])
+
+    def _writev(self, chunk: list[bytes | memoryview]) -> None:
+        assert self._fd is not None
+        written = os.writev(self._fd, chunk)
+        if written != sum(map(len, chunk)):  # a short write means the disk filled up mid-entry
+            raise OSError(28, "short write to the journal (disk full?)", str(self.path))
 
     def rotate(self) -> Path:
         """Close the current segment and start the next; returns the closed segment's path."""
