@@ -162,6 +162,7 @@ def _starts(n: int) -> list[int]:
 
 # Fewer sampled traces than this in one call are sampled one by one: numpy's cost per call is fixed.
 _BATCH_MIN = 8
+_CHUNK = 64  # traces sampled in numpy at once (their reaches 256 kB)
 _DOT, _SPACE = ord("."), ord(" ")
 
 
@@ -183,6 +184,15 @@ def trace_samples(traces: Sequence[str | None]) -> list[str]:
         for i, t, _ in todo:
             out[i] = trace_sample(t)
         return out
+    chunks = -(-len(todo) // _CHUNK)  # of equal size: numpy's temporaries stay in cache
+    size = -(-len(todo) // chunks)
+    for c in range(0, len(todo), size):
+        _sample_chunk(todo[c : c + size], out)
+    return out
+
+
+def _sample_chunk(todo: list[tuple[int, str, list[int]]], out: list[str]) -> None:
+    """trace_samples for ASCII traces longer than SAMPLE_WHOLE: (index in `out`, trace, starts) each."""
     # Every reach is SAMPLE_REACH characters (a start is at most n - SAMPLE_WIDTH - SAMPLE_REACH), and
     # an ASCII trace's characters are its bytes: reach w is data[w * SAMPLE_REACH :][:SAMPLE_REACH].
     data = b"".join([t[s : s + SAMPLE_REACH].encode() for _, t, starts in todo for s in starts])
@@ -219,7 +229,6 @@ def trace_samples(traces: Sequence[str | None]) -> list[str]:
             parts.append(t[start : start + SAMPLE_WIDTH])
             w += 1
         out[i] = " ".join(parts)
-    return out
 
 
 def _anchor(reach: str) -> int:
