@@ -160,6 +160,20 @@ def _starts(n: int) -> list[int]:
     ]
 
 
+def _starts_of(lengths: np.ndarray) -> list[list[int]]:
+    """`_starts` of each length (all > SAMPLE_WHOLE), in numpy: the same float64 operations."""
+    last = np.maximum(lengths - (SAMPLE_WIDTH + SAMPLE_REACH), 0)
+    span = last / (SAMPLE_WINDOWS - 1)
+    half = (SAMPLE_WINDOWS + 1) // 2
+    columns = [
+        (i * span).astype(np.int64) // SAMPLE_REACH * SAMPLE_REACH
+        if i < half
+        else last - ((SAMPLE_WINDOWS - 1 - i) * span).astype(np.int64) // SAMPLE_REACH * SAMPLE_REACH
+        for i in range(SAMPLE_WINDOWS)
+    ]
+    return np.stack(columns, axis=1).tolist()
+
+
 # Fewer sampled traces than this in one call are sampled one by one: numpy's cost per call is fixed.
 _BATCH_MIN = 8
 _CHUNK = 64  # traces sampled in numpy at once (their reaches 256 kB)
@@ -173,17 +187,20 @@ def trace_samples(traces: Sequence[str | None]) -> list[str]:
     there; only the anchor's `find` and the windows' slices are per window. A reach without two
     sentence ends, and a trace that is not ASCII, are sampled as trace_sample does."""
     out: list[str] = []
-    todo: list[tuple[int, str, list[int]]] = []
+    index: list[int] = []
     for i, t in enumerate(traces):
         if not t or len(t) <= SAMPLE_WHOLE or not t.isascii():
             out.append(trace_sample(t))
         else:
             out.append("")
-            todo.append((i, t, _starts(len(t))))
-    if len(todo) < _BATCH_MIN:
-        for i, t, _ in todo:
-            out[i] = trace_sample(t)
+            index.append(i)
+    if len(index) < _BATCH_MIN:
+        for i in index:
+            out[i] = trace_sample(traces[i])
         return out
+    sampled = [traces[i] for i in index]
+    starts = _starts_of(np.array([len(t) for t in sampled]))  # type: ignore[arg-type]
+    todo = list(zip(index, sampled, starts, strict=True))
     chunks = -(-len(todo) // _CHUNK)  # of equal size: numpy's temporaries stay in cache
     size = -(-len(todo) // chunks)
     for c in range(0, len(todo), size):

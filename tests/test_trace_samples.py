@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from gen.dedup import Deduplicator
-from gen.reasoning import SAMPLE_REACH, SAMPLE_WHOLE, trace_sample, trace_samples
+from gen.reasoning import SAMPLE_REACH, SAMPLE_WHOLE, _starts, _starts_of, trace_sample, trace_samples
 from gen.sim.instances import VOCAB
 from gen.sim.reasoning import _pool
 
@@ -77,3 +79,8 @@ def test_the_near_keys_of_a_batch_are_those_of_each_row() -> None:
         for reasoning in (True, False):
             dedup = Deduplicator(on=on, reasoning=reasoning)
             assert dedup.near_items(rows) == [dedup.near_item(r) for r in rows], (on, reasoning)
+
+
+def test_the_windows_offsets_in_numpy_are_those_of_each_length() -> None:
+    lengths = [*range(SAMPLE_WHOLE + 1, 60_000), 10**6 + 7, 3 * 10**6 + 1, 2**31 + 5]
+    assert _starts_of(np.array(lengths)) == [_starts(n) for n in lengths]
