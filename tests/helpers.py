@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +100,29 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in state
+
+
+def child_ends_with_parent(script: str, find_child: Callable[[subprocess.Popen[str]], int]) -> bool:
+    """Run `script` as a parent process (gen importable, its own session, stdout a text pipe), find the
+    child it started with `find_child(parent)`, SIGKILL the parent: whether the child ended within 20 s.
+    Both are killed in the end, whatever happens."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    child = 0
+    try:
+        child = find_child(parent)
+        parent.kill()
+        parent.wait(30)
+        deadline = time.monotonic() + 20
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not alive(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(30)
+        if child and alive(child):
+            os.kill(child, signal.SIGKILL)
+        parent.stdout.close()  # type: ignore[union-attr]

@@ -5,15 +5,11 @@ child outlive its SIGKILLed parent. Real processes and /proc."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
-from helpers import alive
+from helpers import alive, child_ends_with_parent
 
 # backtracks for ever inside the C regex engine, which never releases the GIL (no bytecode runs)
 GIL_HOLDING = """
@@ -56,20 +52,5 @@ def _spawned_child(parent: int, limit_s: float = 60) -> int:
 def test_a_child_holding_its_gil_does_not_outlive_a_sigkilled_parent(tmp_path: Path) -> None:
     (tmp_path / "verify.py").write_text(GIL_HOLDING)
     script = textwrap.dedent(PARENT).replace("VERIFY", repr(str(tmp_path / "verify.py")))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    parent = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
-    child = 0
-    try:
-        child = _spawned_child(parent.pid)
-        parent.kill()
-        parent.wait(30)
-        deadline = time.monotonic() + 20
-        while alive(child) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not alive(child), "the verifier's process outlived its parent"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(30)
-        if child and alive(child):
-            os.kill(child, signal.SIGKILL)
+    ended = child_ends_with_parent(script, lambda parent: _spawned_child(parent.pid))
+    assert ended, "the verifier's process outlived its parent"

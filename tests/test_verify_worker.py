@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 
 pytest.importorskip("math_verify")
 
-from helpers import alive
+from helpers import alive, child_ends_with_parent
 
 from gen.verify_math import MathWorker  # noqa: E402 (after the skip)
 
@@ -119,29 +118,14 @@ def test_a_math_child_does_not_outlive_a_sigkilled_parent() -> None:
     """The parent is SIGKILLed while its child computes: the child never reads its pipe again, so it
     must notice its parent's end some other way, not spin on as an orphan."""
     script = textwrap.dedent(PARENT).replace("SLOW", SLOW.replace("\\", "\\\\"))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    child = 0
-    try:
+
+    def computing_child(parent: subprocess.Popen[str]) -> int:
         line = parent.stdout.readline()  # type: ignore[union-attr]
         assert line.strip(), "the parent script printed no child"
-        child = int(line)
-        _computing(child)
-        parent.kill()
-        parent.wait(30)
-        deadline = time.monotonic() + 20
-        while alive(child) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not alive(child), "the math-verify process outlived its parent"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(30)
-        if child and alive(child):
-            os.kill(child, signal.SIGKILL)
-        parent.stdout.close()  # type: ignore[union-attr]
+        _computing(int(line))
+        return int(line)
+
+    assert child_ends_with_parent(script, computing_child), "the math-verify process outlived its parent"
 
 
 def test_close_while_a_call_hangs_stops_the_child_now() -> None:
