@@ -114,7 +114,12 @@ class ChildWorker:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_serve, args=(child, self.load, self.args), name=self.name, daemon=True)
-        _spawner().submit(_spawn, proc).result()
+        try:
+            _spawner().submit(_spawn, proc).result()
+        except RuntimeError as e:  # the interpreter is shutting down: no thread may start now
+            child.close()
+            parent.close()
+            raise ChildDied(str(e), at_start=True) from None
         child.close()
         self._proc, self._conn = proc, parent
         try:
