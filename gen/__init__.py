@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 # faults in and zeroes fresh 2 MB pages, which on cloud VMs are faulted in from the host. That was 30-67
 # us a row of system time for a shard of 8,000-token traces, against 4 us with small pages
 # (bench/README.md, `reasoning.py`). Read when pyarrow loads: set here, before any of gen imports it;
-# a value the user set is kept.
-os.environ.setdefault("MIMALLOC_ALLOW_THP", "0")
+# a value the user set is kept. mimalloc applies it with prctl(PR_SET_THP_DISABLE): for the whole
+# process, and for every process it starts afterwards (the flag survives fork and exec); the vLLM
+# launcher undoes it, and these variables, for the server (gen.launchers.vllm).
 # Arrow's jemalloc, which gen asks for only to convert reasoning traces (gen.shards._conversion_pool),
 # keeps the pages it frees instead of purging them after a second: a shard's traces are tens of MB
 # freed at each shard write and needed again for the next shard, and each purged page was faulted in
@@ -21,7 +22,13 @@ os.environ.setdefault("MIMALLOC_ALLOW_THP", "0")
 # row's 11 minor faults. Its RSS stays at the pool's peak, which the run reaches anyway (bench/README.md,
 # `reasoning.py`). pyarrow.jemalloc_set_decay_ms() cannot do this: it sets only arenas created later,
 # and the writer thread is served by the first. Read when Arrow's jemalloc starts; a value set is kept.
-os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
+ALLOCATOR_DEFAULTS = {
+    "MIMALLOC_ALLOW_THP": "0",
+    "JE_ARROW_MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1",
+}
+for _name, _value in ALLOCATOR_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+del _name, _value
 
 if TYPE_CHECKING:
     from gen.config import RunOptions

@@ -114,8 +114,12 @@ class ChildWorker:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_serve, args=(child, self.load, self.args), name=self.name, daemon=True)
-        with _main_left_alone():
-            proc.start()
+        try:
+            _spawner().submit(_spawn, proc).result()
+        except RuntimeError as e:  # the interpreter is shutting down: no thread may start now
+            child.close()
+            parent.close()
+            raise ChildDied(str(e), at_start=True) from None
         child.close()
         self._proc, self._conn = proc, parent
         try:
@@ -162,6 +166,28 @@ def _serve(conn: Connection, load: Callable[..., Callable[..., Any]], args: tupl
             conn.send((False, (type(e).__name__, str(e)[:_SHOWN])))
 
 
+_SPAWNER: tuple[int, Any] | None = None  # (pid, executor): a forked process needs a thread of its own
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawner() -> Any:
+    """The one thread that starts children, for as long as this process lives: on Linux the child's
+    kernel-side parent is the thread that forked it (PR_SET_PDEATHSIG fires when that THREAD ends), and
+    a worker is thread-safe, so a calling thread that ended killed the child under the next caller."""
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None or _SPAWNER[0] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor  # not in the child: it starts lean
+
+            _SPAWNER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="gen-verify-spawn"))
+        return _SPAWNER[1]
+
+
+def _spawn(proc: Any) -> None:
+    with _main_left_alone():
+        proc.start()
+
+
 @contextlib.contextmanager
 def _main_left_alone() -> Any:
     """Spawn without the parent's `__main__`: multiprocessing's spawn runs the parent's main script again
@@ -183,8 +209,8 @@ def _exit_with_parent() -> None:
     On Linux the kernel does it (PR_SET_PDEATHSIG with SIGKILL): a watcher thread cannot run while the
     verdict function holds the GIL in C code (a regular expression that backtracks, sympy's integer
     power), and CI once saw math-verify's child outlive its SIGKILLed parent so. The kernel's parent is
-    the thread that started the child: gen starts it from its one verification thread (or the main
-    thread), which lives as long as the run. Elsewhere, a watcher thread does what it can."""
+    the thread that started the child: ChildWorker starts every child from one thread that lives as
+    long as the process (_spawner). Elsewhere, a watcher thread does what it can."""
     parent = multiprocessing.parent_process()
     if parent is None or parent.sentinel is None:
         return

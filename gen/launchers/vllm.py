@@ -45,6 +45,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gen import ALLOCATOR_DEFAULTS
 from gen.errors import ConfigError, GenError
 
 __all__ = ["LaunchError", "VLLMServer", "VLLMSettings", "vllm_available"]
@@ -171,6 +172,7 @@ def _connect_host(host: str) -> str:
 # --------------------------------------------------------------------------- the child's setup
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_THP_DISABLE = 41
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -191,14 +193,18 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: a new session (so a new process group), then SIGTERM on the parent's death."""
+def _child_setup(parent_pid: int, allow_thp: bool) -> Callable[[], None]:
+    """preexec_fn: a new session (so a new process group), then SIGTERM on the parent's death; with
+    `allow_thp`, transparent huge pages back on (gen's MIMALLOC_ALLOW_THP=0 turned them off for gen's
+    process and, through fork and exec, for its children: gen's setting, not the server's)."""
     prctl = _PRCTL
     sigterm = int(signal.SIGTERM)
 
     def setup() -> None:
         os.setsid()
         if prctl is not None:
+            if allow_thp:
+                prctl(_PR_SET_THP_DISABLE, 0, 0, 0, 0)
             prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
             # The parent may have died between fork and prctl; then the signal would never come.
             if os.getppid() != parent_pid:
@@ -332,7 +338,10 @@ class VLLMServer:
         return argv + list(s.extra_args)
 
     def _environment(self) -> dict[str, str]:
-        env = {**os.environ, **self.settings.env}
+        # gen's allocator defaults (gen/__init__.py) are for gen's process, not the server's; the
+        # settings' env may set them for it.
+        inherited = {k: v for k, v in os.environ.items() if ALLOCATOR_DEFAULTS.get(k) != v}
+        env = {**inherited, **self.settings.env}
         env.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach the file (and progress) at once
         if self.settings.api_key is not None:
             env["VLLM_API_KEY"] = self.settings.api_key
@@ -373,9 +382,10 @@ class VLLMServer:
         self._open_log()
         self._died = self._keep_log = False
         assert self._log_path is not None
+        env = self._environment()
         with open(self._log_path, "wb") as log:
             setup: dict[str, Any] = (
-                {"preexec_fn": _child_setup(os.getpid())}
+                {"preexec_fn": _child_setup(os.getpid(), env.get("MIMALLOC_ALLOW_THP") != "0")}
                 if _PRCTL is not None
                 else {"start_new_session": True}
             )
@@ -385,7 +395,7 @@ class VLLMServer:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=self._environment(),
+                    env=env,
                     close_fds=True,
                     **setup,
                 )
