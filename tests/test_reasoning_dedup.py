@@ -103,32 +103,57 @@ def test_resume_keys_the_committed_rows_as_the_run_did(tmp_path: Path, sim_serve
             assert batch.keys["near"] == d.keys("near", [rows[i] for i in batch.ids])
 
 
-def test_shard_buffers_are_bounded_by_the_text_they_hold(tmp_path: Path) -> None:
-    """A shard's worth is rows_per_shard rows or max_buffer_chars characters of answers and traces,
-    whichever comes first: 30,000-token traces do not pile up 50,000 rows deep in memory."""
+def _full_at(tmp_path: Path, rows: list[dict]) -> tuple[list[int], list[int]]:
+    """Where a ShardWriter (1,000,000 characters, 50,000 rows) says a shard's worth is buffered, adding
+    `rows` with a checkpoint each time; and the shards' row counts."""
     import asyncio
 
     import pyarrow.parquet as pq
 
     from gen.shards import ShardWriter
 
-    row = rows_in_one(tmp_path)
-    trace = "t" * 120_000  # ~30,000 tokens
-
     async def go() -> list[int]:
         writer = ShardWriter(tmp_path / "w", rows_per_shard=50_000, max_buffer_chars=1_000_000)
         full_at = []
-        for i in range(12):
-            if writer.add("train", {**row, "id": f"{i:032x}", "reasoning": trace}):
+        for i, row in enumerate(rows):
+            if writer.add("train", {**row, "id": f"{i:032x}"}):
                 full_at.append(i)
                 await writer.checkpoint()
         await writer.close()
         return full_at
 
     full_at = asyncio.run(go())
-    assert full_at == [4, 9]  # 5 rows x 2 x 120,000 characters passed 1,000,000
     sizes = sorted(pq.read_metadata(f).num_rows for f in (tmp_path / "w" / "data").glob("*.parquet"))
-    assert sizes == [2, 5, 5]
+    return full_at, sizes
+
+
+def test_shard_buffers_are_bounded_by_the_text_they_hold(tmp_path: Path) -> None:
+    """A shard's worth is rows_per_shard rows or max_buffer_chars characters of answers and traces,
+    whichever comes first: 30,000-token traces do not pile up 50,000 rows deep in memory."""
+    row = rows_in_one(tmp_path)
+    trace = "t" * 240_000  # ~60,000 tokens, in `reasoning` alone (as `drop` keeps it)
+    assert _full_at(tmp_path, [{**row, "reasoning": trace}] * 12) == ([4, 9], [2, 5, 5])  # 5 x 240,000
+
+
+def test_a_trace_is_counted_as_many_times_as_the_row_holds_it(tmp_path: Path) -> None:
+    """`field` shares the trace's str with the assistant message: counted once, as `drop`'s; counted
+    twice, the shards of `field` were half the size of `drop`'s, and a checkpoint costs the same whatever
+    a shard's size. `think-tags` copies it into the assistant's content: counted twice."""
+    from gen.reasoning import assistant_message
+
+    row = rows_in_one(tmp_path)
+    trace = "t" * 120_000
+
+    def formatted(fmt: str) -> dict:
+        answer = row["output"] if row["output"] is not None else row["response"]
+        return {
+            **row,
+            "reasoning": trace,
+            "messages": [*row["messages"][:-1], assistant_message(answer, trace, fmt)],
+        }
+
+    assert _full_at(tmp_path / "field", [formatted("field")] * 12) == ([8], [3, 9])  # 9 x 120,000
+    assert _full_at(tmp_path / "tags", [formatted("think-tags")] * 12) == ([4, 9], [2, 5, 5])  # 5 x 2 x
 
 
 def rows_in_one(tmp_path: Path) -> dict:
