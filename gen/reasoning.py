@@ -20,11 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
-import numpy as np
 import orjson
 import xxhash
-
-from gen.xxh3_batch import xxh3_short
 
 ReasoningFormat = Literal["field", "think-tags", "drop"]
 REASONING_FORMATS: Final = ("field", "think-tags", "drop")
@@ -160,9 +157,11 @@ def _starts(n: int) -> list[int]:
     ]
 
 
-def _starts_of(lengths: np.ndarray) -> list[list[int]]:
+def _starts_of(lengths: list[int]) -> list[list[int]]:
     """`_starts` of each length (all > SAMPLE_WHOLE), in numpy: the same float64 operations."""
-    last = np.maximum(lengths - (SAMPLE_WIDTH + SAMPLE_REACH), 0)
+    import numpy as np  # here, not at the top: `gen run`, `gen eval` and `gen sim` start without numpy
+
+    last = np.maximum(np.array(lengths) - (SAMPLE_WIDTH + SAMPLE_REACH), 0)
     span = last / (SAMPLE_WINDOWS - 1)
     half = (SAMPLE_WINDOWS + 1) // 2
     columns = [
@@ -199,7 +198,7 @@ def trace_samples(traces: Sequence[str | None]) -> list[str]:
             out[i] = trace_sample(traces[i])
         return out
     sampled = [traces[i] for i in index]
-    starts = _starts_of(np.array([len(t) for t in sampled]))  # type: ignore[arg-type]
+    starts = _starts_of([len(t) for t in sampled])  # type: ignore[arg-type]
     todo = list(zip(index, sampled, starts, strict=True))
     chunks = -(-len(todo) // _CHUNK)  # of equal size: numpy's temporaries stay in cache
     size = -(-len(todo) // chunks)
@@ -210,6 +209,10 @@ def trace_samples(traces: Sequence[str | None]) -> list[str]:
 
 def _sample_chunk(todo: list[tuple[int, str, list[int]]], out: list[str]) -> None:
     """trace_samples for ASCII traces longer than SAMPLE_WHOLE: (index in `out`, trace, starts) each."""
+    import numpy as np  # see _starts_of
+
+    from gen.xxh3_batch import xxh3_short
+
     # Every reach is SAMPLE_REACH characters (a start is at most n - SAMPLE_WIDTH - SAMPLE_REACH), and
     # an ASCII trace's characters are its bytes: reach w is data[w * SAMPLE_REACH :][:SAMPLE_REACH].
     data = b"".join([t[s : s + SAMPLE_REACH].encode() for _, t, starts in todo for s in starts])
