@@ -48,7 +48,7 @@ import orjson
 import xxhash
 
 from gen import __version__
-from gen.outdir import OutputDir, partial_path
+from gen.outdir import WRITE_PIECE, OutputDir, partial_path
 
 FORMAT = 2  # 1: the same with a blake2b-256 checksum
 MAGIC = b"GENDIDX1"
@@ -262,9 +262,8 @@ def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], 
             for chunk in parts + [_bytes(a) for _, a in arrays]:
                 h.update(chunk)
                 view = memoryview(chunk)
-                # In writes of at most 1 MiB: larger ones are cached in 2 MB folios (gen.shards._WRITE_PIECE)
-                for at in range(0, len(view), _WRITE_PIECE):
-                    f.write(view[at : at + _WRITE_PIECE])
+                for at in range(0, len(view), WRITE_PIECE):  # see WRITE_PIECE
+                    f.write(view[at : at + WRITE_PIECE])
             f.write(h.digest())
             f.flush()
             os.fsync(f.fileno())
@@ -272,9 +271,6 @@ def write(out_dir: Path, rel: str, shard_sha256: str, settings: dict[str, Any], 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-_WRITE_PIECE = 1 << 20
 
 
 def _bytes(a: np.ndarray) -> memoryview:

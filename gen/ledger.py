@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 import xxhash
 
-from gen.outdir import SPLITS, OutputDir
+from gen.outdir import SPLITS, WRITE_PIECE, OutputDir
 
 _TASK_ID = re.compile(r"[0-9a-f]{16,128}")
 # (prompt tokens, completion tokens), or with the prompt tokens read from and written to the provider's
@@ -48,11 +48,6 @@ _TASK_ID = re.compile(r"[0-9a-f]{16,128}")
 Usage = tuple[int, ...]
 # Buffers a writev may take; even, so that a piece ends with an entry (each is a head and a tail).
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) // 2 * 2 if hasattr(os, "sysconf") else 16
-# Bytes a writev takes past its first entry. Linux caches a write in folios as large as the write, up to
-# 2 MB, and on a VM whose host takes back freed memory those are faulted in from the host: a tick of 64
-# answers with 40 kB traces cost ~11 us an entry in one writev of 2.5 MB, ~5.5 in pieces of 1 MiB
-# (bench/README.md, `reasoning.py`; gen.shards writes files in such pieces too).
-_WRITE_MAX = 1 << 20
 
 
 def seal(entry: dict[str, Any]) -> bytes:
@@ -195,11 +190,12 @@ class Journal:
             return
         parts, self._pending = self._pending, []
         # One writev of the tick's entries, in pieces of whole entries past the system's IOV_MAX or past
-        # _WRITE_MAX bytes (a piece holds at least one entry).
+        # WRITE_PIECE bytes (a piece holds at least one entry): a tick of 64 answers with 40 kB traces
+        # cost ~11 us an entry in one writev of 2.5 MB, ~5.5 in pieces of 1 MiB (see WRITE_PIECE).
         start = size = 0
         for at in range(0, len(parts), 2):
             entry = len(parts[at]) + len(parts[at + 1])
-            if at > start and (at - start >= _IOV_MAX or size + entry > _WRITE_MAX):
+            if at > start and (at - start >= _IOV_MAX or size + entry > WRITE_PIECE):
                 self._writev(parts[start:at])
                 start, size = at, 0
             size += entry

@@ -38,6 +38,11 @@ FOLDERS: Final = {"train": "data", "eval": "data", "rejects": "rejects", "duplic
 SHARD_FOLDERS: Final = tuple(sorted(set(FOLDERS.values())))  # data, duplicates, rejects
 MERGE_DUPLICATES: Final = "duplicates/duplicates-merge-{:05d}.parquet"
 NOT_AN_OUTPUT: Final = f"no {MANIFEST}: not a gen output directory"
+# The most bytes one write() (or writev()) of gen's files carries: shards, index segments, the journal's
+# ticks. Linux (6.x) caches a write's bytes in folios as large as the write, up to 2 MB, which a VM whose
+# host takes back freed memory faults in from the host: ~50x slower than 1 MB writes (a 20 MB shard:
+# ~250 ms of system time against 5; 17 us a row with 8,000-token traces; bench/README.md, `reasoning.py`).
+WRITE_PIECE: Final = 1 << 20
 
 
 def partition_tag(partition: int) -> str:

@@ -27,6 +27,7 @@ import orjson
 from gen.outdir import (  # noqa: F401  (re-exported: the shard names are part of this module's API)
     FOLDERS,
     SPLITS,
+    WRITE_PIECE,
     OutputDir,
     ShardName,
     parse_shard_name,
@@ -194,13 +195,6 @@ class ShardInfo:
         }
 
 
-# Largest write() of a file's bytes. Linux (6.x) caches a write's bytes in folios as large as the write,
-# up to 2 MB: a shard written in one call took 2 MB folios, which a VM whose host takes back freed memory
-# faults in from the host, ~50x slower than 1 MB writes (20 MB: ~250 ms against 5 of system time, measured;
-# 17 us a row with 8,000-token traces, bench/README.md, `reasoning.py`).
-_WRITE_PIECE = 1 << 20
-
-
 def atomic_write_bytes(path: Path, data: bytes | pa.Buffer) -> None:
     """Write a file so that a crash leaves the old version or the new one, never a torn one."""
     tmp = partial_path(path, os.getpid())
@@ -209,7 +203,7 @@ def atomic_write_bytes(path: Path, data: bytes | pa.Buffer) -> None:
     try:
         at = 0
         while at < len(view):  # os.write may write less than asked: go on from where it stopped
-            at += os.write(fd, view[at : at + _WRITE_PIECE])
+            at += os.write(fd, view[at : at + WRITE_PIECE])  # see WRITE_PIECE
         os.fsync(fd)
     finally:
         os.close(fd)
