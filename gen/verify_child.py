@@ -12,7 +12,8 @@ kills the child, so an answer being decided does not become an error), and ends 
 SIGKILL included, by the kernel on Linux: a call that computes for ever never reads its pipe again, and
 may hold its GIL). `close` kills the child before it waits for a call in progress.
 
-This module imports nothing else of gen, so the child starts with what `load` imports alone.
+This module imports nothing else of gen but gen.prctl (the standard library's ctypes), so the child
+starts with what `load` imports alone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import types
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
+
+from gen.prctl import PR_SET_PDEATHSIG, load_prctl
 
 START_TIMEOUT_S = 120.0  # a child's start and its `load`, apart from any call's time limit
 _SHOWN = 200  # characters of an error message sent back
@@ -214,15 +217,11 @@ def _exit_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is None or parent.sentinel is None:
         return
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1  # <linux/prctl.h>
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
-            if os.getppid() != parent.pid:  # the parent ended before the kernel was told
-                os._exit(1)
-            return
+    prctl = load_prctl()
+    if prctl is not None and prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+        if os.getppid() != parent.pid:  # the parent ended before the kernel was told
+            os._exit(1)
+        return
 
     def watch() -> None:
         multiprocessing.connection.wait([parent.sentinel])

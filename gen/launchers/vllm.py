@@ -47,6 +47,7 @@ import orjson
 
 from gen import ALLOCATOR_DEFAULTS
 from gen.errors import ConfigError, GenError
+from gen.prctl import PR_SET_PDEATHSIG, PR_SET_THP_DISABLE, load_prctl
 
 __all__ = ["LaunchError", "VLLMServer", "VLLMSettings", "vllm_available"]
 
@@ -171,26 +172,7 @@ def _connect_host(host: str) -> str:
 
 # --------------------------------------------------------------------------- the child's setup
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_THP_DISABLE = 41
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    # Loaded in the parent: the child, between fork and exec, must not dlopen or allocate much.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-_PRCTL = _load_prctl()
+_PRCTL = load_prctl()
 
 
 def _child_setup(parent_pid: int, allow_thp: bool) -> Callable[[], None]:
@@ -204,8 +186,8 @@ def _child_setup(parent_pid: int, allow_thp: bool) -> Callable[[], None]:
         os.setsid()
         if prctl is not None:
             if allow_thp:
-                prctl(_PR_SET_THP_DISABLE, 0, 0, 0, 0)
-            prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+                prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0)
+            prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
             # The parent may have died between fork and prctl; then the signal would never come.
             if os.getppid() != parent_pid:
                 os.kill(os.getpid(), signal.SIGTERM)
