@@ -126,3 +126,21 @@ def child_ends_with_parent(script: str, find_child: Callable[[subprocess.Popen[s
         if child and alive(child):
             os.kill(child, signal.SIGKILL)
         parent.stdout.close()  # type: ignore[union-attr]
+
+
+def killed_with_answers(proc: subprocess.Popen, out: Path, answers: int) -> Path:
+    """SIGKILL the `gen run` child `proc` (writing to `out`) once its first journal segment holds
+    `answers` answers, and return that segment; asserts that it did within 60 s and that no checkpoint
+    had put any row in a shard by then."""
+    deadline = time.monotonic() + 60
+    segment = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list((out / "journal").glob("*.jsonl"))
+        if found and found[0].read_bytes().count(b'"r":{') >= answers:
+            segment = found[0]
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert segment is not None and not ids_in(out, "data"), "no checkpoint should have happened yet"
+    return segment

@@ -6,16 +6,14 @@ what the journal lacks, and a corrupted old entry is still caught."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
 import orjson
 import xxhash
-from helpers import all_task_ids, ids_in, rows_in, settled_requests
+from helpers import all_task_ids, ids_in, killed_with_answers, rows_in, settled_requests
 
 from gen.ledger import BadEntry, BatchLog, Entry, LoggedBatch, journal_entries, seal
 
@@ -51,17 +49,7 @@ def test_a_journal_sealed_with_crc32_replays_and_its_corruption_is_caught(tmp_pa
     cmd = [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", sim.base_url, "--output", str(out)]
     cmd += ["--no-progress", "--max-concurrency", "4", "--shard-rows", "100000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    segment = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = list((out / "journal").glob("*.jsonl"))
-        if found and found[0].read_bytes().count(b'"r":{') >= 30:
-            segment = found[0]
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert segment is not None and not ids_in(out, "data"), "no checkpoint should have happened yet"
+    segment = killed_with_answers(proc, out, 30)
 
     # The journal as the older gen wrote it: every whole line sealed with CRC-32 (a torn last one stays).
     *whole, last = segment.read_bytes().split(b"\n")

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
-from helpers import all_task_ids, ids_in, settled_requests
+from helpers import all_task_ids, ids_in, killed_with_answers, settled_requests
 
 from gen.ledger import BadEntry, Entry, Journal, journal_entries, seal
 
@@ -52,18 +50,7 @@ def test_malformed_and_edited_entries_are_skipped_and_asked_again(tmp_path: Path
     prompt = _recipe(tmp_path, n=200)
     sim = sim_server(latency_ms=5)
     out = tmp_path / "o"
-    proc = _gen(prompt, out, sim.base_url)
-    deadline = time.monotonic() + 60
-    segment = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        segments = list((out / "journal").glob("*.jsonl"))
-        if segments and len(_answer_lines(segments[0])) >= 40:
-            segment = segments[0]
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert segment is not None and not ids_in(out, "data"), "no checkpoint should have happened yet"
+    segment = killed_with_answers(_gen(prompt, out, sim.base_url), out, 40)
 
     lines = segment.read_bytes().splitlines()
     answers = _answer_lines(segment)[:-1]  # not the last: it may be torn
