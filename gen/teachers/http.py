@@ -20,6 +20,7 @@ import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from gen.errors import FatalTeacherError, TeacherError, redact, register_secret
+from gen.teachers import replyjson
 from gen.teachers.transports import open_transport
 from gen.teachers.wire import WireError
 
@@ -228,9 +229,10 @@ R = TypeVar("R")
 
 def parse_reply(adapter: TypeAdapter[R], raw: bytes) -> R:
     """A 2xx body checked against the protocol's reply model (validated from orjson's parse, which
-    refuses NaN, inf and integers too big to store): unreadable or malformed is a retryable TeacherError."""
+    refuses NaN, inf and integers too big to store, or from simdjson's where it reads alike: see
+    gen.teachers.replyjson): unreadable or malformed is a retryable TeacherError."""
     try:
-        return adapter.validate_python(orjson.loads(raw))
+        return adapter.validate_python(replyjson.loads(raw))
     except orjson.JSONDecodeError:
         raise unreadable(raw) from None
     except ValidationError as e:
