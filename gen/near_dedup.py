@@ -291,6 +291,9 @@ _SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = 1
 _SPACE_ONE = _SPACE.copy()  # one text, NUL is an ordinary character
 _SPACE[0] = 2
 _CHUNK_TEXTS = 64  # texts hashed per numpy pass: keeps the working set in cache (256: ~30% slower)
+# ...and about this many characters a pass at most (~30 bytes of temporaries each): 64 texts of a
+# trace row (its answer and its trace's sample, ~860 characters) cost ~0.5 us a row more than 38.
+_CHUNK_CHARS = 1 << 15
 
 
 def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -310,8 +313,9 @@ def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return flat, offsets
     flats: list[np.ndarray] = []
     counts: list[np.ndarray] = []
-    for i in range(0, len(texts), _CHUNK_TEXTS):
-        flat, count = _shingle_chunk(texts[i : i + _CHUNK_TEXTS])
+    size = max(1, min(_CHUNK_TEXTS, _CHUNK_CHARS * len(texts) // max(1, sum(map(len, texts)))))
+    for i in range(0, len(texts), size):
+        flat, count = _shingle_chunk(texts[i : i + size])
         flats.append(flat)
         counts.append(count)
     offsets = np.zeros(len(texts) + 1, _U64)
@@ -413,6 +417,10 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
 _EMPTY = np.uint32(0xFFFFFFFF)
 _LOW32 = _U64(0xFFFFFFFF)
 _SIG_ROWS = 256  # texts per signature pass: its temporaries stay in cache (4096: ~35% slower)
+# ...and at most this many shingles a pass (but one text at least): the per-shingle temporaries (~40
+# bytes a shingle) of 256 long texts (a trace's sample joins the answer's text: ~275 shingles a row
+# against ~106) left the cache, and the pass cost ~8 us a row instead of ~4.6.
+_SIG_SHINGLES = 1 << 15
 
 
 @lru_cache(maxsize=16)
@@ -471,8 +479,11 @@ def signatures(
     fps = np.empty((n, bands), np.uint32)
     mix = _U64(_fmix_int(seed ^ 0x6F6E655F7065726D) | 1)
     coef, salts = _band_coefficients(bands, rows)
-    for a in range(0, n, _SIG_ROWS):
+    a = 0
+    while a < n:
         b = min(n, a + _SIG_ROWS)
+        if int(offsets[b]) - int(offsets[a]) > _SIG_SHINGLES:
+            b = max(a + 1, int(offsets.searchsorted(int(offsets[a]) + _SIG_SHINGLES, "right")) - 1)
         m = b - a
         lo, hi = int(offsets[a]), int(offsets[b])
         x = flat[lo:hi] ^ mix
@@ -507,6 +518,7 @@ def signatures(
         v = dense @ coef  # integer matmul wraps mod 2**64, as wanted
         v += salts
         fps[a:b] = _fmix_(v) >> _U64(32)
+        a = b
     return sig, fps
 
 
