@@ -418,9 +418,10 @@ _EMPTY = np.uint32(0xFFFFFFFF)
 _LOW32 = _U64(0xFFFFFFFF)
 _SIG_ROWS = 256  # texts per signature pass: its temporaries stay in cache (4096: ~35% slower)
 # ...and at most this many shingles a pass (but one text at least): the per-shingle temporaries (~40
-# bytes a shingle) of 256 long texts (a trace's sample joins the answer's text: ~275 shingles a row
-# against ~106) left the cache, and the pass cost ~8 us a row instead of ~4.6.
-_SIG_SHINGLES = 1 << 15
+# bytes a shingle) of 256 long texts left the cache. A trace row's near text (its answer and its trace's
+# sample) has ~275 shingles, a short answer's ~106: in a run of each (bench/reasoning.py) signatures
+# cost ~6.1 us a trace row with passes of 256 rows, ~5.0 with this bound; short rows ~4.2 either way.
+_SIG_SHINGLES = 1 << 14
 
 
 @lru_cache(maxsize=16)
