@@ -32,7 +32,9 @@ Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, 
 1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 70,000-73,900 rows/s
 (44,700-48,100 before the passes were made cache-sized, in the same session; rensa's version: 29,300).
 Shingle hashing is about 6 us a row, signatures ~3.5 us, the band table ~4 us. What made it faster,
-with the same hashes: passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache,
+with the same hashes: passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache
+(fewer long texts: at most ~32,768 characters and 16,384 shingles a pass; 30,000 rows, 3 runs each,
+alternated: 70,900-73,400 rows/s before these bounds, 75,400-75,700 with them),
 control bytes classed by the table only where they occur, and the rotation as one suffix minimum over
 the flat matrix. Why not rensa's MinHash with a numpy index: getting its digests out
 (RMinHashDigestMatrix.to_rows) alone costs ~10 us a row. Optimal densification (random donor bins,
