@@ -308,14 +308,14 @@ def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     if len(texts) == 1:
         flat, _ = _shingle_chunk(texts)
         return flat, np.array([0, flat.size], _U64)
-    if len(texts) <= _CHUNK_TEXTS:
+    size = max(1, min(_CHUNK_TEXTS, _CHUNK_CHARS * len(texts) // max(1, sum(map(len, texts)))))
+    if len(texts) <= size:
         flat, count = _shingle_chunk(texts)
         offsets = np.zeros(len(texts) + 1, _U64)
         np.cumsum(count, out=offsets[1:])
         return flat, offsets
     flats: list[np.ndarray] = []
     counts: list[np.ndarray] = []
-    size = max(1, min(_CHUNK_TEXTS, _CHUNK_CHARS * len(texts) // max(1, sum(map(len, texts)))))
     for i in range(0, len(texts), size):
         flat, count = _shingle_chunk(texts[i : i + size])
         flats.append(flat)

@@ -42,12 +42,13 @@ def test_where_a_batch_is_cut_changes_no_hash(
     hashes, sigs, fps = _alone(texts)
     monkeypatch.setattr(nd, "_SIG_SHINGLES", shingles)
     monkeypatch.setattr(nd, "_CHUNK_CHARS", chars)
-    flat, off = shingle_hashes(texts)
-    bounds = off.tolist()
-    for i, h in enumerate(hashes):
-        assert np.array_equal(flat[bounds[i] : bounds[i + 1]], h), i
-    sig, fp = signatures(flat, off, 21, 11, 5)
-    assert np.array_equal(sig, np.array(sigs)) and np.array_equal(fp, np.array(fps))
+    for n in (len(texts), 40):  # more texts than _CHUNK_TEXTS, and fewer
+        flat, off = shingle_hashes(texts[:n])
+        bounds = off.tolist()
+        for i, h in enumerate(hashes[:n]):
+            assert np.array_equal(flat[bounds[i] : bounds[i + 1]], h), i
+        sig, fp = signatures(flat, off, 21, 11, 5)
+        assert np.array_equal(sig, np.array(sigs[:n])) and np.array_equal(fp, np.array(fps[:n]))
 
 
 def test_pairs_of_long_answers_cut_anywhere_match_pairs_alone(monkeypatch: pytest.MonkeyPatch) -> None:
