@@ -32,7 +32,9 @@ Speed (bench/dedup_bench.py, 50,000 synthetic ~100-word texts, 10% near copies, 
 1,000, one core of a 2-vCPU KVM guest shared with other jobs, rows per CPU-second): 70,000-73,900 rows/s
 (44,700-48,100 before the passes were made cache-sized, in the same session; rensa's version: 29,300).
 Shingle hashing is about 6 us a row, signatures ~3.5 us, the band table ~4 us. What made it faster,
-with the same hashes: passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache,
+with the same hashes: passes of 64 texts (hashing) and 256 (signatures) whose temporaries stay in cache
+(fewer long texts: at most ~32,768 characters and 16,384 shingles a pass; 30,000 rows, 3 runs each,
+alternated: 70,900-73,400 rows/s before these bounds, 75,400-75,700 with them),
 control bytes classed by the table only where they occur, and the rotation as one suffix minimum over
 the flat matrix. Why not rensa's MinHash with a numpy index: getting its digests out
 (RMinHashDigestMatrix.to_rows) alone costs ~10 us a row. Optimal densification (random donor bins,
@@ -291,6 +293,9 @@ _SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = 1
 _SPACE_ONE = _SPACE.copy()  # one text, NUL is an ordinary character
 _SPACE[0] = 2
 _CHUNK_TEXTS = 64  # texts hashed per numpy pass: keeps the working set in cache (256: ~30% slower)
+# ...and about this many characters a pass at most (~30 bytes of temporaries each): 64 texts of a
+# trace row (its answer and its trace's sample, ~860 characters) cost ~0.5 us a row more than 38.
+_CHUNK_CHARS = 1 << 15
 
 
 def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -303,15 +308,16 @@ def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     if len(texts) == 1:
         flat, _ = _shingle_chunk(texts)
         return flat, np.array([0, flat.size], _U64)
-    if len(texts) <= _CHUNK_TEXTS:
+    size = max(1, min(_CHUNK_TEXTS, _CHUNK_CHARS * len(texts) // max(1, sum(map(len, texts)))))
+    if len(texts) <= size:
         flat, count = _shingle_chunk(texts)
         offsets = np.zeros(len(texts) + 1, _U64)
         np.cumsum(count, out=offsets[1:])
         return flat, offsets
     flats: list[np.ndarray] = []
     counts: list[np.ndarray] = []
-    for i in range(0, len(texts), _CHUNK_TEXTS):
-        flat, count = _shingle_chunk(texts[i : i + _CHUNK_TEXTS])
+    for i in range(0, len(texts), size):
+        flat, count = _shingle_chunk(texts[i : i + size])
         flats.append(flat)
         counts.append(count)
     offsets = np.zeros(len(texts) + 1, _U64)
@@ -413,6 +419,11 @@ def _hash_bytes(a: np.ndarray, n: int, *, separated: bool) -> tuple[np.ndarray, 
 _EMPTY = np.uint32(0xFFFFFFFF)
 _LOW32 = _U64(0xFFFFFFFF)
 _SIG_ROWS = 256  # texts per signature pass: its temporaries stay in cache (4096: ~35% slower)
+# ...and at most this many shingles a pass (but one text at least): the per-shingle temporaries (~40
+# bytes a shingle) of 256 long texts left the cache. A trace row's near text (its answer and its trace's
+# sample) has ~275 shingles, a short answer's ~106: in a run of each (bench/reasoning.py) signatures
+# cost ~6.1 us a trace row with passes of 256 rows, ~5.0 with this bound; short rows ~4.2 either way.
+_SIG_SHINGLES = 1 << 14
 
 
 @lru_cache(maxsize=16)
@@ -471,8 +482,11 @@ def signatures(
     fps = np.empty((n, bands), np.uint32)
     mix = _U64(_fmix_int(seed ^ 0x6F6E655F7065726D) | 1)
     coef, salts = _band_coefficients(bands, rows)
-    for a in range(0, n, _SIG_ROWS):
+    a = 0
+    while a < n:
         b = min(n, a + _SIG_ROWS)
+        if int(offsets[b]) - int(offsets[a]) > _SIG_SHINGLES:
+            b = max(a + 1, int(offsets.searchsorted(int(offsets[a]) + _SIG_SHINGLES, "right")) - 1)
         m = b - a
         lo, hi = int(offsets[a]), int(offsets[b])
         x = flat[lo:hi] ^ mix
@@ -507,6 +521,7 @@ def signatures(
         v = dense @ coef  # integer matmul wraps mod 2**64, as wanted
         v += salts
         fps[a:b] = _fmix_(v) >> _U64(32)
+        a = b
     return sig, fps
 
 
