@@ -601,14 +601,67 @@ def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
         shared = _shares_traces(rows)
         rest = pa.RecordBatch.from_pylist(rows, schema=_rest_schema(split, shared))
         columns = dict(zip(rest.schema.names, rest.columns, strict=True))
-        columns["reasoning"] = pa.array(
-            [r.get("reasoning") for r in rows], type=schema.field("reasoning").type, memory_pool=pool
-        )
+        columns["reasoning"] = _traces_array([r.get("reasoning") for r in rows], pool)
         if shared:
             stripped = [[*r["messages"][:-1], {**r["messages"][-1], "reasoning_content": None}] for r in rows]
             columns["messages"] = pa.array(stripped, type=schema.field("messages").type, memory_pool=pool)
         batch = pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
         return _with_shared_traces(batch, schema) if shared else batch
+
+
+# A batch's traces are copied into one buffer of their exact size only while its offsets fit Arrow's
+# `string` (int32); past that (never with the writer's bounded batches) pa.array decides.
+_MAX_STRING_BYTES = (1 << 31) - 1
+
+
+def _traces_array(traces: list[Any], pool: Any) -> pa.Array:
+    """A batch's traces (str or None) as one Arrow string array in `pool`: what
+    `pa.array(traces, pa.string(), memory_pool=pool)` makes, in fewer copies. When every trace is an
+    ASCII str its UTF-8 bytes are its characters, so the sizes are known before copying: each trace is
+    copied once, straight from the str's own bytes, into a buffer allocated at its final size. Arrow's
+    builder instead grows its buffer by doubling it (every byte copied again on the way, and fresh pages
+    faulted in): ~4 us a row of an 8,000-token trace in a run (bench/README.md, `reasoning.py`).
+    Anything else (a non-ASCII trace, whose UTF-8 length is not its len(); a str subclass) is converted
+    by pa.array, as before."""
+    pa = _pyarrow()
+    total = 0
+    for t in traces:
+        if t is None:
+            continue
+        if type(t) is not str or not t.isascii():
+            total = -1
+            break
+        total += len(t)
+    if total < 0 or total > _MAX_STRING_BYTES:
+        return pa.array(traces, type=pa.string(), memory_pool=pool)
+    import numpy as np
+
+    lengths = [0 if t is None else len(t) for t in traces]
+    offsets = np.zeros(len(traces) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = pa.allocate_buffer(total, memory_pool=pool)
+    utf8, copy = _str_bytes()
+    at = data.address
+    for t, n in zip(traces, lengths, strict=True):
+        if n:
+            copy(at, utf8(t, None), n)  # `t` (held by `traces`) keeps the bytes alive meanwhile
+            at += n
+    nulls = sum(t is None for t in traces)
+    validity = pa.array(np.array([t is not None for t in traces])).buffers()[1] if nulls else None
+    return pa.StringArray.from_buffers(len(traces), pa.py_buffer(offsets), data, validity, nulls)
+
+
+@functools.cache
+def _str_bytes() -> tuple[Callable[..., int], Callable[..., Any]]:
+    """(the address of a str's UTF-8 bytes, memmove). CPython's PyUnicode_AsUTF8AndSize returns, for an
+    ASCII str, a pointer to the characters the str object holds (no copy, nothing cached in the str);
+    they live as long as the str."""
+    import ctypes
+
+    utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
+    utf8.restype = ctypes.c_void_p
+    utf8.argtypes = [ctypes.py_object, ctypes.c_void_p]
+    return utf8, ctypes.memmove
 
 
 @functools.cache
