@@ -603,10 +603,11 @@ def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
         columns = dict(zip(rest.schema.names, rest.columns, strict=True))
         columns["reasoning"] = _traces_array([r.get("reasoning") for r in rows], pool)
         if shared:
-            stripped = [[*r["messages"][:-1], {**r["messages"][-1], "reasoning_content": None}] for r in rows]
-            columns["messages"] = pa.array(stripped, type=schema.field("messages").type, memory_pool=pool)
-        batch = pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
-        return _with_shared_traces(batch, schema) if shared else batch
+            # The messages as they are, converted without their `reasoning_content` (Arrow reads only the
+            # struct's fields from each dict): no per-row copy of a message to blank the trace out.
+            untraced = pa.array([r["messages"] for r in rows], type=_untraced(split), memory_pool=pool)
+            columns["messages"] = _with_shared_traces(untraced, columns["reasoning"], schema)
+        return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
 # A batch's traces are copied into one buffer of their exact size only while its offsets fit Arrow's
@@ -653,15 +654,20 @@ def _traces_array(traces: list[Any], pool: Any) -> pa.Array:
 
 @functools.cache
 def _str_bytes() -> tuple[Callable[..., int], Callable[..., Any]]:
-    """(the address of a str's UTF-8 bytes, memmove). CPython's PyUnicode_AsUTF8AndSize returns, for an
-    ASCII str, a pointer to the characters the str object holds (no copy, nothing cached in the str);
-    they live as long as the str."""
+    """(the address of a str's UTF-8 bytes, memmove), both called with the GIL held. CPython's
+    PyUnicode_AsUTF8AndSize returns, for an ASCII str, a pointer to the characters the str object holds
+    (no copy, nothing cached in the str); they live as long as the str. memmove is libc's through
+    ctypes.PyDLL, not ctypes.memmove: that one lets go of the GIL around every call, and a batch's
+    hundreds of hand-overs to the event loop and back cost more than the copies saved."""
     import ctypes
 
     utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
     utf8.restype = ctypes.c_void_p
     utf8.argtypes = [ctypes.py_object, ctypes.c_void_p]
-    return utf8, ctypes.memmove
+    memmove = ctypes.PyDLL(None).memmove
+    memmove.restype = ctypes.c_void_p
+    memmove.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return utf8, memmove
 
 
 @functools.cache
@@ -724,14 +730,14 @@ def _shares_traces(rows: list[dict[str, Any]]) -> bool:
     return shared
 
 
-def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """`batch` (its messages' `reasoning_content` all null) with the last message of each row that has a
-    trace pointing at that trace in the `reasoning` column: a string column over the same data buffer,
-    whose offsets give each such message its row's bytes and every other message none (null)."""
+def _with_shared_traces(messages: pa.Array, traces: pa.Array, schema: pa.Schema) -> pa.Array:
+    """`messages` (converted without `reasoning_content`, `_untraced`) as `schema`'s messages column, the
+    last message of each row that has a trace pointing at that trace in `traces` (the `reasoning`
+    column): a string column over the same data buffer, whose offsets give each such message its row's
+    bytes and every other message none (null)."""
     import numpy as np
 
     pa = _pyarrow()
-    traces, messages = batch.column("reasoning"), batch.column("messages")
     ends = np.frombuffer(traces.buffers()[1], dtype=np.int32, count=len(traces) + 1)[1:]
     list_offsets = np.frombuffer(messages.buffers()[1], dtype=np.int32, count=len(messages) + 1)
     values = messages.values
@@ -754,11 +760,15 @@ def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBa
     fields = [values.field(f.name) if f.name != "reasoning_content" else child for f in struct_type]
     structs = pa.StructArray.from_arrays(fields, fields=list(struct_type))
     mask = None if messages.null_count == 0 else pa.array(~_valid(messages))
-    rebuilt = pa.ListArray.from_arrays(
-        messages.offsets, structs, type=schema.field("messages").type, mask=mask
-    )
-    columns = [rebuilt if name == "messages" else batch.column(name) for name in schema.names]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+    return pa.ListArray.from_arrays(messages.offsets, structs, type=schema.field("messages").type, mask=mask)
+
+
+@functools.cache
+def _untraced(split: str) -> pa.DataType:
+    """`split`'s messages type without the messages' `reasoning_content` field."""
+    pa = _pyarrow()
+    struct_type = _schemas()[split].field("messages").type.value_type
+    return pa.list_(pa.struct([f for f in struct_type if f.name != "reasoning_content"]))
 
 
 def _valid(array: pa.Array) -> Any:
