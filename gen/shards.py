@@ -621,7 +621,7 @@ def _traces_array(traces: list[Any], pool: Any) -> pa.Array:
     ASCII str its UTF-8 bytes are its characters, so the sizes are known before copying: each trace is
     copied once, straight from the str's own bytes, into a buffer allocated at its final size. Arrow's
     builder instead grows its buffer by doubling it (every byte copied again on the way, and fresh pages
-    faulted in): ~4 us a row of an 8,000-token trace in a run (bench/README.md, `reasoning.py`).
+    faulted in): ~4.5 us a row of an 8,000-token trace in a run (bench/README.md, `reasoning.py`).
     Anything else (a non-ASCII trace, whose UTF-8 length is not its len(); a str subclass) is converted
     by pa.array, as before."""
     pa = _pyarrow()

@@ -44,6 +44,8 @@ def _same_as_arrow(traces: list) -> pa.Array:
         ["first", None, "", "x" * 100_000, None],
         [None, "only the second has one"],
         ["", "", "a"],
+        [None, ""],
+        [],
     ],
 )
 def test_ascii_traces_are_copied_into_what_arrow_makes(traces: list) -> None:
