@@ -633,7 +633,8 @@ def _traces_array(traces: list[Any], pool: Any) -> pa.Array:
             total = -1
             break
         total += len(t)
-    if total < 0 or total > _MAX_STRING_BYTES:
+    helpers = _str_bytes()
+    if total < 0 or total > _MAX_STRING_BYTES or helpers is None:
         return pa.array(traces, type=pa.string(), memory_pool=pool)
     import numpy as np
 
@@ -641,7 +642,7 @@ def _traces_array(traces: list[Any], pool: Any) -> pa.Array:
     offsets = np.zeros(len(traces) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     data = pa.allocate_buffer(total, memory_pool=pool)
-    utf8, copy = _str_bytes()
+    utf8, copy = helpers
     at = data.address
     for t, n in zip(traces, lengths, strict=True):
         if n:
@@ -653,18 +654,22 @@ def _traces_array(traces: list[Any], pool: Any) -> pa.Array:
 
 
 @functools.cache
-def _str_bytes() -> tuple[Callable[..., int], Callable[..., Any]]:
-    """(the address of a str's UTF-8 bytes, memmove), both called with the GIL held. CPython's
-    PyUnicode_AsUTF8AndSize returns, for an ASCII str, a pointer to the characters the str object holds
-    (no copy, nothing cached in the str); they live as long as the str. memmove is libc's through
-    ctypes.PyDLL, not ctypes.memmove: that one lets go of the GIL around every call, and a batch's
-    hundreds of hand-overs to the event loop and back cost more than the copies saved."""
+def _str_bytes() -> tuple[Callable[..., int], Callable[..., Any]] | None:
+    """(the address of a str's UTF-8 bytes, memmove), both called with the GIL held; None where ctypes
+    cannot give them (no CPython C API, no C library loaded by name: traces then go through pa.array).
+    CPython's PyUnicode_AsUTF8AndSize returns, for an ASCII str, a pointer to the characters the str
+    object holds (no copy, nothing cached in the str); they live as long as the str. memmove is libc's
+    through ctypes.PyDLL, not ctypes.memmove: that one lets go of the GIL around every call, and a
+    batch's hundreds of hand-overs to the event loop and back cost more than the copies saved."""
     import ctypes
 
-    utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
+    try:
+        utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
+        memmove = ctypes.PyDLL(None).memmove
+    except (AttributeError, OSError, TypeError):
+        return None
     utf8.restype = ctypes.c_void_p
     utf8.argtypes = [ctypes.py_object, ctypes.c_void_p]
-    memmove = ctypes.PyDLL(None).memmove
     memmove.restype = ctypes.c_void_p
     memmove.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     return utf8, memmove

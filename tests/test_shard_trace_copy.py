@@ -82,3 +82,12 @@ def test_a_shard_of_ascii_traces_is_byte_for_byte_the_one_arrow_writes(tmp_path:
     (ours,) = (tmp_path / "w" / "data").rglob("*.parquet")
     theirs = write_rows(tmp_path / "x", "data/train-00000.parquet", rows)
     assert ours.read_bytes() == (tmp_path / "x" / theirs.path).read_bytes()
+
+
+def test_without_the_c_helpers_traces_go_through_arrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ctypes cannot reach CPython's C API or the C library (another interpreter, another
+    platform), `_str_bytes` gives None and the traces are converted by pa.array, the same array."""
+    import gen.shards as shards
+
+    monkeypatch.setattr(shards, "_str_bytes", lambda: None)
+    _same_as_arrow(["we reason. " * 100, None, ""])
