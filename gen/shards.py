@@ -601,14 +601,78 @@ def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
         shared = _shares_traces(rows)
         rest = pa.RecordBatch.from_pylist(rows, schema=_rest_schema(split, shared))
         columns = dict(zip(rest.schema.names, rest.columns, strict=True))
-        columns["reasoning"] = pa.array(
-            [r.get("reasoning") for r in rows], type=schema.field("reasoning").type, memory_pool=pool
-        )
+        columns["reasoning"] = _traces_array([r.get("reasoning") for r in rows], pool)
         if shared:
-            stripped = [[*r["messages"][:-1], {**r["messages"][-1], "reasoning_content": None}] for r in rows]
-            columns["messages"] = pa.array(stripped, type=schema.field("messages").type, memory_pool=pool)
-        batch = pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
-        return _with_shared_traces(batch, schema) if shared else batch
+            # The messages as they are, converted without their `reasoning_content` (Arrow reads only the
+            # struct's fields from each dict): no per-row copy of a message to blank the trace out.
+            untraced = pa.array([r["messages"] for r in rows], type=_untraced(split), memory_pool=pool)
+            columns["messages"] = _with_shared_traces(untraced, columns["reasoning"], schema)
+        return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+# A batch's traces are copied into one buffer of their exact size only while its offsets fit Arrow's
+# `string` (int32); past that (never with the writer's bounded batches) pa.array decides.
+_MAX_STRING_BYTES = (1 << 31) - 1
+
+
+def _traces_array(traces: list[Any], pool: Any) -> pa.Array:
+    """A batch's traces (str or None) as one Arrow string array in `pool`: what
+    `pa.array(traces, pa.string(), memory_pool=pool)` makes, in fewer copies. When every trace is an
+    ASCII str its UTF-8 bytes are its characters, so the sizes are known before copying: each trace is
+    copied once, straight from the str's own bytes, into a buffer allocated at its final size. Arrow's
+    builder instead grows its buffer by doubling it (every byte copied again on the way, and fresh pages
+    faulted in): ~4.5 us a row of an 8,000-token trace in a run (bench/README.md, `reasoning.py`).
+    Anything else (a non-ASCII trace, whose UTF-8 length is not its len(); a str subclass) is converted
+    by pa.array, as before."""
+    pa = _pyarrow()
+    total = 0
+    for t in traces:
+        if t is None:
+            continue
+        if type(t) is not str or not t.isascii():
+            total = -1
+            break
+        total += len(t)
+    helpers = _str_bytes()
+    if total < 0 or total > _MAX_STRING_BYTES or helpers is None:
+        return pa.array(traces, type=pa.string(), memory_pool=pool)
+    import numpy as np
+
+    lengths = [0 if t is None else len(t) for t in traces]
+    offsets = np.zeros(len(traces) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = pa.allocate_buffer(total, memory_pool=pool)
+    utf8, copy = helpers
+    at = data.address
+    for t, n in zip(traces, lengths, strict=True):
+        if n:
+            copy(at, utf8(t, None), n)  # `t` (held by `traces`) keeps the bytes alive meanwhile
+            at += n
+    nulls = sum(t is None for t in traces)
+    validity = pa.array(np.array([t is not None for t in traces])).buffers()[1] if nulls else None
+    return pa.StringArray.from_buffers(len(traces), pa.py_buffer(offsets), data, validity, nulls)
+
+
+@functools.cache
+def _str_bytes() -> tuple[Callable[..., int], Callable[..., Any]] | None:
+    """(the address of a str's UTF-8 bytes, memmove), both called with the GIL held; None where ctypes
+    cannot give them (no CPython C API, no C library loaded by name: traces then go through pa.array).
+    CPython's PyUnicode_AsUTF8AndSize returns, for an ASCII str, a pointer to the characters the str
+    object holds (no copy, nothing cached in the str); they live as long as the str. memmove is libc's
+    through ctypes.PyDLL, not ctypes.memmove: that one lets go of the GIL around every call, and a
+    batch's hundreds of hand-overs to the event loop and back cost more than the copies saved."""
+    import ctypes
+
+    try:
+        utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
+        memmove = ctypes.PyDLL(None).memmove
+    except (AttributeError, OSError, TypeError):
+        return None
+    utf8.restype = ctypes.c_void_p
+    utf8.argtypes = [ctypes.py_object, ctypes.c_void_p]
+    memmove.restype = ctypes.c_void_p
+    memmove.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return utf8, memmove
 
 
 @functools.cache
@@ -671,14 +735,14 @@ def _shares_traces(rows: list[dict[str, Any]]) -> bool:
     return shared
 
 
-def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """`batch` (its messages' `reasoning_content` all null) with the last message of each row that has a
-    trace pointing at that trace in the `reasoning` column: a string column over the same data buffer,
-    whose offsets give each such message its row's bytes and every other message none (null)."""
+def _with_shared_traces(messages: pa.Array, traces: pa.Array, schema: pa.Schema) -> pa.Array:
+    """`messages` (converted without `reasoning_content`, `_untraced`) as `schema`'s messages column, the
+    last message of each row that has a trace pointing at that trace in `traces` (the `reasoning`
+    column): a string column over the same data buffer, whose offsets give each such message its row's
+    bytes and every other message none (null)."""
     import numpy as np
 
     pa = _pyarrow()
-    traces, messages = batch.column("reasoning"), batch.column("messages")
     ends = np.frombuffer(traces.buffers()[1], dtype=np.int32, count=len(traces) + 1)[1:]
     list_offsets = np.frombuffer(messages.buffers()[1], dtype=np.int32, count=len(messages) + 1)
     values = messages.values
@@ -701,11 +765,15 @@ def _with_shared_traces(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBa
     fields = [values.field(f.name) if f.name != "reasoning_content" else child for f in struct_type]
     structs = pa.StructArray.from_arrays(fields, fields=list(struct_type))
     mask = None if messages.null_count == 0 else pa.array(~_valid(messages))
-    rebuilt = pa.ListArray.from_arrays(
-        messages.offsets, structs, type=schema.field("messages").type, mask=mask
-    )
-    columns = [rebuilt if name == "messages" else batch.column(name) for name in schema.names]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+    return pa.ListArray.from_arrays(messages.offsets, structs, type=schema.field("messages").type, mask=mask)
+
+
+@functools.cache
+def _untraced(split: str) -> pa.DataType:
+    """`split`'s messages type without the messages' `reasoning_content` field."""
+    pa = _pyarrow()
+    struct_type = _schemas()[split].field("messages").type.value_type
+    return pa.list_(pa.struct([f for f in struct_type if f.name != "reasoning_content"]))
 
 
 def _valid(array: pa.Array) -> Any:
