@@ -359,8 +359,9 @@ def _audit_evals(report: AuditReport, out: Path, m: dict[str, Any]) -> None:
                 report.add(rel, i, f"id {tid} is not a row of the dataset")
 
 
-# A judged evaluation's verdicts (gen.eval_judge.VerdictLog, gen.judge.VERDICTS): judge.jsonl keeps all
-# but `error`; results.parquet's `judge` also says `no_answer` (the judge not asked) or null.
+# A judged evaluation's verdicts (gen.eval_judge.VerdictLog, gen.judge.VERDICTS): judge.jsonl also has
+# `error` lines (what a pair that erred cost; no verdict, a gen before them wrote none); results.parquet's
+# `judge` also says `error`, `no_answer` (the judge not asked) or null.
 _KEPT_VERDICTS = ("win", "tie", "loss", "unparseable")
 
 
@@ -372,10 +373,15 @@ def _audit_verdicts(
     results: Path,
     evaluated: set[str],
 ) -> None:
-    """A judged evaluation's judge.jsonl: every line an intact verdict of a row it evaluated (a line a
-    crash cut short is skipped, as gen eval skips it: a note), and the verdicts it counted, row by row in
-    results.parquet's `judge` and in total in report.json's counts, are the ones the file holds for the
-    report's judge (its provider, model and prompt)."""
+    """A judged evaluation's judge.jsonl: every line an intact verdict (or `error` line) of a row it
+    evaluated (a line a crash cut short is skipped, as gen eval skips it: a note), the verdicts it
+    counted, row by row in results.parquet's `judge` and in total in report.json's counts, are the ones
+    the file holds for the report's judge (its provider, model and prompt), and report.json's judge
+    tokens are the sum of that judge's lines' `u` (at least that sum for a file of a gen that kept no
+    `u`, or no `error` lines where the report counts `error` pairs: such a report counted tokens the file
+    does not hold)."""
+    from gen.eval_judge import line_usage
+
     log = eval_dir / "judge.jsonl"
     rel = str(log.relative_to(out))
     try:
@@ -404,6 +410,9 @@ def _audit_verdicts(
         return
     key = f"{judge.get('provider')}:{judge.get('model')}:{judge.get('prompt_sha256')}"
     held: dict[str, str] = {}
+    summed = [0, 0]
+    complete = True  # every line of the judge has its `u`
+    error_lines = 0
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -415,18 +424,39 @@ def _audit_verdicts(
         if (
             not isinstance(entry, dict)
             or not isinstance(entry.get("id"), str)
-            or entry.get("verdict") not in _KEPT_VERDICTS
+            or entry.get("verdict") not in (*_KEPT_VERDICTS, "error")
         ):
             report.add(rel, i, f"not a verdict gen writes: {line[:120]!r}")
             continue
         if entry["id"] not in evaluated:
             report.add(rel, i, f"id {entry['id']} is not a row of this evaluation")
         elif entry.get("judge") == key:  # another judge's (a resume with another prompt) is not counted
-            held[entry["id"]] = entry["verdict"]  # the last line of an id is the one gen eval reads
+            u = line_usage(entry)
+            summed[0] += u[0]
+            summed[1] += u[1]
+            complete = complete and "u" in entry
+            error_lines += entry["verdict"] == "error"
+            if entry["verdict"] != "error":  # an `error` line is what a pair cost, not its verdict
+                held[entry["id"]] = entry["verdict"]  # the last line of an id is the one gen eval reads
     for tid, verdict in counted.items():
         if held.get(tid) != verdict:
             found = held.get(tid) or "no verdict of the report's judge"
             report.add(rel, None, f"id {tid}: results.parquet says {verdict}, judge.jsonl {found}")
+    # A report that counts `error` pairs while the file has no `error` line: they cost nothing, or a gen
+    # that kept no `error` lines wrote it (its report counted them all the same): a lower bound then.
+    complete = complete and (error_lines > 0 or "error" not in column["judge"])
+    tokens = judge.get("tokens")
+    if isinstance(tokens, dict) and "prompt" in tokens:  # a report of a gen that priced no judge has none
+        stated = [tokens.get("prompt"), tokens.get("completion")]
+        if not all(type(n) is int for n in stated) or (
+            stated != summed if complete else stated[0] < summed[0] or stated[1] < summed[1]
+        ):
+            report.add(
+                str(eval_dir.relative_to(out) / "report.json"),
+                None,
+                f"report.json states the judge's tokens as {stated[0]} prompt / {stated[1]} completion, "
+                f"judge.jsonl's lines of that judge sum to {summed[0]} / {summed[1]}",
+            )
 
 
 # What the checks read of each kind of shard. Every page of every column is still decoded (a corrupt one

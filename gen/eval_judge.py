@@ -15,8 +15,10 @@ do) rather than a second producer: a pair is two dependent requests (the second 
 the first cannot be parsed), which the run's one-request-per-task rows do not express.
 
 Resume: each verdict is appended to `judge.jsonl` in the eval directory (flushed at once) with the
-judge's identity; an evaluation resumed with `--resume` re-asks only the pairs this judge (same provider,
-model and prompt) has not decided, and the student is not asked again (its answers are in `answers/`).
+judge's identity and the tokens its requests cost; an evaluation resumed with `--resume` re-asks only the
+pairs this judge (same provider, model and prompt) has not decided, and the student is not asked again
+(its answers are in `answers/`). A pair that ended as `error` is asked again, but its line keeps what its
+answered requests cost, so --max-usd and the report count it.
 """
 
 from __future__ import annotations
@@ -183,11 +185,14 @@ async def check_reachable(judge: JudgeSpec, recipe: PromptFile, *, check_model: 
 
 
 class VerdictLog:
-    """`judge.jsonl`: one line per judged row ({"id", "verdict", "judge", "u"}: `u` the prompt and
-    completion tokens of the pair's requests; `error` verdicts are not kept), flushed as it is written so
-    that an interrupted evaluation keeps its verdicts; a line a crash cut short is skipped on reading.
-    `usage` holds each judged row's tokens: read back by `load`, and those of this run's pairs (errors
-    included), so the report counts every request the judge answered, earlier runs' too."""
+    """`judge.jsonl`: one line per judged pair ({"id", "verdict", "judge", "u"}: `u` the prompt and
+    completion tokens of the pair's requests), flushed as it is written so that an interrupted
+    evaluation keeps its verdicts; a line a crash cut short is skipped on reading. A pair that ended as
+    `error` after the judge answered some of its requests has a line too, for what they cost: it is no
+    verdict (a resume asks that pair again), so a row may have `error` lines before its verdict line.
+    Files of a gen that kept no `error` lines (or no `u`) read as before.
+    `usage` holds each row's tokens summed over all its lines of this judge, and this run's pairs added
+    as they end: the report and --max-usd count every request the judge answered, earlier runs' too."""
 
     def __init__(self, path: Path, judge: JudgeSpec) -> None:
         self.path = path
@@ -195,8 +200,10 @@ class VerdictLog:
         self.usage: dict[str, tuple[int, int]] = {}
 
     def load(self) -> dict[str, str]:
-        """The verdicts this judge already gave, by row id."""
+        """The verdicts this judge already gave, by row id (`error` lines are none); `usage` is set to
+        the tokens of every line of this judge, by row id."""
         found: dict[str, str] = {}
+        self.usage = {}
         try:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
@@ -208,11 +215,14 @@ class VerdictLog:
                 continue
             if isinstance(entry, dict) and entry.get("judge") == self.judge.key:
                 tid = str(entry.get("id"))
-                found[tid] = str(entry.get("verdict"))
-                u = entry.get("u")
-                ok = isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
-                self.usage[tid] = (u[0], u[1]) if ok else (0, 0)  # a line of a gen that kept none
+                if entry.get("verdict") != "error":
+                    found[tid] = str(entry.get("verdict"))
+                self._add(tid, line_usage(entry))
         return found
+
+    def _add(self, tid: str, usage: tuple[int, int]) -> None:
+        p, c = self.usage.get(tid, (0, 0))
+        self.usage[tid] = (p + usage[0], c + usage[1])
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
@@ -223,14 +233,22 @@ class VerdictLog:
             f.write(start)  # after a line a crash cut short, or the first verdict joined it, unreadable
 
             def record(tid: str, verdict: str, usage: tuple[int, int] = (0, 0)) -> None:
-                self.usage[tid] = usage
-                if verdict == "error":  # a request that failed is asked again by a resume
+                self._add(tid, usage)
+                if verdict == "error" and not any(usage):  # nothing paid for: nothing to remember
                     return
+                # An `error` line too: a resume asks the pair again, but what it cost stays counted.
                 entry = {"id": tid, "verdict": verdict, "judge": self.judge.key, "u": list(usage)}
                 f.write(orjson.dumps(entry) + b"\n")
                 f.flush()
 
             yield record
+
+
+def line_usage(entry: dict[str, Any]) -> tuple[int, int]:
+    """A judge.jsonl line's (prompt, completion) tokens; (0, 0) for a line of a gen that kept none."""
+    u = entry.get("u")
+    ok = isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
+    return (u[0], u[1]) if ok else (0, 0)
 
 
 class _Metered:
