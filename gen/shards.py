@@ -598,7 +598,7 @@ def _to_batch(rows: list[dict[str, Any]], split: str) -> pa.RecordBatch:
         # With reasoning_format = "field" each trace is in `reasoning` and in the assistant message's
         # `reasoning_content`, one str object in both: it is converted once, and the messages' child
         # column points into the `reasoning` column's bytes (`_with_shared_traces`), not a copy of them.
-        shared = _shares_traces(rows)
+        shared = "messages" in schema.names and _shares_traces(rows)
         rest = pa.RecordBatch.from_pylist(rows, schema=_rest_schema(split, shared))
         columns = dict(zip(rest.schema.names, rest.columns, strict=True))
         columns["reasoning"] = _traces_array([r.get("reasoning") for r in rows], pool)
@@ -660,13 +660,16 @@ def _str_bytes() -> tuple[Callable[..., int], Callable[..., Any]] | None:
     CPython's PyUnicode_AsUTF8AndSize returns, for an ASCII str, a pointer to the characters the str
     object holds (no copy, nothing cached in the str); they live as long as the str. memmove is libc's
     through ctypes.PyDLL, not ctypes.memmove: that one lets go of the GIL around every call, and a
-    batch's hundreds of hand-overs to the event loop and back cost more than the copies saved."""
-    import ctypes
-
+    batch's hundreds of hand-overs to the event loop and back cost more than the copies saved.
+    Both are function objects of gen's own (`pythonapi[name]`, not the attribute every user of
+    ctypes.pythonapi shares): setting their types changes no other library's, and a restype another
+    library sets (c_char_p: a NUL-terminated copy) would have the copy read past that copy's end."""
     try:
-        utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
-        memmove = ctypes.PyDLL(None).memmove
-    except (AttributeError, OSError, TypeError):
+        import ctypes
+
+        utf8 = ctypes.pythonapi["PyUnicode_AsUTF8AndSize"]
+        memmove = ctypes.PyDLL(None)["memmove"]
+    except (AttributeError, ImportError, OSError, TypeError):  # ImportError: a Python without _ctypes
         return None
     utf8.restype = ctypes.c_void_p
     utf8.argtypes = [ctypes.py_object, ctypes.c_void_p]

@@ -28,7 +28,7 @@ import orjson
 
 FAST_MIN = 4 * 1024
 FAST_MAX = 1024 * 1024  # keeps the parser's buffers under ~6 MB; longer replies go to orjson
-_parser: Any = None
+_parser: Any = None  # None: not loaded yet; False: simdjson cannot be imported here
 # One parser, for one document at a time: a second caller (another thread, or a finalizer run by the
 # collector mid-parse) that finds it busy reads with orjson instead.
 _busy = threading.Lock()
@@ -36,7 +36,12 @@ _busy = threading.Lock()
 
 def loads(raw: bytes) -> Any:
     """A reply's JSON as orjson.loads reads it; raises orjson.JSONDecodeError where orjson does."""
-    if FAST_MIN <= len(raw) <= FAST_MAX and raw[:1] == b"{" and _busy.acquire(blocking=False):
+    if (
+        FAST_MIN <= len(raw) <= FAST_MAX
+        and raw[:1] == b"{"
+        and _parser is not False
+        and _busy.acquire(blocking=False)
+    ):
         try:
             return _fast(raw)
         except Exception:  # any refusal: orjson reads it again, and its answer stands
@@ -50,7 +55,12 @@ def _fast(raw: bytes) -> Any:
     """simdjson's reading of `raw` (to plain dicts and lists), or its refusal as an exception."""
     global _parser
     if _parser is None:
-        import simdjson  # not with gen: a run whose replies are short never needs it
-
+        try:
+            import simdjson  # not with gen: a run whose replies are short never needs it
+        except ImportError:
+            # Not installed, or its extension does not load here: orjson reads every reply from now on
+            # (a failed import searches sys.path again each time, ~30 us, more than simdjson saves).
+            _parser = False
+            raise
         _parser = simdjson.Parser()
     return _parser.parse(raw, True)
