@@ -272,9 +272,10 @@ class BatchDriver:
                 p = pending.get((tid, a, k))
                 if p is None:  # a first request: nothing logged but its place in the batch
                     p = Pending(tid, a, k, None, _seed(tid), (0, 0), None)
-                # The journal's open reservation says `a` answers of the task were judged (gen.resume): a
-                # kill came between it and the re-ask's "br" (the step would skip the result otherwise).
-                if run.prior_attempts.get(tid, 0) >= a and self.step.get(tid, (1, 0)) <= (a, k):
+                # The journal's open (0, 0) reservation says `a` answers of the task were judged by a batch
+                # run (gen.resume): a kill came between it and the re-ask's "br" (the step would skip the
+                # result otherwise). An online run's re-ask in flight says nothing of this batch's result.
+                if run.batch_judged.get(tid, 0) >= a and self.step.get(tid, (1, 0)) <= (a, k):
                     self.counted.add(custom_id(tid, a, k))
                 reqs[custom_id(tid, a, k)] = Req(task, a, k, p.messages, p.seed, p.used, p.last)
                 run.claimed.add(id_key(tid))

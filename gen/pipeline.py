@@ -246,6 +246,9 @@ class Run:
         # Task id -> its answers (invalid, so re-asked) before a request a crash or a budget stop left
         # unanswered, from the journal: asked again, the task counts them among its attempts.
         self.prior_attempts: dict[str, int] = {}
+        # Of them, tasks whose open reservation is a batch run's re-ask ((0, 0): the result before it was
+        # judged and its usage journaled, the re-ask not yet in the batch log): task id -> that attempt.
+        self.batch_judged: dict[str, int] = {}
         self._reasked: dict[int, int] = {}  # id key -> `answered` of a re-ask's reservation (pruned)
         self._indexed: set[str] = set()  # data shards whose dedup index is persisted (gen.dedup_index)
         # The keys each accepted data row was checked with, until its shard's index is written from them

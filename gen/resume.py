@@ -242,6 +242,8 @@ def replay_journal(run: Run) -> list[Path]:
     for task_id, estimate in open_.items():
         if answered.get(task_id) and id_key(task_id) not in run.claimed:
             run.prior_attempts[task_id] = answered[task_id]
+            if estimate == (0, 0):  # not an online run's re-ask in flight: its answer is not counted
+                run.batch_judged[task_id] = answered[task_id]
         # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
         # request itself is in a provider batch, which the batch log tracks): never in flight here.
         if id_key(task_id) not in run.claimed and estimate != (0, 0):
