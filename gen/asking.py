@@ -189,10 +189,13 @@ async def decide(
     completion_tokens: int,
     cached_tokens: int,
     last: Usage,
+    *,
+    online: bool = False,
 ) -> bool:
     """A valid answer to its outcome: verification ([verify]), the exact-duplicate check, then the row
     (or the duplicate). True when the answer was kept (a row or a duplicate), else a reject. The
-    online workers and the batch driver (gen.batching) both end a task here."""
+    online workers and the batch driver (gen.batching) both end a task here; `online`: a batch run's
+    answer bought through the chat API (journaled so: gen.ledger)."""
     assert task.messages is not None
     answer = verdict.output_json if verdict.output_json is not None else comp.text
     if run.verifier is not None:
@@ -206,7 +209,7 @@ async def decide(
             reject = run._reject_row(
                 task, VERIFICATION_FAILED, outcome.error or "", comp.text, attempts, outcome.reference
             )
-            await run._finish(task, "rejects", _carry_over(row, reject), last)
+            await run._finish(task, "rejects", _carry_over(row, reject), last, online=online)
             return False
     kept = None
     if run.p.opts.dedup:
@@ -220,12 +223,12 @@ async def decide(
             "response": comp.text,
             "vars": task.vars_json,
         }
-        await run._finish(task, "duplicates", run._duplicate_row(dup, kept, "exact"), last)
+        await run._finish(task, "duplicates", run._duplicate_row(dup, kept, "exact"), last, online=online)
         return True
     row = run._data_row(
         task, comp, verdict, answer, prompt_tokens, completion_tokens, cached_tokens, attempts
     )
-    await run._finish(task, task.split, row, last)
+    await run._finish(task, task.split, row, last, online=online)
     return True
 
 

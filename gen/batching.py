@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gen import asking
-from gen.budget import Price
+from gen.budget import list_price
 from gen.config import request_timeout
 from gen.errors import ConfigError, GenError, TeacherError, redact
 from gen.ledger import BatchLog, LoggedBatch, Pending, Usage, id_key
@@ -159,8 +159,7 @@ class BatchDriver:
         self.max_requests = min(limits.max_requests, self.opts.batch_size or limits.max_requests)
         self.max_bytes = limits.max_bytes - BYTES_MARGIN
         # The run's price is the batch price (prepare scaled it): a request sent online pays the list price.
-        discount = p.price.batch_discount if p.price else 1.0
-        self.online_price = p.price.scaled(1 / discount) if p.price and discount else p.price
+        self.online_price = list_price(p.price, batch=True)
         self.live: dict[str, Live] = {}
         self.queue: deque[Req] = deque()
         self.answered: set[int] = set()  # tasks decided (a row, reject or duplicate): their results skip
@@ -273,9 +272,10 @@ class BatchDriver:
                 p = pending.get((tid, a, k))
                 if p is None:  # a first request: nothing logged but its place in the batch
                     p = Pending(tid, a, k, None, _seed(tid), (0, 0), None)
-                # The journal's open reservation says `a` answers of the task were judged (gen.resume): a
-                # kill came between it and the re-ask's "br" (the step would skip the result otherwise).
-                if run.prior_attempts.get(tid, 0) >= a and self.step.get(tid, (1, 0)) <= (a, k):
+                # The journal's open (0, 0) reservation says `a` answers of the task were judged by a batch
+                # run (gen.resume): a kill came between it and the re-ask's "br" (the step would skip the
+                # result otherwise). An online run's re-ask in flight says nothing of this batch's result.
+                if run.batch_judged.get(tid, 0) >= a and self.step.get(tid, (1, 0)) <= (a, k):
                     self.counted.add(custom_id(tid, a, k))
                 reqs[custom_id(tid, a, k)] = Req(task, a, k, p.messages, p.seed, p.used, p.last)
                 run.claimed.add(id_key(tid))
@@ -499,7 +499,7 @@ class BatchDriver:
             run.stats.batch_retried += 1
             self._queue(Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last))
             return None
-        await self._judge(req, r.completion, self.p.price)
+        await self._judge(req, r.completion)
         return None
 
     async def _online(self, req: Req) -> None:
@@ -509,22 +509,29 @@ class BatchDriver:
         assert messages is not None
         key = id_key(req.task.id)
         # req.last (what the request before it cost) is in the journal already, with its re-ask: not again.
-        run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), None)
+        # Journaled as bought online: a resume prices it (if in flight) at the list price.
+        run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), None, online=True)
         try:
             comp = await self._call(
                 lambda: self.online.complete(messages, seed=req.seed, sampling=self.p.sampling)
             )
         except TeacherError as e:
-            spent = run._abandon(key) if e.billed else run._in_flight.pop(key, None) and None
-            await self._decide_reject(req, "teacher_error", str(e), None, spent or (0, 0))
+            spent = (
+                run._abandon(key, price=self.online_price)
+                if e.billed
+                else run._in_flight.pop(key, None) and None
+            )
+            await self._decide_reject(req, "teacher_error", str(e), None, spent or (0, 0), online=True)
             return
         run._in_flight.pop(key, None)
         run.stats.batch_online += 1
-        await self._judge(req, comp, self.online_price)
+        await self._judge(req, comp, online=True)
 
-    async def _judge(self, req: Req, comp: Any, price: Price | None) -> None:
-        """An answer, as Run._ask judges one: count and charge it, then a row, a reject or a re-ask."""
+    async def _judge(self, req: Req, comp: Any, *, online: bool = False) -> None:
+        """An answer, as Run._ask judges one: count and charge it, then a row, a reject or a re-ask.
+        `online`: bought through the chat API (the fallback), at the list price, and journaled so."""
         run, spec = self.run, self.run.spec
+        price = self.online_price if online else self.p.price
         task = req.task
         asking.take_inline_trace(comp)  # as online: validation sees the answer only
         again = req.custom_id in self.counted  # judged before the last run died: its usage is journaled
@@ -538,19 +545,27 @@ class BatchDriver:
         used = (req.used[0] + last[0], req.used[1] + last[1], earlier_cached + comp.cached_tokens)
         if asking.reply_leaks_secret(comp):
             error = "the reply holds the API key (redacted)"
-            await self._decide_reject(req, "secret_echo", error, redact(comp.text), journaled)
+            await self._decide_reject(req, "secret_echo", error, redact(comp.text), journaled, online=online)
             return
         cut = comp.finish_reason == "length" and not spec.keep_truncated
         verdict = check(comp.text, self.p.schema, truncated=cut)
         if verdict.ok:
             self.answered.add(id_key(task.id))
-            await asking.decide(run, task, comp, verdict, req.attempt, used[0], used[1], used[2], journaled)
+            await asking.decide(
+                run, task, comp, verdict, req.attempt, used[0], used[1], used[2], journaled, online=online
+            )
             run.stats.tasks += 1
             self.progress.tick()
             return
         if req.attempt >= spec.max_attempts:
             await self._decide_reject(
-                req, verdict.reason or "invalid", verdict.error or "", comp.text, journaled, comp.reasoning
+                req,
+                verdict.reason or "invalid",
+                verdict.error or "",
+                comp.text,
+                journaled,
+                comp.reasoning,
+                online=online,
             )
             return
         run.stats.repairs += 1
@@ -566,7 +581,7 @@ class BatchDriver:
         # finds this reservation but not the re-ask (killed between the two writes) judges the result
         # again without counting it (self.counted).
         if not again:
-            run.journal.reserve(task.id, (0, 0), last, answered=req.attempt)
+            run.journal.reserve(task.id, (0, 0), last, answered=req.attempt, online=online)
         self._queue(nxt)
 
     async def _decide_reject(
@@ -577,10 +592,12 @@ class BatchDriver:
         response: str | None,
         usage: Usage,
         reasoning: str | None = None,
+        *,
+        online: bool = False,
     ) -> None:
         self.answered.add(id_key(req.task.id))
         row = self.run._reject_row(req.task, reason, error, response, req.attempt, reasoning=reasoning)
-        await self.run._finish(req.task, "rejects", row, usage)
+        await self.run._finish(req.task, "rejects", row, usage, online=online)
         self.run.stats.tasks += 1
         self.progress.tick()
 

@@ -55,6 +55,14 @@ class Price:
         return self.cost(cached + written, 0) - self.cost(cached + written, 0, cached, written)
 
 
+def list_price(price: Price | None, *, batch: bool) -> Price | None:
+    """The online (list) price of a run priced at `price`: a batch run's price is the batch price
+    (gen.prepare scaled it by the batch discount), what its online fallback is not billed at."""
+    if not batch or price is None or not price.batch_discount:
+        return price
+    return price.scaled(1 / price.batch_discount)
+
+
 def _price(e: dict) -> Price:
     def rate(key: str) -> float | None:
         return None if e.get(key) is None else float(e[key])

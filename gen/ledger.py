@@ -17,7 +17,9 @@ An entry is one JSON object a line, sealed with an XXH3-64 of its own bytes as i
 cache was used, the prompt tokens read from and written to it): on an answer, the request that decided
 the task; on a reservation, the task's previous request (an invalid answer about to be re-asked), absent
 on a first request; `a`, on a re-ask's reservation, how many answers of the task came before it (a
-resume that asks the task again counts them among its attempts). A reservation is written, and reaches
+resume that asks the task again counts them among its attempts); `"o": 1`, on an entry of a batch run,
+that its request(s) went through the chat API (--batch-fallback online) at the list price, not the batch
+price (without it an entry is priced at the resuming run's price). A reservation is written, and reaches
 the page cache, before its request leaves; `e` is that request's reserved cost: the prompt's estimate
 (characters / 4, as the tpm limiter counts; a prompt in a script with fewer characters per token costs
 more) plus the max_tokens asked for. The next entry of the same task settles it. One still open when the
@@ -136,12 +138,16 @@ class Journal:
         # O_APPEND and one os.write per entry: no user-space buffer to lose in a crash.
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def append(self, split: str, row: dict[str, Any], usage: Usage = (0, 0)) -> None:
-        """Queue an answer for this tick's write, with what its request cost (`usage`). Raises the error
-        of an earlier failed write."""
+    def append(self, split: str, row: dict[str, Any], usage: Usage = (0, 0), *, online: bool = False) -> None:
+        """Queue an answer for this tick's write, with what its request cost (`usage`); `online`: a batch
+        run bought that request through the chat API, at the list price. Raises the error of an earlier
+        failed write."""
         if self.error is not None:
             raise self.error
-        self._pending.extend(sealed_parts({"s": split, "r": row, "u": usage}))
+        entry: dict[str, Any] = {"s": split, "r": row, "u": usage}
+        if online:
+            entry["o"] = 1
+        self._pending.extend(sealed_parts(entry))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
@@ -154,11 +160,13 @@ class Journal:
         *,
         write: bool = True,
         answered: int = 0,
+        online: bool = False,
     ) -> None:
         """Journal a request about to leave: `estimate` bounds its cost; `usage` is what the task's
-        previous request cost, if any; `answered`, how many of its answers came before (a re-ask's). With
-        `write`, it (and everything queued) is written before this returns; a failed write raises, and
-        the request must not be sent."""
+        previous request cost, if any; `answered`, how many of its answers came before (a re-ask's);
+        `online`: a batch run buys both through the chat API, at the list price. With `write`, it (and
+        everything queued) is written before this returns; a failed write raises, and the request must
+        not be sent."""
         if self.error is not None:
             raise self.error
         entry: dict[str, Any] = {"q": task_id, "e": estimate}
@@ -166,6 +174,8 @@ class Journal:
             entry["u"] = usage
         if answered:
             entry["a"] = answered
+        if online:
+            entry["o"] = 1
         self._pending.extend(sealed_parts(entry))
         if write:
             self.write_pending()
@@ -261,6 +271,9 @@ class Entry:
     # A reservation's: how many answers of the task came before its request (invalid ones it re-asks), so
     # a resume that asks the task again counts them among its attempts.
     answered: int = 0
+    # `"o"`: a batch run bought this entry's request(s) through the chat API (--batch-fallback online), so
+    # a resume prices its usage (and a reservation's estimate) at the list price, not the batch price.
+    online: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}"
@@ -303,6 +316,9 @@ def _parse(line: bytes, path: Path, n: int, unsealed: bool = False) -> Entry | s
     usage = _usage(entry.get("u", [0, 0]))
     if usage is None:
         return "usage is not two token counts"
+    online = entry.get("o", 0)
+    if online not in (0, 1) or type(online) is not int:
+        return "not a valid entry (its online mark is not 1)"
     if "q" in entry:
         task_id, estimate, answered = entry["q"], _usage(entry.get("e")), entry.get("a", 0)
         if (
@@ -313,14 +329,16 @@ def _parse(line: bytes, path: Path, n: int, unsealed: bool = False) -> Entry | s
             or not 0 <= answered < 1 << 16
         ):
             return "not a valid reservation"
-        return Entry(task_id, usage, estimate=estimate, path=path, line=n, answered=answered)
+        return Entry(
+            task_id, usage, estimate=estimate, path=path, line=n, answered=answered, online=online == 1
+        )
     split, row = entry.get("s"), entry.get("r")
     if split not in SPLITS or not isinstance(row, dict):
         return "not a valid entry (split or row missing)"
     task_id = row.get("id")
     if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
         return "not a valid entry (no task id)"
-    return Entry(task_id, usage, split=split, row=row, path=path, line=n)
+    return Entry(task_id, usage, split=split, row=row, path=path, line=n, online=online == 1)
 
 
 def journal_entries(

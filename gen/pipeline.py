@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gen import __version__, asking, decided, resume, teacher_setup
-from gen.budget import Budget
+from gen.budget import Budget, Price
 from gen.card import write_card
 from gen.config import RunOptions
 from gen.dedup import Deduplicator, key_of, reasoning_of, resolve_steps
@@ -246,6 +246,9 @@ class Run:
         # Task id -> its answers (invalid, so re-asked) before a request a crash or a budget stop left
         # unanswered, from the journal: asked again, the task counts them among its attempts.
         self.prior_attempts: dict[str, int] = {}
+        # Of them, tasks whose open reservation is a batch run's re-ask ((0, 0): the result before it was
+        # judged and its usage journaled, the re-ask not yet in the batch log): task id -> that attempt.
+        self.batch_judged: dict[str, int] = {}
         self._reasked: dict[int, int] = {}  # id key -> `answered` of a re-ask's reservation (pruned)
         self._indexed: set[str] = set()  # data shards whose dedup index is persisted (gen.dedup_index)
         # The keys each accepted data row was checked with, until its shard's index is written from them
@@ -960,28 +963,37 @@ class Run:
         return row
 
     def _reserve(
-        self, task_id: str, key: int, estimate: Usage, usage: Usage | None, answered: int = 0
+        self,
+        task_id: str,
+        key: int,
+        estimate: Usage,
+        usage: Usage | None,
+        answered: int = 0,
+        *,
+        online: bool = False,
     ) -> None:
         """Journal the request about to leave (with everything queued, in one write) before it leaves:
-        if the run dies with it in flight, the next run counts `estimate` as spent, and asks the task
-        again counting the `answered` (invalid) answers before it among its attempts."""
+        if the run dies with it in flight, the next run counts `estimate` as spent (at the list price
+        when `online`: a batch run's online fallback), and asks the task again counting the `answered`
+        (invalid) answers before it among its attempts."""
         assert self.journal is not None
         # raises if it cannot be written: nothing is sent
-        self.journal.reserve(task_id, estimate, usage, answered=answered)
+        self.journal.reserve(task_id, estimate, usage, answered=answered, online=online)
         if answered:  # a re-ask: its count goes with it when a rotation journals it again
             self._reasked[key] = answered
         self._in_flight[key] = (task_id, estimate)
 
-    def _abandon(self, key: int) -> Usage | None:
+    def _abandon(self, key: int, *, price: Price | None = None) -> Usage | None:
         """A request given up in flight, or failed after the teacher may have billed it: its reservation
-        is spent. Returns that reservation."""
+        is spent (at `price`, when it has one of its own: a batch run's online fallback). Returns that
+        reservation."""
         gone = self._in_flight.pop(key, None)
         if gone is None:
             return None
         estimate = gone[1]
         self.stats.unanswered_requests += 1
         self.stats.unanswered_tokens += estimate[0] + estimate[1]
-        self.budget.charge(*estimate)
+        self.budget.charge(*estimate, price=price)
         return estimate
 
     def _carry_reservations(self) -> None:
@@ -989,8 +1001,12 @@ class Run:
         reservations is deleted once its checkpoint is committed."""
         assert self.journal is not None
         self._reasked = {k: n for k, n in self._reasked.items() if k in self._in_flight}
+        # A batch run has only its online fallback's requests in flight here (its batch requests are in
+        # the batch log): bought at the list price.
+        online = self.p.opts.batch
         for key, (task_id, estimate) in self._in_flight.items():
-            self.journal.reserve(task_id, estimate, write=False, answered=self._reasked.get(key, 0))
+            answered = self._reasked.get(key, 0)
+            self.journal.reserve(task_id, estimate, write=False, answered=answered, online=online)
         self.journal.write_pending()
 
     async def _record_held_failures(self) -> None:
@@ -1026,12 +1042,14 @@ class Run:
     def _duplicate_row(self, row: dict[str, Any], kept: str, kind: str) -> dict[str, Any]:
         return duplicate_row(row, kept, kind, created_at=_now_ms(), run_id=self.run_id)
 
-    async def _finish(self, task: Task, split: str, row: dict[str, Any], usage: Usage = (0, 0)) -> None:
-        """Journal the outcome at once, with what its last request cost, then buffer it; checkpoint when
-        a shard is full."""
+    async def _finish(
+        self, task: Task, split: str, row: dict[str, Any], usage: Usage = (0, 0), *, online: bool = False
+    ) -> None:
+        """Journal the outcome at once, with what its last request cost (`online`: a batch run bought it
+        at the list price), then buffer it; checkpoint when a shard is full."""
         assert self.journal is not None
         journaled = journal_form(row, self.p.reasoning_format) if split in ("train", "eval") else row
-        self.journal.append(split, journaled, usage)
+        self.journal.append(split, journaled, usage, online=online)
         if split in ("train", "eval") and self.dedup.batched:
             self.dedup.offer(split, row)
             full = self.dedup.pending >= Deduplicator.BATCH and self._drain()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gen.budget import list_price
 from gen.ledger import BadEntry, Usage, id_key, journal_entries, journal_segments
 from gen.reasoning import restored
 from gen.shards import (
@@ -161,13 +162,17 @@ class _SegmentReads:
 def replay_journal(run: Run) -> list[Path]:
     """Put answers that reached the journal but not a shard back into the buffers, and count what
     the journal says was spent: the usage of every request reported, and the reservation of every
-    request that was in flight when the run died."""
+    request that was in flight when the run died. Entries a batch run marked as bought online (its
+    --batch-fallback online) are priced at the list price, the others at the run's."""
     assert run.writer is not None
     segments = journal_segments(run.p.out_dir, run.partition)
     committed = frozenset((run.p.previous or {}).get("journal_committed") or ())
     open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
+    open_online: set[str] = set()  # of them, requests a batch run sent through the chat API
     answered: dict[str, int] = {}  # task id -> its answers before that request (gen.ledger.Entry)
-    spent = [0, 0, 0, 0]  # prompt, completion, cached and cache-written tokens
+    # prompt, completion, cached and cache-written tokens: at the run's price, and at the list price
+    priced = [0, 0, 0, 0]
+    online = [0, 0, 0, 0]
     # A manifest without `journal_committed` was written by a gen whose journal entries were not
     # sealed yet: its unsealed answers are taken (checked against the row schema all the same).
     unsealed = run.p.previous is not None and "journal_committed" not in run.p.previous
@@ -176,13 +181,19 @@ def replay_journal(run: Run) -> list[Path]:
         if isinstance(entry, BadEntry):
             _skip_entry(run, f"{entry}")
             continue
+        spent = online if entry.online else priced
         if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
             open_[entry.task_id] = entry.estimate
+            if entry.online:
+                open_online.add(entry.task_id)
+            else:
+                open_online.discard(entry.task_id)
             answered[entry.task_id] = entry.answered
             for i, n in enumerate(entry.usage):
                 spent[i] += n
             continue
         open_.pop(entry.task_id, None)
+        open_online.discard(entry.task_id)
         answered.pop(entry.task_id, None)
         split, row = entry.split, entry.row
         assert split is not None and row is not None
@@ -219,20 +230,26 @@ def replay_journal(run: Run) -> list[Path]:
     if run.stats.journal_skipped > SKIPPED_SHOWN:
         more = run.stats.journal_skipped - SKIPPED_SHOWN
         run._say(f"skipped {more:,} more journal entries like those; their tasks are asked again")
-    run._carried["prompt_tokens"] += spent[0]
-    run._carried["completion_tokens"] += spent[1]
-    run._carried["cached_input_tokens"] += spent[2]
-    run._carried["cache_write_tokens"] += spent[3]
-    run.budget.charge(*spent)
+    run._carried["prompt_tokens"] += priced[0] + online[0]
+    run._carried["completion_tokens"] += priced[1] + online[1]
+    run._carried["cached_input_tokens"] += priced[2] + online[2]
+    run._carried["cache_write_tokens"] += priced[3] + online[3]
+    run.budget.charge(*priced)
+    # A journal without online marks (an older gen's, or an online run's) charges all at the run's price.
+    listed = list_price(run.p.price, batch=run.p.opts.batch)
+    if any(online):
+        run.budget.charge(*online, price=listed)
     for task_id, estimate in open_.items():
         if answered.get(task_id) and id_key(task_id) not in run.claimed:
             run.prior_attempts[task_id] = answered[task_id]
+            if estimate == (0, 0):  # not an online run's re-ask in flight: its answer is not counted
+                run.batch_judged[task_id] = answered[task_id]
         # A (0, 0) reservation carries only the usage of the request before it (batch mode: the
         # request itself is in a provider batch, which the batch log tracks): never in flight here.
         if id_key(task_id) not in run.claimed and estimate != (0, 0):
             run._carried["unanswered_requests"] += 1
             run._carried["unanswered_tokens"] += estimate[0] + estimate[1]
-            run.budget.charge(*estimate)
+            run.budget.charge(*estimate, price=listed if task_id in open_online else None)
     run._drain()
     return segments
 
