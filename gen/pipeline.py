@@ -48,6 +48,7 @@ from gen.reasoning import (
     assistant_message,
     journal_form,
 )
+from gen.reserved import InFlight
 from gen.retry import RetryPolicy
 from gen.rows import Row, duplicate_row, reject_row
 from gen.shards import (
@@ -279,7 +280,7 @@ class Run:
         # A reservation's bound on a request's completion: what the request asks for at most.
         asked = p.sampling.get("max_tokens") or p.sampling.get("max_completion_tokens")
         self._max_completion = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
-        self._in_flight: dict[int, tuple[str, Usage]] = {}  # id key -> (task id, reservation)
+        self._in_flight = InFlight()  # id key -> (task id, reservation), with the reservations summed
         self.served_models: list[str] = []
         self.started = time.monotonic()
         self.created_at = (p.previous or {}).get("created_at") or datetime.now(UTC).isoformat(
@@ -872,33 +873,20 @@ class Run:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    def _in_flight_tokens(self) -> int:
-        if not self.stats.requests:  # nothing answered yet to average: the reservations bound them
-            return sum(estimate[0] + estimate[1] for _, estimate in self._in_flight.values())
-        per_request = (self.stats.prompt_tokens + self.stats.completion_tokens) // self.stats.requests
-        return per_request * self.limiter.concurrency.in_flight
-
-    def _in_flight_usd(self) -> float | None:
-        """What every request reserved and not yet answered may cost: its prompt estimate at the input
-        rate and its max_tokens at the output rate. All of them, those still queued at the limiter too,
-        and never an average of earlier answers: a short answer says nothing of the next one's bound."""
-        price = self.budget.price
-        if price is None:
-            return None
-        return sum(price.cost(*estimate) for _, estimate in self._in_flight.values())
-
     def _over_budget(self) -> str | None:
         """Why no further request may leave (the budget with every request in flight counted), or None.
 
-        Checked before every request, so each figure is computed only for the limit that reads it: pricing
-        every request in flight costs O(in flight) a request, which without --max-usd cost a quarter of
-        a run's CPU (bench/throughput.py: 0.59x the bare client, from 1.17x)."""
+        Every request reserved and not yet answered (those queued at the limiter too) counts at its
+        reservation: its prompt estimate plus its max_tokens (at the input and output rates for
+        --max-usd), never an average of earlier answers: a short answer says nothing of the next one's
+        bound. Checked before every request: `InFlight` keeps the sums, so the check is O(1)."""
         b = self.budget
         if b.max_usd is None and b.max_tokens is None:
             return None
+        price = b.price
         return b.exhausted(
-            reserved_tokens=self._in_flight_tokens() if b.max_tokens is not None else 0,
-            reserved_usd=self._in_flight_usd() if b.max_usd is not None else None,
+            reserved_tokens=self._in_flight.tokens,
+            reserved_usd=self._in_flight.usd(price) if b.max_usd is not None and price is not None else None,
         )
 
     async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> asking.Asked | None:

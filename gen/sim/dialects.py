@@ -76,6 +76,7 @@ class _Chat:
     cached: int = 0
     written: int = 0
     fixed: str | None = None  # the text to answer instead of a drawn one (the judge mode)
+    long: bool = False  # a free-text answer ten times as long (SimConfig.long_after)
     answer: str | None = None  # the final answer to give (gen.sim.answers), when the input has a reference
     answer_field: str | None = None
     json_schema: Any = None  # "json_schema" mode: the schema as sent
@@ -392,7 +393,7 @@ def _content(chat: _Chat, rng: random.Random) -> str:
             "keywords": list(rng.choices(VOCAB, k=rng.randint(1, 4))),
         }
         return orjson.dumps(obj).decode()
-    text = sentences(rng, rng.randint(30, 80))
+    text = sentences(rng, rng.randint(30, 80) * (10 if chat.long else 1))
     return f"Otherwise: {text}" if chat.perturb is not None else text
 
 
@@ -574,6 +575,7 @@ class OpenAIDialect:
     def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
         if chat.fixed is None:  # the judge mode's verdict (gen.sim.judge) comes first
             chat.fixed = self.config.answer_text
+        chat.long = self.config.long_after is not None and stats["ok"] >= self.config.long_after
         try:
             content, cut, completion_tokens = _text_answer(chat, rng, fault, stats)
         except (ValueError, RecursionError) as exc:  # a schema that compiles but has no instance
@@ -691,6 +693,7 @@ class AnthropicDialect:
     def answer(self, chat: _Chat, rng: random.Random, fault: str | None, stats: dict[str, int]) -> bytes:
         if chat.fixed is None:  # the judge mode's verdict (gen.sim.judge) comes first
             chat.fixed = self.config.answer_text
+        chat.long = self.config.long_after is not None and stats["ok"] >= self.config.long_after
         if chat.mode == "tool":
             content, stop_reason, output_tokens = self._tool_use(chat, rng, fault, stats)
         else:

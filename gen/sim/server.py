@@ -141,6 +141,9 @@ class SimConfig:
     reasoning_near_copies: bool = False
     reasoning_usage: bool = True
     answer_text: str | None = None
+    # A teacher whose answers grow: free-text answers after the first `long_after` ok ones are ten times
+    # as long (what an average of the early answers underestimates).
+    long_after: int | None = None
 
     def __post_init__(self) -> None:
         rates = {name: getattr(self, name) for name in _FAULTS}
@@ -178,6 +181,8 @@ class SimConfig:
             raise ValueError(f"batch_hold must be one of {', '.join(HOLD_POINTS)}, got {self.batch_hold!r}")
         if self.batch_max_requests is not None and self.batch_max_requests < 1:
             raise ValueError(f"batch_max_requests must be >= 1, got {self.batch_max_requests}")
+        if self.long_after is not None and self.long_after < 0:
+            raise ValueError(f"long_after must be >= 0 or None, got {self.long_after}")
         check_reasoning(self)
         if self.malformed != "any" and self.malformed not in MALFORMED:
             known = ", ".join(MALFORMED)
