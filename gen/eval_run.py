@@ -11,11 +11,10 @@ work as in `gen run`), with two differences that make it cheaper than the run th
 * a first request is not journaled before it leaves (a reservation: gen.ledger) unless a budget is set.
   A reservation keeps `--max-usd`/`--max-tokens` counting the requests in flight across a SIGKILL; the
   student's run has no budget, and the report counts answered requests only. Answers are journaled as
-  they arrive all the same (written at the end of the event-loop tick, with the others of that tick,
-  rather than one write per request), and a re-ask's reservation, which carries what the invalid answer
-  before it cost, is journaled as in `gen run`: a resumed evaluation counts every answered request. A
-  SIGKILL forgets only the requests in flight (asked again on resume, as before) and their estimate in
-  the answers' `usage.unanswered_*`.
+  they arrive all the same, and written before the next request leaves (with the others queued then),
+  and a re-ask's reservation, which carries what the invalid answer before it cost, is journaled as in
+  `gen run`: a resumed evaluation counts every answered request. A SIGKILL forgets only the requests in
+  flight (asked again on resume, as before) and their estimate in the answers' `usage.unanswered_*`.
 
 And each outcome (a data row or a reject) is kept in memory as it is decided, as the report reads it
 (`outcomes`), so a report of an evaluation that was not resumed does not read the shards back.
@@ -83,7 +82,14 @@ class StudentRun(Run):
     ) -> None:
         b = self.budget
         if usage is None and b.max_usd is None and b.max_tokens is None:
-            self._in_flight[key] = (task_id, estimate)  # in flight, not journaled (module docstring)
+            # Not journaled itself (module docstring), but the answers queued so far are written before
+            # it leaves: at the end of the tick would be after it, and a SIGKILL between the two would
+            # lose an answer already paid for (tests/test_eval_journal_order.py).
+            assert self.journal is not None
+            self.journal.write_pending()
+            if self.journal.error is not None:
+                raise self.journal.error
+            self._in_flight[key] = (task_id, estimate)
             return
         super()._reserve(task_id, key, estimate, usage, answered)
 
