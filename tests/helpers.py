@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -144,3 +145,28 @@ def killed_with_answers(proc: subprocess.Popen, out: Path, answers: int) -> Path
     proc.communicate(timeout=60)
     assert segment is not None and not ids_in(out, "data"), "no checkpoint should have happened yet"
     return segment
+
+
+# The structured answer the batch tests ask the simulator for (its `answer` long enough to be re-asked
+# when a perturbed reply shortens it).
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "minLength": 40}, "score": {"type": "integer"}},
+    "required": ["answer", "score"],
+    "additionalProperties": False,
+}
+
+
+def batch_recipe(
+    tmp_path: Path, n: int, name: str = "batched", user: str = "Explain item {{ n }} in detail."
+) -> Path:
+    """A prompt file of `n` tasks asking the OpenAI-compatible simulator for ANSWER_SCHEMA answers."""
+    (tmp_path / "answer.json").write_text(json.dumps(ANSWER_SCHEMA))
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\nversion = "1"\nintended_use = "research"\nschema = "answer.json"\n'
+        "eval_fraction = 0.1\n[sampling]\nmax_tokens = 120\n"
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        f'[messages]\nuser = "{user}"\n[variables]\nn = {list(range(n))}\n'
+    )
+    return path

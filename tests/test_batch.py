@@ -17,32 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import all_task_ids, ids_in
+from helpers import all_task_ids, batch_recipe, ids_in
 
 from gen import RunOptions, run
 from gen.cli import main
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"answer": {"type": "string", "minLength": 40}, "score": {"type": "integer"}},
-    "required": ["answer", "score"],
-    "additionalProperties": False,
-}
 TIMEOUT = 60
-
-
-def _recipe(
-    tmp_path: Path, n: int, name: str = "batched", user: str = "Explain item {{ n }} in detail."
-) -> Path:
-    (tmp_path / "answer.json").write_text(json.dumps(SCHEMA))
-    path = tmp_path / f"{name}.toml"
-    path.write_text(
-        f'name = "{name}"\nversion = "1"\nintended_use = "research"\nschema = "answer.json"\n'
-        "eval_fraction = 0.1\n[sampling]\nmax_tokens = 120\n"
-        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
-        f'[messages]\nuser = "{user}"\n[variables]\nn = {list(range(n))}\n'
-    )
-    return path
 
 
 def _args(prompt: Path, out: Path, sim, provider: str = "openai", *extra: str) -> list[str]:
@@ -98,7 +78,7 @@ def _check_outcome(prompt: Path, out: Path, sim) -> list[str]:
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_batch_run_ends_every_task_and_sends_each_request_once(tmp_path: Path, sim_server, provider) -> None:
     sim = sim_server(batch_delay_s=0.1, rate_invalid_json=0.2, batch_rate_expired=0.1, batch_rate_failed=0.05)
-    prompt = _recipe(tmp_path, 120)
+    prompt = batch_recipe(tmp_path, 120)
     out = tmp_path / "o"
     assert main(_args(prompt, out, sim, provider, "--batch-size", "50")) == 0
     sent = _check_outcome(prompt, out, sim)
@@ -117,7 +97,7 @@ def test_batch_run_ends_every_task_and_sends_each_request_once(tmp_path: Path, s
 def test_sigkill_at_each_point_resumes_without_paying_twice(tmp_path: Path, sim_server, point) -> None:
     hold = {"upload": "upload", "download": "download"}.get(point)
     sim = sim_server(batch_delay_s=0.5, rate_invalid_json=0.2, batch_hold=hold)
-    prompt = _recipe(tmp_path, 60)
+    prompt = batch_recipe(tmp_path, 60)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, "openai", "--batch-size", "25")
     proc = _gen(args)
@@ -139,7 +119,7 @@ def test_three_kills_and_resume_send_each_request_once(tmp_path: Path, sim_serve
     sim = sim_server(batch_delay_s=0.3, rate_invalid_json=0.25, batch_rate_expired=0.05)
     # Enough tasks that each killed run has batches of its own to submit however far the one before it
     # got between its second batch and the kill (a fast start-up once left the third run 25 tasks).
-    prompt = _recipe(tmp_path, 300)
+    prompt = batch_recipe(tmp_path, 300)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, "openai", "--batch-size", "20", "--shard-rows", "15")
     for _ in range(3):
@@ -155,7 +135,7 @@ def test_three_kills_and_resume_send_each_request_once(tmp_path: Path, sim_serve
 
 def test_anthropic_path_is_resumed_too(tmp_path: Path, sim_server) -> None:
     sim = sim_server(batch_delay_s=0.5, rate_invalid_json=0.2)
-    prompt = _recipe(tmp_path, 40)
+    prompt = batch_recipe(tmp_path, 40)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, "anthropic", "--batch-size", "15")
     proc = _gen(args)
@@ -168,7 +148,7 @@ def test_anthropic_path_is_resumed_too(tmp_path: Path, sim_server) -> None:
 
 def test_ctrl_c_leaves_batches_running_then_cancel_and_collect(tmp_path: Path, sim_server) -> None:
     sim = sim_server(batch_delay_s=30.0)
-    prompt = _recipe(tmp_path, 30)
+    prompt = batch_recipe(tmp_path, 30)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, "openai", "--batch-size", "10")
     proc = _gen(args)
@@ -195,7 +175,7 @@ def test_ctrl_c_leaves_batches_running_then_cancel_and_collect(tmp_path: Path, s
 
 def test_failed_requests_fall_back_online(tmp_path: Path, sim_server) -> None:
     sim = sim_server(batch_delay_s=0.05, batch_rate_failed=0.3)
-    prompt = _recipe(tmp_path, 60)
+    prompt = batch_recipe(tmp_path, 60)
     out = tmp_path / "o"
     assert main(_args(prompt, out, sim, "openai", "--batch-fallback", "online")) == 0
     stats = json.loads((out / "manifest.json").read_text())["runs"][-1]
@@ -207,7 +187,7 @@ def test_failed_requests_fall_back_online(tmp_path: Path, sim_server) -> None:
 
 def test_budget_counts_at_the_batch_price_and_stops_submitting(tmp_path: Path, sim_server) -> None:
     sim = sim_server()
-    prompt = _recipe(tmp_path, 100)
+    prompt = batch_recipe(tmp_path, 100)
     out = tmp_path / "o"
     price = ["--price-in", "100", "--price-out", "100"]  # USD per million tokens, list price
     # About 20 requests of ~30 prompt and ~120 reserved completion tokens a batch: ~$0.15 at half price.
@@ -222,7 +202,7 @@ def test_budget_counts_at_the_batch_price_and_stops_submitting(tmp_path: Path, s
 
 
 def test_bad_input_one_line_each(tmp_path: Path, sim_server, capsys) -> None:
-    prompt = _recipe(tmp_path, 5)
+    prompt = batch_recipe(tmp_path, 5)
     code = main(["run", str(prompt), "--provider", "vllm", "--base-url", "http://127.0.0.1:9/v1", "--batch"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--batch" in err and "no batch API" in err
@@ -233,7 +213,7 @@ def test_bad_input_one_line_each(tmp_path: Path, sim_server, capsys) -> None:
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_batch_refused_as_a_whole_loses_nothing(tmp_path: Path, sim_server, capsys, provider) -> None:
     sim = sim_server(batch_reject="input file too large (simulated)")
-    prompt = _recipe(tmp_path, 20)
+    prompt = batch_recipe(tmp_path, 20)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, provider)
     assert main(args) == 1
@@ -247,13 +227,13 @@ def test_batch_refused_as_a_whole_loses_nothing(tmp_path: Path, sim_server, caps
 
 def test_output_holding_batches_of_another_recipe(tmp_path: Path, sim_server, capsys) -> None:
     sim = sim_server(batch_delay_s=30.0)
-    prompt = _recipe(tmp_path, 10)
+    prompt = batch_recipe(tmp_path, 10)
     out = tmp_path / "o"
     proc = _gen(_args(prompt, out, sim))
     _wait(lambda: _logged(out, b'"bc"'), "a batch id in the log", proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    other = _recipe(tmp_path, 10, name="other", user="Describe item {{ n }}.")
+    other = batch_recipe(tmp_path, 10, name="other", user="Describe item {{ n }}.")
     capsys.readouterr()
     assert main(_args(other, out, sim)) == 2
     err = capsys.readouterr().err
@@ -263,7 +243,7 @@ def test_output_holding_batches_of_another_recipe(tmp_path: Path, sim_server, ca
 
 def test_python_api_batch_option(tmp_path: Path, sim_server) -> None:
     sim = sim_server(batch_delay_s=0.05)
-    prompt = _recipe(tmp_path, 10)
+    prompt = batch_recipe(tmp_path, 10)
     result = run(
         prompt,
         RunOptions(
@@ -279,7 +259,7 @@ def test_sigkill_while_collecting_reads_the_batch_again_and_sends_nothing_twice(
     # One large batch: judging its results takes long enough to be killed halfway, with some answers
     # and re-asks journaled and the batch not yet marked collected.
     sim = sim_server(batch_delay_s=0.2, rate_invalid_json=0.3)
-    prompt = _recipe(tmp_path, 2000)
+    prompt = batch_recipe(tmp_path, 2000)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, "openai", "--shard-rows", "50")  # checkpoints while collecting
     proc = _gen(args)
@@ -295,7 +275,7 @@ def test_sigkill_while_collecting_reads_the_batch_again_and_sends_nothing_twice(
 def test_polling_respects_the_rate_limit(tmp_path: Path, sim_server) -> None:
     # Two polls a second allowed; gen asks every 10 ms at first: the 429s' Retry-After paces it.
     sim = sim_server(batch_delay_s=1.5, rpm=120, rpm_window_s=1.0)
-    prompt = _recipe(tmp_path, 20)
+    prompt = batch_recipe(tmp_path, 20)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, "openai", "--batch-size", "5")
     args[args.index("--batch-poll") + 1] = "0.01"
@@ -313,7 +293,7 @@ def test_sigkill_after_the_provider_accepted_but_before_the_id_was_logged(
     # The batch is made, but its creation reply never arrives: the log has its requests, not its id.
     # OpenAI's is found again by its metadata, Anthropic's by its size and time; neither is sent again.
     sim = sim_server(batch_delay_s=0.2, batch_hold="accepted")
-    prompt = _recipe(tmp_path, 30)
+    prompt = batch_recipe(tmp_path, 30)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, provider, "--batch-size", "10")
     proc = _gen(args)
@@ -329,7 +309,7 @@ def test_sigkill_after_the_provider_accepted_but_before_the_id_was_logged(
 def test_offline_with_the_launched_simulator_and_its_sim_table(tmp_path: Path, capsys) -> None:
     from gen.audit import audit
 
-    prompt = _recipe(tmp_path, 30)
+    prompt = batch_recipe(tmp_path, 30)
     text = prompt.read_text().replace('provider = "openai"', 'provider = "sim"')
     prompt.write_text(text + "[sim]\nbatch_delay_s = 0.1\nbatch_rate_expired = 0.2\n")
     out = tmp_path / "o"

@@ -13,30 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import all_task_ids, ids_in, killed_with_answers
+from helpers import all_task_ids, batch_recipe, ids_in, killed_with_answers
 
 from gen.cli import main
 from gen.ledger import BadEntry, Entry, journal_entries, seal
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"answer": {"type": "string", "minLength": 40}, "score": {"type": "integer"}},
-    "required": ["answer", "score"],
-    "additionalProperties": False,
-}
 LIST = 100.0  # USD per million tokens, input and output alike: a token costs the same either way
-
-
-def _recipe(tmp_path: Path, n: int) -> Path:
-    (tmp_path / "answer.json").write_text(json.dumps(SCHEMA))
-    path = tmp_path / "fallback.toml"
-    path.write_text(
-        'name = "fallback"\nversion = "1"\nintended_use = "research"\nschema = "answer.json"\n'
-        "eval_fraction = 0.1\n[sampling]\nmax_tokens = 120\n"
-        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
-        f'[messages]\nuser = "Explain item {{{{ n }}}} in detail."\n[variables]\nn = {list(range(n))}\n'
-    )
-    return path
 
 
 def _args(prompt: Path, out: Path, sim) -> list[str]:
@@ -58,7 +40,7 @@ def _list_cost(manifest: dict) -> float:
 def test_uninterrupted_run_prices_online_fallback_at_list_price(tmp_path: Path, sim_server) -> None:
     # Every request fails in its batch and is answered online: the whole run is at the list price.
     sim = sim_server(batch_delay_s=0.05, batch_rate_failed=1.0)
-    prompt = _recipe(tmp_path, 20)
+    prompt = batch_recipe(tmp_path, 20, "fallback")
     out = tmp_path / "o"
     assert main(_args(prompt, out, sim)) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -71,7 +53,7 @@ def test_online_fallback_failed_after_billing_is_charged_at_list_price(tmp_path:
     # Every request fails in its batch, then online with a malformed reply (billed, maybe): each is
     # rejected with its reservation spent, bought online.
     sim = sim_server(batch_delay_s=0.05, batch_rate_failed=1.0, rate_malformed=1.0)
-    prompt = _recipe(tmp_path, 10)
+    prompt = batch_recipe(tmp_path, 10, "fallback")
     out = tmp_path / "o"
     assert main([*_args(prompt, out, sim), "--max-retries", "1"]) == 1  # 1: kept nothing
     manifest = json.loads((out / "manifest.json").read_text())
@@ -84,7 +66,7 @@ def test_resumed_run_counts_journaled_online_answers_at_list_price(tmp_path: Pat
     # online answers journaled and others in flight (their reservations journaled).
     sim = sim_server(batch_delay_s=0.05, batch_rate_failed=1.0, latency_ms=100, latency_jitter_ms=900)
     n = 40
-    prompt = _recipe(tmp_path, n)
+    prompt = batch_recipe(tmp_path, n, "fallback")
     out = tmp_path / "o"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gen", *_args(prompt, out, sim)],

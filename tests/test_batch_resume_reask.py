@@ -15,30 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import all_task_ids, ids_in, journaled_answers, reasked_tasks, settled_requests
+from helpers import all_task_ids, batch_recipe, ids_in, journaled_answers, reasked_tasks, settled_requests
 
 from gen.cli import main
 from gen.ledger import Entry, journal_entries
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"answer": {"type": "string", "minLength": 40}, "score": {"type": "integer"}},
-    "required": ["answer", "score"],
-    "additionalProperties": False,
-}
 TIMEOUT = 60
-
-
-def _recipe(tmp_path: Path, n: int) -> Path:
-    (tmp_path / "answer.json").write_text(json.dumps(SCHEMA))
-    path = tmp_path / "reask.toml"
-    path.write_text(
-        'name = "reask"\nversion = "1"\nintended_use = "research"\nschema = "answer.json"\n'
-        "eval_fraction = 0.1\n[sampling]\nmax_tokens = 120\n"
-        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
-        f'[messages]\nuser = "Explain item {{{{ n }}}} in detail."\n[variables]\nn = {list(range(n))}\n'
-    )
-    return path
 
 
 def _gen(args: list[str]) -> subprocess.Popen:
@@ -80,7 +62,7 @@ def _batch_of(out: Path, tasks: set[str]) -> str | None:
 
 def test_online_reask_killed_then_batch_resumes_count_every_batch_answer(tmp_path: Path, sim_server) -> None:
     sim = sim_server(rate_invalid_json=0.5)
-    prompt = _recipe(tmp_path, 400)
+    prompt = batch_recipe(tmp_path, 400, "reask")
     out = tmp_path / "o"
     online = ["run", str(prompt), "--provider", "openai", "--base-url", sim.base_url, "--output", str(out),
               "--no-progress"]  # fmt: skip
