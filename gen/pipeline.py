@@ -514,7 +514,8 @@ class Run:
                 partition=self.partition,
             )
             old_segments = resume.replay_journal(self)
-            self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
+            # An online run's entries are marked bought at the list price: a --batch resume prices them so.
+            self.journal = Journal(p.out_dir, self.run_id, partition=self.partition, online=not p.opts.batch)
             # Commits replayed answers and what the journal says was spent, then drops the old journal.
             await self.writer.checkpoint(self._closing(old_segments))
         except BaseException:
