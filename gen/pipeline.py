@@ -1116,6 +1116,7 @@ class OutputError(GenError):
 
     def __init__(self, out_dir: Path, error: OSError) -> None:
         self.out_dir = out_dir
+        self.error = error
         super().__init__(
             f"cannot write to {out_dir}: {error.strerror or error}. Committed shards are intact and every "
             "answer received is in the journal; free space and run the same command again to resume"
