@@ -247,8 +247,12 @@ class VerdictLog:
 def line_usage(entry: dict[str, Any]) -> tuple[int, int]:
     """A judge.jsonl line's (prompt, completion) tokens; (0, 0) for a line of a gen that kept none."""
     u = entry.get("u")
-    ok = isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
-    return (u[0], u[1]) if ok else (0, 0)
+    return (u[0], u[1]) if usage_ok(u) else (0, 0)
+
+
+def usage_ok(u: Any) -> bool:
+    """`u` is what gen writes: two token counts (non-negative integers)."""
+    return isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
 
 
 class _Metered:
