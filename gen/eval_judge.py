@@ -330,8 +330,13 @@ async def judge_rows(
                         verdict = await judge_pair(
                             pair, client=metered, prompt=prompt, seed=seed, retry_policy=policy
                         )
-                    except FatalTeacherError as e:
-                        raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
+                    except BaseException as e:  # a refusal, or cancelled (Ctrl-C) mid-pair
+                        # What the judge answered of the pair was paid for: kept as an `error` line (a
+                        # resume asks the pair again and counts it), as for a pair that ended as error.
+                        record(tid, "error", (metered.prompt_tokens, metered.completion_tokens))
+                        if isinstance(e, FatalTeacherError):
+                            raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
+                        raise
                     verdicts[tid] = verdict
                     record(tid, verdict, (metered.prompt_tokens, metered.completion_tokens))
                     ledger.end((metered.prompt_tokens, metered.completion_tokens))
