@@ -380,7 +380,7 @@ def _audit_verdicts(
     tokens are the sum of that judge's lines' `u` (at least that sum for a file of a gen that kept no
     `u`, or no `error` lines where the report counts `error` pairs: such a report counted tokens the file
     does not hold)."""
-    from gen.eval_judge import line_usage
+    from gen.eval_judge import line_usage, usage_ok
 
     log = eval_dir / "judge.jsonl"
     rel = str(log.relative_to(out))
@@ -428,6 +428,8 @@ def _audit_verdicts(
         ):
             report.add(rel, i, f"not a verdict gen writes: {line[:120]!r}")
             continue
+        if "u" in entry and not usage_ok(entry["u"]):  # gen eval counts none of it: tokens unaccounted
+            report.add(rel, i, f"its `u` is not two token counts: {str(entry['u'])[:80]}")
         if entry["id"] not in evaluated:
             report.add(rel, i, f"id {entry['id']} is not a row of this evaluation")
         elif entry.get("judge") == key:  # another judge's (a resume with another prompt) is not counted

@@ -515,6 +515,9 @@ class BatchDriver:
             comp = await self._call(
                 lambda: self.online.complete(messages, seed=req.seed, sampling=self.p.sampling)
             )
+        except asyncio.CancelledError:  # given up in flight (a stop past its grace): it may have been billed
+            run._abandon(key, price=self.online_price)
+            raise
         except TeacherError as e:
             spent = (
                 run._abandon(key, price=self.online_price)

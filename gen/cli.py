@@ -750,6 +750,7 @@ def _eval(args: argparse.Namespace) -> int:
         },
     )
     from gen.errors import FatalTeacherError
+    from gen.pipeline import OutputError
 
     # Reading the split builds tens of thousands of acyclic objects (rows, their messages) that live
     # until the evaluation ends: the cyclic collector would walk them while they are built and again in
@@ -768,6 +769,16 @@ def _eval(args: argparse.Namespace) -> int:
         result = run_eval(plan)
     except FatalTeacherError as e:  # main() would call the student "the teacher"
         print(f"gen eval: aborted, the student refused: {e}", file=sys.stderr)
+        return EXIT_ABORTED
+    except OutputError as e:  # main() would say "run the same command again": a new evaluation, paid again
+        if not plan.eval_dir.is_dir():  # removed: nothing was answered, so the same command is the way
+            raise
+        print(
+            f"gen eval: aborted: cannot write to {e.out_dir}: {e.error.strerror or e.error}. Every answer "
+            f"received is kept; free space and resume with `gen eval {args.dataset} --student-model "
+            f"{args.student_model} ... --resume {plan.eval_dir}`.",
+            file=sys.stderr,
+        )
         return EXIT_ABORTED
     finally:
         gc.set_threshold(*thresholds)

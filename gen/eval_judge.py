@@ -247,8 +247,12 @@ class VerdictLog:
 def line_usage(entry: dict[str, Any]) -> tuple[int, int]:
     """A judge.jsonl line's (prompt, completion) tokens; (0, 0) for a line of a gen that kept none."""
     u = entry.get("u")
-    ok = isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
-    return (u[0], u[1]) if ok else (0, 0)
+    return (u[0], u[1]) if usage_ok(u) else (0, 0)
+
+
+def usage_ok(u: Any) -> bool:
+    """`u` is what gen writes: two token counts (non-negative integers)."""
+    return isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
 
 
 class _Metered:
@@ -326,8 +330,13 @@ async def judge_rows(
                         verdict = await judge_pair(
                             pair, client=metered, prompt=prompt, seed=seed, retry_policy=policy
                         )
-                    except FatalTeacherError as e:
-                        raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
+                    except BaseException as e:  # a refusal, or cancelled (Ctrl-C) mid-pair
+                        # What the judge answered of the pair was paid for: kept as an `error` line (a
+                        # resume asks the pair again and counts it), as for a pair that ended as error.
+                        record(tid, "error", (metered.prompt_tokens, metered.completion_tokens))
+                        if isinstance(e, FatalTeacherError):
+                            raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
+                        raise
                     verdicts[tid] = verdict
                     record(tid, verdict, (metered.prompt_tokens, metered.completion_tokens))
                     ledger.end((metered.prompt_tokens, metered.completion_tokens))

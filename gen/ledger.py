@@ -17,9 +17,11 @@ An entry is one JSON object a line, sealed with an XXH3-64 of its own bytes as i
 cache was used, the prompt tokens read from and written to it): on an answer, the request that decided
 the task; on a reservation, the task's previous request (an invalid answer about to be re-asked), absent
 on a first request; `a`, on a re-ask's reservation, how many answers of the task came before it (a
-resume that asks the task again counts them among its attempts); `"o": 1`, on an entry of a batch run,
-that its request(s) went through the chat API (--batch-fallback online) at the list price, not the batch
-price (without it an entry is priced at the resuming run's price). A reservation is written, and reaches
+resume that asks the task again counts them among its attempts); `"o": 1`, that its request(s) went
+through the chat API at the list price, not the batch price: every entry of an online run, and those of a
+batch run's online fallback (--batch-fallback online), so a --batch resume of either prices them at the
+list price (an entry without it, an older gen's or a batch request's, is priced at the resuming run's
+price). A reservation is written, and reaches
 the page cache, before its request leaves; `e` is that request's reserved cost: the prompt's estimate
 (characters / 4, as the tpm limiter counts; a prompt in a script with fewer characters per token costs
 more) plus the max_tokens asked for. The next entry of the same task settles it. One still open when the
@@ -115,8 +117,13 @@ class Journal:
     only in memory.
     """
 
-    def __init__(self, out_dir: Path, run_id: str, *, partition: int | None = None) -> None:
+    def __init__(
+        self, out_dir: Path, run_id: str, *, partition: int | None = None, online: bool = False
+    ) -> None:
+        """`online`: the run buys every request through the chat API (not a batch run): each entry is
+        marked `"o": 1`, so a --batch resume prices it at the list price, as it was bought."""
         self.dir = OutputDir(out_dir, partition).journal
+        self.online = online
         for attempt in range(3):
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +152,7 @@ class Journal:
         if self.error is not None:
             raise self.error
         entry: dict[str, Any] = {"s": split, "r": row, "u": usage}
-        if online:
+        if online or self.online:
             entry["o"] = 1
         self._pending.extend(sealed_parts(entry))
         if not self._scheduled:
@@ -174,7 +181,7 @@ class Journal:
             entry["u"] = usage
         if answered:
             entry["a"] = answered
-        if online:
+        if online or self.online:
             entry["o"] = 1
         self._pending.extend(sealed_parts(entry))
         if write:

@@ -514,7 +514,8 @@ class Run:
                 partition=self.partition,
             )
             old_segments = resume.replay_journal(self)
-            self.journal = Journal(p.out_dir, self.run_id, partition=self.partition)
+            # An online run's entries are marked bought at the list price: a --batch resume prices them so.
+            self.journal = Journal(p.out_dir, self.run_id, partition=self.partition, online=not p.opts.batch)
             # Commits replayed answers and what the journal says was spent, then drops the old journal.
             await self.writer.checkpoint(self._closing(old_segments))
         except BaseException:
@@ -1115,6 +1116,7 @@ class OutputError(GenError):
 
     def __init__(self, out_dir: Path, error: OSError) -> None:
         self.out_dir = out_dir
+        self.error = error
         super().__init__(
             f"cannot write to {out_dir}: {error.strerror or error}. Committed shards are intact and every "
             "answer received is in the journal; free space and run the same command again to resume"

@@ -235,7 +235,8 @@ def replay_journal(run: Run) -> list[Path]:
     run._carried["cached_input_tokens"] += priced[2] + online[2]
     run._carried["cache_write_tokens"] += priced[3] + online[3]
     run.budget.charge(*priced)
-    # A journal without online marks (an older gen's, or an online run's) charges all at the run's price.
+    # Entries bought online (an online run's, a batch run's fallback) at the list price; the others (a
+    # batch request's, any of an older gen's online run) at the run's.
     listed = list_price(run.p.price, batch=run.p.opts.batch)
     if any(online):
         run.budget.charge(*online, price=listed)
