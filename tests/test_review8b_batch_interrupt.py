@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_batch_fallback_price import _args, _list_cost, _recipe
+from helpers import batch_recipe
+from test_batch_fallback_price import _args, _list_cost
 
 
 def test_sigint_with_online_fallback_in_flight_counts_their_reservations(tmp_path: Path, sim_server) -> None:
     sim = sim_server(batch_delay_s=0.05, batch_rate_failed=1.0, latency_ms=3000)
-    prompt = _recipe(tmp_path, 10)
+    prompt = batch_recipe(tmp_path, 10, "fallback")
     out = tmp_path / "o"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gen", *_args(prompt, out, sim), "--grace-period", "0.5"],

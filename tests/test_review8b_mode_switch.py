@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import all_task_ids, ids_in, killed_with_answers
-from test_batch_fallback_price import _list_cost, _recipe
+from helpers import all_task_ids, batch_recipe, ids_in, killed_with_answers
+from test_batch_fallback_price import _list_cost
 
 from gen.cli import main
 
@@ -30,7 +30,7 @@ def _online(prompt: Path, out: Path, sim) -> list[str]:
 
 def test_batch_resume_of_an_online_journal_counts_it_at_the_list_price(tmp_path: Path, sim_server) -> None:
     sim = sim_server(batch_delay_s=0.05, batch_rate_failed=1.0, latency_ms=100, latency_jitter_ms=900)
-    prompt = _recipe(tmp_path, 40)
+    prompt = batch_recipe(tmp_path, 40, "fallback")
     out = tmp_path / "o"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gen", *_online(prompt, out, sim)],
