@@ -12,7 +12,8 @@ import signal
 from pathlib import Path
 
 import orjson
-from test_batch import _args, _check_outcome, _gen, _recipe, _wait
+from helpers import batch_recipe
+from test_batch import _args, _check_outcome, _gen, _wait
 
 from gen.cli import main
 from gen.ledger import journal_entries
@@ -22,7 +23,7 @@ def test_kill_between_the_journaled_usage_and_the_logged_reask_counts_it_once(
     tmp_path: Path, sim_server
 ) -> None:
     sim = sim_server(batch_delay_s=0.2, rate_invalid_json=0.3)
-    prompt = _recipe(tmp_path, 2000)
+    prompt = batch_recipe(tmp_path, 2000)
     out = tmp_path / "o"
     args = _args(prompt, out, sim, "openai", "--shard-rows", "50")
     proc = _gen(args)
