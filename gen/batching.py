@@ -454,9 +454,7 @@ class BatchDriver:
         if fallback:
             await run.gather([self._online(req) for req in fallback])
         assert run.journal is not None
-        run.journal.write_pending()  # every answer of the batch on disk before it is marked collected
-        if run.journal.error is not None:
-            raise run.journal.error
+        run.journal.write_now()  # every answer of the batch on disk before it is marked collected
         self.log.done(name, "cancelled" if state.status in ("cancelled", "canceled") else "collected")
         del self.live[name]
         self.outstanding -= b.logged.estimate[0] + b.logged.estimate[1]

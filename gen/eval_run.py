@@ -86,9 +86,7 @@ class StudentRun(Run):
             # it leaves: at the end of the tick would be after it, and a SIGKILL between the two would
             # lose an answer already paid for (tests/test_eval_journal_order.py).
             assert self.journal is not None
-            self.journal.write_pending()
-            if self.journal.error is not None:
-                raise self.journal.error
+            self.journal.write_now()
             self._in_flight[key] = (task_id, estimate)
             return
         super()._reserve(task_id, key, estimate, usage, answered)

@@ -185,13 +185,18 @@ class Journal:
             entry["o"] = 1
         self._pending.extend(sealed_parts(entry))
         if write:
-            self.write_pending()
-            if self.error is not None:
-                raise self.error
+            self.write_now()
 
     def _flush_soon(self) -> None:
         self._scheduled = False
         self.write_pending()
+
+    def write_now(self) -> None:
+        """Write what is queued before returning, for what must not happen before it is on disk (a
+        request leaving, a batch marked collected): a failed write (now or earlier) raises."""
+        self.write_pending()
+        if self.error is not None:
+            raise self.error
 
     def write_pending(self) -> None:
         """Write what is queued now. An error is kept and raised by the next append()."""

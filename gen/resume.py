@@ -167,8 +167,8 @@ def replay_journal(run: Run) -> list[Path]:
     assert run.writer is not None
     segments = journal_segments(run.p.out_dir, run.partition)
     committed = frozenset((run.p.previous or {}).get("journal_committed") or ())
-    open_: dict[str, Usage] = {}  # task id -> reservation of its request not yet answered
-    open_online: set[str] = set()  # of them, requests a batch run sent through the chat API
+    # task id -> the reservation of its request not yet answered, and whether it was bought online
+    open_: dict[str, tuple[Usage, bool]] = {}
     answered: dict[str, int] = {}  # task id -> its answers before that request (gen.ledger.Entry)
     # prompt, completion, cached and cache-written tokens: at the run's price, and at the list price
     priced = [0, 0, 0, 0]
@@ -183,17 +183,12 @@ def replay_journal(run: Run) -> list[Path]:
             continue
         spent = online if entry.online else priced
         if entry.estimate is not None:  # a reservation: a re-ask settles the one before it
-            open_[entry.task_id] = entry.estimate
-            if entry.online:
-                open_online.add(entry.task_id)
-            else:
-                open_online.discard(entry.task_id)
+            open_[entry.task_id] = (entry.estimate, entry.online)
             answered[entry.task_id] = entry.answered
             for i, n in enumerate(entry.usage):
                 spent[i] += n
             continue
         open_.pop(entry.task_id, None)
-        open_online.discard(entry.task_id)
         answered.pop(entry.task_id, None)
         split, row = entry.split, entry.row
         assert split is not None and row is not None
@@ -240,7 +235,7 @@ def replay_journal(run: Run) -> list[Path]:
     listed = list_price(run.p.price, batch=run.p.opts.batch)
     if any(online):
         run.budget.charge(*online, price=listed)
-    for task_id, estimate in open_.items():
+    for task_id, (estimate, bought_online) in open_.items():
         if answered.get(task_id) and id_key(task_id) not in run.claimed:
             run.prior_attempts[task_id] = answered[task_id]
             if estimate == (0, 0):  # not an online run's re-ask in flight: its answer is not counted
@@ -250,7 +245,7 @@ def replay_journal(run: Run) -> list[Path]:
         if id_key(task_id) not in run.claimed and estimate != (0, 0):
             run._carried["unanswered_requests"] += 1
             run._carried["unanswered_tokens"] += estimate[0] + estimate[1]
-            run.budget.charge(*estimate, price=listed if task_id in open_online else None)
+            run.budget.charge(*estimate, price=listed if bought_online else None)
     run._drain()
     return segments
 
