@@ -61,6 +61,14 @@ def test_online_fallback_failed_after_billing_is_charged_at_list_price(tmp_path:
     assert manifest["cost_usd"] == pytest.approx(_list_cost(manifest), rel=1e-6)
 
 
+def killed_after_8_answers(argv: list[str], out: Path) -> Path:
+    """`gen ARGV` in a child, SIGKILLed once its journal holds 8 answers: that segment."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gen", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return killed_with_answers(proc, out, 8)
+
+
 def test_resumed_run_counts_journaled_online_answers_at_list_price(tmp_path: Path, sim_server) -> None:
     # Every request fails in its batch and goes online, slowly enough that the run is killed with some
     # online answers journaled and others in flight (their reservations journaled).
@@ -68,13 +76,7 @@ def test_resumed_run_counts_journaled_online_answers_at_list_price(tmp_path: Pat
     n = 40
     prompt = batch_recipe(tmp_path, n, "fallback")
     out = tmp_path / "o"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gen", *_args(prompt, out, sim)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    segment = killed_with_answers(proc, out, 8)
+    segment = killed_after_8_answers(_args(prompt, out, sim), out)
     journaled = segment.read_bytes()
     assert b'"r":{' in journaled and b'"q":' in journaled
     sim.server.config.latency_ms = sim.server.config.latency_jitter_ms = 0.0

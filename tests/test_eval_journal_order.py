@@ -54,16 +54,22 @@ def _dataset(d: Path) -> Path:
     return d / "out"
 
 
-def test_a_killed_evaluation_never_asks_an_answered_request_again(tmp_path: Path, sim_server) -> None:
+def student_eval(tmp_path: Path, server, sitecustomize: str) -> tuple[Path, list[str], dict[str, str]]:
+    """A finished dataset of N rows, and the command and environment of `gen eval` on it against
+    `server` as the student, one request at a time, in a child that loads `sitecustomize` first."""
     out = _dataset(tmp_path / "ds")
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_TICK_END)
-    server = sim_server(model="student-1", latency_ms=50)
+    (site / "sitecustomize.py").write_text(sitecustomize)
     args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", server.base_url,
             "--student-model", "student-1", "--no-progress", "--split", "all",
             "--max-concurrency", "1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    return out, args, {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+
+
+def test_a_killed_evaluation_never_asks_an_answered_request_again(tmp_path: Path, sim_server) -> None:
+    server = sim_server(model="student-1", latency_ms=50)
+    out, args, env = student_eval(tmp_path, server, SLOW_TICK_END)
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 60
     while server.stats()["ok"] < 4 and time.monotonic() < deadline:

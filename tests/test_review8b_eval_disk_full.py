@@ -6,12 +6,10 @@ only the rest. The child gets a sitecustomize whose journal writes fail with ENO
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from test_eval_journal_order import N, _dataset
+from test_eval_journal_order import N, student_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,15 +36,8 @@ def test_a_full_disk_at_a_students_request_is_one_line_and_the_resume_loses_noth
     tmp_path: Path, sim_server
 ) -> None:
     assert errno.ENOSPC
-    out = _dataset(tmp_path / "ds")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(FULL_AFTER)
     server = sim_server(model="student-1")
-    args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", server.base_url,
-            "--student-model", "student-1", "--no-progress", "--split", "all",
-            "--max-concurrency", "1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    out, args, env = student_eval(tmp_path, server, FULL_AFTER)
     full = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert full.returncode not in (0, 2), full.stderr
     assert "Traceback" not in full.stderr, full.stderr
@@ -89,15 +80,8 @@ shards.atomic_write_bytes = _atomic_full
 def test_a_full_disk_before_any_checkpoint_keeps_the_journaled_answers(tmp_path: Path, sim_server) -> None:
     # The first checkpoint cannot be written either: the evaluation directory holds no answers' manifest,
     # but its journal holds the answers written before the disk filled: paid for, they must be kept.
-    out = _dataset(tmp_path / "ds")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(DISK_FULL)
     server = sim_server(model="student-1")
-    args = [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", server.base_url,
-            "--student-model", "student-1", "--no-progress", "--split", "all",
-            "--max-concurrency", "1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    out, args, env = student_eval(tmp_path, server, DISK_FULL)
     full = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert full.returncode not in (0, 2) and "Traceback" not in full.stderr, full.stderr
     asked = server.stats()["requests"]

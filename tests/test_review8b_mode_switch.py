@@ -8,13 +8,11 @@ Real HTTP against the simulator, a real `gen run` subprocess killed with SIGKILL
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import all_task_ids, batch_recipe, ids_in, killed_with_answers
-from test_batch_fallback_price import _list_cost
+from helpers import all_task_ids, batch_recipe, ids_in
+from test_batch_fallback_price import _list_cost, killed_after_8_answers
 
 from gen.cli import main
 
@@ -32,13 +30,7 @@ def test_batch_resume_of_an_online_journal_counts_it_at_the_list_price(tmp_path:
     sim = sim_server(batch_delay_s=0.05, batch_rate_failed=1.0, latency_ms=100, latency_jitter_ms=900)
     prompt = batch_recipe(tmp_path, 40, "fallback")
     out = tmp_path / "o"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gen", *_online(prompt, out, sim)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    killed_with_answers(proc, out, 8)
+    killed_after_8_answers(_online(prompt, out, sim), out)
     sim.server.config.latency_ms = sim.server.config.latency_jitter_ms = 0.0
     # The resume is a batch run whose every batch request fails and is bought online: the whole dataset
     # was bought at the list price, the online run's journaled answers and reservations included.
