@@ -871,7 +871,7 @@ def _limit_malloc_arenas() -> None:
             import ctypes
 
             ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
-        except (OSError, AttributeError):
+        except (ImportError, OSError, AttributeError):  # ImportError: a Python built without _ctypes
             pass
 
 
