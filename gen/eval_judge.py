@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,17 @@ import orjson
 
 from gen.errors import ConfigError, FatalTeacherError
 from gen.eval_compare import Rate
-from gen.judge import Pair, check_judge_reachable, judge_pair, load_prompt, open_judge, tally
+from gen.judge import (
+    Pair,
+    check_judge_reachable,
+    judge_pair,
+    load_prompt,
+    open_judge,
+    pair_reservation,
+    request_reservation,
+    tally,
+)
+from gen.reserved import InFlight
 from gen.teachers import providers
 from gen.teachers.checks import public_url
 
@@ -255,14 +266,27 @@ def usage_ok(u: Any) -> bool:
     return isinstance(u, list) and len(u) == 2 and all(type(n) is int and n >= 0 for n in u)
 
 
-class _Metered:
-    """The judge's client for one pair: adds up the tokens of the requests it answers."""
+class _NoRoom(Exception):
+    """A request of a pair past its first two (a re-ask, a retry) would pass --max-usd: not sent."""
 
-    def __init__(self, client: Any) -> None:
+
+class _Metered:
+    """The judge's client for one pair: adds up the tokens of the requests it answers. The pair's
+    reservation covers its first two requests (one per order); each later one (an order asked again
+    after a reply without a verdict line, or a retry after a failed request) is reserved as it leaves
+    by `extend` (False: no room, _NoRoom raised and the request not sent)."""
+
+    def __init__(self, client: Any, extend: Callable[[tuple[int, int]], bool] | None = None) -> None:
         self._client = client
+        self._extend = extend
+        self.sent = 0
         self.prompt_tokens = self.completion_tokens = 0
 
     async def complete(self, messages: Any, **kwargs: Any) -> Any:
+        self.sent += 1
+        if self.sent > 2 and self._extend is not None:
+            if not self._extend(request_reservation(messages, kwargs.get("sampling"))):
+                raise _NoRoom
         comp = await self._client.complete(messages, **kwargs)
         self.prompt_tokens += comp.prompt_tokens
         self.completion_tokens += comp.completion_tokens
@@ -290,10 +314,10 @@ async def judge_rows(
     """The verdict of every (row id, pair), reusing those `log` holds and appending the new ones (`say`
     is told how many are asked). A judge that refuses the key (401/403) is a ConfigError naming it.
 
-    With `max_usd` (and the judge's `price`): no pair is begun once `spent_usd` (what the evaluation
-    spent before judging), the judge's pairs in judge.jsonl and this run's, and the pairs in flight at
-    the average cost of a pair, reach it; then JudgeBudgetSpent is raised once the pairs in flight are
-    done (their verdicts kept)."""
+    With `max_usd` (and the judge's `price`): a pair begins only while `spent_usd` (what the evaluation
+    spent before judging), the judge's pairs in judge.jsonl and this run's, and the reservations of the
+    pairs in flight and of its own (`_JudgeSpend`) fit in it; once one does not, JudgeBudgetSpent is
+    raised when the pairs in flight are done (their verdicts kept)."""
     from gen.limits import LimitedTeacher, Limiter
     from gen.pipeline import worker_pool
     from gen.retry import RetryPolicy
@@ -321,25 +345,29 @@ async def judge_rows(
 
             async def work() -> None:
                 for tid, pair in todo:  # one shared iterator: each pair goes to one worker
-                    if not await ledger.begin():
+                    key = await ledger.begin(tid, pair_reservation(pair, prompt))
+                    if key is None:
                         return
                     # The row's seed, as the run sends it: the same pair gets the same requests.
                     seed = int(tid[:8], 16) & 0x7FFFFFFF if _hex(tid[:8]) else 0
-                    metered = _Metered(limited)
+                    metered = _Metered(limited, lambda more, k=key: ledger.extend(k, more))
                     try:
                         verdict = await judge_pair(
                             pair, client=metered, prompt=prompt, seed=seed, retry_policy=policy
                         )
-                    except BaseException as e:  # a refusal, or cancelled (Ctrl-C) mid-pair
+                    except BaseException as e:  # a refusal, no room for a re-ask, or cancelled (Ctrl-C)
                         # What the judge answered of the pair was paid for: kept as an `error` line (a
                         # resume asks the pair again and counts it), as for a pair that ended as error.
                         record(tid, "error", (metered.prompt_tokens, metered.completion_tokens))
+                        ledger.end(key, (metered.prompt_tokens, metered.completion_tokens))
+                        if isinstance(e, _NoRoom):
+                            return  # the budget stopped: no further pair begins
                         if isinstance(e, FatalTeacherError):
                             raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
                         raise
                     verdicts[tid] = verdict
                     record(tid, verdict, (metered.prompt_tokens, metered.completion_tokens))
-                    ledger.end((metered.prompt_tokens, metered.completion_tokens))
+                    ledger.end(key, (metered.prompt_tokens, metered.completion_tokens))
 
             await worker_pool(min(max_concurrency, len(pending)), work)
     if ledger.stopped:
@@ -361,36 +389,71 @@ def _cost(price: Price | None, usage: Any) -> float:
 
 
 class _JudgeSpend:
-    """What the judge has cost, against --max-usd: a pair is begun while the spend, with the pairs in
-    flight at the average cost of a pair so far, is below it (no limit: always)."""
+    """What the judge has cost against --max-usd, with every pair in flight counted at its reservation
+    (what its requests may cost at most: `gen.judge.pair_reservation`, priced), kept as running sums
+    (gen.reserved.InFlight) as gen run keeps its requests', never at an average of the pairs so far.
+
+    A pair begins only while what was spent plus the reservations in flight plus its own is at most the
+    limit. One that does not fit waits while pairs are in flight (they usually cost far less than they
+    reserved, and their ends free room); when none is left in flight and it still does not fit, the
+    judging stops. As gen run lets exactly one request out under a budget smaller than one
+    reservation, the first pair of a run is let out alone when the limit is not reached yet but has no
+    room for its reservation: the only pair that may end above the limit. A request of a pair past its
+    first two is reserved as it leaves (`extend`). No limit (or no price): every pair begins."""
 
     def __init__(self, max_usd: float | None, price: Price | None, spent: float) -> None:
         self.max_usd, self.price, self.spent = max_usd, price, spent
-        self.done = self.in_flight = 0
-        self.run_spent = 0.0
+        self.in_flight = InFlight()  # pair key -> (row id, (prompt, completion) tokens reserved)
         self.stopped = False
-        self._known = asyncio.Event()  # a pair of this run is done: its average cost is known
+        self._begun = False  # a pair of this run has begun
+        self._keys = itertools.count()
+        self._changed = asyncio.Event()  # set (and replaced) when a pair ends or the judging stops
 
-    async def begin(self) -> bool:
-        if self.max_usd is not None and self.price is not None:
-            # Until one pair is done its cost is unknown (the average 0): one pair at a time till then,
-            # or every worker began one at once, up to --max-concurrency pairs past the limit.
-            while self.in_flight and not self.done:
-                await self._known.wait()
-            average = self.run_spent / self.done if self.done else 0.0
-            if self.stopped or self.spent + self.in_flight * average >= self.max_usd:
+    def _fits(self, reservation: tuple[int, int]) -> bool:
+        if self.max_usd is None or self.price is None:
+            return True
+        return self.spent + self.in_flight.usd(self.price) + self.price.cost(*reservation) <= self.max_usd
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def begin(self, tid: str, reservation: tuple[int, int]) -> int | None:
+        """The key of the pair, reserved in flight; None when no pair may begin (`stopped`)."""
+        while True:
+            if self.stopped:
+                return None
+            if self._fits(reservation):
+                break
+            if not self.in_flight:
+                assert self.max_usd is not None
+                if not self._begun and self.spent < self.max_usd:
+                    break  # gen run's one request under a budget smaller than one reservation
                 self.stopped = True
-                return False
-        self.in_flight += 1
+                self._wake()
+                return None
+            await self._changed.wait()
+        self._begun = True
+        key = next(self._keys)
+        self.in_flight[key] = (tid, reservation)
+        return key
+
+    def extend(self, key: int, more: tuple[int, int]) -> bool:
+        """Reserve one more request of the pair `key` (True), or stop the judging when it does not fit."""
+        if not self._fits(more):
+            self.stopped = True
+            self._wake()
+            return False
+        tid, held = self.in_flight[key]
+        self.in_flight[key] = (tid, (held[0] + more[0], held[1] + more[1]))
         return True
 
-    def end(self, usage: tuple[int, int]) -> None:
-        cost = _cost(self.price, [usage])
-        self.in_flight -= 1
-        self.done += 1
-        self._known.set()
-        self.run_spent += cost
-        self.spent += cost
+    def end(self, key: int, usage: tuple[int, int]) -> None:
+        """The pair is done (a verdict, `error`, or interrupted): its reservation is released and what
+        its answered requests cost is counted."""
+        self.in_flight.pop(key, None)
+        self.spent += _cost(self.price, [usage])
+        self._wake()
 
 
 def _hex(s: str) -> bool:

@@ -46,6 +46,7 @@ from gen.teachers.base import Teacher
 
 VERDICTS = ("win", "tie", "loss", "unparseable", "error")
 VARIABLES = frozenset({"conversation", "answer_a", "answer_b"})
+# max_tokens: a verdict needs few tokens; it bounds what a request may cost (--max-usd reserves it).
 DEFAULT_SAMPLING: Mapping[str, Any] = {"temperature": 0.0, "max_tokens": 512}
 _VERDICT = re.compile(r"^\s*\**\s*verdict\s*\**\s*:\s*\**\s*(a|b|tie)\s*\**\s*\.?\s*$", re.IGNORECASE)
 
@@ -115,6 +116,29 @@ def load_prompt(path: str | Path | None = None) -> JudgePrompt:
     if "answer_a" not in source or "answer_b" not in source:
         raise ConfigError(p, "judge prompt must show both answers ({{ answer_a }} and {{ answer_b }})")
     return JudgePrompt(p, template)
+
+
+def request_reservation(
+    messages: Sequence[Mapping[str, str]], sampling: Mapping[str, Any] | None = None
+) -> tuple[int, int]:
+    """What one judge request may cost at most, as (prompt, completion) tokens: its prompt estimated as
+    `gen run` estimates a teacher's (gen.limits.estimate_tokens) and the request's max_tokens."""
+    from gen.limits import estimate_tokens
+
+    sampling = DEFAULT_SAMPLING if sampling is None else sampling
+    return estimate_tokens(list(messages), 0), int(sampling["max_tokens"])
+
+
+def pair_reservation(
+    pair: Pair, prompt: JudgePrompt, sampling: Mapping[str, Any] | None = None
+) -> tuple[int, int]:
+    """What `judge_pair` may cost at most when each order is asked once: its two requests' reservations
+    (`request_reservation`) summed; a request asked again costs one more request's reservation."""
+    total = (0, 0)
+    for answer_a, answer_b in ((pair.teacher, pair.student), (pair.student, pair.teacher)):
+        p, c = request_reservation(prompt.render(pair.messages, answer_a, answer_b), sampling)
+        total = (total[0] + p, total[1] + c)
+    return total
 
 
 def parse_verdict(reply: str) -> str | None:

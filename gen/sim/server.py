@@ -142,7 +142,8 @@ class SimConfig:
     reasoning_usage: bool = True
     answer_text: str | None = None
     # A teacher whose answers grow: free-text answers after the first `long_after` ok ones are ten times
-    # as long (what an average of the early answers underestimates).
+    # as long (what an average of the early answers underestimates); a judge's replies (`judge`) gain a
+    # rationale of ~390 tokens before their verdict line.
     long_after: int | None = None
 
     def __post_init__(self) -> None:
@@ -367,7 +368,8 @@ class _Simulator:
                 return web.Response(body=bomb, content_type="application/json", headers=bomb_headers)
         if config.judge is not None and chat.mode == "text":
             garbage = self._judged < config.judge_garbage_first
-            chat.fixed = judge_reply(chat.messages, config.judge, garbage)
+            long = config.long_after is not None and stats["ok"] >= config.long_after
+            chat.fixed = judge_reply(chat.messages, config.judge, garbage, long)
             self._judged += chat.fixed is not None
         if config.perturb_share and perturbed(chat.salt, config.perturb_share):
             chat.perturb = config.perturb_field
