@@ -111,3 +111,37 @@ def test_a_budget_too_small_for_one_pair_judges_exactly_one(
     proc = _eval(out, student, judge, "--max-usd", repr(limit), "--resume", str(d))
     assert proc.returncode == 3, proc.stderr
     assert judge.stats()["requests"] == 2  # what was spent reached the limit: no pair begun
+
+
+def test_a_re_ask_is_reserved_as_it_leaves(dataset: Path, tmp_path: Path, sim_server) -> None:
+    """A judge whose replies have no verdict line: each order is asked again (3 asks in all), so a pair
+    is 3 requests where its reservation covers 2. Each request past the two is reserved as it leaves;
+    the first that does not fit is not sent: its pair ends as `error` (what it cost kept in
+    judge.jsonl, the pair asked again on a resume) and judging stops. The old rule (spent + pairs in
+    flight at their average below the limit) let a pair begin while anything was left, so one at a time
+    the last pair ended past the limit."""
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    student = sim_server(model="student-1", perturb_share=0.5)
+    judge = sim_server(model=JUDGE, judge="garbage")
+    limit = 0.002  # a request costs ~$0.00005 and reserves ~$0.00035: ~8 pairs fit, not the 9th's re-ask
+    proc = _eval(out, student, judge, "--max-usd", repr(limit), concurrency=1)
+    assert proc.returncode == 3, proc.stderr
+    assert "--max-usd" in proc.stderr
+    d = next((out / "evals").iterdir())
+    paid = _paid(judge)
+    assert paid <= limit, (paid, limit)
+    assert _logged(d) == pytest.approx(paid)
+    lines = _lines(d)
+    requests = judge.stats()["requests"]
+    assert requests % 3 == 2  # every pair asked 3 times but the last, refused its third request
+    assert [e["verdict"] for e in lines] == ["unparseable"] * (requests // 3) + ["error"]
+    assert sum(lines[-1]["u"]) > 0  # its two answered requests' tokens
+    assert paid > limit / 2
+
+    # Resumed under a higher limit: the erred pair is asked again, what it cost before still counted.
+    proc = _eval(out, student, judge, "--max-usd", repr(limit * 2), "--resume", str(d), concurrency=1)
+    assert proc.returncode == 3, proc.stderr
+    again = _lines(d)
+    assert again[len(lines)]["id"] == lines[-1]["id"] and again[len(lines)]["verdict"] == "unparseable"
+    assert _paid(judge) <= limit * 2 and _logged(d) == pytest.approx(_paid(judge))
