@@ -19,6 +19,9 @@ judge's identity and the tokens its requests cost; an evaluation resumed with `-
 pairs this judge (same provider, model and prompt) has not decided, and the student is not asked again
 (its answers are in `answers/`). A pair that ended as `error` is asked again, but its line keeps what its
 answered requests cost, so --max-usd and the report count it.
+
+Budget: with --max-usd every pair in flight counts at its reservation, what its requests may cost at
+most (`_JudgeSpend`), as gen run counts the teacher's requests in flight.
 """
 
 from __future__ import annotations

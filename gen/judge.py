@@ -126,7 +126,8 @@ def request_reservation(
     from gen.limits import estimate_tokens
 
     sampling = DEFAULT_SAMPLING if sampling is None else sampling
-    return estimate_tokens(list(messages), 0), int(sampling["max_tokens"])
+    most = sampling.get("max_tokens") or sampling.get("max_completion_tokens") or 1024  # as gen run's default
+    return estimate_tokens(list(messages), 0), int(most)
 
 
 def pair_reservation(

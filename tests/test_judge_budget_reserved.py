@@ -145,3 +145,46 @@ def test_a_re_ask_is_reserved_as_it_leaves(dataset: Path, tmp_path: Path, sim_se
     again = _lines(d)
     assert again[len(lines)]["id"] == lines[-1]["id"] and again[len(lines)]["verdict"] == "unparseable"
     assert _paid(judge) <= limit * 2 and _logged(d) == pytest.approx(_paid(judge))
+
+
+def test_the_rule_pair_by_pair() -> None:
+    """gen.eval_judge._JudgeSpend at $1 per million tokens either way (a reservation of 1,500 tokens is
+    $0.0015): what begins, waits, is refused, and the one pair a too-small budget lets out."""
+    import asyncio
+
+    from gen.budget import Price
+    from gen.eval_judge import _JudgeSpend
+
+    pair = (500, 1000)
+
+    async def main() -> None:
+        spend = _JudgeSpend(0.003, Price(1.0, 1.0), 0.0)
+        a = await spend.begin("a", pair)
+        b = await spend.begin("b", pair)  # 0.003 reserved: at the limit, not past it
+        assert a is not None and b is not None
+        waiting = asyncio.ensure_future(spend.begin("c", pair))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # no room: it waits while pairs are in flight
+        spend.end(a, (100, 100))  # $0.0002 spent, a's reservation released: still no room for c
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        spend.end(b, (100, 100))
+        c = await waiting
+        assert c is not None and spend.spent == pytest.approx(0.0004)
+        assert not spend.extend(c, pair)  # a re-ask past the limit: refused, and judging stops
+        assert spend.stopped and await spend.begin("d", (1, 1)) is None
+        spend.end(c, (0, 0))
+        assert len(spend.in_flight) == 0
+
+        tiny = _JudgeSpend(0.001, Price(1.0, 1.0), 0.0)  # smaller than one pair's reservation
+        first = await tiny.begin("a", pair)
+        assert first is not None  # exactly one pair is let out, as gen run lets one request out
+        second = asyncio.ensure_future(tiny.begin("b", pair))
+        await asyncio.sleep(0)
+        tiny.end(first, (10, 10))
+        assert await second is None and tiny.stopped
+
+        spent = _JudgeSpend(0.001, Price(1.0, 1.0), 0.001)  # a resume with the limit reached: none
+        assert await spent.begin("a", pair) is None
+
+    asyncio.run(main())
