@@ -9,14 +9,20 @@ simulator's OpenAI Batch endpoints, real `gen run` runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 from helpers import all_task_ids, batch_recipe, ids_in
 
+from gen import RunOptions
+from gen.batching import BatchDriver
 from gen.budget import Price
 from gen.cli import main
+from gen.ledger import id_key
+from gen.pipeline import Run, prepare
+from gen.progress import Progress
 from gen.reserved import InFlight
 
 LIST_OUT = 100.0  # USD per million completion tokens at the list price; prompt tokens are free
@@ -71,6 +77,48 @@ def test_no_budget_lets_every_fallback_go(tmp_path: Path, sim_server) -> None:
     args = _args(prompt, out, sim, 1.0)
     assert main(args[: args.index("--max-usd")]) == 0
     assert sim.stats()["requests"] == N
+
+
+def test_a_batch_is_not_submitted_while_fallback_requests_in_flight_hold_the_budget(
+    tmp_path: Path, sim_server
+) -> None:
+    """The submission check counts the online fallback's requests in flight, at the list price. (The
+    driver awaits a batch's fallbacks before it submits again, so this is the check's contract, held
+    here on a real run's driver against the simulator; the old check left them out.)"""
+    sim = sim_server()
+    opts = RunOptions(
+        base_url=sim.base_url, output=tmp_path / "o", progress=False, batch=True, batch_fallback="online",
+        batch_size=1, price_in=0.0, price_out=LIST_OUT, max_usd=0.012,
+    )  # fmt: skip
+    run = Run(prepare(batch_recipe(tmp_path, 3, "fallback"), opts))
+    run.p.out_dir.mkdir(parents=True, exist_ok=True)
+    driver = BatchDriver(run, None, Progress(run.stats, enabled=False, desc="t"), sim.base_url, {})
+    tasks = list(run.p.expansion.tasks())
+    # One fallback request in flight: 100 completion tokens, $0.010 at the list price ($0.005 at the
+    # batch price). A batch request reserves $0.006 (120 tokens at the batch price): with the fallback at
+    # the list price that is $0.016, past $0.012; ignored, or at the batch price ($0.011), it is not.
+    run._in_flight.put(id_key(tasks[0].id), (tasks[0].id, (0, 100)), online=True)
+    driver._fresh = iter(tasks[1:])
+
+    async def submit() -> None:
+        try:
+            await driver._submit_more()
+        finally:
+            await driver.client.close()
+
+    asyncio.run(submit())
+    assert driver.stopped is not None and "spending budget reached" in driver.stopped
+    assert sim.server.batch_custom_ids == [] and not driver.live
+    assert id_key(tasks[1].id) not in run.claimed  # held back, not lost: a later run asks it
+
+    # The fallback answered: the budget holds a batch again.
+    run._in_flight.pop(id_key(tasks[0].id))
+    driver.stopped = None
+    driver.client = BatchDriver(run, None, driver.progress, sim.base_url, {}).client
+    driver._fresh = iter(tasks[1:2])
+    asyncio.run(submit())
+    assert driver.stopped is None and len(driver.live) == 1 and len(sim.server.batch_custom_ids) == 1
+    driver.log.close()
 
 
 def test_in_flight_keeps_online_reservations_apart() -> None:
