@@ -323,14 +323,7 @@ class BatchDriver:
                     continue
                 messages = req.messages or req.task.messages
                 cost = (estimate_tokens(messages, 0), self.run._max_completion)
-                reserved_out = self.outstanding_out + estimate[1] + cost[1]
-                reserved = self.outstanding + estimate[0] + estimate[1] + sum(cost)
-                price = self.run.budget.price
-                reason = self.run.budget.exhausted(
-                    reserved_tokens=reserved,
-                    # A batch is paid whatever follows: its completion tokens at the output rate.
-                    reserved_usd=price.cost(reserved - reserved_out, reserved_out) if price else None,
-                )
+                reason = self._over_budget((estimate[0] + cost[0], estimate[1] + cost[1]))
                 if reason is not None:
                     self.stopped = reason
                     self._unclaim(req)
@@ -347,6 +340,26 @@ class BatchDriver:
             if not reqs:
                 return
             await self._submit(reqs, lines, (estimate[0], estimate[1]))
+
+    def _over_budget(self, batched: Usage = (0, 0)) -> str | None:
+        """Why no further request may leave, or None: the budget with every reservation still open
+        counted, the live batches' and `batched` (the batch being filled, this request included) at the
+        batch price, and the online fallback's requests in flight (the run's in-flight table) at the list
+        price, what the chat API bills them. O(1): the sums are kept as reservations come and go."""
+        budget = self.run.budget
+        if budget.max_usd is None and budget.max_tokens is None:
+            return None
+        in_flight = self.run._in_flight
+        out = self.outstanding_out + batched[1]
+        prompt = self.outstanding - self.outstanding_out + batched[0]
+        price = budget.price
+        return budget.exhausted(
+            reserved_tokens=prompt + out + in_flight.tokens,
+            # A batch is paid whatever follows: its completion tokens at the output rate.
+            reserved_usd=price.cost(prompt, out) + in_flight.usd(price, self.online_price)
+            if price is not None
+            else None,
+        )
 
     def _unclaim(self, req: Req) -> None:
         if req.attempt == 1 and req.retry == 0:
@@ -451,14 +464,16 @@ class BatchDriver:
             again = await self._settle(req, BatchResult(cid, "failed", error="not in the batch's results"))
             if again is not None:
                 fallback.append(again)
+        # Every result is judged and charged (a failed one costs nothing): the batch's reservation is
+        # spent or free, and no longer holds budget the fallback's requests may need.
+        self.outstanding -= b.logged.estimate[0] + b.logged.estimate[1]
+        self.outstanding_out -= b.logged.estimate[1]
         if fallback:
             await run.gather([self._online(req) for req in fallback])
         assert run.journal is not None
         run.journal.write_now()  # every answer of the batch on disk before it is marked collected
         self.log.done(name, "cancelled" if state.status in ("cancelled", "canceled") else "collected")
         del self.live[name]
-        self.outstanding -= b.logged.estimate[0] + b.logged.estimate[1]
-        self.outstanding_out -= b.logged.estimate[1]
 
     def _queue(self, req: Req) -> None:
         """Log a request to send in a later batch (a re-ask or a retry), then queue it."""
@@ -501,11 +516,20 @@ class BatchDriver:
         return None
 
     async def _online(self, req: Req) -> None:
-        """A failed or expired batch request sent again at once through the chat API (online price)."""
+        """A failed or expired batch request sent again at once through the chat API (online price),
+        when the budget allows it (else it waits for a later batch, and no new batch is submitted)."""
         run = self.run
         messages = req.messages or req.task.messages
         assert messages is not None
         key = id_key(req.task.id)
+        # Checked as an online run checks, right before the reservation (no await between): every
+        # request in flight counted, the fallback's own at the list price.
+        reason = self._over_budget()
+        if reason is not None:
+            self.stopped = self.stopped or reason
+            run.stats.batch_retried += 1
+            self._queue(Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last))
+            return
         # req.last (what the request before it cost) is in the journal already, with its re-ask: not again.
         # Journaled as bought online: a resume prices it (if in flight) at the list price.
         run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), None, online=True)

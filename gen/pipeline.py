@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gen import __version__, asking, decided, resume, teacher_setup
-from gen.budget import Budget, Price
+from gen.budget import Budget, Price, list_price
 from gen.card import write_card
 from gen.config import RunOptions
 from gen.dedup import Deduplicator, key_of, reasoning_of, resolve_steps
@@ -281,6 +281,8 @@ class Run:
         asked = p.sampling.get("max_tokens") or p.sampling.get("max_completion_tokens")
         self._max_completion = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
         self._in_flight = InFlight()  # id key -> (task id, reservation), with the reservations summed
+        # What a request bought through the chat API is billed: a batch run's price is the batch price.
+        self._online_price = list_price(p.price, batch=p.opts.batch)
         self.served_models: list[str] = []
         self.started = time.monotonic()
         self.created_at = (p.previous or {}).get("created_at") or datetime.now(UTC).isoformat(
@@ -880,14 +882,17 @@ class Run:
         Every request reserved and not yet answered (those queued at the limiter too) counts at its
         reservation: its prompt estimate plus its max_tokens (at the input and output rates for
         --max-usd), never an average of earlier answers: a short answer says nothing of the next one's
-        bound. Checked before every request: `InFlight` keeps the sums, so the check is O(1)."""
+        bound. Checked before every request: `InFlight` keeps the sums, so the check is O(1). A batch
+        run's online fallback in flight counts at the list price (gen.batching checks it so)."""
         b = self.budget
         if b.max_usd is None and b.max_tokens is None:
             return None
         price = b.price
         return b.exhausted(
             reserved_tokens=self._in_flight.tokens,
-            reserved_usd=self._in_flight.usd(price) if b.max_usd is not None and price is not None else None,
+            reserved_usd=self._in_flight.usd(price, self._online_price)
+            if b.max_usd is not None and price is not None
+            else None,
         )
 
     async def _ask(self, task: Task, key: int, teacher: LimitedTeacher) -> asking.Asked | None:
@@ -970,7 +975,7 @@ class Run:
         self.journal.reserve(task_id, estimate, usage, answered=answered, online=online)
         if answered:  # a re-ask: its count goes with it when a rotation journals it again
             self._reasked[key] = answered
-        self._in_flight[key] = (task_id, estimate)
+        self._in_flight.put(key, (task_id, estimate), online=online)
 
     def _abandon(self, key: int, *, price: Price | None = None) -> Usage | None:
         """A request given up in flight, or failed after the teacher may have billed it: its reservation

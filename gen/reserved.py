@@ -6,6 +6,10 @@ A `Run` checks its budget before every request with every request in flight coun
 sums are integers (tokens, by kind), so they never drift; their price is computed from them when asked,
 exact because a `Price`'s cost is linear in each kind of token (no reservation has more cached or
 written tokens than prompt tokens, where `Price.cost`'s clamp would break that).
+
+A batch run's online fallback (--batch-fallback online) is billed at the list price, not the run's batch
+price: its reservations are summed apart (`put(..., online=True)`), so `usd` prices each kind at its own
+price and stays O(1).
 """
 
 from __future__ import annotations
@@ -23,30 +27,47 @@ _MISSING = object()
 
 class InFlight:
     """id key -> (task id, reservation): a dict's reading and `pop`/`[]=` writing, plus `tokens` (the
-    reservations' tokens summed) and `usd(price)` (what they may cost at `price`)."""
+    reservations' tokens summed) and `usd(price, online_price)` (what they may cost). `put(key, value,
+    online=True)` makes a reservation bought through the chat API at the list price (`online_price`)."""
 
-    __slots__ = ("_items", "_sums")
+    __slots__ = ("_items", "_online", "_online_sums", "_sums")
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[str, Usage]] = {}
         self._sums = [0, 0, 0, 0]  # prompt, completion, cached, written tokens reserved
+        self._online: set[int] = set()  # keys of the reservations bought online (a batch run's fallback)
+        self._online_sums = [0, 0, 0, 0]  # their tokens, by kind, kept out of `_sums`
 
-    def _add(self, estimate: Usage, sign: int) -> None:
-        sums = self._sums
+    def _add(self, key: int, estimate: Usage, sign: int) -> None:
+        sums = self._online_sums if key in self._online else self._sums
         for i, n in enumerate(estimate):
             sums[i] += sign * n
 
-    def __setitem__(self, key: int, value: tuple[str, Usage]) -> None:
+    def put(self, key: int, value: tuple[str, Usage], *, online: bool = False) -> None:
+        """Reserve (or reserve again: a billed retry's new reservation replaces the old one); `online`:
+        bought through the chat API at the list price."""
         old = self._items.get(key)
-        if old is not None:  # journaled again (a billed retry): its new reservation replaces the old one
-            self._add(old[1], -1)
+        if old is not None:
+            self._add(key, old[1], -1)
+        if online:
+            self._online.add(key)
+        else:
+            self._online.discard(key)
         self._items[key] = value
-        self._add(value[1], 1)
+        self._add(key, value[1], 1)
+
+    def __setitem__(self, key: int, value: tuple[str, Usage]) -> None:
+        self.put(key, value)
+
+    def is_online(self, key: int) -> bool:
+        """Whether the reservation under `key` was bought online (False when there is none)."""
+        return key in self._online
 
     def pop(self, key: int, default: object = _MISSING) -> tuple[str, Usage] | None:
         if key in self._items:
             value = self._items.pop(key)
-            self._add(value[1], -1)
+            self._add(key, value[1], -1)
+            self._online.discard(key)
             return value
         if default is _MISSING:
             raise KeyError(key)
@@ -76,9 +97,13 @@ class InFlight:
     @property
     def tokens(self) -> int:
         """Every token the requests in flight reserved."""
-        return self._sums[0] + self._sums[1]
+        return self._sums[0] + self._sums[1] + self._online_sums[0] + self._online_sums[1]
 
-    def usd(self, price: Price) -> float:
-        """What the requests in flight may cost at `price`: each reservation's prompt estimate at the
-        input rate and its max_tokens at the output rate, summed."""
-        return price.cost(*self._sums)
+    def usd(self, price: Price, online_price: Price | None = None) -> float:
+        """What the requests in flight may cost: each reservation's prompt estimate at the input rate
+        and its max_tokens at the output rate, summed; at `price`, those bought online at `online_price`
+        (the list price of a batch run; None: `price`, one price for all)."""
+        online = self._online_sums
+        if not any(online):
+            return price.cost(*self._sums)
+        return price.cost(*self._sums) + (online_price or price).cost(*online)
