@@ -21,19 +21,20 @@ from gen.reserved import InFlight
 def checked(monkeypatch):
     """Every InFlight write checked against a recomputation; returns the list of checks made."""
     seen: list[int] = []
-    setitem, pop = InFlight.__setitem__, InFlight.pop
+    put, pop = InFlight.put, InFlight.pop
 
     def exact(self: InFlight) -> None:
-        sums = [0, 0, 0, 0]
-        for _, estimate in self.values():
+        sums, online = [0, 0, 0, 0], [0, 0, 0, 0]
+        for key, (_, estimate) in self.items():
+            into = online if self.is_online(key) else sums
             for i, n in enumerate(estimate):
-                sums[i] += n
-        assert self._sums == sums, (self._sums, sums)
-        assert self.tokens == sums[0] + sums[1]
+                into[i] += n
+        assert (self._sums, self._online_sums) == (sums, online)
+        assert self.tokens == sums[0] + sums[1] + online[0] + online[1]
         seen.append(len(self))
 
-    def checked_set(self, key, value):
-        setitem(self, key, value)
+    def checked_put(self, key, value, *, online=False):
+        put(self, key, value, online=online)
         exact(self)
 
     def checked_pop(self, key, *default):
@@ -41,7 +42,8 @@ def checked(monkeypatch):
         exact(self)
         return out
 
-    monkeypatch.setattr(InFlight, "__setitem__", checked_set)
+    # `[]=` goes through put: hooking put checks both ways of reserving.
+    monkeypatch.setattr(InFlight, "put", checked_put)
     monkeypatch.setattr(InFlight, "pop", checked_pop)
     return seen
 
