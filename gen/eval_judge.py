@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gen.errors import ConfigError, FatalTeacherError
+from gen.errors import ConfigError, FatalTeacherError, TeacherError
 from gen.eval_compare import Rate
 from gen.judge import (
     Pair,
@@ -206,18 +206,23 @@ class VerdictLog:
     verdict (a resume asks that pair again), so a row may have `error` lines before its verdict line.
     Files of a gen that kept no `error` lines (or no `u`) read as before.
     `usage` holds each row's tokens summed over all its lines of this judge, and this run's pairs added
-    as they end: the report and --max-usd count every request the judge answered, earlier runs' too."""
+    as they end: the report and --max-usd count every request the judge answered, earlier runs' too.
+    A line's `r` (absent when none) is the reservations, (prompt estimate, max_tokens), of its pair's
+    requests that got no usable answer but may have been billed (timed out, a 2xx gen could not keep,
+    given up in flight): --max-usd counts them at that, as gen run counts the teacher's (`unanswered`,
+    by row id); the report's tokens are the judge's `u` alone."""
 
     def __init__(self, path: Path, judge: JudgeSpec) -> None:
         self.path = path
         self.judge = judge
         self.usage: dict[str, tuple[int, int]] = {}
+        self.unanswered: dict[str, tuple[int, int]] = {}
 
     def load(self) -> dict[str, str]:
         """The verdicts this judge already gave, by row id (`error` lines are none); `usage` is set to
         the tokens of every line of this judge, by row id."""
         found: dict[str, str] = {}
-        self.usage = {}
+        self.usage, self.unanswered = {}, {}
         try:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
@@ -231,12 +236,15 @@ class VerdictLog:
                 tid = str(entry.get("id"))
                 if entry.get("verdict") != "error":
                     found[tid] = str(entry.get("verdict"))
-                self._add(tid, line_usage(entry))
+                self._add(tid, line_usage(entry), line_usage(entry, "r"))
         return found
 
-    def _add(self, tid: str, usage: tuple[int, int]) -> None:
+    def _add(self, tid: str, usage: tuple[int, int], unanswered: tuple[int, int] = (0, 0)) -> None:
         p, c = self.usage.get(tid, (0, 0))
         self.usage[tid] = (p + usage[0], c + usage[1])
+        if any(unanswered):
+            p, c = self.unanswered.get(tid, (0, 0))
+            self.unanswered[tid] = (p + unanswered[0], c + unanswered[1])
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
@@ -246,21 +254,31 @@ class VerdictLog:
         with open(self.path, "ab") as f:
             f.write(start)  # after a line a crash cut short, or the first verdict joined it, unreadable
 
-            def record(tid: str, verdict: str, usage: tuple[int, int] = (0, 0)) -> None:
-                self._add(tid, usage)
-                if verdict == "error" and not any(usage):  # nothing paid for: nothing to remember
+            def record(
+                tid: str, verdict: str, usage: tuple[int, int] = (0, 0), unanswered: tuple[int, int] = (0, 0)
+            ) -> None:
+                self._add(tid, usage, unanswered)
+                if verdict == "error" and not any(usage) and not any(unanswered):  # nothing to remember
                     return
                 # An `error` line too: a resume asks the pair again, but what it cost stays counted.
-                entry = {"id": tid, "verdict": verdict, "judge": self.judge.key, "u": list(usage)}
+                entry: dict[str, Any] = {
+                    "id": tid,
+                    "verdict": verdict,
+                    "judge": self.judge.key,
+                    "u": list(usage),
+                }
+                if any(unanswered):
+                    entry["r"] = list(unanswered)
                 f.write(orjson.dumps(entry) + b"\n")
                 f.flush()
 
             yield record
 
 
-def line_usage(entry: dict[str, Any]) -> tuple[int, int]:
-    """A judge.jsonl line's (prompt, completion) tokens; (0, 0) for a line of a gen that kept none."""
-    u = entry.get("u")
+def line_usage(entry: dict[str, Any], field: str = "u") -> tuple[int, int]:
+    """A judge.jsonl line's (prompt, completion) tokens (`field` "r": its unanswered requests'
+    reservations); (0, 0) for a line of a gen that kept none."""
+    u = entry.get(field)
     return (u[0], u[1]) if usage_ok(u) else (0, 0)
 
 
@@ -274,26 +292,41 @@ class _NoRoom(Exception):
 
 
 class _Metered:
-    """The judge's client for one pair: adds up the tokens of the requests it answers. The pair's
-    reservation covers its first two requests (one per order); each later one (an order asked again
-    after a reply without a verdict line, or a retry after a failed request) is reserved as it leaves
-    by `extend` (False: no room, _NoRoom raised and the request not sent)."""
+    """The judge's client for one pair: adds up the tokens of the requests it answers, and in
+    `unanswered` the reservations of those that got no usable answer but may have been billed (a
+    TeacherError marked `billed`: a timeout, a 2xx gen could not keep; or given up in flight, Ctrl-C),
+    which --max-usd counts as gen run counts the teacher's. The pair's reservation covers its first
+    two requests (one per order); each later one (an order asked again after a reply without a verdict
+    line, or a retry after a failed request) is reserved as it leaves by `extend` (False: no room,
+    _NoRoom raised and the request not sent)."""
 
     def __init__(self, client: Any, extend: Callable[[tuple[int, int]], bool] | None = None) -> None:
         self._client = client
         self._extend = extend
         self.sent = 0
         self.prompt_tokens = self.completion_tokens = 0
+        self.unanswered = (0, 0)
 
     async def complete(self, messages: Any, **kwargs: Any) -> Any:
         self.sent += 1
-        if self.sent > 2 and self._extend is not None:
-            if not self._extend(request_reservation(messages, kwargs.get("sampling"))):
-                raise _NoRoom
-        comp = await self._client.complete(messages, **kwargs)
+        reservation = request_reservation(messages, kwargs.get("sampling"))
+        if self.sent > 2 and self._extend is not None and not self._extend(reservation):
+            raise _NoRoom
+        try:
+            comp = await self._client.complete(messages, **kwargs)
+        except TeacherError as e:
+            if e.billed:
+                self._unanswered(reservation)
+            raise
+        except BaseException:  # given up in flight (Ctrl-C): it may have been billed
+            self._unanswered(reservation)
+            raise
         self.prompt_tokens += comp.prompt_tokens
         self.completion_tokens += comp.completion_tokens
         return comp
+
+    def _unanswered(self, reservation: tuple[int, int]) -> None:
+        self.unanswered = (self.unanswered[0] + reservation[0], self.unanswered[1] + reservation[1])
 
 
 async def judge_rows(
@@ -329,7 +362,8 @@ async def judge_rows(
     pending = [(tid, pair) for tid, pair in rows if tid not in verdicts]
     if not pending:
         return verdicts
-    ledger = _JudgeSpend(max_usd, price, spent_usd + _cost(price, log.usage.values()))
+    spent = spent_usd + _cost(price, log.usage.values()) + _cost(price, log.unanswered.values())
+    ledger = _JudgeSpend(max_usd, price, spent)
     if say is not None:
         say(f"judging {len(pending):,} answers with {judge.model} (each pair asked in both orders)")
     todo = iter(pending)
@@ -361,16 +395,18 @@ async def judge_rows(
                     except BaseException as e:  # a refusal, no room for a re-ask, or cancelled (Ctrl-C)
                         # What the judge answered of the pair was paid for: kept as an `error` line (a
                         # resume asks the pair again and counts it), as for a pair that ended as error.
-                        record(tid, "error", (metered.prompt_tokens, metered.completion_tokens))
-                        ledger.end(key, (metered.prompt_tokens, metered.completion_tokens))
+                        used = (metered.prompt_tokens, metered.completion_tokens)
+                        record(tid, "error", used, metered.unanswered)
+                        ledger.end(key, used, metered.unanswered)
                         if isinstance(e, _NoRoom):
                             return  # the budget stopped: no further pair begins
                         if isinstance(e, FatalTeacherError):
                             raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
                         raise
                     verdicts[tid] = verdict
-                    record(tid, verdict, (metered.prompt_tokens, metered.completion_tokens))
-                    ledger.end(key, (metered.prompt_tokens, metered.completion_tokens))
+                    used = (metered.prompt_tokens, metered.completion_tokens)
+                    record(tid, verdict, used, metered.unanswered)
+                    ledger.end(key, used, metered.unanswered)
 
             await worker_pool(min(max_concurrency, len(pending)), work)
     if ledger.stopped:
@@ -451,11 +487,12 @@ class _JudgeSpend:
         self.in_flight[key] = (tid, (held[0] + more[0], held[1] + more[1]))
         return True
 
-    def end(self, key: int, usage: tuple[int, int]) -> None:
+    def end(self, key: int, usage: tuple[int, int], unanswered: tuple[int, int] = (0, 0)) -> None:
         """The pair is done (a verdict, `error`, or interrupted): its reservation is released and what
-        its answered requests cost is counted."""
+        its answered requests cost is counted, with the reservations of those that may have been
+        billed unanswered (`unanswered`)."""
         self.in_flight.pop(key, None)
-        self.spent += _cost(self.price, [usage])
+        self.spent += _cost(self.price, [usage, unanswered])
         self._wake()
 
 

@@ -1,0 +1,62 @@
+"""Review of `gen eval --max-usd`'s judge reservations (session 9): what it still let the judge pay.
+
+A judge request that fails after the judge may have billed it (it timed out, or answered a 2xx gen could
+not keep: malformed, over the size cap; gen.errors.TeacherError.billed) or that is given up in flight
+(Ctrl-C) counts at its reservation, as `gen run` counts the teacher's (README, Budgets): the judge
+counted it at nothing, so a judge whose replies could not be read was asked pair after pair, each
+request paid and none counted, far past --max-usd. The simulator counts a malformed reply's tokens as
+served (it generated them): what it served, priced, is what gen paid.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_eval_judge import free_text_dataset
+from test_judge_budget_reserved import _eval, _lines, _paid
+
+from gen.budget import price_for
+
+N = 40
+JUDGE = "gpt-4o-mini"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return free_text_dataset(tmp_path_factory.mktemp("free"), n=N)
+
+
+def _counted(d: Path) -> float:
+    """What judge.jsonl makes --max-usd count: each line's answered tokens and unanswered reservations."""
+    price = price_for(JUDGE)
+    assert price is not None
+    return sum(price.cost(*e["u"]) + price.cost(*e.get("r", (0, 0))) for e in _lines(d))
+
+
+def test_billed_replies_gen_cannot_read_count_against_max_usd(
+    dataset: Path, tmp_path: Path, sim_server
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    student = sim_server(model="student-1")
+    judge = sim_server(model=JUDGE, judge="longer", rate_malformed=1.0, malformed="usage_string")
+    limit = 0.001  # a pair reserves ~$0.0007; 40 pairs x 2 malformed replies cost the judge ~$0.004
+    proc = _eval(out, student, judge, "--max-usd", repr(limit), "--max-retries", "1")
+    paid = _paid(judge)
+    assert paid <= limit, (paid, limit, judge.stats())
+    assert proc.returncode == 3, proc.stderr  # the budget stopped it, not the end of the rows
+    assert "--max-usd" in proc.stderr
+    d = next((out / "evals").iterdir())
+    assert _counted(d) >= paid  # at their reservations: what a resume's --max-usd counts
+    # Resumed under the same limit: what the failed requests reserved stays spent. The rule lets one
+    # pair out while the spend is below the limit (as gen run lets one request out), then none.
+    asked = judge.stats()["requests"]
+    again = ("--max-usd", repr(limit), "--resume", str(d), "--max-retries", "1")
+    proc = _eval(out, student, judge, *again)
+    assert proc.returncode == 3, proc.stderr
+    assert judge.stats()["requests"] <= asked + 2
+    asked = judge.stats()["requests"]
+    assert _eval(out, student, judge, *again).returncode == 3
+    assert judge.stats()["requests"] == asked  # the reservations counted: past the limit, none asked
