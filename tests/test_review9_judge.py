@@ -11,6 +11,10 @@ served (it generated them): what it served, priced, is what gen paid.
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +64,35 @@ def test_billed_replies_gen_cannot_read_count_against_max_usd(
     asked = judge.stats()["requests"]
     assert _eval(out, student, judge, *again).returncode == 3
     assert judge.stats()["requests"] == asked  # the reservations counted: past the limit, none asked
+
+
+def test_a_request_given_up_in_flight_counts_at_its_reservation(
+    dataset: Path, tmp_path: Path, sim_server
+) -> None:
+    """Ctrl-C while a pair's first request is in flight: the judge may bill it (the simulator answers it
+    all the same). Nothing of the pair was answered, so no line was kept and a resume's --max-usd
+    counted nothing of it; it keeps an `error` line with the request's reservation in `r`."""
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    student = sim_server(model="student-1")
+    judge = sim_server(model=JUDGE, judge="longer", latency_ms=1500)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gen", "eval", str(out), "--student-base-url", student.base_url,
+         "--student-model", "student-1", "--no-progress", "--split", "all", "--max-concurrency", "1",
+         "--judge-model", JUDGE, "--judge-base-url", judge.base_url, "--max-usd", "1"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while judge.stats()["requests"] < 1 and time.monotonic() < deadline:  # the first request in flight
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    while judge.stats()["ok"] < 1 and time.monotonic() < deadline:  # the simulator answers it regardless
+        time.sleep(0.05)
+    assert judge.stats()["requests"] == 1 and _paid(judge) > 0
+    d = next((out / "evals").iterdir())
+    lines = _lines(d) if (d / "judge.jsonl").exists() else []
+    assert [e["verdict"] for e in lines] == ["error"], (lines, err)
+    assert lines[0]["u"] == [0, 0] and lines[0]["r"][1] == 512  # its prompt estimate and max_tokens
+    assert _counted(d) >= _paid(judge)
