@@ -217,12 +217,13 @@ class VerdictLog:
         self.judge = judge
         self.usage: dict[str, tuple[int, int]] = {}
         self.unanswered: dict[str, tuple[int, int]] = {}
+        self.others: dict[str, tuple[int, int]] = {}  # another judge's key -> its lines' u + r summed
 
     def load(self) -> dict[str, str]:
         """The verdicts this judge already gave, by row id (`error` lines are none); `usage` is set to
         the tokens of every line of this judge, by row id."""
         found: dict[str, str] = {}
-        self.usage, self.unanswered = {}, {}
+        self.usage, self.unanswered, self.others = {}, {}, {}
         try:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
@@ -237,7 +238,26 @@ class VerdictLog:
                 if entry.get("verdict") != "error":
                     found[tid] = str(entry.get("verdict"))
                 self._add(tid, line_usage(entry), line_usage(entry, "r"))
+            elif isinstance(entry, dict) and isinstance(entry.get("judge"), str):
+                # Another judge's (a resume with another prompt or model): paid for all the same.
+                u, r = line_usage(entry), line_usage(entry, "r")
+                p, c = self.others.get(entry["judge"], (0, 0))
+                self.others[entry["judge"]] = (p + u[0] + r[0], c + u[1] + r[1])
         return found
+
+    def others_usd(self, price: Price | None) -> float:
+        """What the other judges' lines cost, each at its model's price in the price table (at `price`,
+        this judge's, for a model the table does not list)."""
+        from gen.budget import price_for
+
+        total = 0.0
+        for key, usage in self.others.items():
+            provider, _, rest = key.partition(":")
+            model = rest.rpartition(":")[0]
+            if provider in providers.names():
+                model = providers.get(provider).price_key or model
+            total += _cost(price_for(model) or price, [usage])
+        return total
 
     def _add(self, tid: str, usage: tuple[int, int], unanswered: tuple[int, int] = (0, 0)) -> None:
         p, c = self.usage.get(tid, (0, 0))
@@ -363,6 +383,7 @@ async def judge_rows(
     if not pending:
         return verdicts
     spent = spent_usd + _cost(price, log.usage.values()) + _cost(price, log.unanswered.values())
+    spent += log.others_usd(price)  # an earlier run's judge of another prompt or model: paid all the same
     ledger = _JudgeSpend(max_usd, price, spent)
     if say is not None:
         say(f"judging {len(pending):,} answers with {judge.model} (each pair asked in both orders)")

@@ -96,3 +96,31 @@ def test_a_request_given_up_in_flight_counts_at_its_reservation(
     assert [e["verdict"] for e in lines] == ["error"], (lines, err)
     assert lines[0]["u"] == [0, 0] and lines[0]["r"][1] == 512  # its prompt estimate and max_tokens
     assert _counted(d) >= _paid(judge)
+
+
+def test_a_resume_with_another_judge_prompt_counts_what_the_first_cost(
+    dataset: Path, tmp_path: Path, sim_server
+) -> None:
+    """--max-usd bounds what the evaluation pays across its runs. A resume with another judge prompt (or
+    model) asks the pairs again for that judge, and counted only that judge's judge.jsonl lines: what the
+    first judge was paid was forgotten, and the two runs together paid past the limit."""
+    from gen.judge import default_prompt_path
+
+    out = tmp_path / "out"
+    shutil.copytree(dataset, out)
+    student = sim_server(model="student-1")
+    judge = sim_server(model=JUDGE, judge="longer")
+    limit = 0.002  # a pair costs ~$0.0001 and reserves ~$0.0007: ~13 of the 40 pairs, one at a time
+    proc = _eval(out, student, judge, "--max-usd", repr(limit), concurrency=1)
+    assert proc.returncode == 3, proc.stderr
+    d = next((out / "evals").iterdir())
+    first = _paid(judge)
+    assert limit / 2 < first <= limit
+    other = tmp_path / "judge-b.md"
+    other.write_text(default_prompt_path().read_text() + "\nBe brief.\n")
+    proc = _eval(
+        out, student, judge, "--max-usd", repr(limit), "--resume", str(d), "--judge-prompt", str(other),
+        concurrency=1,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert _paid(judge) <= limit, (first, _paid(judge), limit)
