@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from gen.config import PromptFile
 
 VERDICTS_FILE = "judge.jsonl"
+RESERVED_FILE = "judge_reserved.jsonl"  # each judge request's reservation, written before it leaves
 NO_ANSWER = "no_answer"  # the student gave no valid answer: a loss, the judge not asked
 RULE = (
     "each pair asked twice, the answers swapped; win / tie / loss over the decided rows (a row the "
@@ -208,12 +209,19 @@ class VerdictLog:
     `usage` holds each row's tokens summed over all its lines of this judge, and this run's pairs added
     as they end: the report and --max-usd count every request the judge answered, earlier runs' too.
     A line's `r` (absent when none) is the reservations, (prompt estimate, max_tokens), of its pair's
-    requests that got no usable answer but may have been billed (timed out, a 2xx gen could not keep,
-    given up in flight): --max-usd counts them at that, as gen run counts the teacher's (`unanswered`,
-    by row id); the report's tokens are the judge's `u` alone."""
+    requests that got no usable answer but may have been billed (timed out, a 2xx gen could not keep):
+    --max-usd counts them at that, as gen run counts the teacher's (`unanswered`, by row id); the
+    report's tokens are the judge's `u` alone.
+
+    `judge_reserved.jsonl` beside it (`reserver`) holds each request's reservation ({"k", "id", "judge",
+    "q"}), written before the request leaves, and {"k", "end": true} once its pair's line is written: a
+    pair whose gen died (SIGKILL) before it ended wrote no line, and `load` counts the reservations it
+    never settled (and those of requests given up in flight, Ctrl-C, which stay open) in `unanswered`
+    (another judge's in `others`), as gen run counts the open reservations its journal holds."""
 
     def __init__(self, path: Path, judge: JudgeSpec) -> None:
         self.path = path
+        self.reserved_path = path.with_name(RESERVED_FILE)
         self.judge = judge
         self.usage: dict[str, tuple[int, int]] = {}
         self.unanswered: dict[str, tuple[int, int]] = {}
@@ -241,9 +249,40 @@ class VerdictLog:
             elif isinstance(entry, dict) and isinstance(entry.get("judge"), str):
                 # Another judge's (a resume with another prompt or model): paid for all the same.
                 u, r = line_usage(entry), line_usage(entry, "r")
-                p, c = self.others.get(entry["judge"], (0, 0))
-                self.others[entry["judge"]] = (p + u[0] + r[0], c + u[1] + r[1])
+                self._add_other(entry["judge"], (u[0] + r[0], u[1] + r[1]))
+        self._load_open()
         return found
+
+    def _add_other(self, key: str, usage: tuple[int, int]) -> None:
+        p, c = self.others.get(key, (0, 0))
+        self.others[key] = (p + usage[0], c + usage[1])
+
+    def _load_open(self) -> None:
+        """The reservations of pairs that never ended (their gen was killed), into `unanswered`."""
+        held: dict[str, tuple[str, str, tuple[int, int]]] = {}  # k -> (judge key, row id, reserved)
+        try:
+            lines = self.reserved_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:  # a line a crash cut short
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("k"), str):
+                continue
+            if entry.get("end") is True:
+                held.pop(entry["k"], None)
+                continue
+            judge, tid, q = entry.get("judge"), entry.get("id"), line_usage(entry, "q")
+            if isinstance(judge, str) and isinstance(tid, str):
+                old = held.get(entry["k"], (judge, tid, (0, 0)))[2]
+                held[entry["k"]] = (judge, tid, (old[0] + q[0], old[1] + q[1]))
+        for judge, tid, q in held.values():
+            if judge == self.judge.key:
+                self._add(tid, (0, 0), q)
+            else:
+                self._add_other(judge, q)
 
     def others_usd(self, price: Price | None) -> float:
         """What the other judges' lines cost, each at its model's price in the price table (at `price`,
@@ -294,6 +333,37 @@ class VerdictLog:
 
             yield record
 
+    @contextlib.contextmanager
+    def reserver(
+        self,
+    ) -> Iterator[
+        tuple[Callable[[int, str, tuple[int, int]], None], Callable[[int, str, tuple[int, int]], None]]
+    ]:
+        """(reserve(key, row id, reservation): before a request of pair `key` leaves; settle(key, row id,
+        abandoned): once the pair's line is written, `abandoned` the reservation of its requests given up
+        in flight (Ctrl-C), kept open so that every later run counts them), each flushed as it is
+        written (OSError when it cannot be: the request is not sent). Keys are this run's, made unique
+        across runs by a random tag."""
+        from gen.ledger import fresh_line
+
+        tag = os.urandom(6).hex()
+        start = fresh_line(self.reserved_path)
+        with open(self.reserved_path, "ab") as f:
+            f.write(start)
+
+            def reserve(key: int, tid: str, reservation: tuple[int, int], k: str | None = None) -> None:
+                entry = {"k": k or f"{tag}.{key}", "id": tid, "judge": self.judge.key, "q": list(reservation)}
+                f.write(orjson.dumps(entry) + b"\n")
+                f.flush()
+
+            def settle(key: int, tid: str, abandoned: tuple[int, int] = (0, 0)) -> None:
+                if any(abandoned):  # first: a crash between the two lines counts it twice, never not
+                    reserve(key, tid, abandoned, f"{tag}.{key}.abandoned")
+                f.write(orjson.dumps({"k": f"{tag}.{key}", "end": True}) + b"\n")
+                f.flush()
+
+            yield reserve, settle
+
 
 def line_usage(entry: dict[str, Any], field: str = "u") -> tuple[int, int]:
     """A judge.jsonl line's (prompt, completion) tokens (`field` "r": its unanswered requests'
@@ -314,24 +384,34 @@ class _NoRoom(Exception):
 class _Metered:
     """The judge's client for one pair: adds up the tokens of the requests it answers, and in
     `unanswered` the reservations of those that got no usable answer but may have been billed (a
-    TeacherError marked `billed`: a timeout, a 2xx gen could not keep; or given up in flight, Ctrl-C),
-    which --max-usd counts as gen run counts the teacher's. The pair's reservation covers its first
-    two requests (one per order); each later one (an order asked again after a reply without a verdict
-    line, or a retry after a failed request) is reserved as it leaves by `extend` (False: no room,
-    _NoRoom raised and the request not sent)."""
+    TeacherError marked `billed`: a timeout, a 2xx gen could not keep), and in `abandoned` those given
+    up in flight (Ctrl-C), which --max-usd counts as gen run counts the teacher's. The pair's
+    reservation covers its first two requests (one per order); each later one (an order asked again
+    after a reply without a verdict line, or a retry after a failed request) is reserved as it leaves
+    by `extend` (False: no room, _NoRoom raised and the request not sent), and each request's is
+    written to disk before it leaves (`reserve`)."""
 
-    def __init__(self, client: Any, extend: Callable[[tuple[int, int]], bool] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        extend: Callable[[tuple[int, int]], bool] | None = None,
+        reserve: Callable[[tuple[int, int]], None] | None = None,
+    ) -> None:
         self._client = client
         self._extend = extend
+        self._reserve = reserve  # writes the request's reservation to disk before it leaves
         self.sent = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.unanswered = (0, 0)
+        self.abandoned = (0, 0)  # the reservation of a request given up in flight (Ctrl-C)
 
     async def complete(self, messages: Any, **kwargs: Any) -> Any:
         self.sent += 1
         reservation = request_reservation(messages, kwargs.get("sampling"))
         if self.sent > 2 and self._extend is not None and not self._extend(reservation):
             raise _NoRoom
+        if self._reserve is not None:
+            self._reserve(reservation)
         try:
             comp = await self._client.complete(messages, **kwargs)
         except TeacherError as e:
@@ -339,7 +419,7 @@ class _Metered:
                 self._unanswered(reservation)
             raise
         except BaseException:  # given up in flight (Ctrl-C): it may have been billed
-            self._unanswered(reservation)
+            self.abandoned = (self.abandoned[0] + reservation[0], self.abandoned[1] + reservation[1])
             raise
         self.prompt_tokens += comp.prompt_tokens
         self.completion_tokens += comp.completion_tokens
@@ -399,7 +479,7 @@ async def judge_rows(
         connect_timeout_s=connect_timeout_s,
     ) as client:
         limited = LimitedTeacher(client, limiter)
-        with log.appender() as record:
+        with log.appender() as record, log.reserver() as (reserve, settle):
 
             async def work() -> None:
                 for tid, pair in todo:  # one shared iterator: each pair goes to one worker
@@ -408,7 +488,11 @@ async def judge_rows(
                         return
                     # The row's seed, as the run sends it: the same pair gets the same requests.
                     seed = int(tid[:8], 16) & 0x7FFFFFFF if _hex(tid[:8]) else 0
-                    metered = _Metered(limited, lambda more, k=key: ledger.extend(k, more))
+                    metered = _Metered(
+                        limited,
+                        lambda more, k=key: ledger.extend(k, more),
+                        lambda q, k=key, t=tid: reserve(k, t, q),
+                    )
                     try:
                         verdict = await judge_pair(
                             pair, client=metered, prompt=prompt, seed=seed, retry_policy=policy
@@ -418,7 +502,10 @@ async def judge_rows(
                         # resume asks the pair again and counts it), as for a pair that ended as error.
                         used = (metered.prompt_tokens, metered.completion_tokens)
                         record(tid, "error", used, metered.unanswered)
-                        ledger.end(key, used, metered.unanswered)
+                        settle(key, tid, metered.abandoned)  # kept open: counted by every later run
+                        gone = metered.abandoned
+                        unanswered = (metered.unanswered[0] + gone[0], metered.unanswered[1] + gone[1])
+                        ledger.end(key, used, unanswered)
                         if isinstance(e, _NoRoom):
                             return  # the budget stopped: no further pair begins
                         if isinstance(e, FatalTeacherError):
@@ -427,6 +514,7 @@ async def judge_rows(
                     verdicts[tid] = verdict
                     used = (metered.prompt_tokens, metered.completion_tokens)
                     record(tid, verdict, used, metered.unanswered)
+                    settle(key, tid)
                     ledger.end(key, used, metered.unanswered)
 
             await worker_pool(min(max_concurrency, len(pending)), work)
