@@ -116,19 +116,19 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--output", type=Path, metavar="DIR", help="output directory")
     p.add_argument("--shard-rows", type=int, default=50_000, metavar="N", help="rows per Parquet shard")
-    p.add_argument("--max-usd", type=float, metavar="USD", help="stop once the dataset has cost this much")
+    p.add_argument("--max-usd", type=_usd, metavar="USD", help="stop once the dataset has cost this much")
     p.add_argument(
         "--max-tokens", type=int, metavar="N", help="stop once the dataset has used this many tokens"
     )
     p.add_argument(
-        "--price-in", type=float, metavar="USD", help="USD per million prompt tokens (overrides table)"
+        "--price-in", type=_usd, metavar="USD", help="USD per million prompt tokens (overrides table)"
     )
-    p.add_argument("--price-out", type=float, metavar="USD", help="USD per million completion tokens")
+    p.add_argument("--price-out", type=_usd, metavar="USD", help="USD per million completion tokens")
     p.add_argument(
-        "--price-cached-in", type=float, metavar="USD", help="USD per million prompt tokens read from cache"
+        "--price-cached-in", type=_usd, metavar="USD", help="USD per million prompt tokens read from cache"
     )
     p.add_argument(
-        "--price-cache-write", type=float, metavar="USD", help="USD per million prompt tokens cache-written"
+        "--price-cache-write", type=_usd, metavar="USD", help="USD per million prompt tokens cache-written"
     )
     p.add_argument(
         "--intended-use",
@@ -197,8 +197,8 @@ def _eval_flags(e: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--min-valid", type=float, metavar="F", help="exit 4 when the first-answer valid rate is below F"
     )
-    e.add_argument("--student-price-in", type=float, metavar="USD", help="USD per million prompt tokens")
-    e.add_argument("--student-price-out", type=float, metavar="USD", help="USD per million completion tokens")
+    e.add_argument("--student-price-in", type=_usd, metavar="USD", help="USD per million prompt tokens")
+    e.add_argument("--student-price-out", type=_usd, metavar="USD", help="USD per million completion tokens")
     e.add_argument(
         "--student-gpu-hour-usd",
         type=float,
@@ -218,7 +218,7 @@ def _eval_flags(e: argparse.ArgumentParser) -> None:
     e.add_argument("--teacher-api-key-env", metavar="VAR", help="--inputs: the teacher's API key variable")
     e.add_argument(
         "--max-usd",
-        type=float,
+        type=_usd,
         metavar="USD",
         help="stop what gen pays for at this cost: --inputs' teacher, then the judge (free text)",
     )
@@ -445,6 +445,17 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0 picks a free one)")
     return port
+
+
+def _usd(value: str) -> float:
+    """An amount of money: a finite number, 0 or more. nan made every budget check false (no limit)."""
+    try:
+        usd = float(value)
+    except ValueError:
+        usd = math.nan
+    if not (math.isfinite(usd) and usd >= 0):
+        raise argparse.ArgumentTypeError(f"{value} is not an amount in USD (a finite number, 0 or more)")
+    return usd
 
 
 def _positive(name: str, value: int | None) -> None:

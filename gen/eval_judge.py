@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gen.errors import ConfigError, FatalTeacherError
+from gen.errors import ConfigError, FatalTeacherError, TeacherError
 from gen.eval_compare import Rate
 from gen.judge import (
     Pair,
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from gen.config import PromptFile
 
 VERDICTS_FILE = "judge.jsonl"
+RESERVED_FILE = "judge_reserved.jsonl"  # each judge request's reservation, written before it leaves
 NO_ANSWER = "no_answer"  # the student gave no valid answer: a loss, the judge not asked
 RULE = (
     "each pair asked twice, the answers swapped; win / tie / loss over the decided rows (a row the "
@@ -206,18 +207,31 @@ class VerdictLog:
     verdict (a resume asks that pair again), so a row may have `error` lines before its verdict line.
     Files of a gen that kept no `error` lines (or no `u`) read as before.
     `usage` holds each row's tokens summed over all its lines of this judge, and this run's pairs added
-    as they end: the report and --max-usd count every request the judge answered, earlier runs' too."""
+    as they end: the report and --max-usd count every request the judge answered, earlier runs' too.
+    A line's `r` (absent when none) is the reservations, (prompt estimate, max_tokens), of its pair's
+    requests that got no usable answer but may have been billed (timed out, a 2xx gen could not keep):
+    --max-usd counts them at that, as gen run counts the teacher's (`unanswered`, by row id); the
+    report's tokens are the judge's `u` alone.
+
+    `judge_reserved.jsonl` beside it (`reserver`) holds each request's reservation ({"k", "id", "judge",
+    "q"}), written before the request leaves, and {"k", "end": true} once its pair's line is written: a
+    pair whose gen died (SIGKILL) before it ended wrote no line, and `load` counts the reservations it
+    never settled (and those of requests given up in flight, Ctrl-C, which stay open) in `unanswered`
+    (another judge's in `others`), as gen run counts the open reservations its journal holds."""
 
     def __init__(self, path: Path, judge: JudgeSpec) -> None:
         self.path = path
+        self.reserved_path = path.with_name(RESERVED_FILE)
         self.judge = judge
         self.usage: dict[str, tuple[int, int]] = {}
+        self.unanswered: dict[str, tuple[int, int]] = {}
+        self.others: dict[str, tuple[int, int]] = {}  # another judge's key -> its lines' u + r summed
 
     def load(self) -> dict[str, str]:
         """The verdicts this judge already gave, by row id (`error` lines are none); `usage` is set to
         the tokens of every line of this judge, by row id."""
         found: dict[str, str] = {}
-        self.usage = {}
+        self.usage, self.unanswered, self.others = {}, {}, {}
         try:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
@@ -231,12 +245,65 @@ class VerdictLog:
                 tid = str(entry.get("id"))
                 if entry.get("verdict") != "error":
                     found[tid] = str(entry.get("verdict"))
-                self._add(tid, line_usage(entry))
+                self._add(tid, line_usage(entry), line_usage(entry, "r"))
+            elif isinstance(entry, dict) and isinstance(entry.get("judge"), str):
+                # Another judge's (a resume with another prompt or model): paid for all the same.
+                u, r = line_usage(entry), line_usage(entry, "r")
+                self._add_other(entry["judge"], (u[0] + r[0], u[1] + r[1]))
+        self._load_open()
         return found
 
-    def _add(self, tid: str, usage: tuple[int, int]) -> None:
+    def _add_other(self, key: str, usage: tuple[int, int]) -> None:
+        p, c = self.others.get(key, (0, 0))
+        self.others[key] = (p + usage[0], c + usage[1])
+
+    def _load_open(self) -> None:
+        """The reservations of pairs that never ended (their gen was killed), into `unanswered`."""
+        held: dict[str, tuple[str, str, tuple[int, int]]] = {}  # k -> (judge key, row id, reserved)
+        try:
+            lines = self.reserved_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:  # a line a crash cut short
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("k"), str):
+                continue
+            if entry.get("end") is True:
+                held.pop(entry["k"], None)
+                continue
+            judge, tid, q = entry.get("judge"), entry.get("id"), line_usage(entry, "q")
+            if isinstance(judge, str) and isinstance(tid, str):
+                old = held.get(entry["k"], (judge, tid, (0, 0)))[2]
+                held[entry["k"]] = (judge, tid, (old[0] + q[0], old[1] + q[1]))
+        for judge, tid, q in held.values():
+            if judge == self.judge.key:
+                self._add(tid, (0, 0), q)
+            else:
+                self._add_other(judge, q)
+
+    def others_usd(self, price: Price | None) -> float:
+        """What the other judges' lines cost, each at its model's price in the price table (at `price`,
+        this judge's, for a model the table does not list)."""
+        from gen.budget import price_for
+
+        total = 0.0
+        for key, usage in self.others.items():
+            provider, _, rest = key.partition(":")
+            model = rest.rpartition(":")[0]
+            if provider in providers.names():
+                model = providers.get(provider).price_key or model
+            total += _cost(price_for(model) or price, [usage])
+        return total
+
+    def _add(self, tid: str, usage: tuple[int, int], unanswered: tuple[int, int] = (0, 0)) -> None:
         p, c = self.usage.get(tid, (0, 0))
         self.usage[tid] = (p + usage[0], c + usage[1])
+        if any(unanswered):
+            p, c = self.unanswered.get(tid, (0, 0))
+            self.unanswered[tid] = (p + unanswered[0], c + unanswered[1])
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
@@ -246,21 +313,62 @@ class VerdictLog:
         with open(self.path, "ab") as f:
             f.write(start)  # after a line a crash cut short, or the first verdict joined it, unreadable
 
-            def record(tid: str, verdict: str, usage: tuple[int, int] = (0, 0)) -> None:
-                self._add(tid, usage)
-                if verdict == "error" and not any(usage):  # nothing paid for: nothing to remember
+            def record(
+                tid: str, verdict: str, usage: tuple[int, int] = (0, 0), unanswered: tuple[int, int] = (0, 0)
+            ) -> None:
+                self._add(tid, usage, unanswered)
+                if verdict == "error" and not any(usage) and not any(unanswered):  # nothing to remember
                     return
                 # An `error` line too: a resume asks the pair again, but what it cost stays counted.
-                entry = {"id": tid, "verdict": verdict, "judge": self.judge.key, "u": list(usage)}
+                entry: dict[str, Any] = {
+                    "id": tid,
+                    "verdict": verdict,
+                    "judge": self.judge.key,
+                    "u": list(usage),
+                }
+                if any(unanswered):
+                    entry["r"] = list(unanswered)
                 f.write(orjson.dumps(entry) + b"\n")
                 f.flush()
 
             yield record
 
+    @contextlib.contextmanager
+    def reserver(
+        self,
+    ) -> Iterator[
+        tuple[Callable[[int, str, tuple[int, int]], None], Callable[[int, str, tuple[int, int]], None]]
+    ]:
+        """(reserve(key, row id, reservation): before a request of pair `key` leaves; settle(key, row id,
+        abandoned): once the pair's line is written, `abandoned` the reservation of its requests given up
+        in flight (Ctrl-C), kept open so that every later run counts them), each flushed as it is
+        written (OSError when it cannot be: the request is not sent). Keys are this run's, made unique
+        across runs by a random tag."""
+        from gen.ledger import fresh_line
 
-def line_usage(entry: dict[str, Any]) -> tuple[int, int]:
-    """A judge.jsonl line's (prompt, completion) tokens; (0, 0) for a line of a gen that kept none."""
-    u = entry.get("u")
+        tag = os.urandom(6).hex()
+        start = fresh_line(self.reserved_path)
+        with open(self.reserved_path, "ab") as f:
+            f.write(start)
+
+            def reserve(key: int, tid: str, reservation: tuple[int, int], k: str | None = None) -> None:
+                entry = {"k": k or f"{tag}.{key}", "id": tid, "judge": self.judge.key, "q": list(reservation)}
+                f.write(orjson.dumps(entry) + b"\n")
+                f.flush()
+
+            def settle(key: int, tid: str, abandoned: tuple[int, int] = (0, 0)) -> None:
+                if any(abandoned):  # first: a crash between the two lines counts it twice, never not
+                    reserve(key, tid, abandoned, f"{tag}.{key}.abandoned")
+                f.write(orjson.dumps({"k": f"{tag}.{key}", "end": True}) + b"\n")
+                f.flush()
+
+            yield reserve, settle
+
+
+def line_usage(entry: dict[str, Any], field: str = "u") -> tuple[int, int]:
+    """A judge.jsonl line's (prompt, completion) tokens (`field` "r": its unanswered requests'
+    reservations); (0, 0) for a line of a gen that kept none."""
+    u = entry.get(field)
     return (u[0], u[1]) if usage_ok(u) else (0, 0)
 
 
@@ -274,26 +382,51 @@ class _NoRoom(Exception):
 
 
 class _Metered:
-    """The judge's client for one pair: adds up the tokens of the requests it answers. The pair's
+    """The judge's client for one pair: adds up the tokens of the requests it answers, and in
+    `unanswered` the reservations of those that got no usable answer but may have been billed (a
+    TeacherError marked `billed`: a timeout, a 2xx gen could not keep), and in `abandoned` those given
+    up in flight (Ctrl-C), which --max-usd counts as gen run counts the teacher's. The pair's
     reservation covers its first two requests (one per order); each later one (an order asked again
     after a reply without a verdict line, or a retry after a failed request) is reserved as it leaves
-    by `extend` (False: no room, _NoRoom raised and the request not sent)."""
+    by `extend` (False: no room, _NoRoom raised and the request not sent), and each request's is
+    written to disk before it leaves (`reserve`)."""
 
-    def __init__(self, client: Any, extend: Callable[[tuple[int, int]], bool] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        extend: Callable[[tuple[int, int]], bool] | None = None,
+        reserve: Callable[[tuple[int, int]], None] | None = None,
+    ) -> None:
         self._client = client
         self._extend = extend
+        self._reserve = reserve  # writes the request's reservation to disk before it leaves
         self.sent = 0
         self.prompt_tokens = self.completion_tokens = 0
+        self.unanswered = (0, 0)
+        self.abandoned = (0, 0)  # the reservation of a request given up in flight (Ctrl-C)
 
     async def complete(self, messages: Any, **kwargs: Any) -> Any:
         self.sent += 1
-        if self.sent > 2 and self._extend is not None:
-            if not self._extend(request_reservation(messages, kwargs.get("sampling"))):
-                raise _NoRoom
-        comp = await self._client.complete(messages, **kwargs)
+        reservation = request_reservation(messages, kwargs.get("sampling"))
+        if self.sent > 2 and self._extend is not None and not self._extend(reservation):
+            raise _NoRoom
+        if self._reserve is not None:
+            self._reserve(reservation)
+        try:
+            comp = await self._client.complete(messages, **kwargs)
+        except TeacherError as e:
+            if e.billed:
+                self._unanswered(reservation)
+            raise
+        except BaseException:  # given up in flight (Ctrl-C): it may have been billed
+            self.abandoned = (self.abandoned[0] + reservation[0], self.abandoned[1] + reservation[1])
+            raise
         self.prompt_tokens += comp.prompt_tokens
         self.completion_tokens += comp.completion_tokens
         return comp
+
+    def _unanswered(self, reservation: tuple[int, int]) -> None:
+        self.unanswered = (self.unanswered[0] + reservation[0], self.unanswered[1] + reservation[1])
 
 
 async def judge_rows(
@@ -329,7 +462,9 @@ async def judge_rows(
     pending = [(tid, pair) for tid, pair in rows if tid not in verdicts]
     if not pending:
         return verdicts
-    ledger = _JudgeSpend(max_usd, price, spent_usd + _cost(price, log.usage.values()))
+    spent = spent_usd + _cost(price, log.usage.values()) + _cost(price, log.unanswered.values())
+    spent += log.others_usd(price)  # an earlier run's judge of another prompt or model: paid all the same
+    ledger = _JudgeSpend(max_usd, price, spent)
     if say is not None:
         say(f"judging {len(pending):,} answers with {judge.model} (each pair asked in both orders)")
     todo = iter(pending)
@@ -344,7 +479,7 @@ async def judge_rows(
         connect_timeout_s=connect_timeout_s,
     ) as client:
         limited = LimitedTeacher(client, limiter)
-        with log.appender() as record:
+        with log.appender() as record, log.reserver() as (reserve, settle):
 
             async def work() -> None:
                 for tid, pair in todo:  # one shared iterator: each pair goes to one worker
@@ -353,7 +488,11 @@ async def judge_rows(
                         return
                     # The row's seed, as the run sends it: the same pair gets the same requests.
                     seed = int(tid[:8], 16) & 0x7FFFFFFF if _hex(tid[:8]) else 0
-                    metered = _Metered(limited, lambda more, k=key: ledger.extend(k, more))
+                    metered = _Metered(
+                        limited,
+                        lambda more, k=key: ledger.extend(k, more),
+                        lambda q, k=key, t=tid: reserve(k, t, q),
+                    )
                     try:
                         verdict = await judge_pair(
                             pair, client=metered, prompt=prompt, seed=seed, retry_policy=policy
@@ -361,16 +500,22 @@ async def judge_rows(
                     except BaseException as e:  # a refusal, no room for a re-ask, or cancelled (Ctrl-C)
                         # What the judge answered of the pair was paid for: kept as an `error` line (a
                         # resume asks the pair again and counts it), as for a pair that ended as error.
-                        record(tid, "error", (metered.prompt_tokens, metered.completion_tokens))
-                        ledger.end(key, (metered.prompt_tokens, metered.completion_tokens))
+                        used = (metered.prompt_tokens, metered.completion_tokens)
+                        record(tid, "error", used, metered.unanswered)
+                        settle(key, tid, metered.abandoned)  # kept open: counted by every later run
+                        gone = metered.abandoned
+                        unanswered = (metered.unanswered[0] + gone[0], metered.unanswered[1] + gone[1])
+                        ledger.end(key, used, unanswered)
                         if isinstance(e, _NoRoom):
                             return  # the budget stopped: no further pair begins
                         if isinstance(e, FatalTeacherError):
                             raise ConfigError(f"judge {judge.model}", f"refused the request: {e}") from None
                         raise
                     verdicts[tid] = verdict
-                    record(tid, verdict, (metered.prompt_tokens, metered.completion_tokens))
-                    ledger.end(key, (metered.prompt_tokens, metered.completion_tokens))
+                    used = (metered.prompt_tokens, metered.completion_tokens)
+                    record(tid, verdict, used, metered.unanswered)
+                    settle(key, tid)
+                    ledger.end(key, used, metered.unanswered)
 
             await worker_pool(min(max_concurrency, len(pending)), work)
     if ledger.stopped:
@@ -451,11 +596,12 @@ class _JudgeSpend:
         self.in_flight[key] = (tid, (held[0] + more[0], held[1] + more[1]))
         return True
 
-    def end(self, key: int, usage: tuple[int, int]) -> None:
+    def end(self, key: int, usage: tuple[int, int], unanswered: tuple[int, int] = (0, 0)) -> None:
         """The pair is done (a verdict, `error`, or interrupted): its reservation is released and what
-        its answered requests cost is counted."""
+        its answered requests cost is counted, with the reservations of those that may have been
+        billed unanswered (`unanswered`)."""
         self.in_flight.pop(key, None)
-        self.spent += _cost(self.price, [usage])
+        self.spent += _cost(self.price, [usage, unanswered])
         self._wake()
 
 

@@ -573,7 +573,7 @@ def _large_allocations_to_mmap() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # ImportError: a Python without _ctypes
         pass
 
 

@@ -21,7 +21,7 @@ def load_prctl() -> Callable[..., int] | None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         prctl = libc.prctl
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # ImportError: a Python without _ctypes
         return None
     prctl.restype = ctypes.c_int
     return prctl  # type: ignore[no-any-return]

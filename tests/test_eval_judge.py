@@ -278,9 +278,9 @@ def test_resume_reuses_the_verdicts_and_does_not_ask_the_student_again(
     d = next((out / "evals").iterdir())
     assert not (d / "report.json").exists()
     lines = [json.loads(line) for line in (d / "judge.jsonl").read_text().splitlines()]
-    # A pair cancelled in flight (Ctrl-C past its grace, on a loaded machine) has an `error` line: what
-    # it cost is kept, its verdict is not, and the resume asks it again in full.
-    kept = [line for line in lines if line["verdict"] != "error"]
+    # The verdicts: a pair interrupted after its first order was answered keeps an `error` line (what it
+    # cost), no verdict, and is asked again in full (counting it as kept made this test fail at times).
+    kept = [e for e in lines if e["verdict"] != "error"]
     assert 0 < len(kept) < N
     asked_before = judge.stats()["requests"]
     assert student.stats()["requests"] == N
