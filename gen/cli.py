@@ -201,7 +201,7 @@ def _eval_flags(e: argparse.ArgumentParser) -> None:
     e.add_argument("--student-price-out", type=_usd, metavar="USD", help="USD per million completion tokens")
     e.add_argument(
         "--student-gpu-hour-usd",
-        type=float,
+        type=_usd,
         metavar="USD",
         help="price a self-hosted student per GPU-hour of this evaluation's wall time",
     )

@@ -16,13 +16,18 @@ def test_a_max_usd_or_price_that_is_no_amount_is_refused() -> None:
         ["run", "/nonexistent.toml", "--max-usd", "1", "--price-in", "nan"],
         ["run", "/nonexistent.toml", "--max-usd", "1", "--price-out", "inf"],
         ["run", "/nonexistent.toml", "--max-usd", "1", "--price-cached-in", "nan"],
+        ["eval", "/nonexistent", "--student-model", "s", "--student-base-url", "http://127.0.0.1:9/v1",
+         "--student-gpu-hour-usd", "nan"],
     ]  # fmt: skip
     for argv in cases:
         done = subprocess.run(
             [sys.executable, "-m", "gen", *argv], capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 2, (argv, done.stderr)
-        assert "--max-usd" in done.stderr or "--price-" in done.stderr, (argv, done.stderr)
+        assert "--max-usd" in done.stderr or "-price-" in done.stderr or "gpu-hour" in done.stderr, (
+            argv,
+            done.stderr,
+        )
         assert "Traceback" not in done.stderr
     ok = subprocess.run(
         [sys.executable, "-m", "gen", "run", "/nonexistent.toml", "--max-usd", "0.5", "--price-in", "0"],
