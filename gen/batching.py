@@ -534,8 +534,10 @@ class BatchDriver:
         # Journaled as bought online: a resume prices it (if in flight) at the list price.
         run._reserve(req.task.id, key, (estimate_tokens(messages, 0), run._max_completion), None, online=True)
         try:
-            comp = await self._call(
-                lambda: self.online.complete(messages, seed=req.seed, sampling=self.p.sampling)
+            comp = await with_retries(
+                lambda: self.online.complete(messages, seed=req.seed, sampling=self.p.sampling),
+                run.retry_policy,
+                on_retry=lambda e: self._on_online_retry(e, req.task.id, key),
             )
         except asyncio.CancelledError:  # given up in flight (a stop past its grace): it may have been billed
             run._abandon(key, price=self.online_price)
@@ -551,6 +553,16 @@ class BatchDriver:
         run._in_flight.pop(key, None)
         run.stats.batch_online += 1
         await self._judge(req, comp, online=True)
+
+    def _on_online_retry(self, e: TeacherError, task_id: str, key: int) -> None:
+        """A fallback request about to be retried, as an online run's (gen.asking): a failure the
+        teacher may have billed (a timeout, a 2xx gen could not keep) is spent at the list price, and
+        the retry is journaled as a request of its own (else a run paid every attempt, counted one)."""
+        self._on_retry(e)
+        if e.billed:
+            spent = self.run._abandon(key, price=self.online_price)
+            if spent is not None:
+                self.run._reserve(task_id, key, spent, spent, online=True)
 
     async def _judge(self, req: Req, comp: Any, *, online: bool = False) -> None:
         """An answer, as Run._ask judges one: count and charge it, then a row, a reject or a re-ask.
