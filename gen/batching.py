@@ -444,17 +444,16 @@ class BatchDriver:
             if req is None or r.custom_id in seen:
                 continue
             seen.add(r.custom_id)
-            if id_key(req.task.id) in self.answered or self.step.get(req.task.id, (1, 0)) > (
-                req.attempt,
-                req.retry,
-            ):
+            if self._settled(req):
                 continue  # decided, or asked again, by a run that died collecting this batch
             again = await self._settle(req, r)
             if again is not None:
                 fallback.append(again)
         cancelled = state.status in ("cancelled", "canceled", "cancelling")
         for cid, req in b.reqs.items():
-            if cid in seen or id_key(req.task.id) in self.answered:
+            # A left-out result's next request (a retry, or a fallback the budget held back) logged by a
+            # run that died collecting this batch is queued already: settled again, it was sent twice.
+            if cid in seen or self._settled(req):
                 continue
             if cancelled:  # never run (the batch was cancelled first): not paid, sent again
                 self._requeue(req)
@@ -474,6 +473,14 @@ class BatchDriver:
         run.journal.write_now()  # every answer of the batch on disk before it is marked collected
         self.log.done(name, "cancelled" if state.status in ("cancelled", "canceled") else "collected")
         del self.live[name]
+
+    def _settled(self, req: Req) -> bool:
+        """Whether `req`'s task was decided, or its next request queued (by this run, or logged by a
+        run that died collecting the batch), so its result is passed over."""
+        return id_key(req.task.id) in self.answered or self.step.get(req.task.id, (1, 0)) > (
+            req.attempt,
+            req.retry,
+        )
 
     def _queue(self, req: Req) -> None:
         """Log a request to send in a later batch (a re-ask or a retry), then queue it."""

@@ -7,6 +7,10 @@ endpoints, real `gen run` runs.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from helpers import batch_recipe
@@ -47,3 +51,50 @@ def test_a_fallback_retried_after_a_billed_failure_counts_every_attempt(tmp_path
     again = json.loads((out / "manifest.json").read_text())
     assert abs(again["cost_usd"] - sent * ONLINE_RESERVATION) < 1e-9, again["cost_usd"]
     assert again["usage"]["unanswered_requests"] == sent
+
+
+def test_a_held_back_fallback_of_a_left_out_result_is_sent_once_after_sigkill(
+    tmp_path: Path, sim_server
+) -> None:
+    # One batch of 3 (at the batch price, $0.018 reserved, under $0.019): the first request is answered
+    # but the provider leaves its result out (a failed request, as far as gen can tell), the other two
+    # fail (the simulator's seed 2 draws them so). The two failed ones go online ($0.012 each at the list
+    # price); the left-out one finds the budget held by them and waits for a later batch (logged as its
+    # next request). Killed then, before the batch is marked collected, the resumed run queues that
+    # request from the log, and reads the batch again: the left-out result was settled again (only the
+    # results present were checked against the task's next request), so its task was asked twice,
+    # online at once and in the new batch: paid twice.
+    sim = sim_server(
+        batch_delay_s=0.05, batch_rate_failed=0.5, seed=2, batch_results="missing", latency_ms=4000
+    )
+    prompt = batch_recipe(tmp_path, 3, "held")
+    out = tmp_path / "o"
+    log = out / "batches.jsonl"
+    args = _args(prompt, out, sim, "--max-retries", "1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gen", *args, "--max-usd", "0.019"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and '"br"' in log.read_text() and sim.stats()["requests"] == 2):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the fallback never went online"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    assert len(sim.server.batch_custom_ids) == 3
+    pending = [json.loads(line) for line in log.read_text().splitlines() if '"br"' in line]
+    assert [(p["a"], p["k"]) for p in pending] == [(1, 1)]
+    held = pending[0]["br"][:32]  # the left-out request's task
+
+    sim.server.config.latency_ms = 0.0
+    main([*args, "--max-usd", "1"])
+    # The two fallbacks lost in flight are asked again (their reservations counted); the held-back one
+    # is asked once, in a batch, as the log says, and never online.
+    assert sim.stats()["requests"] == 2 + 2, sim.stats()["requests"]
+    resent = [c for c in sim.server.batch_custom_ids[3:] if c.startswith(held)]
+    assert resent == [f"{held}-1-1"], sim.server.batch_custom_ids
