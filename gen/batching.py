@@ -459,7 +459,9 @@ class BatchDriver:
                 self._requeue(req)
                 continue
             # Left out of an ended batch's results: it may have run and been billed, so it is a failed
-            # request (retried up to --max-retries), never one resent as if it had not been sent.
+            # request (retried up to --max-retries), never one resent as if it had not been sent, and
+            # its reservation is spent.
+            self._charge_left_out(req)
             again = await self._settle(req, BatchResult(cid, "failed", error="not in the batch's results"))
             if again is not None:
                 fallback.append(again)
@@ -473,6 +475,20 @@ class BatchDriver:
         run.journal.write_now()  # every answer of the batch on disk before it is marked collected
         self.log.done(name, "cancelled" if state.status in ("cancelled", "canceled") else "collected")
         del self.live[name]
+
+    def _charge_left_out(self, req: Req) -> None:
+        """A request left out of an ended batch's results may have run and been billed: its reservation
+        (its prompt estimate and max_tokens, at the batch price) is spent, as an online request's that
+        timed out is, and journaled so (a (0, 0) reservation carrying it, as a judged answer's usage):
+        else the batch's reservation was released uncounted, and the fallback spent it again."""
+        run = self.run
+        messages = req.messages or req.task.messages
+        estimate = (estimate_tokens(messages, 0) if messages else 0, run._max_completion)
+        run.stats.unanswered_requests += 1
+        run.stats.unanswered_tokens += estimate[0] + estimate[1]
+        run.budget.charge(*estimate)
+        assert run.journal is not None
+        run.journal.reserve(req.task.id, (0, 0), estimate, answered=req.attempt - 1)
 
     def _settled(self, req: Req) -> bool:
         """Whether `req`'s task was decided, or its next request queued (by this run, or logged by a

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import batch_recipe
+from helpers import batch_recipe, rows_in
 
 from gen.cli import main
 
@@ -98,3 +98,28 @@ def test_a_held_back_fallback_of_a_left_out_result_is_sent_once_after_sigkill(
     assert sim.stats()["requests"] == 2 + 2, sim.stats()["requests"]
     resent = [c for c in sim.server.batch_custom_ids[3:] if c.startswith(held)]
     assert resent == [f"{held}-1-1"], sim.server.batch_custom_ids
+
+
+def test_a_result_left_out_of_a_batch_counts_at_its_reservation(tmp_path: Path, sim_server) -> None:
+    # The provider answers every request but leaves the first result out of the results file: gen
+    # treats that request as failed because it may have run and been billed. Its reservation (at the
+    # batch price) must then count, as an online request's that timed out does. It was released with
+    # the batch's reservation before the fallback left, uncounted, so the fallback could spend the
+    # money the left-out request may already have cost.
+    sim = sim_server(batch_delay_s=0.05, batch_results="missing")
+    prompt = batch_recipe(tmp_path, 3, "left_out")
+    out = tmp_path / "o"
+    assert main(_args(prompt, out, sim)) == 0
+    assert sim.stats()["requests"] == 1  # the left-out request, sent again online
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["usage"]["unanswered_requests"] == 1
+    assert manifest["usage"]["unanswered_tokens"] >= MAX_TOKENS
+    rows = rows_in(out)
+    assert len(rows) == 3
+    # Each row's tokens, at the price it was bought at: the batch's at half the list price, the
+    # fallback's (the left-out task's) at the list price; the left-out request at its reservation.
+    left_out = sim.server.batch_custom_ids[0][:32]
+    answered = sum(
+        r["completion_tokens"] * LIST_OUT / 1e6 * (1.0 if r["id"].startswith(left_out) else 0.5) for r in rows
+    )
+    assert abs(manifest["cost_usd"] - (answered + MAX_TOKENS * LIST_OUT / 2e6)) < 1e-9, manifest["cost_usd"]
