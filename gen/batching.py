@@ -530,7 +530,8 @@ class BatchDriver:
                 error = f"batch request {r.outcome}: {r.error}"
                 await self._decide_reject(req, "teacher_error", error, None, (0, 0))
                 return None
-            if self.opts.batch_fallback == "online":
+            # --cancel submits nothing, and buys nothing online either: the next --batch run sends it.
+            if self.opts.batch_fallback == "online" and not self.opts.batch_cancel:
                 return req
             run.stats.batch_retried += 1
             self._queue(Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last))

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import batch_recipe, rows_in
+from helpers import all_task_ids, batch_recipe, ids_in, rows_in
 
 from gen.cli import main
 
@@ -123,3 +123,37 @@ def test_a_result_left_out_of_a_batch_counts_at_its_reservation(tmp_path: Path, 
         r["completion_tokens"] * LIST_OUT / 1e6 * (1.0 if r["id"].startswith(left_out) else 0.5) for r in rows
     )
     assert abs(manifest["cost_usd"] - (answered + MAX_TOKENS * LIST_OUT / 2e6)) < 1e-9, manifest["cost_usd"]
+
+
+def test_cancel_buys_nothing_online(tmp_path: Path, sim_server) -> None:
+    # `--cancel` cancels the batches, commits what they answered and submits nothing. A cancelled batch
+    # keeps the results of the requests it ran (OpenAI), its failed ones among them: with
+    # --batch-fallback online they were sent at once through the chat API, at the list price, by the
+    # very command meant to stop the spending. They wait for the next --batch run instead.
+    sim = sim_server(batch_delay_s=30.0, batch_rate_failed=1.0, batch_cancel_ran=True)
+    prompt = batch_recipe(tmp_path, 4, "cancel")
+    out = tmp_path / "o"
+    args = _args(prompt, out, sim)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gen", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "batches.jsonl").exists() and '"bc"' in (out / "batches.jsonl").read_text()):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no batch was submitted"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert main([*args, "--cancel"]) == 0
+    assert sim.stats()["batch_cancels"] == 1
+    assert sim.stats()["requests"] == 0  # nothing bought online
+    # The next run sends them (in a batch first, as a retry); every task ends once.
+    sim.server.config.batch_rate_failed = 0.0
+    sim.server.config.batch_delay_s = 0.0
+    assert main(args) == 0
+    decided = ids_in(out, "data") + ids_in(out, "rejects") + ids_in(out, "duplicates")
+    assert sorted(decided) == sorted(all_task_ids(prompt))
+    assert sim.stats()["requests"] == 0

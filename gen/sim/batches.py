@@ -13,7 +13,8 @@ unanswered until its client goes away: a test kills gen there.
 `batch_results` plays a hostile provider's results file: "missing" (the first result left out),
 "duplicate" (every result twice), "foreign" (one for a custom_id of no request), "garbled" (lines that
 are not JSON), "oversize" (the first answer padded by `oversize_bytes`), "uncounted" (the batch object
-reports every request count as 0).
+reports every request count as 0). `batch_cancel_ran`: an OpenAI batch cancelled after its requests ran
+keeps their results (its output and error files), as the real API keeps what completed before a cancel.
 
 Counters (in /sim/stats): `batches` accepted, `batch_requests` (requests in accepted batches: what a
 provider bills), `batch_failed`, `batch_expired`, `batch_rejected`, `batch_uploads`, `batch_polls`,
@@ -312,12 +313,14 @@ class SimBatches:
             return doc
         if batch.cancelled_at is not None:
             doc["status"] = "cancelled"
-            return doc
-        if not done:
+            if not self.config.batch_cancel_ran:
+                return doc
+        elif not done:
             return doc
         ok = [(c, b) for c, o, b in batch.lines if o == "ok"]
         bad = [(c, o, b) for c, o, b in batch.lines if o != "ok"]
-        doc["status"] = "completed"
+        if batch.cancelled_at is None:
+            doc["status"] = "completed"
         doc["request_counts"] = {"total": len(batch.lines), "completed": len(ok), "failed": len(bad)}
         if self.config.batch_results == "uncounted":  # a gateway that counts nothing
             doc["request_counts"] = {"total": 0, "completed": 0, "failed": 0}

@@ -132,6 +132,7 @@ class SimConfig:
     # "duplicate" sends every result twice, "foreign" adds one for a custom_id of no request, "garbled"
     # adds lines that are not JSON.
     batch_results: str | None = None
+    batch_cancel_ran: bool = False  # a cancelled OpenAI batch serves the results of the requests it ran
     # A reasoning teacher (gen.sim.reasoning): how the OpenAI path sends a trace ("reasoning_content",
     # "reasoning", "think-tags"; None: no trace), how long, whether the samples of one input get
     # near-identical traces, and whether usage reports reasoning_tokens. `answer_text`: a fixed text
