@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gen import asking
-from gen.budget import list_price
 from gen.config import request_timeout
 from gen.errors import ConfigError, GenError, TeacherError, redact
 from gen.ledger import BatchLog, LoggedBatch, Pending, Usage, id_key
@@ -158,8 +157,9 @@ class BatchDriver:
         limits = self.client.limits
         self.max_requests = min(limits.max_requests, self.opts.batch_size or limits.max_requests)
         self.max_bytes = limits.max_bytes - BYTES_MARGIN
-        # The run's price is the batch price (prepare scaled it): a request sent online pays the list price.
-        self.online_price = list_price(p.price, batch=True)
+        # The run's price is the batch price (prepare scaled it): a request sent online pays the list
+        # price, which the run derived once (Run._online_price) for its own in-flight check.
+        self.online_price = run._online_price
         self.live: dict[str, Live] = {}
         self.queue: deque[Req] = deque()
         self.answered: set[int] = set()  # tasks decided (a row, reject or duplicate): their results skip
@@ -498,6 +498,11 @@ class BatchDriver:
             req.retry,
         )
 
+    def _retry_in_batch(self, req: Req) -> None:
+        """Send a failed request's task again in a later batch, as its next retry."""
+        self.run.stats.batch_retried += 1
+        self._queue(Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last))
+
     def _queue(self, req: Req) -> None:
         """Log a request to send in a later batch (a re-ask or a retry), then queue it."""
         self.step[req.task.id] = (req.attempt, req.retry)
@@ -533,8 +538,7 @@ class BatchDriver:
             # --cancel submits nothing, and buys nothing online either: the next --batch run sends it.
             if self.opts.batch_fallback == "online" and not self.opts.batch_cancel:
                 return req
-            run.stats.batch_retried += 1
-            self._queue(Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last))
+            self._retry_in_batch(req)
             return None
         await self._judge(req, r.completion)
         return None
@@ -551,8 +555,7 @@ class BatchDriver:
         reason = self._over_budget()
         if reason is not None:
             self.stopped = self.stopped or reason
-            run.stats.batch_retried += 1
-            self._queue(Req(req.task, req.attempt, req.retry + 1, req.messages, req.seed, req.used, req.last))
+            self._retry_in_batch(req)
             return
         # req.last (what the request before it cost) is in the journal already, with its re-ask: not again.
         # Journaled as bought online: a resume prices it (if in flight) at the list price.
