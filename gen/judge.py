@@ -123,11 +123,11 @@ def request_reservation(
 ) -> tuple[int, int]:
     """What one judge request may cost at most, as (prompt, completion) tokens: its prompt estimated as
     `gen run` estimates a teacher's (gen.limits.estimate_tokens) and the request's max_tokens."""
-    from gen.limits import estimate_tokens
+    from gen.limits import estimate_tokens, max_completion
 
-    sampling = DEFAULT_SAMPLING if sampling is None else sampling
-    most = sampling.get("max_tokens") or sampling.get("max_completion_tokens") or 1024  # as gen run's default
-    return estimate_tokens(list(messages), 0), int(most)
+    return estimate_tokens(list(messages), 0), max_completion(
+        DEFAULT_SAMPLING if sampling is None else sampling
+    )
 
 
 def pair_reservation(

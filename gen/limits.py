@@ -385,6 +385,18 @@ class Limiter:
             self.pause(self.cap(seconds, reset, shown), why=shown)
 
 
+# A request's completion bound when its sampling sets none: what a reservation counts (gen run, its
+# plan, the eval judge) and what the rate limiter assumes (Anthropic's default too).
+DEFAULT_MAX_TOKENS = 1024
+
+
+def max_completion(sampling: Mapping[str, Any]) -> int:
+    """What a request with `sampling` may complete at most: its max_tokens (or max_completion_tokens),
+    a positive int, else DEFAULT_MAX_TOKENS."""
+    asked = sampling.get("max_tokens") or sampling.get("max_completion_tokens")
+    return asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
+
+
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
     return sum(len(m.get("content") or "") for m in messages) // 4 + 4 * len(messages) + max_tokens
 
@@ -392,7 +404,9 @@ def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
 class LimitedTeacher:
     """A teacher whose requests pass through a Limiter. Same interface as the teacher it wraps."""
 
-    def __init__(self, teacher: Teacher, limiter: Limiter, *, default_max_tokens: int = 1024) -> None:
+    def __init__(
+        self, teacher: Teacher, limiter: Limiter, *, default_max_tokens: int = DEFAULT_MAX_TOKENS
+    ) -> None:
         self.teacher = teacher
         self.limiter = limiter
         self.default_max_tokens = default_max_tokens

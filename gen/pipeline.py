@@ -38,7 +38,7 @@ from gen.ledger import (
     partition_of,
     remove_empty_journal,
 )
-from gen.limits import LimitedTeacher, Limiter
+from gen.limits import LimitedTeacher, Limiter, max_completion
 from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
 from gen.prefix import PrefixGate, grouped
@@ -66,8 +66,6 @@ from gen.templates import task_id as make_task_id
 from gen.validate import Verdict
 from gen.verify import CHECK_KEYS, VERIFICATION_FAILED, tally
 
-# A reservation's completion bound when the recipe's sampling sets no max_tokens (Anthropic's default too).
-DEFAULT_MAX_TOKENS = 1024
 OPENAI_CACHE_MIN_TOKENS = 1024  # the prefix gate's threshold when the price table names none
 _USAGE_KEYS = (
     "prompt_tokens",
@@ -278,8 +276,7 @@ class Run:
             + self._carried["unanswered_tokens"],
         )
         # A reservation's bound on a request's completion: what the request asks for at most.
-        asked = p.sampling.get("max_tokens") or p.sampling.get("max_completion_tokens")
-        self._max_completion = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
+        self._max_completion = max_completion(p.sampling)
         self._in_flight = InFlight()  # id key -> (task id, reservation), with the reservations summed
         # What a request bought through the chat API is billed: a batch run's price is the batch price.
         self._online_price = list_price(p.price, batch=p.opts.batch)

@@ -25,6 +25,7 @@ import orjson
 from gen.budget import Price
 from gen.config import RunOptions, load_prompt_file
 from gen.ledger import load_manifest
+from gen.limits import max_completion
 from gen.outdir import OutputDir
 from gen.prepare import Prepared, prepare
 from gen.teachers import providers
@@ -32,7 +33,6 @@ from gen.templates import Expansion
 
 SAMPLED_INPUTS = 64  # inputs rendered to estimate tokens
 OPENAI_CACHE_MIN = 1024  # OpenAI's automatic caching starts here, in 128-token steps
-DEFAULT_MAX_TOKENS = 1024  # as the run reserves when the recipe sets no max_tokens
 Z95 = 1.96
 METHOD = "characters / 4 + 4 a message, as gen's rate limiter and the simulator count"
 ERROR = (
@@ -148,8 +148,7 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
     if opts.limit is not None:
         total = min(total, opts.limit)
     messages = _sample(e, -(-total // e.samples) if e.samples else 0)
-    asked = p.sampling.get("max_tokens") or p.sampling.get("max_completion_tokens")
-    max_out = asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
+    max_out = max_completion(p.sampling)  # as the run reserves
     pilot_info = _pilot(prompt_path, opts, pilot, p) if pilot else None
     done = _done(p.out_dir)
     remaining = max(total - done, 0)
