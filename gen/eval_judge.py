@@ -249,13 +249,12 @@ class VerdictLog:
             elif isinstance(entry, dict) and isinstance(entry.get("judge"), str):
                 # Another judge's (a resume with another prompt or model): paid for all the same.
                 u, r = line_usage(entry), line_usage(entry, "r")
-                self._add_other(entry["judge"], (u[0] + r[0], u[1] + r[1]))
+                self._add_other(entry["judge"], _plus(u, r))
         self._load_open()
         return found
 
     def _add_other(self, key: str, usage: tuple[int, int]) -> None:
-        p, c = self.others.get(key, (0, 0))
-        self.others[key] = (p + usage[0], c + usage[1])
+        self.others[key] = _plus(self.others.get(key, (0, 0)), usage)
 
     def _load_open(self) -> None:
         """The reservations of pairs that never ended (their gen was killed), into `unanswered`."""
@@ -277,7 +276,7 @@ class VerdictLog:
             judge, tid, q = entry.get("judge"), entry.get("id"), line_usage(entry, "q")
             if isinstance(judge, str) and isinstance(tid, str):
                 old = held.get(entry["k"], (judge, tid, (0, 0)))[2]
-                held[entry["k"]] = (judge, tid, (old[0] + q[0], old[1] + q[1]))
+                held[entry["k"]] = (judge, tid, _plus(old, q))
         for judge, tid, q in held.values():
             if judge == self.judge.key:
                 self._add(tid, (0, 0), q)
@@ -299,11 +298,9 @@ class VerdictLog:
         return total
 
     def _add(self, tid: str, usage: tuple[int, int], unanswered: tuple[int, int] = (0, 0)) -> None:
-        p, c = self.usage.get(tid, (0, 0))
-        self.usage[tid] = (p + usage[0], c + usage[1])
+        self.usage[tid] = _plus(self.usage.get(tid, (0, 0)), usage)
         if any(unanswered):
-            p, c = self.unanswered.get(tid, (0, 0))
-            self.unanswered[tid] = (p + unanswered[0], c + unanswered[1])
+            self.unanswered[tid] = _plus(self.unanswered.get(tid, (0, 0)), unanswered)
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Any]:
@@ -416,17 +413,14 @@ class _Metered:
             comp = await self._client.complete(messages, **kwargs)
         except TeacherError as e:
             if e.billed:
-                self._unanswered(reservation)
+                self.unanswered = _plus(self.unanswered, reservation)
             raise
         except BaseException:  # given up in flight (Ctrl-C): it may have been billed
-            self.abandoned = (self.abandoned[0] + reservation[0], self.abandoned[1] + reservation[1])
+            self.abandoned = _plus(self.abandoned, reservation)
             raise
         self.prompt_tokens += comp.prompt_tokens
         self.completion_tokens += comp.completion_tokens
         return comp
-
-    def _unanswered(self, reservation: tuple[int, int]) -> None:
-        self.unanswered = (self.unanswered[0] + reservation[0], self.unanswered[1] + reservation[1])
 
 
 async def judge_rows(
@@ -503,9 +497,7 @@ async def judge_rows(
                         used = (metered.prompt_tokens, metered.completion_tokens)
                         record(tid, "error", used, metered.unanswered)
                         settle(key, tid, metered.abandoned)  # kept open: counted by every later run
-                        gone = metered.abandoned
-                        unanswered = (metered.unanswered[0] + gone[0], metered.unanswered[1] + gone[1])
-                        ledger.end(key, used, unanswered)
+                        ledger.end(key, used, _plus(metered.unanswered, metered.abandoned))
                         if isinstance(e, _NoRoom):
                             return  # the budget stopped: no further pair begins
                         if isinstance(e, FatalTeacherError):
@@ -530,6 +522,11 @@ async def judge_rows(
 
 class JudgeBudgetSpent(Exception):
     """--max-usd was reached while judging: the verdicts so far are kept in judge.jsonl."""
+
+
+def _plus(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """Two (prompt, completion) token counts added."""
+    return a[0] + b[0], a[1] + b[1]
 
 
 def _cost(price: Price | None, usage: Any) -> float:
@@ -593,7 +590,7 @@ class _JudgeSpend:
             self._wake()
             return False
         tid, held = self.in_flight[key]
-        self.in_flight[key] = (tid, (held[0] + more[0], held[1] + more[1]))
+        self.in_flight[key] = (tid, _plus(held, more))
         return True
 
     def end(self, key: int, usage: tuple[int, int], unanswered: tuple[int, int] = (0, 0)) -> None:
