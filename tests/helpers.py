@@ -170,3 +170,17 @@ def batch_recipe(
         f'[messages]\nuser = "{user}"\n[variables]\nn = {list(range(n))}\n'
     )
     return path
+
+
+def explain_recipe(tmp_path: Path, n: int, *, max_tokens: int, name: str = "explain") -> Path:
+    """`p.toml`: `n` free-text tasks ("Explain item N in detail.") for the OpenAI-compatible simulator,
+    with `max_tokens`, what a reservation counts."""
+    path = tmp_path / "p.toml"
+    path.write_text(
+        f'name = "{name}"\nversion = "1"\nintended_use = "research"\n'
+        f"[sampling]\nmax_tokens = {max_tokens}\n"
+        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[messages]\nuser = "Explain item {{ n }} in detail."\n'
+        f"[variables]\nn = {list(range(n))}\n"
+    )
+    return path

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import explain_recipe
+
 MAX_TOKENS = 100
 CONCURRENCY = 64
 PRICE_IN, PRICE_OUT = 1.0, 400.0  # USD per million tokens: a completion costs 400x a prompt token
@@ -18,14 +20,7 @@ MAX_USD = 0.5
 
 
 def _recipe(tmp_path: Path, n: int) -> Path:
-    (tmp_path / "p.toml").write_text(
-        'name = "inflight"\nversion = "1"\nintended_use = "research"\n'
-        f"[sampling]\nmax_tokens = {MAX_TOKENS}\n"
-        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
-        '[messages]\nuser = "Explain item {{ n }} in detail."\n'
-        f"[variables]\nn = {list(range(n))}\n"
-    )
-    return tmp_path / "p.toml"
+    return explain_recipe(tmp_path, n, max_tokens=MAX_TOKENS, name="inflight")
 
 
 def test_requests_in_flight_are_reserved_at_the_output_rate(tmp_path: Path, sim_server) -> None:

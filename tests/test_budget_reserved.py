@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import explain_recipe
+
 from gen.budget import Price
 from gen.reserved import InFlight
 
@@ -23,14 +25,7 @@ PROMPT_BOUND = 200  # the recipe's prompts are a few dozen tokens
 
 
 def _recipe(tmp_path: Path, n: int) -> Path:
-    (tmp_path / "p.toml").write_text(
-        'name = "reserved"\nversion = "1"\nintended_use = "research"\n'
-        f"[sampling]\nmax_tokens = {MAX_TOKENS}\n"
-        '[teacher]\nprovider = "openai"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
-        '[messages]\nuser = "Explain item {{ n }} in detail."\n'
-        f"[variables]\nn = {list(range(n))}\n"
-    )
-    return tmp_path / "p.toml"
+    return explain_recipe(tmp_path, n, max_tokens=MAX_TOKENS, name="reserved")
 
 
 def test_max_tokens_counts_requests_in_flight_at_their_reservations(tmp_path: Path, sim_server) -> None:
