@@ -8,13 +8,14 @@ and on the Anthropic path a request with `thinking` enabled gets `thinking` bloc
 whatever `reasoning` says (as the API does); the API's refusals are played too: a forced tool with
 thinking, a budget under 1,024 tokens or not under max_tokens.
 
-A trace is `reasoning_tokens` tokens long (about 4 characters a token, +-25% drawn per answer), made
-of sentences drawn from a fixed pool (cheap: a trace of 30,000 tokens costs the simulator well under a
-millisecond to write). It is drawn from the request's seed like the answer, or with
-`reasoning_near_copies` from the messages alone with one word changed per seed, so that the samples of
-one input have near-identical traces. Usage reports the trace's tokens in `completion_tokens` and,
-unless `reasoning_usage` is false, in `completion_tokens_details.reasoning_tokens`. An answer cut at
-max_tokens inside its trace has an empty answer (and an unclosed `<think>`).
+A trace is `reasoning_tokens` tokens long on average (4 characters a token, as its usage counts them;
++-25% drawn per answer; an Anthropic thinking budget caps it), made of sentences drawn from a fixed pool
+(cheap: a trace of 30,000 tokens costs the simulator well under a millisecond to write). It is drawn
+from the request's seed like the answer, or with `reasoning_near_copies` from the messages alone with
+one word changed per seed, so that the samples of one input have near-identical traces. Usage reports
+the trace's tokens in `completion_tokens` and, unless `reasoning_usage` is false, in
+`completion_tokens_details.reasoning_tokens`. An answer cut at max_tokens inside its trace has an empty
+answer (and an unclosed `<think>`).
 
 `answer_text` replaces a free-text answer (not a JSON one) with a fixed text, such as `\\boxed{42}`:
 the inputs then share a short final answer. `logprobs: true` with `top_logprobs: K` on the OpenAI path
@@ -51,6 +52,14 @@ def _pool() -> tuple[str, ...]:
     return tuple(sentences(rng, rng.randint(10, 20)) for _ in range(_POOL_SIZE))
 
 
+@functools.cache
+def _sentence_chars() -> float:
+    """A pool sentence's mean length with the space that joins it to the next (about 93 characters):
+    measured, so that a trace of T tokens has about 4 x T characters."""
+    pool = _pool()
+    return sum(len(s) + 1 for s in pool) / len(pool)
+
+
 def check_config(config: SimConfig) -> None:
     """ValueError for reasoning settings the simulator cannot play."""
     if config.reasoning is not None and config.reasoning not in OPENAI_FORMATS:
@@ -72,14 +81,15 @@ def trace(config: SimConfig, messages: list[Any], rng: random.Random, limit: int
     tokens = max(1, round(config.reasoning_tokens * own.uniform(0.75, 1.25)))
     if limit is not None:
         tokens = min(tokens, limit)
-    n = max(1, tokens * 4 // 80)  # a pool sentence is about 80 characters
+    n = max(1, round(tokens * 4 / _sentence_chars()))
     chosen = own.choices(pool, k=n)
     if config.reasoning_near_copies:  # one word of one sentence changed
         i = rng.randrange(n)
         words = chosen[i].split(" ")
         words[rng.randrange(len(words))] = rng.choice(VOCAB)
         chosen[i] = " ".join(words)
-    return " ".join(chosen)
+    text = " ".join(chosen)
+    return text if limit is None else text[: limit * 4]  # a budget is a cap, not a mean
 
 
 def _tokens(text: str) -> int:
