@@ -50,9 +50,15 @@ def _on_retry(run: Run, e: TeacherError, task_id: str, key: int, answered: int) 
 
 def take_inline_trace(comp: Completion) -> None:
     """Move an inline `<think>` trace out of the reply's text (gen.reasoning.split_think), so validation
-    sees the answer only; a trace the protocol carried apart is left as it is."""
+    sees the answer only; a trace the protocol carried apart is left as it is. A blank trace (an empty
+    `<think></think>`, as Qwen3 gives with thinking off; a whitespace-only field or thinking block) is
+    none: `reasoning` is null when the teacher gave no trace."""
+    if comp.reasoning is not None and not comp.reasoning.strip():
+        comp.reasoning = None
     if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
         comp.reasoning, comp.text = split_think(comp.text)
+        if not comp.reasoning:  # split_think strips the trace it takes
+            comp.reasoning = None
 
 
 def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage:

@@ -72,7 +72,10 @@ def check_config(config: SimConfig) -> None:
 
 def trace(config: SimConfig, messages: list[Any], rng: random.Random, limit: int | None = None) -> str:
     """A trace of about `reasoning_tokens` tokens (at most `limit`, an Anthropic budget), drawn from
-    `rng`, or with `reasoning_near_copies` from the messages with one word changed by `rng`."""
+    `rng`, or with `reasoning_near_copies` from the messages with one word changed by `rng`;
+    `reasoning_text` as it is, when set."""
+    if config.reasoning_text is not None:
+        return config.reasoning_text
     pool = _pool()
     own = rng
     if config.reasoning_near_copies:

@@ -136,12 +136,14 @@ class SimConfig:
     # A reasoning teacher (gen.sim.reasoning): how the OpenAI path sends a trace ("reasoning_content",
     # "reasoning", "think-tags"; None: no trace), how long, whether the samples of one input get
     # near-identical traces, and whether usage reports reasoning_tokens. `answer_text`: a fixed text
-    # answer (a shared short final answer such as \boxed{42}).
+    # answer (a shared short final answer such as \boxed{42}); `reasoning_text`: a fixed trace in place of
+    # the drawn one (a hostile teacher's blank trace, say), in whichever way the trace is sent.
     reasoning: str | None = None
     reasoning_tokens: int = 200
     reasoning_near_copies: bool = False
     reasoning_usage: bool = True
     answer_text: str | None = None
+    reasoning_text: str | None = None
     # A teacher whose answers grow: free-text answers after the first `long_after` ok ones are ten times
     # as long (what an average of the early answers underestimates); a judge's replies (`judge`) gain a
     # rationale of ~390 tokens before their verdict line.

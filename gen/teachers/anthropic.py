@@ -256,7 +256,11 @@ class AnthropicMessages(HTTPClient):
         stop_reason = reply.get("stop_reason")
         read = usage.get("cache_read_input_tokens") or 0
         written = usage.get("cache_creation_input_tokens") or 0
-        thinking = [block["thinking"] for block in reply["content"] if block["type"] == "thinking"]
+        thinking = [
+            block["thinking"]
+            for block in reply["content"]
+            if block["type"] == "thinking" and block["thinking"].strip()  # a blank block is no trace
+        ]
         return Completion(
             text=self._text(reply["content"]),
             finish_reason=_FINISH.get(stop_reason, stop_reason),  # type: ignore[arg-type]

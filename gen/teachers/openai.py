@@ -207,8 +207,14 @@ def _completion(reply: _ChatCompletion, headers: Mapping[str, str], k: int | Non
         model=reply.get("model"),
         headers=headers,
         cached_tokens=min(cached, prompt_tokens),  # a part of prompt_tokens: never more than it
-        # An empty field is no trace: a server with a parser says "" or null for a plain answer.
-        reasoning=message.get("reasoning_content") or message.get("reasoning") or None,
+        # An empty field is no trace: a server with a parser says "" or null for a plain answer; a
+        # blank one does not hide the other field.
+        reasoning=_trace(message.get("reasoning_content")) or _trace(message.get("reasoning")),
         reasoning_tokens=details.get("reasoning_tokens"),
         logprobs=compact_logprobs((choice.get("logprobs") or {}).get("content"), k) if k else None,
     )
+
+
+def _trace(field: str | None) -> str | None:
+    """A reasoning field's trace: None for a missing, empty or whitespace-only one."""
+    return field if field and not field.isspace() else None

@@ -1,0 +1,68 @@
+"""Acceptance checks of issue 14 (reasoning traces), part a: capture in every wire format and the
+training format, attacked with hostile teacher replies through the simulator over real HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import rows_in
+
+from gen import RunOptions, run
+
+
+def _prompt(folder: Path, *, n: int = 3, provider: str = "openai", tables: str = "", top: str = "") -> Path:
+    (folder / "p.toml").write_text(
+        f'name = "acc"\nversion = "1"\nintended_use = "research"\nsamples = 1\n{top}\n'
+        f'[teacher]\nprovider = "{provider}"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[messages]\nuser = "Solve problem {{ n }}."\n'
+        f"[variables]\nn = {list(range(n))}\n" + tables
+    )
+    return folder / "p.toml"
+
+
+def _run(sim, prompt: Path, out: Path, **kw):
+    return run(prompt, RunOptions(base_url=sim.base_url, output=out, progress=False, **kw))
+
+
+# --------------------------------------------------------------------------- a blank trace is none
+
+
+@pytest.mark.parametrize(
+    ("config", "provider", "tables"),
+    [
+        ({"reasoning": "reasoning_content", "reasoning_text": "   \n  "}, "openai", ""),
+        ({"reasoning": "reasoning", "reasoning_text": ""}, "openai", ""),
+        ({"reasoning": "think-tags", "reasoning_text": ""}, "openai", ""),  # Qwen3 with thinking off
+        ({"answer_text": "<think> \n </think>fine"}, "openai", ""),
+        ({"reasoning_text": " "}, "anthropic", "[sampling]\nthinking_budget = 2000\n"),
+    ],
+    ids=["reasoning_content", "reasoning", "think-tags", "inline", "anthropic"],
+)
+@pytest.mark.parametrize("fmt", ["field", "think-tags"])
+def test_a_blank_trace_is_no_trace(tmp_path: Path, sim_server, config, provider, tables, fmt) -> None:
+    """`reasoning` is null when the teacher gave none: an empty or whitespace-only trace (an empty
+    `<think></think>` block, a blank field, blank thinking blocks) is none, and the assistant message
+    carries no empty trace either."""
+    sim = sim_server(**config)
+    out = tmp_path / "o"
+    prompt = _prompt(tmp_path, provider=provider, tables=tables, top=f'reasoning_format = "{fmt}"')
+    result = _run(sim, prompt, out)
+    rows = rows_in(out)
+    assert result.stats.rows == 3 and len(rows) == 3
+    for row in rows:
+        assert row["reasoning"] is None and row["reasoning_tokens"] is None
+        assistant = row["messages"][-1]
+        assert assistant["reasoning_content"] is None
+        assert "<think>" not in assistant["content"] and assistant["content"].strip()
+    assert result.stats.reasoning_tokens == 0
+
+
+def test_a_blank_reasoning_content_does_not_hide_a_reasoning_field() -> None:
+    """Both fields present: a blank `reasoning_content` is no trace, so `reasoning` is read."""
+    from gen.teachers.openai import read_completion
+
+    reply = {
+        "choices": [{"message": {"content": "42", "reasoning_content": "  ", "reasoning": "six times seven"}}]
+    }
+    assert read_completion(reply).reasoning == "six times seven"
