@@ -17,6 +17,7 @@ for a trace of 2,000 tokens or of 30,000.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
@@ -59,19 +60,42 @@ def split_think(text: str) -> tuple[str | None, str]:
     The opening tag may be missing (R1-style chat templates put `<think>\\n` in the prompt, so the
     model's text starts inside the trace): then a `</think>` with no `<think>` before it ends the trace,
     unless the text is one JSON document (the tag is inside one of its strings). A trace that never
-    closes (cut off at max_tokens) is all trace, with an empty answer. A text without the tags is all
-    answer (None, text)."""
+    closes (cut off at max_tokens) is all trace, with an empty answer. A block nested in the trace is
+    part of it, and further blocks right after the first are trace too (joined by a blank line), so no
+    tag is left at the head of the answer. A text without the tags is all answer (None, text)."""
     head = text.lstrip()
     if head.startswith(OPEN):
-        body = head[len(OPEN) :]
-        trace, closed, answer = body.partition(CLOSE)
+        trace, answer, closed = _block(head[len(OPEN) :])
         if not closed:
             return trace.strip(), ""
-        return trace.strip(), answer.strip()
-    end = text.find(CLOSE)
-    if end < 0 or OPEN in text[:end] or _is_json(head):
-        return None, text
-    return text[:end].strip(), text[end + len(CLOSE) :].strip()
+    else:
+        end = text.find(CLOSE)
+        if end < 0 or OPEN in text[:end] or _is_json(head):
+            return None, text
+        trace, answer = text[:end], text[end + len(CLOSE) :]
+    traces = [trace.strip()]
+    while answer.lstrip().startswith(OPEN):
+        more, answer, closed = _block(answer.lstrip()[len(OPEN) :])
+        traces.append(more.strip())
+        if not closed:
+            answer = ""
+    return "\n\n".join(t for t in traces if t), answer.strip()
+
+
+_TAG = re.compile(r"<(/?)think>")
+
+
+def _block(body: str) -> tuple[str, str, bool]:
+    """(trace, rest, closed) of the text after an opening `<think>`: the trace ends at the `</think>`
+    that balances it (a nested block is part of the trace), else, when none does (a trace that writes
+    the tag as a word), at the first `</think>`; unclosed without one."""
+    depth = 1
+    for tag in _TAG.finditer(body):
+        depth += -1 if tag.group(1) else 1
+        if depth == 0:
+            return body[: tag.start()], body[tag.end() :], True
+    trace, closed, rest = body.partition(CLOSE)
+    return trace, rest, bool(closed)
 
 
 def _is_json(text: str) -> bool:

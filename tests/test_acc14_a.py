@@ -66,3 +66,33 @@ def test_a_blank_reasoning_content_does_not_hide_a_reasoning_field() -> None:
         "choices": [{"message": {"content": "42", "reasoning_content": "  ", "reasoning": "six times seven"}}]
     }
     assert read_completion(reply).reasoning == "six times seven"
+
+
+# --------------------------------------------------------------------------- inline <think> blocks
+
+
+@pytest.mark.parametrize(
+    ("text", "trace"),
+    [
+        ("<think>first</think>\n<think>second</think>\n\nfine", "first\n\nsecond"),  # repeated
+        (
+            "<think>outer <think>inner</think> still outer</think>\nfine",
+            "outer <think>inner</think> still outer",
+        ),
+        ("<think>never write <think> in an answer</think>fine", "never write <think> in an answer"),
+        ("step one\n</think>\n<think>step two</think>fine", "step one\n\nstep two"),  # R1: no opening tag
+    ],
+    ids=["repeated", "nested", "unmatched-open-in-trace", "no-opening-tag"],
+)
+def test_every_think_block_at_the_head_is_taken_out_of_a_free_text_answer(
+    tmp_path: Path, sim_server, text: str, trace: str
+) -> None:
+    """The tags are removed from the answer: a second `<think>` block right after the first (or one
+    nested in it) is trace too, not part of the answer a student is trained on."""
+    sim = sim_server(answer_text=text)
+    out = tmp_path / "o"
+    result = _run(sim, _prompt(tmp_path, top='reasoning_format = "think-tags"'), out)
+    assert result.stats.rows == 3
+    for row in rows_in(out):
+        assert row["response"] == "fine" and row["reasoning"] == trace
+        assert row["messages"][-1]["content"] == f"<think>\n{trace}\n</think>\n\nfine"
