@@ -50,15 +50,21 @@ def _on_retry(run: Run, e: TeacherError, task_id: str, key: int, answered: int) 
 
 def take_inline_trace(comp: Completion) -> None:
     """Move an inline `<think>` trace out of the reply's text (gen.reasoning.split_think), so validation
-    sees the answer only; a trace the protocol carried apart is left as it is. A blank trace (an empty
-    `<think></think>`, as Qwen3 gives with thinking off; a whitespace-only field or thinking block) is
-    none: `reasoning` is null when the teacher gave no trace."""
+    sees the answer only. Beside a trace the protocol carried apart, only a block opening the text is
+    taken out (a bare `</think>` is then the answer's own), and joins the trace after it unless it
+    repeats it. A blank trace (an empty `<think></think>`, as Qwen3 gives with thinking off; a
+    whitespace-only field or thinking block) is none: `reasoning` is null when the teacher gave no
+    trace."""
     if comp.reasoning is not None and not comp.reasoning.strip():
         comp.reasoning = None
     if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
         comp.reasoning, comp.text = split_think(comp.text)
         if not comp.reasoning:  # split_think strips the trace it takes
             comp.reasoning = None
+    elif comp.reasoning is not None and comp.text[:64].lstrip().startswith(OPEN):
+        inline, comp.text = split_think(comp.text)
+        if inline and inline != comp.reasoning.strip():
+            comp.reasoning = f"{comp.reasoning}\n\n{inline}"
 
 
 def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage:

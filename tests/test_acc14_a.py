@@ -96,3 +96,20 @@ def test_every_think_block_at_the_head_is_taken_out_of_a_free_text_answer(
     for row in rows_in(out):
         assert row["response"] == "fine" and row["reasoning"] == trace
         assert row["messages"][-1]["content"] == f"<think>\n{trace}\n</think>\n\nfine"
+
+
+@pytest.mark.parametrize("inline", ["<think>weighed it</think>\n\nfine", "<think>field trace</think>fine"])
+def test_a_think_block_is_taken_out_of_the_answer_when_a_field_carried_a_trace_too(
+    tmp_path: Path, sim_server, inline: str
+) -> None:
+    """A gateway that sends `reasoning_content` and leaves a `<think>` block at the head of `content`
+    as well: the tags still leave the answer; a block that says something else than the field is kept
+    in the trace after it (nothing disappears), one that repeats it is not written twice."""
+    sim = sim_server(reasoning="reasoning_content", reasoning_text="field trace", answer_text=inline)
+    out = tmp_path / "o"
+    result = _run(sim, _prompt(tmp_path), out)
+    assert result.stats.rows == 3
+    want = "field trace\n\nweighed it" if "weighed" in inline else "field trace"
+    for row in rows_in(out):
+        assert row["response"] == "fine" and row["reasoning"] == want
+        assert row["messages"][-1]["content"] == "fine"
