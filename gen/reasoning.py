@@ -70,7 +70,7 @@ def split_think(text: str) -> tuple[str | None, str]:
             return trace.strip(), ""
     else:
         end = text.find(CLOSE)
-        if end < 0 or OPEN in text[:end] or _is_json(head):
+        if end < 0 or OPEN in text[:end] or _in_json(text, end):
             return None, text
         trace, answer = text[:end], text[end + len(CLOSE) :]
     traces = [trace.strip()]
@@ -98,16 +98,31 @@ def _block(body: str) -> tuple[str, str, bool]:
     return trace, rest, bool(closed)
 
 
-def _is_json(text: str) -> bool:
-    """Whether `text` is one JSON object or array: a structured answer whose string values may hold
-    a `</think>` of their own (a schema about markup), never a trace before it."""
-    if not text.startswith(("{", "[")):
-        return False
-    try:
-        orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+_FENCED = re.compile(r"```(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL)  # as gen.validate finds one
+
+
+def _in_json(text: str, at: int) -> bool:
+    """Whether offset `at` of `text` is inside the JSON document the text holds (the whole text, a
+    ```json fence, or its outermost {...} / [...], as the validator finds it): a structured answer
+    whose string values may hold a `</think>` of their own (a schema about markup), never a trace
+    before it."""
+    spans = []
+    # A fence around `at` opens at the last one before it (a backtick looked for first: one character
+    # is found at memchr's speed, "```" some 50 times slower, and most texts have none).
+    fence = text.rfind("```", 0, at) if text.find("`", 0, at) >= 0 else -1
+    m = _FENCED.match(text, fence) if fence >= 0 else None
+    if m is not None:
+        spans.append((m.start(1), m.end(1)))
+    for open_, close in (("{", "}"), ("[", "]")):
+        spans.append((text.find(open_), text.rfind(close) + 1))
+    for start, stop in spans:
+        if 0 <= start < at < stop:
+            try:
+                orjson.loads(text[start:stop])
+            except orjson.JSONDecodeError:
+                continue
+            return True
+    return False
 
 
 def assistant_message(answer: str, reasoning: str | None, fmt: str) -> dict[str, Any]:

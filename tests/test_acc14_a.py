@@ -113,3 +113,32 @@ def test_a_think_block_is_taken_out_of_the_answer_when_a_field_carried_a_trace_t
     for row in rows_in(out):
         assert row["response"] == "fine" and row["reasoning"] == want
         assert row["messages"][-1]["content"] == "fine"
+
+
+# --------------------------------------------------------------------------- </think> in an answer
+
+MARKUP = {
+    "type": "object",
+    "properties": {"answer": {"const": "close the block with </think> then answer"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("reasoning", [None, "reasoning_content"])
+def test_a_close_tag_inside_a_fenced_json_answer_is_the_answer_s_own(
+    tmp_path: Path, sim_server, reasoning: str | None
+) -> None:
+    """A JSON answer (in a ```json fence after a line of prose, as chatty teachers write it) whose
+    string holds `</think>`: no trace is cut out of it, and it validates at the first ask."""
+    import json
+
+    (tmp_path / "s.json").write_text(json.dumps(MARKUP))
+    sim = sim_server(rate_fenced_json=1.0, reasoning=reasoning)
+    out = tmp_path / "o"
+    result = _run(sim, _prompt(tmp_path, top='schema = "s.json"'), out)
+    assert result.stats.rows == 3, result.stats.reject_reasons
+    for row in rows_in(out):
+        assert json.loads(row["output"]) == {"answer": "close the block with </think> then answer"}
+        assert row["attempts"] == 1 and "```json" in row["response"]
+        assert (row["reasoning"] is None) == (reasoning is None)
