@@ -172,12 +172,26 @@ MAX_LOGPROBS = 20  # what vLLM returns at most (OpenAI: 20 too)
 MIN_THINKING_BUDGET = 1024  # Anthropic refuses a smaller budget_tokens
 
 
+def thinking_refuses(sampling: dict[str, Any]) -> str | None:
+    """What the Messages API refuses in `sampling` together with extended thinking (its 400s: only the
+    default temperature 1, no top_k, top_p from 0.95 to 1), said in one line; None when it takes it."""
+    temperature, top_p = sampling.get("temperature"), sampling.get("top_p")
+    if temperature is not None and temperature != 1:
+        return f"temperature = {temperature!r}: extended thinking (thinking_budget) takes only 1 (or none)"
+    if sampling.get("top_k") is not None:
+        return "top_k: extended thinking (thinking_budget) does not take it"
+    if top_p is not None and not (isinstance(top_p, int | float) and 0.95 <= top_p <= 1):
+        return f"top_p = {top_p!r}: extended thinking (thinking_budget) takes only 0.95 to 1 (or none)"
+    return None
+
+
 def reasoning_settings(
     prompt: PromptFile, opts: RunOptions, provider: providers.ProviderSpec
 ) -> tuple[dict[str, Any], str]:
     """The run's sampling (with --thinking-budget applied) and reasoning format (--reasoning-format over
     the prompt file's), checked: `logprobs = K` an integer in 1..20 on an OpenAI-protocol teacher,
-    `thinking_budget` at least 1,024 and below max_tokens on an Anthropic one. ConfigError otherwise."""
+    `thinking_budget` at least 1,024 and below max_tokens on an Anthropic one, with sampling the API
+    takes beside thinking (thinking_refuses). ConfigError otherwise."""
     sampling = dict(prompt.spec.sampling)
     fmt = opts.reasoning_format or prompt.spec.reasoning_format
     if fmt not in REASONING_FORMATS:
@@ -204,6 +218,9 @@ def reasoning_settings(
                 where,
                 f"max_tokens ({cap!r}) must be larger than thinking_budget ({budget}): thinking counts in it",
             )
+        refused = thinking_refuses(sampling)
+        if refused is not None:
+            raise ConfigError(f"{prompt.path}: [sampling]", refused)
     k = sampling.get("logprobs")
     if k is not None:
         where = f"{prompt.path}: [sampling] logprobs"

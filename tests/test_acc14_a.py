@@ -142,3 +142,47 @@ def test_a_close_tag_inside_a_fenced_json_answer_is_the_answer_s_own(
         assert json.loads(row["output"]) == {"answer": "close the block with </think> then answer"}
         assert row["attempts"] == 1 and "```json" in row["response"]
         assert (row["reasoning"] is None) == (reasoning is None)
+
+
+# --------------------------------------------------------------------------- Anthropic thinking's rules
+
+
+@pytest.mark.parametrize(
+    ("sampling", "named"),
+    [("temperature = 0.2", "temperature"), ("top_k = 40", "top_k"), ("top_p = 0.5", "top_p")],
+)
+def test_sampling_that_extended_thinking_refuses_is_one_line_before_any_request(
+    tmp_path: Path, sim_server, capsys, sampling: str, named: str
+) -> None:
+    """The Messages API refuses `temperature` other than 1, `top_k`, and `top_p` below 0.95 with
+    thinking on (as it refuses a forced tool): each is one line, exit 2, before any request, instead
+    of a run that stops at its first request with the API's 400."""
+    from gen.cli import main
+
+    sim = sim_server()
+    tables = f"[sampling]\nthinking_budget = 2000\n{sampling}\n"
+    prompt = _prompt(tmp_path, provider="anthropic", tables=tables)
+    argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "thinking" in err[0] and str(prompt) in err[0], err
+    assert sim.stats()["requests"] == 0
+
+
+def test_sampling_that_extended_thinking_takes_runs(tmp_path: Path, sim_server) -> None:
+    """temperature = 1 and top_p in 0.95..1 are what the API allows with thinking: they are sent."""
+    sim = sim_server()
+    tables = "[sampling]\nthinking_budget = 2000\ntemperature = 1\ntop_p = 0.95\n"
+    out = tmp_path / "o"
+    result = _run(sim, _prompt(tmp_path, provider="anthropic", tables=tables), out)
+    assert result.stats.rows == 3 and sim.stats()["bad_request"] == 0
+
+
+def test_the_simulator_refuses_sampling_with_thinking_as_the_api_does() -> None:
+    from gen.sim.reasoning import parse_anthropic
+
+    thinking = {"type": "enabled", "budget_tokens": 2000}
+    for bad in ({"temperature": 0.2}, {"top_k": 5}, {"top_p": 0.9}):
+        with pytest.raises(ValueError, match="thinking"):
+            parse_anthropic({"thinking": thinking, **bad}, 4000, False)
+    assert parse_anthropic({"thinking": thinking, "temperature": 1, "top_p": 0.95}, 4000, False) == 2000

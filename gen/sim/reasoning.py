@@ -6,7 +6,8 @@
     think-tags         `<think>\n...\n</think>\n\n` before the answer in `content` (no parser)
 and on the Anthropic path a request with `thinking` enabled gets `thinking` blocks before its answer,
 whatever `reasoning` says (as the API does); the API's refusals are played too: a forced tool with
-thinking, a budget under 1,024 tokens or not under max_tokens.
+thinking, a budget under 1,024 tokens or not under max_tokens, a temperature other than 1, a top_k,
+a top_p under 0.95.
 
 A trace is `reasoning_tokens` tokens long on average (4 characters a token, as its usage counts them;
 +-25% drawn per answer; an Anthropic thinking budget caps it), made of sentences drawn from a fixed pool
@@ -131,6 +132,13 @@ def parse_anthropic(body: dict[str, Any], max_tokens: int, forced_tool: bool) ->
         raise ValueError("`max_tokens` must be greater than `thinking.budget_tokens`.")
     if forced_tool:
         raise ValueError("Thinking may not be enabled when tool_choice forces tool use.")
+    temperature, top_p = body.get("temperature"), body.get("top_p")
+    if temperature is not None and temperature != 1:
+        raise ValueError("`temperature` may only be set to 1 when thinking is enabled.")
+    if body.get("top_k") is not None:
+        raise ValueError("`top_k` may not be set when thinking is enabled.")
+    if top_p is not None and not (isinstance(top_p, int | float) and 0.95 <= top_p <= 1):
+        raise ValueError("`top_p` must be greater than or equal to 0.95 when thinking is enabled.")
     return budget
 
 
