@@ -80,6 +80,8 @@ def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage
     s.cache_write_tokens += written
     if comp.reasoning is not None:
         s.reasoning_tokens += comp.reasoning_tokens or estimated_tokens(comp.reasoning)
+    elif comp.reasoning_tokens:  # thinking the teacher reported but did not send
+        s.reasoning_tokens += comp.reasoning_tokens
     run.budget.charge(*last, price=price)
     return last
 

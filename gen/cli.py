@@ -401,7 +401,7 @@ def _parser() -> _Parser:
     )
     s.add_argument(
         "--reasoning",
-        choices=("reasoning_content", "reasoning", "think-tags"),
+        choices=("reasoning_content", "reasoning", "think-tags", "hidden"),
         help="answer as a reasoning teacher, sending the trace this way (Anthropic path: when asked)",
     )
     s.add_argument("--reasoning-tokens", type=int, default=200, metavar="N", help="a trace's mean length")

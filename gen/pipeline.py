@@ -929,7 +929,7 @@ class Run:
             "response": comp.text,
             "output": verdict.output_json,
             "reasoning": comp.reasoning,
-            "reasoning_tokens": comp.reasoning_tokens if comp.reasoning is not None else None,
+            "reasoning_tokens": comp.reasoning_tokens,  # reported, with or without a trace (o-series)
             "logprobs": comp.logprobs,
             "vars": task.vars_json,
             "sample": task.sample,

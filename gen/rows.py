@@ -104,7 +104,11 @@ class Row(TypedDict):
     reasoning: Annotated[str | None, Col(STRING, "the teacher's reasoning trace; null when it gave none")]
     reasoning_tokens: Annotated[
         int | None,
-        Col(INT64, "the trace's tokens, as the teacher reported them (null where it does not)"),
+        Col(
+            INT64,
+            "the teacher's reasoning tokens, as it reported them (null where it does not), also without a "
+            "trace (OpenAI's o-series reason unseen)",
+        ),
     ]
     logprobs: Annotated[
         list[TokenLogprob] | None,

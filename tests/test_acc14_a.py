@@ -44,7 +44,7 @@ def test_a_blank_trace_is_no_trace(tmp_path: Path, sim_server, config, provider,
     """`reasoning` is null when the teacher gave none: an empty or whitespace-only trace (an empty
     `<think></think>` block, a blank field, blank thinking blocks) is none, and the assistant message
     carries no empty trace either."""
-    sim = sim_server(**config)
+    sim = sim_server(reasoning_usage=False, **config)
     out = tmp_path / "o"
     prompt = _prompt(tmp_path, provider=provider, tables=tables, top=f'reasoning_format = "{fmt}"')
     result = _run(sim, prompt, out)
@@ -186,3 +186,32 @@ def test_the_simulator_refuses_sampling_with_thinking_as_the_api_does() -> None:
         with pytest.raises(ValueError, match="thinking"):
             parse_anthropic({"thinking": thinking, **bad}, 4000, False)
     assert parse_anthropic({"thinking": thinking, "temperature": 1, "top_p": 0.95}, 4000, False) == 2000
+
+
+# --------------------------------------------------------------------------- reasoning_tokens
+
+
+def test_reasoning_tokens_reported_without_a_trace_are_kept(tmp_path: Path, sim_server) -> None:
+    """`reasoning_tokens` comes from usage.completion_tokens_details.reasoning_tokens where reported: a
+    teacher that reasons without sending its trace (OpenAI's o-series) still says how much it thought;
+    a plain model's 0 stays null."""
+    sim = sim_server(reasoning="hidden", reasoning_tokens=300)
+    out = tmp_path / "o"
+    result = _run(sim, _prompt(tmp_path), out)
+    rows = rows_in(out)
+    assert result.stats.rows == 3 and len(rows) == 3
+    for row in rows:
+        assert row["reasoning"] is None and row["messages"][-1]["reasoning_content"] is None
+        assert row["reasoning_tokens"] and row["reasoning_tokens"] > 150
+        assert row["completion_tokens"] > row["reasoning_tokens"]
+    assert result.stats.reasoning_tokens == sum(r["reasoning_tokens"] for r in rows)
+
+
+def test_a_reported_zero_without_a_trace_is_null() -> None:
+    from gen.teachers.openai import read_completion
+
+    reply = {
+        "choices": [{"message": {"content": "42"}}],
+        "usage": {"completion_tokens": 1, "completion_tokens_details": {"reasoning_tokens": 0}},
+    }
+    assert read_completion(reply).reasoning_tokens is None

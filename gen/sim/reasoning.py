@@ -4,6 +4,7 @@
     reasoning_content  `message.reasoning_content` (DeepSeek's API, vLLM's reasoning parsers)
     reasoning          `message.reasoning` (newer vLLM, other gateways)
     think-tags         `<think>\n...\n</think>\n\n` before the answer in `content` (no parser)
+    hidden             no trace, only its tokens in usage (OpenAI's o-series reason unseen)
 and on the Anthropic path a request with `thinking` enabled gets `thinking` blocks before its answer,
 whatever `reasoning` says (as the API does); the API's refusals are played too: a forced tool with
 thinking, a budget under 1,024 tokens or not under max_tokens, a temperature other than 1, a top_k,
@@ -40,7 +41,7 @@ from gen.sim.instances import VOCAB, sentences
 if TYPE_CHECKING:
     from gen.sim.server import SimConfig
 
-OPENAI_FORMATS = ("reasoning_content", "reasoning", "think-tags")
+OPENAI_FORMATS = ("reasoning_content", "reasoning", "think-tags", "hidden")
 MIN_BUDGET = 1024  # the Messages API's least budget_tokens
 SCHEMA_MARKER = "JSON Schema:\n"  # where a system prompt gives the schema of a JSON answer in text
 _POOL_SIZE = 512
@@ -178,7 +179,9 @@ def openai_reasoning(
         answer_tokens = max_tokens - tokens
         answer = answer[: answer_tokens * 4]
         choice["finish_reason"] = "length"
-    if config.reasoning == "think-tags":
+    if config.reasoning == "hidden":  # reasoned, counted in usage, not sent (OpenAI's o-series)
+        message["content"] = answer
+    elif config.reasoning == "think-tags":
         closed = answer_tokens > 0 or choice["finish_reason"] != "length"
         message["content"] = f"<think>\n{text}\n</think>\n\n{answer}" if closed else f"<think>\n{text}"
     else:

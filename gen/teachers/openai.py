@@ -199,6 +199,13 @@ def _completion(reply: _ChatCompletion, headers: Mapping[str, str], k: int | Non
     prompt_tokens = usage.get("prompt_tokens") or 0
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     details = usage.get("completion_tokens_details") or {}
+    # An empty field is no trace: a server with a parser says "" or null for a plain answer; a blank one
+    # does not hide the other field.
+    reasoning = _trace(message.get("reasoning_content")) or _trace(message.get("reasoning"))
+    # Reported thinking without a trace is kept (OpenAI's o-series reason unseen), but not the 0 that
+    # plain models report.
+    reported = details.get("reasoning_tokens")
+    reasoning_tokens = reported if reported or (reported is not None and reasoning is not None) else None
     return Completion(
         text=message.get("content") or "",
         finish_reason=choice.get("finish_reason"),
@@ -207,10 +214,8 @@ def _completion(reply: _ChatCompletion, headers: Mapping[str, str], k: int | Non
         model=reply.get("model"),
         headers=headers,
         cached_tokens=min(cached, prompt_tokens),  # a part of prompt_tokens: never more than it
-        # An empty field is no trace: a server with a parser says "" or null for a plain answer; a
-        # blank one does not hide the other field.
-        reasoning=_trace(message.get("reasoning_content")) or _trace(message.get("reasoning")),
-        reasoning_tokens=details.get("reasoning_tokens"),
+        reasoning=reasoning,
+        reasoning_tokens=reasoning_tokens,
         logprobs=compact_logprobs((choice.get("logprobs") or {}).get("content"), k) if k else None,
     )
 
