@@ -59,7 +59,7 @@ def split_think(text: str) -> tuple[str | None, str]:
 
     The opening tag may be missing (R1-style chat templates put `<think>\\n` in the prompt, so the
     model's text starts inside the trace): then a `</think>` with no `<think>` before it ends the trace,
-    unless the text is one JSON document (the tag is inside one of its strings). A trace that never
+    unless it is inside the JSON document the text holds (one of its strings: `_in_json`). A trace that never
     closes (cut off at max_tokens) is all trace, with an empty answer. A block nested in the trace is
     part of it, and further blocks right after the first are trace too (joined by a blank line), so no
     tag is left at the head of the answer. A text without the tags is all answer (None, text)."""
@@ -106,7 +106,7 @@ def _in_json(text: str, at: int) -> bool:
     ```json fence, or its outermost {...} / [...], as the validator finds it): a structured answer
     whose string values may hold a `</think>` of their own (a schema about markup), never a trace
     before it."""
-    spans = []
+    spans: list[tuple[int, int]] = []
     # A fence around `at` opens at the last one before it (a backtick looked for first: one character
     # is found at memchr's speed, "```" some 50 times slower, and most texts have none).
     fence = text.rfind("```", 0, at) if text.find("`", 0, at) >= 0 else -1

@@ -134,10 +134,11 @@ class SimConfig:
     batch_results: str | None = None
     batch_cancel_ran: bool = False  # a cancelled OpenAI batch serves the results of the requests it ran
     # A reasoning teacher (gen.sim.reasoning): how the OpenAI path sends a trace ("reasoning_content",
-    # "reasoning", "think-tags"; None: no trace), how long, whether the samples of one input get
-    # near-identical traces, and whether usage reports reasoning_tokens. `answer_text`: a fixed text
-    # answer (a shared short final answer such as \boxed{42}); `reasoning_text`: a fixed trace in place of
-    # the drawn one (a hostile teacher's blank trace, say), in whichever way the trace is sent.
+    # "reasoning", "think-tags"; "hidden": only counted in usage; None: no trace), how long, whether
+    # the samples of one input get near-identical traces, and whether usage reports reasoning_tokens.
+    # `answer_text`: a fixed text answer (a shared short final answer such as \boxed{42});
+    # `reasoning_text`: a fixed trace in place of the drawn one (a hostile teacher's blank trace, say),
+    # in whichever way the trace is sent.
     reasoning: str | None = None
     reasoning_tokens: int = 200
     reasoning_near_copies: bool = False
