@@ -55,8 +55,8 @@ def take_inline_trace(comp: Completion) -> None:
     repeats it. A blank trace (an empty `<think></think>`, as Qwen3 gives with thinking off; a
     whitespace-only field or thinking block) is none: `reasoning` is null when the teacher gave no
     trace."""
-    if comp.reasoning is not None and not comp.reasoning.strip():
-        comp.reasoning = None
+    if comp.reasoning is not None and (not comp.reasoning or comp.reasoning.isspace()):
+        comp.reasoning = None  # isspace, not strip: a trace ending in a newline is not copied to ask
     if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
         comp.reasoning, comp.text = split_think(comp.text)
         if not comp.reasoning:  # split_think strips the trace it takes
