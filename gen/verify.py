@@ -92,6 +92,8 @@ class Verifier:
         available = set(expansion.variables) | (set(expansion.seed.columns) if expansion.seed else set())
         try:
             ast = expansion.env.parse(spec.reference)
+            # compiling finds what parsing does not (an unknown filter or test: TemplateAssertionError)
+            self._reference = expansion.env.from_string(spec.reference)
         except jinja2.TemplateSyntaxError as e:
             raise ConfigError(where, f"[verify] reference: template syntax error: {e.message}") from None
         missing = sorted(jinja2.meta.find_undeclared_variables(ast) - available - set(expansion.env.globals))
@@ -100,7 +102,6 @@ class Verifier:
             raise ConfigError(
                 where, f"[verify] reference: unknown variable {missing[0]!r} (defined: {known})"
             )
-        self._reference = expansion.env.from_string(spec.reference)
         self._python: PythonWorker | None = None
         if self.method == "python":
             assert spec.python is not None

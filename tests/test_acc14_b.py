@@ -1,0 +1,72 @@
+"""Acceptance review of issue 14 (part b): [verify], rejection sampling, the shipped example, logprobs, from
+the user's side: prompt files in a temp dir, `gen run` against the simulator, the files that come out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _prompt(
+    tmp_path: Path, *, user: str = "{{ q }}", verify: str = "", sampling: str = "", sim: str = ""
+) -> Path:
+    (tmp_path / "seeds.jsonl").write_text(
+        "".join(json.dumps({"q": f"What is {n} + {n}?", "answer": str(2 * n)}) + "\n" for n in range(4))
+    )
+    path = tmp_path / "p.toml"
+    path.write_text(
+        'name = "acc"\nversion = "1"\nintended_use = "research"\nsamples = 1\nmax_attempts = 1\n'
+        '[teacher]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "gen-sim-1"\n'
+        'license = "apache-2.0"\n'
+        f"[sampling]\n{sampling}\n"
+        f'[messages]\nuser = "{user}"\n'
+        '[seed]\npath = "seeds.jsonl"\n'
+        f"{'[verify]' if verify else ''}\n{verify}\n"
+        f'[sim]\nanswer_from = "answer"\nwrong_share = 0.3\n{sim}\n'
+    )
+    return path
+
+
+def _gen(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gen", *args], capture_output=True, text=True, timeout=timeout, cwd=tmp_path
+    )
+
+
+def _refused(tmp_path: Path, prompt: Path, sim, *needles: str) -> None:
+    """One line naming the prompt file and the problem, exit 2, and no request reached the teacher."""
+    proc = _gen(
+        tmp_path,
+        "run",
+        str(prompt),
+        "--base-url",
+        sim.base_url,
+        "--output",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert str(prompt.name) in lines[0] and all(n in lines[0] for n in needles), lines[0]
+    assert sim.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("where", ["reference", "user"])
+def test_an_unknown_filter_in_a_template_is_one_line_not_a_traceback(
+    tmp_path: Path, sim_server, where
+) -> None:
+    # jinja2 finds an unknown filter only when it compiles the template (TemplateAssertionError), after
+    # the parse that the variable check does: it escaped as a traceback, exit 1.
+    if where == "reference":
+        prompt = _prompt(tmp_path, verify='reference = "{{ answer | no_such_filter }}"')
+        needle = "[verify] reference"
+    else:
+        prompt = _prompt(tmp_path, user="{{ q | no_such_filter }}", verify='reference = "{{ answer }}"')
+        needle = "messages.user"
+    _refused(tmp_path, prompt, sim_server(), needle, "no_such_filter")
