@@ -299,10 +299,9 @@ _SPACES = re.compile(r"\s+")
 
 
 def _normalise(s: str) -> str:
-    s = _SPACES.sub(" ", s).strip()
-    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
-        s = s[1:-1].strip()
-    s = s.rstrip(".").strip()
+    s = _SPACES.sub(" ", s).strip().rstrip(".").rstrip()
+    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":  # "$8$." as "$8.$": the period either side
+        s = s[1:-1].strip().rstrip(".").rstrip()
     return s.casefold()
 
 

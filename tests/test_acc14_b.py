@@ -70,3 +70,34 @@ def test_an_unknown_filter_in_a_template_is_one_line_not_a_traceback(
         prompt = _prompt(tmp_path, user="{{ q | no_such_filter }}", verify='reference = "{{ answer }}"')
         needle = "messages.user"
     _refused(tmp_path, prompt, sim_server(), needle, "no_such_filter")
+
+
+def _sim_prompt(tmp_path: Path, verify: str, sim: str, *, name: str = "p.toml") -> Path:
+    """The in-process simulator (`provider = "sim"`), which reads `[sim]` from the prompt file."""
+    path = _prompt(tmp_path, verify=verify, sim=sim)
+    text = path.read_text().replace(
+        'provider = "openai"\nbase_url = "http://127.0.0.1:9/v1"', 'provider = "sim"'
+    )
+    text = text.replace('answer_from = "answer"\nwrong_share = 0.3\n', "")
+    out = tmp_path / name
+    out.write_text(text)
+    return out
+
+
+def _decided(tmp_path: Path, prompt: Path, out: str = "o") -> tuple[list[dict], list[dict]]:
+    from helpers import rows_in
+
+    proc = _gen(tmp_path, "run", str(prompt), "--output", str(tmp_path / out), "--no-progress")
+    assert proc.returncode in (0, 1), proc.stderr
+    rows = rows_in(tmp_path / out) if (tmp_path / out / "data").exists() else []
+    rejects = rows_in(tmp_path / out, "rejects") if (tmp_path / out / "rejects").exists() else []
+    return rows, rejects
+
+
+@pytest.mark.parametrize("answer", ["$8$.", "$8$ .", "$ 8. $", "\\boxed{8}."])
+def test_exact_takes_off_dollars_and_a_trailing_period_in_either_order(tmp_path: Path, answer: str) -> None:
+    # "$8$." kept its dollars: the period was taken off after the check for enclosing dollars.
+    sim = f"answer_text = {json.dumps(answer)}"
+    prompt = _sim_prompt(tmp_path, 'reference = "8"\nmethod = "exact"', sim)
+    rows, rejects = _decided(tmp_path, prompt)
+    assert len(rows) == 4 and rejects == [], [r["error"] for r in rejects]
