@@ -308,9 +308,12 @@ def _normalise(s: str) -> str:
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?")
 
 
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*(\d+(?:\.\d+)?)\s*\}\s*\{\s*(\d+(?:\.\d+)?)\s*\}")
+
+
 def _number(text: str) -> float | None:
-    """The last number in `text` (`1,234.5`, `-3e2`, `7/2`), or None."""
-    found = _NUMBER.findall(text)
+    """The last number in `text` (`1,234.5`, `-3e2`, `7/2`, `\\frac{7}{2}`), or None."""
+    found = _NUMBER.findall(_LATEX_FRACTION.sub(r"\1/\2", text))  # \frac{1}{2}: 1/2, not its last number, 2
     if not found:
         return None
     raw = found[-1].replace(",", "").replace(" ", "")

@@ -101,3 +101,20 @@ def test_exact_takes_off_dollars_and_a_trailing_period_in_either_order(tmp_path:
     prompt = _sim_prompt(tmp_path, 'reference = "8"\nmethod = "exact"', sim)
     rows, rejects = _decided(tmp_path, prompt)
     assert len(rows) == 4 and rejects == [], [r["error"] for r in rejects]
+
+
+@pytest.mark.parametrize(
+    ("answer", "kept"),
+    [("\\boxed{\\frac{1}{2}}", True), ("\\boxed{\\dfrac{3}{2}}", False), ("x = -\\frac{1}{2}", False)],
+)
+def test_numeric_reads_a_latex_fraction_as_its_value(tmp_path: Path, answer: str, kept: bool) -> None:
+    # `\frac{1}{2}` was read as its last number, 2: a right answer failed, with "answer 2 differs".
+    sim = f"answer_text = {json.dumps(answer)}"
+    prompt = _sim_prompt(tmp_path, 'reference = "0.5"\nmethod = "numeric"\ntolerance = 1e-9', sim)
+    rows, rejects = _decided(tmp_path, prompt)
+    if kept:
+        assert len(rows) == 4 and rejects == [], [r["error"] for r in rejects]
+    else:
+        assert rows == [] and len(rejects) == 4
+        value = "1.5" if "3" in answer else "-0.5"
+        assert all(r["error"].startswith(f"answer {value} differs") for r in rejects), rejects[0]["error"]
