@@ -118,3 +118,24 @@ def test_numeric_reads_a_latex_fraction_as_its_value(tmp_path: Path, answer: str
         assert rows == [] and len(rejects) == 4
         value = "1.5" if "3" in answer else "-0.5"
         assert all(r["error"].startswith(f"answer {value} differs") for r in rejects), rejects[0]["error"]
+
+
+def test_the_shipped_reasoning_example_keeps_traces_and_rejects_wrong_answers_with_theirs(
+    tmp_path: Path,
+) -> None:
+    # prompts/math_reasoning.toml is the README's example of reasoning traces, but its simulator sent
+    # none: every row's `reasoning` was null, and the example showed verification without traces.
+    from helpers import rows_in
+
+    proc = _gen(tmp_path, "run", str(ROOT / "prompts" / "math_reasoning.toml"), "--output", "m")
+    assert proc.returncode == 0, proc.stderr
+    assert "reasoning tokens" in proc.stderr.splitlines()[-1]
+    rows, rejects = rows_in(tmp_path / "m"), rows_in(tmp_path / "m", "rejects")
+    assert rows and rejects and all(r["reason"] == "verification_failed" for r in rejects)
+    for r in rows + rejects:
+        assert r["reasoning"] and "\\boxed" not in r["reasoning"]
+        assert r["response"].rstrip().endswith("}.")
+    assert all(r["reasoning_tokens"] > 0 for r in rows)
+    assert all(r["messages"][-1]["reasoning_content"] == r["reasoning"] for r in rows)
+    reference = {r["id"]: r["reference"] for r in rejects}
+    assert all(f"\\boxed{{{reference[r['id']]}}}" not in r["response"] for r in rejects)
