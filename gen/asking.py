@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gen.errors import FatalTeacherError, TeacherError, leaks_secret, redact
 from gen.ledger import Usage, id_key
 from gen.limits import LimitedTeacher, estimate_tokens
-from gen.reasoning import CLOSE, OPEN, estimated_tokens, split_think
+from gen.reasoning import CLOSE, OPEN, answer_logprobs, estimated_tokens, split_think
 from gen.retry import with_retries
 from gen.rows import COLUMNS
 from gen.teachers.base import Completion
@@ -50,9 +50,12 @@ def _on_retry(run: Run, e: TeacherError, task_id: str, key: int, answered: int) 
 
 def take_inline_trace(comp: Completion) -> None:
     """Move an inline `<think>` trace out of the reply's text (gen.reasoning.split_think), so validation
-    sees the answer only; a trace the protocol carried apart is left as it is."""
+    sees the answer only; a trace the protocol carried apart is left as it is. The logprobs keep the
+    answer's tokens only (gen.reasoning.answer_logprobs), whichever way the trace came."""
     if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
         comp.reasoning, comp.text = split_think(comp.text)
+    if comp.logprobs and comp.reasoning is not None:
+        comp.logprobs = answer_logprobs(comp.logprobs, comp.text)
 
 
 def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage:
