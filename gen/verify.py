@@ -93,7 +93,9 @@ class Verifier:
         try:
             ast = expansion.env.parse(spec.reference)
             # compiling finds what parsing does not (an unknown filter or test: TemplateAssertionError)
-            self._reference = expansion.env.from_string(spec.reference)
+            # a null value renders as "", not jinja's "None" (which an answer "None" would match)
+            env = expansion.env.overlay(finalize=_none_as_empty)
+            self._reference = env.from_string(spec.reference)
         except jinja2.TemplateSyntaxError as e:
             raise ConfigError(where, f"[verify] reference: template syntax error: {e.message}") from None
         missing = sorted(jinja2.meta.find_undeclared_variables(ast) - available - set(expansion.env.globals))
@@ -154,6 +156,8 @@ class Verifier:
             reference = self.reference(vars_json)
         except Exception as e:
             return Outcome(False, None, f"the reference did not render: {type(e).__name__}: {e}")
+        if not reference.strip() and self._python is None:  # the user's function may not need one
+            return Outcome(False, reference, EMPTY_REFERENCE)
         try:
             value = _answer(text, output_json, self.spec.field)
             if self._python is not None:
@@ -197,6 +201,13 @@ class Verifier:
             raise _Fail(
                 f"answer {got:g} differs from the reference {ref:g} by more than {self.spec.tolerance:g}"
             )
+
+
+EMPTY_REFERENCE = "the reference is empty: this input has no value to check the answer against"
+
+
+def _none_as_empty(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def _method(spec: VerifySpec, where: Any) -> str:

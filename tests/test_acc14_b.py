@@ -208,3 +208,32 @@ def test_answer_logprobs_drops_the_trace_tokens_before_the_answer() -> None:
     assert answer_logprobs(sent, "") == []
     assert answer_logprobs(sent, "something else") == sent
     assert answer_logprobs([], "It is 4.") == []
+
+
+@pytest.mark.parametrize("method", ["exact", "math", "json-field"])
+def test_an_input_without_a_reference_value_passes_no_answer(tmp_path: Path, method: str) -> None:
+    # A seed row whose answer is null rendered the reference "None" (jinja's str(None)): a teacher
+    # answering "None" was kept as verified; an empty reference passed any empty-looking answer.
+    from helpers import rows_in
+
+    (tmp_path / "seeds.jsonl").write_text(
+        "".join(json.dumps({"q": q, "answer": a}) + "\n" for q, a in [("a", None), ("b", ""), ("c", "  ")])
+    )
+    (tmp_path / "s.json").write_text(json.dumps({"type": "object", "properties": {"r": {"type": "string"}}}))
+    field = 'field = "r"\n' if method == "json-field" else ""
+    schema = 'schema = "s.json"\n' if method == "json-field" else ""
+    answer = '{"r": "None"}' if method == "json-field" else "None"
+    prompt = tmp_path / "p.toml"
+    prompt.write_text(
+        f'name = "acc"\nversion = "1"\nintended_use = "research"\nmax_attempts = 1\n{schema}'
+        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\n'
+        '[messages]\nuser = "{{ q }}"\n[seed]\npath = "seeds.jsonl"\n'
+        f'[verify]\nreference = "{{{{ answer }}}}"\nmethod = "{method}"\n{field}'
+        f'[sim]\nanswer_text = {json.dumps(answer)}\nanswer_field = "r"\n'
+    )
+    proc = _gen(tmp_path, "run", str(prompt), "--output", "o", "--no-progress")
+    assert proc.returncode == 1, proc.stderr  # kept nothing
+    rejects = rows_in(tmp_path / "o", "rejects")
+    assert len(rejects) == 3 and all(r["reason"] == "verification_failed" for r in rejects)
+    assert all("reference is empty" in r["error"] for r in rejects), [r["error"] for r in rejects]
+    assert not (tmp_path / "o" / "data").exists() or rows_in(tmp_path / "o") == []
