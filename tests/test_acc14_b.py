@@ -237,3 +237,41 @@ def test_an_input_without_a_reference_value_passes_no_answer(tmp_path: Path, met
     assert len(rejects) == 3 and all(r["reason"] == "verification_failed" for r in rejects)
     assert all("reference is empty" in r["error"] for r in rejects), [r["error"] for r in rejects]
     assert not (tmp_path / "o" / "data").exists() or rows_in(tmp_path / "o") == []
+
+
+def test_rows_with_logprobs_do_not_pile_up_in_memory_before_their_shard(tmp_path: Path) -> None:
+    # logprobs = 20 on 800-token answers is ~17,000 Python dicts a row (~4 MB): the shard buffer's bound
+    # counted text and traces only, so up to 1,024 such rows stayed as dicts (600 rows: 6 GB, and the
+    # garbage collector walking them made each row slower than the last). Peak RSS of the child, which
+    # does not depend on CPU speed.
+    import resource
+
+    words = " ".join(f"w{i:03d}" for i in range(640))  # 3,200 characters: 800 tokens of 4
+    (tmp_path / "p.toml").write_text(
+        'name = "lp"\nversion = "1"\nintended_use = "research"\n'
+        '[teacher]\nprovider = "sim"\nmodel = "gen-sim-1"\nlicense = "apache-2.0"\nmax_concurrency = 4\n'
+        "[sampling]\nlogprobs = 20\nmax_tokens = 1000\n"
+        '[messages]\nuser = "Essay {{ i }}."\n'
+        f"[variables]\ni = {list(range(80))}\n"
+        f"[sim]\nanswer_text = {json.dumps(words)}\n"
+    )
+    code = (
+        "import resource, subprocess, sys\n"
+        "p = subprocess.run([sys.executable, '-m', 'gen', 'run', 'p.toml', '--output', 'o', '--no-progress',"
+        " '--no-near-dedup'], capture_output=True, text=True)\n"
+        "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.stderr.write(p.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    rc, peak_kb = map(int, proc.stdout.split())
+    assert rc == 0, proc.stderr
+    from helpers import rows_in
+
+    rows = rows_in(tmp_path / "o")
+    assert len(rows) == 80 and all(
+        len(r["logprobs"]) == 800 and len(r["logprobs"][0]["top"]) == 20 for r in rows
+    )
+    assert peak_kb < 330 * 1024, f"peak RSS {peak_kb // 1024} MB"
+    del resource
