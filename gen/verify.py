@@ -89,6 +89,8 @@ class Verifier:
             raise ConfigError(
                 where, "[verify] field names a field of the output, but the prompt file has no schema"
             )
+        if spec.field and schema is not None:
+            _check_field(spec.field, schema.json_schema, where)  # a typo: every answer paid for, then failed
         available = set(expansion.variables) | (set(expansion.seed.columns) if expansion.seed else set())
         try:
             ast = expansion.env.parse(spec.reference)
@@ -208,6 +210,25 @@ EMPTY_REFERENCE = "the reference is empty: this input has no value to check the 
 
 def _none_as_empty(value: Any) -> Any:
     return "" if value is None else value
+
+
+def _check_field(field: str, json_schema: dict[str, Any], where: Any) -> None:
+    """ConfigError when the schema lists an object's properties and `field` (dotted) names one it does
+    not list; a level the schema does not describe that simply (no `properties`: $ref, anyOf, ...)
+    is not checked further."""
+    level: Any = json_schema
+    for i, part in enumerate(field.split(".")):
+        properties = level.get("properties") if isinstance(level, dict) else None
+        if not isinstance(properties, dict) or not properties:
+            return
+        if part not in properties:
+            known = ", ".join(properties)
+            at = f" of {'.'.join(field.split('.')[:i])!r}" if i else ""
+            raise ConfigError(
+                where,
+                f"[verify] field {field!r}: the schema has no property {part!r}{at} (properties: {known})",
+            )
+        level = properties[part]
 
 
 def _method(spec: VerifySpec, where: Any) -> str:

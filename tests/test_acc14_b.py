@@ -275,3 +275,23 @@ def test_rows_with_logprobs_do_not_pile_up_in_memory_before_their_shard(tmp_path
     )
     assert peak_kb < 330 * 1024, f"peak RSS {peak_kb // 1024} MB"
     del resource
+
+
+def test_a_field_the_schema_does_not_have_is_refused_before_any_request(tmp_path: Path, sim_server) -> None:
+    # `field = "reslt"` (a typo) was accepted: every answer was paid for, then rejected ("the output has
+    # no field 'reslt'"). A schema that lists its properties says which fields an output can have.
+    schema = {
+        "type": "object",
+        "properties": {"working": {"type": "string"}, "result": {"type": "object", "properties": {"n": {}}}},
+    }
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    prompt = _prompt(tmp_path, verify='reference = "{{ answer }}"\nmethod = "json-field"\nfield = "reslt"')
+    prompt.write_text('schema = "s.json"\n' + prompt.read_text())
+    _refused(tmp_path, prompt, sim_server(), "[verify] field 'reslt'", "working, result")
+    prompt.write_text(prompt.read_text().replace('"reslt"', '"result.m"'))
+    _refused(tmp_path, prompt, sim_server(), "[verify] field 'result.m'", "n")
+    sim = sim_server()
+    prompt.write_text(prompt.read_text().replace('"result.m"', '"result.n"'))
+    proc = _gen(tmp_path, "run", str(prompt), "--base-url", sim.base_url, "--output", "ok", "--no-progress")
+    assert proc.returncode != 2 and "[verify]" not in proc.stderr, proc.stderr
+    assert sim.stats()["requests"] > 0
