@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gen.errors import FatalTeacherError, TeacherError, leaks_secret, redact
 from gen.ledger import Usage, id_key
 from gen.limits import LimitedTeacher, estimate_tokens
-from gen.reasoning import CLOSE, OPEN, estimated_tokens, split_think
+from gen.reasoning import CLOSE, OPEN, answer_logprobs, estimated_tokens, split_think
 from gen.retry import with_retries
 from gen.rows import COLUMNS
 from gen.teachers.base import Completion
@@ -54,7 +54,8 @@ def take_inline_trace(comp: Completion) -> None:
     taken out (a bare `</think>` is then the answer's own), and joins the trace after it unless it
     repeats it. A blank trace (an empty `<think></think>`, as Qwen3 gives with thinking off; a
     whitespace-only field or thinking block) is none: `reasoning` is null when the teacher gave no
-    trace."""
+    trace. The logprobs keep the answer's tokens only (gen.reasoning.answer_logprobs), whichever way
+    the trace came."""
     if comp.reasoning is not None and (not comp.reasoning or comp.reasoning.isspace()):
         comp.reasoning = None  # isspace, not strip: a trace ending in a newline is not copied to ask
     if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
@@ -65,6 +66,8 @@ def take_inline_trace(comp: Completion) -> None:
         inline, comp.text = split_think(comp.text)
         if inline and inline != comp.reasoning.strip():
             comp.reasoning = f"{comp.reasoning}\n\n{inline}"
+    if comp.logprobs and comp.reasoning is not None:
+        comp.logprobs = answer_logprobs(comp.logprobs, comp.text)
 
 
 def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage:

@@ -312,6 +312,29 @@ def estimated_tokens(reasoning: str | None) -> int:
     return len(reasoning) // 4 if reasoning else 0
 
 
+def answer_logprobs(logprobs: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
+    """The entries of `logprobs` (compact_logprobs's) that spell `answer`, from the token its last
+    occurrence starts in: a teacher that thinks inline (or a server that gives logprobs for every token
+    it generated) sends the trace's tokens first. An empty answer has none; tokens that do not spell
+    the answer are kept as sent (nothing to align them with)."""
+    if not logprobs:
+        return logprobs
+    joined = "".join(e["token"] for e in logprobs)
+    if joined == answer:
+        return logprobs
+    if not answer:
+        return []
+    start = joined.rfind(answer)
+    if start < 0:
+        return logprobs
+    end = 0
+    for i, e in enumerate(logprobs):
+        end += len(e["token"])
+        if end > start:
+            return logprobs[i:]
+    return logprobs
+
+
 def compact_logprobs(content: list[dict[str, Any]] | None, k: int) -> list[dict[str, Any]] | None:
     """The `logprobs` column's value from an OpenAI `choices[0].logprobs.content` list: per token its
     text, its log-probability and its top-`k` alternatives (token, logprob), nothing else (`bytes`
@@ -334,6 +357,7 @@ def compact_logprobs(content: list[dict[str, Any]] | None, k: int) -> list[dict[
 __all__ = [
     "REASONING_FORMATS",
     "ReasoningFormat",
+    "answer_logprobs",
     "assistant_message",
     "compact_logprobs",
     "estimated_tokens",

@@ -493,6 +493,7 @@ class ShardWriter:
             OutputDir(out_dir).folder(split).mkdir(parents=True, exist_ok=True)
         self._next = next_shard_numbers(out_dir, partition)
         self._rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}  # not yet converted
+        self._unconverted = dict.fromkeys(SPLITS, 0)  # logprob entries in `_rows`
         self._batches: dict[str, list[Future[pa.RecordBatch]]] = {s: [] for s in SPLITS}
         self._counts = dict.fromkeys(SPLITS, 0)  # rows buffered per split since the last checkpoint
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gen-shards")
@@ -514,8 +515,20 @@ class ShardWriter:
         # Long rows (reasoning traces of tens of thousands of tokens) fill memory long before a shard's
         # rows: the size of what the buffers hold is bounded too, by their two big text columns.
         self._chars += len(row.get("response") or "") + _trace_chars(row)
-        if len(rows) >= self.batch_rows or self._chars >= self._batch_chars:
+        # Logprobs (`logprobs = K`): a dict per token and per alternative, ~250 bytes each as Python
+        # objects and ~12 as Arrow. Counted at the Arrow size towards the shard's bound, and handed to
+        # the writer thread (which converts them) once a split's rows hold _MAX_UNCONVERTED of them.
+        entries = _logprob_entries(row)
+        if entries:
+            self._chars += entries * _LOGPROB_ARROW_BYTES
+            self._unconverted[split] += entries
+        if (
+            len(rows) >= self.batch_rows
+            or self._chars >= self._batch_chars
+            or self._unconverted[split] >= _MAX_UNCONVERTED
+        ):
             self._rows[split] = []
+            self._unconverted[split] = 0
             self._batches[split].append(self._pool.submit(_to_batch, rows, split))
             self._batch_chars = self._chars + self.max_buffer_chars // 8
         self._counts[split] += 1
@@ -531,6 +544,7 @@ class ShardWriter:
                 continue
             if self._rows[split]:
                 self._batches[split].append(self._pool.submit(_to_batch, self._rows[split], split))
+            self._unconverted[split] = 0
             jobs.append((split, self._batches[split]))
             self._rows[split], self._batches[split], self._counts[split] = [], [], 0
         self._chars, self._batch_chars = 0, self.max_buffer_chars // 8
@@ -701,6 +715,16 @@ def _conversion_pool() -> Any:
         except NotImplementedError:  # not in this Arrow build
             continue
     return pa.default_memory_pool()
+
+
+_LOGPROB_ARROW_BYTES = 12  # one token or alternative in Arrow: its text (~4 bytes), offset and float32
+_MAX_UNCONVERTED = 200_000  # logprob entries a split keeps as Python dicts (~50 MB) before converting
+
+
+def _logprob_entries(row: dict[str, Any]) -> int:
+    """The tokens and alternatives of a row's `logprobs` (0 without)."""
+    logprobs = row.get("logprobs")
+    return sum(1 + len(t["top"]) for t in logprobs) if logprobs else 0
 
 
 def _trace_chars(row: dict[str, Any]) -> int:

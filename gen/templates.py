@@ -203,6 +203,8 @@ class Expansion:
                 continue
             try:
                 ast = self.env.parse(source)
+                # compiling finds what parsing does not (an unknown filter or test: TemplateAssertionError)
+                template = self.env.from_string(source)
             except jinja2.TemplateSyntaxError as e:
                 raise ConfigError(
                     prompt.path, f"messages.{role}: template syntax error on line {e.lineno}: {e.message}"
@@ -213,7 +215,7 @@ class Expansion:
                 raise ConfigError(
                     prompt.path, f"messages.{role}: unknown variable {missing[0]!r} (defined: {known})"
                 )
-            self.templates.append((role, self.env.from_string(source)))
+            self.templates.append((role, template))
 
         self.template_sha256 = hashlib.sha256(
             canonical_json(

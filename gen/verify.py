@@ -89,9 +89,15 @@ class Verifier:
             raise ConfigError(
                 where, "[verify] field names a field of the output, but the prompt file has no schema"
             )
+        if spec.field and schema is not None:
+            _check_field(spec.field, schema.json_schema, where)  # a typo: every answer paid for, then failed
         available = set(expansion.variables) | (set(expansion.seed.columns) if expansion.seed else set())
         try:
             ast = expansion.env.parse(spec.reference)
+            # compiling finds what parsing does not (an unknown filter or test: TemplateAssertionError)
+            # a null value renders as "", not jinja's "None" (which an answer "None" would match)
+            env = expansion.env.overlay(finalize=_none_as_empty)
+            self._reference = env.from_string(spec.reference)
         except jinja2.TemplateSyntaxError as e:
             raise ConfigError(where, f"[verify] reference: template syntax error: {e.message}") from None
         missing = sorted(jinja2.meta.find_undeclared_variables(ast) - available - set(expansion.env.globals))
@@ -100,7 +106,6 @@ class Verifier:
             raise ConfigError(
                 where, f"[verify] reference: unknown variable {missing[0]!r} (defined: {known})"
             )
-        self._reference = expansion.env.from_string(spec.reference)
         self._python: PythonWorker | None = None
         if self.method == "python":
             assert spec.python is not None
@@ -153,6 +158,8 @@ class Verifier:
             reference = self.reference(vars_json)
         except Exception as e:
             return Outcome(False, None, f"the reference did not render: {type(e).__name__}: {e}")
+        if not reference.strip() and self._python is None:  # the user's function may not need one
+            return Outcome(False, reference, EMPTY_REFERENCE)
         try:
             value = _answer(text, output_json, self.spec.field)
             if self._python is not None:
@@ -196,6 +203,32 @@ class Verifier:
             raise _Fail(
                 f"answer {got:g} differs from the reference {ref:g} by more than {self.spec.tolerance:g}"
             )
+
+
+EMPTY_REFERENCE = "the reference is empty: this input has no value to check the answer against"
+
+
+def _none_as_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _check_field(field: str, json_schema: dict[str, Any], where: Any) -> None:
+    """ConfigError when the schema lists an object's properties and `field` (dotted) names one it does
+    not list; a level the schema does not describe that simply (no `properties`: $ref, anyOf, ...)
+    is not checked further."""
+    level: Any = json_schema
+    for i, part in enumerate(field.split(".")):
+        properties = level.get("properties") if isinstance(level, dict) else None
+        if not isinstance(properties, dict) or not properties:
+            return
+        if part not in properties:
+            known = ", ".join(properties)
+            at = f" of {'.'.join(field.split('.')[:i])!r}" if i else ""
+            raise ConfigError(
+                where,
+                f"[verify] field {field!r}: the schema has no property {part!r}{at} (properties: {known})",
+            )
+        level = properties[part]
 
 
 def _method(spec: VerifySpec, where: Any) -> str:
@@ -298,19 +331,21 @@ _SPACES = re.compile(r"\s+")
 
 
 def _normalise(s: str) -> str:
-    s = _SPACES.sub(" ", s).strip()
-    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
-        s = s[1:-1].strip()
-    s = s.rstrip(".").strip()
+    s = _SPACES.sub(" ", s).strip().rstrip(".").rstrip()
+    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":  # "$8$." as "$8.$": the period either side
+        s = s[1:-1].strip().rstrip(".").rstrip()
     return s.casefold()
 
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?")
 
 
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*(\d+(?:\.\d+)?)\s*\}\s*\{\s*(\d+(?:\.\d+)?)\s*\}")
+
+
 def _number(text: str) -> float | None:
-    """The last number in `text` (`1,234.5`, `-3e2`, `7/2`), or None."""
-    found = _NUMBER.findall(text)
+    """The last number in `text` (`1,234.5`, `-3e2`, `7/2`, `\\frac{7}{2}`), or None."""
+    found = _NUMBER.findall(_LATEX_FRACTION.sub(r"\1/\2", text))  # \frac{1}{2}: 1/2, not its last number, 2
     if not found:
         return None
     raw = found[-1].replace(",", "").replace(" ", "")

@@ -602,7 +602,7 @@ class OpenAIDialect:
             },
         }
         reasoning.openai_logprobs(body, chat.top_logprobs, rng)  # of the answer, before a trace joins it
-        reasoning.openai_reasoning(body, self.config, chat.messages, chat.max_tokens, rng)
+        reasoning.openai_reasoning(body, self.config, chat.messages, chat.max_tokens, rng, chat.top_logprobs)
         stats["prompt_tokens"] += chat.prompt_tokens
         stats["completion_tokens"] += body["usage"]["completion_tokens"]
         return orjson.dumps(body)

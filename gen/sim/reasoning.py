@@ -21,7 +21,9 @@ answer (and an unclosed `<think>`).
 
 `answer_text` replaces a free-text answer (not a JSON one) with a fixed text, such as `\\boxed{42}`:
 the inputs then share a short final answer. `logprobs: true` with `top_logprobs: K` on the OpenAI path
-answers `choices[0].logprobs.content`: the answer in 4-character tokens, each with K alternatives.
+answers `choices[0].logprobs.content`: the answer in 4-character tokens, each with K alternatives
+(with `think-tags`, the whole content, the `<think>` block's tokens first, as a server without a
+reasoning parser sends them).
 
 Kept apart from gen.sim.dialects, which calls `parse_openai`, `parse_anthropic`, `openai_reasoning`
 and `anthropic_thinking` where a request is read and an answer is built.
@@ -162,10 +164,16 @@ def schema_in_text(system: Any) -> dict[str, Any] | None:
 
 
 def openai_reasoning(
-    body: dict[str, Any], config: SimConfig, messages: list[Any], max_tokens: int | None, rng: random.Random
+    body: dict[str, Any],
+    config: SimConfig,
+    messages: list[Any],
+    max_tokens: int | None,
+    rng: random.Random,
+    top_logprobs: int | None = None,
 ) -> None:
     """Give a chat-completion `body` its trace as `config.reasoning` says (nothing when None); the
-    usage counts it, and max_tokens cuts into it."""
+    usage counts it, and max_tokens cuts into it. With the trace inline (think-tags), the logprobs
+    asked for (`top_logprobs`) cover it too, as a server without a reasoning parser sends them."""
     if config.reasoning is None:
         return
     choice, usage = body["choices"][0], body["usage"]
@@ -184,6 +192,7 @@ def openai_reasoning(
     elif config.reasoning == "think-tags":
         closed = answer_tokens > 0 or choice["finish_reason"] != "length"
         message["content"] = f"<think>\n{text}\n</think>\n\n{answer}" if closed else f"<think>\n{text}"
+        _inline_logprobs(choice, message["content"], answer if closed else "", top_logprobs)
     else:
         message["content"] = answer
         message[config.reasoning] = text
@@ -211,13 +220,27 @@ def fixed_answer(config: SimConfig, mode: str, content: str) -> str:
     return config.answer_text if config.answer_text is not None and mode == "text" else content
 
 
+def _inline_logprobs(choice: dict[str, Any], content: str, answer: str, k: int | None) -> None:
+    """A server without a reasoning parser gives logprobs for every token it generated: with the trace
+    inline, the `<think>` block's tokens come before the answer's (kept, up to a cut `answer`)."""
+    logprobs = choice.get("logprobs")
+    if k is None or not logprobs:
+        return
+    kept = logprobs["content"][: -(-len(answer) // 4)]
+    prefix = content[: len(content) - len(answer)]
+    logprobs["content"] = _token_entries(prefix, k, random.Random(prefix)) + kept
+
+
 def openai_logprobs(body: dict[str, Any], k: int | None, rng: random.Random) -> None:
     """`choices[0].logprobs.content` for the answer, in 4-character tokens with `k` alternatives each
     (the token itself first, then words of the vocabulary, each less likely than the one before)."""
     if k is None:
         return
     choice = body["choices"][0]
-    content = choice["message"]["content"] or ""
+    choice["logprobs"] = {"content": _token_entries(choice["message"]["content"] or "", k, rng)}
+
+
+def _token_entries(content: str, k: int, rng: random.Random) -> list[dict[str, Any]]:
     entries = []
     for i in range(0, len(content), 4):
         token = content[i : i + 4]
@@ -229,4 +252,4 @@ def openai_logprobs(body: dict[str, Any], k: int | None, rng: random.Random) -> 
             top.append({"token": alt, "logprob": alt_logprob, "bytes": list(alt.encode())})
         entry = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top[:k]}
         entries.append(entry)
-    choice["logprobs"] = {"content": entries}
+    return entries
