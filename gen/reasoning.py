@@ -65,37 +65,53 @@ def split_think(text: str) -> tuple[str | None, str]:
     tag is left at the head of the answer. A text without the tags is all answer (None, text)."""
     head = text.lstrip()
     if head.startswith(OPEN):
-        trace, answer, closed = _block(head[len(OPEN) :])
-        if not closed:
-            return trace.strip(), ""
+        text, traces, at = head, [], 0
     else:
         end = text.find(CLOSE)
         if end < 0 or OPEN in text[:end] or _in_json(text, end):
             return None, text
-        trace, answer = text[:end], text[end + len(CLOSE) :]
-    traces = [trace.strip()]
-    while answer.lstrip().startswith(OPEN):
-        more, answer, closed = _block(answer.lstrip()[len(OPEN) :])
-        traces.append(more.strip())
-        if not closed:
-            answer = ""
-    return "\n\n".join(t for t in traces if t), answer.strip()
+        traces, at = [text[:end].strip()], end + len(CLOSE)
+    at, closed = _blocks(text, at, traces)
+    if not closed:
+        return "\n\n".join(t for t in traces if t), ""
+    return "\n\n".join(t for t in traces if t), text[at:].strip()
 
 
 _TAG = re.compile(r"<(/?)think>")
+_BLANK = re.compile(r"\s*")
 
 
-def _block(body: str) -> tuple[str, str, bool]:
-    """(trace, rest, closed) of the text after an opening `<think>`: the trace ends at the `</think>`
-    that balances it (a nested block is part of the trace), else, when none does (a trace that writes
-    the tag as a word), at the first `</think>`; unclosed without one."""
-    depth = 1
-    for tag in _TAG.finditer(body):
-        depth += -1 if tag.group(1) else 1
-        if depth == 0:
-            return body[: tag.start()], body[tag.end() :], True
-    trace, closed, rest = body.partition(CLOSE)
-    return trace, rest, bool(closed)
+def _blocks(text: str, at: int, traces: list[str]) -> tuple[int, bool]:
+    """Take the `<think>` blocks that follow one another from offset `at` of `text` (whitespace between
+    them) into `traces`; returns where the answer starts and False when the last block never closes.
+
+    A block ends at the `</think>` that balances it (a nested block is part of its trace), else, when
+    none does (a trace that writes the tag as a word), at the first `</think>` after it. Every tag is
+    found and matched in one pass (a stack), and the blocks are cut by offset: taking each block off a
+    copy of the rest was quadratic, 42 s on 3.2 MB of repeated blocks a hostile teacher may send."""
+    tags = [(m.start(), m.end(), bool(m.group(1))) for m in _TAG.finditer(text, at)]
+    balancing = [-1] * len(tags)  # for an opening tag, the index of the closing tag that balances it
+    opened: list[int] = []
+    for i, (_, _, closing) in enumerate(tags):
+        if not closing:
+            opened.append(i)
+        elif opened:
+            balancing[opened.pop()] = i
+    first_close = [-1] * len(tags)  # for a tag, the index of the first closing tag after it
+    after = -1
+    for i in range(len(tags) - 1, -1, -1):
+        first_close[i] = after
+        if tags[i][2]:
+            after = i
+    i = 0
+    while i < len(tags) and not tags[i][2] and _BLANK.match(text, at).end() == tags[i][0]:
+        close = balancing[i] if balancing[i] >= 0 else first_close[i]
+        if close < 0:  # never closed: the rest is trace
+            traces.append(text[tags[i][1] :].strip())
+            return len(text), False
+        traces.append(text[tags[i][1] : tags[close][0]].strip())
+        at, i = tags[close][1], close + 1
+    return at, True
 
 
 _FENCED = re.compile(r"```(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL)  # as gen.validate finds one
