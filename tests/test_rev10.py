@@ -1,0 +1,52 @@
+"""Hostile review of the issue 14 acceptance fixes (rev10): each test here failed on the code it names."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _prompt(tmp_path: Path, *, head: str = "", verify: str = "", sampling: str = "") -> Path:
+    (tmp_path / "seeds.jsonl").write_text(
+        "".join(json.dumps({"q": f"What is {n} + {n}?", "answer": str(2 * n)}) + "\n" for n in range(4))
+    )
+    path = tmp_path / "p.toml"
+    path.write_text(
+        f'{head}name = "rev"\nversion = "1"\nintended_use = "research"\nsamples = 1\nmax_attempts = 1\n'
+        '[teacher]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "gen-sim-1"\n'
+        'license = "apache-2.0"\n'
+        f"[sampling]\n{sampling}\n"
+        '[messages]\nuser = "{{ q }}"\n'
+        '[seed]\npath = "seeds.jsonl"\n'
+        f"{'[verify]' if verify else ''}\n{verify}\n"
+    )
+    return path
+
+
+def _run(tmp_path: Path, prompt: Path, sim, out: str = "o") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gen", "run", str(prompt), "--base-url", sim.base_url, "--output", out,
+         "--no-progress"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_logprobs_of_an_empty_inline_think_block_are_not_kept(tmp_path: Path, sim_server) -> None:
+    # Qwen3 with thinking off, served without a reasoning parser, opens every reply with an empty
+    # "<think>\n\n</think>\n\n" and sends logprobs for those tokens too. The block is taken out of the
+    # answer (a blank trace is none), but the logprobs were trimmed only when a trace was found: the
+    # column held the tags' tokens, misaligned with `response`.
+    from helpers import rows_in
+
+    sim = sim_server(reasoning="think-tags", reasoning_text="")
+    prompt = _prompt(tmp_path, sampling="logprobs = 2")
+    proc = _run(tmp_path, prompt, sim)
+    assert proc.returncode == 0, proc.stderr
+    rows = rows_in(tmp_path / "o")
+    assert len(rows) == 4
+    for r in rows:
+        assert r["reasoning"] is None and "think>" not in r["response"]
+        tokens = "".join(t["token"] for t in r["logprobs"])
+        assert "think>" not in tokens and tokens.strip() == r["response"], tokens[:80]
