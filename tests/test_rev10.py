@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from gen.shards import ShardWriter, parquet_rows, row_problem
 
 
 def _prompt(tmp_path: Path, *, head: str = "", verify: str = "", sampling: str = "") -> Path:
@@ -50,3 +55,31 @@ def test_logprobs_of_an_empty_inline_think_block_are_not_kept(tmp_path: Path, si
         assert r["reasoning"] is None and "think>" not in r["response"]
         tokens = "".join(t["token"] for t in r["logprobs"])
         assert "think>" not in tokens and tokens.strip() == r["response"], tokens[:80]
+
+
+@pytest.mark.parametrize(
+    "logprobs",
+    [
+        [{"token": "4", "logprob": -0.1, "top": None}],  # no alternatives: a null list
+        [{"token": "4", "logprob": -0.1}],  # no `top` at all
+        [None, {"token": "4", "logprob": -0.1, "top": [{"token": "5", "logprob": -2.0}]}],
+    ],
+)
+def test_a_row_the_row_check_passes_is_written_whatever_its_logprobs_shape(tmp_path: Path, logprobs) -> None:
+    # row_problem's contract: a row that passes never fails the Parquet write. The journal is read as
+    # untrusted and its rows pass through row_problem on resume; the logprob count added to the shard
+    # writer's bound read t["top"] of each entry, so a null `top` (or entry) that the check passes and
+    # Arrow stores raised in ShardWriter.add (TypeError, KeyError) and stopped the resume.
+    from test_reasoning_dedup import rows_in_one
+
+    row = {**rows_in_one(tmp_path), "logprobs": logprobs}
+    assert row_problem("train", row) is None
+
+    async def go() -> None:
+        writer = ShardWriter(tmp_path / "w")
+        writer.add("train", row)
+        await writer.close()
+
+    asyncio.run(go())
+    ((back),) = [r for shard in (tmp_path / "w" / "data").rglob("*.parquet") for r in parquet_rows(shard)]
+    assert len(back["logprobs"]) == len(logprobs)
