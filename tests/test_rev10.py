@@ -83,3 +83,57 @@ def test_a_row_the_row_check_passes_is_written_whatever_its_logprobs_shape(tmp_p
     asyncio.run(go())
     ((back),) = [r for shard in (tmp_path / "w" / "data").rglob("*.parquet") for r in parquet_rows(shard)]
     assert len(back["logprobs"]) == len(logprobs)
+
+
+_PYDANTIC = """
+from pydantic import BaseModel, Field
+
+
+class Out(BaseModel):
+    working: str
+    answer: int = Field(alias="Answer")
+"""
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # a pydantic model with an alias: the schema lists "Answer", the validated output (model_dump_json)
+        # holds "answer", the name `field` must give
+        "pydantic",
+        # properties given in part by allOf beside `properties`
+        {
+            "type": "object",
+            "properties": {"working": {"type": "string"}},
+            "allOf": [{"properties": {"answer": {"type": "integer"}}}],
+        },
+        # properties the schema allows beyond those it lists
+        {"type": "object", "properties": {"working": {"type": "string"}}, "additionalProperties": True},
+        {"type": "object", "properties": {"working": {}}, "patternProperties": {"^ans": {"type": "integer"}}},
+    ],
+    ids=["pydantic-alias", "allOf", "additionalProperties", "patternProperties"],
+)
+def test_a_field_the_output_can_have_is_not_refused(tmp_path: Path, sim_server, schema) -> None:
+    # The [verify] field check (a typo is one line before any request) read the schema's `properties`
+    # alone: a field the output does hold, named by a prompt file that ran before, was refused (exit 2).
+    if schema == "pydantic":
+        (tmp_path / "m.py").write_text(_PYDANTIC)
+        ref = "m.py:Out"
+    else:
+        (tmp_path / "s.json").write_text(json.dumps(schema))
+        ref = "s.json"
+    prompt = _prompt(
+        tmp_path,
+        head=f'schema = "{ref}"\n',
+        verify='reference = "{{ answer }}"\nmethod = "json-field"\nfield = "answer"',
+    )
+    sim = sim_server()
+    proc = _run(tmp_path, prompt, sim)
+    assert proc.returncode != 2 and "[verify]" not in proc.stderr, proc.stderr
+    assert sim.stats()["requests"] > 0
+    if schema == "pydantic":  # the output holds the field under the name `field` gives
+        from helpers import rows_in
+
+        rejects = rows_in(tmp_path / "o", "rejects") if (tmp_path / "o" / "rejects").exists() else []
+        decided = rows_in(tmp_path / "o") + rejects
+        assert len(decided) == 4 and not [r for r in rejects if "no field" in (r["error"] or "")]
