@@ -58,6 +58,7 @@ def take_inline_trace(comp: Completion) -> None:
     the trace came."""
     if comp.reasoning is not None and (not comp.reasoning or comp.reasoning.isspace()):
         comp.reasoning = None  # isspace, not strip: a trace ending in a newline is not copied to ask
+    sent = comp.text
     if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
         comp.reasoning, comp.text = split_think(comp.text)
         if not comp.reasoning:  # split_think strips the trace it takes
@@ -66,7 +67,8 @@ def take_inline_trace(comp: Completion) -> None:
         inline, comp.text = split_think(comp.text)
         if inline and inline != comp.reasoning.strip():
             comp.reasoning = f"{comp.reasoning}\n\n{inline}"
-    if comp.logprobs and comp.reasoning is not None:
+    # A blank block taken out leaves no trace, but its tokens head the logprobs all the same.
+    if comp.logprobs and (comp.reasoning is not None or comp.text != sent):
         comp.logprobs = answer_logprobs(comp.logprobs, comp.text)
 
 

@@ -722,9 +722,10 @@ _MAX_UNCONVERTED = 200_000  # logprob entries a split keeps as Python dicts (~50
 
 
 def _logprob_entries(row: dict[str, Any]) -> int:
-    """The tokens and alternatives of a row's `logprobs` (0 without)."""
+    """The tokens and alternatives of a row's `logprobs` (0 without). Any shape row_problem passes: a
+    null entry or `top` (a journal row is untrusted) counts as none."""
     logprobs = row.get("logprobs")
-    return sum(1 + len(t["top"]) for t in logprobs) if logprobs else 0
+    return sum(1 + len((t or {}).get("top") or ()) for t in logprobs) if logprobs else 0
 
 
 def _trace_chars(row: dict[str, Any]) -> int:

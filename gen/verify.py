@@ -90,7 +90,9 @@ class Verifier:
                 where, "[verify] field names a field of the output, but the prompt file has no schema"
             )
         if spec.field and schema is not None:
-            _check_field(spec.field, schema.json_schema, where)  # a typo: every answer paid for, then failed
+            _check_field(
+                spec.field, _output_schema(schema), where
+            )  # a typo: every answer paid for, then failed
         available = set(expansion.variables) | (set(expansion.seed.columns) if expansion.seed else set())
         try:
             ast = expansion.env.parse(spec.reference)
@@ -212,14 +214,35 @@ def _none_as_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _output_schema(schema: Schema) -> dict[str, Any]:
+    """The JSON Schema of the validated output `field` is read from: a pydantic model's output is its
+    model_dump_json, with field names (not aliases, unless serialize_by_alias) and computed fields."""
+    if schema.model is None:
+        return schema.json_schema
+    by_alias = bool(schema.model.model_config.get("serialize_by_alias", False))
+    try:
+        return schema.model.model_json_schema(mode="serialization", by_alias=by_alias)
+    except Exception:  # the user's model: then nothing is checked
+        return {}
+
+
+# Keywords that let an object hold properties its `properties` does not list (with a truthy value).
+_MORE_PROPERTIES = (
+    "additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf", "oneOf",
+    "$ref", "$dynamicRef", "if", "dependentSchemas", "dependencies",
+)  # fmt: skip
+
+
 def _check_field(field: str, json_schema: dict[str, Any], where: Any) -> None:
     """ConfigError when the schema lists an object's properties and `field` (dotted) names one it does
-    not list; a level the schema does not describe that simply (no `properties`: $ref, anyOf, ...)
-    is not checked further."""
+    not list; a level the schema does not describe that simply (no `properties`, or a keyword that
+    allows others: additionalProperties, allOf, $ref, ...) is not checked further."""
     level: Any = json_schema
     for i, part in enumerate(field.split(".")):
         properties = level.get("properties") if isinstance(level, dict) else None
         if not isinstance(properties, dict) or not properties:
+            return
+        if any(level.get(k) not in (None, False) for k in _MORE_PROPERTIES):
             return
         if part not in properties:
             known = ", ".join(properties)
