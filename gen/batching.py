@@ -35,6 +35,7 @@ from gen.teachers import providers
 from gen.teachers.batch import BatchClient, BatchResult, BatchState, custom_id
 from gen.templates import Task
 from gen.validate import check, repair_messages
+from gen.verify import VERIFICATION_FAILED
 
 if TYPE_CHECKING:
     from gen.pipeline import Run
@@ -320,6 +321,19 @@ class BatchDriver:
                     break
                 if req.task.messages is None:  # a template that did not render: decided here
                     await self._decide_reject(req, "render_error", req.task.render_error or "", None, (0, 0))
+                    continue
+                verifier = self.run.verifier
+                unusable = verifier.unusable(req.task.vars_json) if verifier is not None else None
+                if unusable is not None:  # a reference no answer could pass: decided here, unasked
+                    await self._decide_reject(
+                        req,
+                        VERIFICATION_FAILED,
+                        unusable.error or "",
+                        None,
+                        (0, 0),
+                        reference=unusable.reference,
+                        asked=False,
+                    )
                     continue
                 messages = req.messages or req.task.messages
                 cost = (estimate_tokens(messages, 0), self.run._max_completion)
@@ -658,9 +672,15 @@ class BatchDriver:
         reasoning: str | None = None,
         *,
         online: bool = False,
+        reference: str | None = None,
+        asked: bool = True,
     ) -> None:
+        """`asked=False`: decided before its first request left (its attempts are 0)."""
         self.answered.add(id_key(req.task.id))
-        row = self.run._reject_row(req.task, reason, error, response, req.attempt, reasoning=reasoning)
+        attempts = req.attempt if asked else 0
+        row = self.run._reject_row(
+            req.task, reason, error, response, attempts, reference=reference, reasoning=reasoning
+        )
         await self.run._finish(req.task, "rejects", row, usage, online=online)
         self.run.stats.tasks += 1
         self.progress.tick()

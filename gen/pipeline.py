@@ -765,6 +765,8 @@ class Run:
         first = group[0]
         full = len(group) == self.p.expansion.samples and first.messages is not None
         tries = self.max_samples if full else len(group)  # a --limit that cut the input: no tries beyond
+        if full and self.verifier is not None and self.verifier.unusable(first.vars_json) is not None:
+            tries = len(group)  # its reference passes no answer: each listed sample is a reject, unasked
         want, kept, ticked = len(group), 0, 0
         for sample in range(tries):
             if kept >= want or self.stop_reason is not None:
@@ -903,6 +905,13 @@ class Run:
             await self._finish(
                 task, "rejects", self._reject_row(task, "render_error", task.render_error or "", None, 0)
             )
+            return False
+        unusable = self.verifier.unusable(task.vars_json) if self.verifier is not None else None
+        if unusable is not None:  # no answer could pass: not asked, not paid for
+            row = self._reject_row(
+                task, VERIFICATION_FAILED, unusable.error or "", None, 0, unusable.reference
+            )
+            await self._finish(task, "rejects", row)
             return False
         asked = await asking.ask(self, task, key, teacher)
         if asked is None:

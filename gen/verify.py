@@ -152,16 +152,26 @@ class Verifier:
     def reference(self, vars_json: str) -> str:
         return self._reference.render(orjson.loads(vars_json))
 
-    def check(self, text: str, output_json: str | None, vars_json: str) -> Outcome:
-        """Decide one answer: `text` the answer's text, `output_json` the validated output (or None),
-        `vars_json` the input variables. Never raises: a reference that does not render or a verifier
-        that raises is a failed answer, with the error."""
+    def unusable(self, vars_json: str) -> Outcome | None:
+        """The failed outcome of every answer to an input whose reference cannot check any (it does not
+        render, or it is empty and no `python` function, which may not need one, decides), else None:
+        such an input is a reject before any request is paid for (gen.pipeline, gen.batching)."""
         try:
             reference = self.reference(vars_json)
         except Exception as e:
             return Outcome(False, None, f"the reference did not render: {type(e).__name__}: {e}")
-        if not reference.strip() and self._python is None:  # the user's function may not need one
+        if not reference.strip() and self._python is None:
             return Outcome(False, reference, EMPTY_REFERENCE)
+        return None
+
+    def check(self, text: str, output_json: str | None, vars_json: str) -> Outcome:
+        """Decide one answer: `text` the answer's text, `output_json` the validated output (or None),
+        `vars_json` the input variables. Never raises: a reference that does not render or a verifier
+        that raises is a failed answer, with the error."""
+        failed = self.unusable(vars_json)
+        if failed is not None:
+            return failed
+        reference = self.reference(vars_json)
         try:
             value = _answer(text, output_json, self.spec.field)
             if self._python is not None:
