@@ -41,16 +41,8 @@ def _gen(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.Complet
 
 def _refused(tmp_path: Path, prompt: Path, sim, *needles: str) -> None:
     """One line naming the prompt file and the problem, exit 2, and no request reached the teacher."""
-    proc = _gen(
-        tmp_path,
-        "run",
-        str(prompt),
-        "--base-url",
-        sim.base_url,
-        "--output",
-        str(tmp_path / "o"),
-        "--no-progress",
-    )
+    args = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(tmp_path / "o"), "--no-progress"]
+    proc = _gen(tmp_path, *args)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert str(prompt.name) in lines[0] and all(n in lines[0] for n in needles), lines[0]
