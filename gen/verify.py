@@ -89,10 +89,8 @@ class Verifier:
             raise ConfigError(
                 where, "[verify] field names a field of the output, but the prompt file has no schema"
             )
-        if spec.field and schema is not None:
-            _check_field(
-                spec.field, _output_schema(schema), where
-            )  # a typo: every answer paid for, then failed
+        if spec.field and schema is not None:  # a typo: every answer paid for, then failed
+            _check_field(spec.field, _output_schema(schema), where)
         available = set(expansion.variables) | (set(expansion.seed.columns) if expansion.seed else set())
         try:
             ast = expansion.env.parse(spec.reference)
@@ -156,22 +154,26 @@ class Verifier:
         """The failed outcome of every answer to an input whose reference cannot check any (it does not
         render, or it is empty and no `python` function, which may not need one, decides), else None:
         such an input is a reject before any request is paid for (gen.pipeline, gen.batching)."""
+        usable = self._usable_reference(vars_json)
+        return usable if isinstance(usable, Outcome) else None
+
+    def _usable_reference(self, vars_json: str) -> str | Outcome:
+        """The rendered reference, or the failed outcome `unusable` gives (one render for both)."""
         try:
             reference = self.reference(vars_json)
         except Exception as e:
             return Outcome(False, None, f"the reference did not render: {type(e).__name__}: {e}")
         if not reference.strip() and self._python is None:
             return Outcome(False, reference, EMPTY_REFERENCE)
-        return None
+        return reference
 
     def check(self, text: str, output_json: str | None, vars_json: str) -> Outcome:
         """Decide one answer: `text` the answer's text, `output_json` the validated output (or None),
         `vars_json` the input variables. Never raises: a reference that does not render or a verifier
         that raises is a failed answer, with the error."""
-        failed = self.unusable(vars_json)
-        if failed is not None:
-            return failed
-        reference = self.reference(vars_json)
+        reference = self._usable_reference(vars_json)
+        if isinstance(reference, Outcome):
+            return reference
         try:
             value = _answer(text, output_json, self.spec.field)
             if self._python is not None:
