@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gen.errors import FatalTeacherError, TeacherError, leaks_secret, redact
 from gen.ledger import Usage, id_key
 from gen.limits import LimitedTeacher, estimate_tokens
-from gen.reasoning import CLOSE, OPEN, answer_logprobs, estimated_tokens, split_think
+from gen.reasoning import CLOSE, OPEN, answer_logprobs, blank, estimated_tokens, split_think
 from gen.retry import with_retries
 from gen.rows import COLUMNS
 from gen.teachers.base import Completion
@@ -56,8 +56,8 @@ def take_inline_trace(comp: Completion) -> None:
     whitespace-only field or thinking block) is none: `reasoning` is null when the teacher gave no
     trace. The logprobs keep the answer's tokens only (gen.reasoning.answer_logprobs), whichever way
     the trace came."""
-    if comp.reasoning is not None and (not comp.reasoning or comp.reasoning.isspace()):
-        comp.reasoning = None  # isspace, not strip: a trace ending in a newline is not copied to ask
+    if blank(comp.reasoning):
+        comp.reasoning = None
     sent = comp.text
     if comp.reasoning is None and (CLOSE in comp.text or comp.text[:64].lstrip().startswith(OPEN)):
         comp.reasoning, comp.text = split_think(comp.text)

@@ -72,9 +72,7 @@ def split_think(text: str) -> tuple[str | None, str]:
             return None, text
         traces, at = [text[:end].strip()], end + len(CLOSE)
     at, closed = _blocks(text, at, traces)
-    if not closed:
-        return "\n\n".join(t for t in traces if t), ""
-    return "\n\n".join(t for t in traces if t), text[at:].strip()
+    return "\n\n".join(t for t in traces if t), text[at:].strip() if closed else ""
 
 
 _TAG = re.compile(r"<(/?)think>")
@@ -328,6 +326,12 @@ def estimated_tokens(reasoning: str | None) -> int:
     return len(reasoning) // 4 if reasoning else 0
 
 
+def blank(trace: str | None) -> bool:
+    """Whether a trace is none: missing, empty or whitespace only (an empty `<think></think>`, as Qwen3
+    gives with thinking off). isspace, not strip: a trace ending in a newline is not copied to ask."""
+    return not trace or trace.isspace()
+
+
 def answer_logprobs(logprobs: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
     """The entries of `logprobs` (compact_logprobs's) that spell `answer`, from the token its last
     occurrence starts in: a teacher that thinks inline (or a server that gives logprobs for every token
@@ -375,6 +379,7 @@ __all__ = [
     "ReasoningFormat",
     "answer_logprobs",
     "assistant_message",
+    "blank",
     "compact_logprobs",
     "estimated_tokens",
     "split_think",

@@ -21,6 +21,7 @@ from pydantic import Discriminator, Tag, TypeAdapter, ValidationError, with_conf
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from gen.errors import TeacherError
+from gen.reasoning import blank
 from gen.schema import Schema
 from gen.teachers.base import Completion
 from gen.teachers.http import (
@@ -259,7 +260,7 @@ class AnthropicMessages(HTTPClient):
         thinking = [
             block["thinking"]
             for block in reply["content"]
-            if block["type"] == "thinking" and block["thinking"].strip()  # a blank block is no trace
+            if block["type"] == "thinking" and not blank(block["thinking"])  # a blank block is no trace
         ]
         return Completion(
             text=self._text(reply["content"]),

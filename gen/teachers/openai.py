@@ -9,7 +9,7 @@ import orjson
 from pydantic import Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from gen.reasoning import compact_logprobs
+from gen.reasoning import blank, compact_logprobs
 from gen.schema import Schema
 from gen.teachers.base import Completion
 from gen.teachers.http import (
@@ -201,7 +201,8 @@ def _completion(reply: _ChatCompletion, headers: Mapping[str, str], k: int | Non
     details = usage.get("completion_tokens_details") or {}
     # An empty field is no trace: a server with a parser says "" or null for a plain answer; a blank one
     # does not hide the other field.
-    reasoning = _trace(message.get("reasoning_content")) or _trace(message.get("reasoning"))
+    content, other = message.get("reasoning_content"), message.get("reasoning")
+    reasoning = content if not blank(content) else other if not blank(other) else None
     # Reported thinking without a trace is kept (OpenAI's o-series reason unseen), but not the 0 that
     # plain models report.
     reported = details.get("reasoning_tokens")
@@ -218,8 +219,3 @@ def _completion(reply: _ChatCompletion, headers: Mapping[str, str], k: int | Non
         reasoning_tokens=reasoning_tokens,
         logprobs=compact_logprobs((choice.get("logprobs") or {}).get("content"), k) if k else None,
     )
-
-
-def _trace(field: str | None) -> str | None:
-    """A reasoning field's trace: None for a missing, empty or whitespace-only one."""
-    return field if field and not field.isspace() else None
