@@ -878,12 +878,9 @@ def _limit_malloc_arenas() -> None:
     writer, the seed counter) then hold memory the main thread freed. Two arenas keep RSS flat at no
     measurable cost. Must run before any thread starts; does nothing off glibc."""
     if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
-        try:
-            import ctypes
+        from gen.prctl import M_ARENA_MAX, mallopt
 
-            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
-        except (ImportError, OSError, AttributeError):  # ImportError: a Python built without _ctypes
-            pass
+        mallopt(M_ARENA_MAX, 2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -569,12 +569,9 @@ def _large_allocations_to_mmap() -> None:
     freed. By default its threshold rises to 32 MiB as large blocks are freed, and the band table's merges
     (new runs of a few MB, the old ones freed) then fragment the heap: RSS measured about twice the
     index's own bytes. No-op where there is no glibc."""
-    try:
-        import ctypes
+    from gen.prctl import M_MMAP_THRESHOLD, mallopt
 
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (ImportError, OSError, AttributeError):  # ImportError: a Python without _ctypes
-        pass
+    mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
 
 @contextlib.contextmanager
