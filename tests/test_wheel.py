@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from importlib.metadata import version
 from pathlib import Path
@@ -71,6 +72,15 @@ def test_the_wheel_installs_and_runs_the_quickstart_outside_the_checkout(tmp_pat
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=tmp_path, env=env)
     py = venv / "bin" / "python"
+    # Run from a venv (pip install -e in a venv, as the README allows), the dependencies are in that venv's
+    # site-packages, which --system-site-packages does not see (it means the base interpreter's): a .pth
+    # line puts them on the new venv's path, after its own site-packages. Their .pth files (the editable
+    # gen's finder among them) are not run, since the directory is added as a path, not as a site dir.
+    if sys.prefix != sys.base_prefix:
+        own = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+        ask = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        site_dir = Path(_run([str(py), "-c", ask], cwd=tmp_path, env=env).stdout.strip())
+        (site_dir / "_parent_venv.pth").write_text("".join(f"{d}\n" for d in own))
     # --ignore-installed: the editable gen in the system site-packages would otherwise "satisfy" it.
     _run(
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)],
