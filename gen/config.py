@@ -10,7 +10,7 @@ import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -112,6 +112,27 @@ class VerifySpec(_Strict):
     timeout_s: float = Field(default=5.0, gt=0)  # `python`: seconds one call may take; then the answer fails
 
 
+class _KnownSampling(BaseModel):
+    """The [sampling] keys every teacher API (OpenAI-compatible, vLLM, Anthropic) knows, with the types and
+    ranges they take. A value outside them is refused by the teacher with a 400 on every request, so it is
+    refused here, before any. Other keys (a server's own) pass through unchecked; `logprobs` and
+    `thinking_budget` are checked with the teacher (gen.prepare.reasoning_settings)."""
+
+    # strict: a float takes a TOML integer or float, never a bool or a string
+    model_config = ConfigDict(extra="allow", strict=True)
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM: -1 (or 0) for all tokens
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    stop: str | list[str] | None = None
+
+
 class PromptSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str
@@ -140,6 +161,23 @@ class PromptSpec(_Strict):
     @classmethod
     def _version_as_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int | float) else v
+
+    @field_validator("sampling", mode="after")
+    @classmethod
+    def _known_sampling_types(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # Checked, not converted: the dict stays as written (an integer temperature stays an integer): it
+        # is sent as it is and recorded in every row's `sampling` and in the run's fingerprint.
+        try:
+            _KnownSampling.model_validate(v)
+        except ValidationError as e:
+            errors = e.errors()
+            key = errors[0]["loc"][0]
+            # A union (`stop`) fails once per branch: one line says what each branch wanted.
+            wanted = dict.fromkeys(
+                x["msg"].removeprefix("Input should be ") for x in errors if x["loc"][0] == key
+            )
+            raise ValueError(f"sampling.{key} = {v[key]!r}: should be {' or '.join(wanted)}") from None
+        return v
 
     @field_validator("variables")
     @classmethod
@@ -174,6 +212,8 @@ def _describe(err: ValidationError) -> str:
         return f"unknown key {loc!r}"
     if first["type"] == "missing":
         return f"missing key {loc!r}"
+    if first["type"] == "value_error":  # a validator's own message, which names what it checked
+        return str(first["ctx"]["error"])
     return f"{loc}: {first['msg']}"
 
 
