@@ -120,7 +120,7 @@ class _KnownSampling(BaseModel):
 
     # strict: a float takes a TOML integer or float, never a bool or a string
     model_config = ConfigDict(extra="allow", strict=True)
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    temperature: Annotated[float, Field(ge=0)] | None = None  # OpenAI takes up to 2, vLLM more
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM: -1 (or 0) for all tokens

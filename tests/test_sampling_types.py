@@ -39,7 +39,6 @@ def _run(tmp_path: Path, prompt: Path, sim) -> subprocess.CompletedProcess[str]:
         ("temperature = true", "temperature"),
         ('temperature = "0.7"', "temperature"),
         ("temperature = -0.5", "temperature"),
-        ("temperature = 7", "temperature"),
         ("top_p = 1.5", "top_p"),
         ("max_tokens = true", "max_tokens"),
         ('max_tokens = "256"', "max_tokens"),
