@@ -207,9 +207,9 @@ class Verifier:
             raise _Fail(f"answer {_quote(got)} is not the reference {_quote(reference)}")
 
     def _numeric(self, value: Any, reference: str) -> None:
-        ref = _number(_final(reference))
+        ref = _only_number(_final(reference))
         if ref is None:
-            raise _Fail(f"the reference {_quote(reference)} is not a number")
+            raise _Fail(f"the reference {_quote(reference)} is not a number (method math compares expressions)")
         got = _number(_final(_as_text(value)))
         if got is None:
             raise _Fail(f"the answer holds no number (reference {_quote(reference)})")
@@ -394,6 +394,13 @@ def _number(text: str) -> float | None:
     except (ValueError, ZeroDivisionError, OverflowError):
         return None
     return value if math.isfinite(value) else None
+
+
+def _only_number(text: str) -> float | None:
+    """`text` as one number (`42`, `+5`, `1,234.5`, `7/2`, `\\frac{7}{2}`, `$-3e2$`), else None: a reference
+    such as `9\\pi`, `5\\sqrt{2}` or `\\{2, 3\\}` is not its last number, which would pass 9, `3\\sqrt{2}`, 3."""
+    bare = _LATEX_FRACTION.sub(r"\1/\2", text).strip().strip("$").strip().removeprefix("+")
+    return _number(bare) if _NUMBER.fullmatch(bare) else None
 
 
 _GROUPED = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
