@@ -209,7 +209,7 @@ class Verifier:
     def _numeric(self, value: Any, reference: str) -> None:
         ref = _only_number(_final(reference))
         if ref is None:
-            raise _Fail(f"the reference {_quote(reference)} is not a number (method math compares expressions)")
+            raise _Fail(f"the reference {_quote(reference)} is not a number (math compares expressions)")
         got = _number(_final(_as_text(value)))
         if got is None:
             raise _Fail(f"the answer holds no number (reference {_quote(reference)})")
@@ -397,8 +397,9 @@ def _number(text: str) -> float | None:
 
 
 def _only_number(text: str) -> float | None:
-    """`text` as one number (`42`, `+5`, `1,234.5`, `7/2`, `\\frac{7}{2}`, `$-3e2$`), else None: a reference
-    such as `9\\pi`, `5\\sqrt{2}` or `\\{2, 3\\}` is not its last number, which would pass 9, `3\\sqrt{2}`, 3."""
+    """`text` as one number (`42`, `+5`, `1,234.5`, `7/2`, `\\frac{7}{2}`, `$-3e2$`), else None: a
+    reference such as `9\\pi`, `5\\sqrt{2}` or `\\{2, 3\\}` is not its last number (that would pass 9,
+    `3\\sqrt{2}`, 3)."""
     bare = _LATEX_FRACTION.sub(r"\1/\2", text).strip().strip("$").strip().removeprefix("+")
     return _number(bare) if _NUMBER.fullmatch(bare) else None
 
