@@ -74,7 +74,12 @@ class Plan:
             f"gen plan: {self.prompt_file} -> {self.output} ({self.provider}, {self.model})",
             f"tasks          {t['total']:,} ({t['inputs']:,} inputs x {t['samples']} samples"
             + (f", --limit {t['limit']:,}" if t["limit"] else "")
-            + f"); {t['done']:,} already done, {t['remaining']:,} to run",
+            + f"); {t['done']:,} already done, {t['remaining']:,} to run"
+            + (
+                f"; up to {t['max_tries']:,} tries ([verify] max_samples = {t['max_samples']})"
+                if t["max_samples"]
+                else ""
+            ),
             f"input tokens   ~{i['per_task']:,.0f} a task, ~{i['total']:,.0f} in all "
             f"({i['sampled_tasks']} inputs rendered)",
             f"               method: {i['method']}",
@@ -152,6 +157,10 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
     pilot_info = _pilot(prompt_path, opts, pilot, p) if pilot else None
     done = _done(p.out_dir)
     remaining = max(total - done, 0)
+    # Rejection sampling asks an input up to max_samples times, not `samples`: the bounds count every try.
+    max_samples = spec.verify.max_samples if spec.verify is not None else None
+    max_tries = -(-total // e.samples) * max_samples if max_samples and e.samples else total
+    tries_left = max(max_tries - done, 0)
     sizes = [estimate_tokens(m) for m in messages]
     per_task_in = statistics.fmean(sizes) if sizes else 0.0
     caching = _caching(p, e, messages, remaining)
@@ -167,6 +176,8 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
             "limit": opts.limit,
             "done": done,
             "remaining": remaining,
+            "max_samples": max_samples,
+            "max_tries": max_tries,
         },
         input_tokens={
             "per_task": round(per_task_in, 1),
@@ -180,7 +191,7 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
         },
         output_tokens={
             "max_per_task": max_out,
-            "bound_total": max_out * remaining,
+            "bound_total": max_out * tries_left,
             "typical_per_task": None,
             "typical_total": None,
         },
@@ -190,7 +201,7 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
         time_s={},
         pilot=pilot_info,
     )
-    _costs(plan, p.price, per_task_in, max_out, remaining, caching, pilot_info)
+    _costs(plan, p.price, per_task_in, max_out, remaining, caching, pilot_info, tries_left)
     _times(plan, p, remaining, per_task_in, max_out, pilot_info)
     if e.seed is not None:
         plan.notes.append(f"tokens estimated on the seed table's first {len(sizes)} rows")
@@ -303,6 +314,7 @@ def _costs(
     remaining: int,
     caching: dict[str, Any],
     pilot: dict[str, Any] | None,
+    tries_left: int,
 ) -> None:
     if price is None:
         return
@@ -318,9 +330,11 @@ def _costs(
         half: float | None = Z95 * pilot["cost_sd_per_task"] / math.sqrt(max(pilot["rows"], 1)) * remaining
         online = price.cost(round(n_in), round(n_out))
     else:
-        n_in, n_out = per_task_in * remaining, max_out * remaining
+        n_in, n_out = per_task_in * tries_left, max_out * tries_left
         cached, written = caching["cached_tokens"], caching["cache_write_tokens"]
         basis = "estimated input tokens and the max_tokens bound on output: an upper bound on output cost"
+        if tries_left != remaining:
+            basis += ", every try max_samples allows counted"
         online = price.cost(round(n_in), n_out)
         half = None
     with_cache = price.cost(round(n_in), round(n_out), round(cached), round(written))
