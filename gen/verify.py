@@ -516,14 +516,16 @@ def sim_answers(expansion: Expansion, variable: str) -> dict[str, str]:
     of its `variable`, so the simulated teacher can answer with it (and `wrong_share` of times not)."""
     from gen.sim.answers import prompt_key
 
+    known = set(expansion.variables) | (set(expansion.seed.columns) if expansion.seed else set())
+    if variable not in known:
+        raise ConfigError(expansion.prompt.path, f"[sim] answer_from: unknown variable {variable!r}")
     table: dict[str, str] = {}
     for task in expansion.tasks():
         if task.sample or task.messages is None:
             continue
         variables = orjson.loads(task.vars_json)
-        if variable not in variables:
-            raise ConfigError(expansion.prompt.path, f"[sim] answer_from: unknown variable {variable!r}")
-        table[prompt_key(task.messages)] = _as_text(variables[variable])
+        if variable in variables:  # a seed row without it has no reference: [verify] rejects that input
+            table[prompt_key(task.messages)] = _as_text(variables[variable])
     return table
 
 

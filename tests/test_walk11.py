@@ -15,11 +15,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import rows_in
 
 from gen import RunOptions, run
-from gen.config import RunOptions as Opts
+from gen.config import load_prompt_file
+from gen.errors import ConfigError
 from gen.plan import make_plan
+from gen.templates import Expansion
+from gen.verify import sim_answers
 
 
 def _prompt(
@@ -108,7 +112,7 @@ def test_plan_bounds_output_with_every_try_max_samples_allows(tmp_path: Path) ->
         verify='reference = "{{ answer }}"\nmethod = "exact"\nmax_samples = 4',
         sampling="max_tokens = 100",
     )
-    plan = make_plan(prompt, Opts(output=tmp_path / "o", progress=False))
+    plan = make_plan(prompt, RunOptions(output=tmp_path / "o", progress=False))
     assert plan.tasks["total"] == 10
     assert plan.tasks["max_tries"] == 40
     assert plan.output_tokens["bound_total"] == 40 * 100
@@ -125,19 +129,9 @@ def test_sim_answer_from_takes_a_seed_row_without_the_column_as_verify_does(tmp_
 
 
 def test_a_sim_answer_from_no_input_has_is_still_refused(tmp_path: Path) -> None:
-    from gen.errors import ConfigError
-    from gen.verify import sim_answers
-
-    prompt = _prompt(tmp_path, ["1", "2"], sim="")
-    from gen.config import load_prompt_file
-    from gen.templates import Expansion
-
-    try:
+    prompt = _prompt(tmp_path, ["1", "2"])
+    with pytest.raises(ConfigError, match="answr"):
         sim_answers(Expansion(load_prompt_file(prompt), None), "answr")
-    except ConfigError as e:
-        assert "answr" in str(e)
-    else:
-        raise AssertionError("a variable no input has was taken")
 
 
 def test_card_of_a_recipe_without_schema_claims_no_schema_validation(tmp_path: Path) -> None:
