@@ -8,6 +8,9 @@
 - `[sim] answer_from` refused the run ("unknown variable") when one seed row lacked the column, which
   `[verify]` itself takes as that input's reject.
 - The dataset card said every row was "validated against the schema" when the recipe has none.
+- A top-level key written below `[sampling]` (TOML puts it in that table: `reasoning_format = "drop"`
+  after the tables) was sent to the teacher as a request parameter and silently not applied; below
+  `[sim]` it was "SimConfig.__init__() got an unexpected keyword argument".
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pytest
 from helpers import rows_in
 
 from gen import RunOptions, run
+from gen.cli import main
 from gen.config import load_prompt_file
 from gen.errors import ConfigError
 from gen.plan import make_plan
@@ -140,3 +144,32 @@ def test_card_of_a_recipe_without_schema_claims_no_schema_validation(tmp_path: P
     _run(prompt, out)
     card = (out / "README.md").read_text()
     assert "validated against the schema" not in card
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value"),
+    [
+        ("sampling", "reasoning_format", '"drop"'),
+        ("sampling", "keep_truncated", "true"),
+        ("sim", "reasoning_format", '"drop"'),
+        ("sim", "samples", "2"),
+    ],
+)
+def test_a_top_level_key_below_a_table_is_one_line_naming_the_mistake(
+    tmp_path: Path, table: str, key: str, value: str, capsys
+) -> None:
+    prompt = _prompt(tmp_path, ["1", "2"], sim='answer_from = "answer"')
+    text = prompt.read_text().replace(f"[{table}]\n", f"[{table}]\n{key} = {value}\n", 1)
+    prompt.write_text(text)
+    assert main(["run", str(prompt), "--output", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert f"[{table}] {key}" in err and "top-level key" in err, err
+    assert not (tmp_path / "o" / "data").exists()
+
+
+def test_an_unknown_sim_key_is_named_as_such(tmp_path: Path, capsys) -> None:
+    prompt = _prompt(tmp_path, ["1", "2"], sim='answer_from = "answer"\nreasoning_tokenz = 5')
+    assert main(["run", str(prompt), "--output", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key" in err and "reasoning_tokenz" in err and "__init__" not in err, err
