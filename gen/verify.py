@@ -152,7 +152,8 @@ class Verifier:
 
     def unusable(self, vars_json: str) -> Outcome | None:
         """The failed outcome of every answer to an input whose reference cannot check any (it does not
-        render, or it is empty and no `python` function, which may not need one, decides), else None:
+        render, it is empty and no `python` function, which may not need one, decides, or `numeric` has
+        no number to compare), else None:
         such an input is a reject before any request is paid for (gen.pipeline, gen.batching)."""
         usable = self._usable_reference(vars_json)
         return usable if isinstance(usable, Outcome) else None
@@ -165,6 +166,8 @@ class Verifier:
             return Outcome(False, None, f"the reference did not render: {type(e).__name__}: {e}")
         if not reference.strip() and self._python is None:
             return Outcome(False, reference, EMPTY_REFERENCE)
+        if self.method == "numeric" and _only_number(_final(reference)) is None:
+            return Outcome(False, reference, _not_a_number(reference))
         return reference
 
     def check(self, text: str, output_json: str | None, vars_json: str) -> Outcome:
@@ -209,7 +212,7 @@ class Verifier:
     def _numeric(self, value: Any, reference: str) -> None:
         ref = _only_number(_final(reference))
         if ref is None:
-            raise _Fail(f"the reference {_quote(reference)} is not a number (math compares expressions)")
+            raise _Fail(_not_a_number(reference))
         got = _number(_final(_as_text(value)))
         if got is None:
             raise _Fail(f"the answer holds no number (reference {_quote(reference)})")
@@ -220,6 +223,10 @@ class Verifier:
 
 
 EMPTY_REFERENCE = "the reference is empty: this input has no value to check the answer against"
+
+
+def _not_a_number(reference: str) -> str:
+    return f"the reference {_quote(reference)} is not a number (math compares expressions)"
 
 
 def _none_as_empty(value: Any) -> Any:

@@ -86,6 +86,21 @@ def test_numeric_passes_no_answer_against_a_reference_that_is_not_one_number(tmp
         assert "is not a number" in r["error"], (ref, r["error"])
 
 
+def test_a_numeric_reference_that_is_not_a_number_is_decided_before_any_request(tmp_path: Path) -> None:
+    # As an empty reference: no answer can pass it, so neither a request nor rejection sampling's tries.
+    prompt = _prompt(
+        tmp_path,
+        ["9", "9\\pi"],
+        verify='reference = "{{ answer }}"\nmethod = "numeric"\nmax_samples = 3',
+        sim='answer_text = "So the answer is \\\\boxed{9}."',
+    )
+    out = tmp_path / "o"
+    _run(prompt, out)
+    (reject,) = rows_in(out, "rejects")
+    assert reject["sample"] == 0 and "is not a number" in reject["error"]
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["requests"] == 1
+
+
 def test_keep_truncated_with_the_trace_cut_before_its_answer_is_a_truncated_reject(
     tmp_path: Path,
 ) -> None:
