@@ -138,6 +138,26 @@ def test_plan_bounds_output_with_every_try_max_samples_allows(tmp_path: Path) ->
     assert "max_samples" in plan.render()
 
 
+def test_plan_after_a_pilot_with_rejection_sampling_counts_inputs_done_not_tries(tmp_path: Path) -> None:
+    prompt = _prompt(
+        tmp_path,
+        [str(i) for i in range(10)],
+        verify='reference = "{{ answer }}"\nmethod = "exact"\nmax_samples = 4',
+        sim='answer_from = "answer"\nwrong_share = 0.6',
+    )
+    out = tmp_path / "o"
+    plan = make_plan(prompt, RunOptions(output=out, progress=False), pilot=5)
+    tries = json.loads((out / "manifest.json").read_text())["verification"]["per_template"]["w"]["tries"]
+    assert tries > 5  # the draw has retries, which fill no new input
+    assert (plan.tasks["done"], plan.tasks["remaining"]) == (5, 5)
+    assert plan.tasks["max_tries"] == 40 and plan.output_tokens["bound_total"] == 5 * 4 * 512
+    # The pilot's usage a task is per input, its retries included: the 5 inputs left cost as much again.
+    assert plan.output_tokens["typical_total"] == round(plan.pilot["per_task"]["completion_tokens"] * 5)
+    assert plan.pilot["per_task"]["completion_tokens"] * 5 == pytest.approx(
+        json.loads((out / "manifest.json").read_text())["usage"]["completion_tokens"]
+    )
+
+
 def test_sim_answer_from_takes_a_seed_row_without_the_column_as_verify_does(tmp_path: Path) -> None:
     prompt = _prompt(tmp_path, ["1", "2", "3", "4"], sim='answer_from = "answer"', missing=(2,))
     out = tmp_path / "o"
