@@ -106,6 +106,13 @@ def reply_leaks_secret(comp: Completion) -> bool:
     )
 
 
+def cut_off(comp: Completion, keep_truncated: bool) -> bool:
+    """Whether a reply is rejected `truncated` (and asked afresh): cut off at max_tokens, unless
+    keep_truncated, which still cannot keep a reply with no answer (a trace cut before `</think>`): an
+    `empty` reject would hide the cut, and its repair prompt show the teacher an empty reply."""
+    return comp.finish_reason == "length" and (not keep_truncated or not comp.text.strip())
+
+
 async def ask(run: Run, task: Task, key: int, teacher: LimitedTeacher) -> Asked | None:
     """Ask the teacher until the reply is valid: re-ask with the validator's error (afresh, with
     another seed, after a truncated reply) up to the template's `max_attempts`. Each request is
@@ -175,7 +182,7 @@ async def ask(run: Run, task: Task, key: int, teacher: LimitedTeacher) -> Asked 
             )
             await run._finish(task, "rejects", row, last)
             return
-        cut = comp.finish_reason == "length" and not run.spec.keep_truncated
+        cut = cut_off(comp, run.spec.keep_truncated)
         verdict = check(comp.text, run.p.schema, truncated=cut)
         if verdict.ok:
             break

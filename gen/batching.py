@@ -625,7 +625,7 @@ class BatchDriver:
             error = "the reply holds the API key (redacted)"
             await self._decide_reject(req, "secret_echo", error, redact(comp.text), journaled, online=online)
             return
-        cut = comp.finish_reason == "length" and not spec.keep_truncated
+        cut = asking.cut_off(comp, spec.keep_truncated)
         verdict = check(comp.text, self.p.schema, truncated=cut)
         if verdict.ok:
             self.answered.add(id_key(task.id))

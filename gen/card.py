@@ -90,8 +90,9 @@ def render_card(m: dict[str, Any], report: list[str] | None = None) -> str:
         "",
         "- A student trained on this data will match its teacher only on this distribution of inputs: "
         "evaluate it on the held-out `eval` split and on real traffic before relying on it.",
-        "- Every row was written by the teacher above and validated against the schema; "
-        "no person checked it.",
+        "- Every row was written by the teacher above"
+        + (" and validated against the schema" if m.get("schema") else "")
+        + "; no person checked it.",
         "- Regenerate when the teacher improves: the recipe above is enough to rerun it.",
         "",
     ]

@@ -227,6 +227,25 @@ def parse_toml(raw: bytes, where: str | Path) -> dict[str, Any]:
         raise ConfigError(where, f"invalid TOML: {e}") from None
 
 
+# The tables whose keys are open ([sampling] goes into each request, [sim] to the simulator), where a
+# top-level key written below the table's header (TOML puts it there) would pass unnoticed.
+_OPEN_TABLES = ("sampling", "sim")
+_TABLES = frozenset("teacher sampling messages variables seed sim vllm dedup decontaminate verify".split())
+
+
+def _refuse_misplaced_keys(data: dict[str, Any], where: Path) -> None:
+    top = {f.alias or n for n, f in PromptSpec.model_fields.items()} - _TABLES
+    for table in _OPEN_TABLES:
+        body = data.get(table)
+        for key in body if isinstance(body, dict) else ():
+            if key in top:
+                raise ConfigError(
+                    where,
+                    f"[{table}] {key}: a top-level key of the prompt file, not one of [{table}]'s (TOML puts "
+                    "a key written below a [table] header in that table): move it above the first table",
+                )
+
+
 def load_prompt_file(path: str | Path) -> PromptFile:
     """Read and validate a prompt file. Raises ConfigError naming the file and the first problem."""
     p = Path(path)
@@ -237,6 +256,7 @@ def load_prompt_file(path: str | Path) -> PromptFile:
     except OSError as e:
         raise ConfigError(p, f"cannot read: {e.strerror}") from None
     data = parse_toml(raw, p)
+    _refuse_misplaced_keys(data, p)
     try:
         spec = PromptSpec.model_validate(data)
     except ValidationError as e:

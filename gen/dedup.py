@@ -18,7 +18,7 @@ A reasoning trace (the row's `reasoning`) is part of the answer's side of the ke
 reasoning = true` (the default): an 8-byte hash of its bytes joins the exact key, and a bounded sample
 of its text (gen.reasoning.trace_sample: 4 windows of 128 characters) joins the answer's near text. So
 two inputs that share a short final answer (`\boxed{42}`) stay apart even with `on = "output"` when
-their traces differ, two near-identical traces of one input are near duplicates whatever their final
+their traces differ, two near-identical traces of one input are near duplicates whatever their short final
 answers, and the cost of both checks does not grow with the trace (the exact hash reads its bytes once,
 at memory speed). `reasoning = false` compares the answers alone.
 

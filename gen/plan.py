@@ -74,7 +74,12 @@ class Plan:
             f"gen plan: {self.prompt_file} -> {self.output} ({self.provider}, {self.model})",
             f"tasks          {t['total']:,} ({t['inputs']:,} inputs x {t['samples']} samples"
             + (f", --limit {t['limit']:,}" if t["limit"] else "")
-            + f"); {t['done']:,} already done, {t['remaining']:,} to run",
+            + f"); {t['done']:,} already done, {t['remaining']:,} to run"
+            + (
+                f"; up to {t['max_tries']:,} tries ([verify] max_samples = {t['max_samples']})"
+                if t["max_samples"]
+                else ""
+            ),
             f"input tokens   ~{i['per_task']:,.0f} a task, ~{i['total']:,.0f} in all "
             f"({i['sampled_tasks']} inputs rendered)",
             f"               method: {i['method']}",
@@ -149,9 +154,14 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
         total = min(total, opts.limit)
     messages = _sample(e, -(-total // e.samples) if e.samples else 0)
     max_out = max_completion(p.sampling)  # as the run reserves
-    pilot_info = _pilot(prompt_path, opts, pilot, p) if pilot else None
-    done = _done(p.out_dir)
+    # Rejection sampling asks an input up to max_samples times, not `samples`: the bounds count every try,
+    # and a task is one of an input's `samples` (its tries beyond them fill none).
+    max_samples = spec.verify.max_samples if spec.verify is not None else None
+    pilot_info = _pilot(prompt_path, opts, pilot, p, e.samples) if pilot else None
+    done = _done(p.out_dir, e.samples)
     remaining = max(total - done, 0)
+    max_tries = -(-total // e.samples) * max_samples if max_samples and e.samples else total
+    tries_left = -(-remaining // e.samples) * max_samples if max_samples and e.samples else remaining
     sizes = [estimate_tokens(m) for m in messages]
     per_task_in = statistics.fmean(sizes) if sizes else 0.0
     caching = _caching(p, e, messages, remaining)
@@ -167,6 +177,8 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
             "limit": opts.limit,
             "done": done,
             "remaining": remaining,
+            "max_samples": max_samples,
+            "max_tries": max_tries,
         },
         input_tokens={
             "per_task": round(per_task_in, 1),
@@ -180,7 +192,7 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
         },
         output_tokens={
             "max_per_task": max_out,
-            "bound_total": max_out * remaining,
+            "bound_total": max_out * tries_left,
             "typical_per_task": None,
             "typical_total": None,
         },
@@ -190,7 +202,7 @@ def make_plan(prompt_path: str | Path, opts: RunOptions, *, pilot: int | None = 
         time_s={},
         pilot=pilot_info,
     )
-    _costs(plan, p.price, per_task_in, max_out, remaining, caching, pilot_info)
+    _costs(plan, p.price, per_task_in, max_out, remaining, caching, pilot_info, tries_left)
     _times(plan, p, remaining, per_task_in, max_out, pilot_info)
     if e.seed is not None:
         plan.notes.append(f"tokens estimated on the seed table's first {len(sizes)} rows")
@@ -221,10 +233,17 @@ def _sample(e: Expansion, inputs: int) -> list[list[dict[str, str]]]:
     return out
 
 
-def _done(out_dir: Path) -> int:
+def _done(out_dir: Path, samples: int) -> int:
     manifest = load_manifest(out_dir) if OutputDir(out_dir).manifest.exists() else None
-    if manifest is None:
-        return 0
+    return _tasks_done(manifest, samples) if manifest is not None else 0
+
+
+def _tasks_done(manifest: dict[str, Any], samples: int) -> int:
+    """The tasks an output decided: its rows, rejects and duplicates, or with rejection sampling its
+    inputs' `samples` (the first tries, sample 0 of each input, times samples): retries fill no task."""
+    v = manifest.get("verification") or {}
+    if v.get("max_samples"):
+        return samples * sum(int(c.get("first_tries") or 0) for c in (v.get("per_template") or {}).values())
     t = manifest.get("totals") or {}
     return int(t.get("rows", 0)) + int(t.get("rejects", 0)) + int(t.get("duplicates", 0))
 
@@ -303,6 +322,7 @@ def _costs(
     remaining: int,
     caching: dict[str, Any],
     pilot: dict[str, Any] | None,
+    tries_left: int,
 ) -> None:
     if price is None:
         return
@@ -318,9 +338,11 @@ def _costs(
         half: float | None = Z95 * pilot["cost_sd_per_task"] / math.sqrt(max(pilot["rows"], 1)) * remaining
         online = price.cost(round(n_in), round(n_out))
     else:
-        n_in, n_out = per_task_in * remaining, max_out * remaining
+        n_in, n_out = per_task_in * tries_left, max_out * tries_left
         cached, written = caching["cached_tokens"], caching["cache_write_tokens"]
         basis = "estimated input tokens and the max_tokens bound on output: an upper bound on output cost"
+        if tries_left != remaining:
+            basis += ", every try max_samples allows counted"
         online = price.cost(round(n_in), n_out)
         half = None
     with_cache = price.cost(round(n_in), round(n_out), round(cached), round(written))
@@ -362,7 +384,7 @@ def _times(
     plan.time_s = ts
 
 
-def _pilot(prompt_path: str | Path, opts: RunOptions, n: int, p: Prepared) -> dict[str, Any]:
+def _pilot(prompt_path: str | Path, opts: RunOptions, n: int, p: Prepared, samples: int) -> dict[str, Any]:
     """Run the first `n` tasks for real (a normal run into the output) and measure what they used."""
     import sys
 
@@ -373,8 +395,8 @@ def _pilot(prompt_path: str | Path, opts: RunOptions, n: int, p: Prepared) -> di
     result = run(prompt_path, dataclasses.replace(opts, limit=min(n, opts.limit or n)))
     print(summary(result), file=sys.stderr)
     manifest = load_manifest(result.output_dir) or {}
-    usage, totals = manifest.get("usage") or {}, manifest.get("totals") or {}
-    tasks = int(totals.get("rows", 0)) + int(totals.get("rejects", 0)) + int(totals.get("duplicates", 0))
+    usage = manifest.get("usage") or {}
+    tasks = _tasks_done(manifest, samples)
     runs = manifest.get("runs") or []
     requests = sum(int(r.get("requests") or 0) for r in runs)
     costs: list[float] = []

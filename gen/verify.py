@@ -152,7 +152,8 @@ class Verifier:
 
     def unusable(self, vars_json: str) -> Outcome | None:
         """The failed outcome of every answer to an input whose reference cannot check any (it does not
-        render, or it is empty and no `python` function, which may not need one, decides), else None:
+        render, it is empty and no `python` function, which may not need one, decides, or `numeric` has
+        no number to compare), else None:
         such an input is a reject before any request is paid for (gen.pipeline, gen.batching)."""
         usable = self._usable_reference(vars_json)
         return usable if isinstance(usable, Outcome) else None
@@ -165,6 +166,8 @@ class Verifier:
             return Outcome(False, None, f"the reference did not render: {type(e).__name__}: {e}")
         if not reference.strip() and self._python is None:
             return Outcome(False, reference, EMPTY_REFERENCE)
+        if self.method == "numeric" and _only_number(_final(reference)) is None:
+            return Outcome(False, reference, _not_a_number(reference))
         return reference
 
     def check(self, text: str, output_json: str | None, vars_json: str) -> Outcome:
@@ -207,9 +210,9 @@ class Verifier:
             raise _Fail(f"answer {_quote(got)} is not the reference {_quote(reference)}")
 
     def _numeric(self, value: Any, reference: str) -> None:
-        ref = _number(_final(reference))
+        ref = _only_number(_final(reference))
         if ref is None:
-            raise _Fail(f"the reference {_quote(reference)} is not a number")
+            raise _Fail(_not_a_number(reference))
         got = _number(_final(_as_text(value)))
         if got is None:
             raise _Fail(f"the answer holds no number (reference {_quote(reference)})")
@@ -220,6 +223,10 @@ class Verifier:
 
 
 EMPTY_REFERENCE = "the reference is empty: this input has no value to check the answer against"
+
+
+def _not_a_number(reference: str) -> str:
+    return f"the reference {_quote(reference)} is not a number (math compares expressions)"
 
 
 def _none_as_empty(value: Any) -> Any:
@@ -396,6 +403,14 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _only_number(text: str) -> float | None:
+    """`text` as one number (`42`, `+5`, `1,234.5`, `7/2`, `\\frac{7}{2}`, `$-3e2$`), else None: a
+    reference such as `9\\pi`, `5\\sqrt{2}` or `\\{2, 3\\}` is not its last number (that would pass 9,
+    `3\\sqrt{2}`, 3)."""
+    bare = _LATEX_FRACTION.sub(r"\1/\2", text).strip().strip("$").strip().removeprefix("+")
+    return _number(bare) if _NUMBER.fullmatch(bare) else None
+
+
 _GROUPED = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _RATIONAL = re.compile(
     r"(?P<sign>-?)(?:(?P<int>\d+)|(?P<dec>\d*\.\d+)|(?P<n>\d+)/(?P<d>\d+)"
@@ -508,14 +523,16 @@ def sim_answers(expansion: Expansion, variable: str) -> dict[str, str]:
     of its `variable`, so the simulated teacher can answer with it (and `wrong_share` of times not)."""
     from gen.sim.answers import prompt_key
 
+    known = set(expansion.variables) | (set(expansion.seed.columns) if expansion.seed else set())
+    if variable not in known:
+        raise ConfigError(expansion.prompt.path, f"[sim] answer_from: unknown variable {variable!r}")
     table: dict[str, str] = {}
     for task in expansion.tasks():
         if task.sample or task.messages is None:
             continue
         variables = orjson.loads(task.vars_json)
-        if variable not in variables:
-            raise ConfigError(expansion.prompt.path, f"[sim] answer_from: unknown variable {variable!r}")
-        table[prompt_key(task.messages)] = _as_text(variables[variable])
+        if variable in variables:  # a seed row without it has no reference: [verify] rejects that input
+            table[prompt_key(task.messages)] = _as_text(variables[variable])
     return table
 
 

@@ -49,6 +49,8 @@ def test_plan_sends_nothing_and_its_input_estimate_is_the_runs_usage_on_the_simu
         "limit": None,
         "done": 0,
         "remaining": 240,
+        "max_samples": None,  # no rejection sampling: every task is one try
+        "max_tries": 240,
     }
     assert plan["output_tokens"]["max_per_task"] == 256 and plan["output_tokens"]["bound_total"] == 256 * 240
     assert plan["time_s"]["rpm"] == pytest.approx(120.0) and plan["time_s"]["limited_by"] == "rpm"

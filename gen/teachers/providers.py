@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from gen.errors import ConfigError
@@ -151,8 +151,13 @@ def _union_rate_headers() -> tuple[tuple[str, str], ...]:
 def sim_config(prompt: PromptFile, model: str, answers: dict[str, str] | None = None) -> Any:
     """The simulated teacher's settings from the prompt file's [sim] table (SimConfig)."""
     extra = {"answers": answers} if answers is not None else {}
+    config = load(f"{SIM_MODULE}:SimConfig")
+    known = {f.name for f in fields(config)}
+    for key in prompt.spec.sim:
+        if key not in known:  # a typo: TypeError's "__init__() got an unexpected keyword" reads as a bug
+            raise ConfigError(prompt.path, f"[sim]: unknown key {key!r}")
     try:
-        return load(f"{SIM_MODULE}:SimConfig")(**{"model": model, **prompt.spec.sim, **extra})
+        return config(**{"model": model, **prompt.spec.sim, **extra})
     except (TypeError, ValueError) as e:
         raise ConfigError(prompt.path, f"[sim]: {e}") from None
 
