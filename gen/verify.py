@@ -42,7 +42,7 @@ from gen.errors import ConfigError
 from gen.schema import Schema
 from gen.templates import Expansion
 from gen.verify_math import MathWorker
-from gen.verify_python import PythonWorker, VerifierRaised, VerifierTimeout
+from gen.verify_python import NOT_A_VERDICT, PythonWorker, VerifierRaised, VerifierTimeout
 
 VERIFICATION_FAILED = "verification_failed"
 """The reject reason of an answer that did not pass (or whose check raised)."""
@@ -188,7 +188,11 @@ class Verifier:
                         "([verify] timeout_s)"
                     ) from None
                 except VerifierRaised as e:
-                    return Outcome(False, reference, f"the verifier raised {e.kind}: {e.message[:_SHOWN]}")
+                    if e.kind == NOT_A_VERDICT:
+                        returned = f"returned {e.message}, not True or False"
+                        raise _Fail(f"the verifier {self.spec.python} {returned}") from None
+                    said = f": {e.message[:_SHOWN]}" if e.message else ""  # sys.exit() has no message
+                    return Outcome(False, reference, f"the verifier raised {e.kind}{said}")
                 if not ok:
                     raise _Fail(f"the verifier {self.spec.python} said no to {_quote(output)}")
             else:

@@ -3,11 +3,15 @@ the code before its fix."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from test_verify import _counts, _prompt, _run
+from helpers import rows_in
+from test_verify import PROBLEMS, _counts, _prompt, _run
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's gen
 
@@ -38,3 +42,76 @@ def test_tries_in_shards_the_manifest_missed_are_counted_on_resume(
     assert _run(prompt, out).status == "complete"
     assert _counts(out) == _counts(tmp_path / "whole")
     assert "pass@1" in (out / "README.md").read_text()
+
+
+HOSTILE = """
+import sys
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+def check(output, reference, row):
+    pid = row["pid"]
+    if pid == "P000":
+        raise SystemExit(3)
+    if pid == "P001":
+        raise KeyboardInterrupt("from the verifier")
+    if pid == "P002":
+        raise Unprintable()
+    if pid == "P003":
+        sys.exit()
+    return output.rstrip(".").endswith("\\\\boxed{" + reference + "}")
+"""
+
+
+def test_a_verifier_that_raises_a_base_exception_is_a_reject_saying_so(tmp_path: Path) -> None:
+    # SystemExit, KeyboardInterrupt (the user's, not Ctrl-C: the child ignores SIGINT) and an exception
+    # whose str() raises ended the verifier's process: the reject said "ProcessDied: its process ended:
+    # EOFError", not what the function raised, and the process printed a traceback on the run's stderr.
+    (tmp_path / "verify.py").write_text(HOSTILE)
+    prompt = _prompt(tmp_path, 'reference = "{{ answer }}"\npython = "verify.py:check"', wrong_share=0.0)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gen", "run", str(prompt), "--output", str(tmp_path / "o"), "--no-progress"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = {json.loads(r["vars"])["pid"]: r["error"] for r in rows_in(tmp_path / "o", "rejects")}
+    assert errors == {
+        "P000": "the verifier raised SystemExit: 3",
+        "P001": "the verifier raised KeyboardInterrupt: from the verifier",
+        "P002": "the verifier raised Unprintable: (its message could not be read: RuntimeError)",
+        "P003": "the verifier raised SystemExit",
+    }
+    assert len(rows_in(tmp_path / "o")) == len(PROBLEMS) - 4
+
+
+NOT_A_VERDICT = """
+import numpy
+
+def check(output, reference, row):
+    right = output.rstrip(".").endswith("\\\\boxed{" + reference + "}")
+    return {
+        "P000": "no", "P001": None, "P002": 1, "P003": "yes", "P004": numpy.bool_(right),
+    }.get(row["pid"], right)
+"""
+
+
+def test_a_verdict_that_is_not_true_or_false_is_a_reject_saying_so(tmp_path: Path) -> None:
+    # The function's return value was taken for its truth: "no" (or "False", "incorrect": a judge's or a
+    # tool's answer) kept the answer as verified, a forgotten `return` (None) or a count of errors
+    # (1) rejected it as the function saying no.
+    pytest.importorskip("numpy")
+    (tmp_path / "verify.py").write_text(NOT_A_VERDICT)
+    prompt = _prompt(tmp_path, 'reference = "{{ answer }}"\npython = "verify.py:check"', wrong_share=0.0)
+    assert _run(prompt, tmp_path / "o").status == "complete"
+    errors = {json.loads(r["vars"])["pid"]: r["error"] for r in rows_in(tmp_path / "o", "rejects")}
+    assert errors == {
+        "P000": "the verifier verify.py:check returned 'no' (str), not True or False",
+        "P001": "the verifier verify.py:check returned None (NoneType), not True or False",
+        "P002": "the verifier verify.py:check returned 1 (int), not True or False",
+        "P003": "the verifier verify.py:check returned 'yes' (str), not True or False",
+    }
+    kept = {json.loads(r["vars"])["pid"] for r in rows_in(tmp_path / "o")}
+    assert "P004" in kept and len(kept) == len(PROBLEMS) - 4  # numpy's bool is a verdict
