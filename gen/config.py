@@ -109,7 +109,9 @@ class VerifySpec(_Strict):
     field: str | None = None  # the answer's field in the validated output (dotted); None: the answer text
     tolerance: float = Field(default=1e-6, ge=0.0)  # `numeric`: the largest absolute difference that passes
     max_samples: int | None = Field(default=None, ge=1)  # rejection sampling: tries per input at most
-    timeout_s: float = Field(default=5.0, gt=0)  # `python`: seconds one call may take; then the answer fails
+    # `python`: seconds one call may take; then the answer fails. At most a day: a pipe's wait cannot take
+    # inf or 1e300 (OverflowError on every call: each answer paid for, then rejected).
+    timeout_s: float = Field(default=5.0, gt=0, le=86_400)
 
 
 class PromptSpec(_Strict):

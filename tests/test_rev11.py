@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import rows_in
-from test_verify import PROBLEMS, _counts, _prompt, _run
+from test_verify import PROBLEMS, _counts, _prompt, _refused, _run
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's gen
 
@@ -115,3 +115,14 @@ def test_a_verdict_that_is_not_true_or_false_is_a_reject_saying_so(tmp_path: Pat
     }
     kept = {json.loads(r["vars"])["pid"] for r in rows_in(tmp_path / "o")}
     assert "P004" in kept and len(kept) == len(PROBLEMS) - 4  # numpy's bool is a verdict
+
+
+@pytest.mark.parametrize("timeout_s", ["inf", "1e300", "1e12"])
+def test_a_timeout_no_wait_can_take_is_refused_before_any_request(
+    tmp_path: Path, sim_server, timeout_s: str
+) -> None:
+    # The pipe's poll() raised OverflowError on each call: every answer was paid for, then rejected
+    # ("the verifier raised OverflowError"), and the pipe went out of step with the child's verdicts.
+    (tmp_path / "verify.py").write_text("def check(output, reference, row):\n    return True\n")
+    verify = f'reference = "{{{{ answer }}}}"\npython = "verify.py:check"\ntimeout_s = {timeout_s}'
+    _refused(tmp_path, _prompt(tmp_path, verify), sim_server, "timeout_s")
