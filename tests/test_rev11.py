@@ -126,3 +126,17 @@ def test_a_timeout_no_wait_can_take_is_refused_before_any_request(
     (tmp_path / "verify.py").write_text("def check(output, reference, row):\n    return True\n")
     verify = f'reference = "{{{{ answer }}}}"\npython = "verify.py:check"\ntimeout_s = {timeout_s}'
     _refused(tmp_path, _prompt(tmp_path, verify), sim_server, "timeout_s")
+
+
+@pytest.mark.parametrize(
+    ("line", "extra"),
+    [("max_samples = true", ""), ('max_samples = "3"', ""), ("max_samples = 3", "samples = true")],
+)
+def test_sample_counts_are_integers_not_bools_or_text(
+    tmp_path: Path, sim_server, line: str, extra: str
+) -> None:
+    # `max_samples = true` read as 1 (no further try: rejection sampling silently off), "3" as 3.
+    prompt = _prompt(tmp_path, f'reference = "{{{{ answer }}}}"\n{line}')
+    if extra:
+        prompt.write_text(prompt.read_text().replace("samples = 1\n", f"{extra}\n", 1))
+    _refused(tmp_path, prompt, sim_server, "samples")
