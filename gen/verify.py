@@ -152,7 +152,8 @@ class Verifier:
 
     def unusable(self, vars_json: str) -> Outcome | None:
         """The failed outcome of every answer to an input whose reference cannot check any (it does not
-        render, or it is empty and no `python` function, which may not need one, decides), else None:
+        render, or it is empty and no `python` function, which may not need one, decides, or `numeric`
+        finds no finite number in it), else None:
         such an input is a reject before any request is paid for (gen.pipeline, gen.batching)."""
         usable = self._usable_reference(vars_json)
         return usable if isinstance(usable, Outcome) else None
@@ -165,6 +166,8 @@ class Verifier:
             return Outcome(False, None, f"the reference did not render: {type(e).__name__}: {e}")
         if not reference.strip() and self._python is None:
             return Outcome(False, reference, EMPTY_REFERENCE)
+        if self.method == "numeric" and _number(_final(reference)) is None:  # nothing is within tolerance
+            return Outcome(False, reference, f"the reference {_quote(reference)} is not a number")
         return reference
 
     def check(self, text: str, output_json: str | None, vars_json: str) -> Outcome:

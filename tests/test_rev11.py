@@ -140,3 +140,29 @@ def test_sample_counts_are_integers_not_bools_or_text(
     if extra:
         prompt.write_text(prompt.read_text().replace("samples = 1\n", f"{extra}\n", 1))
     _refused(tmp_path, prompt, sim_server, "samples")
+
+
+def test_a_numeric_reference_that_holds_no_number_is_a_reject_before_any_request(
+    tmp_path: Path, sim_server
+) -> None:
+    # No answer can pass `numeric` against a reference without a (finite) number: each of the input's
+    # max_samples tries was asked, paid for, then rejected "the reference ... is not a number".
+    from gen.config import load_prompt_file
+    from gen.templates import Expansion
+    from gen.verify import sim_answers
+
+    problems = [("What is 6 x 7?", "42"), ("What is 10^400?", "1e400"), ("Name a colour", "blue")]
+    prompt = _prompt(
+        tmp_path,
+        'reference = "{{ answer }}"\nmethod = "numeric"\nmax_samples = 3',
+        wrong_share=0.0,
+        provider='provider = "openai"',
+        problems=problems,
+    )
+    sim = sim_server(answers=sim_answers(Expansion(load_prompt_file(prompt), None), "answer"))
+    assert _run(prompt, tmp_path / "o", base_url=sim.base_url).status == "complete"
+    assert sim.stats()["requests"] == 1
+    rejects = rows_in(tmp_path / "o", "rejects")
+    assert sorted(r["reference"] for r in rejects) == ["1e400", "blue"]
+    assert all(r["attempts"] == 0 and "is not a number" in r["error"] for r in rejects)
+    assert _counts(tmp_path / "o")["tries"] == 3
