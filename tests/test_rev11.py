@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import rows_in
-from test_verify import PROBLEMS, _counts, _prompt, _refused, _run
+from test_verify import PROBLEMS, _counts, _plan, _prompt, _refused, _run
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's gen
 
@@ -166,3 +166,24 @@ def test_a_numeric_reference_that_holds_no_number_is_a_reject_before_any_request
     assert sorted(r["reference"] for r in rejects) == ["1e400", "blue"]
     assert all(r["attempts"] == 0 and "is not a number" in r["error"] for r in rejects)
     assert _counts(tmp_path / "o")["tries"] == 3
+
+
+def test_the_simulator_answers_batch_requests_with_the_reference_too(tmp_path: Path, sim_server) -> None:
+    # `[sim] answer_from` set the answers of chat requests only: every answer of a --batch run was
+    # random text, so a verified batch run kept nothing and could not be tested.
+    from gen.cli import main
+    from gen.config import load_prompt_file
+    from gen.templates import Expansion
+    from gen.verify import sim_answers
+
+    prompt = _prompt(tmp_path, 'reference = "{{ answer }}"', provider='provider = "openai"')
+    sim = sim_server(
+        answers=sim_answers(Expansion(load_prompt_file(prompt), None), "answer"),
+        wrong_share=0.3,
+        batch_delay_s=0.05,
+    )
+    argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(tmp_path / "o"), "--no-progress"]
+    assert main([*argv, "--batch", "--batch-poll", "0.05"]) == 0
+    plan = _plan(prompt, 0.3)
+    assert {r["id"] for r in rows_in(tmp_path / "o")} == {t for t, ok in plan.items() if ok}
+    assert sim.stats()["requests"] == 0 and sim.stats()["batch_requests"] == len(plan)
