@@ -258,6 +258,11 @@ def _check_field(field: str, json_schema: dict[str, Any], where: Any) -> None:
     allows others: additionalProperties, allOf, $ref, ...) is not checked further."""
     level: Any = json_schema
     for i, part in enumerate(field.split(".")):
+        kind = _not_an_object(level)
+        if kind is not None:  # an array or a number: no key of it can be read (field is object keys)
+            at = repr(".".join(field.split(".")[:i])) if i else "the output"
+            why = f"{at} is {kind} in the schema, with no fields"
+            raise ConfigError(where, f"[verify] field {field!r}: {why}")
         properties = level.get("properties") if isinstance(level, dict) else None
         if not isinstance(properties, dict) or not properties:
             return
@@ -271,6 +276,18 @@ def _check_field(field: str, json_schema: dict[str, Any], where: Any) -> None:
                 f"[verify] field {field!r}: the schema has no property {part!r}{at} (properties: {known})",
             )
         level = properties[part]
+
+
+def _not_an_object(level: Any) -> str | None:
+    """The type a schema level gives its value when that can only be something other than an object
+    (`array`, `integer`, ...), else None (an object, or what the schema does not say simply)."""
+    if not isinstance(level, dict) or any(level.get(k) not in (None, False) for k in _MORE_PROPERTIES):
+        return None
+    kind = level.get("type")
+    kinds = [kind] if isinstance(kind, str) else kind if isinstance(kind, list) else None
+    if not kinds or "object" in kinds or not all(isinstance(k, str) for k in kinds):
+        return None
+    return " or ".join(kinds)
 
 
 def _method(spec: VerifySpec, where: Any) -> str:

@@ -187,3 +187,28 @@ def test_the_simulator_answers_batch_requests_with_the_reference_too(tmp_path: P
     plan = _plan(prompt, 0.3)
     assert {r["id"] for r in rows_in(tmp_path / "o")} == {t for t, ok in plan.items() if ok}
     assert sim.stats()["requests"] == 0 and sim.stats()["batch_requests"] == len(plan)
+
+
+@pytest.mark.parametrize(
+    ("field", "needle"),
+    [("steps.0.v", "'steps' is array"), ("steps.v", "'steps' is array"), ("result.x", "'result' is integer")],
+)
+def test_a_field_inside_an_array_or_a_number_is_refused_before_any_request(
+    tmp_path: Path, sim_server, field: str, needle: str
+) -> None:
+    # The schema lists `steps` as an array and `result` as an integer: no output has field `steps.0.v`
+    # or `result.x` (field is dotted object keys), yet every answer was paid for, then rejected "the
+    # output has no field", as a typo was before the schema was checked.
+    schema = {
+        "type": "object",
+        "properties": {
+            "steps": {"type": "array", "items": {"type": "object", "properties": {"v": {"type": "integer"}}}},
+            "result": {"type": "integer"},
+        },
+        "required": ["steps", "result"],
+        "additionalProperties": False,
+    }
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    verify = f'reference = "{{{{ answer }}}}"\nmethod = "json-field"\nfield = "{field}"'
+    prompt = _prompt(tmp_path, verify, extra='schema = "schema.json"')
+    _refused(tmp_path, prompt, sim_server, f"[verify] field {field!r}", needle)
