@@ -23,6 +23,7 @@ Methods (`method`):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import math
@@ -317,7 +318,8 @@ def _load_function(ref: str, prompt: PromptFile, where: Any) -> Callable[..., An
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with contextlib.redirect_stdout(sys.stderr):  # gen's stdout is its own (`gen plan --json`)
+            spec.loader.exec_module(module)
     except BaseException as e:  # the user's module can raise anything, SystemExit included: one line
         sys.modules.pop(module_name, None)
         first = str(e).splitlines()[0] if str(e) else ""

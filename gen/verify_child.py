@@ -155,6 +155,11 @@ def _serve(conn: Connection, load: Callable[..., Callable[..., Any]], args: tupl
     # progress does not die with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
+    # What the user's code prints goes to stderr: gen's stdout, which this process shares, is gen's own
+    # (`gen plan --json`). The descriptor too, for what writes to it from C or a subprocess.
+    with contextlib.suppress(OSError):  # no stderr to send it to: then it stays where it was
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
     try:
         function = load(*args)
     except BaseException as e:  # the user's module can raise anything, SystemExit included

@@ -212,3 +212,27 @@ def test_a_field_inside_an_array_or_a_number_is_refused_before_any_request(
     verify = f'reference = "{{{{ answer }}}}"\nmethod = "json-field"\nfield = "{field}"'
     prompt = _prompt(tmp_path, verify, extra='schema = "schema.json"')
     _refused(tmp_path, prompt, sim_server, f"[verify] field {field!r}", needle)
+
+
+PRINTING = """
+print("verifier imported")
+def check(output, reference, row):
+    print("checking", row["pid"])
+    return output.rstrip(".").endswith("\\\\boxed{" + reference + "}")
+"""
+
+
+def test_a_verifier_that_prints_leaves_gen_plan_json_alone(tmp_path: Path) -> None:
+    # The verifier's module is imported in gen's own process (to refuse a broken one before any
+    # request), and its calls run in a child that shares gen's stdout: their prints went into the JSON
+    # `gen plan --json` writes there, and `gen plan --json | jq` failed.
+    (tmp_path / "verify.py").write_text(PRINTING)
+    prompt = _prompt(tmp_path, 'reference = "{{ answer }}"\npython = "verify.py:check"')
+    proc = subprocess.run(
+        [sys.executable, "-m", "gen", "plan", str(prompt), "--json", "--pilot", "3",
+         "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["tasks"]["total"] == len(PROBLEMS)
+    assert "verifier imported" in proc.stderr and "checking P000" in proc.stderr
