@@ -183,9 +183,14 @@ def _serve(conn: Connection, load: Callable[..., Callable[..., Any]], args: tupl
 
 
 def _is_verdict(value: Any) -> bool:
-    """True or False: Python's, or numpy's (what a comparison of numpy values gives)."""
+    """True or False: Python's, numpy's (what a comparison of numpy values gives) or sympy's (Eq)."""
     kind = type(value)
-    return kind is bool or (kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"))
+    if kind is bool:
+        return True
+    module, name = kind.__module__, kind.__name__
+    return (module == "numpy" and name in ("bool", "bool_")) or (
+        module == "sympy.logic.boolalg" and name in ("BooleanTrue", "BooleanFalse")
+    )
 
 
 def _message(e: BaseException) -> str:

@@ -89,11 +89,13 @@ def test_a_verifier_that_raises_a_base_exception_is_a_reject_saying_so(tmp_path:
 
 NOT_A_VERDICT = """
 import numpy
+import sympy
 
 def check(output, reference, row):
     right = output.rstrip(".").endswith("\\\\boxed{" + reference + "}")
     return {
         "P000": "no", "P001": None, "P002": 1, "P003": "yes", "P004": numpy.bool_(right),
+        "P005": sympy.Eq(sympy.Integer(1), sympy.Integer(1 if right else 2)),
     }.get(row["pid"], right)
 """
 
@@ -103,6 +105,7 @@ def test_a_verdict_that_is_not_true_or_false_is_a_reject_saying_so(tmp_path: Pat
     # tool's answer) kept the answer as verified, a forgotten `return` (None) or a count of errors
     # (1) rejected it as the function saying no.
     pytest.importorskip("numpy")
+    pytest.importorskip("sympy")
     (tmp_path / "verify.py").write_text(NOT_A_VERDICT)
     prompt = _prompt(tmp_path, 'reference = "{{ answer }}"\npython = "verify.py:check"', wrong_share=0.0)
     assert _run(prompt, tmp_path / "o").status == "complete"
@@ -114,7 +117,7 @@ def test_a_verdict_that_is_not_true_or_false_is_a_reject_saying_so(tmp_path: Pat
         "P003": "the verifier verify.py:check returned 'yes' (str), not True or False",
     }
     kept = {json.loads(r["vars"])["pid"] for r in rows_in(tmp_path / "o")}
-    assert "P004" in kept and len(kept) == len(PROBLEMS) - 4  # numpy's bool is a verdict
+    assert {"P004", "P005"} <= kept and len(kept) == len(PROBLEMS) - 4  # numpy's and sympy's are verdicts
 
 
 @pytest.mark.parametrize("timeout_s", ["inf", "1e300", "1e12"])
