@@ -42,6 +42,9 @@ def test_tries_in_shards_the_manifest_missed_are_counted_on_resume(
     assert _run(prompt, out).status == "complete"
     assert _counts(out) == _counts(tmp_path / "whole")
     assert "pass@1" in (out / "README.md").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())  # the runs' counters add up too
+    assert sum(r.get("rejects", 0) for r in manifest["runs"]) == manifest["totals"]["rejects"]
+    assert sum(r.get("rows", 0) for r in manifest["runs"]) == manifest["totals"]["rows"]
 
 
 HOSTILE = """
@@ -239,3 +242,66 @@ def test_a_verifier_that_prints_leaves_gen_plan_json_alone(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["tasks"]["total"] == len(PROBLEMS)
     assert "verifier imported" in proc.stderr and "checking P000" in proc.stderr
+
+
+# gen run, with each checkpoint's write held back a while: the answers decided meanwhile reach the
+# journal (and the run's counters) before the manifest that the checkpoint writes.
+SLOW_CHECKPOINTS = """
+import sys, time
+import gen.shards
+commit = gen.shards.ShardWriter._commit
+def slow(self, *args):
+    time.sleep(0.5)
+    return commit(self, *args)
+gen.shards.ShardWriter._commit = slow
+from gen.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_run_s_rejects_are_not_counted_again_by_the_resume(tmp_path: Path, sim_server) -> None:
+    # A run's entry in the manifest counted its rows and rejects as the manifest was written, past the
+    # checkpoint whose shards that manifest lists: the answers decided in between were counted there
+    # and again by the resume that replayed them from the journal. The card sums the runs' reasons:
+    # "87 rejected (verification_failed: 94)".
+    import signal
+    import time
+
+    from gen.config import load_prompt_file
+    from gen.templates import Expansion
+    from gen.verify import sim_answers
+
+    problems = [(f"What is {n} + {n}?", str(2 * n)) for n in range(60)]
+    prompt = _prompt(
+        tmp_path,
+        'reference = "{{ answer }}"\nmax_samples = 3',
+        wrong_share=0.5,
+        provider='provider = "openai"',
+        problems=problems,
+    )
+    sim = sim_server(
+        answers=sim_answers(Expansion(load_prompt_file(prompt), None), "answer"),
+        wrong_share=0.5,
+        latency_ms=10,
+    )
+    out = tmp_path / "o"
+    argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CHECKPOINTS, *argv, "--shard-rows", "10"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out / "manifest.json").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    killed = json.loads((out / "manifest.json").read_text())
+    assert killed["status"] == "running"  # killed mid-run, after its first manifest
+    assert _run(prompt, out, base_url=sim.base_url).status == "complete"
+    manifest = json.loads((out / "manifest.json").read_text())
+    totals, runs = manifest["totals"], manifest["runs"]
+    assert sum(r["rejects"] for r in runs) == totals["rejects"]
+    assert sum(r["rows"] for r in runs) == totals["rows"]
+    assert sum(sum(r["reject_reasons"].values()) for r in runs) == totals["rejects"]
+    card = (out / "README.md").read_text()
+    assert f"{totals['rejects']:,} rejected (verification_failed: {totals['rejects']:,})" in card
