@@ -108,8 +108,11 @@ class VerifySpec(_Strict):
     )
     field: str | None = None  # the answer's field in the validated output (dotted); None: the answer text
     tolerance: float = Field(default=1e-6, ge=0.0)  # `numeric`: the largest absolute difference that passes
-    max_samples: int | None = Field(default=None, ge=1)  # rejection sampling: tries per input at most
-    timeout_s: float = Field(default=5.0, gt=0)  # `python`: seconds one call may take; then the answer fails
+    # rejection sampling: tries per input at most. strict: `true` read as 1 turned it off unsaid, "3" as 3
+    max_samples: int | None = Field(default=None, ge=1, strict=True)
+    # `python`: seconds one call may take; then the answer fails. At most a day: a pipe's wait cannot take
+    # inf or 1e300 (OverflowError on every call: each answer paid for, then rejected).
+    timeout_s: float = Field(default=5.0, gt=0, le=86_400)
 
 
 class _KnownSampling(BaseModel):
@@ -137,7 +140,7 @@ class PromptSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str
     description: str | None = None
-    samples: int = Field(default=1, ge=1)
+    samples: int = Field(default=1, ge=1, strict=True)  # not `true` (read as 1) nor "3"
     schema_: str | None = Field(default=None, alias="schema")
     strict: bool = True
     eval_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)

@@ -113,6 +113,16 @@ class RunStats:
     batch_retried: int = 0
     batch_online: int = 0
 
+    def counted(self) -> dict[str, Any]:
+        """The counters of decided rows, as as_dict has them: what a checkpoint's manifest records."""
+        return {
+            "rows": self.rows,
+            "rejects": self.rejects,
+            "duplicates": self.duplicates,
+            "truncated_kept": self.truncated_kept,
+            "reject_reasons": dict(self.reject_reasons),
+        }
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "tasks": self.tasks,
@@ -175,6 +185,9 @@ class _Checkpoint:
     cost_usd: float
     checks: dict[str, int] = field(default_factory=dict)  # answer verification's counters (Run._checks)
     decided: int = 0  # tasks decided from the stream's start, all in the shards written (gen.decided)
+    # The run's counters of decided rows (RunStats.counted): counted later, an answer journaled after
+    # the checkpoint was in the manifest's run entry and, replayed by a resume, in the resume's too.
+    counted: dict[str, Any] = field(default_factory=dict)
 
 
 def _now_ms() -> int:
@@ -354,7 +367,8 @@ class Run:
 
     def _closing(self, segments: list[Path]) -> _Checkpoint:
         mark = self._prefix.decided() if self._prefix is not None else 0
-        return _Checkpoint(segments, self._usage(), self.budget.spent_usd, dict(self._checks), mark)
+        checks, counted = dict(self._checks), self.stats.counted()
+        return _Checkpoint(segments, self._usage(), self.budget.spent_usd, checks, mark, counted)
 
     def _verification(self, checks: dict[str, int]) -> dict[str, Any] | None:
         """The manifest's `verification`: the check, and per template the tries over every run."""
@@ -376,7 +390,8 @@ class Run:
         t = self.p.teacher
         prompt = self.p.prompt
         spent_usd = at.cost_usd if at is not None else self.budget.spent_usd
-        this_run = run_entry(self.run_id, self.status, time.monotonic() - self.started, self.stats.as_dict())
+        stats = {**self.stats.as_dict(), **(at.counted if at is not None else {})}
+        this_run = run_entry(self.run_id, self.status, time.monotonic() - self.started, stats)
         return RunSnapshot(
             run_id=self.run_id,
             status=self.status,
@@ -1074,6 +1089,19 @@ class Run:
     def _accept(self, split: str, row: dict[str, Any]) -> bool:
         """Count and buffer a decided row; True when a buffer is full."""
         assert self.writer is not None
+        self._count(split, row)
+        if self.dedup.capture and split != "rejects":  # its keys go with it, into its shard's index
+            keys = self.dedup.take_keys(row["id"])
+            if split != "duplicates":
+                if self._accepted_keys is None:
+                    from gen.dedup_index import AcceptedKeys, settings_of
+
+                    self._accepted_keys = AcceptedKeys(settings_of(self.dedup), self.dedup.near)
+                self._accepted_keys.add(split, keys)
+        return self.writer.add(split, row)
+
+    def _count(self, split: str, row: dict[str, Any]) -> None:
+        """Count a decided row (accepted now, or found in a shard no manifest counted: gen.resume)."""
         s = self.stats
         if self.verifier is not None:
             self._count_try(split, row)
@@ -1090,15 +1118,6 @@ class Run:
                 s.eval += 1
             else:
                 s.train += 1
-        if self.dedup.capture and split != "rejects":  # its keys go with it, into its shard's index
-            keys = self.dedup.take_keys(row["id"])
-            if split != "duplicates":
-                if self._accepted_keys is None:
-                    from gen.dedup_index import AcceptedKeys, settings_of
-
-                    self._accepted_keys = AcceptedKeys(settings_of(self.dedup), self.dedup.near)
-                self._accepted_keys.add(split, keys)
-        return self.writer.add(split, row)
 
     def _count_try(self, split: str, row: dict[str, Any]) -> None:
         """Verification's counters, from each decided task (live or replayed from the journal). A

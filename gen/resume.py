@@ -117,6 +117,18 @@ def _load_shard(
     run.claimed.update(keys)
     if not info:  # the manifest did not count these rows' usage: their journal entries still say it
         run._uncounted.update(keys)
+        # nor their rows and tries: the journal replay skips them (claimed)
+        _count_rows(run, rel, shards[-1].split)
+
+
+def _count_rows(run: Run, rel: str, split: str) -> None:
+    """The run's counters (rows, rejects and their reasons, verification's tries) of the rows of a shard
+    no manifest lists (a crash between its rename and the manifest write): only that manifest would
+    have counted them."""
+    columns = {"rejects": ["sample", "reason"], "duplicates": ["id"]}.get(split, ["sample", "finish_reason"])
+    read = read_columns(run.p.out_dir, rel, columns)
+    for values in zip(*read.values(), strict=True):
+        run._count(split, dict(zip(read, values, strict=True)))
 
 
 class _SegmentReads:

@@ -23,6 +23,7 @@ Methods (`method`):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import math
@@ -42,7 +43,7 @@ from gen.errors import ConfigError
 from gen.schema import Schema
 from gen.templates import Expansion
 from gen.verify_math import MathWorker
-from gen.verify_python import PythonWorker, VerifierRaised, VerifierTimeout
+from gen.verify_python import NOT_A_VERDICT, PythonWorker, VerifierRaised, VerifierTimeout
 
 VERIFICATION_FAILED = "verification_failed"
 """The reject reason of an answer that did not pass (or whose check raised)."""
@@ -153,7 +154,7 @@ class Verifier:
     def unusable(self, vars_json: str) -> Outcome | None:
         """The failed outcome of every answer to an input whose reference cannot check any (it does not
         render, it is empty and no `python` function, which may not need one, decides, or `numeric` has
-        no number to compare), else None:
+        no one finite number to compare), else None:
         such an input is a reject before any request is paid for (gen.pipeline, gen.batching)."""
         usable = self._usable_reference(vars_json)
         return usable if isinstance(usable, Outcome) else None
@@ -191,7 +192,11 @@ class Verifier:
                         "([verify] timeout_s)"
                     ) from None
                 except VerifierRaised as e:
-                    return Outcome(False, reference, f"the verifier raised {e.kind}: {e.message[:_SHOWN]}")
+                    if e.kind == NOT_A_VERDICT:
+                        returned = f"returned {e.message}, not True or False"
+                        raise _Fail(f"the verifier {self.spec.python} {returned}") from None
+                    said = f": {e.message[:_SHOWN]}" if e.message else ""  # sys.exit() has no message
+                    return Outcome(False, reference, f"the verifier raised {e.kind}{said}")
                 if not ok:
                     raise _Fail(f"the verifier {self.spec.python} said no to {_quote(output)}")
             else:
@@ -258,6 +263,11 @@ def _check_field(field: str, json_schema: dict[str, Any], where: Any) -> None:
     allows others: additionalProperties, allOf, $ref, ...) is not checked further."""
     level: Any = json_schema
     for i, part in enumerate(field.split(".")):
+        kind = _not_an_object(level)
+        if kind is not None:  # an array or a number: no key of it can be read (field is object keys)
+            at = repr(".".join(field.split(".")[:i])) if i else "the output"
+            why = f"{at} is {kind} in the schema, with no fields"
+            raise ConfigError(where, f"[verify] field {field!r}: {why}")
         properties = level.get("properties") if isinstance(level, dict) else None
         if not isinstance(properties, dict) or not properties:
             return
@@ -271,6 +281,18 @@ def _check_field(field: str, json_schema: dict[str, Any], where: Any) -> None:
                 f"[verify] field {field!r}: the schema has no property {part!r}{at} (properties: {known})",
             )
         level = properties[part]
+
+
+def _not_an_object(level: Any) -> str | None:
+    """The type a schema level gives its value when that can only be something other than an object
+    (`array`, `integer`, ...), else None (an object, or what the schema does not say simply)."""
+    if not isinstance(level, dict) or any(level.get(k) not in (None, False) for k in _MORE_PROPERTIES):
+        return None
+    kind = level.get("type")
+    kinds = [kind] if isinstance(kind, str) else kind if isinstance(kind, list) else None
+    if not kinds or "object" in kinds or not all(isinstance(k, str) for k in kinds):
+        return None
+    return " or ".join(kinds)
 
 
 def _method(spec: VerifySpec, where: Any) -> str:
@@ -300,7 +322,8 @@ def _load_function(ref: str, prompt: PromptFile, where: Any) -> Callable[..., An
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with contextlib.redirect_stdout(sys.stderr):  # gen's stdout is its own (`gen plan --json`)
+            spec.loader.exec_module(module)
     except BaseException as e:  # the user's module can raise anything, SystemExit included: one line
         sys.modules.pop(module_name, None)
         first = str(e).splitlines()[0] if str(e) else ""

@@ -34,6 +34,9 @@ from gen.prctl import PR_SET_PDEATHSIG, load_prctl
 
 START_TIMEOUT_S = 120.0  # a child's start and its `load`, apart from any call's time limit
 _SHOWN = 200  # characters of an error message sent back
+NOT_A_VERDICT = "NotAVerdict"
+"""ChildRaised's `kind` when the function returned something other than True or False (its `message`
+shows the value and its type)."""
 
 
 class ChildTimeout(Exception):
@@ -62,9 +65,9 @@ class ChildRaised(Exception):
 
 
 class ChildWorker:
-    """One child process that answers `bool(function(*request))`, where `function = load(*args)` is built
-    in the child (`load` must be a module-level function: it is pickled by name); started on first use,
-    thread-safe (one call at a time)."""
+    """One child process that answers `function(*request)`, True or False, where `function = load(*args)`
+    is built in the child (`load` must be a module-level function: it is pickled by name); started on
+    first use, thread-safe (one call at a time)."""
 
     def __init__(
         self, load: Callable[..., Callable[..., Any]], args: tuple[Any, ...], name: str, timeout_s: float
@@ -152,10 +155,15 @@ def _serve(conn: Connection, load: Callable[..., Callable[..., Any]], args: tupl
     # progress does not die with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
+    # What the user's code prints goes to stderr: gen's stdout, which this process shares, is gen's own
+    # (`gen plan --json`). The descriptor too, for what writes to it from C or a subprocess.
+    with contextlib.suppress(OSError):  # no stderr to send it to: then it stays where it was
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
     try:
         function = load(*args)
     except BaseException as e:  # the user's module can raise anything, SystemExit included
-        conn.send((type(e).__name__, str(e)[:_SHOWN]))
+        conn.send((type(e).__name__, _message(e)))
         return
     conn.send(None)  # ready: the calls' time limits start now
     while True:
@@ -164,9 +172,40 @@ def _serve(conn: Connection, load: Callable[..., Callable[..., Any]], args: tupl
         except (EOFError, OSError, KeyboardInterrupt):
             return
         try:
-            conn.send((bool(function(*request)), None))
-        except Exception as e:  # this request fails with the error; the next one is asked as usual
-            conn.send((False, (type(e).__name__, str(e)[:_SHOWN])))
+            verdict = function(*request)
+        except BaseException as e:  # SystemExit and KeyboardInterrupt too (the user's): this request fails
+            conn.send((False, (type(e).__name__, _message(e))))
+            continue
+        if _is_verdict(verdict):
+            conn.send((bool(verdict), None))
+        else:  # "no" is true, None false: taken for its truth, a value that is no verdict decided silently
+            conn.send((False, (NOT_A_VERDICT, f"{_shown(verdict)} ({type(verdict).__name__})")))
+
+
+def _is_verdict(value: Any) -> bool:
+    """True or False: Python's, numpy's (what a comparison of numpy values gives) or sympy's (Eq)."""
+    kind = type(value)
+    if kind is bool:
+        return True
+    module, name = kind.__module__, kind.__name__
+    return (module == "numpy" and name in ("bool", "bool_")) or (
+        module == "sympy.logic.boolalg" and name in ("BooleanTrue", "BooleanFalse")
+    )
+
+
+def _message(e: BaseException) -> str:
+    try:
+        return str(e)[:_SHOWN]
+    except BaseException as inner:  # the user's __str__ can raise too
+        return f"(its message could not be read: {type(inner).__name__})"
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except BaseException:  # the user's __repr__ can raise too
+        return "a value"
+    return text if len(text) <= 100 else text[:100] + "..."
 
 
 _SPAWNER: tuple[int, Any] | None = None  # (pid, executor): a forked process needs a thread of its own
@@ -230,4 +269,4 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="gen-verify-parent", daemon=True).start()
 
 
-__all__ = ["START_TIMEOUT_S", "ChildDied", "ChildRaised", "ChildTimeout", "ChildWorker"]
+__all__ = ["NOT_A_VERDICT", "START_TIMEOUT_S", "ChildDied", "ChildRaised", "ChildTimeout", "ChildWorker"]

@@ -18,7 +18,14 @@ import importlib.util
 import sys
 from typing import Any
 
-from gen.verify_child import START_TIMEOUT_S, ChildDied, ChildRaised, ChildTimeout, ChildWorker
+from gen.verify_child import (
+    NOT_A_VERDICT,
+    START_TIMEOUT_S,
+    ChildDied,
+    ChildRaised,
+    ChildTimeout,
+    ChildWorker,
+)
 
 DEFAULT_TIMEOUT_S = 5.0  # `[verify] timeout_s`: seconds one call may take
 
@@ -52,9 +59,10 @@ class PythonWorker:
         return self._child.pid
 
     def call(self, output: Any, reference: str, row: dict[str, Any]) -> bool:
-        """The function's verdict (its return value's truth). Raises VerifierTimeout, or VerifierRaised
-        with what the function (or its module's import in the child) raised. The time limit is the
-        call's: a child's start (an interpreter, the user's imports) is waited for apart."""
+        """The function's verdict, True or False. Raises VerifierTimeout, or VerifierRaised with what the
+        function (or its module's import in the child) raised, or kind NOT_A_VERDICT and the value it
+        returned instead. The time limit is the call's: a child's start (an interpreter, the user's
+        imports) is waited for apart."""
         try:
             return self._child.call(output, reference, row)
         except ChildTimeout as e:
@@ -86,4 +94,11 @@ def _load(path: str, name: str) -> Any:
     return function
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "START_TIMEOUT_S", "PythonWorker", "VerifierRaised", "VerifierTimeout"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "NOT_A_VERDICT",
+    "START_TIMEOUT_S",
+    "PythonWorker",
+    "VerifierRaised",
+    "VerifierTimeout",
+]

@@ -418,7 +418,7 @@ def check(output, reference, row):
     if row["pid"] == "P002":
         sys.exit(3)  # SystemExit is not an Exception
     if row["pid"] == "P003":
-        return "no"  # not a bool: its truth counts (a non-empty string is true)
+        return "no"  # not a bool: a reject saying so (its truth, a non-empty string's, was taken: kept)
     if row["pid"] == "P004":
         class Odd:
             def __bool__(self):
@@ -444,8 +444,8 @@ def _children() -> set[int]:
 
 
 def test_a_verifier_that_prints_kills_itself_exits_or_returns_odd_values(tmp_path: Path, capfd) -> None:
-    """Each odd way makes that answer a verification_failed reject with a reason (or counts its truth),
-    the run completes with every other answer decided as usual, and no verifier process is left."""
+    """Each odd way makes that answer a verification_failed reject with a reason, the run completes with
+    every other answer decided as usual, and no verifier process is left."""
     from helpers import rows_in
     from test_verify import _plan, _run
     from test_verify_timeout import _ids
@@ -462,12 +462,13 @@ def test_a_verifier_that_prints_kills_itself_exits_or_returns_odd_values(tmp_pat
     rejects = {r["id"]: r for r in rows_in(tmp_path / "o", "rejects")}
     kept = {r["id"] for r in rows_in(tmp_path / "o")}
     assert kept | set(rejects) == set(plan)
-    assert set(rejects) == {ids["P001"], ids["P002"], ids["P004"], ids["P005"]}, {
-        k: v["error"] for k, v in rejects.items()
-    }
-    assert "ProcessDied" in rejects[ids["P001"]]["error"] and "ProcessDied" in rejects[ids["P002"]]["error"]
-    assert "ValueError: ambiguous truth value" in rejects[ids["P004"]]["error"]
-    assert ids["P003"] in kept
+    assert set(rejects) == set(ids.values()), {k: v["error"] for k, v in rejects.items()}
+    assert "ProcessDied" in rejects[ids["P001"]]["error"]
+    assert rejects[ids["P002"]]["error"] == "the verifier raised SystemExit: 3"  # the process lives on
+    returned = "the verifier verify.py:check returned"
+    assert rejects[ids["P003"]]["error"] == f"{returned} 'no' (str), not True or False"
+    assert rejects[ids["P004"]]["error"].endswith("(Odd), not True or False")  # its __bool__ not called
+    assert rejects[ids["P005"]]["error"] == f"{returned} None (NoneType), not True or False"
     left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children() - before}
     # multiprocessing's resource tracker lives as long as this process: not a verifier's
     assert not {p: c for p, c in left.items() if b"resource_tracker" not in c}, left

@@ -121,6 +121,7 @@ class SimBatches:
             return "failed", orjson.dumps({"error": {"message": exc.message}}), 400
         if chat.model is not None and chat.model != self.config.model:
             return "failed", orjson.dumps({"error": {"message": f"model {chat.model} not found"}}), 404
+        self.sim._set_answer(chat)  # a batch's answers get an input's reference right as a chat's do
         fault = self.sim._draw_fault() if self.sim._bands else None
         if fault not in _CONTENT_FAULTS:
             fault = None

@@ -40,7 +40,15 @@ from gen.sim.answers import answer_for
 from gen.sim.batches import HOLD_POINTS, RESULT_FAULTS, SimBatches
 from gen.sim.batches import STATS as BATCH_STATS
 from gen.sim.cache import PromptCache
-from gen.sim.dialects import MALFORMED, AnthropicDialect, BadRequest, Dialect, OpenAIDialect, malformed_bytes
+from gen.sim.dialects import (
+    MALFORMED,
+    AnthropicDialect,
+    BadRequest,
+    Dialect,
+    OpenAIDialect,
+    _Chat,
+    malformed_bytes,
+)
 from gen.sim.instances import sample_from_schema
 from gen.sim.judge import MODES as JUDGE_MODES
 from gen.sim.judge import reply as judge_reply
@@ -286,6 +294,14 @@ class _Simulator:
         )
         return wait, headers
 
+    def _set_answer(self, chat: _Chat) -> None:
+        """The final answer `chat` gets, when the simulator has references (`[sim] answer_from`): chat
+        requests and a batch's alike."""
+        config = self.config
+        if config.answers:
+            chat.answer = answer_for(chat.messages, chat.salt, config.answers, config.wrong_share)
+            chat.answer_field = config.answer_field
+
     def _draw_fault(self) -> str | None:
         u = self._faults.random()
         for edge, name in self._bands:
@@ -340,9 +356,7 @@ class _Simulator:
         if chat.model is not None and chat.model != config.model:
             stats["status_404"] += 1
             return dialect.unknown_model(chat.model, headers)
-        if config.answers:
-            chat.answer = answer_for(chat.messages, chat.salt, config.answers, config.wrong_share)
-            chat.answer_field = config.answer_field
+        self._set_answer(chat)
         fault = self._draw_fault() if self._bands else None
         # The prompt cache is read as the request arrives and written once it is answered (below).
         if chat.marked is not None:
