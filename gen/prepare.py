@@ -221,6 +221,13 @@ def reasoning_settings(
         refused = thinking_refuses(sampling)
         if refused is not None:
             raise ConfigError(f"{prompt.path}: [sampling]", refused)
+        if cap is None:
+            # What the request asks for (budget + the answer's default): written here, so that the
+            # budget's reservations, the limiter and `gen plan` count the thinking too (they count
+            # max_tokens, else 1,024), and each row's `sampling` records what was sent.
+            from gen.teachers.anthropic import max_tokens_of
+
+            sampling["max_tokens"] = max_tokens_of(sampling)
     k = sampling.get("logprobs")
     if k is not None:
         where = f"{prompt.path}: [sampling] logprobs"
