@@ -88,6 +88,8 @@ def count_reply(run: Run, comp: Completion, price: Price | None = None) -> Usage
     elif comp.reasoning_tokens:  # thinking the teacher reported but did not send
         s.reasoning_tokens += comp.reasoning_tokens
     run.budget.charge(*last, price=price)
+    if not run._completion_bounded and comp.completion_tokens > run._max_completion:
+        run._max_completion = comp.completion_tokens  # what the next reservations count (gen.pipeline)
     return last
 
 

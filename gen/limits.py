@@ -390,11 +390,16 @@ class Limiter:
 DEFAULT_MAX_TOKENS = 1024
 
 
+def completion_cap(sampling: Mapping[str, Any]) -> int | None:
+    """The max_tokens (or max_completion_tokens) a request with `sampling` asks for, or None: no bound."""
+    asked = sampling.get("max_tokens") or sampling.get("max_completion_tokens")
+    return asked if type(asked) is int and asked > 0 else None
+
+
 def max_completion(sampling: Mapping[str, Any]) -> int:
     """What a request with `sampling` may complete at most: its max_tokens (or max_completion_tokens),
     a positive int, else DEFAULT_MAX_TOKENS."""
-    asked = sampling.get("max_tokens") or sampling.get("max_completion_tokens")
-    return asked if type(asked) is int and asked > 0 else DEFAULT_MAX_TOKENS
+    return completion_cap(sampling) or DEFAULT_MAX_TOKENS
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:

@@ -38,7 +38,7 @@ from gen.ledger import (
     partition_of,
     remove_empty_journal,
 )
-from gen.limits import LimitedTeacher, Limiter, max_completion
+from gen.limits import LimitedTeacher, Limiter, completion_cap, max_completion
 from gen.manifest import RunSnapshot, build_manifest, run_entry
 from gen.outdir import OutputDir
 from gen.prefix import PrefixGate, grouped
@@ -288,8 +288,12 @@ class Run:
             + self._carried["completion_tokens"]
             + self._carried["unanswered_tokens"],
         )
-        # A reservation's bound on a request's completion: what the request asks for at most.
+        # A reservation's bound on a request's completion: what the request asks for at most. A recipe
+        # that asks for no max_tokens sets no bound: then the longest answer seen so far counts, once
+        # longer than the default (count_reply), so that requests in flight of a reasoning teacher whose
+        # traces run to thousands of tokens are not each reserved at 1,024.
         self._max_completion = max_completion(p.sampling)
+        self._completion_bounded = completion_cap(p.sampling) is not None
         self._in_flight = InFlight()  # id key -> (task id, reservation), with the reservations summed
         # What a request bought through the chat API is billed: a batch run's price is the batch price.
         self._online_price = list_price(p.price, batch=p.opts.batch)
@@ -896,7 +900,8 @@ class Run:
         Every request reserved and not yet answered (those queued at the limiter too) counts at its
         reservation: its prompt estimate plus its max_tokens (at the input and output rates for
         --max-usd), never an average of earlier answers: a short answer says nothing of the next one's
-        bound. Checked before every request: `InFlight` keeps the sums, so the check is O(1). A batch
+        bound. Without max_tokens there is no bound: the longest answer seen so far counts (at least
+        1,024). Checked before every request: `InFlight` keeps the sums, so the check is O(1). A batch
         run's online fallback in flight counts at the list price (gen.batching checks it so)."""
         b = self.budget
         if b.max_usd is None and b.max_tokens is None:

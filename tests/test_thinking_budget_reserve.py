@@ -55,3 +55,26 @@ def test_plan_bounds_output_with_the_thinking_budget(tmp_path: Path, sim_server)
     assert proc.returncode == 0, proc.stderr
     output = json.loads(proc.stdout)["output_tokens"]
     assert output["max_per_task"] == BUDGET + ANSWER and output["bound_total"] == 40 * (BUDGET + ANSWER)
+
+
+def test_without_max_tokens_a_budget_reserves_the_longest_answer_seen(tmp_path: Path, sim_server) -> None:
+    # [sampling] without max_tokens leaves a request's length to the teacher (a reasoning model's trace
+    # runs to thousands of tokens): each request in flight was reserved at 1,024 output tokens whatever
+    # the answers took, so the requests in flight when the budget ran out passed it by ~2,500 tokens
+    # each. Now the reservation is at least the longest answer the run has seen.
+    sim = sim_server(reasoning="reasoning_content", reasoning_tokens=3500, latency_ms=100)
+    prompt = _prompt(tmp_path)
+    prompt.write_text(
+        prompt.read_text()
+        .replace('provider = "anthropic"', 'provider = "openai"')
+        .replace("max_concurrency = 32", "max_concurrency = 8")
+        .replace(f"thinking_budget = {BUDGET}\n", "")
+    )
+    out = tmp_path / "o"
+    args = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--no-progress"]
+    proc = _gen(tmp_path, *args, "--max-tokens", "100000")  # 40 answers would take ~144,000
+    assert proc.returncode == 3, proc.stderr
+    served = sim.stats()
+    # Only the first 8 requests, which leave before any answer says how long answers are, are reserved
+    # at 1,024; they are answered long before the budget runs out (the old reservations: ~117,000).
+    assert served["prompt_tokens"] + served["completion_tokens"] <= 100_000 + 1_000, served
