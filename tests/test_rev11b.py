@@ -3,9 +3,12 @@ on the code before its fix."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from helpers import rows_in
+from test_walk11 import _prompt, _run
 
 from gen.config import load_prompt_file
 from gen.errors import ConfigError
@@ -46,3 +49,36 @@ def test_a_server_s_own_reasoning_format_passes_through_sampling(tmp_path: Path,
 def test_gen_s_own_reasoning_format_below_sampling_is_still_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="top-level key"):
         load_prompt_file(_sampling(tmp_path, 'reasoning_format = "drop"'))
+
+
+# (what the simulator answers, references it passes, references it fails)
+NUMBERS = [
+    ("\\boxed{0.5}", [".5", "\\frac12", "\\dfrac12", "1/2"], ["5", "12"]),
+    ("\\boxed{-5}", ["\u22125", "-5"], ["5"]),
+    ("\\boxed{3}", ["3.", "3"], ["-3"]),
+    ("\\boxed{-0.5}", ["-.5", "\u22120.5", "-\\frac12"], ["0.5", "5"]),
+    # the answer's side: .5 is not 5, a unicode minus is a minus, \frac12 is a half
+    ("\\boxed{.5}", ["0.5"], ["5"]),
+    ("\\boxed{\u22125}", ["-5"], ["5"]),
+    ("\\boxed{\\frac12}", ["0.5"], ["12"]),
+]
+
+
+@pytest.mark.parametrize(("answer", "good", "bad"), NUMBERS)
+def test_numeric_reads_plain_spellings_of_one_number(
+    tmp_path: Path, answer: str, good: list[str], bad: list[str]
+) -> None:
+    # `3.`, `.5`, a unicode minus (U+2212) and `\frac12` are one number each: as references they were
+    # refused as "not a number" (every input's reject, before f4967df read as 3, 5, +5 and 12), and as
+    # answers `.5` was read as 5, `−5` as 5 and `\frac12` as 12.
+    answer_text = answer.replace("\\", "\\\\")
+    prompt = _prompt(
+        tmp_path,
+        [*good, *bad],
+        verify='reference = "{{ answer }}"\nmethod = "numeric"',
+        sim=f'answer_text = "So the answer is {answer_text}."',
+    )
+    out = tmp_path / "o"
+    _run(prompt, out)
+    kept = sorted(json.loads(r["vars"])["answer"] for r in rows_in(out))
+    assert kept == sorted(good), [r["error"] for r in rows_in(out, "rejects")]
