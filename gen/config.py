@@ -107,12 +107,14 @@ class VerifySpec(_Strict):
         None  # "verify.py:check", relative to the prompt file: (output, reference, row) -> bool
     )
     field: str | None = None  # the answer's field in the validated output (dotted); None: the answer text
-    tolerance: float = Field(default=1e-6, ge=0.0)  # `numeric`: the largest absolute difference that passes
+    # `numeric`: the largest absolute difference that passes. strict: `true` read as 1.0 passed any answer
+    # within 1 of the reference
+    tolerance: float = Field(default=1e-6, ge=0.0, strict=True)
     # rejection sampling: tries per input at most. strict: `true` read as 1 turned it off unsaid, "3" as 3
     max_samples: int | None = Field(default=None, ge=1, strict=True)
     # `python`: seconds one call may take; then the answer fails. At most a day: a pipe's wait cannot take
     # inf or 1e300 (OverflowError on every call: each answer paid for, then rejected).
-    timeout_s: float = Field(default=5.0, gt=0, le=86_400)
+    timeout_s: float = Field(default=5.0, gt=0, le=86_400, strict=True)  # not `true` (1 s) nor "5"
 
 
 class _KnownSampling(BaseModel):
@@ -146,7 +148,7 @@ class PromptSpec(_Strict):
     strict: bool = True
     eval_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     intended_use: str | None = None  # research | internal | commercial-model | competing-model
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1, strict=True)  # not `true` (1: no retry) nor "3"
     keep_truncated: bool = False  # keep answers cut off at max_tokens as rows (default: reject `truncated`)
     # How a reasoning trace enters the assistant message of `messages` (gen.reasoning.REASONING_FORMATS).
     reasoning_format: Literal["field", "think-tags", "drop"] = "field"

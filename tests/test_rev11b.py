@@ -82,3 +82,36 @@ def test_numeric_reads_plain_spellings_of_one_number(
     _run(prompt, out)
     kept = sorted(json.loads(r["vars"])["answer"] for r in rows_in(out))
     assert kept == sorted(good), [r["error"] for r in rows_in(out, "rejects")]
+
+
+def _verify(tmp_path: Path, verify: str, top: str = "") -> Path:
+    path = tmp_path / "v.toml"
+    path.write_text(
+        f'name = "v"\nversion = "1"\n{top}\n[teacher]\nprovider = "openai"\nmodel = "m"\n'
+        f'[messages]\nuser = "hi"\n[verify]\nreference = "42"\n{verify}\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("verify", "top", "key"),
+    [
+        ("tolerance = true", "", "tolerance"),
+        ('tolerance = "0.5"', "", "tolerance"),
+        ("timeout_s = true", "", "timeout_s"),
+        ('timeout_s = "5"', "", "timeout_s"),
+        ("", "max_attempts = true", "max_attempts"),
+    ],
+)
+def test_verify_numbers_and_max_attempts_are_numbers_not_bools_or_text(
+    tmp_path: Path, verify: str, top: str, key: str
+) -> None:
+    # As max_samples and samples (0b580d8): `tolerance = true` was read as 1.0 (every answer within 1
+    # of the reference passed), `timeout_s = true` as one second, `max_attempts = true` as 1 (no retry).
+    with pytest.raises(ConfigError, match=key):
+        load_prompt_file(_verify(tmp_path, verify, top))
+
+
+def test_verify_numbers_still_take_toml_integers_and_floats(tmp_path: Path) -> None:
+    spec = load_prompt_file(_verify(tmp_path, "tolerance = 0\ntimeout_s = 30", "max_attempts = 5")).spec
+    assert (spec.verify.tolerance, spec.verify.timeout_s, spec.max_attempts) == (0, 30, 5)
