@@ -434,11 +434,16 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# A degree sign or a dollar on one number (the MATH set's `75^\circ`, `\$18.90`) leaves it one number.
+_UNIT_MARK = re.compile(r"^\\\$\s*|\s*\^\s*(?:\\circ|\{\s*\\circ\s*\})$")
+
+
 def _only_number(text: str) -> float | None:
     """`text` as one number (`42`, `+5`, `1,234.5`, `7/2`, `\\frac{7}{2}`, `$-3e2$`), else None: a
     reference such as `9\\pi`, `5\\sqrt{2}` or `\\{2, 3\\}` is not its last number (that would pass 9,
     `3\\sqrt{2}`, 3)."""
-    bare = _plain(text).strip().strip("$").strip().removeprefix("+")
+    bare = _plain(text).strip().strip("$").strip()
+    bare = _UNIT_MARK.sub("", bare).removeprefix("+")
     return _number(bare) if _NUMBER.fullmatch(bare) else None
 
 

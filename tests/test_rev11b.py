@@ -57,6 +57,8 @@ NUMBERS = [
     ("\\boxed{-5}", ["\u22125", "-5"], ["5"]),
     ("\\boxed{3}", ["3.", "3"], ["-3"]),
     ("\\boxed{-0.5}", ["-.5", "\u22120.5", "-\\frac12"], ["0.5", "5"]),
+    # a unit mark on one number: degrees and dollars (the MATH set's 75^\circ, \$18.90)
+    ("\\boxed{30}", ["30^\\circ", "30^{\\circ}", "\\$30", "$30^\\circ$"], ["31"]),
     # the answer's side: .5 is not 5, a unicode minus is a minus, \frac12 is a half
     ("\\boxed{.5}", ["0.5"], ["5"]),
     ("\\boxed{\u22125}", ["-5"], ["5"]),
