@@ -10,7 +10,7 @@ import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -107,12 +107,14 @@ class VerifySpec(_Strict):
         None  # "verify.py:check", relative to the prompt file: (output, reference, row) -> bool
     )
     field: str | None = None  # the answer's field in the validated output (dotted); None: the answer text
-    tolerance: float = Field(default=1e-6, ge=0.0)  # `numeric`: the largest absolute difference that passes
+    # `numeric`: the largest absolute difference that passes. strict: `true` read as 1.0 passed any answer
+    # within 1 of the reference
+    tolerance: float = Field(default=1e-6, ge=0.0, strict=True)
     # rejection sampling: tries per input at most. strict: `true` read as 1 turned it off unsaid, "3" as 3
     max_samples: int | None = Field(default=None, ge=1, strict=True)
     # `python`: seconds one call may take; then the answer fails. At most a day: a pipe's wait cannot take
     # inf or 1e300 (OverflowError on every call: each answer paid for, then rejected).
-    timeout_s: float = Field(default=5.0, gt=0, le=86_400)
+    timeout_s: float = Field(default=5.0, gt=0, le=86_400, strict=True)  # not `true` (1 s) nor "5"
 
 
 class _KnownSampling(BaseModel):
@@ -121,8 +123,9 @@ class _KnownSampling(BaseModel):
     refused here, before any. Other keys (a server's own) pass through unchecked; `logprobs` and
     `thinking_budget` are checked with the teacher (gen.prepare.reasoning_settings)."""
 
-    # strict: a float takes a TOML integer or float, never a bool or a string
-    model_config = ConfigDict(extra="allow", strict=True)
+    # strict: a float takes a TOML integer or float, never a bool or a string; finite: orjson sends inf
+    # as null, which a teacher reads as its default (silently not applied)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
     temperature: Annotated[float, Field(ge=0)] | None = None  # OpenAI takes up to 2, vLLM more
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -145,7 +148,7 @@ class PromptSpec(_Strict):
     strict: bool = True
     eval_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     intended_use: str | None = None  # research | internal | commercial-model | competing-model
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1, strict=True)  # not `true` (1: no retry) nor "3"
     keep_truncated: bool = False  # keep answers cut off at max_tokens as rows (default: reject `truncated`)
     # How a reasoning trace enters the assistant message of `messages` (gen.reasoning.REASONING_FORMATS).
     reasoning_format: Literal["field", "think-tags", "drop"] = "field"
@@ -175,11 +178,13 @@ class PromptSpec(_Strict):
         except ValidationError as e:
             errors = e.errors()
             key = errors[0]["loc"][0]
-            # A union (`stop`) fails once per branch: one line says what each branch wanted.
-            wanted = dict.fromkeys(
-                x["msg"].removeprefix("Input should be ") for x in errors if x["loc"][0] == key
-            )
-            raise ValueError(f"sampling.{key} = {v[key]!r}: should be {' or '.join(wanted)}") from None
+            if key == "stop":  # a union: its branches' messages say "a valid string" for [1]
+                raise ValueError(
+                    f"sampling.stop = {v[key]!r}: should be a string or a list of strings"
+                ) from None
+            raise ValueError(
+                f"sampling.{key} = {v[key]!r}: {errors[0]['msg'].removeprefix('Input ')}"
+            ) from None
         return v
 
     @field_validator("variables")
@@ -241,12 +246,21 @@ def _refuse_misplaced_keys(data: dict[str, Any], where: Path) -> None:
     for table in _OPEN_TABLES:
         body = data.get(table)
         for key in body if isinstance(body, dict) else ():
-            if key in top:
+            if key in top and not _a_server_s_own(table, key, body[key]):
                 raise ConfigError(
                     where,
                     f"[{table}] {key}: a top-level key of the prompt file, not one of [{table}]'s (TOML puts "
                     "a key written below a [table] header in that table): move it above the first table",
                 )
+
+
+def _a_server_s_own(table: str, key: str, value: Any) -> bool:
+    """Whether [sampling]'s `key` is a request parameter some teacher takes, with a value gen's own key
+    of that name does not: Groq's `reasoning_format` ("parsed", "hidden", "raw") and llama.cpp
+    server's ("deepseek", "none", "auto") are not gen's ("field", "think-tags", "drop")."""
+    if table != "sampling" or key != "reasoning_format":
+        return False
+    return value not in get_args(PromptSpec.model_fields["reasoning_format"].annotation)
 
 
 def load_prompt_file(path: str | Path) -> PromptFile:

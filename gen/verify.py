@@ -402,15 +402,23 @@ def _normalise(s: str) -> str:
     return s.casefold()
 
 
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?")
+# `3.` and `.5` are numbers too (read as 3 and 5 they passed 5 against .5)
+_NUMBER = re.compile(r"-?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?")
 
 
 _LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}")
+_LATEX_DIGITS = re.compile(r"\\[dt]?frac(\d)(\d)")  # \frac12: TeX's one-digit arguments need no braces
+
+
+def _plain(text: str) -> str:
+    """`text` with TeX fractions as `n/d` and a unicode minus (U+2212) as `-`: \\frac{1}{2} is 1/2, not
+    its last number, 2, and \\frac12 not 12; −5 is not 5."""
+    return _LATEX_DIGITS.sub(r"\1/\2", _LATEX_FRACTION.sub(r"\1/\2", text)).replace("\u2212", "-")
 
 
 def _number(text: str) -> float | None:
     """The last number in `text` (`1,234.5`, `-3e2`, `7/2`, `\\frac{7}{2}`), or None."""
-    found = _NUMBER.findall(_LATEX_FRACTION.sub(r"\1/\2", text))  # \frac{1}{2}: 1/2, not its last number, 2
+    found = _NUMBER.findall(_plain(text))
     if not found:
         return None
     raw = found[-1].replace(",", "").replace(" ", "")
@@ -426,11 +434,16 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# A degree sign or a dollar on one number (the MATH set's `75^\circ`, `\$18.90`) leaves it one number.
+_UNIT_MARK = re.compile(r"^\\\$\s*|\s*\^\s*(?:\\circ|\{\s*\\circ\s*\})$")
+
+
 def _only_number(text: str) -> float | None:
     """`text` as one number (`42`, `+5`, `1,234.5`, `7/2`, `\\frac{7}{2}`, `$-3e2$`), else None: a
     reference such as `9\\pi`, `5\\sqrt{2}` or `\\{2, 3\\}` is not its last number (that would pass 9,
     `3\\sqrt{2}`, 3)."""
-    bare = _LATEX_FRACTION.sub(r"\1/\2", text).strip().strip("$").strip().removeprefix("+")
+    bare = _plain(text).strip().strip("$").strip()
+    bare = _UNIT_MARK.sub("", bare).removeprefix("+")
     return _number(bare) if _NUMBER.fullmatch(bare) else None
 
 
