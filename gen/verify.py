@@ -396,7 +396,8 @@ _SPACES = re.compile(r"\s+")
 
 
 def _normalise(s: str) -> str:
-    s = _SPACES.sub(" ", s).strip().rstrip(".").rstrip()
+    # a typeset minus (U+2212) is a minus, as `numeric` reads it
+    s = _SPACES.sub(" ", s).strip().rstrip(".").rstrip().replace("\u2212", "-")
     while len(s) >= 2 and s[0] == "$" and s[-1] == "$":  # "$8$." as "$8.$": the period either side
         s = s[1:-1].strip().rstrip(".").rstrip()
     return s.casefold()

@@ -96,6 +96,18 @@ def test_exact_takes_off_dollars_and_a_trailing_period_in_either_order(tmp_path:
 
 
 @pytest.mark.parametrize(
+    ("reference", "answer"), [("-8", "\\boxed{\u22128}"), ("\u22128", "-8."), ("-8", "$\u22128$.")]
+)
+def test_exact_reads_a_unicode_minus_as_a_minus(tmp_path: Path, reference: str, answer: str) -> None:
+    # numeric read U+2212 as "-" (rev11b), exact compared it as another character: a teacher that
+    # typesets its minus (GPT-style prose) failed every negative answer.
+    sim = f"answer_text = {json.dumps(answer)}"
+    prompt = _sim_prompt(tmp_path, f'reference = "{reference}"\nmethod = "exact"', sim)
+    rows, rejects = _decided(tmp_path, prompt)
+    assert len(rows) == 4 and rejects == [], [r["error"] for r in rejects]
+
+
+@pytest.mark.parametrize(
     ("answer", "kept"),
     [("\\boxed{\\frac{1}{2}}", True), ("\\boxed{\\dfrac{3}{2}}", False), ("x = -\\frac{1}{2}", False)],
 )
