@@ -545,7 +545,9 @@ class Run:
             raise
 
         teacher = LimitedTeacher(client, self.limiter)
-        progress = Progress(self.stats, enabled=p.opts.progress, desc=self.spec.name)
+        progress = Progress(
+            self.stats, enabled=p.opts.progress, desc=self.spec.name, checking=lambda: self.dedup.pending
+        )
         self.limiter.on_pause = progress.show_pause
         counter = asyncio.create_task(self._count_total(progress))
         self._install_signal_handlers()

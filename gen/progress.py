@@ -1,9 +1,11 @@
-"""The progress bar: done / total, rows/s, rejects and retries, on stderr; the reasoning tokens a
-second of traces received, once there are any; and a pause the server asked for, while it lasts."""
+"""The progress bar: done / total, rows/s, rejects and retries, on stderr; the kept answers still waiting
+for the near check; the reasoning tokens a second of traces received, once there are any; and a pause
+the server asked for, while it lasts."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
@@ -12,8 +14,13 @@ from tqdm import tqdm
 class Progress:
     """A thin tqdm wrapper that refreshes its counters at most twice a second (tick() stays cheap)."""
 
-    def __init__(self, stats: Any, *, enabled: bool, desc: str) -> None:
+    def __init__(
+        self, stats: Any, *, enabled: bool, desc: str, checking: Callable[[], int] | None = None
+    ) -> None:
         self.stats = stats
+        # Kept answers waiting for the near check (batched: 256 at a time), not yet counted in rows=: a
+        # slow teacher's bar would say rows=0 for minutes while answers came in.
+        self._checking = checking
         self._bar = tqdm(
             total=None, desc=desc, unit="task", disable=not enabled, mininterval=0.5, dynamic_ncols=True
         )
@@ -48,6 +55,9 @@ class Progress:
     def _postfix(self) -> None:
         s = self.stats
         text = f"rows={s.rows} rejects={s.rejects} dups={s.duplicates} retries={s.retries}"
+        checking = self._checking() if self._checking is not None else 0
+        if checking:
+            text += f" checking={checking}"
         reasoning = getattr(s, "reasoning_tokens", 0)
         if reasoning:  # a reasoning teacher: how fast its traces arrive, beside rows/s
             elapsed = max(time.monotonic() - self._started, 1e-3)

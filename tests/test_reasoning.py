@@ -189,3 +189,15 @@ def test_progress_and_the_summary_show_reasoning_tokens_per_second(
     err = capsys.readouterr().err
     assert "reasoning=" in err and "tok/s" in err  # the bar's postfix
     assert "reasoning tokens (" in err.strip().splitlines()[-1]  # the summary line
+
+
+def test_progress_counts_answers_waiting_for_the_near_check(tmp_path: Path, sim_server, capsys) -> None:
+    # Kept answers wait for the near check in batches of 256: with a slow teacher the bar said rows=0
+    # for minutes while answers were coming in. It says how many are waiting (checking=N).
+    sim = sim_server(latency_ms=150)
+    out = tmp_path / "o"
+    prompt = _prompt(tmp_path, n=40)
+    argv = ["run", str(prompt), "--base-url", sim.base_url, "--output", str(out), "--max-concurrency", "4"]
+    assert main(argv) == 0  # ~1.5 s: the bar is drawn a few times
+    err = capsys.readouterr().err
+    assert "rows=0 " in err and "checking=" in err, err[-2000:]
