@@ -168,7 +168,8 @@ class Verifier:
         if not reference.strip() and self._python is None:
             return Outcome(False, reference, EMPTY_REFERENCE)
         if self.method == "numeric" and _only_number(_final(reference)) is None:
-            return Outcome(False, reference, _not_a_number(reference))
+            why = f"the reference {_quote(reference)} is not a number (math compares expressions)"
+            return Outcome(False, reference, why)
         return reference
 
     def check(self, text: str, output_json: str | None, vars_json: str) -> Outcome:
@@ -216,8 +217,7 @@ class Verifier:
 
     def _numeric(self, value: Any, reference: str) -> None:
         ref = _only_number(_final(reference))
-        if ref is None:
-            raise _Fail(_not_a_number(reference))
+        assert ref is not None  # check() took such a reference for unusable before it came here
         got = _number(_final(_as_text(value)))
         if got is None:
             raise _Fail(f"the answer holds no number (reference {_quote(reference)})")
@@ -228,10 +228,6 @@ class Verifier:
 
 
 EMPTY_REFERENCE = "the reference is empty: this input has no value to check the answer against"
-
-
-def _not_a_number(reference: str) -> str:
-    return f"the reference {_quote(reference)} is not a number (math compares expressions)"
 
 
 def _none_as_empty(value: Any) -> Any:
