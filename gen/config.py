@@ -10,12 +10,13 @@ import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gen.errors import ConfigError
+from gen.reasoning import REASONING_FORMATS, ReasoningFormat
 from gen.teachers import providers
 
 
@@ -151,7 +152,7 @@ class PromptSpec(_Strict):
     max_attempts: int = Field(default=3, ge=1, strict=True)  # not `true` (1: no retry) nor "3"
     keep_truncated: bool = False  # keep answers cut off at max_tokens as rows (default: reject `truncated`)
     # How a reasoning trace enters the assistant message of `messages` (gen.reasoning.REASONING_FORMATS).
-    reasoning_format: Literal["field", "think-tags", "drop"] = "field"
+    reasoning_format: ReasoningFormat = "field"
     teacher: TeacherSpec = TeacherSpec()
     sampling: dict[str, Any] = Field(default_factory=dict)
     messages: Messages
@@ -260,7 +261,7 @@ def _a_server_s_own(table: str, key: str, value: Any) -> bool:
     server's ("deepseek", "none", "auto") are not gen's ("field", "think-tags", "drop")."""
     if table != "sampling" or key != "reasoning_format":
         return False
-    return value not in get_args(PromptSpec.model_fields["reasoning_format"].annotation)
+    return value not in REASONING_FORMATS
 
 
 def load_prompt_file(path: str | Path) -> PromptFile:
